@@ -1,0 +1,1085 @@
+//! The lifecycle: apply, disable, list, check. Each operation runs in a [`Session`]: the
+//! process attached (which is also the lock against a second rlivepatch), its record read,
+//! a thread borrowed for injected calls when one is needed; and each operation either
+//! completes or undoes every step it made, so that a failure leaves the target as it was.
+
+use crate::error::{Error, Result};
+use crate::inject::{Injector, Libc, Scratch};
+use crate::objects::Objects;
+use crate::patch::Patch;
+use crate::process::{self, Mapping, Process};
+use crate::ptrace::{Stop, Tid, Tracer};
+use crate::redirect::{self, JMP_LEN};
+use crate::safepoint::{self, Fitness};
+use crate::state::{AppliedFunc, AppliedPatch, Island, Record, Store};
+use crate::symbols::{ElfFile, SymKind, find_function, hex};
+use crate::transition::{self, Changed, Plan, Write};
+use crate::unwind::Unwinder;
+use crate::{bail, err};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Options of an operation.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long the switch may wait for a safe moment.
+    pub timeout: Duration,
+    /// Switch without the consistency check.
+    pub force: bool,
+    /// How long one injected call may take.
+    pub call_timeout: Duration,
+    /// How long to wait for another rlivepatch working on the same process.
+    pub lock_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            timeout: Duration::from_secs(15),
+            force: false,
+            call_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where progress lines go (stderr in the CLI).
+pub type ProgressFn<'a> = &'a mut dyn FnMut(&str);
+
+/// A function of a patch resolved against the process.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Resolved {
+    /// Path of the object.
+    pub object: String,
+    /// The old symbol.
+    pub symbol: String,
+    /// Its demangled form, for C++.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demangled: Option<String>,
+    /// Run-time entry.
+    pub addr: u64,
+    /// Size.
+    pub size: u64,
+    /// The entry bytes in the file.
+    #[serde(skip)]
+    pub orig: Vec<u8>,
+    /// Index in the patch's function list.
+    #[serde(skip)]
+    pub index: usize,
+}
+
+/// Check the target before touching it.
+pub fn preflight(proc: &Process) -> Result<()> {
+    let st = &proc.status;
+    match st.state {
+        'Z' | 'X' => bail!(
+            Target,
+            "process {} ({}) is a zombie: it has exited and waits for its parent to reap it",
+            proc.pid,
+            st.name
+        ),
+        'T' => bail!(
+            Target,
+            "process {} ({}) is stopped (job control, e.g. SIGSTOP or Ctrl-Z); continue it with `kill -CONT {}` and retry",
+            proc.pid,
+            st.name,
+            proc.pid
+        ),
+        't' if st.tracer != 0 => {}
+        _ => {}
+    }
+    if st.tracer != 0 && st.tracer != std::process::id() as i32 {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", st.tracer)).unwrap_or_default();
+        if comm.trim() != "rlivepatch" {
+            bail!(
+                Target,
+                "process {} is already traced by {} (pid {}); detach it (quit the debugger or tracer) and retry",
+                proc.pid,
+                comm.trim(),
+                st.tracer
+            );
+        }
+    }
+    let (exe, _, _) = proc.exe().map_err(|e| {
+        if std::fs::read_to_string(format!("/proc/{}/cmdline", proc.pid))
+            .is_ok_and(|c| c.is_empty())
+        {
+            err!(
+                Target,
+                "process {} ({}) is a kernel thread; rlivepatch patches user processes",
+                proc.pid,
+                st.name
+            )
+        } else {
+            e
+        }
+    })?;
+    let exe_file = ElfFile::open(Path::new(&format!("/proc/{}/exe", proc.pid))).map_err(|e| {
+        err!(
+            Target,
+            "cannot read the executable of process {}: {}",
+            proc.pid,
+            e.message
+        )
+    })?;
+    if !exe_file.is_64 {
+        bail!(
+            Target,
+            "process {} ({}) is a 32-bit program; rlivepatch patches x86_64 processes",
+            proc.pid,
+            exe.display()
+        );
+    }
+    if !exe_file.is_x86_64 {
+        bail!(
+            Target,
+            "process {} ({}) is not an x86_64 program",
+            proc.pid,
+            exe.display()
+        );
+    }
+    if exe_file.interp.is_none() {
+        bail!(
+            Target,
+            "process {} ({}) is statically linked: it has no dynamic loader, so no dlopen to load a patch",
+            proc.pid,
+            exe.display()
+        );
+    }
+    Ok(())
+}
+
+/// Resolve every function of `patch` in the process: object, symbol, size, entry bytes.
+pub fn resolve(patch: &Patch, objects: &Objects) -> Result<Vec<Resolved>> {
+    let mut out = Vec::new();
+    for (index, f) in patch.funcs.iter().enumerate() {
+        let obj = objects.by_name(f.object.as_deref())?;
+        let file = obj.file()?;
+        let bias = obj.bias()?;
+        let sym = find_function(&file, &f.old, f.sympos).map_err(|e| {
+            if e.kind == crate::error::ErrorKind::Mismatch && e.message.contains("not found") {
+                let hint = if file.has_symtab() {
+                    ""
+                } else {
+                    " (it has no .symtab: static functions are only in a debug file)"
+                };
+                err!(
+                    Mismatch,
+                    "function {} not found in {}{hint}; check the name with `nm -D {}` or `nm {}`",
+                    f.old,
+                    obj.display_name(),
+                    obj.path,
+                    obj.path
+                )
+            } else {
+                e
+            }
+        })?;
+        if sym.kind == SymKind::Ifunc {
+            bail!(
+                Mismatch,
+                "{} in {} is an IFUNC resolver, not code that runs on each call; patch the implementation the resolver picks (for glibc string functions, e.g. __memcpy_avx_unaligned_erms)",
+                f.old,
+                obj.display_name()
+            );
+        }
+        let mut size = sym.size;
+        if size == 0 {
+            size = crate::unwind::fde_range(&file, sym.value)
+                .map(|(s, e)| e - s)
+                .unwrap_or(0);
+        }
+        let addr = sym.value.wrapping_add(bias);
+        let code = file.bytes_at(sym.value, size as usize).ok_or_else(|| {
+            err!(
+                Mismatch,
+                "function {} in {} is not in the file's loadable code",
+                f.old,
+                obj.display_name()
+            )
+        })?;
+        if !obj.is_code(addr) {
+            bail!(
+                Mismatch,
+                "{} in {} is not code ({:#x} is not in an executable mapping)",
+                f.old,
+                obj.display_name(),
+                addr
+            );
+        }
+        redirect::check_function(&f.old, addr, code).map_err(|e| e.context(obj.display_name()))?;
+        if out.iter().any(|r: &Resolved| r.addr == addr) {
+            bail!(
+                Patch,
+                "two declarations of the patch replace the same function {} at {addr:#x}",
+                f.old
+            );
+        }
+        out.push(Resolved {
+            object: obj.path.clone(),
+            symbol: f.old.clone(),
+            demangled: crate::demangle::demangle(&f.old),
+            addr,
+            size,
+            orig: code[..JMP_LEN].to_vec(),
+            index,
+        });
+    }
+    Ok(out)
+}
+
+/// The bytes an entry holds now according to the record: a jump to the newest
+/// implementation, or the original bytes.
+fn expected_entry(rec: &Record, addr: u64, orig: &[u8]) -> Vec<u8> {
+    match rec.stack_of(addr).last() {
+        Some((_, f)) => redirect::jmp(addr, f.island.unwrap_or(f.new_addr))
+            .map(|b| b.to_vec())
+            .unwrap_or_default(),
+        None => orig.to_vec(),
+    }
+}
+
+/// The code that runs today for the function at `addr`: what a switch away from it changes.
+fn current_impl(rec: &Record, addr: u64, size: u64, name: &str) -> Vec<Changed> {
+    match rec.stack_of(addr).last() {
+        Some((p, f)) => implementation_of(p, f),
+        None => vec![Changed {
+            start: addr,
+            end: addr + size.max(JMP_LEN as u64),
+            name: name.to_string(),
+        }],
+    }
+}
+
+fn implementation_of(p: &AppliedPatch, f: &AppliedFunc) -> Vec<Changed> {
+    let mut v = vec![Changed {
+        start: f.new_addr,
+        end: f.new_addr + f.new_size.max(1),
+        name: format!("{} (patch {})", f.new_name, p.name),
+    }];
+    if let Some(s) = f.island {
+        v.push(Changed {
+            start: s,
+            end: s + redirect::SLOT_SIZE,
+            name: format!("the island of {}", f.symbol),
+        });
+    }
+    v
+}
+
+/// An attached process and what rlivepatch knows of it during one operation.
+pub struct Session<'a> {
+    /// The process.
+    pub proc: Process,
+    /// The tracer (holds every thread).
+    pub tr: Tracer,
+    /// Mappings, refreshed after the address space changes.
+    pub maps: Vec<Mapping>,
+    /// Objects, refreshed with the maps.
+    pub objects: Objects,
+    /// The unwinder with its caches.
+    pub unwinder: Unwinder,
+    /// The borrowed thread, while one is.
+    pub inj: Option<Injector>,
+    /// rlivepatch's memory in the target.
+    pub scratch: Option<Scratch>,
+    /// Where the record lives, once it exists.
+    pub store: Option<Store>,
+    /// The record.
+    pub record: Record,
+    libc: Option<Libc>,
+    opts: Options,
+    progress: ProgressFn<'a>,
+}
+
+impl<'a> Session<'a> {
+    /// Attach to every thread and read the record.
+    pub fn attach(proc: Process, opts: &Options, progress: ProgressFn<'a>) -> Result<Session<'a>> {
+        let tr = Tracer::attach(proc.pid, Instant::now() + opts.lock_timeout, progress)?;
+        let maps = proc.maps()?;
+        let objects = Objects::new(&proc, &maps)?;
+        let (store, record) = match Store::load(&proc, &maps)? {
+            Some((s, r)) => (Some(s), r),
+            None => (
+                None,
+                Record {
+                    format: crate::state::FORMAT,
+                    ..Default::default()
+                },
+            ),
+        };
+        Ok(Session {
+            proc,
+            tr,
+            maps,
+            objects,
+            unwinder: Unwinder::new(),
+            inj: None,
+            scratch: None,
+            store,
+            record,
+            libc: None,
+            opts: opts.clone(),
+            progress,
+        })
+    }
+
+    /// Re-read the mappings and objects (after a load or unload).
+    pub fn refresh(&mut self) -> Result<()> {
+        self.maps = self.proc.maps()?;
+        self.objects = Objects::new(&self.proc, &self.maps)?;
+        Ok(())
+    }
+
+    /// Borrow a thread for injected calls, mapping rlivepatch's memory on first use.
+    /// Only the thread tried is stopped; the others keep running.
+    pub fn borrow(&mut self) -> Result<()> {
+        if self.inj.is_some() {
+            return Ok(());
+        }
+        let libc = match &self.libc {
+            Some(l) => l.clone(),
+            None => {
+                let l = Libc::find(self.proc.pid, &self.objects)?;
+                self.libc = Some(l.clone());
+                l
+            }
+        };
+        let tid = self.pick_thread()?;
+        let mut inj = Injector::borrow(&mut self.tr, tid, libc)?;
+        inj.call_timeout = self.opts.call_timeout;
+        let r = match self.scratch {
+            Some(s) => inj.adopt_scratch(&self.proc, s),
+            None => inj
+                .map_scratch(&mut self.tr, &self.proc, &self.maps)
+                .map(|s| {
+                    self.scratch = Some(s);
+                }),
+        };
+        if let Err(e) = r {
+            let _ = inj.release(&mut self.tr);
+            return Err(e);
+        }
+        self.inj = Some(inj);
+        Ok(())
+    }
+
+    /// Give the borrowed thread back (rlivepatch's memory stays mapped).
+    pub fn unborrow(&mut self) -> Result<()> {
+        if let Some(mut inj) = self.inj.take() {
+            let leaked = inj.leaked;
+            inj.release(&mut self.tr)?;
+            if leaked {
+                // A call still runs on the scratch stack: never unmap it.
+                self.scratch = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Choose a thread to borrow: one asleep in a blocking call if possible, else one
+    /// running its own code; never one inside malloc, the loader, pthread internals or a
+    /// signal handler. Threads are stopped one at a time.
+    fn pick_thread(&mut self) -> Result<Tid> {
+        let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
+        let mut last_reasons: Vec<String> = Vec::new();
+        loop {
+            let mut running: Option<Tid> = None;
+            last_reasons.clear();
+            // The main thread first: it is the most likely to be asleep in a plain call.
+            let mut tids = self.tr.tids();
+            tids.sort_by_key(|t| (*t != self.proc.pid, *t));
+            for tid in tids {
+                let was_running = self.tr.threads.get(&tid).is_some_and(|t| t.stop.is_none());
+                if !self
+                    .tr
+                    .stop_one(tid, Instant::now() + Duration::from_secs(5))?
+                {
+                    continue;
+                }
+                let th = &self.tr.threads[&tid];
+                let ok_stop = th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none();
+                let verdict = if ok_stop {
+                    let regs = self.tr.regs(tid)?;
+                    safepoint::judge(
+                        &self.proc,
+                        &self.maps,
+                        &self.objects,
+                        &mut self.unwinder,
+                        &regs,
+                    )
+                } else {
+                    Err("stopped for a signal".to_string())
+                };
+                match verdict {
+                    Ok(Fitness::Sleeping) => {
+                        if let Some(r) = running {
+                            self.tr.resume(r)?;
+                        }
+                        return Ok(tid);
+                    }
+                    Ok(Fitness::Running) if running.is_none() => {
+                        running = Some(tid);
+                        continue;
+                    }
+                    Ok(Fitness::Running) => {}
+                    Err(why) => last_reasons.push(format!("thread {tid}: {why}")),
+                }
+                if was_running {
+                    self.tr.resume(tid)?;
+                }
+            }
+            if let Some(r) = running {
+                return Ok(r);
+            }
+            self.tr.check_interrupted()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    Busy,
+                    "no thread of process {} is at a point where it can safely run dlopen ({}); retry when the process is less busy",
+                    self.proc.pid,
+                    last_reasons.join("; ")
+                );
+            }
+            self.tr.resume_all()?;
+            self.tr.pump(Instant::now() + Duration::from_millis(20))?;
+        }
+    }
+
+    /// A system call in the target on the borrowed thread (borrowing one if needed).
+    pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
+        self.borrow()?;
+        self.inj.as_mut().unwrap().syscall(&mut self.tr, nr, args)
+    }
+
+    /// A function call in the target on the borrowed thread.
+    pub fn call(&mut self, func: u64, args: &[u64], what: &str) -> Result<u64> {
+        self.borrow()?;
+        self.inj
+            .as_mut()
+            .unwrap()
+            .call(&mut self.tr, func, args, what)
+    }
+
+    /// Save the record (creating its mapping if needed) or remove it when empty.
+    pub fn save_record(&mut self) -> Result<()> {
+        if self.record.is_empty() {
+            if let Some(store) = self.store.take() {
+                self.borrow()?;
+                store.remove(self.inj.as_mut().unwrap(), &mut self.tr)?;
+                self.refresh()?;
+            }
+            return Ok(());
+        }
+        if self.store.is_none() {
+            self.borrow()?;
+            self.store = Some(Store::create(
+                self.inj.as_mut().unwrap(),
+                &mut self.tr,
+                &self.proc,
+            )?);
+            self.refresh()?;
+        }
+        self.store.as_mut().unwrap().save(&self.proc, &self.record)
+    }
+
+    /// A progress line.
+    pub fn progress(&mut self, line: &str) {
+        (self.progress)(line)
+    }
+
+    /// Run the switch of `plan` with the consistency model.
+    pub fn switch(&mut self, plan: &Plan) -> Result<transition::Report> {
+        self.unborrow()?;
+        let opts = transition::Options {
+            timeout: self.opts.timeout,
+            force: self.opts.force,
+        };
+        let mut w = transition::World {
+            tr: &mut self.tr,
+            proc: &self.proc,
+            objects: &self.objects,
+            maps: &self.maps,
+            unwinder: &mut self.unwinder,
+            scratch: self.scratch,
+            shadow_stack: self.proc.status.shadow_stack,
+        };
+        let progress = &mut self.progress;
+        transition::switch(&mut w, plan, &opts, &mut |p| {
+            let mut s = format!(
+                "waiting for a safe moment to switch (attempt {}, {:.1}s left):",
+                p.attempt,
+                p.left.as_secs_f32()
+            );
+            for b in p.blockers {
+                s.push_str("\n  ");
+                s.push_str(&b.describe());
+            }
+            progress(&s);
+        })
+    }
+
+    /// Undo rlivepatch's presence: unmap its memory, give threads back, detach.
+    pub fn close(mut self) -> Result<()> {
+        let mut first: Option<Error> = None;
+        if self.scratch.is_some() {
+            if let Err(e) = self.borrow() {
+                first.get_or_insert(e);
+            }
+            if let Some(inj) = self.inj.as_mut() {
+                let maps = self.proc.maps().unwrap_or_default();
+                if let Err(e) = inj.unmap_scratch(&mut self.tr, &self.proc, &maps) {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = self.unborrow() {
+            first.get_or_insert(e);
+        }
+        if !self.tr.exited {
+            if let Err(e) = self.tr.stop_all(Instant::now() + Duration::from_secs(10)) {
+                first.get_or_insert(e);
+            }
+        }
+        self.tr.detach_all();
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// What `apply` did.
+#[derive(Debug, serde::Serialize)]
+pub struct ApplyReport {
+    /// Process id.
+    pub pid: i32,
+    /// Patch name.
+    pub patch: String,
+    /// Functions redirected.
+    pub functions: Vec<crate::report::FuncView>,
+    /// The switch.
+    pub switch: transition::Report,
+    /// Wall time of the whole operation in milliseconds.
+    pub elapsed_ms: f64,
+}
+
+/// Apply the patch file at `path` to process `pid`.
+pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Result<ApplyReport> {
+    let t0 = Instant::now();
+    let patch = Patch::load(path)?;
+    let proc = Process::open(pid)?;
+    preflight(&proc)?;
+    let maps = proc.maps()?;
+    let objects = Objects::new(&proc, &maps)?;
+    crate::buildid::check(&patch, &objects)?;
+    let resolved = resolve(&patch, &objects)?;
+    Libc::find(pid, &objects)?;
+    drop(objects);
+    let mut s = Session::attach(proc, opts, progress)?;
+    let r = apply_attached(&mut s, &patch, &resolved);
+    let closed = s.close();
+    let (funcs, report) = r?;
+    closed?;
+    Ok(ApplyReport {
+        pid,
+        patch: patch.name.clone(),
+        functions: funcs,
+        switch: report,
+        elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+/// What was made while applying, to undo on failure.
+#[derive(Default)]
+struct Undo {
+    loaded: Option<(u64, i32)>,
+    pages: Vec<u64>,
+    record: Option<Record>,
+}
+
+fn apply_attached(
+    s: &mut Session,
+    patch: &Patch,
+    resolved: &[Resolved],
+) -> Result<(Vec<crate::report::FuncView>, transition::Report)> {
+    if let Some(p) = &s.record.pending {
+        bail!(
+            Incomplete,
+            "an earlier rlivepatch run ({} {}) on process {} was interrupted; run `rlivepatch repair {}` first",
+            p.op,
+            p.patch,
+            s.proc.pid,
+            s.proc.pid
+        );
+    }
+    if s.record.patch(&patch.name).is_some() {
+        bail!(
+            Mismatch,
+            "a patch named {} is already applied to process {}; disable it first, or give this one another name with RLIVEPATCH_NAME",
+            patch.name,
+            s.proc.pid
+        );
+    }
+    // Someone else's bytes at an entry (a breakpoint, another tool's jump) mean someone
+    // else owns it.
+    for r in resolved {
+        let expected = expected_entry(&s.record, r.addr, &r.orig);
+        let now = s.proc.read(r.addr, JMP_LEN)?;
+        if now != expected {
+            let what = if now[0] == 0xcc {
+                "a breakpoint (int3) of a debugger or uprobe"
+            } else {
+                "code that rlivepatch did not write"
+            };
+            bail!(
+                Mismatch,
+                "the entry of {} at {:#x} holds {} ({}, expected {}); remove it (detach the debugger or tool) and retry",
+                r.symbol,
+                r.addr,
+                what,
+                hex(&now),
+                hex(&expected)
+            );
+        }
+    }
+    let mut undo = Undo::default();
+    let r = apply_steps(s, patch, resolved, &mut undo);
+    if r.is_err() {
+        undo_apply(s, &mut undo);
+    }
+    r
+}
+
+fn apply_steps(
+    s: &mut Session,
+    patch: &Patch,
+    resolved: &[Resolved],
+    undo: &mut Undo,
+) -> Result<(Vec<crate::report::FuncView>, transition::Report)> {
+    let pid = s.proc.pid;
+    // 1. Load the patch, from a memfd so that the target needs no access to our file.
+    let bytes = std::fs::read(&patch.path)
+        .map_err(|e| err!(Patch, "cannot read {}: {e}", patch.path.display()))?;
+    s.borrow()?;
+    s.tr.check_interrupted()?;
+    let fd = {
+        let proc = &s.proc;
+        let inj = s.inj.as_mut().unwrap();
+        inj.memfd_with(&mut s.tr, proc, &format!("rlp:{}", patch.name), &bytes)?
+    };
+    let handle = {
+        let proc = &s.proc;
+        let inj = s.inj.as_mut().unwrap();
+        match inj.dlopen(
+            &mut s.tr,
+            proc,
+            &format!("/proc/self/fd/{fd}"),
+            libc::RTLD_NOW,
+        ) {
+            Ok(Ok(h)) => h,
+            Ok(Err(text)) => {
+                let _ = inj.syscall(&mut s.tr, libc::SYS_close, &[fd as u64]);
+                bail!(
+                    Patch,
+                    "process {pid} could not load the patch: {text}; build it with cc -shared -fPIC against libraries the process has"
+                );
+            }
+            Err(e) => {
+                if !inj.leaked {
+                    let _ = inj.syscall(&mut s.tr, libc::SYS_close, &[fd as u64]);
+                }
+                return Err(e);
+            }
+        }
+    };
+    undo.loaded = Some((handle, fd));
+    s.tr.check_interrupted()?;
+    let base = s.proc.read_u64(handle)?;
+    s.refresh()?;
+    // 2. Where the new functions are, as the loader resolved them.
+    let mut funcs = Vec::new();
+    for r in resolved {
+        let f = &patch.funcs[r.index];
+        let stored = s.proc.read_u64(base + f.slot_vaddr)?;
+        let expected = base + f.new_vaddr;
+        if stored != expected {
+            bail!(
+                Patch,
+                "the new function {} resolved to {} instead of the patch's own code (another object exports the same name); make it static",
+                f.new_name,
+                s.objects.symbolize(stored)
+            );
+        }
+        let new_size = new_function_size(&patch.file, f.new_vaddr);
+        funcs.push(AppliedFunc {
+            object: r.object.clone(),
+            symbol: r.symbol.clone(),
+            old_addr: r.addr,
+            old_size: r.size,
+            orig: r.orig.clone(),
+            new_name: f.new_name.clone(),
+            new_addr: expected,
+            new_size,
+            island: None,
+        });
+    }
+    // 3. Islands for new functions out of reach of a 32-bit jump.
+    let mut islands = s.record.islands.clone();
+    for f in funcs.iter_mut() {
+        if redirect::jmp(f.old_addr, f.new_addr).is_some() {
+            continue;
+        }
+        let slot = match redirect::free_slot(&islands, f.old_addr) {
+            Some(slot) => slot,
+            None => {
+                let page = map_island(s, f.old_addr, &f.symbol)?;
+                undo.pages.push(page);
+                islands.push(Island {
+                    addr: page,
+                    used: Vec::new(),
+                });
+                page
+            }
+        };
+        s.proc.write(slot, &redirect::slot_bytes(f.new_addr))?;
+        islands
+            .iter_mut()
+            .find(|i| i.addr == slot & !(redirect::PAGE - 1))
+            .unwrap()
+            .used
+            .push(slot);
+        f.island = Some(slot);
+    }
+    // 4. The plan: what changes, what is written.
+    let mut plan = Plan::default();
+    for f in &funcs {
+        plan.changed.extend(current_impl(
+            &s.record,
+            f.old_addr,
+            f.old_size,
+            &crate::demangle::display(&f.symbol),
+        ));
+        plan.entries.push((f.old_addr, JMP_LEN as u64));
+        let target = f.island.unwrap_or(f.new_addr);
+        plan.writes.push(Write {
+            addr: f.old_addr,
+            old: expected_entry(&s.record, f.old_addr, &f.orig),
+            new: redirect::jmp(f.old_addr, target).unwrap().to_vec(),
+        });
+    }
+    let applied = AppliedPatch {
+        name: patch.name.clone(),
+        path: patch.path.display().to_string(),
+        handle,
+        base,
+        fd,
+        forced: s.opts.force,
+        replace: patch.replace,
+        states: patch.states.clone(),
+        callbacks: [
+            patch.callbacks.pre_patch.map(|v| v + base),
+            patch.callbacks.post_patch.map(|v| v + base),
+            patch.callbacks.pre_unpatch.map(|v| v + base),
+            patch.callbacks.post_unpatch.map(|v| v + base),
+        ],
+        funcs: funcs.clone(),
+        applied_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        disabled: false,
+    };
+    // 5. Record the operation before the switch, so an interrupted run can be repaired.
+    undo.record = Some(s.record.clone());
+    s.record.islands = islands.clone();
+    s.record.pending = Some(crate::state::Pending {
+        op: "apply".into(),
+        patch: patch.name.clone(),
+        tool_pid: std::process::id() as i32,
+        tool_start: process::start_time("/proc/self/stat").unwrap_or(0),
+        loading: Some(applied.clone()),
+        writes: plan
+            .writes
+            .iter()
+            .map(|w| (w.addr, hex(&w.old), hex(&w.new)))
+            .collect(),
+        scratch: s.scratch,
+        new_islands: undo.pages.clone(),
+    });
+    s.save_record()?;
+    s.tr.check_interrupted()?;
+    // 6. The switch.
+    if s.opts.force {
+        s.progress("warning: --force: switching without checking that no thread is inside the changed functions; this patch can never be unloaded");
+    }
+    let report = s.switch(&plan)?;
+    // 7. Done: the record says so.
+    s.record.pending = None;
+    s.record.patches.push(applied);
+    undo.record = None;
+    if let Err(e) = s.save_record() {
+        // The switch happened; the record could not be written. Put the entries back.
+        let back: Vec<Write> = plan
+            .writes
+            .iter()
+            .map(|w| Write {
+                addr: w.addr,
+                old: w.new.clone(),
+                new: w.old.clone(),
+            })
+            .collect();
+        let _ = transition::write_all(&s.proc, &back);
+        s.record.patches.pop();
+        undo.record = Some(s.record.clone());
+        return Err(e);
+    }
+    let views = funcs
+        .iter()
+        .map(|f| crate::report::FuncView::new(f, &s.objects))
+        .collect();
+    Ok((views, report))
+}
+
+fn undo_apply(s: &mut Session, undo: &mut Undo) {
+    let leaked = s.inj.as_ref().is_some_and(|i| i.leaked);
+    if !leaked {
+        if let Some((handle, fd)) = undo.loaded.take() {
+            if s.borrow().is_ok() {
+                let _ = s.inj.as_mut().unwrap().dlclose(&mut s.tr, handle);
+                let _ = s.syscall(libc::SYS_close, &[fd as u64]);
+            }
+        }
+        for page in undo.pages.drain(..) {
+            let _ = s.syscall(libc::SYS_munmap, &[page, redirect::PAGE]);
+        }
+    }
+    if let Some(rec) = undo.record.take() {
+        s.record = rec;
+        if !leaked {
+            let _ = s.save_record();
+        }
+    }
+}
+
+fn new_function_size(file: &ElfFile, vaddr: u64) -> u64 {
+    let from_sym = file
+        .symtab
+        .iter()
+        .chain(&file.dynsym)
+        .find(|s| s.value == vaddr && s.kind == SymKind::Func && s.size > 0)
+        .map(|s| s.size);
+    from_sym
+        .or_else(|| crate::unwind::fde_range(file, vaddr).map(|(a, b)| b - a))
+        .unwrap_or_else(|| {
+            // Unknown: the rest of the patch's code segment, which is conservative.
+            file.segments
+                .iter()
+                .find(|s| s.exec && s.vaddr <= vaddr && vaddr < s.vaddr + s.memsz)
+                .map(|s| s.vaddr + s.memsz - vaddr)
+                .unwrap_or(1)
+        })
+}
+
+/// Map a new island page within reach of `entry`.
+fn map_island(s: &mut Session, entry: u64, name: &str) -> Result<u64> {
+    let obj_start = s.objects.by_addr(entry).map(|o| o.start).unwrap_or(entry);
+    let min = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(65536);
+    let candidates = redirect::island_candidates(&s.maps, entry, obj_start, min);
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+    for hint in candidates {
+        let r = s.syscall(
+            libc::SYS_mmap,
+            &[hint, redirect::PAGE, prot, flags, u64::MAX, 0],
+        )?;
+        if r == hint as i64 {
+            s.refresh()?;
+            return Ok(hint);
+        }
+        if r > 0 {
+            // An old kernel took the address as a hint only: give it back.
+            s.syscall(libc::SYS_munmap, &[r as u64, redirect::PAGE])?;
+        }
+    }
+    Err(redirect::no_island_error(name, entry))
+}
+
+/// What `disable` did.
+#[derive(Debug, serde::Serialize)]
+pub struct DisableReport {
+    /// Process id.
+    pub pid: i32,
+    /// Patch name.
+    pub patch: String,
+    /// The patch's code was unloaded (false for a forced patch).
+    pub unloaded: bool,
+    /// The switch.
+    pub switch: transition::Report,
+    /// Wall time in milliseconds.
+    pub elapsed_ms: f64,
+}
+
+/// Disable the patch `name` in process `pid`: its functions fall back to the next patch
+/// below or to the original, then it is unloaded.
+pub fn disable(
+    pid: i32,
+    name: &str,
+    opts: &Options,
+    progress: ProgressFn,
+) -> Result<DisableReport> {
+    let t0 = Instant::now();
+    let proc = Process::open(pid)?;
+    if let Ok(maps) = proc.maps() {
+        if crate::state::find_mapping(&maps).is_none() {
+            bail!(Mismatch, "no patch is applied to process {pid}");
+        }
+    }
+    let mut s = Session::attach(proc, opts, progress)?;
+    let r = disable_attached(&mut s, name);
+    let closed = s.close();
+    let (unloaded, report) = r?;
+    closed?;
+    Ok(DisableReport {
+        pid,
+        patch: name.to_string(),
+        unloaded,
+        switch: report,
+        elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
+    let pid = s.proc.pid;
+    if let Some(p) = &s.record.pending {
+        bail!(
+            Incomplete,
+            "an earlier rlivepatch run ({} {}) on process {pid} was interrupted; run `rlivepatch repair {pid}` first",
+            p.op,
+            p.patch
+        );
+    }
+    let Some(idx) = s.record.patches.iter().position(|p| p.name == name) else {
+        let names: Vec<&str> = s.record.patches.iter().map(|p| p.name.as_str()).collect();
+        bail!(
+            Mismatch,
+            "no patch named {name} is applied to process {pid} (applied: {}); see `rlivepatch list {pid}`",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let p = s.record.patches[idx].clone();
+    if p.disabled {
+        bail!(
+            Mismatch,
+            "patch {name} is already disabled; it was forced, so its code stays loaded in process {pid}"
+        );
+    }
+    // Each function whose newest implementation is this patch's falls back to the one
+    // below it, or to the original.
+    let mut plan = Plan::default();
+    for f in &p.funcs {
+        let stack = s.record.stack_of(f.old_addr);
+        let Some((top, _)) = stack.last() else {
+            continue;
+        };
+        if top.name != p.name {
+            continue;
+        }
+        let below = stack.len().checked_sub(2).map(|i| stack[i].1);
+        let new = match below {
+            Some(b) => redirect::jmp(f.old_addr, b.island.unwrap_or(b.new_addr))
+                .unwrap()
+                .to_vec(),
+            None => f.orig.clone(),
+        };
+        plan.changed.extend(implementation_of(&p, f));
+        plan.entries.push((f.old_addr, JMP_LEN as u64));
+        plan.writes.push(Write {
+            addr: f.old_addr,
+            old: expected_entry(&s.record, f.old_addr, &f.orig),
+            new,
+        });
+    }
+    for w in &plan.writes {
+        let now = s.proc.read(w.addr, JMP_LEN)?;
+        if now != w.old {
+            bail!(
+                Mismatch,
+                "the entry at {:#x} holds {} instead of rlivepatch's jump {}; something else changed it: remove that first",
+                w.addr,
+                hex(&now),
+                hex(&w.old)
+            );
+        }
+    }
+    let saved = s.record.clone();
+    s.record.pending = Some(crate::state::Pending {
+        op: "disable".into(),
+        patch: name.to_string(),
+        tool_pid: std::process::id() as i32,
+        tool_start: process::start_time("/proc/self/stat").unwrap_or(0),
+        loading: None,
+        writes: plan
+            .writes
+            .iter()
+            .map(|w| (w.addr, hex(&w.old), hex(&w.new)))
+            .collect(),
+        scratch: s.scratch,
+        new_islands: Vec::new(),
+    });
+    s.save_record()?;
+    let report = match s.switch(&plan) {
+        Ok(r) => r,
+        Err(e) => {
+            s.record = saved;
+            let _ = s.save_record();
+            return Err(e);
+        }
+    };
+    // After the switch no thread is in the patch's code: free its islands and unload it.
+    s.record.pending = None;
+    let slots: Vec<u64> = p.funcs.iter().filter_map(|f| f.island).collect();
+    let mut empty_pages = Vec::new();
+    for isl in s.record.islands.iter_mut() {
+        isl.used.retain(|u| !slots.contains(u));
+        if isl.used.is_empty() {
+            empty_pages.push(isl.addr);
+        }
+    }
+    s.record.islands.retain(|i| !i.used.is_empty());
+    let unload = !p.forced;
+    if unload {
+        s.record.patches.remove(idx);
+    } else {
+        s.record.patches[idx].disabled = true;
+    }
+    s.save_record()?;
+    for page in empty_pages {
+        s.syscall(libc::SYS_munmap, &[page, redirect::PAGE])?;
+    }
+    if unload {
+        s.borrow()?;
+        let r = s.inj.as_mut().unwrap().dlclose(&mut s.tr, p.handle)?;
+        if r != 0 {
+            s.progress(&format!("warning: dlclose of patch {name} returned {r}"));
+        }
+        s.syscall(libc::SYS_close, &[p.fd as u64])?;
+    } else {
+        s.progress(&format!("patch {name} was forced: its functions are restored, but its code stays loaded because a thread may still be inside it"));
+    }
+    Ok((unload, report))
+}
+
+/// Read the record of a process without attaching to it.
+pub fn read_record(pid: i32) -> Result<(Process, Vec<Mapping>, Record)> {
+    let proc = Process::open(pid)?;
+    let maps = proc.maps()?;
+    let rec = Store::load(&proc, &maps)?
+        .map(|(_, r)| r)
+        .unwrap_or_default();
+    Ok((proc, maps, rec))
+}

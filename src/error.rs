@@ -1,0 +1,125 @@
+//! Errors that carry their exit code.
+//!
+//! Every error rlivepatch reports is one line that names the cause and the fix. The
+//! [`ErrorKind`] decides the process exit code, documented in the README, so that scripts
+//! can tell "the target is fine, your patch is wrong" from "wait and retry".
+
+use std::fmt;
+
+/// What went wrong, at the level an operator acts on. Each kind has its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Anything without a more precise kind (exit 1).
+    Failed,
+    /// The target process: not found, no permission, unsupported, traced by someone else (exit 3).
+    Target,
+    /// The patch file: missing, not a shared object, wrong machine, bad metadata (exit 4).
+    Patch,
+    /// The patch does not fit the process: object or symbol missing, entry owned by someone
+    /// else, already applied, not applied, incompatible states (exit 5).
+    Mismatch,
+    /// The switch was not safe before the timeout: threads stayed inside changed functions (exit 6).
+    Busy,
+    /// rlivepatch was interrupted by SIGINT/SIGTERM/SIGHUP and undid the current step (exit 7).
+    Interrupted,
+    /// The operation could not finish nor be undone cleanly; the process state says what is
+    /// left and `rlivepatch repair` finishes it (exit 8).
+    Incomplete,
+}
+
+impl ErrorKind {
+    /// The process exit code for this kind.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Failed => 1,
+            ErrorKind::Target => 3,
+            ErrorKind::Patch => 4,
+            ErrorKind::Mismatch => 5,
+            ErrorKind::Busy => 6,
+            ErrorKind::Interrupted => 7,
+            ErrorKind::Incomplete => 8,
+        }
+    }
+}
+
+/// An error with its kind and its one-line message.
+#[derive(Debug, Clone)]
+pub struct Error {
+    /// The kind, which decides the exit code.
+    pub kind: ErrorKind,
+    /// One line: the cause and, where there is one, the fix.
+    pub message: String,
+}
+
+impl Error {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Prefix the message with what was being done, keeping the kind.
+    pub fn context(mut self, what: impl fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<nix::Error> for Error {
+    fn from(e: nix::Error) -> Self {
+        Error::new(ErrorKind::Failed, e.desc().to_string())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::new(ErrorKind::Failed, e.to_string())
+    }
+}
+
+/// The result type of the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Build an [`Error`] from a kind and a format string.
+#[macro_export]
+macro_rules! err {
+    ($kind:ident, $($arg:tt)*) => {
+        $crate::error::Error::new($crate::error::ErrorKind::$kind, format!($($arg)*))
+    };
+}
+
+/// Return early with an [`Error`] built from a kind and a format string.
+#[macro_export]
+macro_rules! bail {
+    ($kind:ident, $($arg:tt)*) => {
+        return Err($crate::err!($kind, $($arg)*))
+    };
+}
+
+/// Add what was being done to any error that can be displayed.
+pub trait Context<T> {
+    /// On error, a [`ErrorKind::Failed`] error (or the error's own kind) prefixed with `what`.
+    fn context(self, what: impl fmt::Display) -> Result<T>;
+    /// Like [`Context::context`], with the message built lazily.
+    fn with_context<F: FnOnce() -> String>(self, f: F) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| e.into().context(what))
+    }
+    fn with_context<F: FnOnce() -> String>(self, f: F) -> Result<T> {
+        self.map_err(|e| e.into().context(f()))
+    }
+}

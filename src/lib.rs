@@ -1,0 +1,19 @@
+//! rlivepatch: livepatch running x86_64 Linux processes, with the Linux kernel's
+//! livepatch model carried to one process.
+
+pub mod buildid;
+pub mod core;
+pub mod demangle;
+pub mod error;
+pub mod inject;
+pub mod objects;
+pub mod patch;
+pub mod process;
+pub mod ptrace;
+pub mod redirect;
+pub mod report;
+pub mod safepoint;
+pub mod state;
+pub mod symbols;
+pub mod transition;
+pub mod unwind;

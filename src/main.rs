@@ -1,0 +1,215 @@
+//! The `rlivepatch` command line: parses arguments, calls the library, prints.
+
+use clap::{Parser, Subcommand};
+use rlivepatch::core::{self, Options};
+use rlivepatch::error::{Error, ErrorKind};
+use rlivepatch::report::{InfoView, ListView};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Livepatch running x86_64 Linux processes.
+///
+/// A patch is a shared object built from one C file with the SDK header rlivepatch.h; it
+/// names the functions it replaces. `apply` loads it into a running process and redirects
+/// every later call of those functions to the patch's code, switching only when no thread
+/// is inside a function being changed; `disable` takes it back.
+#[derive(Parser)]
+#[command(name = "rlivepatch", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  failed (the target is left as it was)
+  2  bad command line
+  3  target problem: no such process, no permission, unsupported or traced by another tool
+  4  patch file problem: missing, not an x86_64 shared object, bad metadata, cannot be loaded
+  5  the patch does not fit the process: object or symbol missing, entry owned by someone
+     else, already applied, not applied
+  6  no safe moment to switch before the timeout (threads inside changed functions)
+  7  interrupted by SIGINT/SIGTERM/SIGHUP; the current step was undone
+  8  an injected call did not finish; see `rlivepatch list`";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a patch into a process and redirect the functions it replaces.
+    Apply {
+        /// The process id.
+        pid: i32,
+        /// The patch (.so built with rlivepatch.h).
+        patch: PathBuf,
+        /// Give up when no safe moment to switch came within this many seconds.
+        #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
+        timeout: f64,
+        /// Switch without checking that no thread is inside a changed function. A forced
+        /// patch can never be unloaded.
+        #[arg(long)]
+        force: bool,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a patch: its functions go back to the previous patch or the original,
+    /// and it is unloaded.
+    Disable {
+        /// The process id.
+        pid: i32,
+        /// The patch name (see `rlivepatch list`).
+        name: String,
+        /// Give up when no safe moment to switch came within this many seconds.
+        #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
+        timeout: f64,
+        /// Switch without checking that no thread is inside the patch's functions; the
+        /// patch's code then stays loaded.
+        #[arg(long)]
+        force: bool,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the patches applied to a process, oldest first.
+    List {
+        /// The process id.
+        pid: i32,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a patch file replaces, without loading it.
+    Info {
+        /// The patch (.so).
+        patch: PathBuf,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = match &cli.command {
+        Command::Apply { json, .. }
+        | Command::Disable { json, .. }
+        | Command::List { json, .. }
+        | Command::Info { json, .. } => *json,
+    };
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rlivepatch: error: {}", e.message);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": { "kind": e.kind, "message": e.message } })
+                );
+            }
+            ExitCode::from(e.kind.exit_code() as u8)
+        }
+    }
+}
+
+fn progress(line: &str) {
+    eprintln!("rlivepatch: {line}");
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+fn seconds(s: f64) -> Result<Duration, Error> {
+    if !(s.is_finite() && s >= 0.0) {
+        return Err(Error::new(
+            ErrorKind::Failed,
+            format!("invalid timeout {s}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn run(cmd: Command) -> Result<(), Error> {
+    match cmd {
+        Command::Apply {
+            pid,
+            patch,
+            timeout,
+            force,
+            json,
+        } => {
+            let opts = Options {
+                timeout: seconds(timeout)?,
+                force,
+                ..Options::default()
+            };
+            let r = core::apply(pid, &patch, &opts, &mut progress)?;
+            if json {
+                print_json(&r);
+            } else {
+                println!(
+                    "applied patch {} to process {} in {:.1} ms",
+                    r.patch, r.pid, r.elapsed_ms
+                );
+                for f in &r.functions {
+                    let via = f
+                        .island
+                        .as_ref()
+                        .map(|i| format!("via island {i}"))
+                        .unwrap_or_else(|| "direct jump".into());
+                    println!(
+                        "  {} ({}) {} -> {} {} ({via})",
+                        f.symbol, f.object, f.old_addr, f.new_function, f.new_addr
+                    );
+                }
+            }
+        }
+        Command::Disable {
+            pid,
+            name,
+            timeout,
+            force,
+            json,
+        } => {
+            let opts = Options {
+                timeout: seconds(timeout)?,
+                force,
+                ..Options::default()
+            };
+            let r = core::disable(pid, &name, &opts, &mut progress)?;
+            if json {
+                print_json(&r);
+            } else if r.unloaded {
+                println!(
+                    "disabled and unloaded patch {} from process {} in {:.1} ms",
+                    r.patch, r.pid, r.elapsed_ms
+                );
+            } else {
+                println!(
+                    "disabled patch {} in process {}; its code stays loaded (forced patch)",
+                    r.patch, r.pid
+                );
+            }
+        }
+        Command::List { pid, json } => {
+            let (proc, maps, rec) = core::read_record(pid)?;
+            let objects = rlivepatch::objects::Objects::new(&proc, &maps)?;
+            let view = ListView::new(pid, &proc.status.name, &rec, &objects);
+            if json {
+                print_json(&view);
+            } else {
+                print!("{}", view.text());
+            }
+        }
+        Command::Info { patch, json } => {
+            let p = rlivepatch::patch::Patch::load(&patch)?;
+            let view = InfoView::new(&p);
+            if json {
+                print_json(&view);
+            } else {
+                print!("{}", view.text());
+            }
+        }
+    }
+    Ok(())
+}

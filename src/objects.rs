@@ -1,0 +1,283 @@
+//! The objects mapped in a process: the executable, shared libraries and the vDSO, each
+//! with its load bias and (parsed on first use) its ELF file.
+//!
+//! An object is named the way an operator names it: by file name, soname, absolute path,
+//! or `main` for the executable. Files are opened through `/proc/pid/map_files` (the
+//! exact inode that is mapped, even if deleted, replaced or in another mount namespace)
+//! and otherwise through `/proc/pid/root`, checking the inode.
+
+use crate::error::Result;
+use crate::process::{Mapping, Process};
+use crate::symbols::ElfFile;
+use crate::{bail, err};
+use std::cell::OnceCell;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::rc::Rc;
+
+/// One loaded object.
+pub struct LoadedObject {
+    /// The path as `/proc/pid/maps` shows it (`[vdso]` for the vDSO).
+    pub path: String,
+    /// Lowest mapped address.
+    pub start: u64,
+    /// One past the highest mapped address.
+    pub end: u64,
+    /// Its mappings.
+    pub mappings: Vec<Mapping>,
+    /// The main executable.
+    pub is_main: bool,
+    /// The file was deleted or replaced after it was mapped.
+    pub deleted: bool,
+    file: OnceCell<std::result::Result<Rc<ElfFile>, crate::error::Error>>,
+    pid: i32,
+}
+
+impl LoadedObject {
+    /// The file name (last path component).
+    pub fn file_name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+
+    /// The parsed ELF file, opened on first use.
+    pub fn file(&self) -> Result<Rc<ElfFile>> {
+        self.file
+            .get_or_init(|| self.open_file().map(Rc::new))
+            .clone()
+    }
+
+    fn open_file(&self) -> Result<ElfFile> {
+        if self.path == "[vdso]" {
+            let proc = Process::open(self.pid)?;
+            let bytes = proc.read(self.start, (self.end - self.start) as usize)?;
+            return ElfFile::from_bytes("[vdso]", bytes);
+        }
+        let first = &self.mappings[0];
+        let by_inode = format!(
+            "/proc/{}/map_files/{:x}-{:x}",
+            self.pid, first.start, first.end
+        );
+        if let Ok(f) = ElfFile::open(Path::new(&by_inode)) {
+            let mut f = f;
+            f.path = self.path.clone().into();
+            return Ok(f);
+        }
+        let rooted = format!("/proc/{}/root{}", self.pid, self.path);
+        let meta = std::fs::metadata(&rooted).map_err(|e| {
+            err!(
+                Mismatch,
+                "cannot open {} of process {}: {e}",
+                self.path,
+                self.pid
+            )
+        })?;
+        if meta.ino() != first.inode || self.deleted {
+            bail!(
+                Mismatch,
+                "{} was replaced on disk after process {} mapped it, and /proc/{}/map_files is not readable (needs CAP_SYS_ADMIN); run rlivepatch as root or restart the process",
+                self.path,
+                self.pid,
+                self.pid
+            );
+        }
+        let mut f = ElfFile::open(Path::new(&rooted))?;
+        f.path = self.path.clone().into();
+        Ok(f)
+    }
+
+    /// The load bias: run-time address = file address + bias.
+    pub fn bias(&self) -> Result<u64> {
+        let file = self.file()?;
+        // The lowest mapping maps the segment that starts at its file offset.
+        let m = &self.mappings[0];
+        let seg = file
+            .segments
+            .iter()
+            .find(|s| s.offset & !0xfff == m.offset)
+            .ok_or_else(|| {
+                err!(
+                    Failed,
+                    "cannot find the segment of {} mapped at {:#x}",
+                    self.path,
+                    m.start
+                )
+            })?;
+        Ok(m.start.wrapping_sub(seg.vaddr & !0xfff))
+    }
+
+    /// Is `addr` in an executable mapping of this object?
+    pub fn is_code(&self, addr: u64) -> bool {
+        self.mappings.iter().any(|m| m.exec && m.contains(addr))
+    }
+
+    /// Does the object span `addr`?
+    pub fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+
+    /// How messages name it: the file name, or "main executable NAME".
+    pub fn display_name(&self) -> String {
+        if self.is_main {
+            format!("{} (main executable)", self.file_name())
+        } else {
+            self.file_name().to_string()
+        }
+    }
+}
+
+/// The objects of a process at one moment.
+pub struct Objects {
+    /// In address order.
+    pub list: Vec<LoadedObject>,
+}
+
+impl Objects {
+    /// Group the file-backed mappings (and the vDSO) of `maps` into objects.
+    pub fn new(proc: &Process, maps: &[Mapping]) -> Result<Objects> {
+        let (_, exe_dev, exe_ino) = proc.exe()?;
+        let exe_dev = (libc::major(exe_dev), libc::minor(exe_dev));
+        let mut list: Vec<LoadedObject> = Vec::new();
+        for m in maps {
+            let vdso = m.path == "[vdso]";
+            if !m.is_file() && !vdso {
+                continue;
+            }
+            // A mapping at file offset 0 starts a new object; later mappings of the same
+            // file join the object just before them.
+            let joins = list.last().is_some_and(|o: &LoadedObject| {
+                let f = &o.mappings[0];
+                f.inode == m.inode
+                    && f.dev == m.dev
+                    && f.path == m.path
+                    && !(m.offset == 0 && !vdso)
+            });
+            if joins {
+                let o = list.last_mut().unwrap();
+                o.end = m.end;
+                o.mappings.push(m.clone());
+                continue;
+            }
+            if m.offset != 0 && !vdso {
+                // A data file mapped at an offset, not a loaded object.
+                continue;
+            }
+            list.push(LoadedObject {
+                path: m.path.clone(),
+                start: m.start,
+                end: m.end,
+                mappings: vec![m.clone()],
+                is_main: m.inode == exe_ino && m.dev == exe_dev,
+                deleted: m.deleted,
+                file: OnceCell::new(),
+                pid: proc.pid,
+            });
+        }
+        // Only objects with code are interesting (a data file mapped at offset 0 is not).
+        list.retain(|o| o.mappings.iter().any(|m| m.exec));
+        Ok(Objects { list })
+    }
+
+    /// The main executable.
+    pub fn main(&self) -> Result<&LoadedObject> {
+        self.list
+            .iter()
+            .find(|o| o.is_main)
+            .ok_or_else(|| err!(Target, "cannot find the main executable in the memory map"))
+    }
+
+    /// The object containing `addr`.
+    pub fn by_addr(&self, addr: u64) -> Option<&LoadedObject> {
+        self.list.iter().find(|o| o.contains(addr))
+    }
+
+    /// Find an object by the name a patch gives it: `None` or `"main"` for the executable,
+    /// an absolute path, a file name or a soname.
+    pub fn by_name(&self, name: Option<&str>) -> Result<&LoadedObject> {
+        let name = match name {
+            None | Some("main") => return self.main(),
+            Some(n) => n,
+        };
+        let mut found: Vec<&LoadedObject> = if name.starts_with('/') {
+            let canon = std::fs::canonicalize(name).ok();
+            self.list
+                .iter()
+                .filter(|o| {
+                    o.path == name || canon.as_deref().is_some_and(|c| Path::new(&o.path) == c)
+                })
+                .collect()
+        } else {
+            self.list.iter().filter(|o| o.file_name() == name).collect()
+        };
+        if found.is_empty() && !name.starts_with('/') {
+            found = self
+                .list
+                .iter()
+                .filter(|o| {
+                    o.path != "[vdso]" && o.file().is_ok_and(|f| f.soname.as_deref() == Some(name))
+                })
+                .collect();
+        }
+        match found.len() {
+            1 => Ok(found[0]),
+            0 => bail!(
+                Mismatch,
+                "object {name} is not loaded in process {}; check the name with `grep {name} /proc/{}/maps` (a library opened later with dlopen must be loaded first)",
+                self.list.first().map(|o| o.pid).unwrap_or(0),
+                self.list.first().map(|o| o.pid).unwrap_or(0)
+            ),
+            _ => {
+                let paths: Vec<String> = found
+                    .iter()
+                    .map(|o| format!("{} at {:#x}", o.path, o.start))
+                    .collect();
+                bail!(
+                    Mismatch,
+                    "object name {name} matches {} mappings ({}); name it by absolute path",
+                    found.len(),
+                    paths.join(", ")
+                )
+            }
+        }
+    }
+
+    /// The C library (glibc's libc.so.6 or musl's libc.so).
+    pub fn libc(&self) -> Option<&LoadedObject> {
+        self.list.iter().find(|o| {
+            let n = o.file_name();
+            n == "libc.so.6"
+                || n.starts_with("libc-2.")
+                || n.starts_with("ld-musl-")
+                || n == "libc.so"
+                || n.starts_with("libc.musl")
+        })
+    }
+
+    /// The dynamic loader (ld-linux).
+    pub fn loader(&self) -> Option<&LoadedObject> {
+        self.list.iter().find(|o| {
+            o.file_name().starts_with("ld-linux")
+                || o.file_name().starts_with("ld-2.")
+                || o.file_name().starts_with("ld64.so")
+        })
+    }
+
+    /// Symbolize a run-time address for messages: `function+0xoff (object)`.
+    pub fn symbolize(&self, addr: u64) -> String {
+        let Some(o) = self.by_addr(addr) else {
+            return format!("{addr:#x}");
+        };
+        let file = o.file();
+        let bias = o.bias();
+        match (file, bias) {
+            (Ok(f), Ok(b)) => match f.symbolize(addr.wrapping_sub(b)) {
+                Some((s, off)) => format!(
+                    "{}+{off:#x} ({})",
+                    crate::demangle::display(&s.name),
+                    o.file_name()
+                ),
+                None => format!("{addr:#x} ({})", o.file_name()),
+            },
+            _ => format!("{addr:#x} ({})", o.file_name()),
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The patch: a shared object with rlivepatch metadata, read from the file without
+//! loading it.
+//!
+//! The SDK header (`patches/include/rlivepatch.h`) emits one 80-byte `struct rlp_record`
+//! per declaration into the section `.rlivepatch`. Pointers in records (strings, the new
+//! functions) are resolved here through the file's dynamic relocations, exactly as the
+//! dynamic loader will resolve them, so `info` shows the truth without running anything.
+
+use crate::error::Result;
+use crate::symbols::{ElfFile, SymKind};
+use crate::{bail, err};
+use std::path::{Path, PathBuf};
+
+/// Size of one `struct rlp_record`.
+pub const RECORD_SIZE: u64 = 80;
+/// "RLP1".
+pub const RECORD_MAGIC: u32 = 0x3150_4c52;
+/// Offset of `ptr[0]` in a record.
+pub const RECORD_PTR0: u64 = 32;
+
+const KIND_NAME: u32 = 1;
+const KIND_FUNC: u32 = 2;
+const KIND_REPLACE: u32 = 3;
+const KIND_CALLBACKS: u32 = 4;
+const KIND_STATE: u32 = 5;
+const KIND_BUILD_ID: u32 = 6;
+const KIND_SYMBOL: u32 = 7;
+
+/// One function the patch replaces.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PatchFunc {
+    /// The object as the patch names it; `None` is the main executable.
+    pub object: Option<String>,
+    /// The old function's symbol (maybe mangled or versioned).
+    pub old: String,
+    /// The kernel's `old_sympos`: 0 unique, N the Nth occurrence.
+    pub sympos: u64,
+    /// The new function's name in the patch source.
+    pub new_name: String,
+    /// The new function's address in the patch file's address space.
+    #[serde(skip)]
+    pub new_vaddr: u64,
+    /// Address of this record's `ptr[0]` in the patch file's address space: after
+    /// loading, the loader has stored the new function's run-time address there.
+    #[serde(skip)]
+    pub slot_vaddr: u64,
+}
+
+/// A target symbol the patch's code uses (`RLIVEPATCH_SYMBOL`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SymbolRef {
+    /// The object; `None` is the main executable.
+    pub object: Option<String>,
+    /// The symbol in the target.
+    pub symbol: String,
+    /// The name of the pointer in the patch source.
+    pub local: String,
+    /// Address of the pointer variable in the patch file's address space.
+    #[serde(skip)]
+    pub slot_vaddr: u64,
+}
+
+/// A system state the patch declares (`RLIVEPATCH_STATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StateDecl {
+    /// The state id.
+    pub id: u64,
+    /// Its version.
+    pub version: u64,
+}
+
+/// The four callbacks, as addresses in the patch file's address space.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Callbacks {
+    /// `int pre_patch(void)`.
+    pub pre_patch: Option<u64>,
+    /// `void post_patch(void)`.
+    pub post_patch: Option<u64>,
+    /// `void pre_unpatch(void)`.
+    pub pre_unpatch: Option<u64>,
+    /// `void post_unpatch(void)`.
+    pub post_unpatch: Option<u64>,
+}
+
+/// A patch file and its metadata.
+pub struct Patch {
+    /// Absolute path of the file.
+    pub path: PathBuf,
+    /// The patch's name.
+    pub name: String,
+    /// The parsed file.
+    pub file: ElfFile,
+    /// The functions it replaces, in declaration order.
+    pub funcs: Vec<PatchFunc>,
+    /// Atomic replace: replaces every patch applied before it.
+    pub replace: bool,
+    /// Callbacks.
+    pub callbacks: Callbacks,
+    /// System states.
+    pub states: Vec<StateDecl>,
+    /// Build-ids the patch was built for: (object, lowercase hex).
+    pub build_ids: Vec<(Option<String>, String)>,
+    /// Target symbols its code uses.
+    pub symbols: Vec<SymbolRef>,
+}
+
+impl Patch {
+    /// Read and check a patch file.
+    pub fn load(path: &Path) -> Result<Patch> {
+        let shown = path.display();
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                err!(Patch, "patch file {shown} does not exist; check the path")
+            }
+            _ => err!(Patch, "cannot read patch file {shown}: {e}"),
+        })?;
+        if !meta.is_file() {
+            bail!(Patch, "patch file {shown} is not a regular file");
+        }
+        if meta.len() == 0 {
+            bail!(
+                Patch,
+                "patch file {shown} is empty; rebuild it with cc -shared -fPIC"
+            );
+        }
+        let abs =
+            std::fs::canonicalize(path).map_err(|e| err!(Patch, "cannot resolve {shown}: {e}"))?;
+        let mut magic = [0u8; 4];
+        {
+            use std::io::Read;
+            let mut f = std::fs::File::open(&abs)
+                .map_err(|e| err!(Patch, "cannot read patch file {shown}: {e}"))?;
+            if f.read_exact(&mut magic).is_err() || &magic != b"\x7fELF" {
+                bail!(
+                    Patch,
+                    "{shown} is not an ELF file; a patch is a shared object built with cc -shared -fPIC"
+                );
+            }
+        }
+        let file = ElfFile::open(&abs).map_err(|e| {
+            err!(
+                Patch,
+                "{shown} is not a valid ELF shared object ({}); rebuild it with cc -shared -fPIC",
+                e.message
+            )
+        })?;
+        if !file.is_64 {
+            bail!(
+                Patch,
+                "{shown} is a 32-bit ELF file; rlivepatch patches x86_64 processes: build with a 64-bit compiler"
+            );
+        }
+        if !file.is_x86_64 {
+            bail!(
+                Patch,
+                "{shown} is not built for x86_64; build the patch for x86_64"
+            );
+        }
+        if !file.is_dyn || is_pie_executable(&file) {
+            bail!(
+                Patch,
+                "{shown} is an executable, not a shared object; build the patch with cc -shared -fPIC"
+            );
+        }
+        let default_name = abs
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".so").to_string())
+            .unwrap_or_default();
+        let mut patch = Patch {
+            path: abs,
+            name: default_name,
+            file,
+            funcs: Vec::new(),
+            replace: false,
+            callbacks: Callbacks::default(),
+            states: Vec::new(),
+            build_ids: Vec::new(),
+            symbols: Vec::new(),
+        };
+        patch
+            .parse_records()
+            .map_err(|e| e.context(format!("patch {shown}")))?;
+        Ok(patch)
+    }
+
+    fn parse_records(&mut self) -> Result<()> {
+        let Some(sec) = self.file.section(".rlivepatch").cloned() else {
+            bail!(
+                Patch,
+                "no rlivepatch metadata (no .rlivepatch section); declare the replaced functions with RLIVEPATCH_FUNC from rlivepatch.h"
+            );
+        };
+        if sec.size == 0 || sec.size % RECORD_SIZE != 0 || sec.nobits {
+            bail!(
+                Patch,
+                "corrupt metadata: section .rlivepatch has {} bytes, not a multiple of {RECORD_SIZE}; rebuild with the rlivepatch.h of this version",
+                sec.size
+            );
+        }
+        let mut named = false;
+        for i in 0..sec.size / RECORD_SIZE {
+            let at = sec.addr + i * RECORD_SIZE;
+            let raw = self
+                .file
+                .bytes_at(at, RECORD_SIZE as usize)
+                .ok_or_else(|| err!(Patch, "corrupt metadata: record {i} is outside the file"))?
+                .to_vec();
+            let u32_at = |o: usize| u32::from_le_bytes(raw[o..o + 4].try_into().unwrap());
+            let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().unwrap());
+            if u32_at(0) != RECORD_MAGIC {
+                bail!(
+                    Patch,
+                    "corrupt metadata: record {i} has a bad magic number; rebuild with the rlivepatch.h of this version"
+                );
+            }
+            let kind = u32_at(4);
+            let s = |k: u64| self.string_field(at + 8 + 8 * k, i);
+            let p = |k: u64| self.pointer_field(at + RECORD_PTR0 + 8 * k, i);
+            let n = |k: usize| u64_at(64 + 8 * k);
+            match kind {
+                KIND_NAME => {
+                    let name = s(0)?.ok_or_else(|| {
+                        err!(Patch, "corrupt metadata: RLIVEPATCH_NAME without a name")
+                    })?;
+                    check_name(&name)?;
+                    if named {
+                        bail!(Patch, "RLIVEPATCH_NAME is given twice");
+                    }
+                    named = true;
+                    self.name = name;
+                }
+                KIND_FUNC => {
+                    let old = s(1)?.ok_or_else(|| {
+                        err!(
+                            Patch,
+                            "corrupt metadata: function record {i} has no old name"
+                        )
+                    })?;
+                    let new_name = s(2)?.unwrap_or_else(|| "?".into());
+                    let new_vaddr = p(0)?.ok_or_else(|| {
+                        err!(
+                            Patch,
+                            "corrupt metadata: function record for {old} has no new function"
+                        )
+                    })?;
+                    if !self.is_code(new_vaddr) {
+                        bail!(
+                            Patch,
+                            "the new function {new_name} for {old} is not code of the patch; give a function defined in the patch"
+                        );
+                    }
+                    self.funcs.push(PatchFunc {
+                        object: s(0)?,
+                        old,
+                        sympos: n(0),
+                        new_name,
+                        new_vaddr,
+                        slot_vaddr: at + RECORD_PTR0,
+                    });
+                }
+                KIND_REPLACE => self.replace = true,
+                KIND_CALLBACKS => {
+                    let mut cbs = [None; 4];
+                    for (k, cb) in cbs.iter_mut().enumerate() {
+                        *cb = p(k as u64)?;
+                        if let Some(v) = *cb {
+                            if !self.is_code(v) {
+                                bail!(Patch, "callback {k} is not code of the patch");
+                            }
+                        }
+                    }
+                    if self.callbacks.pre_patch.is_some()
+                        || self.callbacks.post_patch.is_some()
+                        || self.callbacks.pre_unpatch.is_some()
+                        || self.callbacks.post_unpatch.is_some()
+                    {
+                        bail!(Patch, "RLIVEPATCH_CALLBACKS is given twice");
+                    }
+                    self.callbacks = Callbacks {
+                        pre_patch: cbs[0],
+                        post_patch: cbs[1],
+                        pre_unpatch: cbs[2],
+                        post_unpatch: cbs[3],
+                    };
+                }
+                KIND_STATE => {
+                    let st = StateDecl {
+                        id: n(0),
+                        version: n(1),
+                    };
+                    if self.states.iter().any(|x| x.id == st.id) {
+                        bail!(Patch, "state {} is declared twice", st.id);
+                    }
+                    self.states.push(st);
+                }
+                KIND_BUILD_ID => {
+                    let hex = s(1)?.ok_or_else(|| {
+                        err!(
+                            Patch,
+                            "corrupt metadata: RLIVEPATCH_BUILD_ID without a build-id"
+                        )
+                    })?;
+                    let hex = hex.to_ascii_lowercase();
+                    if hex.is_empty()
+                        || hex.len() % 2 != 0
+                        || !hex.chars().all(|c| c.is_ascii_hexdigit())
+                    {
+                        bail!(
+                            Patch,
+                            "RLIVEPATCH_BUILD_ID: \"{hex}\" is not a hex build-id"
+                        );
+                    }
+                    self.build_ids.push((s(0)?, hex));
+                }
+                KIND_SYMBOL => {
+                    let symbol = s(1)?.ok_or_else(|| {
+                        err!(
+                            Patch,
+                            "corrupt metadata: RLIVEPATCH_SYMBOL without a symbol"
+                        )
+                    })?;
+                    let slot = p(0)?.ok_or_else(|| {
+                        err!(
+                            Patch,
+                            "corrupt metadata: RLIVEPATCH_SYMBOL {symbol} has no pointer"
+                        )
+                    })?;
+                    self.symbols.push(SymbolRef {
+                        object: s(0)?,
+                        symbol,
+                        local: s(2)?.unwrap_or_default(),
+                        slot_vaddr: slot,
+                    });
+                }
+                other => bail!(
+                    Patch,
+                    "corrupt metadata: record {i} has unknown kind {other}; rebuild with the rlivepatch.h of this version"
+                ),
+            }
+        }
+        if self.funcs.is_empty() && !self.replace {
+            bail!(
+                Patch,
+                "declares no function to replace; add RLIVEPATCH_FUNC(old, new)"
+            );
+        }
+        for (i, a) in self.funcs.iter().enumerate() {
+            if self.funcs[..i]
+                .iter()
+                .any(|b| b.object == a.object && b.old == a.old && b.sympos == a.sympos)
+            {
+                bail!(Patch, "function {} is declared twice", a.old);
+            }
+        }
+        Ok(())
+    }
+
+    fn string_field(&self, vaddr: u64, rec: u64) -> Result<Option<String>> {
+        match self.file.pointer_at(vaddr) {
+            Ok(None) => Ok(None),
+            Ok(Some(p)) => self.file.cstr_at(p).map(Some).ok_or_else(|| {
+                err!(
+                    Patch,
+                    "corrupt metadata: a string of record {rec} points outside the file"
+                )
+            }),
+            Err(sym) => bail!(
+                Patch,
+                "corrupt metadata: a string of record {rec} points to {sym}, outside the patch"
+            ),
+        }
+    }
+
+    fn pointer_field(&self, vaddr: u64, rec: u64) -> Result<Option<u64>> {
+        self.file.pointer_at(vaddr).map_err(|sym| {
+            err!(Patch, "record {rec} points to {sym}, which is not defined in the patch; give a function defined in the patch")
+        })
+    }
+
+    fn is_code(&self, vaddr: u64) -> bool {
+        self.file
+            .segments
+            .iter()
+            .any(|s| s.exec && s.vaddr <= vaddr && vaddr < s.vaddr + s.memsz)
+    }
+
+    /// Is the new function of `f` a global, default-visibility symbol that another object
+    /// could interpose? (A `static` function cannot be.)
+    pub fn interposable(&self, f: &PatchFunc) -> bool {
+        self.file
+            .dynsym
+            .iter()
+            .any(|s| s.value == f.new_vaddr && s.global && s.kind == SymKind::Func)
+    }
+}
+
+fn is_pie_executable(file: &ElfFile) -> bool {
+    // A PIE executable is ET_DYN too; tell it by DF_1_PIE, or by an interpreter plus an
+    // entry into `_start` (older linkers set no DF_1_PIE).
+    let Ok(elf) = goblin::elf::Elf::parse(file.data()) else {
+        return false;
+    };
+    let pie_flag = elf
+        .dynamic
+        .as_ref()
+        .is_some_and(|d| d.info.flags_1 & goblin::elf::dynamic::DF_1_PIE != 0);
+    pie_flag
+        || (elf.interpreter.is_some()
+            && file
+                .symtab
+                .iter()
+                .chain(&file.dynsym)
+                .any(|s| s.name == "main" && s.kind == SymKind::Func)
+            && file.soname.is_none())
+}
+
+/// Patch names appear in memfd names, messages and `disable` arguments: keep them simple.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 200
+        || !name.chars().all(|c| c.is_ascii_graphic() && c != '/')
+    {
+        bail!(
+            Patch,
+            "patch name \"{name}\" is not valid: use 1-200 printable characters without spaces or '/'"
+        );
+    }
+    Ok(())
+}

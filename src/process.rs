@@ -1,0 +1,385 @@
+//! The target process as /proc shows it: status, threads, memory mappings and memory.
+//!
+//! Nothing here stops or changes the process except [`Memory::write`], which goes through
+//! `/proc/pid/mem` so that it can write read-only text without `mprotect` (and so works
+//! under `MemoryDenyWriteExecute`).
+
+use crate::error::{Context, Result};
+use crate::{bail, err};
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::IoSliceMut;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// What `/proc/pid/status` says about the process, and who it is.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The command name (`Name:`).
+    pub name: String,
+    /// The one-letter scheduler state (`R`, `S`, `D`, `T`, `t`, `Z`, `X`, `I`).
+    pub state: char,
+    /// The thread group id: the process id.
+    pub tgid: i32,
+    /// The pid of the tracer, 0 when none.
+    pub tracer: i32,
+    /// Real uid.
+    pub uid: u32,
+    /// Seccomp mode: 0 none, 1 strict, 2 filter.
+    pub seccomp: u32,
+    /// The x86 user shadow stack is enabled (CET), from `x86_Thread_features`.
+    pub shadow_stack: bool,
+}
+
+/// A running process, identified by pid and start time so that pid reuse cannot fool us.
+#[derive(Debug)]
+pub struct Process {
+    /// The process id.
+    pub pid: i32,
+    /// Start time in clock ticks since boot (field 22 of /proc/pid/stat).
+    pub start_time: u64,
+    /// The status at open time.
+    pub status: Status,
+    mem: File,
+}
+
+/// One line of `/proc/pid/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Readable.
+    pub read: bool,
+    /// Writable.
+    pub write: bool,
+    /// Executable.
+    pub exec: bool,
+    /// Shared (as opposed to private copy-on-write).
+    pub shared: bool,
+    /// Offset in the file.
+    pub offset: u64,
+    /// Device, as the kernel's `major:minor` numbers.
+    pub dev: (u32, u32),
+    /// Inode of the file, 0 for anonymous memory.
+    pub inode: u64,
+    /// The path or pseudo-path (`[heap]`, `[stack]`, `[vdso]`), without a ` (deleted)` suffix.
+    pub path: String,
+    /// The file was deleted (or replaced) after it was mapped.
+    pub deleted: bool,
+}
+
+impl Mapping {
+    /// The mapping is backed by a file on disk (not anonymous, not a pseudo-path).
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.path.starts_with('/')
+    }
+    /// Does the mapping contain `addr`?
+    pub fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+}
+
+/// Parse the text of `/proc/pid/maps`.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<Mapping> {
+    // "start-end perms offset major:minor inode   path"; the path may contain spaces.
+    let mut rest = line;
+    let mut field = || {
+        let t = rest.trim_start();
+        let end = t.find(' ').unwrap_or(t.len());
+        let (f, r) = t.split_at(end);
+        rest = r;
+        f
+    };
+    let range = field();
+    let perms = field().as_bytes().to_vec();
+    let offset = u64::from_str_radix(field(), 16).ok()?;
+    let dev = field();
+    let inode: u64 = field().parse().ok()?;
+    let mut path = rest.trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    let deleted = path.ends_with(" (deleted)");
+    if deleted {
+        path.truncate(path.len() - " (deleted)".len());
+    }
+    Some(Mapping {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        read: perms.first() == Some(&b'r'),
+        write: perms.get(1) == Some(&b'w'),
+        exec: perms.get(2) == Some(&b'x'),
+        shared: perms.get(3) == Some(&b's'),
+        offset,
+        dev: (
+            u32::from_str_radix(maj, 16).ok()?,
+            u32::from_str_radix(min, 16).ok()?,
+        ),
+        inode,
+        path,
+        deleted,
+    })
+}
+
+/// Read `/proc/pid/status` into a [`Status`].
+pub fn read_status(pid: i32) -> Result<Status> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| not_found_or(pid, e))?;
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')))
+            .map(|v| v.trim().to_string())
+    };
+    let num = |key: &str| get(key).and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok());
+    Ok(Status {
+        name: get("Name").unwrap_or_default(),
+        state: get("State").and_then(|s| s.chars().next()).unwrap_or('?'),
+        tgid: num("Tgid").unwrap_or(pid as i64) as i32,
+        tracer: num("TracerPid").unwrap_or(0) as i32,
+        uid: num("Uid").unwrap_or(0) as u32,
+        seccomp: num("Seccomp").unwrap_or(0) as u32,
+        shadow_stack: get("x86_Thread_features").is_some_and(|f| f.contains("shstk")),
+    })
+}
+
+fn not_found_or(pid: i32, e: std::io::Error) -> crate::error::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        err!(
+            Target,
+            "no process with pid {pid}; check the pid (ps -p {pid})"
+        )
+    } else {
+        err!(Target, "cannot read /proc/{pid}: {e}")
+    }
+}
+
+/// The start time of a process or thread (field 22 of its stat file), if it still exists.
+pub fn start_time(stat_path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The one-letter state of a thread from its stat file.
+pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// The command name of a thread (`comm`), for messages.
+pub fn thread_name(pid: i32, tid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The set of thread ids of a process.
+pub fn task_ids(pid: i32) -> Result<BTreeSet<i32>> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| not_found_or(pid, e))?;
+    Ok(dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+impl Process {
+    /// Open a process for inspection and memory access. Checks that `pid` names a
+    /// process (not a thread of another one) and that we may access its memory.
+    pub fn open(pid: i32) -> Result<Process> {
+        if pid <= 0 {
+            bail!(Target, "invalid pid {pid}");
+        }
+        let status = read_status(pid)?;
+        if status.tgid != pid {
+            bail!(
+                Target,
+                "{pid} is a thread of process {}; give the process id {} instead",
+                status.tgid,
+                status.tgid
+            );
+        }
+        let start_time = start_time(&format!("/proc/{pid}/stat"))
+            .ok_or_else(|| err!(Target, "process {pid} exited"))?;
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|e| permission_error(pid, &status, e))?;
+        Ok(Process {
+            pid,
+            start_time,
+            status,
+            mem,
+        })
+    }
+
+    /// Is this still the same process (same pid, same start time)?
+    pub fn is_alive(&self) -> bool {
+        start_time(&format!("/proc/{}/stat", self.pid)) == Some(self.start_time)
+            && read_status(self.pid).is_ok_and(|s| s.state != 'Z' && s.state != 'X')
+    }
+
+    /// Read and parse `/proc/pid/maps` now.
+    pub fn maps(&self) -> Result<Vec<Mapping>> {
+        let text = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))
+            .map_err(|e| not_found_or(self.pid, e))?;
+        Ok(parse_maps(&text))
+    }
+
+    /// The path of the executable as the kernel sees it, and its (dev, inode).
+    pub fn exe(&self) -> Result<(PathBuf, u64, u64)> {
+        let link = format!("/proc/{}/exe", self.pid);
+        let path =
+            std::fs::read_link(&link).map_err(|e| permission_error(self.pid, &self.status, e))?;
+        let meta =
+            std::fs::metadata(&link).map_err(|e| permission_error(self.pid, &self.status, e))?;
+        Ok((path, meta.dev(), meta.ino()))
+    }
+
+    /// A path through which this process's view of `path` can be opened from here, even in
+    /// another mount namespace.
+    pub fn root_path(&self, path: &str) -> PathBuf {
+        Path::new(&format!("/proc/{}/root", self.pid)).join(path.trim_start_matches('/'))
+    }
+
+    /// Read `len` bytes at `addr`.
+    pub fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.read_into(addr, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Read exactly `buf.len()` bytes at `addr`.
+    pub fn read_into(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        let n = self.mem.read_at(buf, addr).with_context(|| {
+            format!(
+                "reading {} bytes at {addr:#x} of process {}",
+                buf.len(),
+                self.pid
+            )
+        })?;
+        if n != buf.len() {
+            bail!(Failed, "short read at {addr:#x} of process {}", self.pid);
+        }
+        Ok(())
+    }
+
+    /// Read as much as possible of `len` bytes at `addr` with one `process_vm_readv`
+    /// (used for stacks: stops at the first unmapped page).
+    pub fn read_vm(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        let remote = [nix::sys::uio::RemoteIoVec {
+            base: addr as usize,
+            len,
+        }];
+        let n = nix::sys::uio::process_vm_readv(
+            nix::unistd::Pid::from_raw(self.pid),
+            &mut [IoSliceMut::new(&mut buf)],
+            &remote,
+        )
+        .unwrap_or(0);
+        buf.truncate(n);
+        buf
+    }
+
+    /// Read a little-endian u64 at `addr`.
+    pub fn read_u64(&self, addr: u64) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read_into(addr, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Read a NUL-terminated string of at most `max` bytes at `addr`.
+    pub fn read_cstr(&self, addr: u64, max: usize) -> Result<String> {
+        let mut out = Vec::new();
+        let mut a = addr;
+        while out.len() < max {
+            // Read up to the end of the page so that we never cross into an unmapped one.
+            let chunk = (4096 - (a % 4096)) as usize;
+            let buf = self.read(a, chunk.min(max - out.len()))?;
+            if let Some(i) = buf.iter().position(|&b| b == 0) {
+                out.extend_from_slice(&buf[..i]);
+                return Ok(String::from_utf8_lossy(&out).into_owned());
+            }
+            out.extend_from_slice(&buf);
+            a += chunk as u64;
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Write `bytes` at `addr`, even into read-only text, then read them back.
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<()> {
+        let n = self.mem.write_at(bytes, addr).with_context(|| {
+            format!(
+                "writing {} bytes at {addr:#x} of process {}",
+                bytes.len(),
+                self.pid
+            )
+        })?;
+        if n != bytes.len() {
+            bail!(Failed, "short write at {addr:#x} of process {}", self.pid);
+        }
+        let back = self.read(addr, bytes.len())?;
+        if back != bytes {
+            bail!(
+                Failed,
+                "memory at {addr:#x} of process {} did not take the write",
+                self.pid
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The message for EACCES/EPERM on a process: what ptrace permission means and how to get it.
+pub fn permission_error(pid: i32, status: &Status, e: std::io::Error) -> crate::error::Error {
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            let me = nix::unistd::geteuid().as_raw();
+            let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+                .ok()
+                .map(|s| s.trim().to_string());
+            let yama = match scope.as_deref() {
+                Some("0") | None => String::new(),
+                Some(s) => {
+                    format!(", and kernel.yama.ptrace_scope is {s} (needs 0, or CAP_SYS_PTRACE)")
+                }
+            };
+            err!(
+                Target,
+                "no permission to trace process {pid} ({}, uid {}): ptrace needs the same uid as the target (you are uid {me}) or CAP_SYS_PTRACE{yama}; run rlivepatch as the target's user or as root",
+                status.name,
+                status.uid
+            )
+        }
+        Some(libc::ENOENT) | Some(libc::ESRCH) => err!(Target, "process {pid} exited"),
+        _ => err!(Target, "cannot access process {pid}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let m = parse_maps(
+            "55d0c0a00000-55d0c0a01000 r-xp 00001000 fd:01 1234    /usr/bin/my prog (deleted)\n\
+             7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n",
+        );
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].start, 0x55d0c0a00000);
+        assert!(m[0].exec && !m[0].write && m[0].read);
+        assert_eq!(m[0].offset, 0x1000);
+        assert_eq!(m[0].dev, (0xfd, 1));
+        assert_eq!(m[0].path, "/usr/bin/my prog");
+        assert!(m[0].deleted && m[0].is_file());
+        assert_eq!(m[1].path, "[stack]");
+        assert!(!m[1].is_file());
+    }
+}

@@ -1,0 +1,341 @@
+//! What rlivepatch shows: the views of `info`, `list` and `apply`, in JSON (`--json`) and
+//! as text. Addresses are hex strings in JSON, so that no consumer rounds them.
+
+use crate::objects::Objects;
+use crate::patch::{Patch, StateDecl};
+use crate::state::{AppliedFunc, AppliedPatch, Record};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+fn hx(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+/// One redirected function.
+#[derive(Debug, Clone, Serialize)]
+pub struct FuncView {
+    /// Object file name.
+    pub object: String,
+    /// Object path.
+    pub object_path: String,
+    /// Old symbol.
+    pub symbol: String,
+    /// Demangled name (C++).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demangled: Option<String>,
+    /// Old entry address.
+    pub old_addr: String,
+    /// New function's name in the patch.
+    pub new_function: String,
+    /// New function's address.
+    pub new_addr: String,
+    /// `jump` (direct `jmp rel32`) or `island` (through an island slot).
+    pub via: &'static str,
+    /// The island slot, when `via` is `island`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub island: Option<String>,
+}
+
+impl FuncView {
+    /// The view of an applied function.
+    pub fn new(f: &AppliedFunc, _objects: &Objects) -> FuncView {
+        FuncView {
+            object: f.object.rsplit('/').next().unwrap_or(&f.object).to_string(),
+            object_path: f.object.clone(),
+            symbol: f.symbol.clone(),
+            demangled: crate::demangle::demangle(&f.symbol),
+            old_addr: hx(f.old_addr),
+            new_function: f.new_name.clone(),
+            new_addr: hx(f.new_addr),
+            via: if f.island.is_some() { "island" } else { "jump" },
+            island: f.island.map(hx),
+        }
+    }
+
+    fn line(&self) -> String {
+        let name = match &self.demangled {
+            Some(d) => format!("{d} [{}]", self.symbol),
+            None => self.symbol.clone(),
+        };
+        let via = match &self.island {
+            Some(i) => format!("via island {i}"),
+            None => "direct jump".to_string(),
+        };
+        format!(
+            "{name} in {} {} -> {} {} ({via})",
+            self.object, self.old_addr, self.new_function, self.new_addr
+        )
+    }
+}
+
+/// One applied patch.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchView {
+    /// Position in the stack (1 = oldest).
+    pub position: usize,
+    /// Name.
+    pub name: String,
+    /// The file it was loaded from.
+    pub path: String,
+    /// `enabled`, or `disabled` (a forced patch whose code stays loaded).
+    pub state: &'static str,
+    /// Switched with --force: never unloaded.
+    pub forced: bool,
+    /// Atomic replace.
+    pub replace: bool,
+    /// System states.
+    pub states: Vec<StateDecl>,
+    /// When it was applied (seconds since the epoch).
+    pub applied_at: u64,
+    /// Load address of the patch.
+    pub base: String,
+    /// Its functions.
+    pub functions: Vec<FuncView>,
+}
+
+/// The result of `list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListView {
+    /// Process id.
+    pub pid: i32,
+    /// Its command name.
+    pub command: String,
+    /// Applied patches in stack order.
+    pub patches: Vec<PatchView>,
+    /// An operation that was interrupted (or is running now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+}
+
+impl ListView {
+    /// Build the view of a record.
+    pub fn new(pid: i32, command: &str, rec: &Record, objects: &Objects) -> ListView {
+        let pending = rec.pending.as_ref().map(|p| {
+            let alive = crate::process::start_time(&format!("/proc/{}/stat", p.tool_pid))
+                == Some(p.tool_start);
+            if alive {
+                format!(
+                    "{} of patch {} in progress (rlivepatch pid {})",
+                    p.op, p.patch, p.tool_pid
+                )
+            } else {
+                format!(
+                    "{} of patch {} was interrupted; run `rlivepatch repair {pid}`",
+                    p.op, p.patch
+                )
+            }
+        });
+        ListView {
+            pid,
+            command: command.to_string(),
+            patches: rec
+                .patches
+                .iter()
+                .enumerate()
+                .map(|(i, p)| patch_view(i + 1, p, objects))
+                .collect(),
+            pending,
+        }
+    }
+
+    /// Text form.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        if self.patches.is_empty() {
+            let _ = writeln!(
+                s,
+                "process {} ({}): no patches applied",
+                self.pid, self.command
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "process {} ({}): {} patch(es), oldest first",
+                self.pid,
+                self.command,
+                self.patches.len()
+            );
+        }
+        for p in &self.patches {
+            let mut flags = vec![p.state.to_string()];
+            if p.forced {
+                flags.push("forced".into());
+            }
+            if p.replace {
+                flags.push("replace".into());
+            }
+            let _ = writeln!(
+                s,
+                "{}. {} [{}] loaded at {} from {}",
+                p.position,
+                p.name,
+                flags.join(", "),
+                p.base,
+                p.path
+            );
+            if !p.states.is_empty() {
+                let st: Vec<String> = p
+                    .states
+                    .iter()
+                    .map(|x| format!("{} v{}", x.id, x.version))
+                    .collect();
+                let _ = writeln!(s, "   states: {}", st.join(", "));
+            }
+            for f in &p.functions {
+                let _ = writeln!(s, "   {}", f.line());
+            }
+        }
+        if let Some(p) = &self.pending {
+            let _ = writeln!(s, "note: {p}");
+        }
+        s
+    }
+}
+
+fn patch_view(position: usize, p: &AppliedPatch, objects: &Objects) -> PatchView {
+    PatchView {
+        position,
+        name: p.name.clone(),
+        path: p.path.clone(),
+        state: if p.disabled { "disabled" } else { "enabled" },
+        forced: p.forced,
+        replace: p.replace,
+        states: p.states.clone(),
+        applied_at: p.applied_at,
+        base: hx(p.base),
+        functions: p.funcs.iter().map(|f| FuncView::new(f, objects)).collect(),
+    }
+}
+
+/// The result of `info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InfoView {
+    /// Patch name.
+    pub name: String,
+    /// File.
+    pub path: String,
+    /// Atomic replace.
+    pub replace: bool,
+    /// Functions.
+    pub functions: Vec<InfoFunc>,
+    /// Callbacks present.
+    pub callbacks: Vec<&'static str>,
+    /// System states.
+    pub states: Vec<StateDecl>,
+    /// Build-ids it was built for.
+    pub build_ids: Vec<InfoBuildId>,
+    /// Target symbols it uses.
+    pub symbols: Vec<crate::patch::SymbolRef>,
+}
+
+/// A function in `info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InfoFunc {
+    /// Object (`main` for the executable).
+    pub object: String,
+    /// Old symbol.
+    pub old: String,
+    /// Demangled name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demangled: Option<String>,
+    /// old_sympos.
+    pub sympos: u64,
+    /// New function.
+    pub new: String,
+}
+
+/// A build-id in `info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InfoBuildId {
+    /// Object (`main` for the executable).
+    pub object: String,
+    /// Hex build-id.
+    pub build_id: String,
+}
+
+impl InfoView {
+    /// Build the view of a patch.
+    pub fn new(p: &Patch) -> InfoView {
+        let cb = &p.callbacks;
+        let callbacks = [
+            ("pre_patch", cb.pre_patch),
+            ("post_patch", cb.post_patch),
+            ("pre_unpatch", cb.pre_unpatch),
+            ("post_unpatch", cb.post_unpatch),
+        ]
+        .iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(n, _)| *n)
+        .collect();
+        InfoView {
+            name: p.name.clone(),
+            path: p.path.display().to_string(),
+            replace: p.replace,
+            functions: p
+                .funcs
+                .iter()
+                .map(|f| InfoFunc {
+                    object: f.object.clone().unwrap_or_else(|| "main".into()),
+                    old: f.old.clone(),
+                    demangled: crate::demangle::demangle(&f.old),
+                    sympos: f.sympos,
+                    new: f.new_name.clone(),
+                })
+                .collect(),
+            callbacks,
+            states: p.states.clone(),
+            build_ids: p
+                .build_ids
+                .iter()
+                .map(|(o, b)| InfoBuildId {
+                    object: o.clone().unwrap_or_else(|| "main".into()),
+                    build_id: b.clone(),
+                })
+                .collect(),
+            symbols: p.symbols.clone(),
+        }
+    }
+
+    /// Text form.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "patch {} ({})", self.name, self.path);
+        if self.replace {
+            let _ = writeln!(
+                s,
+                "  atomic replace: replaces every patch applied before it"
+            );
+        }
+        for f in &self.functions {
+            let old = match &f.demangled {
+                Some(d) => format!("{d} [{}]", f.old),
+                None => f.old.clone(),
+            };
+            let pos = if f.sympos > 0 {
+                format!(" (occurrence {})", f.sympos)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(s, "  {}: {old}{pos} -> {}", f.object, f.new);
+        }
+        if !self.callbacks.is_empty() {
+            let _ = writeln!(s, "  callbacks: {}", self.callbacks.join(", "));
+        }
+        for st in &self.states {
+            let _ = writeln!(s, "  state {} version {}", st.id, st.version);
+        }
+        for b in &self.build_ids {
+            let _ = writeln!(s, "  built for {} with build-id {}", b.object, b.build_id);
+        }
+        for y in &self.symbols {
+            let _ = writeln!(
+                s,
+                "  uses {} of {} as {}",
+                y.symbol,
+                y.object.as_deref().unwrap_or("main"),
+                y.local
+            );
+        }
+        s
+    }
+}

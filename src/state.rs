@@ -1,0 +1,329 @@
+//! The record of applied patches, kept inside the target process.
+//!
+//! It lives in a private mapping of a memfd named `rlivepatch-state`, so that a later
+//! rlivepatch finds it in `/proc/pid/maps`, it dies with the process (a new process that
+//! reuses the pid has none), and a child forked after a patch inherits a private copy
+//! (`list` in the child is true, and changing one process leaves the other's record as it
+//! was). The record is JSON in one of two slots with a generation number and a checksum:
+//! a write that is cut short leaves the other slot valid.
+
+use crate::error::Result;
+use crate::inject::{Injector, Scratch};
+use crate::patch::StateDecl;
+use crate::process::{Mapping, Process};
+use crate::ptrace::Tracer;
+use crate::{bail, err};
+use serde::{Deserialize, Serialize};
+
+/// The memfd name; maps shows `/memfd:rlivepatch-state (deleted)`.
+pub const MEMFD_NAME: &str = "rlivepatch-state";
+/// Size of the mapping (pages are only allocated when written).
+pub const STATE_SIZE: u64 = 8 << 20;
+const HEADER: u64 = 4096;
+const SLOT_SIZE: u64 = (STATE_SIZE - HEADER) / 2;
+const MAGIC: &[u8; 8] = b"RLPSTAT1";
+/// Version of the record format.
+pub const FORMAT: u32 = 1;
+
+/// One replaced function of an applied patch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppliedFunc {
+    /// Path of the object the function is in.
+    pub object: String,
+    /// The old function's symbol.
+    pub symbol: String,
+    /// The old function's entry.
+    pub old_addr: u64,
+    /// The old function's size.
+    pub old_size: u64,
+    /// The original bytes at the entry (they equal the file's).
+    #[serde(with = "hex_bytes")]
+    pub orig: Vec<u8>,
+    /// The new function's name in the patch.
+    pub new_name: String,
+    /// The new function's address.
+    pub new_addr: u64,
+    /// The new function's size (0 when the patch does not say).
+    pub new_size: u64,
+    /// The island slot this patch's jump goes through, when the new function is out of
+    /// reach of a 32-bit displacement.
+    pub island: Option<u64>,
+}
+
+/// One applied patch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppliedPatch {
+    /// Its name.
+    pub name: String,
+    /// The file it was loaded from.
+    pub path: String,
+    /// `dlopen` handle.
+    pub handle: u64,
+    /// Load bias of the patch.
+    pub base: u64,
+    /// The memfd holding the patch in the target (kept open while loaded, so that its
+    /// `/proc/self/fd/N` name is unique).
+    pub fd: i32,
+    /// Switched without the consistency check: its code is never unloaded.
+    pub forced: bool,
+    /// An atomic-replace patch.
+    pub replace: bool,
+    /// System states it declares.
+    pub states: Vec<StateDecl>,
+    /// Callbacks at run-time addresses: pre_patch, post_patch, pre_unpatch, post_unpatch.
+    pub callbacks: [Option<u64>; 4],
+    /// The functions it replaces.
+    pub funcs: Vec<AppliedFunc>,
+    /// When it was applied (seconds since the epoch).
+    pub applied_at: u64,
+    /// Disabled, but its code stays mapped because it was forced.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// A page of island slots near some code.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Island {
+    /// Page address.
+    pub addr: u64,
+    /// Slots in use.
+    pub used: Vec<u64>,
+}
+
+/// An operation in progress, written before the switch so that a run killed midway can
+/// be recognised and finished or undone by the next one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    /// `apply` or `disable`.
+    pub op: String,
+    /// The patch.
+    pub patch: String,
+    /// rlivepatch's pid and start time.
+    pub tool_pid: i32,
+    /// rlivepatch's start time (ticks since boot), to tell a dead run from a live one.
+    pub tool_start: u64,
+    /// The patch being loaded (apply), once loaded.
+    pub loading: Option<AppliedPatch>,
+    /// Entry writes of the switch: address, bytes before, bytes after.
+    pub writes: Vec<(u64, String, String)>,
+    /// Scratch memory of the run.
+    pub scratch: Option<Scratch>,
+    /// Island pages mapped by this run.
+    pub new_islands: Vec<u64>,
+}
+
+/// The whole record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Record {
+    /// Format version.
+    pub format: u32,
+    /// Applied patches, oldest first (the stack order).
+    pub patches: Vec<AppliedPatch>,
+    /// Island pages.
+    pub islands: Vec<Island>,
+    /// An operation in progress.
+    pub pending: Option<Pending>,
+}
+
+impl Record {
+    /// A patch by name.
+    pub fn patch(&self, name: &str) -> Option<&AppliedPatch> {
+        self.patches.iter().find(|p| p.name == name)
+    }
+
+    /// The patches active on the function at `old_addr`, oldest first.
+    pub fn stack_of(&self, old_addr: u64) -> Vec<(&AppliedPatch, &AppliedFunc)> {
+        self.patches
+            .iter()
+            .filter(|p| !p.disabled)
+            .filter_map(|p| {
+                p.funcs
+                    .iter()
+                    .find(|f| f.old_addr == old_addr)
+                    .map(|f| (p, f))
+            })
+            .collect()
+    }
+
+    /// Is there nothing left to remember?
+    pub fn is_empty(&self) -> bool {
+        self.patches.is_empty() && self.islands.is_empty() && self.pending.is_none()
+    }
+}
+
+/// Where the record lives in one process.
+#[derive(Debug, Clone, Copy)]
+pub struct Store {
+    /// Address of the mapping.
+    pub addr: u64,
+    generation: u64,
+}
+
+fn checksum(b: &[u8]) -> u64 {
+    // FNV-1a: enough to tell a torn write from a whole one.
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Find the state mapping in `maps`.
+pub fn find_mapping(maps: &[Mapping]) -> Option<u64> {
+    let name = format!("/memfd:{MEMFD_NAME}");
+    maps.iter()
+        .find(|m| m.path == name && m.offset == 0)
+        .map(|m| m.start)
+}
+
+impl Store {
+    /// Read the record of a process: `None` when it has no state mapping.
+    pub fn load(proc: &Process, maps: &[Mapping]) -> Result<Option<(Store, Record)>> {
+        let Some(addr) = find_mapping(maps) else {
+            return Ok(None);
+        };
+        let header = proc.read(addr, 16)?;
+        if &header[..8] != MAGIC {
+            bail!(
+                Failed,
+                "the rlivepatch state of process {} at {addr:#x} is not readable (bad magic)",
+                proc.pid
+            );
+        }
+        let mut best: Option<(u64, Record)> = None;
+        for slot in 0..2 {
+            let base = addr + HEADER + slot * SLOT_SIZE;
+            let head = proc.read(base, 24)?;
+            let generation_no = u64::from_le_bytes(head[0..8].try_into().unwrap());
+            let len = u64::from_le_bytes(head[8..16].try_into().unwrap());
+            let sum = u64::from_le_bytes(head[16..24].try_into().unwrap());
+            if generation_no == 0 || len == 0 || len > SLOT_SIZE - 24 {
+                continue;
+            }
+            let body = proc.read(base + 24, len as usize)?;
+            if checksum(&body) != sum {
+                continue;
+            }
+            let Ok(rec) = serde_json::from_slice::<Record>(&body) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(g, _)| generation_no > *g) {
+                best = Some((generation_no, rec));
+            }
+        }
+        match best {
+            Some((generation, rec)) => {
+                if rec.format > FORMAT {
+                    bail!(
+                        Failed,
+                        "process {} was patched by a newer rlivepatch (state format {}); use that version",
+                        proc.pid,
+                        rec.format
+                    );
+                }
+                Ok(Some((Store { addr, generation }, rec)))
+            }
+            None => Ok(Some((
+                Store {
+                    addr,
+                    generation: 0,
+                },
+                Record {
+                    format: FORMAT,
+                    ..Default::default()
+                },
+            ))),
+        }
+    }
+
+    /// Create the state mapping in the target (through the borrowed thread).
+    pub fn create(inj: &mut Injector, tr: &mut Tracer, proc: &Process) -> Result<Store> {
+        let fd = inj.memfd_with(tr, proc, MEMFD_NAME, MAGIC)?;
+        let r = (|| -> Result<u64> {
+            let t = inj.syscall(tr, libc::SYS_ftruncate, &[fd as u64, STATE_SIZE])?;
+            if t < 0 {
+                bail!(
+                    Failed,
+                    "ftruncate of the state memfd failed: {}",
+                    std::io::Error::from_raw_os_error(-t as i32)
+                );
+            }
+            let a = inj.syscall(
+                tr,
+                libc::SYS_mmap,
+                &[
+                    0,
+                    STATE_SIZE,
+                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                    libc::MAP_PRIVATE as u64,
+                    fd as u64,
+                    0,
+                ],
+            )?;
+            if a < 0 {
+                bail!(
+                    Failed,
+                    "mapping the state memfd failed: {}",
+                    std::io::Error::from_raw_os_error(-a as i32)
+                );
+            }
+            Ok(a as u64)
+        })();
+        inj.syscall(tr, libc::SYS_close, &[fd as u64])?;
+        Ok(Store {
+            addr: r?,
+            generation: 0,
+        })
+    }
+
+    /// Write the record (the slot not holding the newest one).
+    pub fn save(&mut self, proc: &Process, rec: &Record) -> Result<()> {
+        let body = serde_json::to_vec(rec).map_err(|e| err!(Failed, "encoding the state: {e}"))?;
+        if body.len() as u64 > SLOT_SIZE - 24 {
+            bail!(
+                Failed,
+                "the rlivepatch state of process {} outgrew its {} bytes; disable some patches",
+                proc.pid,
+                SLOT_SIZE
+            );
+        }
+        let generation_no = self.generation + 1;
+        let base = self.addr + HEADER + (generation_no % 2) * SLOT_SIZE;
+        // Body first, then the header that makes it valid.
+        proc.write(base + 24, &body)?;
+        let mut head = generation_no.to_le_bytes().to_vec();
+        head.extend((body.len() as u64).to_le_bytes());
+        head.extend(checksum(&body).to_le_bytes());
+        proc.write(base, &head)?;
+        self.generation = generation_no;
+        Ok(())
+    }
+
+    /// Unmap the state (when nothing is left to remember).
+    pub fn remove(self, inj: &mut Injector, tr: &mut Tracer) -> Result<()> {
+        let r = inj.syscall(tr, libc::SYS_munmap, &[self.addr, STATE_SIZE])?;
+        if r < 0 {
+            bail!(
+                Failed,
+                "unmapping the state failed: {}",
+                std::io::Error::from_raw_os_error(-r as i32)
+            );
+        }
+        Ok(())
+    }
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::symbols::hex(b))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        (0..s.len())
+            .step_by(2)
+            .map(|i| {
+                u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16)
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
+}

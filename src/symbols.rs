@@ -1,0 +1,569 @@
+//! ELF files and their symbols: what an object on disk says about the code mapped in a
+//! process.
+//!
+//! An [`ElfFile`] is parsed once and keeps only what rlivepatch needs (segments, sections,
+//! symbols, soname, build-id). Symbols come from `.symtab` first (it has the `static`
+//! functions) and `.dynsym` otherwise.
+
+use crate::error::{Context, Result};
+use crate::{bail, err};
+use goblin::elf::{Elf, header, program_header, section_header, sym};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The bytes of an ELF file: a read-only file mapping, or a copy read from memory (vDSO).
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// A loadable segment (`PT_LOAD`).
+#[derive(Debug, Clone, Copy)]
+pub struct Segment {
+    /// Virtual address in the file's own address space.
+    pub vaddr: u64,
+    /// Size in memory.
+    pub memsz: u64,
+    /// Offset in the file.
+    pub offset: u64,
+    /// Size in the file.
+    pub filesz: u64,
+    /// Executable.
+    pub exec: bool,
+    /// Writable.
+    pub write: bool,
+}
+
+/// A section header, by name.
+#[derive(Debug, Clone)]
+pub struct Section {
+    /// The name (`.eh_frame`, `.text`...).
+    pub name: String,
+    /// Address (0 for sections that are not loaded).
+    pub addr: u64,
+    /// Offset in the file.
+    pub offset: u64,
+    /// Size.
+    pub size: u64,
+    /// `SHT_NOBITS` sections have no bytes in the file.
+    pub nobits: bool,
+}
+
+/// What a symbol is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SymKind {
+    /// `STT_FUNC`.
+    Func,
+    /// `STT_GNU_IFUNC`: the address is a resolver that returns the implementation.
+    Ifunc,
+    /// `STT_OBJECT` (data).
+    Object,
+    /// `STT_TLS`: the value is an offset in the object's TLS block.
+    Tls,
+    /// Anything else defined (`STT_NOTYPE`...).
+    Other,
+}
+
+/// A defined symbol.
+#[derive(Debug, Clone)]
+pub struct Symbol {
+    /// Name without version.
+    pub name: String,
+    /// Version from `.gnu.version` (dynsym only), e.g. `GLIBC_2.14`.
+    pub version: Option<String>,
+    /// `true` for a non-default version (`name@VER`), `false` for `name@@VER`.
+    pub version_hidden: bool,
+    /// Value: the address in the file's address space (TLS: offset in the TLS block).
+    pub value: u64,
+    /// Size in bytes (0 when unknown).
+    pub size: u64,
+    /// Kind.
+    pub kind: SymKind,
+    /// Global or weak (as opposed to local, like a C `static`).
+    pub global: bool,
+}
+
+/// A parsed ELF file.
+pub struct ElfFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    bytes: Bytes,
+    /// `ET_DYN` (shared object or PIE) rather than `ET_EXEC`.
+    pub is_dyn: bool,
+    /// `EM_X86_64` and ELFCLASS64.
+    pub is_x86_64: bool,
+    /// 64-bit class.
+    pub is_64: bool,
+    /// The program interpreter (`PT_INTERP`), for executables.
+    pub interp: Option<String>,
+    /// `DT_SONAME`.
+    pub soname: Option<String>,
+    /// GNU build-id note.
+    pub build_id: Option<Vec<u8>>,
+    /// `.gnu_debuglink` file name.
+    pub debuglink: Option<String>,
+    /// `PT_LOAD` segments.
+    pub segments: Vec<Segment>,
+    /// Section headers.
+    pub sections: Vec<Section>,
+    /// Symbols from `.symtab` (empty when stripped).
+    pub symtab: Vec<Symbol>,
+    /// Symbols from `.dynsym`.
+    pub dynsym: Vec<Symbol>,
+    /// `DT_NEEDED` entries.
+    pub needed: Vec<String>,
+    /// Relocations of the dynamic section, by offset: (type, symbol value if the symbol is
+    /// defined here, symbol name, addend). RELR entries appear as `R_X86_64_RELATIVE`.
+    pub dyn_relocs: HashMap<u64, Reloc>,
+}
+
+/// One dynamic relocation.
+#[derive(Debug, Clone)]
+pub struct Reloc {
+    /// `R_X86_64_*` type.
+    pub r_type: u32,
+    /// The symbol's name, if any.
+    pub sym_name: Option<String>,
+    /// The symbol's value when it is defined in this file.
+    pub sym_value: Option<u64>,
+    /// Addend (for RELR: the value stored in the file).
+    pub addend: i64,
+}
+
+const R_X86_64_64: u32 = 1;
+const R_X86_64_RELATIVE: u32 = 8;
+
+impl ElfFile {
+    /// Map and parse the ELF file at `path`.
+    pub fn open(path: &Path) -> Result<ElfFile> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: the mapping is read-only and private; if the file is truncated while
+        // mapped, reads fault, which is the same hazard every ELF tool accepts.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("mapping {}", path.display()))?;
+        Self::parse(path.to_path_buf(), Bytes::Mapped(map))
+    }
+
+    /// Parse an ELF image copied from memory (the vDSO).
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<ElfFile> {
+        Self::parse(PathBuf::from(name), Bytes::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, bytes: Bytes) -> Result<ElfFile> {
+        let elf = Elf::parse(&bytes)
+            .map_err(|e| err!(Patch, "{} is not a valid ELF file: {e}", path.display()))?;
+        let segments = elf
+            .program_headers
+            .iter()
+            .filter(|p| p.p_type == program_header::PT_LOAD)
+            .map(|p| Segment {
+                vaddr: p.p_vaddr,
+                memsz: p.p_memsz,
+                offset: p.p_offset,
+                filesz: p.p_filesz,
+                exec: p.p_flags & program_header::PF_X != 0,
+                write: p.p_flags & program_header::PF_W != 0,
+            })
+            .collect();
+        let sections: Vec<Section> = elf
+            .section_headers
+            .iter()
+            .map(|s| Section {
+                name: elf.shdr_strtab.get_at(s.sh_name).unwrap_or("").to_string(),
+                addr: s.sh_addr,
+                offset: s.sh_offset,
+                size: s.sh_size,
+                nobits: s.sh_type == section_header::SHT_NOBITS,
+            })
+            .collect();
+        let build_id = elf.iter_note_headers(&bytes).and_then(|notes| {
+            notes
+                .filter_map(|n| n.ok())
+                .find(|n| n.n_type == goblin::elf::note::NT_GNU_BUILD_ID && n.name == "GNU")
+                .map(|n| n.desc.to_vec())
+        });
+        let debuglink = sections
+            .iter()
+            .find(|s| s.name == ".gnu_debuglink")
+            .and_then(|s| {
+                let b = bytes.get(s.offset as usize..(s.offset + s.size) as usize)?;
+                let end = b.iter().position(|&c| c == 0)?;
+                Some(String::from_utf8_lossy(&b[..end]).into_owned())
+            });
+        let symtab = collect_syms(&elf.syms, &elf.strtab, None);
+        let versions = symbol_versions(&elf);
+        let dynsym = collect_syms(&elf.dynsyms, &elf.dynstrtab, Some(&versions));
+        let mut dyn_relocs = HashMap::new();
+        for r in elf.dynrelas.iter().chain(elf.dynrels.iter()) {
+            let s = elf.dynsyms.get(r.r_sym);
+            let (sym_name, sym_value) = match s {
+                Some(s) if r.r_sym != 0 => (
+                    elf.dynstrtab.get_at(s.st_name).map(str::to_string),
+                    (s.st_shndx != section_header::SHN_UNDEF as usize).then_some(s.st_value),
+                ),
+                _ => (None, None),
+            };
+            dyn_relocs.insert(
+                r.r_offset,
+                Reloc {
+                    r_type: r.r_type,
+                    sym_name,
+                    sym_value,
+                    addend: r.r_addend.unwrap_or(0),
+                },
+            );
+        }
+        let needed = elf.libraries.iter().map(|s| s.to_string()).collect();
+        let mut f = ElfFile {
+            path,
+            is_dyn: elf.header.e_type == header::ET_DYN,
+            is_x86_64: elf.header.e_machine == header::EM_X86_64 && elf.is_64,
+            is_64: elf.is_64,
+            interp: elf.interpreter.map(str::to_string),
+            soname: elf.soname.map(str::to_string),
+            build_id,
+            debuglink,
+            segments,
+            sections,
+            symtab,
+            dynsym,
+            needed,
+            dyn_relocs,
+            bytes: Bytes::Owned(Vec::new()),
+        };
+        let relr = relr_table(&elf);
+        f.bytes = bytes;
+        let relr_offsets = relr
+            .and_then(|(addr, size)| f.bytes_at(addr, size as usize))
+            .map(|b| {
+                decode_relr(
+                    &b.chunks_exact(8)
+                        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .unwrap_or_default();
+        for off in relr_offsets {
+            let addend = f.read_u64(off).unwrap_or(0) as i64;
+            f.dyn_relocs.insert(
+                off,
+                Reloc {
+                    r_type: R_X86_64_RELATIVE,
+                    sym_name: None,
+                    sym_value: None,
+                    addend,
+                },
+            );
+        }
+        Ok(f)
+    }
+
+    /// The whole file.
+    pub fn data(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// A section by name.
+    pub fn section(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
+    /// The bytes of a section in the file.
+    pub fn section_data(&self, s: &Section) -> Option<&[u8]> {
+        if s.nobits {
+            return None;
+        }
+        self.bytes
+            .get(s.offset as usize..(s.offset + s.size) as usize)
+    }
+
+    /// The file bytes that are loaded at `vaddr` (file address space), `len` of them.
+    pub fn bytes_at(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.vaddr <= vaddr && vaddr + len as u64 <= s.vaddr + s.filesz)?;
+        let off = (seg.offset + (vaddr - seg.vaddr)) as usize;
+        self.bytes.get(off..off + len)
+    }
+
+    /// A little-endian u64 at file address `vaddr`.
+    pub fn read_u64(&self, vaddr: u64) -> Option<u64> {
+        Some(u64::from_le_bytes(
+            self.bytes_at(vaddr, 8)?.try_into().ok()?,
+        ))
+    }
+
+    /// A NUL-terminated string at file address `vaddr`.
+    pub fn cstr_at(&self, vaddr: u64) -> Option<String> {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.vaddr <= vaddr && vaddr < s.vaddr + s.filesz)?;
+        let off = (seg.offset + (vaddr - seg.vaddr)) as usize;
+        let end = (seg.offset + seg.filesz) as usize;
+        let b = self.bytes.get(off..end)?;
+        let n = b.iter().position(|&c| c == 0)?;
+        Some(String::from_utf8_lossy(&b[..n]).into_owned())
+    }
+
+    /// The pointer-sized value the dynamic loader stores at `vaddr`: the file's own
+    /// address for relative relocations, the symbol's address for symbol relocations
+    /// against symbols defined here. `Err(name)` when it points to another object.
+    pub fn pointer_at(&self, vaddr: u64) -> std::result::Result<Option<u64>, String> {
+        match self.dyn_relocs.get(&vaddr) {
+            Some(r) if r.r_type == R_X86_64_RELATIVE => Ok(Some(r.addend as u64)),
+            Some(r) if r.r_type == R_X86_64_64 || r.r_type == 6 /* GLOB_DAT */ => match r.sym_value {
+                Some(v) => Ok(Some(v.wrapping_add(r.addend as u64))),
+                None => Err(r.sym_name.clone().unwrap_or_default()),
+            },
+            Some(r) => Err(format!("relocation type {}", r.r_type)),
+            None => Ok(self.read_u64(vaddr).filter(|&v| v != 0)),
+        }
+    }
+
+    /// The symbols to search for a name: `.symtab` when present (it is a superset), else
+    /// `.dynsym`.
+    pub fn best_symbols(&self) -> &[Symbol] {
+        if self.symtab.is_empty() {
+            &self.dynsym
+        } else {
+            &self.symtab
+        }
+    }
+
+    /// Is there a symbol table with local (static) symbols?
+    pub fn has_symtab(&self) -> bool {
+        !self.symtab.is_empty()
+    }
+
+    /// The lowest `PT_LOAD` address, page-aligned: the load bias is the mapped address of
+    /// the first segment minus this.
+    pub fn first_vaddr(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|s| s.vaddr & !0xfff)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The build-id as lowercase hex.
+    pub fn build_id_hex(&self) -> Option<String> {
+        self.build_id.as_ref().map(|b| hex(b))
+    }
+
+    /// The function symbol whose range contains `vaddr` (file address space), preferring
+    /// `.symtab`, for symbolizing addresses in messages.
+    pub fn symbolize(&self, vaddr: u64) -> Option<(&Symbol, u64)> {
+        let find = |syms: &'_ [Symbol]| -> Option<usize> {
+            let mut best: Option<usize> = None;
+            for (i, s) in syms.iter().enumerate() {
+                if !matches!(s.kind, SymKind::Func | SymKind::Ifunc) || s.value > vaddr {
+                    continue;
+                }
+                let inside = vaddr < s.value + s.size.max(1);
+                if inside
+                    && best.is_none_or(|b| {
+                        syms[b].value < s.value
+                            || (syms[b].value == s.value && s.global && !syms[b].global)
+                    })
+                {
+                    best = Some(i);
+                }
+            }
+            best
+        };
+        if let Some(i) = find(&self.symtab) {
+            return Some((&self.symtab[i], vaddr - self.symtab[i].value));
+        }
+        find(&self.dynsym).map(|i| (&self.dynsym[i], vaddr - self.dynsym[i].value))
+    }
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn collect_syms(
+    syms: &sym::Symtab,
+    strtab: &goblin::strtab::Strtab,
+    versions: Option<&[(Option<String>, bool)]>,
+) -> Vec<Symbol> {
+    syms.iter()
+        .enumerate()
+        .filter(|(_, s)| s.st_shndx != section_header::SHN_UNDEF as usize && s.st_name != 0)
+        .filter_map(|(i, s)| {
+            let name = strtab.get_at(s.st_name)?;
+            let kind = match s.st_type() {
+                sym::STT_FUNC => SymKind::Func,
+                sym::STT_GNU_IFUNC => SymKind::Ifunc,
+                sym::STT_OBJECT | sym::STT_COMMON => SymKind::Object,
+                sym::STT_TLS => SymKind::Tls,
+                sym::STT_SECTION | sym::STT_FILE => return None,
+                _ => SymKind::Other,
+            };
+            let (version, version_hidden) = versions
+                .and_then(|v| v.get(i).cloned())
+                .unwrap_or((None, false));
+            Some(Symbol {
+                name: name.to_string(),
+                version,
+                version_hidden,
+                value: s.st_value,
+                size: s.st_size,
+                kind,
+                global: s.st_bind() != sym::STB_LOCAL,
+            })
+        })
+        .collect()
+}
+
+/// Version name and "hidden" flag of each dynsym entry, from `.gnu.version` and
+/// `.gnu.version_d`.
+fn symbol_versions(elf: &Elf) -> Vec<(Option<String>, bool)> {
+    let (Some(versym), Some(verdef)) = (&elf.versym, &elf.verdef) else {
+        return Vec::new();
+    };
+    let mut names: HashMap<u16, String> = HashMap::new();
+    for def in verdef.iter() {
+        if let Some(aux) = def.iter().next() {
+            if let Some(n) = elf.dynstrtab.get_at(aux.vda_name) {
+                names.insert(def.vd_ndx, n.to_string());
+            }
+        }
+    }
+    versym
+        .iter()
+        .map(|v| {
+            let idx = v.version();
+            let name = if idx > 1 {
+                names.get(&idx).cloned()
+            } else {
+                None
+            };
+            (name, v.is_hidden())
+        })
+        .collect()
+}
+
+/// Where the `DT_RELR` table (packed relative relocations) is: (address, size).
+fn relr_table(elf: &Elf) -> Option<(u64, u64)> {
+    const DT_RELR: u64 = 36;
+    const DT_RELRSZ: u64 = 35;
+    let dynamic = elf.dynamic.as_ref()?;
+    let get = |tag| {
+        dynamic
+            .dyns
+            .iter()
+            .find(|d| d.d_tag == tag)
+            .map(|d| d.d_val)
+    };
+    Some((get(DT_RELR)?, get(DT_RELRSZ)?))
+}
+
+/// Decode a `DT_RELR` table: even entries are addresses, odd entries are bitmaps of the
+/// following 63 words.
+pub fn decode_relr(entries: &[u64]) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut base = 0u64;
+    for &e in entries {
+        if e & 1 == 0 {
+            out.push(e);
+            base = e + 8;
+        } else {
+            let mut bits = e >> 1;
+            let mut addr = base;
+            while bits != 0 {
+                if bits & 1 != 0 {
+                    out.push(addr);
+                }
+                bits >>= 1;
+                addr += 8;
+            }
+            base += 63 * 8;
+        }
+    }
+    out
+}
+
+/// Find a function by name in `file`, with the kernel's `old_sympos` rule: `pos == 0`
+/// means the name must be unique; `pos == N` picks the Nth occurrence in symbol-table
+/// order. `name` may carry a version (`memcpy@@GLIBC_2.14`, `name@VER`).
+pub fn find_function<'a>(file: &'a ElfFile, name: &str, pos: u64) -> Result<&'a Symbol> {
+    let (base, version) = match name.find('@') {
+        Some(i) => (&name[..i], Some(name[i..].trim_start_matches('@'))),
+        None => (name, None),
+    };
+    let pick = |syms: &'a [Symbol]| -> Vec<&'a Symbol> {
+        let mut seen = Vec::new();
+        let mut out: Vec<&Symbol> = Vec::new();
+        for s in syms {
+            if s.name != base || !matches!(s.kind, SymKind::Func | SymKind::Ifunc | SymKind::Other)
+            {
+                continue;
+            }
+            if let Some(v) = version {
+                if s.version.as_deref().is_some_and(|sv| sv != v) {
+                    continue;
+                }
+            }
+            if !seen.contains(&s.value) {
+                seen.push(s.value);
+                out.push(s);
+            }
+        }
+        out
+    };
+    let mut found = pick(&file.symtab);
+    if found.is_empty() || version.is_some() {
+        let d = pick(&file.dynsym);
+        if !d.is_empty() {
+            found = d;
+        }
+    }
+    if found.is_empty() {
+        bail!(
+            Mismatch,
+            "symbol {name} not found in {}",
+            file.path.display()
+        );
+    }
+    match pos {
+        0 if found.len() == 1 => Ok(found[0]),
+        0 => {
+            let list: Vec<String> = found
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("#{} at {:#x}", i + 1, s.value))
+                .collect();
+            bail!(
+                Mismatch,
+                "symbol {name} is ambiguous in {}: {} occurrences ({}); name one with RLIVEPATCH_FUNC_POS(old, N, new)",
+                file.path.display(),
+                found.len(),
+                list.join(", ")
+            )
+        }
+        n => found.get(n as usize - 1).copied().ok_or_else(|| {
+            err!(
+                Mismatch,
+                "symbol {name} has {} occurrence(s) in {}, not {n}",
+                found.len(),
+                file.path.display()
+            )
+        }),
+    }
+}

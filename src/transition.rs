@@ -1,0 +1,523 @@
+//! The switch: writing the new entry bytes only at a moment when no thread is inside, or
+//! will return into, a function whose implementation changes (the kernel livepatch
+//! consistency model, carried to the threads of one process).
+//!
+//! Each attempt stops every thread, unwinds each stack with DWARF CFI and checks every pc
+//! and return address against the changed code. When a thread blocks, the return address
+//! of its outermost changed frame is replaced by a return trampoline in rlivepatch's code
+//! page: the moment that frame returns, the thread makes a marker system call that
+//! rlivepatch sees as a syscall-enter stop, and is held there (outside every changed
+//! function) while the others are checked again. A trampoline is harmless if rlivepatch
+//! dies: it jumps to the original return address. Threads that do not come out are waited
+//! for, with rounds growing from 100 ms to 1 s, until the timeout; then every trampoline is
+//! removed and the switch is abandoned with the target as it was.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::inject::{MAX_TRAMPOLINES, Scratch, TRAMPOLINE_STOP};
+use crate::objects::Objects;
+use crate::process::{self, Mapping, Process};
+use crate::ptrace::{Catch, Stop, Tid, Tracer};
+use crate::unwind::{Alias, StackMem, Unwinder};
+use crate::{bail, err};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Code whose implementation the switch changes.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// For messages.
+    pub name: String,
+}
+
+/// One write of the switch.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// Where.
+    pub addr: u64,
+    /// The bytes there now.
+    pub old: Vec<u8>,
+    /// The bytes after the switch.
+    pub new: Vec<u8>,
+}
+
+/// What a switch changes.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// No thread may be in these.
+    pub changed: Vec<Changed>,
+    /// Entries being written: even with `--force`, no pc may be inside their first bytes.
+    pub entries: Vec<(u64, u64)>,
+    /// The writes.
+    pub writes: Vec<Write>,
+}
+
+/// How to switch.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Switch without the consistency check (the kernel's force).
+    pub force: bool,
+}
+
+/// A thread that keeps a switch from happening.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Blocker {
+    /// Thread id.
+    pub tid: Tid,
+    /// Its name (comm).
+    pub comm: String,
+    /// The changed function it is in, or `None` for an unreliable stack.
+    pub function: Option<String>,
+    /// Where: the blocking frame, symbolized.
+    pub frame: String,
+    /// How deep that frame is (0 = the thread is executing it).
+    pub depth: usize,
+    /// Why the stack could not be unwound, when it could not.
+    pub unreliable: Option<String>,
+    #[serde(skip)]
+    plant: Option<(u64, u64)>,
+}
+
+impl Blocker {
+    /// One line for messages.
+    pub fn describe(&self) -> String {
+        match (&self.function, &self.unreliable) {
+            (Some(f), _) if self.depth == 0 => format!(
+                "thread {} ({}) is executing {f} at {}",
+                self.tid, self.comm, self.frame
+            ),
+            (Some(f), _) => format!(
+                "thread {} ({}) will return into {f} at {} ({} frames up)",
+                self.tid, self.comm, self.frame, self.depth
+            ),
+            (None, Some(why)) => format!(
+                "thread {} ({}) has an unreliable stack ({why})",
+                self.tid, self.comm
+            ),
+            (None, None) => format!("thread {} ({}) is at {}", self.tid, self.comm, self.frame),
+        }
+    }
+}
+
+/// What happened in a switch.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Attempts (stop-the-world checks).
+    pub attempts: u32,
+    /// Threads caught at the return of a changed function.
+    pub caught_returns: u32,
+    /// Milliseconds from the first attempt to the switch.
+    pub waited_ms: u64,
+    /// Switched without the check.
+    pub forced: bool,
+}
+
+/// Progress while waiting, for the operator.
+pub struct Progress<'a> {
+    /// Attempt number.
+    pub attempt: u32,
+    /// Time left before the timeout.
+    pub left: Duration,
+    /// Who blocks.
+    pub blockers: &'a [Blocker],
+}
+
+/// The process and its threads, as the switch needs them.
+pub struct World<'a> {
+    /// The tracer.
+    pub tr: &'a mut Tracer,
+    /// The process.
+    pub proc: &'a Process,
+    /// Its objects (including a patch just loaded).
+    pub objects: &'a Objects,
+    /// Its mappings.
+    pub maps: &'a [Mapping],
+    /// The unwinder (tables cached across attempts).
+    pub unwinder: &'a mut Unwinder,
+    /// rlivepatch's memory in the target, for return trampolines.
+    pub scratch: Option<Scratch>,
+    /// Return trampolines must not be used (CET shadow stack).
+    pub shadow_stack: bool,
+}
+
+struct Planted {
+    index: usize,
+    slot: u64,
+    ret: u64,
+    parked: bool,
+}
+
+/// Check every (stopped) thread against the plan. Returns who blocks.
+pub fn check_all(w: &mut World, plan: &Plan, force: bool) -> Result<Vec<Blocker>> {
+    let mut out = Vec::new();
+    for tid in w.tr.tids() {
+        let regs = match w.tr.regs(tid) {
+            Ok(r) => r,
+            Err(_)
+                if !process::task_ids(w.proc.pid)
+                    .unwrap_or_default()
+                    .contains(&tid) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // Even a forced switch must not write over the bytes a thread is executing.
+        if let Some(&(e, _)) = plan
+            .entries
+            .iter()
+            .find(|(e, l)| regs.rip > *e && regs.rip < e + l)
+        {
+            out.push(Blocker {
+                tid,
+                comm: process::thread_name(w.proc.pid, tid),
+                function: Some(w.objects.symbolize(e)),
+                frame: w.objects.symbolize(regs.rip),
+                depth: 0,
+                unreliable: None,
+                plant: None,
+            });
+            continue;
+        }
+        if force {
+            continue;
+        }
+        let end = w
+            .maps
+            .iter()
+            .find(|m| m.contains(regs.rsp))
+            .map(|m| m.end)
+            .unwrap_or(regs.rsp + 4096);
+        let mem = StackMem::read(w.proc, regs.rsp, end);
+        let stack = w.unwinder.unwind(w.objects, &mem, &regs);
+        let mut hit: Option<(usize, &Changed)> = None;
+        for (i, f) in stack.frames.iter().enumerate() {
+            let probe = if f.exact { f.pc } else { f.pc.wrapping_sub(1) };
+            if let Some(c) = plan
+                .changed
+                .iter()
+                .find(|c| c.start <= probe && probe < c.end)
+            {
+                hit = Some((i, c));
+            }
+        }
+        let comm = process::thread_name(w.proc.pid, tid);
+        if let Some((i, c)) = hit {
+            let f = &stack.frames[i];
+            let ret = stack.frames.get(i + 1).map(|n| n.pc);
+            let plant = match (f.ra_slot, ret, &stack.unreliable) {
+                (Some(slot), Some(ret), None) => Some((slot, ret)),
+                _ => None,
+            };
+            out.push(Blocker {
+                tid,
+                comm,
+                function: Some(c.name.clone()),
+                frame: w.objects.symbolize(f.pc),
+                depth: i,
+                unreliable: None,
+                plant,
+            });
+        } else if let Some(why) = stack.unreliable {
+            let frame = stack
+                .frames
+                .last()
+                .map(|f| w.objects.symbolize(f.pc))
+                .unwrap_or_default();
+            out.push(Blocker {
+                tid,
+                comm,
+                function: None,
+                frame,
+                depth: stack.frames.len(),
+                unreliable: Some(why),
+                plant: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Switch: stop the world, check, write; retry until `opts.timeout`. On success every
+/// write is done and read back; on failure nothing is written.
+pub fn switch(
+    w: &mut World,
+    plan: &Plan,
+    opts: &Options,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Report> {
+    let start = Instant::now();
+    let deadline = start + opts.timeout;
+    let mut round_len = Duration::from_millis(100);
+    let mut round_end: Option<Instant> = None;
+    let mut planted: BTreeMap<Tid, Planted> = BTreeMap::new();
+    let mut attempts = 0u32;
+    let mut caught = 0u32;
+    let mut last_report = start - Duration::from_secs(10);
+    let result = loop {
+        attempts += 1;
+        if let Err(e) = w.tr.stop_all(Instant::now() + Duration::from_secs(10)) {
+            break Err(e);
+        }
+        if let Err(e) = w.tr.check_interrupted() {
+            break Err(e);
+        }
+        // Threads gone meanwhile lose their trampolines.
+        planted.retain(|tid, _| w.tr.threads.contains_key(tid));
+        w.unwinder.aliases = match w.scratch {
+            Some(s) => planted
+                .values()
+                .map(|p| Alias {
+                    start: s.trampoline(p.index),
+                    end: s.trampoline(p.index) + 48,
+                    target: p.ret,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let blockers = match check_all(w, plan, opts.force) {
+            Ok(b) => b,
+            Err(e) => break Err(e),
+        };
+        if blockers.is_empty() {
+            break write_all(w.proc, &plan.writes).map(|()| Report {
+                attempts,
+                caught_returns: caught,
+                waited_ms: start.elapsed().as_millis() as u64,
+                forced: opts.force,
+            });
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break Err(busy_error(&blockers, opts.timeout));
+        }
+        if now.duration_since(last_report) >= Duration::from_millis(500) || attempts == 1 {
+            progress(&Progress {
+                attempt: attempts,
+                left: deadline - now,
+                blockers: &blockers,
+            });
+            last_report = now;
+        }
+        // Catch the return of each blocking thread's outermost changed frame.
+        if let (Some(s), false) = (w.scratch, w.shadow_stack) {
+            for b in &blockers {
+                let Some((slot, ret)) = b.plant else { continue };
+                if planted.get(&b.tid).is_some_and(|p| p.slot == slot) {
+                    continue;
+                }
+                if let Some(old) = planted.remove(&b.tid) {
+                    unplant(w, &s, b.tid, &old)?;
+                }
+                let Some(index) =
+                    (0..MAX_TRAMPOLINES).find(|i| !planted.values().any(|p| p.index == *i))
+                else {
+                    break;
+                };
+                if plant(w, &s, b.tid, index, slot, ret).is_ok() {
+                    planted.insert(
+                        b.tid,
+                        Planted {
+                            index,
+                            slot,
+                            ret,
+                            parked: false,
+                        },
+                    );
+                }
+            }
+        }
+        let end = (*round_end.get_or_insert(now + round_len)).min(deadline);
+        // Run everyone but the parked threads until a trampoline fires or the round ends.
+        if let Err(e) = w.tr.resume_all_but(
+            &planted
+                .iter()
+                .filter(|(_, p)| p.parked)
+                .map(|(t, _)| *t)
+                .collect::<Vec<_>>(),
+        ) {
+            break Err(e);
+        }
+        let mut fired = false;
+        loop {
+            match w.tr.pump(end) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return finish_err(w, &mut planted, e),
+            }
+            if w.tr.interrupted.is_some() || w.tr.exited {
+                break;
+            }
+            for (tid, p) in planted.iter_mut().filter(|(_, p)| !p.parked) {
+                let stopped =
+                    w.tr.threads
+                        .get(tid)
+                        .is_some_and(|t| t.stop == Some(Stop::Syscall));
+                if stopped
+                    && w.scratch.is_some_and(|s| {
+                        w.tr.regs(*tid)
+                            .is_ok_and(|r| r.rip == s.trampoline(p.index) + TRAMPOLINE_STOP)
+                    })
+                {
+                    p.parked = true;
+                    caught += 1;
+                    fired = true;
+                }
+            }
+            if fired {
+                break;
+            }
+        }
+        if w.tr.exited {
+            break Err(err!(
+                Target,
+                "process {} exited during the switch",
+                w.proc.pid
+            ));
+        }
+        if !fired {
+            // The round is over: let the parked threads go on; they are caught again next
+            // time they block.
+            round_end = None;
+            round_len = (round_len * 2).min(Duration::from_secs(1));
+            if let Err(e) = w.tr.stop_all(Instant::now() + Duration::from_secs(10)) {
+                break Err(e);
+            }
+            let parked: Vec<Tid> = planted
+                .iter()
+                .filter(|(_, p)| p.parked)
+                .map(|(t, _)| *t)
+                .collect();
+            for tid in parked {
+                let p = planted.remove(&tid).unwrap();
+                if let Some(s) = w.scratch {
+                    release_parked(w, &s, tid, &p)?;
+                }
+            }
+        }
+    };
+    match result {
+        Ok(r) => {
+            release_all(w, &mut planted)?;
+            Ok(r)
+        }
+        Err(e) => finish_err(w, &mut planted, e),
+    }
+}
+
+fn finish_err<T>(w: &mut World, planted: &mut BTreeMap<Tid, Planted>, e: Error) -> Result<T> {
+    w.tr.stop_all(Instant::now() + Duration::from_secs(10))?;
+    release_all(w, planted)?;
+    Err(e)
+}
+
+/// Remove every trampoline: unfired ones give the thread its return address back, parked
+/// threads continue at the return address. The world must be stopped.
+fn release_all(w: &mut World, planted: &mut BTreeMap<Tid, Planted>) -> Result<()> {
+    let Some(s) = w.scratch else { return Ok(()) };
+    let mut first_err = None;
+    for (tid, p) in std::mem::take(planted) {
+        let r = if p.parked {
+            release_parked(w, &s, tid, &p)
+        } else {
+            unplant(w, &s, tid, &p)
+        };
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        }
+    }
+    w.unwinder.aliases.clear();
+    first_err.map_or(Ok(()), Err)
+}
+
+fn plant(w: &mut World, s: &Scratch, tid: Tid, index: usize, slot: u64, ret: u64) -> Result<()> {
+    if w.proc.read_u64(slot)? != ret {
+        bail!(Failed, "return address of thread {tid} moved");
+    }
+    let t = s.trampoline(index);
+    w.proc.write(t, &s.trampoline_code(index, ret))?;
+    w.proc.write(slot, &t.to_le_bytes())?;
+    if let Some(th) = w.tr.threads.get_mut(&tid) {
+        th.syscall_mode = true;
+        th.catch = Catch::At(vec![t + TRAMPOLINE_STOP]);
+    }
+    Ok(())
+}
+
+fn unplant(w: &mut World, s: &Scratch, tid: Tid, p: &Planted) -> Result<()> {
+    if let Some(th) = w.tr.threads.get_mut(&tid) {
+        th.syscall_mode = false;
+        th.catch = Catch::Nothing;
+        // Give the return address back, unless the stack moved on (longjmp).
+        if w.proc.read_u64(p.slot).ok() == Some(s.trampoline(p.index)) {
+            w.proc.write(p.slot, &p.ret.to_le_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// A thread held at its trampoline's marker: continue it at the return address with its
+/// `%rax`, skipping the marker call.
+fn release_parked(w: &mut World, s: &Scratch, tid: Tid, p: &Planted) -> Result<()> {
+    let Some(th) = w.tr.threads.get_mut(&tid) else {
+        return Ok(());
+    };
+    th.syscall_mode = false;
+    th.catch = Catch::Nothing;
+    let mut r = w.tr.regs(tid)?;
+    if r.rip != s.trampoline(p.index) + TRAMPOLINE_STOP {
+        return Ok(());
+    }
+    r.rax = w.proc.read_u64(s.trampoline_data(p.index))?;
+    r.rip = p.ret;
+    r.orig_rax = u64::MAX;
+    w.tr.set_regs(tid, &r)
+}
+
+/// Do the writes; on a failure, put back the ones done.
+pub fn write_all(proc: &Process, writes: &[Write]) -> Result<()> {
+    for (i, wr) in writes.iter().enumerate() {
+        let now = proc.read(wr.addr, wr.old.len())?;
+        let r = if now != wr.old {
+            Err(err!(
+                Mismatch,
+                "the code at {:#x} changed under rlivepatch (found {}, expected {}); another tool is writing the process",
+                wr.addr,
+                crate::symbols::hex(&now),
+                crate::symbols::hex(&wr.old)
+            ))
+        } else {
+            proc.write(wr.addr, &wr.new)
+        };
+        if let Err(e) = r {
+            for done in writes[..i].iter().rev() {
+                let _ = proc.write(done.addr, &done.old);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn busy_error(blockers: &[Blocker], timeout: Duration) -> Error {
+    let who: Vec<String> = blockers.iter().map(|b| b.describe()).collect();
+    let unreliable_only = blockers.iter().all(|b| b.function.is_none());
+    let advice = if unreliable_only {
+        "the stacks could not be unwound to their base; retry later, or use --force if you accept the risk"
+    } else {
+        "wait and retry, patch a function that returns (a caller or a callee of the loop), or use --force (a forced patch can never be unloaded)"
+    };
+    Error::new(
+        ErrorKind::Busy,
+        format!(
+            "no safe moment to switch within {}s: {}; {advice}",
+            timeout.as_secs_f32(),
+            who.join("; ")
+        ),
+    )
+}
