@@ -536,10 +536,10 @@ impl<'a> Session<'a> {
         if let Err(e) = self.unborrow() {
             first.get_or_insert(e);
         }
-        if !self.tr.exited {
-            if let Err(e) = self.tr.stop_all(Instant::now() + Duration::from_secs(10)) {
-                first.get_or_insert(e);
-            }
+        if !self.tr.exited
+            && let Err(e) = self.tr.stop_all(Instant::now() + Duration::from_secs(10))
+        {
+            first.get_or_insert(e);
         }
         self.tr.detach_all();
         first.map_or(Ok(()), Err)
@@ -841,11 +841,11 @@ fn apply_steps(
 fn undo_apply(s: &mut Session, undo: &mut Undo) {
     let leaked = s.inj.as_ref().is_some_and(|i| i.leaked);
     if !leaked {
-        if let Some((handle, fd)) = undo.loaded.take() {
-            if s.borrow().is_ok() {
-                let _ = s.inj.as_mut().unwrap().dlclose(&mut s.tr, handle);
-                let _ = s.syscall(libc::SYS_close, &[fd as u64]);
-            }
+        if let Some((handle, fd)) = undo.loaded.take()
+            && s.borrow().is_ok()
+        {
+            let _ = s.inj.as_mut().unwrap().dlclose(&mut s.tr, handle);
+            let _ = s.syscall(libc::SYS_close, &[fd as u64]);
         }
         for page in undo.pages.drain(..) {
             let _ = s.syscall(libc::SYS_munmap, &[page, redirect::PAGE]);
@@ -930,10 +930,10 @@ pub fn disable(
 ) -> Result<DisableReport> {
     let t0 = Instant::now();
     let proc = Process::open(pid)?;
-    if let Ok(maps) = proc.maps() {
-        if crate::state::find_mapping(&maps).is_none() {
-            bail!(Mismatch, "no patch is applied to process {pid}");
-        }
+    if let Ok(maps) = proc.maps()
+        && crate::state::find_mapping(&maps).is_none()
+    {
+        bail!(Mismatch, "no patch is applied to process {pid}");
     }
     let mut s = Session::attach(proc, opts, progress)?;
     let r = disable_attached(&mut s, name);

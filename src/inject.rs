@@ -121,13 +121,13 @@ impl Libc {
             })?,
         };
         let mut dl = (func("dlopen"), func("dlerror"), func("dlclose"));
-        if dl.0.is_none() {
-            if let Ok(libdl) = objects.by_name(Some("libdl.so.2")) {
-                let f = libdl.file()?;
-                let b = libdl.bias()?;
-                let g = |name: &str| find_function(&f, name, 0).ok().map(|s| s.value + b);
-                dl = (g("dlopen"), g("dlerror"), g("dlclose"));
-            }
+        if dl.0.is_none()
+            && let Ok(libdl) = objects.by_name(Some("libdl.so.2"))
+        {
+            let f = libdl.file()?;
+            let b = libdl.bias()?;
+            let g = |name: &str| find_function(&f, name, 0).ok().map(|s| s.value + b);
+            dl = (g("dlopen"), g("dlerror"), g("dlclose"));
         }
         if dl.0.is_none() {
             dl = (func("__libc_dlopen_mode"), None, func("__libc_dlclose"));

@@ -146,10 +146,7 @@ impl Objects {
             // file join the object just before them.
             let joins = list.last().is_some_and(|o: &LoadedObject| {
                 let f = &o.mappings[0];
-                f.inode == m.inode
-                    && f.dev == m.dev
-                    && f.path == m.path
-                    && !(m.offset == 0 && !vdso)
+                f.inode == m.inode && f.dev == m.dev && f.path == m.path && (m.offset != 0 || vdso)
             });
             if joins {
                 let o = list.last_mut().unwrap();

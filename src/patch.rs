@@ -263,10 +263,10 @@ impl Patch {
                     let mut cbs = [None; 4];
                     for (k, cb) in cbs.iter_mut().enumerate() {
                         *cb = p(k as u64)?;
-                        if let Some(v) = *cb {
-                            if !self.is_code(v) {
-                                bail!(Patch, "callback {k} is not code of the patch");
-                            }
+                        if let Some(v) = *cb
+                            && !self.is_code(v)
+                        {
+                            bail!(Patch, "callback {k} is not code of the patch");
                         }
                     }
                     if self.callbacks.pre_patch.is_some()

@@ -447,15 +447,15 @@ impl Tracer {
             WaitStatus::PtraceEvent(pid, sig, event) => {
                 let tid = pid.as_raw();
                 let world_stopped = self.world_stopped;
-                if event == libc::PTRACE_EVENT_CLONE {
-                    if let Ok(child) = ptrace::getevent(pid) {
-                        let child = child as Tid;
-                        self.threads.entry(child).or_insert_with(|| {
-                            let mut t = new_thread(child);
-                            t.want_run = !world_stopped;
-                            t
-                        });
-                    }
+                if event == libc::PTRACE_EVENT_CLONE
+                    && let Ok(child) = ptrace::getevent(pid)
+                {
+                    let child = child as Tid;
+                    self.threads.entry(child).or_insert_with(|| {
+                        let mut t = new_thread(child);
+                        t.want_run = !world_stopped;
+                        t
+                    });
                 }
                 let th = self.thread_entry(tid);
                 th.interrupt_sent = th.interrupt_sent && event != libc::PTRACE_EVENT_STOP;

@@ -176,10 +176,11 @@ pub fn island_candidates(maps: &[Mapping], entry: u64, obj_start: u64, min_addr:
             }
         } else {
             let mut p = (s + PAGE - 1) & !(PAGE - 1);
-            if let Some((h0, h1)) = heap {
-                if p >= h0 && p < h1 {
-                    p = h1;
-                }
+            if let Some((h0, h1)) = heap
+                && p >= h0
+                && p < h1
+            {
+                p = h1;
             }
             for _ in 0..2 {
                 if p + PAGE > e {

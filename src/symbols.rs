@@ -439,10 +439,10 @@ fn symbol_versions(elf: &Elf) -> Vec<(Option<String>, bool)> {
     };
     let mut names: HashMap<u16, String> = HashMap::new();
     for def in verdef.iter() {
-        if let Some(aux) = def.iter().next() {
-            if let Some(n) = elf.dynstrtab.get_at(aux.vda_name) {
-                names.insert(def.vd_ndx, n.to_string());
-            }
+        if let Some(aux) = def.iter().next()
+            && let Some(n) = elf.dynstrtab.get_at(aux.vda_name)
+        {
+            names.insert(def.vd_ndx, n.to_string());
         }
     }
     versym
@@ -515,10 +515,10 @@ pub fn find_function<'a>(file: &'a ElfFile, name: &str, pos: u64) -> Result<&'a 
             {
                 continue;
             }
-            if let Some(v) = version {
-                if s.version.as_deref().is_some_and(|sv| sv != v) {
-                    continue;
-                }
+            if let Some(v) = version
+                && s.version.as_deref().is_some_and(|sv| sv != v)
+            {
+                continue;
             }
             if !seen.contains(&s.value) {
                 seen.push(s.value);

@@ -289,19 +289,19 @@ impl Unwinder {
         }
         if let (Some((off, len)), Some(idx)) = (t.debug_frame, &t.debug_index) {
             let df = DebugFrame::new(&data[off..off + len], LittleEndian);
-            if let Some(o) = find_in_index(idx, v) {
-                if let Ok(fde) = df.fde_from_offset(
+            if let Some(o) = find_in_index(idx, v)
+                && let Ok(fde) = df.fde_from_offset(
                     &t.bases,
                     gimli::DebugFrameOffset(o),
                     DebugFrame::cie_from_offset,
-                ) {
-                    let enc = fde.cie().encoding();
-                    let row = fde
-                        .unwind_info_for_address(&df, &t.bases, &mut self.ctx, v)
-                        .map_err(|e| format!("bad unwind information ({e})"))?
-                        .clone();
-                    return self.finish_row(&df, enc, &row, false, lookup, regs, mem);
-                }
+                )
+            {
+                let enc = fde.cie().encoding();
+                let row = fde
+                    .unwind_info_for_address(&df, &t.bases, &mut self.ctx, v)
+                    .map_err(|e| format!("bad unwind information ({e})"))?
+                    .clone();
+                return self.finish_row(&df, enc, &row, false, lookup, regs, mem);
             }
         }
         Err("no unwind information".to_string())
@@ -498,7 +498,7 @@ fn eval(
         match res {
             gimli::EvaluationResult::Complete => {
                 let pieces = ev.result();
-                return match pieces.first().map(|p| p.location.clone()) {
+                return match pieces.first().map(|p| p.location) {
                     Some(gimli::Location::Address { address }) => Ok(address),
                     Some(gimli::Location::Value { value }) => {
                         value.to_u64(!0).map_err(|e| e.to_string())
@@ -588,10 +588,10 @@ where
     let mut out = Vec::new();
     let mut entries = section.entries(bases);
     while let Ok(Some(entry)) = entries.next() {
-        if let gimli::CieOrFde::Fde(partial) = entry {
-            if let Ok(fde) = partial.parse(S::cie_from_offset) {
-                out.push((fde.initial_address(), fde.end_address(), fde.offset()));
-            }
+        if let gimli::CieOrFde::Fde(partial) = entry
+            && let Ok(fde) = partial.parse(S::cie_from_offset)
+        {
+            out.push((fde.initial_address(), fde.end_address(), fde.offset()));
         }
     }
     out.sort_unstable();

@@ -1,0 +1,368 @@
+//! Helpers of the integration tests: building fixtures and patches with the system C
+//! compiler, starting targets, reading their output, running rlivepatch.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where tests build C code.
+pub fn build_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("c");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+static BUILT: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+
+/// Compile once per test binary: `cc ARGS -o OUT`. Written to a temporary name and renamed,
+/// so that test binaries running at once never see a half-written file.
+pub fn cc(out: &str, args: &[&str]) -> PathBuf {
+    let path = build_dir().join(out);
+    let lock = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut built = lock.lock().unwrap();
+    if built.contains(&path) {
+        return path;
+    }
+    let tmp = build_dir().join(format!(".{out}.{}", std::process::id()));
+    let st = Command::new("cc")
+        .args(args)
+        .arg("-o")
+        .arg(&tmp)
+        .current_dir(root())
+        .status()
+        .expect("running cc");
+    assert!(st.success(), "cc {args:?} failed");
+    std::fs::rename(&tmp, &path).unwrap();
+    built.insert(path.clone());
+    path
+}
+
+/// A fixture program from fixtures/NAME.c, built at -O2 without frame pointers,
+/// PIE unless `extra` says otherwise.
+pub fn fixture(name: &str, out: &str, extra: &[&str]) -> PathBuf {
+    let src = format!("fixtures/{name}.c");
+    let mut args = vec![
+        "-O2",
+        "-fomit-frame-pointer",
+        "-g",
+        "-Wall",
+        src.as_str(),
+        "-pthread",
+    ];
+    args.extend_from_slice(extra);
+    cc(out, &args)
+}
+
+/// A patch from patches/NAME.c, built exactly as the README says.
+pub fn patch(name: &str) -> PathBuf {
+    let src = format!("patches/{name}.c");
+    cc(
+        &format!("{name}.so"),
+        &[
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-I",
+            "patches/include",
+            src.as_str(),
+        ],
+    )
+}
+
+/// The greeter fixture and its library libgreet.so, next to each other.
+pub fn greeter() -> PathBuf {
+    let dir = build_dir();
+    let lib = cc(
+        "libgreet.so",
+        &[
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-fomit-frame-pointer",
+            "fixtures/libgreet.c",
+        ],
+    );
+    assert!(lib.starts_with(&dir));
+    let d = dir.display().to_string();
+    cc(
+        "greeter",
+        &[
+            "-O2",
+            "-fomit-frame-pointer",
+            "fixtures/greeter.c",
+            "-L",
+            &d,
+            "-lgreet",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+    )
+}
+
+/// A running target process started by a test. Killed (by pid) when dropped.
+pub struct Target {
+    pub child: Child,
+    pub pid: i32,
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Target {
+    /// Start `exe ARGS` and wait for its "ready PID" line.
+    pub fn start(exe: &Path, args: &[&str]) -> Target {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = child.id() as i32;
+        let mut t = Target {
+            child,
+            pid,
+            lines: rx,
+            seen: Vec::new(),
+        };
+        t.wait_line(|l| l.starts_with("ready"), Duration::from_secs(10));
+        t
+    }
+
+    /// Wait for a line matching `pred`; panics after `timeout`.
+    pub fn wait_line(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if pred(&l) {
+                        return l;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "no matching line from pid {} within {timeout:?}; last lines: {:?}",
+                    self.pid,
+                    self.tail()
+                ),
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "pid {} closed its output; last lines: {:?}",
+                    self.pid,
+                    self.tail()
+                ),
+            }
+        }
+    }
+
+    /// Drop the lines received so far, then wait for `n` new ones and return them.
+    pub fn next_lines(&mut self, n: usize) -> Vec<String> {
+        while self.lines.try_recv().is_ok() {}
+        (0..n)
+            .map(|_| self.wait_line(|_| true, Duration::from_secs(10)))
+            .collect()
+    }
+
+    fn tail(&self) -> Vec<String> {
+        self.seen.iter().rev().take(5).rev().cloned().collect()
+    }
+
+    /// The process still runs, and no thread is stopped or traced.
+    pub fn assert_running(&self) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("target exited");
+        assert!(
+            status.contains("TracerPid:\t0"),
+            "target still traced: {status}"
+        );
+        for t in std::fs::read_dir(format!("/proc/{}/task", self.pid)).unwrap() {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+            let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
+            assert!("RSD".contains(state), "thread state {state} in {stat}");
+        }
+    }
+
+    /// The target's memory map.
+    pub fn maps(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap()
+    }
+
+    /// The target's maps without the lines that change by themselves (stack, heap).
+    pub fn stable_maps(&self) -> Vec<String> {
+        self.maps()
+            .lines()
+            .filter(|l| !l.contains("[stack]") && !l.contains("[heap]"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The number of open file descriptors.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .unwrap()
+            .count()
+    }
+
+    /// Read `len` bytes of the target's memory at `addr`.
+    pub fn read_mem(&self, addr: u64, len: usize) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(format!("/proc/{}/mem", self.pid)).unwrap();
+        let mut b = vec![0u8; len];
+        f.read_exact_at(&mut b, addr).unwrap();
+        b
+    }
+
+    /// The run-time address of `symbol` in the object whose path ends with `object`.
+    pub fn symbol_addr(&self, object: &str, symbol: &str) -> u64 {
+        let maps = self.maps();
+        let first = maps
+            .lines()
+            .find(|l| l.ends_with(object) && l.split_whitespace().nth(2) == Some("00000000"))
+            .unwrap_or_else(|| panic!("{object} not mapped"));
+        let start = u64::from_str_radix(first.split('-').next().unwrap(), 16).unwrap();
+        let path = first.split_whitespace().last().unwrap();
+        let nm = Command::new("nm").arg(path).output().unwrap();
+        let text = String::from_utf8_lossy(&nm.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some(symbol))
+            .unwrap_or_else(|| panic!("{symbol} not in {path}"));
+        let value = u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap();
+        // ET_EXEC objects are mapped at their link address.
+        let is_exec = std::fs::read(path).unwrap()[16] == 2;
+        if is_exec { value } else { start + value }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        // Only the process this test started, by pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run rlivepatch with `args`.
+pub fn rlp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(args)
+        .output()
+        .expect("running rlivepatch")
+}
+
+/// Run rlivepatch and require success; returns stdout.
+pub fn rlp_ok(args: &[&str]) -> String {
+    let o = rlp(args);
+    assert!(
+        o.status.success(),
+        "rlivepatch {args:?} failed ({:?}): {}{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Run rlivepatch expecting failure with exit code `code`; returns the error line.
+pub fn rlp_fails(args: &[&str], code: i32) -> String {
+    let o = rlp(args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "rlivepatch {args:?}: expected exit {code}, stderr: {err}"
+    );
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("rlivepatch: error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    lines[0].to_string()
+}
+
+/// Parse JSON.
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
+}
+
+/// The value printed by a fixture line "name(i) = N".
+pub fn value(line: &str) -> (i64, i64) {
+    let (l, r) = line
+        .split_once(" = ")
+        .unwrap_or_else(|| panic!("unexpected line {line}"));
+    let i = l[l.find('(').unwrap() + 1..l.find(')').unwrap()]
+        .parse()
+        .unwrap();
+    (i, r.trim().parse().unwrap())
+}
+
+/// A patch built from source text written by the test (for error cases).
+pub fn patch_src(name: &str, source: &str) -> PathBuf {
+    let src = build_dir().join(format!("{name}.c"));
+    let lock = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
+    {
+        let built = lock.lock().unwrap();
+        if built.contains(&build_dir().join(format!("{name}.so"))) {
+            return build_dir().join(format!("{name}.so"));
+        }
+    }
+    let tmp = build_dir().join(format!(".{name}.c.{}", std::process::id()));
+    std::fs::write(&tmp, source).unwrap();
+    std::fs::rename(&tmp, &src).unwrap();
+    let s = src.display().to_string();
+    cc(
+        &format!("{name}.so"),
+        &[
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-I",
+            "patches/include",
+            s.as_str(),
+        ],
+    )
+}
+
+/// What a target looks like from the outside, to compare before and after a failure.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub maps: Vec<String>,
+    pub code: Vec<u8>,
+    pub fds: usize,
+}
+
+impl Target {
+    /// Maps, the bytes at `addr` (an entry), the fd count.
+    pub fn snapshot(&self, addr: u64) -> Snapshot {
+        Snapshot {
+            maps: self.stable_maps(),
+            code: self.read_mem(addr, 16),
+            fds: self.fd_count(),
+        }
+    }
+
+    /// After a failed operation: running, untraced, nothing loaded, as before.
+    pub fn assert_untouched(&self, before: &Snapshot, addr: u64) {
+        self.assert_running();
+        let now = self.snapshot(addr);
+        assert_eq!(now, *before, "target changed");
+        assert!(!self.maps().contains("rlp:"), "a patch stayed loaded");
+    }
+}

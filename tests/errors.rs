@@ -1,0 +1,184 @@
+//! Every error of apply/disable is one line naming the cause and the fix, a nonzero exit
+//! code, and leaves the target untouched with nothing loaded in it.
+
+mod common;
+use common::*;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+fn counter() -> (Target, u64, Snapshot) {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let mut t = Target::start(&exe, &["5"]);
+    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+    let entry = t.symbol_addr("counter-pie", "compute");
+    let snap = t.snapshot(entry);
+    (t, entry, snap)
+}
+
+/// The target keeps printing unpatched values.
+fn still_original(t: &mut Target) {
+    for l in t.next_lines(2) {
+        let (i, v) = value(&l);
+        assert_eq!(v, i + 1, "{l}");
+    }
+}
+
+#[test]
+fn no_such_process() {
+    let fix = patch("counter-fix");
+    let e = rlp_fails(&["apply", "99999999", fix.to_str().unwrap()], 3);
+    assert!(e.contains("no process with pid 99999999"), "{e}");
+    let e = rlp_fails(&["list", "99999999"], 3);
+    assert!(e.contains("no process"), "{e}");
+}
+
+#[test]
+fn no_permission_explains_ptrace() {
+    let (mut t, entry, snap) = counter();
+    let fix = patch("counter-fix");
+    // Run rlivepatch as nobody against a root process.
+    let dir = build_dir().join("perm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("counter-fix.so");
+    std::fs::copy(&fix, &copy).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &t.pid.to_string(), copy.to_str().unwrap()])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no permission to trace process"), "{err}");
+    assert!(err.contains("CAP_SYS_PTRACE"), "{err}");
+    t.assert_untouched(&snap, entry);
+    still_original(&mut t);
+}
+
+#[test]
+fn bad_patch_files() {
+    let (mut t, entry, snap) = counter();
+    let pid = t.pid.to_string();
+    let dir = build_dir().join("bad");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let e = rlp_fails(&["apply", &pid, "/nonexistent/patch.so"], 4);
+    assert!(e.contains("does not exist"), "{e}");
+
+    let text = dir.join("text.so");
+    std::fs::write(&text, "this is not a shared object\n").unwrap();
+    let e = rlp_fails(&["apply", &pid, text.to_str().unwrap()], 4);
+    assert!(e.contains("not an ELF file"), "{e}");
+
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let e = rlp_fails(&["apply", &pid, exe.to_str().unwrap()], 4);
+    assert!(e.contains("is an executable, not a shared object"), "{e}");
+
+    let mut arm = std::fs::read(patch("counter-fix")).unwrap();
+    arm[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+    let arm_path = dir.join("arm.so");
+    std::fs::write(&arm_path, &arm).unwrap();
+    let e = rlp_fails(&["apply", &pid, arm_path.to_str().unwrap()], 4);
+    assert!(e.contains("not built for x86_64"), "{e}");
+
+    let plain = greeter().with_file_name("libgreet.so");
+    let e = rlp_fails(&["apply", &pid, plain.to_str().unwrap()], 4);
+    assert!(e.contains("no rlivepatch metadata"), "{e}");
+
+    t.assert_untouched(&snap, entry);
+    still_original(&mut t);
+}
+
+#[test]
+fn object_not_loaded() {
+    let (mut t, entry, snap) = counter();
+    let p = patch_src(
+        "err-no-object",
+        "#include <rlivepatch.h>\nstatic int f(int x) { return x; }\nRLIVEPATCH_FUNC_IN(\"libnotloaded.so.1\", compute, f);\n",
+    );
+    let e = rlp_fails(&["apply", &t.pid.to_string(), p.to_str().unwrap()], 5);
+    assert!(
+        e.contains("object libnotloaded.so.1 is not loaded in process"),
+        "{e}"
+    );
+    t.assert_untouched(&snap, entry);
+    still_original(&mut t);
+}
+
+#[test]
+fn symbol_not_found() {
+    let (mut t, entry, snap) = counter();
+    let p = patch_src(
+        "err-no-symbol",
+        "#include <rlivepatch.h>\nstatic int f(int x) { return x; }\nRLIVEPATCH_FUNC(no_such_function, f);\n",
+    );
+    let e = rlp_fails(&["apply", &t.pid.to_string(), p.to_str().unwrap()], 5);
+    assert!(
+        e.contains("function no_such_function not found in counter-pie"),
+        "{e}"
+    );
+    t.assert_untouched(&snap, entry);
+    still_original(&mut t);
+}
+
+#[test]
+fn function_shorter_than_the_jump() {
+    let (mut t, entry, snap) = counter();
+    let p = patch_src(
+        "err-tiny",
+        "#include <rlivepatch.h>\nstatic int f(int x) { return x + 2; }\nRLIVEPATCH_FUNC(tiny, f);\n",
+    );
+    let e = rlp_fails(&["apply", &t.pid.to_string(), p.to_str().unwrap()], 5);
+    assert!(
+        e.contains("function tiny is 4 bytes long, shorter than the 5-byte jump"),
+        "{e}"
+    );
+    t.assert_untouched(&snap, entry);
+    still_original(&mut t);
+}
+
+#[test]
+fn same_name_twice_and_disabling_unknown_names() {
+    let (mut t, entry, _) = counter();
+    let pid = t.pid.to_string();
+    let fix = patch("counter-fix");
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    t.wait_line(
+        |l| {
+            let (i, v) = value(l);
+            v == i * 100
+        },
+        Duration::from_secs(10),
+    );
+    let snap = t.snapshot(entry);
+
+    let e = rlp_fails(&["apply", &pid, fix.to_str().unwrap()], 5);
+    assert!(
+        e.contains("a patch named counter-fix is already applied"),
+        "{e}"
+    );
+    let e = rlp_fails(&["disable", &pid, "nope"], 5);
+    assert!(
+        e.contains("no patch named nope is applied") && e.contains("applied: counter-fix"),
+        "{e}"
+    );
+    // Untouched: still patched, one copy loaded.
+    t.assert_running();
+    assert_eq!(t.snapshot(entry), snap);
+    assert_eq!(
+        t.maps()
+            .lines()
+            .filter(|l| l.contains("rlp:counter-fix") && l.contains("r-xp"))
+            .count(),
+        1
+    );
+    for l in t.next_lines(2) {
+        let (i, v) = value(&l);
+        assert_eq!(v, i * 100);
+    }
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    let e = rlp_fails(&["disable", &pid, "counter-fix"], 5);
+    assert!(e.contains("no patch"), "{e}");
+    still_original(&mut t);
+}
