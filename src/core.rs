@@ -240,13 +240,17 @@ fn expected_entry(rec: &Record, addr: u64, orig: &[u8]) -> Vec<u8> {
 }
 
 /// The code that runs today for the function at `addr`: what a switch away from it changes.
-fn current_impl(rec: &Record, addr: u64, size: u64, name: &str) -> Vec<Changed> {
-    match rec.stack_of(addr).last() {
-        Some((p, f)) => implementation_of(p, f),
+fn current_impl(rec: &Record, f: &AppliedFunc) -> Vec<Changed> {
+    match rec.stack_of(f.old_addr).last() {
+        Some((p, top)) => implementation_of(p, top),
         None => vec![Changed {
-            start: addr,
-            end: addr + size.max(JMP_LEN as u64),
-            name: name.to_string(),
+            start: f.old_addr,
+            end: f.old_addr + f.old_size.max(JMP_LEN as u64),
+            name: format!(
+                "{} ({})",
+                crate::demangle::display(&f.symbol),
+                f.object.rsplit('/').next().unwrap_or(&f.object)
+            ),
         }],
     }
 }
@@ -255,7 +259,7 @@ fn implementation_of(p: &AppliedPatch, f: &AppliedFunc) -> Vec<Changed> {
     let mut v = vec![Changed {
         start: f.new_addr,
         end: f.new_addr + f.new_size.max(1),
-        name: format!("{} (patch {})", f.new_name, p.name),
+        name: format!("{} (new function of patch {})", f.new_name, p.name),
     }];
     if let Some(s) = f.island {
         v.push(Changed {
@@ -490,6 +494,10 @@ impl<'a> Session<'a> {
 
     /// Run the switch of `plan` with the consistency model.
     pub fn switch(&mut self, plan: &Plan) -> Result<transition::Report> {
+        // Return trampolines live in rlivepatch's memory in the target.
+        if self.scratch.is_none() && !self.opts.force && !plan.writes.is_empty() {
+            self.borrow()?;
+        }
         self.unborrow()?;
         let opts = transition::Options {
             timeout: self.opts.timeout,
@@ -610,7 +618,11 @@ fn apply_attached(
             s.proc.pid
         );
     }
-    if s.record.patch(&patch.name).is_some() {
+    if s.record
+        .patches
+        .iter()
+        .any(|p| p.name == patch.name && !p.disabled)
+    {
         bail!(
             Mismatch,
             "a patch named {} is already applied to process {}; disable it first, or give this one another name with RLIVEPATCH_NAME",
@@ -751,12 +763,7 @@ fn apply_steps(
     // 4. The plan: what changes, what is written.
     let mut plan = Plan::default();
     for f in &funcs {
-        plan.changed.extend(current_impl(
-            &s.record,
-            f.old_addr,
-            f.old_size,
-            &crate::demangle::display(&f.symbol),
-        ));
+        plan.changed.extend(current_impl(&s.record, f));
         plan.entries.push((f.old_addr, JMP_LEN as u64));
         let target = f.island.unwrap_or(f.new_addr);
         plan.writes.push(Write {
@@ -959,7 +966,13 @@ fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Re
             p.patch
         );
     }
-    let Some(idx) = s.record.patches.iter().position(|p| p.name == name) else {
+    let Some(idx) = s
+        .record
+        .patches
+        .iter()
+        .position(|p| p.name == name && !p.disabled)
+        .or_else(|| s.record.patches.iter().position(|p| p.name == name))
+    else {
         let names: Vec<&str> = s.record.patches.iter().map(|p| p.name.as_str()).collect();
         bail!(
             Mismatch,
@@ -1082,4 +1095,99 @@ pub fn read_record(pid: i32) -> Result<(Process, Vec<Mapping>, Record)> {
         .map(|(_, r)| r)
         .unwrap_or_default();
     Ok((proc, maps, rec))
+}
+
+/// What `check` found.
+#[derive(Debug, serde::Serialize)]
+pub struct CheckReport {
+    /// Process id.
+    pub pid: i32,
+    /// Patch name.
+    pub patch: String,
+    /// The switch would be safe now.
+    pub safe: bool,
+    /// The functions, resolved.
+    pub functions: Vec<Resolved>,
+    /// Who blocks, and where.
+    pub blockers: Vec<transition::Blocker>,
+    /// Threads checked.
+    pub threads: usize,
+}
+
+/// Dry run of `apply`: resolve everything, stop the threads once, and report whether the
+/// switch would be safe now. Nothing is loaded or written.
+pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Result<CheckReport> {
+    let patch = Patch::load(path)?;
+    let proc = Process::open(pid)?;
+    preflight(&proc)?;
+    let maps = proc.maps()?;
+    let objects = Objects::new(&proc, &maps)?;
+    crate::buildid::check(&patch, &objects)?;
+    let resolved = resolve(&patch, &objects)?;
+    drop(objects);
+    let mut s = Session::attach(proc, opts, progress)?;
+    let r = (|| -> Result<CheckReport> {
+        if s.record
+            .patches
+            .iter()
+            .any(|p| p.name == patch.name && !p.disabled)
+        {
+            bail!(
+                Mismatch,
+                "a patch named {} is already applied to process {pid}",
+                patch.name
+            );
+        }
+        let mut plan = Plan::default();
+        for r in &resolved {
+            let now = s.proc.read(r.addr, JMP_LEN)?;
+            let expected = expected_entry(&s.record, r.addr, &r.orig);
+            if now != expected {
+                bail!(
+                    Mismatch,
+                    "the entry of {} at {:#x} holds {} (expected {}); something else owns it",
+                    r.symbol,
+                    r.addr,
+                    hex(&now),
+                    hex(&expected)
+                );
+            }
+            let f = AppliedFunc {
+                object: r.object.clone(),
+                symbol: r.symbol.clone(),
+                old_addr: r.addr,
+                old_size: r.size,
+                orig: r.orig.clone(),
+                new_name: String::new(),
+                new_addr: 0,
+                new_size: 0,
+                island: None,
+            };
+            plan.changed.extend(current_impl(&s.record, &f));
+            plan.entries.push((r.addr, JMP_LEN as u64));
+        }
+        s.tr.stop_all(Instant::now() + Duration::from_secs(10))?;
+        let mut w = transition::World {
+            tr: &mut s.tr,
+            proc: &s.proc,
+            objects: &s.objects,
+            maps: &s.maps,
+            unwinder: &mut s.unwinder,
+            scratch: None,
+            shadow_stack: false,
+        };
+        let blockers = transition::check_all(&mut w, &plan, false)?;
+        Ok(CheckReport {
+            pid,
+            patch: patch.name.clone(),
+            safe: blockers.is_empty(),
+            functions: resolved.clone(),
+            threads: s.tr.threads.len(),
+            blockers,
+        })
+    })();
+    let closed = s.close();
+    let r = r?;
+    closed?;
+    Ok(r)
 }

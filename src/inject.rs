@@ -51,7 +51,7 @@ const STUB_SYSCALL_DONE: u64 = 0x1c;
 /// Code page bytes from here on hold the transition's return trampolines.
 const TRAMPOLINES: u64 = 0x20;
 /// Size of one return trampoline.
-const TRAMPOLINE_SIZE: u64 = 48;
+pub const TRAMPOLINE_SIZE: u64 = 48;
 /// How many return trampolines fit in the code page.
 pub const MAX_TRAMPOLINES: usize = ((CODE_SIZE - TRAMPOLINES) / TRAMPOLINE_SIZE) as usize;
 /// Offset in a trampoline of the instruction after its marker `syscall`: the

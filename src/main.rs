@@ -78,6 +78,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Dry run of apply: would the switch be safe now, and which threads block where?
+    /// Changes nothing. Exits 0 when safe, 6 when a thread blocks.
+    Check {
+        /// The process id.
+        pid: i32,
+        /// The patch (.so built with rlivepatch.h).
+        patch: PathBuf,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a patch file replaces, without loading it.
     Info {
         /// The patch (.so).
@@ -94,10 +105,11 @@ fn main() -> ExitCode {
         Command::Apply { json, .. }
         | Command::Disable { json, .. }
         | Command::List { json, .. }
+        | Command::Check { json, .. }
         | Command::Info { json, .. } => *json,
     };
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("rlivepatch: error: {}", e.message);
             if json {
@@ -129,7 +141,7 @@ fn seconds(s: f64) -> Result<Duration, Error> {
     Ok(Duration::from_secs_f64(s))
 }
 
-fn run(cmd: Command) -> Result<(), Error> {
+fn run(cmd: Command) -> Result<u8, Error> {
     match cmd {
         Command::Apply {
             pid,
@@ -201,6 +213,28 @@ fn run(cmd: Command) -> Result<(), Error> {
                 print!("{}", view.text());
             }
         }
+        Command::Check { pid, patch, json } => {
+            let r = core::check(pid, &patch, &Options::default(), &mut progress)?;
+            if json {
+                print_json(&r);
+            } else if r.safe {
+                println!(
+                    "patch {}: switching process {} now would be safe ({} threads checked)",
+                    r.patch, r.pid, r.threads
+                );
+            } else {
+                println!(
+                    "patch {}: switching process {} now would NOT be safe:",
+                    r.patch, r.pid
+                );
+                for b in &r.blockers {
+                    println!("  {}", b.describe());
+                }
+            }
+            if !r.safe {
+                return Ok(ErrorKind::Busy.exit_code() as u8);
+            }
+        }
         Command::Info { patch, json } => {
             let p = rlivepatch::patch::Patch::load(&patch)?;
             let view = InfoView::new(&p);
@@ -211,5 +245,5 @@ fn run(cmd: Command) -> Result<(), Error> {
             }
         }
     }
-    Ok(())
+    Ok(0)
 }

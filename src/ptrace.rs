@@ -93,6 +93,8 @@ pub struct Tracer {
     pub exec_seen: bool,
     /// The process exited.
     pub exited: bool,
+    /// Threads whose exit was reaped: a late clone event must not bring them back.
+    gone: std::collections::HashSet<Tid>,
 }
 
 const OPTIONS: Options = Options::PTRACE_O_TRACECLONE
@@ -136,6 +138,7 @@ impl Tracer {
             interrupted: None,
             exec_seen: false,
             exited: false,
+            gone: Default::default(),
         };
         // The leader first: every rlivepatch seizes it first, so holding it is the lock
         // that keeps two runs from interleaving.
@@ -210,6 +213,26 @@ impl Tracer {
                     .find_map(|l| l.strip_prefix("TracerPid:"))
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(st.tracer);
+                if tracer == std::process::id() as i32 && tid != self.pid {
+                    // Created by a thread we trace: the kernel attached it to us already;
+                    // its first stop is on its way.
+                    let world_stopped = self.world_stopped;
+                    self.threads.entry(tid).or_insert_with(|| {
+                        let mut t = new_thread(tid);
+                        t.want_run = !world_stopped;
+                        t
+                    });
+                    return Ok(true);
+                }
+                if ts.is_empty()
+                    || matches!(
+                        process::thread_state(self.pid, tid),
+                        None | Some('Z') | Some('X')
+                    )
+                {
+                    // Exiting: gone a moment from now.
+                    return Ok(false);
+                }
                 if tracer != 0 && tracer != std::process::id() as i32 {
                     let comm =
                         std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
@@ -276,7 +299,15 @@ impl Tracer {
             if self.exited {
                 bail!(Target, "process {} exited", self.pid);
             }
-            if !self.pump(deadline)? {
+            let step = (Instant::now() + Duration::from_millis(100)).min(deadline);
+            if !self.pump(step)? && Instant::now() < deadline {
+                // Nothing for a while: forget threads that no longer exist.
+                let live = process::task_ids(self.pid).unwrap_or_default();
+                self.threads
+                    .retain(|t, th| live.contains(t) || th.stop.is_some());
+                continue;
+            }
+            if Instant::now() >= deadline {
                 let running: Vec<String> = self
                     .threads
                     .values()
@@ -420,6 +451,7 @@ impl Tracer {
             WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => {
                 let tid = pid.as_raw();
                 self.threads.remove(&tid);
+                self.gone.insert(tid);
                 if tid == self.pid {
                     self.exited = !process::task_ids(self.pid).is_ok_and(|t| !t.is_empty());
                 }
@@ -431,6 +463,7 @@ impl Tracer {
                 let tid = pid.as_raw();
                 let th = self.thread_entry(tid);
                 th.stop = Some(Stop::Syscall);
+                th.interrupt_sent = false;
                 if th.want_run {
                     let keep = match &th.catch {
                         Catch::Nothing => false,
@@ -458,7 +491,8 @@ impl Tracer {
                     });
                 }
                 let th = self.thread_entry(tid);
-                th.interrupt_sent = th.interrupt_sent && event != libc::PTRACE_EVENT_STOP;
+                // Any trap clears a pending PTRACE_INTERRUPT, EVENT_STOP or not.
+                th.interrupt_sent = false;
                 let stop = match (event, sig) {
                     (
                         libc::PTRACE_EVENT_STOP,
@@ -490,6 +524,7 @@ impl Tracer {
                 let tid = pid.as_raw();
                 let th = self.thread_entry(tid);
                 th.stop = Some(Stop::Signal(sig as i32));
+                th.interrupt_sent = false;
                 th.pending_signal = Some(sig as i32);
                 // A thread in an injected call keeps its (synchronous) signal for the
                 // caller to see; others get it delivered now.
@@ -504,6 +539,7 @@ impl Tracer {
 
     fn thread_entry(&mut self, tid: Tid) -> &mut Thread {
         let world_stopped = self.world_stopped;
+        self.gone.remove(&tid);
         self.threads.entry(tid).or_insert_with(|| {
             let mut t = new_thread(tid);
             t.want_run = !world_stopped;

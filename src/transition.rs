@@ -13,7 +13,7 @@
 //! removed and the switch is abandoned with the target as it was.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::inject::{MAX_TRAMPOLINES, Scratch, TRAMPOLINE_STOP};
+use crate::inject::{MAX_TRAMPOLINES, Scratch, TRAMPOLINE_SIZE, TRAMPOLINE_STOP};
 use crate::objects::Objects;
 use crate::process::{self, Mapping, Process};
 use crate::ptrace::{Catch, Stop, Tid, Tracer};
@@ -274,7 +274,7 @@ pub fn switch(
                 .values()
                 .map(|p| Alias {
                     start: s.trampoline(p.index),
-                    end: s.trampoline(p.index) + 48,
+                    end: s.trampoline(p.index) + TRAMPOLINE_SIZE,
                     target: p.ret,
                 })
                 .collect(),
@@ -312,7 +312,7 @@ pub fn switch(
                     continue;
                 }
                 if let Some(old) = planted.remove(&b.tid) {
-                    unplant(w, &s, b.tid, &old)?;
+                    release(w, &s, b.tid, &old)?;
                 }
                 let Some(index) =
                     (0..MAX_TRAMPOLINES).find(|i| !planted.values().any(|p| p.index == *i))
@@ -396,7 +396,7 @@ pub fn switch(
             for tid in parked {
                 let p = planted.remove(&tid).unwrap();
                 if let Some(s) = w.scratch {
-                    release_parked(w, &s, tid, &p)?;
+                    release(w, &s, tid, &p)?;
                 }
             }
         }
@@ -416,18 +416,12 @@ fn finish_err<T>(w: &mut World, planted: &mut BTreeMap<Tid, Planted>, e: Error) 
     Err(e)
 }
 
-/// Remove every trampoline: unfired ones give the thread its return address back, parked
-/// threads continue at the return address. The world must be stopped.
+/// Remove every trampoline. The world must be stopped.
 fn release_all(w: &mut World, planted: &mut BTreeMap<Tid, Planted>) -> Result<()> {
     let Some(s) = w.scratch else { return Ok(()) };
     let mut first_err = None;
     for (tid, p) in std::mem::take(planted) {
-        let r = if p.parked {
-            release_parked(w, &s, tid, &p)
-        } else {
-            unplant(w, &s, tid, &p)
-        };
-        if let Err(e) = r {
+        if let Err(e) = release(w, &s, tid, &p) {
             first_err.get_or_insert(e);
         }
     }
@@ -449,34 +443,33 @@ fn plant(w: &mut World, s: &Scratch, tid: Tid, index: usize, slot: u64, ret: u64
     Ok(())
 }
 
-fn unplant(w: &mut World, s: &Scratch, tid: Tid, p: &Planted) -> Result<()> {
-    if let Some(th) = w.tr.threads.get_mut(&tid) {
-        th.syscall_mode = false;
-        th.catch = Catch::Nothing;
-        // Give the return address back, unless the stack moved on (longjmp).
-        if w.proc.read_u64(p.slot).ok() == Some(s.trampoline(p.index)) {
-            w.proc.write(p.slot, &p.ret.to_le_bytes())?;
-        }
-    }
-    Ok(())
-}
-
-/// A thread held at its trampoline's marker: continue it at the return address with its
-/// `%rax`, skipping the marker call.
-fn release_parked(w: &mut World, s: &Scratch, tid: Tid, p: &Planted) -> Result<()> {
+/// Take a trampoline away from a stopped thread. A thread that has returned into it (held
+/// at the marker, or anywhere in it) continues at the real return address with its
+/// `%rax`; a thread that has not gets its return address back.
+fn release(w: &mut World, s: &Scratch, tid: Tid, p: &Planted) -> Result<()> {
     let Some(th) = w.tr.threads.get_mut(&tid) else {
         return Ok(());
     };
     th.syscall_mode = false;
     th.catch = Catch::Nothing;
+    let t = s.trampoline(p.index);
     let mut r = w.tr.regs(tid)?;
-    if r.rip != s.trampoline(p.index) + TRAMPOLINE_STOP {
-        return Ok(());
+    if r.rip >= t && r.rip < t + TRAMPOLINE_SIZE {
+        // Between saving %rax (t+10) and reloading it (t+27) the register holds the
+        // marker's number; the saved value is in the data slot.
+        let off = r.rip - t;
+        if off > 10 && off < 27 {
+            r.rax = w.proc.read_u64(s.trampoline_data(p.index))?;
+        }
+        r.rip = p.ret;
+        r.orig_rax = u64::MAX;
+        return w.tr.set_regs(tid, &r);
     }
-    r.rax = w.proc.read_u64(s.trampoline_data(p.index))?;
-    r.rip = p.ret;
-    r.orig_rax = u64::MAX;
-    w.tr.set_regs(tid, &r)
+    // Give the return address back, unless the stack moved on (longjmp).
+    if w.proc.read_u64(p.slot).ok() == Some(t) {
+        w.proc.write(p.slot, &p.ret.to_le_bytes())?;
+    }
+    Ok(())
 }
 
 /// Do the writes; on a failure, put back the ones done.

@@ -198,6 +198,44 @@ impl Unwinder {
             };
             let step = self.step(&tables, lookup, &mut r, mem);
             match step {
+                Err(_) if frames.is_empty() && in_clone_syscall(regs, mem) => {
+                    // Stopped on the way out of the clone system call, where glibc leaves
+                    // the code without CFI on purpose. The new thread (0 returned) has no
+                    // frames yet: its stack is complete. The parent is in a leaf that goes
+                    // straight to `ret`: the return address is at the stack pointer.
+                    if regs.rax == 0 {
+                        frames.push(Frame {
+                            pc,
+                            exact,
+                            ra_slot: None,
+                            signal: false,
+                        });
+                        break None;
+                    }
+                    let slot = regs.rsp;
+                    let Some(ra) = mem.u64_at(slot).filter(|_| returns_straight(mem, pc)) else {
+                        frames.push(Frame {
+                            pc,
+                            exact,
+                            ra_slot: None,
+                            signal: false,
+                        });
+                        break Some(format!(
+                            "no unwind information at {}",
+                            objects.symbolize(pc)
+                        ));
+                    };
+                    frames.push(Frame {
+                        pc,
+                        exact,
+                        ra_slot: Some(slot),
+                        signal: false,
+                    });
+                    r[RSP as usize] = Some(slot + 8);
+                    pc = ra;
+                    exact = false;
+                    continue;
+                }
                 Err(why) => {
                     frames.push(Frame {
                         pc,
@@ -395,6 +433,38 @@ impl Unwinder {
         let ra = regs[RA as usize].ok_or("unreadable return address")?;
         Ok(Some((ra, ra_slot, signal)))
     }
+}
+
+/// Is the thread stopped just after a `clone`/`clone3` system call instruction?
+fn in_clone_syscall(regs: &Regs, mem: &StackMem) -> bool {
+    const SYS_CLONE: u64 = 56;
+    const SYS_CLONE3: u64 = 435;
+    (regs.orig_rax == SYS_CLONE || regs.orig_rax == SYS_CLONE3)
+        && mem
+            .proc
+            .read(regs.rip.wrapping_sub(2), 2)
+            .is_ok_and(|b| b == [0x0f, 0x05])
+}
+
+/// Does the code at `pc` reach a `ret` through tests and conditional branches only (no
+/// stack change, no call)? Then the return address is at the stack pointer.
+fn returns_straight(mem: &StackMem, pc: u64) -> bool {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
+    let Ok(code) = mem.proc.read(pc, 32) else {
+        return false;
+    };
+    for ins in Decoder::with_ip(64, &code, pc, DecoderOptions::NONE)
+        .into_iter()
+        .take(8)
+    {
+        match ins.flow_control() {
+            FlowControl::Return => return true,
+            FlowControl::ConditionalBranch => {}
+            FlowControl::Next if matches!(ins.mnemonic(), Mnemonic::Test | Mnemonic::Cmp) => {}
+            _ => return false,
+        }
+    }
+    false
 }
 
 fn reg(regs: &[Option<u64>; NREGS], r: u16) -> Result<u64, String> {

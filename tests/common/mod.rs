@@ -193,9 +193,13 @@ impl Target {
             "target still traced: {status}"
         );
         for t in std::fs::read_dir(format!("/proc/{}/task", self.pid)).unwrap() {
-            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+            // A thread that exited since the directory was read is not stopped.
+            let Ok(stat) = std::fs::read_to_string(t.unwrap().path().join("stat")) else {
+                continue;
+            };
             let state = stat[stat.rfind(')').unwrap() + 2..].chars().next().unwrap();
-            assert!("RSD".contains(state), "thread state {state} in {stat}");
+            // Running, sleeping, in a disk wait, or exiting; never stopped (T) or traced (t).
+            assert!("RSDZX".contains(state), "thread state {state} in {stat}");
         }
     }
 
@@ -365,4 +369,70 @@ impl Target {
         assert_eq!(now, *before, "target changed");
         assert!(!self.maps().contains("rlp:"), "a patch stayed loaded");
     }
+}
+
+impl Target {
+    /// Start with a pipe to its stdin, for fixtures that take commands.
+    pub fn start_with_stdin(exe: &Path, args: &[&str]) -> Target {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = child.id() as i32;
+        let mut t = Target {
+            child,
+            pid,
+            lines: rx,
+            seen: Vec::new(),
+        };
+        t.wait_line(|l| l.starts_with("ready"), Duration::from_secs(10));
+        t
+    }
+
+    /// Send a command line to the fixture's stdin.
+    pub fn send(&mut self, cmd: &str) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().expect("started with stdin");
+        writeln!(stdin, "{cmd}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Wait for a line matching `pred`, counting lines already received.
+    pub fn wait_seen(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        if self.saw(&pred) {
+            return self.seen.iter().find(|l| pred(l)).unwrap().clone();
+        }
+        self.wait_line(pred, timeout)
+    }
+
+    /// Has a line matching `pred` been seen already (without waiting)?
+    pub fn saw(&mut self, pred: impl Fn(&str) -> bool) -> bool {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        self.seen.iter().any(|l| pred(l))
+    }
+}
+
+/// Run rlivepatch; returns (exit code, stdout, stderr).
+pub fn rlp_full(args: &[&str]) -> (i32, String, String) {
+    let o = rlp(args);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
 }
