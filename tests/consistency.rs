@@ -266,3 +266,43 @@ fn check_on_an_idle_process_is_safe() {
     assert!(!t.maps().contains("rlivepatch"), "check maps nothing");
     t.assert_running();
 }
+
+#[test]
+fn sigint_while_waiting_undoes_everything() {
+    let p = fix("spin_forever", "void", "return 2;");
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let mut t = Target::start(&cons(), &["spin"]);
+        t.wait_seen(|l| l == "spinning", T);
+        let pid = t.pid.to_string();
+        let entry = t.symbol_addr("consistency", "spin_forever");
+        let before = t.snapshot(entry);
+        let (mut child, rx) = rlp_spawn(&["apply", &pid, p.to_str().unwrap(), "--timeout", "60"]);
+        // Interrupt once it is waiting (a return trampoline is planted by then).
+        wait_stderr(&rx, |l| l.contains("waiting for a safe moment"));
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(7), "interrupted exit code");
+        let last = wait_stderr(&rx, |l| l.starts_with("rlivepatch: error:"));
+        assert!(last.contains("interrupted by SIG"), "{last}");
+        t.assert_untouched(&before, entry);
+    }
+}
+
+#[test]
+fn a_stack_that_cannot_be_unwound_is_unsafe() {
+    let p = fix("busy_work", "int x", "(void)x; return 2;");
+    let mut t = Target::start(&cons(), &["nocfi"]);
+    t.wait_seen(|l| l == "generated", T);
+    let pid = t.pid.to_string();
+    let entry = t.symbol_addr("consistency", "busy_work");
+    let before = t.snapshot(entry);
+    let (code, out, _) = rlp_full(&["check", &pid, p.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 6, "{out}");
+    let r = json(&out);
+    assert!(r["blockers"][0]["unreliable"].is_string(), "{r}");
+    let (code, _, err) = rlp_full(&["apply", &pid, p.to_str().unwrap(), "--timeout", "1"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("unreliable stack"), "{err}");
+    t.assert_untouched(&before, entry);
+}

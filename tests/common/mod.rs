@@ -436,3 +436,36 @@ pub fn rlp_full(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&o.stderr).into(),
     )
 }
+
+/// Start rlivepatch in the background with stderr piped; returns the child and a receiver
+/// of its stderr lines.
+pub fn rlp_spawn(args: &[&str]) -> (Child, Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running rlivepatch");
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Wait for a stderr line of a spawned rlivepatch matching `pred`.
+pub fn wait_stderr(rx: &Receiver<String>, pred: impl Fn(&str) -> bool) -> String {
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if pred(&l) => return l,
+            Ok(_) => {}
+            Err(e) => panic!("no matching stderr line from rlivepatch: {e}"),
+        }
+    }
+}
