@@ -1,20 +1,18 @@
-//! The lifecycle: apply, disable, list, check. Each operation runs in a [`Session`]: the
+//! The lifecycle: apply, disable, list, check. Each operation runs in a `Session`: the
 //! process attached (which is also the lock against a second rlivepatch), its record read,
 //! a thread borrowed for injected calls when one is needed; and each operation either
 //! completes or undoes every step it made, so that a failure leaves the target as it was.
 
-use crate::error::{Error, Result};
-use crate::inject::{Injector, Libc, Scratch};
+use crate::error::Result;
+use crate::inject::Libc;
 use crate::objects::Objects;
 use crate::patch::Patch;
 use crate::process::{self, Mapping, Process};
-use crate::ptrace::{Stop, Tid, Tracer};
 use crate::redirect::{self, JMP_LEN};
-use crate::safepoint::{self, Fitness};
+use crate::session::Session;
 use crate::state::{AppliedFunc, AppliedPatch, Island, Record, Store};
 use crate::symbols::{ElfFile, SymKind, find_function, hex};
 use crate::transition::{self, Changed, Plan, Write};
-use crate::unwind::Unwinder;
 use crate::{bail, err};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -271,289 +269,6 @@ fn implementation_of(p: &AppliedPatch, f: &AppliedFunc) -> Vec<Changed> {
     v
 }
 
-/// An attached process and what rlivepatch knows of it during one operation.
-pub struct Session<'a> {
-    /// The process.
-    pub proc: Process,
-    /// The tracer (holds every thread).
-    pub tr: Tracer,
-    /// Mappings, refreshed after the address space changes.
-    pub maps: Vec<Mapping>,
-    /// Objects, refreshed with the maps.
-    pub objects: Objects,
-    /// The unwinder with its caches.
-    pub unwinder: Unwinder,
-    /// The borrowed thread, while one is.
-    pub inj: Option<Injector>,
-    /// rlivepatch's memory in the target.
-    pub scratch: Option<Scratch>,
-    /// Where the record lives, once it exists.
-    pub store: Option<Store>,
-    /// The record.
-    pub record: Record,
-    libc: Option<Libc>,
-    opts: Options,
-    progress: ProgressFn<'a>,
-}
-
-impl<'a> Session<'a> {
-    /// Attach to every thread and read the record.
-    pub fn attach(proc: Process, opts: &Options, progress: ProgressFn<'a>) -> Result<Session<'a>> {
-        let tr = Tracer::attach(proc.pid, Instant::now() + opts.lock_timeout, progress)?;
-        let maps = proc.maps()?;
-        let objects = Objects::new(&proc, &maps)?;
-        let (store, record) = match Store::load(&proc, &maps)? {
-            Some((s, r)) => (Some(s), r),
-            None => (
-                None,
-                Record {
-                    format: crate::state::FORMAT,
-                    ..Default::default()
-                },
-            ),
-        };
-        Ok(Session {
-            proc,
-            tr,
-            maps,
-            objects,
-            unwinder: Unwinder::new(),
-            inj: None,
-            scratch: None,
-            store,
-            record,
-            libc: None,
-            opts: opts.clone(),
-            progress,
-        })
-    }
-
-    /// Re-read the mappings and objects (after a load or unload).
-    pub fn refresh(&mut self) -> Result<()> {
-        self.maps = self.proc.maps()?;
-        self.objects = Objects::new(&self.proc, &self.maps)?;
-        Ok(())
-    }
-
-    /// Borrow a thread for injected calls, mapping rlivepatch's memory on first use.
-    /// Only the thread tried is stopped; the others keep running.
-    pub fn borrow(&mut self) -> Result<()> {
-        if self.inj.is_some() {
-            return Ok(());
-        }
-        let libc = match &self.libc {
-            Some(l) => l.clone(),
-            None => {
-                let l = Libc::find(self.proc.pid, &self.objects)?;
-                self.libc = Some(l.clone());
-                l
-            }
-        };
-        let tid = self.pick_thread()?;
-        let mut inj = Injector::borrow(&mut self.tr, tid, libc)?;
-        inj.call_timeout = self.opts.call_timeout;
-        let r = match self.scratch {
-            Some(s) => inj.adopt_scratch(&self.proc, s),
-            None => inj
-                .map_scratch(&mut self.tr, &self.proc, &self.maps)
-                .map(|s| {
-                    self.scratch = Some(s);
-                }),
-        };
-        if let Err(e) = r {
-            let _ = inj.release(&mut self.tr);
-            return Err(e);
-        }
-        self.inj = Some(inj);
-        Ok(())
-    }
-
-    /// Give the borrowed thread back (rlivepatch's memory stays mapped).
-    pub fn unborrow(&mut self) -> Result<()> {
-        if let Some(mut inj) = self.inj.take() {
-            let leaked = inj.leaked;
-            inj.release(&mut self.tr)?;
-            if leaked {
-                // A call still runs on the scratch stack: never unmap it.
-                self.scratch = None;
-            }
-        }
-        Ok(())
-    }
-
-    /// Choose a thread to borrow: one asleep in a blocking call if possible, else one
-    /// running its own code; never one inside malloc, the loader, pthread internals or a
-    /// signal handler. Threads are stopped one at a time.
-    fn pick_thread(&mut self) -> Result<Tid> {
-        let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
-        let mut last_reasons: Vec<String> = Vec::new();
-        loop {
-            let mut running: Option<Tid> = None;
-            last_reasons.clear();
-            // The main thread first: it is the most likely to be asleep in a plain call.
-            let mut tids = self.tr.tids();
-            tids.sort_by_key(|t| (*t != self.proc.pid, *t));
-            for tid in tids {
-                let was_running = self.tr.threads.get(&tid).is_some_and(|t| t.stop.is_none());
-                if !self
-                    .tr
-                    .stop_one(tid, Instant::now() + Duration::from_secs(5))?
-                {
-                    continue;
-                }
-                let th = &self.tr.threads[&tid];
-                let ok_stop = th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none();
-                let verdict = if ok_stop {
-                    let regs = self.tr.regs(tid)?;
-                    safepoint::judge(
-                        &self.proc,
-                        &self.maps,
-                        &self.objects,
-                        &mut self.unwinder,
-                        &regs,
-                    )
-                } else {
-                    Err("stopped for a signal".to_string())
-                };
-                match verdict {
-                    Ok(Fitness::Sleeping) => {
-                        if let Some(r) = running {
-                            self.tr.resume(r)?;
-                        }
-                        return Ok(tid);
-                    }
-                    Ok(Fitness::Running) if running.is_none() => {
-                        running = Some(tid);
-                        continue;
-                    }
-                    Ok(Fitness::Running) => {}
-                    Err(why) => last_reasons.push(format!("thread {tid}: {why}")),
-                }
-                if was_running {
-                    self.tr.resume(tid)?;
-                }
-            }
-            if let Some(r) = running {
-                return Ok(r);
-            }
-            self.tr.check_interrupted()?;
-            if Instant::now() >= deadline {
-                bail!(
-                    Busy,
-                    "no thread of process {} is at a point where it can safely run dlopen ({}); retry when the process is less busy",
-                    self.proc.pid,
-                    last_reasons.join("; ")
-                );
-            }
-            self.tr.resume_all()?;
-            self.tr.pump(Instant::now() + Duration::from_millis(20))?;
-        }
-    }
-
-    /// A system call in the target on the borrowed thread (borrowing one if needed).
-    pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
-        self.borrow()?;
-        self.inj.as_mut().unwrap().syscall(&mut self.tr, nr, args)
-    }
-
-    /// A function call in the target on the borrowed thread.
-    pub fn call(&mut self, func: u64, args: &[u64], what: &str) -> Result<u64> {
-        self.borrow()?;
-        self.inj
-            .as_mut()
-            .unwrap()
-            .call(&mut self.tr, func, args, what)
-    }
-
-    /// Save the record (creating its mapping if needed) or remove it when empty.
-    pub fn save_record(&mut self) -> Result<()> {
-        if self.record.is_empty() {
-            if let Some(store) = self.store.take() {
-                self.borrow()?;
-                store.remove(self.inj.as_mut().unwrap(), &mut self.tr)?;
-                self.refresh()?;
-            }
-            return Ok(());
-        }
-        if self.store.is_none() {
-            self.borrow()?;
-            self.store = Some(Store::create(
-                self.inj.as_mut().unwrap(),
-                &mut self.tr,
-                &self.proc,
-            )?);
-            self.refresh()?;
-        }
-        self.store.as_mut().unwrap().save(&self.proc, &self.record)
-    }
-
-    /// A progress line.
-    pub fn progress(&mut self, line: &str) {
-        (self.progress)(line)
-    }
-
-    /// Run the switch of `plan` with the consistency model.
-    pub fn switch(&mut self, plan: &Plan) -> Result<transition::Report> {
-        // Return trampolines live in rlivepatch's memory in the target.
-        if self.scratch.is_none() && !self.opts.force && !plan.writes.is_empty() {
-            self.borrow()?;
-        }
-        self.unborrow()?;
-        let opts = transition::Options {
-            timeout: self.opts.timeout,
-            force: self.opts.force,
-        };
-        let mut w = transition::World {
-            tr: &mut self.tr,
-            proc: &self.proc,
-            objects: &self.objects,
-            maps: &self.maps,
-            unwinder: &mut self.unwinder,
-            scratch: self.scratch,
-            shadow_stack: self.proc.status.shadow_stack,
-        };
-        let progress = &mut self.progress;
-        transition::switch(&mut w, plan, &opts, &mut |p| {
-            let mut s = format!(
-                "waiting for a safe moment to switch (attempt {}, {:.1}s left):",
-                p.attempt,
-                p.left.as_secs_f32()
-            );
-            for b in p.blockers {
-                s.push_str("\n  ");
-                s.push_str(&b.describe());
-            }
-            progress(&s);
-        })
-    }
-
-    /// Undo rlivepatch's presence: unmap its memory, give threads back, detach.
-    pub fn close(mut self) -> Result<()> {
-        let mut first: Option<Error> = None;
-        if self.scratch.is_some() {
-            if let Err(e) = self.borrow() {
-                first.get_or_insert(e);
-            }
-            if let Some(inj) = self.inj.as_mut() {
-                let maps = self.proc.maps().unwrap_or_default();
-                if let Err(e) = inj.unmap_scratch(&mut self.tr, &self.proc, &maps) {
-                    first.get_or_insert(e);
-                }
-            }
-        }
-        if let Err(e) = self.unborrow() {
-            first.get_or_insert(e);
-        }
-        if !self.tr.exited
-            && let Err(e) = self.tr.stop_all(Instant::now() + Duration::from_secs(10))
-        {
-            first.get_or_insert(e);
-        }
-        self.tr.detach_all();
-        first.map_or(Ok(()), Err)
-    }
-}
-
 /// What `apply` did.
 #[derive(Debug, serde::Serialize)]
 pub struct ApplyReport {
@@ -563,10 +278,76 @@ pub struct ApplyReport {
     pub patch: String,
     /// Functions redirected.
     pub functions: Vec<crate::report::FuncView>,
+    /// Patches it replaced (atomic replace).
+    pub replaced: Vec<String>,
     /// The switch.
     pub switch: transition::Report,
     /// Wall time of the whole operation in milliseconds.
     pub elapsed_ms: f64,
+}
+
+/// A target symbol a patch uses, resolved.
+struct SymbolFill {
+    slot_vaddr: u64,
+    addr: u64,
+}
+
+/// Resolve the target symbols a patch declares with `RLIVEPATCH_SYMBOL`.
+fn resolve_symbols(patch: &Patch, objects: &Objects) -> Result<Vec<SymbolFill>> {
+    let mut out = Vec::new();
+    for r in &patch.symbols {
+        let obj = objects.by_name(r.object.as_deref())?;
+        let file = obj.file()?;
+        let sym = crate::symbols::find_symbol(&file, &r.symbol).map_err(|e| {
+            err!(
+                Mismatch,
+                "symbol {} (used by the patch as {}) cannot be resolved in {}: {}",
+                r.symbol,
+                r.local,
+                obj.display_name(),
+                e.message
+            )
+        })?;
+        if sym.kind == SymKind::Tls {
+            bail!(
+                Mismatch,
+                "symbol {} of {} is thread-local; declare it with RLIVEPATCH_TLS",
+                r.symbol,
+                obj.display_name()
+            );
+        }
+        out.push(SymbolFill {
+            slot_vaddr: r.slot_vaddr,
+            addr: sym.value.wrapping_add(obj.bias()?),
+        });
+    }
+    Ok(out)
+}
+
+/// The kernel's rule: a patch must carry each installed state at the same or a higher
+/// version, and a replace patch must carry all of them.
+fn check_states(rec: &Record, patch: &Patch) -> Result<()> {
+    for p in rec.patches.iter().filter(|p| !p.disabled) {
+        for st in &p.states {
+            let why = match patch.states.iter().find(|x| x.id == st.id) {
+                None if patch.replace => format!(
+                    "it replaces every patch but does not carry state {} (installed by {} at version {})",
+                    st.id, p.name, st.version
+                ),
+                Some(x) if x.version < st.version => format!(
+                    "it carries state {} at version {}, lower than version {} installed by {}",
+                    st.id, x.version, st.version, p.name
+                ),
+                _ => continue,
+            };
+            bail!(
+                Mismatch,
+                "patch {} is not compatible with the already installed livepatches: {why}",
+                patch.name
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Apply the patch file at `path` to process `pid`.
@@ -579,17 +360,19 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let objects = Objects::new(&proc, &maps)?;
     crate::buildid::check(&patch, &objects)?;
     let resolved = resolve(&patch, &objects)?;
+    let symbols = resolve_symbols(&patch, &objects)?;
     Libc::find(pid, &objects)?;
     drop(objects);
     let mut s = Session::attach(proc, opts, progress)?;
-    let r = apply_attached(&mut s, &patch, &resolved);
+    let r = apply_attached(&mut s, &patch, &resolved, &symbols);
     let closed = s.close();
-    let (funcs, report) = r?;
+    let (functions, replaced, report) = r?;
     closed?;
     Ok(ApplyReport {
         pid,
         patch: patch.name.clone(),
-        functions: funcs,
+        functions,
+        replaced,
         switch: report,
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
     })
@@ -601,23 +384,35 @@ struct Undo {
     loaded: Option<(u64, i32)>,
     pages: Vec<u64>,
     record: Option<Record>,
+    runtime_loaded: bool,
+}
+
+type Applied = (
+    Vec<crate::report::FuncView>,
+    Vec<String>,
+    transition::Report,
+);
+
+fn refuse_pending(s: &Session) -> Result<()> {
+    if let Some(p) = &s.record.pending {
+        let pid = s.proc.pid;
+        bail!(
+            Incomplete,
+            "an earlier rlivepatch run ({} {}) on process {pid} was interrupted; run `rlivepatch repair {pid}` first",
+            p.op,
+            p.patch
+        );
+    }
+    Ok(())
 }
 
 fn apply_attached(
     s: &mut Session,
     patch: &Patch,
     resolved: &[Resolved],
-) -> Result<(Vec<crate::report::FuncView>, transition::Report)> {
-    if let Some(p) = &s.record.pending {
-        bail!(
-            Incomplete,
-            "an earlier rlivepatch run ({} {}) on process {} was interrupted; run `rlivepatch repair {}` first",
-            p.op,
-            p.patch,
-            s.proc.pid,
-            s.proc.pid
-        );
-    }
+    symbols: &[SymbolFill],
+) -> Result<Applied> {
+    refuse_pending(s)?;
     if s.record
         .patches
         .iter()
@@ -630,6 +425,7 @@ fn apply_attached(
             s.proc.pid
         );
     }
+    check_states(&s.record, patch)?;
     // Someone else's bytes at an entry (a breakpoint, another tool's jump) mean someone
     // else owns it.
     for r in resolved {
@@ -653,60 +449,63 @@ fn apply_attached(
         }
     }
     let mut undo = Undo::default();
-    let r = apply_steps(s, patch, resolved, &mut undo);
+    let r = apply_steps(s, patch, resolved, symbols, &mut undo);
     if r.is_err() {
         undo_apply(s, &mut undo);
     }
     r
 }
 
+/// States of the enabled patches, oldest first (the registry's "previous" half).
+fn installed_states(rec: &Record, until: Option<usize>) -> Vec<u64> {
+    rec.patches[..until.unwrap_or(rec.patches.len())]
+        .iter()
+        .filter(|p| !p.disabled)
+        .flat_map(|p| p.state_addrs.iter().copied())
+        .collect()
+}
+
+/// Run a callback; `Ok(None)` when the patch has none.
+fn callback(s: &mut Session, addr: Option<u64>, what: &str, patch: &str) -> Result<Option<i32>> {
+    let Some(a) = addr else { return Ok(None) };
+    let rax = s.call(a, &[], &format!("the {what} callback of patch {patch}"))?;
+    Ok(Some(rax as u32 as i32))
+}
+
 fn apply_steps(
     s: &mut Session,
     patch: &Patch,
     resolved: &[Resolved],
+    symbols: &[SymbolFill],
     undo: &mut Undo,
-) -> Result<(Vec<crate::report::FuncView>, transition::Report)> {
+) -> Result<Applied> {
     let pid = s.proc.pid;
-    // 1. Load the patch, from a memfd so that the target needs no access to our file.
     let bytes = std::fs::read(&patch.path)
         .map_err(|e| err!(Patch, "cannot read {}: {e}", patch.path.display()))?;
-    s.borrow()?;
+    // 1. The runtime first when the patch uses shadow variables or states: its rlp_*
+    //    references must resolve when the patch loads.
+    if crate::runtime::needed_by(patch) && s.record.runtime.is_none() {
+        s.ensure_runtime()?;
+        undo.runtime_loaded = true;
+    }
     s.tr.check_interrupted()?;
-    let fd = {
-        let proc = &s.proc;
-        let inj = s.inj.as_mut().unwrap();
-        inj.memfd_with(&mut s.tr, proc, &format!("rlp:{}", patch.name), &bytes)?
-    };
-    let handle = {
-        let proc = &s.proc;
-        let inj = s.inj.as_mut().unwrap();
-        match inj.dlopen(
-            &mut s.tr,
-            proc,
-            &format!("/proc/self/fd/{fd}"),
-            libc::RTLD_NOW,
-        ) {
-            Ok(Ok(h)) => h,
-            Ok(Err(text)) => {
-                let _ = inj.syscall(&mut s.tr, libc::SYS_close, &[fd as u64]);
-                bail!(
-                    Patch,
-                    "process {pid} could not load the patch: {text}; build it with cc -shared -fPIC against libraries the process has"
-                );
-            }
-            Err(e) => {
-                if !inj.leaked {
-                    let _ = inj.syscall(&mut s.tr, libc::SYS_close, &[fd as u64]);
-                }
-                return Err(e);
-            }
-        }
+    // 2. Load the patch, from a memfd so that the target needs no access to our file.
+    let (handle, fd) = match s.load(&format!("rlp:{}", patch.name), &bytes, libc::RTLD_NOW)? {
+        Ok(v) => v,
+        Err(text) => bail!(
+            Patch,
+            "process {pid} could not load the patch: {text}; build it with cc -shared -fPIC against libraries the process has"
+        ),
     };
     undo.loaded = Some((handle, fd));
     s.tr.check_interrupted()?;
     let base = s.proc.read_u64(handle)?;
     s.refresh()?;
-    // 2. Where the new functions are, as the loader resolved them.
+    // 3. Target symbols the patch's code uses.
+    for f in symbols {
+        s.proc.write(base + f.slot_vaddr, &f.addr.to_le_bytes())?;
+    }
+    // 4. Where the new functions are, as the loader resolved them.
     let mut funcs = Vec::new();
     for r in resolved {
         let f = &patch.funcs[r.index];
@@ -720,7 +519,6 @@ fn apply_steps(
                 s.objects.symbolize(stored)
             );
         }
-        let new_size = new_function_size(&patch.file, f.new_vaddr);
         funcs.push(AppliedFunc {
             object: r.object.clone(),
             symbol: r.symbol.clone(),
@@ -729,11 +527,11 @@ fn apply_steps(
             orig: r.orig.clone(),
             new_name: f.new_name.clone(),
             new_addr: expected,
-            new_size,
+            new_size: new_function_size(&patch.file, f.new_vaddr),
             island: None,
         });
     }
-    // 3. Islands for new functions out of reach of a 32-bit jump.
+    // 5. Islands for new functions out of reach of a 32-bit jump.
     let mut islands = s.record.islands.clone();
     for f in funcs.iter_mut() {
         if redirect::jmp(f.old_addr, f.new_addr).is_some() {
@@ -760,18 +558,55 @@ fn apply_steps(
             .push(slot);
         f.island = Some(slot);
     }
-    // 4. The plan: what changes, what is written.
+    // 6. The plan. An atomic replace also sends every function that only older patches
+    //    change back to the original, in the same switch.
     let mut plan = Plan::default();
     for f in &funcs {
         plan.changed.extend(current_impl(&s.record, f));
         plan.entries.push((f.old_addr, JMP_LEN as u64));
-        let target = f.island.unwrap_or(f.new_addr);
         plan.writes.push(Write {
             addr: f.old_addr,
             old: expected_entry(&s.record, f.old_addr, &f.orig),
-            new: redirect::jmp(f.old_addr, target).unwrap().to_vec(),
+            new: redirect::jmp(f.old_addr, f.island.unwrap_or(f.new_addr))
+                .unwrap()
+                .to_vec(),
         });
     }
+    let replaced: Vec<String> = if patch.replace {
+        s.record
+            .patches
+            .iter()
+            .filter(|p| !p.disabled)
+            .map(|p| p.name.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if patch.replace {
+        let mut seen: Vec<u64> = funcs.iter().map(|f| f.old_addr).collect();
+        for p in s.record.patches.iter().filter(|p| !p.disabled) {
+            for f in &p.funcs {
+                if seen.contains(&f.old_addr) {
+                    continue;
+                }
+                seen.push(f.old_addr);
+                plan.changed.extend(current_impl(&s.record, f));
+                plan.entries.push((f.old_addr, JMP_LEN as u64));
+                plan.writes.push(Write {
+                    addr: f.old_addr,
+                    old: expected_entry(&s.record, f.old_addr, &f.orig),
+                    new: f.orig.clone(),
+                });
+            }
+        }
+    }
+    let callbacks = [
+        patch.callbacks.pre_patch.map(|v| v + base),
+        patch.callbacks.post_patch.map(|v| v + base),
+        patch.callbacks.pre_unpatch.map(|v| v + base),
+        patch.callbacks.post_unpatch.map(|v| v + base),
+    ];
+    let state_addrs: Vec<u64> = patch.states.iter().map(|st| st.vaddr + base).collect();
     let applied = AppliedPatch {
         name: patch.name.clone(),
         path: patch.path.display().to_string(),
@@ -781,20 +616,17 @@ fn apply_steps(
         forced: s.opts.force,
         replace: patch.replace,
         states: patch.states.clone(),
-        callbacks: [
-            patch.callbacks.pre_patch.map(|v| v + base),
-            patch.callbacks.post_patch.map(|v| v + base),
-            patch.callbacks.pre_unpatch.map(|v| v + base),
-            patch.callbacks.post_unpatch.map(|v| v + base),
-        ],
+        callbacks,
         funcs: funcs.clone(),
         applied_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
         disabled: false,
+        state_addrs: state_addrs.clone(),
     };
-    // 5. Record the operation before the switch, so an interrupted run can be repaired.
+    // 7. Record the operation before running anything of the patch, so that an
+    //    interrupted run can be repaired.
     undo.record = Some(s.record.clone());
     s.record.islands = islands.clone();
     s.record.pending = Some(crate::state::Pending {
@@ -813,46 +645,97 @@ fn apply_steps(
     });
     s.save_record()?;
     s.tr.check_interrupted()?;
-    // 6. The switch.
+    // 8. pre_patch may cancel.
+    let prev = installed_states(&s.record, None);
+    s.set_states(&state_addrs, &prev)?;
+    if let Some(code) = callback(s, callbacks[0], "pre_patch", &patch.name)?
+        && code != 0
+    {
+        s.set_states(&[], &[])?;
+        bail!(
+            Failed,
+            "the pre_patch callback of patch {} returned {code}: the patch refused to apply and was unloaded",
+            patch.name
+        );
+    }
+    // 9. The switch. If it fails, the transition is reversed: post_unpatch runs.
     if s.opts.force {
         s.progress("warning: --force: switching without checking that no thread is inside the changed functions; this patch can never be unloaded");
     }
-    let report = s.switch(&plan)?;
-    // 7. Done: the record says so.
+    let report = match s.switch(&plan) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Err(e2) = callback(s, callbacks[3], "post_unpatch", &patch.name) {
+                s.progress(&format!("warning: {}", e2.message));
+            }
+            let _ = s.set_states(&[], &[]);
+            return Err(e);
+        }
+    };
+    // 10. Done: the record says so.
     s.record.pending = None;
+    let old_patches = std::mem::take(&mut s.record.patches);
+    let mut to_unload = Vec::new();
+    for p in old_patches {
+        if patch.replace && !p.disabled {
+            to_unload.push(p);
+        } else {
+            s.record.patches.push(p);
+        }
+    }
+    let freed: Vec<u64> = to_unload
+        .iter()
+        .flat_map(|p| p.funcs.iter().filter_map(|f| f.island))
+        .collect();
+    let empty_pages = free_slots(&mut s.record, &freed);
+    for p in &to_unload {
+        if p.forced {
+            // A forced patch's code may still run: keep it loaded, out of the stack.
+            let mut kept = p.clone();
+            kept.disabled = true;
+            s.record.patches.push(kept);
+        }
+    }
     s.record.patches.push(applied);
     undo.record = None;
-    if let Err(e) = s.save_record() {
-        // The switch happened; the record could not be written. Put the entries back.
-        let back: Vec<Write> = plan
-            .writes
-            .iter()
-            .map(|w| Write {
-                addr: w.addr,
-                old: w.new.clone(),
-                new: w.old.clone(),
-            })
-            .collect();
-        let _ = transition::write_all(&s.proc, &back);
-        s.record.patches.pop();
-        undo.record = Some(s.record.clone());
-        return Err(e);
+    undo.loaded = None;
+    undo.pages.clear();
+    undo.runtime_loaded = false;
+    s.save_record()?;
+    // 11. post_patch, then the replaced patches go, without their callbacks.
+    callback(s, callbacks[1], "post_patch", &patch.name)?;
+    s.set_states(&[], &[])?;
+    for p in to_unload.iter().filter(|p| !p.forced) {
+        s.unload(p.handle, p.fd)?;
+    }
+    for page in empty_pages {
+        s.syscall(libc::SYS_munmap, &[page, redirect::PAGE])?;
     }
     let views = funcs
         .iter()
         .map(|f| crate::report::FuncView::new(f, &s.objects))
         .collect();
-    Ok((views, report))
+    Ok((views, replaced, report))
+}
+
+/// Release island slots; returns the pages left empty (to unmap after the switch).
+fn free_slots(rec: &mut Record, slots: &[u64]) -> Vec<u64> {
+    let mut empty = Vec::new();
+    for isl in rec.islands.iter_mut() {
+        isl.used.retain(|u| !slots.contains(u));
+        if isl.used.is_empty() {
+            empty.push(isl.addr);
+        }
+    }
+    rec.islands.retain(|i| !i.used.is_empty());
+    empty
 }
 
 fn undo_apply(s: &mut Session, undo: &mut Undo) {
     let leaked = s.inj.as_ref().is_some_and(|i| i.leaked);
     if !leaked {
-        if let Some((handle, fd)) = undo.loaded.take()
-            && s.borrow().is_ok()
-        {
-            let _ = s.inj.as_mut().unwrap().dlclose(&mut s.tr, handle);
-            let _ = s.syscall(libc::SYS_close, &[fd as u64]);
+        if let Some((handle, fd)) = undo.loaded.take() {
+            let _ = s.unload(handle, fd);
         }
         for page in undo.pages.drain(..) {
             let _ = s.syscall(libc::SYS_munmap, &[page, redirect::PAGE]);
@@ -860,9 +743,12 @@ fn undo_apply(s: &mut Session, undo: &mut Undo) {
     }
     if let Some(rec) = undo.record.take() {
         s.record = rec;
-        if !leaked {
-            let _ = s.save_record();
-        }
+    }
+    if undo.runtime_loaded && !leaked {
+        let _ = s.unload_runtime_if_idle();
+    }
+    if !leaked {
+        let _ = s.save_record();
     }
 }
 
@@ -958,21 +844,19 @@ pub fn disable(
 
 fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
     let pid = s.proc.pid;
-    if let Some(p) = &s.record.pending {
-        bail!(
-            Incomplete,
-            "an earlier rlivepatch run ({} {}) on process {pid} was interrupted; run `rlivepatch repair {pid}` first",
-            p.op,
-            p.patch
-        );
-    }
-    let Some(idx) = s
+    refuse_pending(s)?;
+    let idx = s
         .record
         .patches
         .iter()
-        .position(|p| p.name == name && !p.disabled)
-        .or_else(|| s.record.patches.iter().position(|p| p.name == name))
-    else {
+        .position(|p| p.name == name && !p.disabled);
+    let Some(idx) = idx else {
+        if s.record.patches.iter().any(|p| p.name == name) {
+            bail!(
+                Mismatch,
+                "patch {name} is already disabled; it was forced, so its code stays loaded in process {pid}"
+            );
+        }
         let names: Vec<&str> = s.record.patches.iter().map(|p| p.name.as_str()).collect();
         bail!(
             Mismatch,
@@ -985,12 +869,6 @@ fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Re
         );
     };
     let p = s.record.patches[idx].clone();
-    if p.disabled {
-        bail!(
-            Mismatch,
-            "patch {name} is already disabled; it was forced, so its code stays loaded in process {pid}"
-        );
-    }
     // Each function whose newest implementation is this patch's falls back to the one
     // below it, or to the original.
     let mut plan = Plan::default();
@@ -1045,25 +923,27 @@ fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Re
         new_islands: Vec::new(),
     });
     s.save_record()?;
+    // pre_unpatch, the switch, post_unpatch; a switch that fails is reversed: the patch
+    // stays, and post_patch runs (the kernel's reversed transition).
+    let prev = installed_states(&s.record, Some(idx));
+    s.set_states(&p.state_addrs, &prev)?;
+    callback(s, p.callbacks[2], "pre_unpatch", &p.name)?;
     let report = match s.switch(&plan) {
         Ok(r) => r,
         Err(e) => {
             s.record = saved;
+            let _ = callback(s, p.callbacks[1], "post_patch", &p.name);
+            let _ = s.set_states(&[], &[]);
             let _ = s.save_record();
             return Err(e);
         }
     };
+    callback(s, p.callbacks[3], "post_unpatch", &p.name)?;
+    s.set_states(&[], &[])?;
     // After the switch no thread is in the patch's code: free its islands and unload it.
     s.record.pending = None;
     let slots: Vec<u64> = p.funcs.iter().filter_map(|f| f.island).collect();
-    let mut empty_pages = Vec::new();
-    for isl in s.record.islands.iter_mut() {
-        isl.used.retain(|u| !slots.contains(u));
-        if isl.used.is_empty() {
-            empty_pages.push(isl.addr);
-        }
-    }
-    s.record.islands.retain(|i| !i.used.is_empty());
+    let empty_pages = free_slots(&mut s.record, &slots);
     let unload = !p.forced;
     if unload {
         s.record.patches.remove(idx);
@@ -1075,14 +955,13 @@ fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Re
         s.syscall(libc::SYS_munmap, &[page, redirect::PAGE])?;
     }
     if unload {
-        s.borrow()?;
-        let r = s.inj.as_mut().unwrap().dlclose(&mut s.tr, p.handle)?;
-        if r != 0 {
-            s.progress(&format!("warning: dlclose of patch {name} returned {r}"));
-        }
-        s.syscall(libc::SYS_close, &[p.fd as u64])?;
+        s.unload(p.handle, p.fd)?;
+        s.unload_runtime_if_idle()?;
+        s.save_record()?;
     } else {
-        s.progress(&format!("patch {name} was forced: its functions are restored, but its code stays loaded because a thread may still be inside it"));
+        s.progress(&format!(
+            "patch {name} was forced: its functions are restored, but its code stays loaded because a thread may still be inside it"
+        ));
     }
     Ok((unload, report))
 }

@@ -67,6 +67,9 @@ pub struct StateDecl {
     pub id: u64,
     /// Its version.
     pub version: u64,
+    /// Address of its `struct rlp_state` in the patch file's address space.
+    #[serde(default, skip_serializing)]
+    pub vaddr: u64,
 }
 
 /// The four callbacks, as addresses in the patch file's address space.
@@ -284,9 +287,17 @@ impl Patch {
                     };
                 }
                 KIND_STATE => {
+                    let vaddr = p(0)?.ok_or_else(|| {
+                        err!(
+                            Patch,
+                            "corrupt metadata: state {} has no struct rlp_state",
+                            n(0)
+                        )
+                    })?;
                     let st = StateDecl {
                         id: n(0),
                         version: n(1),
+                        vaddr,
                     };
                     if self.states.iter().any(|x| x.id == st.id) {
                         bail!(Patch, "state {} is declared twice", st.id);

@@ -79,6 +79,9 @@ pub struct AppliedPatch {
     /// Disabled, but its code stays mapped because it was forced.
     #[serde(default)]
     pub disabled: bool,
+    /// Run-time addresses of its `struct rlp_state`s, in declaration order.
+    #[serde(default)]
+    pub state_addrs: Vec<u64>,
 }
 
 /// A page of island slots near some code.
@@ -123,6 +126,9 @@ pub struct Record {
     pub islands: Vec<Island>,
     /// An operation in progress.
     pub pending: Option<Pending>,
+    /// The rlivepatch runtime, when loaded.
+    #[serde(default)]
+    pub runtime: Option<crate::runtime::RuntimeRecord>,
 }
 
 impl Record {
@@ -147,7 +153,10 @@ impl Record {
 
     /// Is there nothing left to remember?
     pub fn is_empty(&self) -> bool {
-        self.patches.is_empty() && self.islands.is_empty() && self.pending.is_none()
+        self.patches.is_empty()
+            && self.islands.is_empty()
+            && self.pending.is_none()
+            && self.runtime.is_none()
     }
 }
 

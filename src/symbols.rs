@@ -123,6 +123,8 @@ pub struct ElfFile {
     pub dynsym: Vec<Symbol>,
     /// `DT_NEEDED` entries.
     pub needed: Vec<String>,
+    /// Undefined dynamic symbols (what the file needs from other objects).
+    pub undefined: Vec<String>,
     /// Relocations of the dynamic section, by offset: (type, symbol value if the symbol is
     /// defined here, symbol name, addend). RELR entries appear as `R_X86_64_RELATIVE`.
     pub dyn_relocs: HashMap<u64, Reloc>,
@@ -226,6 +228,12 @@ impl ElfFile {
             );
         }
         let needed = elf.libraries.iter().map(|s| s.to_string()).collect();
+        let undefined = elf
+            .dynsyms
+            .iter()
+            .filter(|s| s.st_shndx == section_header::SHN_UNDEF as usize && s.st_name != 0)
+            .filter_map(|s| elf.dynstrtab.get_at(s.st_name).map(str::to_string))
+            .collect();
         let mut f = ElfFile {
             path,
             is_dyn: elf.header.e_type == header::ET_DYN,
@@ -240,6 +248,7 @@ impl ElfFile {
             symtab,
             dynsym,
             needed,
+            undefined,
             dyn_relocs,
             bytes: Bytes::Owned(Vec::new()),
         };
@@ -565,5 +574,38 @@ pub fn find_function<'a>(file: &'a ElfFile, name: &str, pos: u64) -> Result<&'a 
                 file.path.display()
             )
         }),
+    }
+}
+
+/// Find a data or code symbol by name (for a patch's `RLIVEPATCH_SYMBOL`): `.symtab` first,
+/// then `.dynsym`; the name must be unique (an optional `@VERSION` picks a version).
+pub fn find_symbol<'a>(file: &'a ElfFile, name: &str) -> Result<&'a Symbol> {
+    let (base, version) = match name.find('@') {
+        Some(i) => (&name[..i], Some(name[i..].trim_start_matches('@'))),
+        None => (name, None),
+    };
+    let pick = |syms: &'a [Symbol]| -> Vec<&'a Symbol> {
+        let mut out: Vec<&Symbol> = Vec::new();
+        for s in syms.iter().filter(|s| s.name == base) {
+            if version.is_some_and(|v| s.version.as_deref().is_some_and(|sv| sv != v)) {
+                continue;
+            }
+            if !out.iter().any(|o| o.value == s.value) {
+                out.push(s);
+            }
+        }
+        out
+    };
+    let mut found = pick(&file.symtab);
+    if found.is_empty() {
+        found = pick(&file.dynsym);
+    }
+    match found.len() {
+        1 => Ok(found[0]),
+        0 => bail!(Mismatch, "no symbol {name}"),
+        n => bail!(
+            Mismatch,
+            "{n} symbols named {name}; the name must be unique"
+        ),
     }
 }

@@ -111,6 +111,99 @@ struct rlp_record {
 /* RLIVEPATCH_NAME("name"): the patch's name; default: the file name without ".so". */
 #define RLIVEPATCH_NAME(name) RLP_RECORD(RLP_KIND_NAME, name, 0, 0, 0, 0, 0, 0, 0, 0)
 
+/*
+ * RLIVEPATCH_REPLACE(): an atomic-replace (cumulative) patch. It replaces every patch
+ * applied before it in one switch: functions it does not change go back to the
+ * original; the replaced patches are unloaded without running their unpatch callbacks.
+ */
+#define RLIVEPATCH_REPLACE() RLP_RECORD(RLP_KIND_REPLACE, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+/*
+ * RLIVEPATCH_CALLBACKS(pre_patch, post_patch, pre_unpatch, post_unpatch), with the
+ * kernel's semantics; any may be NULL. They run inside the target on one thread while the
+ * others run:
+ *   int pre_patch(void)     before the switch; nonzero cancels the apply (the patch is
+ *                           unloaded, no other callback runs);
+ *   void post_patch(void)   after the switch;
+ *   void pre_unpatch(void)  before a disable's switch;
+ *   void post_unpatch(void) after a disable's switch, and after an apply whose switch
+ *                           timed out once pre_patch had succeeded.
+ * A patch's constructors run at load time, before target symbols are filled in: do set-up
+ * work in pre_patch.
+ */
+#define RLIVEPATCH_CALLBACKS(pre_patch, post_patch, pre_unpatch, post_unpatch)         \
+	RLP_RECORD(RLP_KIND_CALLBACKS, 0, 0, 0, rlp_check_pre(pre_patch),              \
+		   rlp_check_void(post_patch), rlp_check_void(pre_unpatch),           \
+		   rlp_check_void(post_unpatch), 0, 0)
+
+static inline void *rlp_check_pre(int (*f)(void)) { return (void *)f; }
+static inline void *rlp_check_void(void (*f)(void)) { return (void *)f; }
+
+/*
+ * System states (the kernel's klp_state). RLIVEPATCH_STATE(id, version) declares that the
+ * patch handles system state `id` at `version`. A replace patch must carry every state
+ * already installed, at the same or a higher version, or apply refuses it; any patch that
+ * carries an installed state must not lower its version.
+ *
+ * In callbacks, rlp_get_state(id) is this patch's state (the kernel's klp_get_state) and
+ * rlp_get_prev_state(id) the same state of the patches installed before it
+ * (klp_get_prev_state); `data` is free for the patches' use, to hand over what they set up.
+ */
+struct rlp_state {
+	unsigned long id;
+	unsigned int version;
+	void *data;
+};
+
+#define RLIVEPATCH_STATE(id, version) RLP_STATE_(RLP_UNIQUE(rlp_state_), id, version)
+#define RLP_STATE_(var, id, version)                                                   \
+	static struct rlp_state var = {(id), (version), 0};                            \
+	RLP_RECORD(RLP_KIND_STATE, 0, 0, 0, &var, 0, 0, 0, (id), (version))
+
+struct rlp_state *rlp_get_state(unsigned long id);
+struct rlp_state *rlp_get_prev_state(unsigned long id);
+
+/*
+ * Target symbols: the patch's code reaches the target's static and global variables and
+ * its static functions through pointers that rlivepatch fills in at apply time, before
+ * anything is switched (the role of the kernel's klp relocations):
+ *
+ *     RLIVEPATCH_SYMBOL(int, counter, "counter");                  // int *counter
+ *     RLIVEPATCH_SYMBOL(int (int), helper, "helper");              // int (*helper)(int)
+ *     RLIVEPATCH_SYMBOL(long, hits, "hits", "libfoo.so.1");        // in a library
+ *
+ *     (*counter)++; helper(3);
+ *
+ * An unresolvable symbol is an error before anything is loaded.
+ */
+#define RLIVEPATCH_SYMBOL(type, local, ...)                                            \
+	static __typeof__(type) *local;                                                \
+	RLP_SYMBOL_(local, __VA_ARGS__, 0)
+#define RLP_SYMBOL_(local, sym, object, ...)                                           \
+	RLP_RECORD(RLP_KIND_SYMBOL, object, sym, #local, &local, 0, 0, 0, 0, 0)
+
+/*
+ * Shadow variables (the kernel's klp_shadow_*): data attached to an existing object,
+ * keyed by (object pointer, id). One store per process, shared by every patch; it
+ * survives atomic replace and the unloading of the patch that made a variable. Thread-safe.
+ *
+ *   rlp_shadow_get(obj, id): the data, or NULL.
+ *   rlp_shadow_alloc(obj, id, size, ctor, ctor_data): a new zeroed variable; NULL if
+ *       <obj, id> exists already or the constructor fails (nonzero). ctor runs once, under
+ *       the store's lock.
+ *   rlp_shadow_get_or_alloc(...): the existing one (no ctor call), or a new one.
+ *   rlp_shadow_free(obj, id, dtor): remove <obj, id>; dtor (may be NULL) runs first.
+ *   rlp_shadow_free_all(id, dtor): remove every variable with this id.
+ */
+typedef int (*rlp_shadow_ctor_t)(void *obj, void *shadow_data, void *ctor_data);
+typedef void (*rlp_shadow_dtor_t)(void *obj, void *shadow_data);
+
+void *rlp_shadow_get(void *obj, unsigned long id);
+void *rlp_shadow_alloc(void *obj, unsigned long id, size_t size, rlp_shadow_ctor_t ctor, void *ctor_data);
+void *rlp_shadow_get_or_alloc(void *obj, unsigned long id, size_t size, rlp_shadow_ctor_t ctor, void *ctor_data);
+void rlp_shadow_free(void *obj, unsigned long id, rlp_shadow_dtor_t dtor);
+void rlp_shadow_free_all(unsigned long id, rlp_shadow_dtor_t dtor);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,343 @@
+//! A session: one rlivepatch operation on one attached process. Attaching is also the
+//! lock against a second rlivepatch; the session holds the tracer, the process's maps,
+//! objects and record, the unwinder's caches, and the thread borrowed for injected calls,
+//! and gives everything back in [`Session::close`].
+
+use crate::bail;
+use crate::core::{Options, ProgressFn};
+use crate::error::{Error, Result};
+use crate::inject::{Injector, Libc, Scratch};
+use crate::objects::Objects;
+use crate::process::{Mapping, Process};
+use crate::ptrace::{Stop, Tid, Tracer};
+use crate::safepoint::{self, Fitness};
+use crate::state::{Record, Store};
+use crate::transition::{self, Plan};
+use crate::unwind::Unwinder;
+use std::time::{Duration, Instant};
+
+/// An attached process and what rlivepatch knows of it during one operation.
+pub struct Session<'a> {
+    /// The process.
+    pub proc: Process,
+    /// The tracer (holds every thread).
+    pub tr: Tracer,
+    /// Mappings, refreshed after the address space changes.
+    pub maps: Vec<Mapping>,
+    /// Objects, refreshed with the maps.
+    pub objects: Objects,
+    /// The unwinder with its caches.
+    pub unwinder: Unwinder,
+    /// The borrowed thread, while one is.
+    pub inj: Option<Injector>,
+    /// rlivepatch's memory in the target.
+    pub scratch: Option<Scratch>,
+    /// Where the record lives, once it exists.
+    pub store: Option<Store>,
+    /// The record.
+    pub record: Record,
+    libc: Option<Libc>,
+    pub(crate) opts: Options,
+    progress: ProgressFn<'a>,
+}
+
+impl<'a> Session<'a> {
+    /// Attach to every thread and read the record.
+    pub fn attach(proc: Process, opts: &Options, progress: ProgressFn<'a>) -> Result<Session<'a>> {
+        let tr = Tracer::attach(proc.pid, Instant::now() + opts.lock_timeout, progress)?;
+        let maps = proc.maps()?;
+        let objects = Objects::new(&proc, &maps)?;
+        let (store, record) = match Store::load(&proc, &maps)? {
+            Some((s, r)) => (Some(s), r),
+            None => (
+                None,
+                Record {
+                    format: crate::state::FORMAT,
+                    ..Default::default()
+                },
+            ),
+        };
+        Ok(Session {
+            proc,
+            tr,
+            maps,
+            objects,
+            unwinder: Unwinder::new(),
+            inj: None,
+            scratch: None,
+            store,
+            record,
+            libc: None,
+            opts: opts.clone(),
+            progress,
+        })
+    }
+
+    /// Re-read the mappings and objects (after a load or unload).
+    pub fn refresh(&mut self) -> Result<()> {
+        self.maps = self.proc.maps()?;
+        self.objects = Objects::new(&self.proc, &self.maps)?;
+        Ok(())
+    }
+
+    /// Borrow a thread for injected calls, mapping rlivepatch's memory on first use.
+    /// Only the thread tried is stopped; the others keep running.
+    pub fn borrow(&mut self) -> Result<()> {
+        if self.inj.is_some() {
+            return Ok(());
+        }
+        let libc = match &self.libc {
+            Some(l) => l.clone(),
+            None => {
+                let l = Libc::find(self.proc.pid, &self.objects)?;
+                self.libc = Some(l.clone());
+                l
+            }
+        };
+        let tid = self.pick_thread()?;
+        let mut inj = Injector::borrow(&mut self.tr, tid, libc)?;
+        inj.call_timeout = self.opts.call_timeout;
+        let r = match self.scratch {
+            Some(s) => inj.adopt_scratch(&self.proc, s),
+            None => inj
+                .map_scratch(&mut self.tr, &self.proc, &self.maps)
+                .map(|s| {
+                    self.scratch = Some(s);
+                }),
+        };
+        if let Err(e) = r {
+            let _ = inj.release(&mut self.tr);
+            return Err(e);
+        }
+        self.inj = Some(inj);
+        Ok(())
+    }
+
+    /// Give the borrowed thread back (rlivepatch's memory stays mapped).
+    pub fn unborrow(&mut self) -> Result<()> {
+        if let Some(mut inj) = self.inj.take() {
+            let leaked = inj.leaked;
+            inj.release(&mut self.tr)?;
+            if leaked {
+                // A call still runs on the scratch stack: never unmap it.
+                self.scratch = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Choose a thread to borrow: one asleep in a blocking call if possible, else one
+    /// running its own code; never one inside malloc, the loader, pthread internals or a
+    /// signal handler. Threads are stopped one at a time.
+    fn pick_thread(&mut self) -> Result<Tid> {
+        let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
+        let mut last_reasons: Vec<String> = Vec::new();
+        loop {
+            let mut running: Option<Tid> = None;
+            last_reasons.clear();
+            // The main thread first: it is the most likely to be asleep in a plain call.
+            let mut tids = self.tr.tids();
+            tids.sort_by_key(|t| (*t != self.proc.pid, *t));
+            for tid in tids {
+                let was_running = self.tr.threads.get(&tid).is_some_and(|t| t.stop.is_none());
+                if !self
+                    .tr
+                    .stop_one(tid, Instant::now() + Duration::from_secs(5))?
+                {
+                    continue;
+                }
+                let th = &self.tr.threads[&tid];
+                let ok_stop = th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none();
+                let verdict = if ok_stop {
+                    let regs = self.tr.regs(tid)?;
+                    safepoint::judge(
+                        &self.proc,
+                        &self.maps,
+                        &self.objects,
+                        &mut self.unwinder,
+                        &regs,
+                    )
+                } else {
+                    Err("stopped for a signal".to_string())
+                };
+                match verdict {
+                    Ok(Fitness::Sleeping) => {
+                        if let Some(r) = running {
+                            self.tr.resume(r)?;
+                        }
+                        return Ok(tid);
+                    }
+                    Ok(Fitness::Running) if running.is_none() => {
+                        running = Some(tid);
+                        continue;
+                    }
+                    Ok(Fitness::Running) => {}
+                    Err(why) => last_reasons.push(format!("thread {tid}: {why}")),
+                }
+                if was_running {
+                    self.tr.resume(tid)?;
+                }
+            }
+            if let Some(r) = running {
+                return Ok(r);
+            }
+            self.tr.check_interrupted()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    Busy,
+                    "no thread of process {} is at a point where it can safely run dlopen ({}); retry when the process is less busy",
+                    self.proc.pid,
+                    last_reasons.join("; ")
+                );
+            }
+            self.tr.resume_all()?;
+            self.tr.pump(Instant::now() + Duration::from_millis(20))?;
+        }
+    }
+
+    /// A system call in the target on the borrowed thread (borrowing one if needed).
+    pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
+        self.borrow()?;
+        self.inj.as_mut().unwrap().syscall(&mut self.tr, nr, args)
+    }
+
+    /// A function call in the target on the borrowed thread.
+    pub fn call(&mut self, func: u64, args: &[u64], what: &str) -> Result<u64> {
+        self.borrow()?;
+        self.inj
+            .as_mut()
+            .unwrap()
+            .call(&mut self.tr, func, args, what)
+    }
+
+    /// Load a shared object into the target from `bytes`: a memfd named `name` and
+    /// `dlopen("/proc/self/fd/N", flags)`. Returns (handle, fd), or dlerror's text. The
+    /// memfd stays open while the object is loaded, which keeps its name unique.
+    pub fn load(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        flags: i32,
+    ) -> Result<std::result::Result<(u64, i32), String>> {
+        self.borrow()?;
+        let inj = self.inj.as_mut().unwrap();
+        let fd = inj.memfd_with(&mut self.tr, &self.proc, name, bytes)?;
+        match inj.dlopen(
+            &mut self.tr,
+            &self.proc,
+            &format!("/proc/self/fd/{fd}"),
+            flags,
+        ) {
+            Ok(Ok(h)) => Ok(Ok((h, fd))),
+            Ok(Err(text)) => {
+                inj.syscall(&mut self.tr, libc::SYS_close, &[fd as u64])?;
+                Ok(Err(text))
+            }
+            Err(e) => {
+                if !inj.leaked {
+                    let _ = inj.syscall(&mut self.tr, libc::SYS_close, &[fd as u64]);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Unload an object loaded with [`Session::load`].
+    pub fn unload(&mut self, handle: u64, fd: i32) -> Result<()> {
+        self.borrow()?;
+        let r = self.inj.as_mut().unwrap().dlclose(&mut self.tr, handle)?;
+        self.syscall(libc::SYS_close, &[fd as u64])?;
+        if r != 0 {
+            self.progress(&format!("warning: dlclose returned {r}"));
+        }
+        Ok(())
+    }
+
+    /// Save the record (creating its mapping if needed) or remove it when empty.
+    pub fn save_record(&mut self) -> Result<()> {
+        if self.record.is_empty() {
+            if let Some(store) = self.store.take() {
+                self.borrow()?;
+                store.remove(self.inj.as_mut().unwrap(), &mut self.tr)?;
+                self.refresh()?;
+            }
+            return Ok(());
+        }
+        if self.store.is_none() {
+            self.borrow()?;
+            self.store = Some(Store::create(
+                self.inj.as_mut().unwrap(),
+                &mut self.tr,
+                &self.proc,
+            )?);
+            self.refresh()?;
+        }
+        self.store.as_mut().unwrap().save(&self.proc, &self.record)
+    }
+
+    /// A progress line.
+    pub fn progress(&mut self, line: &str) {
+        (self.progress)(line)
+    }
+
+    /// Run the switch of `plan` with the consistency model.
+    pub fn switch(&mut self, plan: &Plan) -> Result<transition::Report> {
+        // Return trampolines live in rlivepatch's memory in the target.
+        if self.scratch.is_none() && !self.opts.force && !plan.writes.is_empty() {
+            self.borrow()?;
+        }
+        self.unborrow()?;
+        let opts = transition::Options {
+            timeout: self.opts.timeout,
+            force: self.opts.force,
+        };
+        let mut w = transition::World {
+            tr: &mut self.tr,
+            proc: &self.proc,
+            objects: &self.objects,
+            maps: &self.maps,
+            unwinder: &mut self.unwinder,
+            scratch: self.scratch,
+            shadow_stack: self.proc.status.shadow_stack,
+        };
+        let progress = &mut self.progress;
+        transition::switch(&mut w, plan, &opts, &mut |p| {
+            let mut s = format!(
+                "waiting for a safe moment to switch (attempt {}, {:.1}s left):",
+                p.attempt,
+                p.left.as_secs_f32()
+            );
+            for b in p.blockers {
+                s.push_str("\n  ");
+                s.push_str(&b.describe());
+            }
+            progress(&s);
+        })
+    }
+
+    /// Undo rlivepatch's presence: unmap its memory, give threads back, detach.
+    pub fn close(mut self) -> Result<()> {
+        let mut first: Option<Error> = None;
+        if self.scratch.is_some() {
+            if let Err(e) = self.borrow() {
+                first.get_or_insert(e);
+            }
+            if let Some(inj) = self.inj.as_mut() {
+                let maps = self.proc.maps().unwrap_or_default();
+                if let Err(e) = inj.unmap_scratch(&mut self.tr, &self.proc, &maps) {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = self.unborrow() {
+            first.get_or_insert(e);
+        }
+        if !self.tr.exited
+            && let Err(e) = self.tr.stop_all(Instant::now() + Duration::from_secs(10))
+        {
+            first.get_or_insert(e);
+        }
+        self.tr.detach_all();
+        first.map_or(Ok(()), Err)
+    }
+}
