@@ -349,7 +349,11 @@ impl Patch {
                 ),
             }
         }
-        if self.funcs.is_empty() && !self.replace {
+        let has_callbacks = self.callbacks.pre_patch.is_some()
+            || self.callbacks.post_patch.is_some()
+            || self.callbacks.pre_unpatch.is_some()
+            || self.callbacks.post_unpatch.is_some();
+        if self.funcs.is_empty() && !self.replace && !has_callbacks && self.states.is_empty() {
             bail!(
                 Patch,
                 "declares no function to replace; add RLIVEPATCH_FUNC(old, new)"

@@ -252,6 +252,16 @@ pub fn switch(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Report> {
     let start = Instant::now();
+    if plan.writes.is_empty() && plan.changed.is_empty() {
+        // Nothing changes (a patch of callbacks and states only): no thread can be in
+        // the way.
+        return Ok(Report {
+            attempts: 0,
+            caught_returns: 0,
+            waited_ms: 0,
+            forced: opts.force,
+        });
+    }
     let deadline = start + opts.timeout;
     let mut round_len = Duration::from_millis(100);
     let mut round_end: Option<Instant> = None;

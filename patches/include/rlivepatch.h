@@ -132,12 +132,11 @@ struct rlp_record {
  * work in pre_patch.
  */
 #define RLIVEPATCH_CALLBACKS(pre_patch, post_patch, pre_unpatch, post_unpatch)         \
-	RLP_RECORD(RLP_KIND_CALLBACKS, 0, 0, 0, rlp_check_pre(pre_patch),              \
-		   rlp_check_void(post_patch), rlp_check_void(pre_unpatch),           \
-		   rlp_check_void(post_unpatch), 0, 0)
-
-static inline void *rlp_check_pre(int (*f)(void)) { return (void *)f; }
-static inline void *rlp_check_void(void (*f)(void)) { return (void *)f; }
+	RLP_RECORD(RLP_KIND_CALLBACKS, 0, 0, 0, RLP_AS(int (*)(void), pre_patch),      \
+		   RLP_AS(void (*)(void), post_patch), RLP_AS(void (*)(void), pre_unpatch), \
+		   RLP_AS(void (*)(void), post_unpatch), 0, 0)
+/* `f` as a pointer, with a warning at compile time if it is not of type `type`. */
+#define RLP_AS(type, f) (0 ? (type)0 : (f))
 
 /*
  * System states (the kernel's klp_state). RLIVEPATCH_STATE(id, version) declares that the

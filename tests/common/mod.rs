@@ -114,6 +114,7 @@ pub struct Target {
     pub pid: i32,
     lines: Receiver<String>,
     pub seen: Vec<String>,
+    cursor: usize,
 }
 
 impl Target {
@@ -141,6 +142,7 @@ impl Target {
             pid,
             lines: rx,
             seen: Vec::new(),
+            cursor: 0,
         };
         t.wait_line(|l| l.starts_with("ready"), Duration::from_secs(10));
         t
@@ -174,7 +176,10 @@ impl Target {
 
     /// Drop the lines received so far, then wait for `n` new ones and return them.
     pub fn next_lines(&mut self, n: usize) -> Vec<String> {
-        while self.lines.try_recv().is_ok() {}
+        // Skipped, not lost: `printed` still sees them.
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
         (0..n)
             .map(|_| self.wait_line(|_| true, Duration::from_secs(10)))
             .collect()
@@ -397,6 +402,7 @@ impl Target {
             pid,
             lines: rx,
             seen: Vec::new(),
+            cursor: 0,
         };
         t.wait_line(|l| l.starts_with("ready"), Duration::from_secs(10));
         t
@@ -467,5 +473,40 @@ pub fn wait_stderr(rx: &Receiver<String>, pred: impl Fn(&str) -> bool) -> String
             Ok(_) => {}
             Err(e) => panic!("no matching stderr line from rlivepatch: {e}"),
         }
+    }
+}
+
+/// A patch from patches/SRC.c built with extra flags (e.g. `-DREPLACE`) into OUT.so.
+pub fn patch_with(src: &str, out: &str, flags: &[&str]) -> PathBuf {
+    let s = format!("patches/{src}.c");
+    let mut args = vec![
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-I",
+        "patches/include",
+        s.as_str(),
+    ];
+    args.extend_from_slice(flags);
+    cc(&format!("{out}.so"), &args)
+}
+
+impl Target {
+    /// Every line the fixture printed since the last call, up to now: sends "mark N" and
+    /// waits for its echo, so nothing printed before is missed. Lines for which `keep`
+    /// is false are dropped.
+    pub fn printed(&mut self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        static MARK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MARK.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mark = format!("mark {n}");
+        self.send(&mark);
+        self.wait_line(|l| l == mark, Duration::from_secs(20));
+        let out = self.seen[self.cursor..self.seen.len() - 1]
+            .iter()
+            .filter(|l| keep(l))
+            .cloned()
+            .collect();
+        self.cursor = self.seen.len();
+        out
     }
 }
