@@ -1,9 +1,12 @@
 //! Build-ids: a patch built for one binary must not be applied to another.
 
 use crate::bail;
+use crate::err;
 use crate::error::Result;
 use crate::objects::Objects;
 use crate::patch::Patch;
+use crate::symbols::ElfFile;
+use std::path::Path;
 
 /// Refuse a process whose objects do not have the build-ids the patch names.
 pub fn check(patch: &Patch, objects: &Objects) -> Result<()> {
@@ -27,4 +30,27 @@ pub fn check(patch: &Patch, objects: &Objects) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `RLIVEPATCH_BUILD_ID(...)` line for the ELF file at `path`. The object is named
+/// `object`, or "main" for an executable, or the library's soname (file name without one).
+pub fn line(path: &Path, object: Option<&str>) -> Result<String> {
+    let f = ElfFile::open(path).map_err(|e| err!(Failed, "{}: {}", path.display(), e.message))?;
+    let id = f.build_id_hex().ok_or_else(|| {
+        err!(
+            Failed,
+            "{} has no GNU build-id note; link it with -Wl,--build-id",
+            path.display()
+        )
+    })?;
+    let name = match object {
+        Some(o) => o.to_string(),
+        None if f.interp.is_some() && f.soname.is_none() => "main".to_string(),
+        None => f.soname.clone().unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        }),
+    };
+    Ok(format!("RLIVEPATCH_BUILD_ID(\"{name}\", \"{id}\");"))
 }

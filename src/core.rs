@@ -28,6 +28,8 @@ pub struct Options {
     pub call_timeout: Duration,
     /// How long to wait for another rlivepatch working on the same process.
     pub lock_timeout: Duration,
+    /// More directories to look for separate debug files in (besides /usr/lib/debug).
+    pub debug_dirs: Vec<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -37,6 +39,7 @@ impl Default for Options {
             force: false,
             call_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(30),
+            debug_dirs: Vec::new(),
         }
     }
 }
@@ -58,12 +61,21 @@ pub struct Resolved {
     pub addr: u64,
     /// Size.
     pub size: u64,
+    /// The separate debug file its symbol came from, when the object is stripped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_file: Option<String>,
+    /// For an IFUNC symbol: the implementation the resolver picks in this process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifunc_implementation: Option<String>,
     /// The entry bytes in the file.
     #[serde(skip)]
     pub orig: Vec<u8>,
     /// Index in the patch's function list.
     #[serde(skip)]
     pub index: usize,
+    /// The IFUNC resolver to call, until the implementation is known.
+    #[serde(skip)]
+    pub resolver: Option<u64>,
 }
 
 /// Check the target before touching it.
@@ -148,82 +160,137 @@ pub fn preflight(proc: &Process) -> Result<()> {
 }
 
 /// Resolve every function of `patch` in the process: object, symbol, size, entry bytes.
+/// IFUNC symbols are resolved later, in the process ([`resolve_ifuncs`]).
 pub fn resolve(patch: &Patch, objects: &Objects) -> Result<Vec<Resolved>> {
-    let mut out = Vec::new();
+    let mut out: Vec<Resolved> = Vec::new();
     for (index, f) in patch.funcs.iter().enumerate() {
         let obj = objects.by_name(f.object.as_deref())?;
-        let file = obj.file()?;
+        // A versioned name is looked up in the object's own dynamic symbols.
+        let syms = if f.old.contains('@') {
+            obj.file()?
+        } else {
+            obj.symbols_file()?
+        };
         let bias = obj.bias()?;
-        let sym = find_function(&file, &f.old, f.sympos).map_err(|e| {
-            if e.kind == crate::error::ErrorKind::Mismatch && e.message.contains("not found") {
-                let hint = if file.has_symtab() {
-                    ""
-                } else {
-                    " (it has no .symtab: static functions are only in a debug file)"
-                };
-                err!(
-                    Mismatch,
-                    "function {} not found in {}{hint}; check the name with `nm -D {}` or `nm {}`",
-                    f.old,
-                    obj.display_name(),
-                    obj.path,
-                    obj.path
-                )
-            } else {
-                e
+        let sym = find_function(&syms, &f.old, f.sympos).map_err(|e| {
+            if !e.message.contains("not found") {
+                return e;
             }
-        })?;
-        if sym.kind == SymKind::Ifunc {
-            bail!(
-                Mismatch,
-                "{} in {} is an IFUNC resolver, not code that runs on each call; patch the implementation the resolver picks (for glibc string functions, e.g. __memcpy_avx_unaligned_erms)",
-                f.old,
-                obj.display_name()
-            );
-        }
-        let mut size = sym.size;
-        if size == 0 {
-            size = crate::unwind::fde_range(&file, sym.value)
-                .map(|(s, e)| e - s)
-                .unwrap_or(0);
-        }
-        let addr = sym.value.wrapping_add(bias);
-        let code = file.bytes_at(sym.value, size as usize).ok_or_else(|| {
+            let looked = obj.debug_looked_at();
+            let hint = if syms.has_symtab() {
+                String::new()
+            } else if looked.is_empty() {
+                " (it has no .symtab: its static functions are only in a separate debug file)".to_string()
+            } else {
+                let l: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+                format!(" (it has no .symtab, and no debug file was found at {})", l.join(", "))
+            };
             err!(
                 Mismatch,
-                "function {} in {} is not in the file's loadable code",
-                f.old,
-                obj.display_name()
-            )
-        })?;
-        if !obj.is_code(addr) {
-            bail!(
-                Mismatch,
-                "{} in {} is not code ({:#x} is not in an executable mapping)",
+                "function {} not found in {}{hint}; check the name with `nm {}`, or install its debug symbols or pass --debug-dir DIR",
                 f.old,
                 obj.display_name(),
-                addr
-            );
-        }
-        redirect::check_function(&f.old, addr, code).map_err(|e| e.context(obj.display_name()))?;
-        if out.iter().any(|r: &Resolved| r.addr == addr) {
-            bail!(
-                Patch,
-                "two declarations of the patch replace the same function {} at {addr:#x}",
-                f.old
-            );
-        }
-        out.push(Resolved {
+                obj.path
+            )
+        })?;
+        let mut r = Resolved {
             object: obj.path.clone(),
             symbol: f.old.clone(),
             demangled: crate::demangle::demangle(&f.old),
-            addr,
-            size,
-            orig: code[..JMP_LEN].to_vec(),
+            addr: 0,
+            size: 0,
+            debug_file: obj.debug_file(),
+            ifunc_implementation: None,
+            orig: Vec::new(),
             index,
-        });
+            resolver: None,
+        };
+        if sym.kind == SymKind::Ifunc {
+            // The symbol is a resolver: what runs is the implementation it picks.
+            r.resolver = Some(sym.value.wrapping_add(bias));
+        } else {
+            resolve_code(objects, &mut r, sym.value.wrapping_add(bias), sym.size)?;
+        }
+        out.push(r);
     }
     Ok(out)
+}
+
+/// Fill in the code of a resolved function at run-time address `addr`: size (from the
+/// symbol, else the unwind table), entry bytes, and the entry checks.
+fn resolve_code(objects: &Objects, r: &mut Resolved, addr: u64, sym_size: u64) -> Result<()> {
+    let obj = objects.by_addr(addr).ok_or_else(|| {
+        err!(
+            Mismatch,
+            "{} at {addr:#x} is not in any loaded object",
+            r.symbol
+        )
+    })?;
+    let file = obj.file()?;
+    let bias = obj.bias()?;
+    let vaddr = addr.wrapping_sub(bias);
+    let mut size = sym_size;
+    if size == 0 {
+        size = crate::unwind::fde_range(&file, vaddr)
+            .map(|(s, e)| e.saturating_sub(vaddr).min(e - s))
+            .unwrap_or(0);
+    }
+    let code = file.bytes_at(vaddr, size as usize).ok_or_else(|| {
+        err!(
+            Mismatch,
+            "function {} in {} is not in the file's loadable code",
+            r.symbol,
+            obj.display_name()
+        )
+    })?;
+    if !obj.is_code(addr) {
+        bail!(
+            Mismatch,
+            "{} in {} is not code ({addr:#x} is not in an executable mapping)",
+            r.symbol,
+            obj.display_name()
+        );
+    }
+    redirect::check_function(&r.symbol, addr, code).map_err(|e| e.context(obj.display_name()))?;
+    r.object = obj.path.clone();
+    r.addr = addr;
+    r.size = size;
+    r.orig = code[..JMP_LEN].to_vec();
+    Ok(())
+}
+
+/// Call each IFUNC resolver in the process and resolve the implementation it returns,
+/// which is what every call of the function runs. The resolver itself is never written.
+pub fn resolve_ifuncs(s: &mut Session, resolved: &mut [Resolved]) -> Result<()> {
+    for r in resolved.iter_mut() {
+        let Some(resolver) = r.resolver.take() else {
+            continue;
+        };
+        let implementation = s.call(
+            resolver,
+            &[],
+            &format!("the IFUNC resolver of {}", r.symbol),
+        )?;
+        let name = s.objects.symbolize(implementation);
+        resolve_code(&s.objects, r, implementation, 0).map_err(|e| {
+            e.context(format!(
+                "{} is an IFUNC; its implementation in this process is {name}",
+                r.symbol
+            ))
+        })?;
+        r.ifunc_implementation = Some(name);
+    }
+    for (i, r) in resolved.iter().enumerate() {
+        if resolved[..i].iter().any(|o| o.addr == r.addr) {
+            bail!(
+                Patch,
+                "two declarations of the patch replace the same function at {:#x} ({})",
+                r.addr,
+                r.symbol
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The bytes an entry holds now according to the record: a jump to the newest
@@ -289,39 +356,74 @@ pub struct ApplyReport {
 /// A target symbol a patch uses, resolved.
 struct SymbolFill {
     slot_vaddr: u64,
-    addr: u64,
+    value: Fill,
 }
 
-/// Resolve the target symbols a patch declares with `RLIVEPATCH_SYMBOL`.
+/// What a symbol slot of the patch receives.
+enum Fill {
+    /// An address.
+    Addr(u64),
+    /// A thread-local variable: its object (`None` for the executable) and its offset in
+    /// that object's TLS block; the module id is asked of the dynamic loader.
+    Tls(Option<String>, u64),
+}
+
+/// Resolve the target symbols a patch declares with `RLIVEPATCH_SYMBOL` and
+/// `RLIVEPATCH_TLS`.
 fn resolve_symbols(patch: &Patch, objects: &Objects) -> Result<Vec<SymbolFill>> {
     let mut out = Vec::new();
     for r in &patch.symbols {
         let obj = objects.by_name(r.object.as_deref())?;
-        let file = obj.file()?;
+        let file = obj.symbols_file()?;
         let sym = crate::symbols::find_symbol(&file, &r.symbol).map_err(|e| {
             err!(
                 Mismatch,
-                "symbol {} (used by the patch as {}) cannot be resolved in {}: {}",
+                "symbol {} (used by the patch as {}) cannot be resolved in {}: {}; check it with `nm {}`",
                 r.symbol,
                 r.local,
                 obj.display_name(),
-                e.message
+                e.message,
+                obj.path
             )
         })?;
-        if sym.kind == SymKind::Tls {
-            bail!(
+        let value = match (sym.kind == SymKind::Tls, r.tls) {
+            (false, false) => Fill::Addr(sym.value.wrapping_add(obj.bias()?)),
+            (true, true) => Fill::Tls((!obj.is_main).then(|| obj.path.clone()), sym.value),
+            (true, false) => bail!(
                 Mismatch,
                 "symbol {} of {} is thread-local; declare it with RLIVEPATCH_TLS",
                 r.symbol,
                 obj.display_name()
-            );
-        }
+            ),
+            (false, true) => bail!(
+                Mismatch,
+                "symbol {} of {} is not thread-local; declare it with RLIVEPATCH_SYMBOL",
+                r.symbol,
+                obj.display_name()
+            ),
+        };
         out.push(SymbolFill {
             slot_vaddr: r.slot_vaddr,
-            addr: sym.value.wrapping_add(obj.bias()?),
+            value,
         });
     }
     Ok(out)
+}
+
+/// Fill the patch's symbol slots (the patch is loaded at `base`).
+fn fill_symbols(s: &mut Session, base: u64, symbols: &[SymbolFill]) -> Result<()> {
+    for f in symbols {
+        match &f.value {
+            Fill::Addr(a) => s.proc.write(base + f.slot_vaddr, &a.to_le_bytes())?,
+            Fill::Tls(object, offset) => {
+                let module = s.tls_module(object.as_deref())?;
+                let mut b = module.to_le_bytes().to_vec();
+                b.extend(offset.to_le_bytes());
+                s.proc.write(base + f.slot_vaddr, &b)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The kernel's rule: a patch must carry each installed state at the same or a higher
@@ -357,14 +459,16 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let proc = Process::open(pid)?;
     preflight(&proc)?;
     let maps = proc.maps()?;
-    let objects = Objects::new(&proc, &maps)?;
+    let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
     crate::buildid::check(&patch, &objects)?;
     let resolved = resolve(&patch, &objects)?;
     let symbols = resolve_symbols(&patch, &objects)?;
     Libc::find(pid, &objects)?;
     drop(objects);
     let mut s = Session::attach(proc, opts, progress)?;
-    let r = apply_attached(&mut s, &patch, &resolved, &symbols);
+    let mut resolved = resolved;
+    let r = resolve_ifuncs(&mut s, &mut resolved)
+        .and_then(|()| apply_attached(&mut s, &patch, &resolved, &symbols));
     let closed = s.close();
     let (functions, replaced, report) = r?;
     closed?;
@@ -502,9 +606,7 @@ fn apply_steps(
     let base = s.proc.read_u64(handle)?;
     s.refresh()?;
     // 3. Target symbols the patch's code uses.
-    for f in symbols {
-        s.proc.write(base + f.slot_vaddr, &f.addr.to_le_bytes())?;
-    }
+    fill_symbols(s, base, symbols)?;
     // 4. Where the new functions are, as the loader resolved them.
     let mut funcs = Vec::new();
     for r in resolved {
@@ -529,6 +631,8 @@ fn apply_steps(
             new_addr: expected,
             new_size: new_function_size(&patch.file, f.new_vaddr),
             island: None,
+            implementation: r.ifunc_implementation.clone(),
+            debug_file: r.debug_file.clone(),
         });
     }
     // 5. Islands for new functions out of reach of a 32-bit jump.
@@ -1000,12 +1104,15 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let proc = Process::open(pid)?;
     preflight(&proc)?;
     let maps = proc.maps()?;
-    let objects = Objects::new(&proc, &maps)?;
+    let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
     crate::buildid::check(&patch, &objects)?;
     let resolved = resolve(&patch, &objects)?;
     drop(objects);
     let mut s = Session::attach(proc, opts, progress)?;
+    let mut resolved = resolved;
     let r = (|| -> Result<CheckReport> {
+        resolve_ifuncs(&mut s, &mut resolved)?;
+        s.unborrow()?;
         if s.record
             .patches
             .iter()
@@ -1041,6 +1148,8 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
                 new_addr: 0,
                 new_size: 0,
                 island: None,
+                implementation: None,
+                debug_file: None,
             };
             plan.changed.extend(current_impl(&s.record, &f));
             plan.entries.push((r.addr, JMP_LEN as u64));

@@ -81,6 +81,8 @@ pub struct Libc {
     pub dlerror: Option<u64>,
     /// `dlclose`.
     pub dlclose: u64,
+    /// `dlinfo` (for thread-local variables).
+    pub dlinfo: Option<u64>,
 }
 
 impl Libc {
@@ -121,6 +123,7 @@ impl Libc {
             })?,
         };
         let mut dl = (func("dlopen"), func("dlerror"), func("dlclose"));
+        let mut dlinfo = func("dlinfo");
         if dl.0.is_none()
             && let Ok(libdl) = objects.by_name(Some("libdl.so.2"))
         {
@@ -128,6 +131,7 @@ impl Libc {
             let b = libdl.bias()?;
             let g = |name: &str| find_function(&f, name, 0).ok().map(|s| s.value + b);
             dl = (g("dlopen"), g("dlerror"), g("dlclose"));
+            dlinfo = g("dlinfo");
         }
         if dl.0.is_none() {
             dl = (func("__libc_dlopen_mode"), None, func("__libc_dlclose"));
@@ -139,6 +143,7 @@ impl Libc {
                 dlopen,
                 dlerror,
                 dlclose,
+                dlinfo,
             }),
             _ => bail!(
                 Target,

@@ -48,6 +48,11 @@ enum Command {
         /// patch can never be unloaded.
         #[arg(long)]
         force: bool,
+        /// Also look for separate debug files (for stripped objects) in DIR: by build-id
+        /// (DIR/.build-id/xx/yyyy.debug) and by .gnu_debuglink. /usr/lib/debug is always
+        /// searched.
+        #[arg(long, value_name = "DIR")]
+        debug_dir: Vec<PathBuf>,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -85,9 +90,21 @@ enum Command {
         pid: i32,
         /// The patch (.so built with rlivepatch.h).
         patch: PathBuf,
+        /// Also look for separate debug files in DIR (see apply).
+        #[arg(long, value_name = "DIR")]
+        debug_dir: Vec<PathBuf>,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the RLIVEPATCH_BUILD_ID line for a binary or library, to pin a patch to it.
+    BuildId {
+        /// The ELF file the patch is written for.
+        file: PathBuf,
+        /// The object name to use in the line (default: "main" for an executable, the
+        /// soname or file name for a library).
+        #[arg(long)]
+        object: Option<String>,
     },
     /// Show what a patch file replaces, without loading it.
     Info {
@@ -107,6 +124,7 @@ fn main() -> ExitCode {
         | Command::List { json, .. }
         | Command::Check { json, .. }
         | Command::Info { json, .. } => *json,
+        Command::BuildId { .. } => false,
     };
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
@@ -148,11 +166,13 @@ fn run(cmd: Command) -> Result<u8, Error> {
             patch,
             timeout,
             force,
+            debug_dir,
             json,
         } => {
             let opts = Options {
                 timeout: seconds(timeout)?,
                 force,
+                debug_dirs: debug_dir,
                 ..Options::default()
             };
             let r = core::apply(pid, &patch, &opts, &mut progress)?;
@@ -164,15 +184,10 @@ fn run(cmd: Command) -> Result<u8, Error> {
                     r.patch, r.pid, r.elapsed_ms
                 );
                 for f in &r.functions {
-                    let via = f
-                        .island
-                        .as_ref()
-                        .map(|i| format!("via island {i}"))
-                        .unwrap_or_else(|| "direct jump".into());
-                    println!(
-                        "  {} ({}) {} -> {} {} ({via})",
-                        f.symbol, f.object, f.old_addr, f.new_function, f.new_addr
-                    );
+                    println!("  {}", f.line());
+                }
+                if !r.replaced.is_empty() {
+                    println!("  replaced: {}", r.replaced.join(", "));
                 }
             }
         }
@@ -205,7 +220,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
         }
         Command::List { pid, json } => {
             let (proc, maps, rec) = core::read_record(pid)?;
-            let objects = rlivepatch::objects::Objects::new(&proc, &maps)?;
+            let objects = rlivepatch::objects::Objects::new(&proc, &maps, &[])?;
             let view = ListView::new(pid, &proc.status.name, &rec, &objects);
             if json {
                 print_json(&view);
@@ -213,8 +228,17 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 print!("{}", view.text());
             }
         }
-        Command::Check { pid, patch, json } => {
-            let r = core::check(pid, &patch, &Options::default(), &mut progress)?;
+        Command::Check {
+            pid,
+            patch,
+            debug_dir,
+            json,
+        } => {
+            let opts = Options {
+                debug_dirs: debug_dir,
+                ..Options::default()
+            };
+            let r = core::check(pid, &patch, &opts, &mut progress)?;
             if json {
                 print_json(&r);
             } else if r.safe {
@@ -234,6 +258,9 @@ fn run(cmd: Command) -> Result<u8, Error> {
             if !r.safe {
                 return Ok(ErrorKind::Busy.exit_code() as u8);
             }
+        }
+        Command::BuildId { file, object } => {
+            println!("{}", rlivepatch::buildid::line(&file, object.as_deref())?);
         }
         Command::Info { patch, json } => {
             let p = rlivepatch::patch::Patch::load(&patch)?;

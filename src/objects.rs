@@ -12,8 +12,11 @@ use crate::symbols::ElfFile;
 use crate::{bail, err};
 use std::cell::OnceCell;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
+
+/// Where separate debug files are looked for by default (the GDB convention).
+pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
 
 /// One loaded object.
 pub struct LoadedObject {
@@ -30,7 +33,18 @@ pub struct LoadedObject {
     /// The file was deleted or replaced after it was mapped.
     pub deleted: bool,
     file: OnceCell<std::result::Result<Rc<ElfFile>, crate::error::Error>>,
+    debug: OnceCell<Debug>,
+    debug_dirs: Rc<[PathBuf]>,
     pid: i32,
+}
+
+/// Where an object's symbols come from when its file has no `.symtab`.
+#[derive(Clone)]
+enum Debug {
+    /// A separate debug file.
+    Found(Rc<ElfFile>),
+    /// None: the places that were looked at.
+    Missing(Vec<PathBuf>),
 }
 
 impl LoadedObject {
@@ -44,6 +58,86 @@ impl LoadedObject {
         self.file
             .get_or_init(|| self.open_file().map(Rc::new))
             .clone()
+    }
+
+    /// The file that has the object's symbols: the object itself when it has a
+    /// `.symtab`, else its separate debug file (by build-id, then `.gnu_debuglink`) when
+    /// one is found, else the object (with only `.dynsym`).
+    pub fn symbols_file(&self) -> Result<Rc<ElfFile>> {
+        let file = self.file()?;
+        if file.has_symtab() || self.path == "[vdso]" {
+            return Ok(file);
+        }
+        match self.debug.get_or_init(|| self.find_debug(&file)) {
+            Debug::Found(d) => Ok(d.clone()),
+            Debug::Missing(_) => Ok(file),
+        }
+    }
+
+    /// The separate debug file used for symbols, if any.
+    pub fn debug_file(&self) -> Option<String> {
+        match self.debug.get()? {
+            Debug::Found(d) => Some(d.path.display().to_string()),
+            Debug::Missing(_) => None,
+        }
+    }
+
+    /// Where debug files were looked for without success (empty if one was found or the
+    /// object has a `.symtab`).
+    pub fn debug_looked_at(&self) -> Vec<PathBuf> {
+        match self.debug.get() {
+            Some(Debug::Missing(p)) => p.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn find_debug(&self, file: &ElfFile) -> Debug {
+        let mut tried = Vec::new();
+        let dirs: Vec<PathBuf> = self
+            .debug_dirs
+            .iter()
+            .cloned()
+            .chain([PathBuf::from(DEFAULT_DEBUG_DIR)])
+            .collect();
+        let accept = |path: &Path, tried: &mut Vec<PathBuf>| -> Option<Rc<ElfFile>> {
+            tried.push(path.to_path_buf());
+            let f = ElfFile::open(path).ok()?;
+            // A debug file must describe this very build.
+            if file.build_id.is_some() && f.build_id.is_some() && f.build_id != file.build_id {
+                return None;
+            }
+            f.has_symtab().then(|| Rc::new(f))
+        };
+        if let Some(id) = file.build_id_hex().filter(|h| h.len() > 2) {
+            for d in &dirs {
+                let p = d
+                    .join(".build-id")
+                    .join(&id[..2])
+                    .join(format!("{}.debug", &id[2..]));
+                if let Some(f) = accept(&p, &mut tried) {
+                    return Debug::Found(f);
+                }
+            }
+        }
+        if let Some(link) = &file.debuglink {
+            let dir = Path::new(&self.path).parent().unwrap_or(Path::new("/"));
+            let rooted =
+                |p: &Path| PathBuf::from(format!("/proc/{}/root{}", self.pid, p.display()));
+            let mut places = vec![
+                rooted(&dir.join(link)),
+                rooted(&dir.join(".debug").join(link)),
+            ];
+            for d in &dirs {
+                places.push(d.join(dir.strip_prefix("/").unwrap_or(dir)).join(link));
+                places.push(d.join(link));
+            }
+            for p in places {
+                if let Some(f) = accept(&p, &mut tried) {
+                    return Debug::Found(f);
+                }
+            }
+        }
+        Debug::Missing(tried)
     }
 
     fn open_file(&self) -> Result<ElfFile> {
@@ -133,7 +227,8 @@ pub struct Objects {
 
 impl Objects {
     /// Group the file-backed mappings (and the vDSO) of `maps` into objects.
-    pub fn new(proc: &Process, maps: &[Mapping]) -> Result<Objects> {
+    pub fn new(proc: &Process, maps: &[Mapping], debug_dirs: &[PathBuf]) -> Result<Objects> {
+        let debug_dirs: Rc<[PathBuf]> = debug_dirs.into();
         let (_, exe_dev, exe_ino) = proc.exe()?;
         let exe_dev = (libc::major(exe_dev), libc::minor(exe_dev));
         let mut list: Vec<LoadedObject> = Vec::new();
@@ -166,6 +261,8 @@ impl Objects {
                 is_main: m.inode == exe_ino && m.dev == exe_dev,
                 deleted: m.deleted,
                 file: OnceCell::new(),
+                debug: OnceCell::new(),
+                debug_dirs: debug_dirs.clone(),
                 pid: proc.pid,
             });
         }
@@ -263,7 +360,7 @@ impl Objects {
         let Some(o) = self.by_addr(addr) else {
             return format!("{addr:#x}");
         };
-        let file = o.file();
+        let file = o.symbols_file();
         let bias = o.bias();
         match (file, bias) {
             (Ok(f), Ok(b)) => match f.symbolize(addr.wrapping_sub(b)) {

@@ -25,6 +25,7 @@ const KIND_CALLBACKS: u32 = 4;
 const KIND_STATE: u32 = 5;
 const KIND_BUILD_ID: u32 = 6;
 const KIND_SYMBOL: u32 = 7;
+const KIND_TLS: u32 = 8;
 
 /// One function the patch replaces.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -46,9 +47,11 @@ pub struct PatchFunc {
     pub slot_vaddr: u64,
 }
 
-/// A target symbol the patch's code uses (`RLIVEPATCH_SYMBOL`).
+/// A target symbol the patch's code uses (`RLIVEPATCH_SYMBOL`, `RLIVEPATCH_TLS`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SymbolRef {
+    /// A thread-local variable (`RLIVEPATCH_TLS`): the slot is a `struct rlp_tls_index`.
+    pub tls: bool,
     /// The object; `None` is the main executable.
     pub object: Option<String>,
     /// The symbol in the target.
@@ -323,7 +326,7 @@ impl Patch {
                     }
                     self.build_ids.push((s(0)?, hex));
                 }
-                KIND_SYMBOL => {
+                KIND_SYMBOL | KIND_TLS => {
                     let symbol = s(1)?.ok_or_else(|| {
                         err!(
                             Patch,
@@ -337,6 +340,7 @@ impl Patch {
                         )
                     })?;
                     self.symbols.push(SymbolRef {
+                        tls: kind == KIND_TLS,
                         object: s(0)?,
                         symbol,
                         local: s(2)?.unwrap_or_default(),

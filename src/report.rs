@@ -34,6 +34,12 @@ pub struct FuncView {
     /// The island slot, when `via` is `island`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub island: Option<String>,
+    /// For an IFUNC: the implementation that was patched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifunc_implementation: Option<String>,
+    /// The separate debug file the symbol came from (stripped objects).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_file: Option<String>,
 }
 
 impl FuncView {
@@ -49,14 +55,23 @@ impl FuncView {
             new_addr: hx(f.new_addr),
             via: if f.island.is_some() { "island" } else { "jump" },
             island: f.island.map(hx),
+            ifunc_implementation: f.implementation.clone(),
+            debug_file: f.debug_file.clone(),
         }
     }
 
-    fn line(&self) -> String {
-        let name = match &self.demangled {
+    /// One line of text.
+    pub fn line(&self) -> String {
+        let mut name = match &self.demangled {
             Some(d) => format!("{d} [{}]", self.symbol),
             None => self.symbol.clone(),
         };
+        if let Some(i) = &self.ifunc_implementation {
+            name.push_str(&format!(" (IFUNC, implementation {i})"));
+        }
+        if let Some(d) = &self.debug_file {
+            name.push_str(&format!(" (symbols from {d})"));
+        }
         let via = match &self.island {
             Some(i) => format!("via island {i}"),
             None => "direct jump".to_string(),

@@ -3,7 +3,6 @@
 //! objects and record, the unwinder's caches, and the thread borrowed for injected calls,
 //! and gives everything back in [`Session::close`].
 
-use crate::bail;
 use crate::core::{Options, ProgressFn};
 use crate::error::{Error, Result};
 use crate::inject::{Injector, Libc, Scratch};
@@ -14,6 +13,7 @@ use crate::safepoint::{self, Fitness};
 use crate::state::{Record, Store};
 use crate::transition::{self, Plan};
 use crate::unwind::Unwinder;
+use crate::{bail, err};
 use std::time::{Duration, Instant};
 
 /// An attached process and what rlivepatch knows of it during one operation.
@@ -46,7 +46,7 @@ impl<'a> Session<'a> {
     pub fn attach(proc: Process, opts: &Options, progress: ProgressFn<'a>) -> Result<Session<'a>> {
         let tr = Tracer::attach(proc.pid, Instant::now() + opts.lock_timeout, progress)?;
         let maps = proc.maps()?;
-        let objects = Objects::new(&proc, &maps)?;
+        let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
         let (store, record) = match Store::load(&proc, &maps)? {
             Some((s, r)) => (Some(s), r),
             None => (
@@ -76,7 +76,7 @@ impl<'a> Session<'a> {
     /// Re-read the mappings and objects (after a load or unload).
     pub fn refresh(&mut self) -> Result<()> {
         self.maps = self.proc.maps()?;
-        self.objects = Objects::new(&self.proc, &self.maps)?;
+        self.objects = Objects::new(&self.proc, &self.maps, &self.opts.debug_dirs)?;
         Ok(())
     }
 
@@ -131,11 +131,12 @@ impl<'a> Session<'a> {
     /// signal handler. Threads are stopped one at a time.
     fn pick_thread(&mut self) -> Result<Tid> {
         let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
-        let mut last_reasons: Vec<String> = Vec::new();
-        loop {
-            let mut running: Option<Tid> = None;
-            last_reasons.clear();
-            // The main thread first: it is the most likely to be asleep in a plain call.
+        let mut reasons: Vec<String> = Vec::new();
+        for round in 0.. {
+            // Best so far: (rank, tid), kept stopped. The main thread asleep is best: its
+            // allocations go to the main arena, so the loader's mallocs create nothing new.
+            let mut best: Option<(u8, Tid)> = None;
+            reasons.clear();
             let mut tids = self.tr.tids();
             tids.sort_by_key(|t| (*t != self.proc.pid, *t));
             for tid in tids {
@@ -147,8 +148,7 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 let th = &self.tr.threads[&tid];
-                let ok_stop = th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none();
-                let verdict = if ok_stop {
+                let verdict = if th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none() {
                     let regs = self.tr.regs(tid)?;
                     safepoint::judge(
                         &self.proc,
@@ -160,26 +160,35 @@ impl<'a> Session<'a> {
                 } else {
                     Err("stopped for a signal".to_string())
                 };
-                match verdict {
-                    Ok(Fitness::Sleeping) => {
-                        if let Some(r) = running {
-                            self.tr.resume(r)?;
+                let rank = match verdict {
+                    Ok(Fitness::Sleeping) => Some(if tid == self.proc.pid { 0 } else { 1 }),
+                    Ok(Fitness::Running) => Some(if tid == self.proc.pid { 2 } else { 3 }),
+                    Err(why) => {
+                        reasons.push(format!("thread {tid}: {why}"));
+                        None
+                    }
+                };
+                match (rank, best) {
+                    (Some(r), None) => best = Some((r, tid)),
+                    (Some(r), Some((b, old))) if r < b => {
+                        self.tr.resume(old)?;
+                        best = Some((r, tid));
+                    }
+                    _ => {
+                        if was_running {
+                            self.tr.resume(tid)?;
                         }
-                        return Ok(tid);
                     }
-                    Ok(Fitness::Running) if running.is_none() => {
-                        running = Some(tid);
-                        continue;
-                    }
-                    Ok(Fitness::Running) => {}
-                    Err(why) => last_reasons.push(format!("thread {tid}: {why}")),
                 }
-                if was_running {
-                    self.tr.resume(tid)?;
+                if best.is_some_and(|(r, _)| r == 0) {
+                    break;
                 }
             }
-            if let Some(r) = running {
-                return Ok(r);
+            // Settle for less than a sleeping thread only after a few tries.
+            match best {
+                Some((r, tid)) if r <= 1 || round >= 4 => return Ok(tid),
+                Some((_, tid)) => self.tr.resume(tid)?,
+                None => {}
             }
             self.tr.check_interrupted()?;
             if Instant::now() >= deadline {
@@ -187,12 +196,13 @@ impl<'a> Session<'a> {
                     Busy,
                     "no thread of process {} is at a point where it can safely run dlopen ({}); retry when the process is less busy",
                     self.proc.pid,
-                    last_reasons.join("; ")
+                    reasons.join("; ")
                 );
             }
             self.tr.resume_all()?;
             self.tr.pump(Instant::now() + Duration::from_millis(20))?;
         }
+        unreachable!()
     }
 
     /// A system call in the target on the borrowed thread (borrowing one if needed).
@@ -240,6 +250,48 @@ impl<'a> Session<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// The TLS module id of an object (`None`: the executable), from the dynamic loader:
+    /// `dlopen(path, RTLD_NOLOAD)` and `dlinfo(RTLD_DI_TLS_MODID)`.
+    pub fn tls_module(&mut self, object: Option<&str>) -> Result<u64> {
+        const RTLD_DI_TLS_MODID: u64 = 9;
+        self.borrow()?;
+        let dlinfo = self.inj.as_ref().unwrap().libc.dlinfo.ok_or_else(|| {
+            err!(
+                Target,
+                "process {} has no dlinfo to find thread-local variables",
+                self.proc.pid
+            )
+        })?;
+        let path = match object {
+            Some(p) => self.inj.as_mut().unwrap().put_cstr(&self.proc, p)?,
+            None => 0,
+        };
+        let dlopen = self.inj.as_ref().unwrap().libc.dlopen;
+        let flags = (libc::RTLD_LAZY | libc::RTLD_NOLOAD) as u64;
+        let handle = self.call(dlopen, &[path, flags], "dlopen(RTLD_NOLOAD)")?;
+        if handle == 0 {
+            bail!(
+                Failed,
+                "the dynamic loader of process {} does not know {}",
+                self.proc.pid,
+                object.unwrap_or("the executable")
+            );
+        }
+        let out = self.inj.as_mut().unwrap().put_data(&self.proc, &[0u8; 8])?;
+        let r = self.call(dlinfo, &[handle, RTLD_DI_TLS_MODID, out], "dlinfo")?;
+        let module = self.proc.read_u64(out)?;
+        self.inj.as_mut().unwrap().dlclose(&mut self.tr, handle)?;
+        if r as u32 != 0 || module == 0 {
+            bail!(
+                Failed,
+                "{} has no thread-local storage in process {}",
+                object.unwrap_or("the executable"),
+                self.proc.pid
+            );
+        }
+        Ok(module)
     }
 
     /// Unload an object loaded with [`Session::load`].

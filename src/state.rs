@@ -48,6 +48,12 @@ pub struct AppliedFunc {
     /// The island slot this patch's jump goes through, when the new function is out of
     /// reach of a 32-bit displacement.
     pub island: Option<u64>,
+    /// For an IFUNC: the implementation the resolver picked, which is what was patched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implementation: Option<String>,
+    /// The separate debug file the old symbol came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_file: Option<String>,
 }
 
 /// One applied patch.

@@ -536,13 +536,14 @@ pub fn find_function<'a>(file: &'a ElfFile, name: &str, pos: u64) -> Result<&'a 
         }
         out
     };
-    let mut found = pick(&file.symtab);
-    if found.is_empty() || version.is_some() {
-        let d = pick(&file.dynsym);
-        if !d.is_empty() {
-            found = d;
+    // Versions are only known for dynamic symbols.
+    let found = match version {
+        Some(_) => pick(&file.dynsym),
+        None => {
+            let f = pick(&file.symtab);
+            if f.is_empty() { pick(&file.dynsym) } else { f }
         }
-    }
+    };
     if found.is_empty() {
         bail!(
             Mismatch,

@@ -50,6 +50,8 @@ enum rlp_kind {
 	RLP_KIND_SYMBOL = 7,    /* str[0] = object or NULL (main), str[1] = symbol,
 	                           str[2] = local name, ptr[0] = address of the pointer
 	                           that receives the symbol's address */
+	RLP_KIND_TLS = 8,       /* like SYMBOL, for a thread-local variable: ptr[0] =
+	                           address of a struct rlp_tls_index to fill */
 };
 
 /* One declaration. All records of a patch live in the section ".rlivepatch". */
@@ -180,6 +182,37 @@ struct rlp_state *rlp_get_prev_state(unsigned long id);
 	RLP_SYMBOL_(local, __VA_ARGS__, 0)
 #define RLP_SYMBOL_(local, sym, object, ...)                                           \
 	RLP_RECORD(RLP_KIND_SYMBOL, object, sym, #local, &local, 0, 0, 0, 0, 0)
+
+/*
+ * Thread-local variables of the target (`__thread`/`thread_local`):
+ *
+ *     RLIVEPATCH_TLS(int, hits, "hits");                 // int *hits(void)
+ *     (*hits())++;                                       // this thread's copy
+ *
+ * `local()` returns the calling thread's copy; rlivepatch fills in the module and offset
+ * at apply time.
+ */
+struct rlp_tls_index {
+	unsigned long module;
+	unsigned long offset;
+};
+void *__tls_get_addr(struct rlp_tls_index *);
+
+#define RLIVEPATCH_TLS(type, local, ...) RLP_TLS_(type, local, RLP_CAT(rlp_tls_, local), __VA_ARGS__, 0)
+#define RLP_TLS_(type, local, index, sym, object, ...)                                 \
+	static struct rlp_tls_index index;                                             \
+	static inline __attribute__((unused)) __typeof__(type) *local(void)            \
+	{                                                                              \
+		return (__typeof__(type) *)__tls_get_addr(&index);                     \
+	}                                                                              \
+	RLP_RECORD(RLP_KIND_TLS, object, sym, #local, &index, 0, 0, 0, 0, 0)
+
+/*
+ * RLIVEPATCH_BUILD_ID("object", "hex"): the patch was built for the object with this
+ * GNU build-id ("main" for the executable); apply refuses a process whose object has
+ * another one, before touching it. `rlivepatch build-id FILE` prints this line.
+ */
+#define RLIVEPATCH_BUILD_ID(object, hex) RLP_RECORD(RLP_KIND_BUILD_ID, object, hex, 0, 0, 0, 0, 0, 0, 0)
 
 /*
  * Shadow variables (the kernel's klp_shadow_*): data attached to an existing object,

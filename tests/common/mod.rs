@@ -510,3 +510,15 @@ impl Target {
         out
     }
 }
+
+impl Target {
+    /// The load address of the first mapping of the object whose path ends with `object`.
+    pub fn symbol_base(&self, object: &str) -> u64 {
+        let maps = self.maps();
+        let first = maps
+            .lines()
+            .find(|l| l.ends_with(object) && l.split_whitespace().nth(2) == Some("00000000"))
+            .unwrap_or_else(|| panic!("{object} not mapped"));
+        u64::from_str_radix(first.split('-').next().unwrap(), 16).unwrap()
+    }
+}
