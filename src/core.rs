@@ -7,10 +7,10 @@ use crate::error::Result;
 use crate::inject::Libc;
 use crate::objects::Objects;
 use crate::patch::Patch;
-use crate::process::{self, Mapping, Process};
+use crate::process::{Mapping, Process};
 use crate::redirect::{self, JMP_LEN};
 use crate::session::Session;
-use crate::state::{AppliedFunc, AppliedPatch, Island, Record, Store};
+use crate::state::{AppliedFunc, AppliedPatch, Island, Record, Stage, Store};
 use crate::symbols::{ElfFile, SymKind, find_function, hex};
 use crate::transition::{self, Changed, Plan, Write};
 use crate::{bail, err};
@@ -466,6 +466,7 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     Libc::find(pid, &objects)?;
     drop(objects);
     let mut s = Session::attach(proc, opts, progress)?;
+    crate::fault::point("apply:attached");
     let mut resolved = resolved;
     let r = resolve_ifuncs(&mut s, &mut resolved)
         .and_then(|()| apply_attached(&mut s, &patch, &resolved, &symbols));
@@ -480,15 +481,6 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
         switch: report,
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
     })
-}
-
-/// What was made while applying, to undo on failure.
-#[derive(Default)]
-struct Undo {
-    loaded: Option<(u64, i32)>,
-    pages: Vec<u64>,
-    record: Option<Record>,
-    runtime_loaded: bool,
 }
 
 type Applied = (
@@ -516,6 +508,7 @@ fn apply_attached(
     resolved: &[Resolved],
     symbols: &[SymbolFill],
 ) -> Result<Applied> {
+    crate::repair::repair_if_needed(s)?;
     refuse_pending(s)?;
     if s.record
         .patches
@@ -552,12 +545,35 @@ fn apply_attached(
             );
         }
     }
-    let mut undo = Undo::default();
-    let r = apply_steps(s, patch, resolved, symbols, &mut undo);
-    if r.is_err() {
-        undo_apply(s, &mut undo);
+    // From here on the record says what is going on, so that a failure, or the death of
+    // rlivepatch, can be undone from it.
+    s.borrow()?;
+    let mut pending = crate::state::Pending::new("apply", &patch.name);
+    pending.scratch = s.scratch;
+    s.record.pending = Some(pending);
+    s.save_record()?;
+    crate::fault::point("apply:pending");
+    match apply_steps(s, patch, resolved, symbols) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let leaked = s.inj.as_ref().is_some_and(|i| i.leaked);
+            if !leaked && let Err(e2) = unwind_apply(s) {
+                s.progress(&format!("warning: undoing the apply: {}", e2.message));
+            }
+            Err(e)
+        }
     }
-    r
+}
+
+/// The pending operation.
+fn pending<'s>(s: &'s mut Session<'_>) -> &'s mut crate::state::Pending {
+    s.record.pending.as_mut().expect("an operation is pending")
+}
+
+/// Record that the pending operation reaches `stage`.
+fn set_stage(s: &mut Session, stage: Stage) -> Result<()> {
+    pending(s).stage = stage;
+    s.save_record()
 }
 
 /// States of the enabled patches, oldest first (the registry's "previous" half).
@@ -581,7 +597,6 @@ fn apply_steps(
     patch: &Patch,
     resolved: &[Resolved],
     symbols: &[SymbolFill],
-    undo: &mut Undo,
 ) -> Result<Applied> {
     let pid = s.proc.pid;
     let bytes = std::fs::read(&patch.path)
@@ -590,7 +605,7 @@ fn apply_steps(
     //    references must resolve when the patch loads.
     if crate::runtime::needed_by(patch) && s.record.runtime.is_none() {
         s.ensure_runtime()?;
-        undo.runtime_loaded = true;
+        s.save_record()?;
     }
     s.tr.check_interrupted()?;
     // 2. Load the patch, from a memfd so that the target needs no access to our file.
@@ -601,14 +616,40 @@ fn apply_steps(
             "process {pid} could not load the patch: {text}; build it with cc -shared -fPIC against libraries the process has"
         ),
     };
-    undo.loaded = Some((handle, fd));
-    s.tr.check_interrupted()?;
     let base = s.proc.read_u64(handle)?;
+    let callbacks = [
+        patch.callbacks.pre_patch.map(|v| v + base),
+        patch.callbacks.post_patch.map(|v| v + base),
+        patch.callbacks.pre_unpatch.map(|v| v + base),
+        patch.callbacks.post_unpatch.map(|v| v + base),
+    ];
+    let state_addrs: Vec<u64> = patch.states.iter().map(|st| st.vaddr + base).collect();
+    let mut applied = AppliedPatch {
+        name: patch.name.clone(),
+        path: patch.path.display().to_string(),
+        handle,
+        base,
+        fd,
+        forced: s.opts.force,
+        replace: patch.replace,
+        states: patch.states.clone(),
+        callbacks,
+        funcs: Vec::new(),
+        applied_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        disabled: false,
+        state_addrs: state_addrs.clone(),
+    };
+    pending(s).loading = Some(applied.clone());
+    set_stage(s, Stage::Loaded)?;
+    crate::fault::point("apply:loaded");
+    s.tr.check_interrupted()?;
     s.refresh()?;
     // 3. Target symbols the patch's code uses.
     fill_symbols(s, base, symbols)?;
     // 4. Where the new functions are, as the loader resolved them.
-    let mut funcs = Vec::new();
     for r in resolved {
         let f = &patch.funcs[r.index];
         let stored = s.proc.read_u64(base + f.slot_vaddr)?;
@@ -621,7 +662,7 @@ fn apply_steps(
                 s.objects.symbolize(stored)
             );
         }
-        funcs.push(AppliedFunc {
+        applied.funcs.push(AppliedFunc {
             object: r.object.clone(),
             symbol: r.symbol.clone(),
             old_addr: r.addr,
@@ -635,153 +676,146 @@ fn apply_steps(
             debug_file: r.debug_file.clone(),
         });
     }
-    // 5. Islands for new functions out of reach of a 32-bit jump.
-    let mut islands = s.record.islands.clone();
-    for f in funcs.iter_mut() {
+    // 5. Islands for new functions out of reach of a 32-bit jump. Each slot is recorded
+    //    as used by the pending patch.
+    for i in 0..applied.funcs.len() {
+        let f = &applied.funcs[i];
         if redirect::jmp(f.old_addr, f.new_addr).is_some() {
             continue;
         }
-        let slot = match redirect::free_slot(&islands, f.old_addr) {
+        let slot = match redirect::free_slot(&s.record.islands, f.old_addr) {
             Some(slot) => slot,
             None => {
-                let page = map_island(s, f.old_addr, &f.symbol)?;
-                undo.pages.push(page);
-                islands.push(Island {
+                let (entry, name) = (f.old_addr, f.symbol.clone());
+                let page = map_island(s, entry, &name)?;
+                pending(s).new_islands.push(page);
+                s.record.islands.push(Island {
                     addr: page,
                     used: Vec::new(),
                 });
                 page
             }
         };
-        s.proc.write(slot, &redirect::slot_bytes(f.new_addr))?;
-        islands
+        s.proc
+            .write(slot, &redirect::slot_bytes(applied.funcs[i].new_addr))?;
+        let page = slot & !(redirect::PAGE - 1);
+        s.record
+            .islands
             .iter_mut()
-            .find(|i| i.addr == slot & !(redirect::PAGE - 1))
+            .find(|i| i.addr == page)
             .unwrap()
             .used
             .push(slot);
-        f.island = Some(slot);
+        applied.funcs[i].island = Some(slot);
     }
     // 6. The plan. An atomic replace also sends every function that only older patches
     //    change back to the original, in the same switch.
-    let mut plan = Plan::default();
-    for f in &funcs {
-        plan.changed.extend(current_impl(&s.record, f));
-        plan.entries.push((f.old_addr, JMP_LEN as u64));
-        plan.writes.push(Write {
-            addr: f.old_addr,
-            old: expected_entry(&s.record, f.old_addr, &f.orig),
-            new: redirect::jmp(f.old_addr, f.island.unwrap_or(f.new_addr))
-                .unwrap()
-                .to_vec(),
-        });
-    }
-    let replaced: Vec<String> = if patch.replace {
-        s.record
-            .patches
-            .iter()
-            .filter(|p| !p.disabled)
-            .map(|p| p.name.clone())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    if patch.replace {
-        let mut seen: Vec<u64> = funcs.iter().map(|f| f.old_addr).collect();
-        for p in s.record.patches.iter().filter(|p| !p.disabled) {
-            for f in &p.funcs {
-                if seen.contains(&f.old_addr) {
-                    continue;
-                }
-                seen.push(f.old_addr);
-                plan.changed.extend(current_impl(&s.record, f));
-                plan.entries.push((f.old_addr, JMP_LEN as u64));
-                plan.writes.push(Write {
-                    addr: f.old_addr,
-                    old: expected_entry(&s.record, f.old_addr, &f.orig),
-                    new: f.orig.clone(),
-                });
-            }
-        }
-    }
-    let callbacks = [
-        patch.callbacks.pre_patch.map(|v| v + base),
-        patch.callbacks.post_patch.map(|v| v + base),
-        patch.callbacks.pre_unpatch.map(|v| v + base),
-        patch.callbacks.post_unpatch.map(|v| v + base),
-    ];
-    let state_addrs: Vec<u64> = patch.states.iter().map(|st| st.vaddr + base).collect();
-    let applied = AppliedPatch {
-        name: patch.name.clone(),
-        path: patch.path.display().to_string(),
-        handle,
-        base,
-        fd,
-        forced: s.opts.force,
-        replace: patch.replace,
-        states: patch.states.clone(),
-        callbacks,
-        funcs: funcs.clone(),
-        applied_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        disabled: false,
-        state_addrs: state_addrs.clone(),
-    };
-    // 7. Record the operation before running anything of the patch, so that an
-    //    interrupted run can be repaired.
-    undo.record = Some(s.record.clone());
-    s.record.islands = islands.clone();
-    s.record.pending = Some(crate::state::Pending {
-        op: "apply".into(),
-        patch: patch.name.clone(),
-        tool_pid: std::process::id() as i32,
-        tool_start: process::start_time("/proc/self/stat").unwrap_or(0),
-        loading: Some(applied.clone()),
-        writes: plan
-            .writes
-            .iter()
-            .map(|w| (w.addr, hex(&w.old), hex(&w.new)))
-            .collect(),
-        scratch: s.scratch,
-        new_islands: undo.pages.clone(),
-    });
+    let plan = apply_plan(&s.record, &applied);
+    pending(s).loading = Some(applied.clone());
+    pending(s).writes = plan
+        .writes
+        .iter()
+        .map(|w| (w.addr, hex(&w.old), hex(&w.new)))
+        .collect();
     s.save_record()?;
+    crate::fault::point("apply:planned");
     s.tr.check_interrupted()?;
-    // 8. pre_patch may cancel.
+    // 7. pre_patch may cancel; then no other callback runs.
+    set_stage(s, Stage::PrePatching)?;
     let prev = installed_states(&s.record, None);
     s.set_states(&state_addrs, &prev)?;
     if let Some(code) = callback(s, callbacks[0], "pre_patch", &patch.name)?
         && code != 0
     {
         s.set_states(&[], &[])?;
+        pending(s).stage = Stage::Loaded;
         bail!(
             Failed,
             "the pre_patch callback of patch {} returned {code}: the patch refused to apply and was unloaded",
             patch.name
         );
     }
-    // 9. The switch. If it fails, the transition is reversed: post_unpatch runs.
+    // 8. The switch. If it fails, the transition is reversed (post_unpatch runs while
+    //    the record is undone).
+    crate::fault::point("apply:pre_patched");
+    set_stage(s, Stage::Switching)?;
     if s.opts.force {
         s.progress("warning: --force: switching without checking that no thread is inside the changed functions; this patch can never be unloaded");
     }
-    let report = match s.switch(&plan) {
-        Ok(r) => r,
-        Err(e) => {
-            if let Err(e2) = callback(s, callbacks[3], "post_unpatch", &patch.name) {
-                s.progress(&format!("warning: {}", e2.message));
+    let report = s.switch(&plan)?;
+    crate::fault::point("apply:switched");
+    // 9. post_patch, the record, and the replaced patches unloaded.
+    let replaced = finish_apply(s, applied.clone(), true)?;
+    let views = applied
+        .funcs
+        .iter()
+        .map(|f| crate::report::FuncView::new(f, &s.objects))
+        .collect();
+    Ok((views, replaced, report))
+}
+
+/// The switch that makes `applied` the newest patch: its functions jump to it; with
+/// atomic replace, functions that only older patches change go back to the original.
+pub(crate) fn apply_plan(rec: &Record, applied: &AppliedPatch) -> Plan {
+    let mut plan = Plan::default();
+    for f in &applied.funcs {
+        plan.changed.extend(current_impl(rec, f));
+        plan.entries.push((f.old_addr, JMP_LEN as u64));
+        plan.writes.push(Write {
+            addr: f.old_addr,
+            old: expected_entry(rec, f.old_addr, &f.orig),
+            new: redirect::jmp(f.old_addr, f.island.unwrap_or(f.new_addr))
+                .unwrap()
+                .to_vec(),
+        });
+    }
+    if applied.replace {
+        let mut seen: Vec<u64> = applied.funcs.iter().map(|f| f.old_addr).collect();
+        for p in rec.patches.iter().filter(|p| !p.disabled) {
+            for f in &p.funcs {
+                if seen.contains(&f.old_addr) {
+                    continue;
+                }
+                seen.push(f.old_addr);
+                plan.changed.extend(current_impl(rec, f));
+                plan.entries.push((f.old_addr, JMP_LEN as u64));
+                plan.writes.push(Write {
+                    addr: f.old_addr,
+                    old: expected_entry(rec, f.old_addr, &f.orig),
+                    new: f.orig.clone(),
+                });
             }
-            let _ = s.set_states(&[], &[]);
-            return Err(e);
         }
-    };
-    // 10. Done: the record says so.
-    s.record.pending = None;
+    }
+    plan
+}
+
+/// Finish an apply whose switch is done: post_patch (when `run_post_patch`), then the
+/// record, then the patches an atomic replace replaced are unloaded without their
+/// callbacks. Returns their names.
+pub(crate) fn finish_apply(
+    s: &mut Session,
+    applied: AppliedPatch,
+    run_post_patch: bool,
+) -> Result<Vec<String>> {
+    if run_post_patch {
+        set_stage(s, Stage::PostPatching)?;
+        let prev = installed_states(&s.record, None);
+        s.set_states(&applied.state_addrs, &prev)?;
+        callback(s, applied.callbacks[1], "post_patch", &applied.name)?;
+        s.set_states(&[], &[])?;
+        crate::fault::point("apply:post_patched");
+    }
     let old_patches = std::mem::take(&mut s.record.patches);
     let mut to_unload = Vec::new();
     for p in old_patches {
-        if patch.replace && !p.disabled {
+        if applied.replace && !p.disabled {
+            if p.forced {
+                // A forced patch's code may still run: it stays loaded, out of the stack.
+                let mut kept = p.clone();
+                kept.disabled = true;
+                s.record.patches.push(kept);
+            }
             to_unload.push(p);
         } else {
             s.record.patches.push(p);
@@ -792,38 +826,57 @@ fn apply_steps(
         .flat_map(|p| p.funcs.iter().filter_map(|f| f.island))
         .collect();
     let empty_pages = free_slots(&mut s.record, &freed);
-    for p in &to_unload {
-        if p.forced {
-            // A forced patch's code may still run: keep it loaded, out of the stack.
-            let mut kept = p.clone();
-            kept.disabled = true;
-            s.record.patches.push(kept);
-        }
-    }
     s.record.patches.push(applied);
-    undo.record = None;
-    undo.loaded = None;
-    undo.pages.clear();
-    undo.runtime_loaded = false;
+    s.record.pending = None;
     s.save_record()?;
-    // 11. post_patch, then the replaced patches go, without their callbacks.
-    callback(s, callbacks[1], "post_patch", &patch.name)?;
-    s.set_states(&[], &[])?;
+    crate::fault::point("apply:committed");
     for p in to_unload.iter().filter(|p| !p.forced) {
         s.unload(p.handle, p.fd)?;
     }
     for page in empty_pages {
         s.syscall(libc::SYS_munmap, &[page, redirect::PAGE])?;
     }
-    let views = funcs
-        .iter()
-        .map(|f| crate::report::FuncView::new(f, &s.objects))
-        .collect();
-    Ok((views, replaced, report))
+    Ok(to_unload.iter().map(|p| p.name.clone()).collect())
+}
+
+/// Undo an apply that did not switch, from what the record says: post_unpatch if
+/// pre_patch ran (the kernel's reversed transition), unload the patch, free its islands.
+pub(crate) fn unwind_apply(s: &mut Session) -> Result<()> {
+    let Some(p) = s.record.pending.clone() else {
+        return Ok(());
+    };
+    if let Some(applied) = &p.loading {
+        if p.stage >= Stage::Switching {
+            let prev = installed_states(&s.record, None);
+            s.set_states(&applied.state_addrs, &prev)?;
+            if let Err(e) = callback(s, applied.callbacks[3], "post_unpatch", &applied.name) {
+                s.progress(&format!("warning: {}", e.message));
+            }
+            s.set_states(&[], &[])?;
+        }
+        s.unload(applied.handle, applied.fd)?;
+        let slots: Vec<u64> = applied.funcs.iter().filter_map(|f| f.island).collect();
+        free_slots(&mut s.record, &slots);
+    }
+    // Pages mapped for this apply that nothing uses now.
+    for page in &p.new_islands {
+        if !s.record.islands.iter().any(|i| i.addr == *page)
+            || s.record
+                .islands
+                .iter()
+                .any(|i| i.addr == *page && i.used.is_empty())
+        {
+            s.record.islands.retain(|i| i.addr != *page);
+            s.syscall(libc::SYS_munmap, &[*page, redirect::PAGE])?;
+        }
+    }
+    s.record.pending = None;
+    s.unload_runtime_if_idle()?;
+    s.save_record()
 }
 
 /// Release island slots; returns the pages left empty (to unmap after the switch).
-fn free_slots(rec: &mut Record, slots: &[u64]) -> Vec<u64> {
+pub(crate) fn free_slots(rec: &mut Record, slots: &[u64]) -> Vec<u64> {
     let mut empty = Vec::new();
     for isl in rec.islands.iter_mut() {
         isl.used.retain(|u| !slots.contains(u));
@@ -833,27 +886,6 @@ fn free_slots(rec: &mut Record, slots: &[u64]) -> Vec<u64> {
     }
     rec.islands.retain(|i| !i.used.is_empty());
     empty
-}
-
-fn undo_apply(s: &mut Session, undo: &mut Undo) {
-    let leaked = s.inj.as_ref().is_some_and(|i| i.leaked);
-    if !leaked {
-        if let Some((handle, fd)) = undo.loaded.take() {
-            let _ = s.unload(handle, fd);
-        }
-        for page in undo.pages.drain(..) {
-            let _ = s.syscall(libc::SYS_munmap, &[page, redirect::PAGE]);
-        }
-    }
-    if let Some(rec) = undo.record.take() {
-        s.record = rec;
-    }
-    if undo.runtime_loaded && !leaked {
-        let _ = s.unload_runtime_if_idle();
-    }
-    if !leaked {
-        let _ = s.save_record();
-    }
 }
 
 fn new_function_size(file: &ElfFile, vaddr: u64) -> u64 {
@@ -875,7 +907,9 @@ fn new_function_size(file: &ElfFile, vaddr: u64) -> u64 {
         })
 }
 
-/// Map a new island page within reach of `entry`.
+/// Map a new island page within reach of `entry`: a private mapping of a memfd named
+/// `rlivepatch-island`, so that it is recognisable in the maps (and never merged with a
+/// neighbour).
 fn map_island(s: &mut Session, entry: u64, name: &str) -> Result<u64> {
     let obj_start = s.objects.by_addr(entry).map(|o| o.start).unwrap_or(entry);
     let min = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
@@ -883,23 +917,34 @@ fn map_island(s: &mut Session, entry: u64, name: &str) -> Result<u64> {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(65536);
     let candidates = redirect::island_candidates(&s.maps, entry, obj_start, min);
-    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+    s.borrow()?;
+    let fd = {
+        let inj = s.inj.as_mut().unwrap();
+        inj.memfd_with(
+            &mut s.tr,
+            &s.proc,
+            crate::inject::ISLAND_NAME,
+            &[0u8; redirect::PAGE as usize],
+        )?
+    } as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE) as u64;
     let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+    let mut found = None;
     for hint in candidates {
-        let r = s.syscall(
-            libc::SYS_mmap,
-            &[hint, redirect::PAGE, prot, flags, u64::MAX, 0],
-        )?;
+        let r = s.syscall(libc::SYS_mmap, &[hint, redirect::PAGE, prot, flags, fd, 0])?;
         if r == hint as i64 {
-            s.refresh()?;
-            return Ok(hint);
+            found = Some(hint);
+            break;
         }
         if r > 0 {
             // An old kernel took the address as a hint only: give it back.
             s.syscall(libc::SYS_munmap, &[r as u64, redirect::PAGE])?;
         }
     }
-    Err(redirect::no_island_error(name, entry))
+    s.syscall(libc::SYS_close, &[fd])?;
+    let page = found.ok_or_else(|| redirect::no_island_error(name, entry))?;
+    s.refresh()?;
+    Ok(page)
 }
 
 /// What `disable` did.
@@ -948,6 +993,7 @@ pub fn disable(
 
 fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
     let pid = s.proc.pid;
+    crate::repair::repair_if_needed(s)?;
     refuse_pending(s)?;
     let idx = s
         .record
@@ -973,11 +1019,57 @@ fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Re
         );
     };
     let p = s.record.patches[idx].clone();
-    // Each function whose newest implementation is this patch's falls back to the one
-    // below it, or to the original.
+    let plan = disable_plan(&s.record, &p);
+    for w in &plan.writes {
+        let now = s.proc.read(w.addr, JMP_LEN)?;
+        if now != w.old {
+            bail!(
+                Mismatch,
+                "the entry at {:#x} holds {} instead of rlivepatch's jump {}; something else changed it: remove that first",
+                w.addr,
+                hex(&now),
+                hex(&w.old)
+            );
+        }
+    }
+    let mut pending = crate::state::Pending::new("disable", name);
+    pending.stage = Stage::PreUnpatching;
+    pending.writes = plan
+        .writes
+        .iter()
+        .map(|w| (w.addr, hex(&w.old), hex(&w.new)))
+        .collect();
+    pending.scratch = s.scratch;
+    s.record.pending = Some(pending);
+    s.save_record()?;
+    crate::fault::point("disable:pending");
+    // pre_unpatch, the switch, post_unpatch. A switch that fails is reversed: the patch
+    // stays, and post_patch runs (the kernel's reversed transition).
+    let prev = installed_states(&s.record, Some(idx));
+    s.set_states(&p.state_addrs, &prev)?;
+    callback(s, p.callbacks[2], "pre_unpatch", &p.name)?;
+    crate::fault::point("disable:pre_unpatched");
+    set_stage(s, Stage::Switching)?;
+    let report = match s.switch(&plan) {
+        Ok(r) => r,
+        Err(e) => {
+            if let Err(e2) = unwind_disable(s) {
+                s.progress(&format!("warning: undoing the disable: {}", e2.message));
+            }
+            return Err(e);
+        }
+    };
+    crate::fault::point("disable:switched");
+    let unloaded = finish_disable(s, true)?;
+    Ok((unloaded, report))
+}
+
+/// The switch that takes `p` away: each function whose newest implementation is `p`'s
+/// falls back to the one below it, or to the original.
+pub(crate) fn disable_plan(rec: &Record, p: &AppliedPatch) -> Plan {
     let mut plan = Plan::default();
     for f in &p.funcs {
-        let stack = s.record.stack_of(f.old_addr);
+        let stack = rec.stack_of(f.old_addr);
         let Some((top, _)) = stack.last() else {
             continue;
         };
@@ -991,61 +1083,44 @@ fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Re
                 .to_vec(),
             None => f.orig.clone(),
         };
-        plan.changed.extend(implementation_of(&p, f));
+        plan.changed.extend(implementation_of(p, f));
         plan.entries.push((f.old_addr, JMP_LEN as u64));
         plan.writes.push(Write {
             addr: f.old_addr,
-            old: expected_entry(&s.record, f.old_addr, &f.orig),
+            old: expected_entry(rec, f.old_addr, &f.orig),
             new,
         });
     }
-    for w in &plan.writes {
-        let now = s.proc.read(w.addr, JMP_LEN)?;
-        if now != w.old {
-            bail!(
-                Mismatch,
-                "the entry at {:#x} holds {} instead of rlivepatch's jump {}; something else changed it: remove that first",
-                w.addr,
-                hex(&now),
-                hex(&w.old)
-            );
-        }
-    }
-    let saved = s.record.clone();
-    s.record.pending = Some(crate::state::Pending {
-        op: "disable".into(),
-        patch: name.to_string(),
-        tool_pid: std::process::id() as i32,
-        tool_start: process::start_time("/proc/self/stat").unwrap_or(0),
-        loading: None,
-        writes: plan
-            .writes
-            .iter()
-            .map(|w| (w.addr, hex(&w.old), hex(&w.new)))
-            .collect(),
-        scratch: s.scratch,
-        new_islands: Vec::new(),
-    });
-    s.save_record()?;
-    // pre_unpatch, the switch, post_unpatch; a switch that fails is reversed: the patch
-    // stays, and post_patch runs (the kernel's reversed transition).
-    let prev = installed_states(&s.record, Some(idx));
-    s.set_states(&p.state_addrs, &prev)?;
-    callback(s, p.callbacks[2], "pre_unpatch", &p.name)?;
-    let report = match s.switch(&plan) {
-        Ok(r) => r,
-        Err(e) => {
-            s.record = saved;
-            let _ = callback(s, p.callbacks[1], "post_patch", &p.name);
-            let _ = s.set_states(&[], &[]);
-            let _ = s.save_record();
-            return Err(e);
-        }
+    plan
+}
+
+/// Finish a disable whose switch is done: post_unpatch (when `run_post_unpatch`), the
+/// record, the islands, and the patch unloaded (unless it was forced). Returns whether it
+/// was unloaded.
+pub(crate) fn finish_disable(s: &mut Session, run_post_unpatch: bool) -> Result<bool> {
+    let name = s
+        .record
+        .pending
+        .as_ref()
+        .map(|p| p.patch.clone())
+        .unwrap_or_default();
+    let Some(idx) = s
+        .record
+        .patches
+        .iter()
+        .position(|p| p.name == name && !p.disabled)
+    else {
+        s.record.pending = None;
+        return s.save_record().map(|()| false);
     };
-    callback(s, p.callbacks[3], "post_unpatch", &p.name)?;
-    s.set_states(&[], &[])?;
-    // After the switch no thread is in the patch's code: free its islands and unload it.
-    s.record.pending = None;
+    let p = s.record.patches[idx].clone();
+    if run_post_unpatch {
+        set_stage(s, Stage::PostUnpatching)?;
+        let prev = installed_states(&s.record, Some(idx));
+        s.set_states(&p.state_addrs, &prev)?;
+        callback(s, p.callbacks[3], "post_unpatch", &p.name)?;
+        s.set_states(&[], &[])?;
+    }
     let slots: Vec<u64> = p.funcs.iter().filter_map(|f| f.island).collect();
     let empty_pages = free_slots(&mut s.record, &slots);
     let unload = !p.forced;
@@ -1054,7 +1129,9 @@ fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Re
     } else {
         s.record.patches[idx].disabled = true;
     }
+    s.record.pending = None;
     s.save_record()?;
+    crate::fault::point("disable:committed");
     for page in empty_pages {
         s.syscall(libc::SYS_munmap, &[page, redirect::PAGE])?;
     }
@@ -1067,7 +1144,42 @@ fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Re
             "patch {name} was forced: its functions are restored, but its code stays loaded because a thread may still be inside it"
         ));
     }
-    Ok((unload, report))
+    Ok(unload)
+}
+
+/// Undo a disable that did not switch: the patch stays; if pre_unpatch ran, post_patch
+/// runs (the kernel's reversed transition).
+pub(crate) fn unwind_disable(s: &mut Session) -> Result<()> {
+    let Some(pend) = s.record.pending.clone() else {
+        return Ok(());
+    };
+    if let Some(idx) = s
+        .record
+        .patches
+        .iter()
+        .position(|p| p.name == pend.patch && !p.disabled)
+    {
+        let p = s.record.patches[idx].clone();
+        let prev = installed_states(&s.record, Some(idx));
+        s.set_states(&p.state_addrs, &prev)?;
+        if let Err(e) = callback(s, p.callbacks[1], "post_patch", &p.name) {
+            s.progress(&format!("warning: {}", e.message));
+        }
+        s.set_states(&[], &[])?;
+    }
+    s.record.pending = None;
+    s.save_record()
+}
+
+/// Repair what an interrupted run left in process `pid`.
+pub fn repair(pid: i32, opts: &Options, progress: ProgressFn) -> Result<Vec<String>> {
+    let proc = Process::open(pid)?;
+    let mut s = Session::attach(proc, opts, progress)?;
+    let r = crate::repair::repair(&mut s);
+    let closed = s.close();
+    let r = r?;
+    closed?;
+    Ok(r)
 }
 
 /// Read the record of a process without attaching to it.

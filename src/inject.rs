@@ -25,17 +25,28 @@ use crate::{bail, err};
 use std::time::{Duration, Instant};
 
 /// Size of the private read-write area: data, then the call stack, then the frame.
-const RW_SIZE: u64 = 1 << 20;
+pub const RW_SIZE: u64 = 1 << 20;
 /// Bytes at the start of the read-write area for strings and results.
 const DATA_SIZE: u64 = 60 << 10;
 /// Then a page of 8-byte slots where return trampolines save `%rax`.
 const TRAMPOLINE_DATA: u64 = DATA_SIZE;
 /// The code page.
-const CODE_SIZE: u64 = 4096;
+pub const CODE_SIZE: u64 = 4096;
+/// The first bytes of rlivepatch's read-write area, so that a later run recognises one
+/// left behind by a run that was killed.
+pub const SCRATCH_MAGIC: &[u8; 16] = b"rlivepatch-scr1\0";
+/// The memfd name of rlivepatch's private memory (`/memfd:rlivepatch-scratch` in maps).
+pub const SCRATCH_NAME: &str = "rlivepatch-scratch";
+/// The memfd name of island pages.
+pub const ISLAND_NAME: &str = "rlivepatch-island";
+/// In [`Injector::bootstrap_syscall_data`] arguments: the address of the data.
+pub const BOOT_DATA: u64 = 0xffff_ffff_ffff_ff00;
+const MFD_CLOEXEC: u64 = 1;
+const MFD_EXEC: u64 = 0x10;
 
 /// `call *%rax; mov %rax,%rdi; mov $15,%eax; syscall; ud2` at 0, and
 /// `syscall; mov %rax,%rdi; mov $15,%eax; syscall; ud2` at 0x10.
-const STUB: [u8; 0x1e] = [
+pub const STUB: [u8; 0x1e] = [
     0xff, 0xd0, 0x48, 0x89, 0xc7, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b, 0x90,
     0x90, //
     0x0f, 0x05, 0x48, 0x89, 0xc7, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b,
@@ -401,6 +412,7 @@ impl Injector {
             th.catch = catch;
         }
         tr.resume(self.tid)?;
+        crate::fault::point("inject:in_call");
         let deadline = Instant::now() + self.call_timeout;
         loop {
             let Some(th) = tr.threads.get(&self.tid) else {
@@ -477,9 +489,26 @@ impl Injector {
         nr: i64,
         args: &[u64],
     ) -> Result<i64> {
+        self.bootstrap_syscall_data(tr, proc, maps, nr, args, &[])
+    }
+
+    /// [`Injector::bootstrap_syscall`] with `data` copied next to the frame; an argument
+    /// equal to [`BOOT_DATA`] is replaced by its address. A sixth argument goes where
+    /// libc's `syscall()` reads it, the frame's `uc_flags` (whose bits it must not set:
+    /// offsets are page multiples).
+    pub fn bootstrap_syscall_data(
+        &mut self,
+        tr: &mut Tracer,
+        proc: &Process,
+        maps: &[Mapping],
+        nr: i64,
+        args: &[u64],
+        data: &[u8],
+    ) -> Result<i64> {
         let len = self.frame_len();
         let top = self.ctx.rsp.wrapping_sub(128 + 256) & !63;
-        let uc = top.wrapping_sub(len) & !63;
+        let data_at = top.wrapping_sub(data.len() as u64) & !15;
+        let uc = data_at.wrapping_sub(len) & !63;
         let low = uc - 8;
         let Some(stack) = maps
             .iter()
@@ -501,13 +530,21 @@ impl Injector {
         }
         let saved = proc.read(low, (top - low) as usize)?;
         let mut image = self.libc.restore_rt.to_le_bytes().to_vec();
-        image.extend(self.frame(uc));
+        let mut frame = self.frame(uc);
+        frame[..8].copy_from_slice(&args.get(5).copied().unwrap_or(0).to_le_bytes());
+        image.extend(frame);
         proc.write(low, &image)?;
+        if !data.is_empty() {
+            proc.write(data_at, data)?;
+        }
         let mut r = self.ctx;
         r.rip = self.libc.syscall_fn;
         r.rsp = low;
         r.rdi = nr as u64;
-        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        let a = |i: usize| match args.get(i).copied().unwrap_or(0) {
+            BOOT_DATA => data_at,
+            v => v,
+        };
         (r.rsi, r.rdx, r.rcx, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4));
         r.rax = 0;
         r.orig_rax = u64::MAX;
@@ -562,55 +599,100 @@ impl Injector {
         proc: &Process,
         maps: &[Mapping],
     ) -> Result<Scratch> {
-        let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let rw = self.bootstrap_syscall(
+        // One memfd holds both: named in the maps from the first moment (a run killed
+        // midway leaves something the next one recognises), and never merged with a
+        // neighbouring anonymous mapping.
+        let name = format!("{SCRATCH_NAME}\0");
+        let mut fd = self.bootstrap_syscall_data(
             tr,
             proc,
             maps,
-            libc::SYS_mmap,
-            &[
-                0,
-                RW_SIZE,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                anon,
-                u64::MAX,
-            ],
+            libc::SYS_memfd_create,
+            &[BOOT_DATA, MFD_CLOEXEC | MFD_EXEC],
+            name.as_bytes(),
         )?;
-        if rw < 0 {
+        if fd == -(libc::EINVAL as i64) {
+            fd = self.bootstrap_syscall_data(
+                tr,
+                proc,
+                maps,
+                libc::SYS_memfd_create,
+                &[BOOT_DATA, MFD_CLOEXEC],
+                name.as_bytes(),
+            )?;
+        }
+        if fd < 0 {
             bail!(
                 Failed,
-                "mmap in process {} failed: {}",
+                "memfd_create in process {} failed: {}",
                 proc.pid,
-                std::io::Error::from_raw_os_error(-rw as i32)
+                std::io::Error::from_raw_os_error(-fd as i32)
             );
         }
-        let rw = rw as u64;
-        let code = self.bootstrap_syscall(
-            tr,
-            proc,
-            maps,
-            libc::SYS_mmap,
-            &[
-                0,
-                CODE_SIZE,
-                (libc::PROT_READ | libc::PROT_EXEC) as u64,
-                anon,
-                u64::MAX,
-            ],
-        )?;
-        if code < 0 {
-            let _ = self.bootstrap_syscall(tr, proc, maps, libc::SYS_munmap, &[rw, RW_SIZE]);
-            bail!(
-                Failed,
-                "mmap in process {} failed: {}",
-                proc.pid,
-                std::io::Error::from_raw_os_error(-code as i32)
-            );
-        }
-        let scratch = Scratch {
-            rw,
-            code: code as u64,
-        };
+        let fd = fd as u64;
+        let r = (|| -> Result<Scratch> {
+            let t = self.bootstrap_syscall(
+                tr,
+                proc,
+                maps,
+                libc::SYS_ftruncate,
+                &[fd, CODE_SIZE + RW_SIZE],
+            )?;
+            if t < 0 {
+                bail!(
+                    Failed,
+                    "ftruncate in process {} failed: {}",
+                    proc.pid,
+                    std::io::Error::from_raw_os_error(-t as i32)
+                );
+            }
+            let prot_x = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+            let prot_rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+            let private = libc::MAP_PRIVATE as u64;
+            let code = self.bootstrap_syscall(
+                tr,
+                proc,
+                maps,
+                libc::SYS_mmap,
+                &[0, CODE_SIZE, prot_x, private, fd, 0],
+            )?;
+            if code < 0 {
+                bail!(
+                    Failed,
+                    "mapping rlivepatch's code in process {} failed: {}",
+                    proc.pid,
+                    std::io::Error::from_raw_os_error(-code as i32)
+                );
+            }
+            let rw = self.bootstrap_syscall(
+                tr,
+                proc,
+                maps,
+                libc::SYS_mmap,
+                &[0, RW_SIZE, prot_rw, private, fd, CODE_SIZE],
+            )?;
+            if rw < 0 {
+                let _ = self.bootstrap_syscall(
+                    tr,
+                    proc,
+                    maps,
+                    libc::SYS_munmap,
+                    &[code as u64, CODE_SIZE],
+                );
+                bail!(
+                    Failed,
+                    "mapping rlivepatch's memory in process {} failed: {}",
+                    proc.pid,
+                    std::io::Error::from_raw_os_error(-rw as i32)
+                );
+            }
+            Ok(Scratch {
+                rw: rw as u64,
+                code: code as u64,
+            })
+        })();
+        self.bootstrap_syscall(tr, proc, maps, libc::SYS_close, &[fd])?;
+        let scratch = r?;
         self.scratch = Some(scratch);
         self.install(proc)?;
         Ok(scratch)
@@ -628,7 +710,8 @@ impl Injector {
         let len = self.frame_len();
         self.frame_at = (s.rw + RW_SIZE - len) & !63;
         proc.write(self.frame_at, &self.frame(self.frame_at))?;
-        self.data_next = s.rw;
+        proc.write(s.rw, SCRATCH_MAGIC)?;
+        self.data_next = s.rw + SCRATCH_MAGIC.len() as u64;
         Ok(())
     }
 
@@ -656,7 +739,7 @@ impl Injector {
             .ok_or_else(|| err!(Failed, "no scratch memory"))?;
         let at = (self.data_next + 15) & !15;
         if at + bytes.len() as u64 > s.rw + DATA_SIZE {
-            self.data_next = s.rw;
+            self.data_next = s.rw + SCRATCH_MAGIC.len() as u64;
             return self.put_data(proc, bytes);
         }
         proc.write(at, bytes)?;
@@ -780,8 +863,6 @@ impl Injector {
         name: &str,
         bytes: &[u8],
     ) -> Result<i32> {
-        const MFD_CLOEXEC: u64 = 1;
-        const MFD_EXEC: u64 = 0x10;
         let n = self.put_cstr(proc, name)?;
         let mut fd = self.syscall(tr, libc::SYS_memfd_create, &[n, MFD_CLOEXEC | MFD_EXEC])?;
         if fd == -(libc::EINVAL as i64) {

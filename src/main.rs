@@ -106,6 +106,15 @@ enum Command {
         #[arg(long)]
         object: Option<String>,
     },
+    /// Finish or undo what an interrupted rlivepatch run left in a process (apply and
+    /// disable do this first by themselves).
+    Repair {
+        /// The process id.
+        pid: i32,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a patch file replaces, without loading it.
     Info {
         /// The patch (.so).
@@ -123,6 +132,7 @@ fn main() -> ExitCode {
         | Command::Disable { json, .. }
         | Command::List { json, .. }
         | Command::Check { json, .. }
+        | Command::Repair { json, .. }
         | Command::Info { json, .. } => *json,
         Command::BuildId { .. } => false,
     };
@@ -221,7 +231,14 @@ fn run(cmd: Command) -> Result<u8, Error> {
         Command::List { pid, json } => {
             let (proc, maps, rec) = core::read_record(pid)?;
             let objects = rlivepatch::objects::Objects::new(&proc, &maps, &[])?;
-            let view = ListView::new(pid, &proc.status.name, &rec, &objects);
+            let mut view = ListView::new(pid, &proc.status.name, &rec, &objects);
+            let left = rlivepatch::repair::scan(&proc, &maps, &rec, None);
+            if !left.is_empty() && view.pending.is_none() {
+                view.pending = Some(format!(
+                    "{}; run `rlivepatch repair {pid}`",
+                    left.describe()
+                ));
+            }
             if json {
                 print_json(&view);
             } else {
@@ -257,6 +274,18 @@ fn run(cmd: Command) -> Result<u8, Error> {
             }
             if !r.safe {
                 return Ok(ErrorKind::Busy.exit_code() as u8);
+            }
+        }
+        Command::Repair { pid, json } => {
+            let actions = core::repair(pid, &Options::default(), &mut progress)?;
+            if json {
+                print_json(&serde_json::json!({ "pid": pid, "actions": actions }));
+            } else if actions.is_empty() {
+                println!("process {pid}: nothing to repair");
+            } else {
+                for a in &actions {
+                    println!("{a}");
+                }
             }
         }
         Command::BuildId { file, object } => {

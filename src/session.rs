@@ -95,6 +95,8 @@ impl<'a> Session<'a> {
             }
         };
         let tid = self.pick_thread()?;
+        // The others run during the calls: one of them may hold a lock the call needs.
+        self.tr.resume_all_but(&[tid])?;
         let mut inj = Injector::borrow(&mut self.tr, tid, libc)?;
         inj.call_timeout = self.opts.call_timeout;
         let r = match self.scratch {
@@ -369,6 +371,7 @@ impl<'a> Session<'a> {
 
     /// Undo rlivepatch's presence: unmap its memory, give threads back, detach.
     pub fn close(mut self) -> Result<()> {
+        crate::fault::point("close");
         let mut first: Option<Error> = None;
         if self.scratch.is_some() {
             if let Err(e) = self.borrow() {

@@ -99,8 +99,31 @@ pub struct Island {
     pub used: Vec<u64>,
 }
 
-/// An operation in progress, written before the switch so that a run killed midway can
-/// be recognised and finished or undone by the next one.
+/// How far an operation got. Each stage is recorded before its step starts, so that a
+/// run killed midway leaves enough for the next one to finish or undo it, running each
+/// callback at most once.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Apply: loading the patch (and the runtime).
+    #[default]
+    Loading,
+    /// Apply: loaded, symbols and islands set up.
+    Loaded,
+    /// Apply: pre_patch is running or ran.
+    PrePatching,
+    /// Disable: pre_unpatch is running or ran.
+    PreUnpatching,
+    /// The switch is running or ran.
+    Switching,
+    /// Apply: post_patch is running or ran.
+    PostPatching,
+    /// Disable: post_unpatch is running or ran.
+    PostUnpatching,
+}
+
+/// An operation in progress, recorded from its first step so that a run killed midway
+/// can be recognised and finished or undone by the next one.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pending {
     /// `apply` or `disable`.
@@ -111,6 +134,9 @@ pub struct Pending {
     pub tool_pid: i32,
     /// rlivepatch's start time (ticks since boot), to tell a dead run from a live one.
     pub tool_start: u64,
+    /// How far it got.
+    #[serde(default)]
+    pub stage: Stage,
     /// The patch being loaded (apply), once loaded.
     pub loading: Option<AppliedPatch>,
     /// Entry writes of the switch: address, bytes before, bytes after.
@@ -135,6 +161,29 @@ pub struct Record {
     /// The rlivepatch runtime, when loaded.
     #[serde(default)]
     pub runtime: Option<crate::runtime::RuntimeRecord>,
+}
+
+impl Pending {
+    /// A new pending operation of this rlivepatch.
+    pub fn new(op: &str, patch: &str) -> Pending {
+        Pending {
+            op: op.to_string(),
+            patch: patch.to_string(),
+            tool_pid: std::process::id() as i32,
+            tool_start: crate::process::start_time("/proc/self/stat").unwrap_or(0),
+            stage: Stage::Loading,
+            loading: None,
+            writes: Vec::new(),
+            scratch: None,
+            new_islands: Vec::new(),
+        }
+    }
+
+    /// Is the rlivepatch that recorded it still running?
+    pub fn tool_alive(&self) -> bool {
+        crate::process::start_time(&format!("/proc/{}/stat", self.tool_pid))
+            == Some(self.tool_start)
+    }
 }
 
 impl Record {

@@ -295,7 +295,9 @@ pub fn switch(
             Err(e) => break Err(e),
         };
         if blockers.is_empty() {
-            break write_all(w.proc, &plan.writes).map(|()| Report {
+            let written = write_all(w.proc, &plan.writes);
+            crate::fault::point("switch:written");
+            break written.map(|()| Report {
                 attempts,
                 caught_returns: caught,
                 waited_ms: start.elapsed().as_millis() as u64,
@@ -342,6 +344,7 @@ pub fn switch(
                 }
             }
         }
+        crate::fault::point("switch:planted");
         let end = (*round_end.get_or_insert(now + round_len)).min(deadline);
         // Run everyone but the parked threads until a trampoline fires or the round ends.
         if let Err(e) = w.tr.resume_all_but(

@@ -1,0 +1,362 @@
+//! Repair: finish or undo what an interrupted rlivepatch run left in a process.
+//!
+//! Every operation records its stage in the process before each step (see
+//! [`crate::state::Stage`]), and everything rlivepatch maps is recognisable: patches are
+//! memfds named `rlp:NAME` whose fd stays open while loaded, the private memory starts
+//! with a magic string or with the call stub, island pages hold only island slots. So a run
+//! killed at any moment leaves a state that the next run can read, and bring back to a
+//! consistent one: an apply that switched is finished (post_patch runs unless it had
+//! begun), one that did not is undone (post_unpatch runs if pre_patch had succeeded); the
+//! same for a disable; leftovers nothing refers to are unloaded or unmapped; return
+//! trampolines left on threads' stacks are taken off.
+
+use crate::core::{
+    apply_plan, disable_plan, finish_apply, finish_disable, unwind_apply, unwind_disable,
+};
+use crate::error::Result;
+use crate::inject::{CODE_SIZE, ISLAND_NAME, SCRATCH_NAME, TRAMPOLINE_SIZE};
+use crate::process::{Mapping, Process};
+use crate::redirect::PAGE;
+use crate::session::Session;
+use crate::state::{Record, Stage};
+use crate::symbols::hex;
+use crate::transition::Plan;
+use crate::unwind::StackMem;
+use crate::{bail, err};
+use std::time::{Duration, Instant};
+
+/// What an interrupted run left, found without changing anything.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Leftovers {
+    /// An operation was interrupted (its rlivepatch is gone).
+    pub interrupted: Option<String>,
+    /// memfds of patches (or the runtime) the record does not know: (fd, name).
+    pub orphan_fds: Vec<(i32, String)>,
+    /// rlivepatch's private memory of a run that is gone: (start, end).
+    pub orphan_scratch: Vec<(u64, u64)>,
+    /// Island pages the record does not know.
+    pub orphan_islands: Vec<u64>,
+}
+
+impl Leftovers {
+    /// Nothing to repair?
+    pub fn is_empty(&self) -> bool {
+        self.interrupted.is_none()
+            && self.orphan_fds.is_empty()
+            && self.orphan_scratch.is_empty()
+            && self.orphan_islands.is_empty()
+    }
+
+    /// One line for messages.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(i) = &self.interrupted {
+            parts.push(i.clone());
+        }
+        for (fd, name) in &self.orphan_fds {
+            parts.push(format!("{name} (fd {fd}) is loaded but not recorded"));
+        }
+        if !self.orphan_scratch.is_empty() {
+            parts.push(format!(
+                "{} private mapping(s) of a killed run",
+                self.orphan_scratch.len()
+            ));
+        }
+        if !self.orphan_islands.is_empty() {
+            parts.push(format!(
+                "{} unused island page(s)",
+                self.orphan_islands.len()
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Find leftovers, reading `/proc` only.
+pub fn scan(
+    proc: &Process,
+    maps: &[Mapping],
+    rec: &Record,
+    ours: Option<crate::inject::Scratch>,
+) -> Leftovers {
+    let mut l = Leftovers::default();
+    if let Some(p) = &rec.pending
+        && !p.tool_alive()
+    {
+        l.interrupted = Some(format!("an interrupted {} of patch {}", p.op, p.patch));
+    }
+    let mut known: Vec<i32> = rec.patches.iter().map(|p| p.fd).collect();
+    known.extend(rec.runtime.iter().map(|r| r.fd));
+    known.extend(
+        rec.pending
+            .iter()
+            .filter_map(|p| p.loading.as_ref().map(|a| a.fd)),
+    );
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", proc.pid)) {
+        for e in dir.flatten() {
+            let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(link) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let link = link.to_string_lossy().into_owned();
+            if let Some(name) = link
+                .strip_prefix("/memfd:")
+                .and_then(|n| n.strip_suffix(" (deleted)"))
+                && (name.starts_with("rlp:") || name.starts_with("rlivepatch-"))
+                && !known.contains(&fd)
+            {
+                l.orphan_fds.push((fd, name.to_string()));
+            }
+        }
+    }
+    let scratch = format!("/memfd:{SCRATCH_NAME}");
+    let island = format!("/memfd:{ISLAND_NAME}");
+    let recorded: Vec<u64> = rec.islands.iter().map(|i| i.addr).collect();
+    for m in maps {
+        if m.path == scratch && !ours.is_some_and(|s| s.code == m.start || s.rw == m.start) {
+            l.orphan_scratch.push((m.start, m.end));
+        } else if m.path == island && !recorded.contains(&m.start) {
+            l.orphan_islands.push(m.start);
+        }
+    }
+    l
+}
+
+/// Repair when an earlier run left something; a note on stderr says what.
+pub fn repair_if_needed(s: &mut Session) -> Result<()> {
+    let found = scan(&s.proc, &s.maps, &s.record, s.scratch);
+    if found.is_empty() {
+        return Ok(());
+    }
+    s.progress(&format!(
+        "an earlier rlivepatch run was interrupted: {}; repairing first",
+        found.describe()
+    ));
+    for a in repair(s)? {
+        s.progress(&format!("repaired: {a}"));
+    }
+    Ok(())
+}
+
+/// Bring the process back to a consistent state. Returns what was done.
+pub fn repair(s: &mut Session) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    let found = scan(&s.proc, &s.maps, &s.record, s.scratch);
+    // 1. The interrupted operation, by what its stage and the entry bytes say.
+    if let Some(p) = s.record.pending.clone() {
+        done.push(repair_pending(s, &p)?);
+    }
+    // 2. Loaded objects nothing records.
+    for (fd, name) in &found.orphan_fds {
+        done.push(repair_orphan_fd(s, *fd, name)?);
+    }
+    // 3. Private memory and islands of a killed run, unless a thread still uses them.
+    if !found.orphan_scratch.is_empty() || !found.orphan_islands.is_empty() {
+        done.extend(repair_mappings(s, &found)?);
+    }
+    s.refresh()?;
+    s.unload_runtime_if_idle()?;
+    s.save_record()?;
+    Ok(done)
+}
+
+/// The state of the switch of a pending operation, from the entry bytes.
+enum Switched {
+    None,
+    All,
+    Partly,
+}
+
+fn switched(s: &Session, writes: &[(u64, String, String)]) -> Result<Switched> {
+    let (mut old, mut new) = (0, 0);
+    for (addr, o, n) in writes {
+        let now = hex(&s.proc.read(*addr, crate::redirect::JMP_LEN)?);
+        if &now == n {
+            new += 1;
+        } else if &now == o {
+            old += 1;
+        } else {
+            bail!(
+                Mismatch,
+                "the entry at {addr:#x} holds {now}, which neither rlivepatch nor the interrupted run wrote; something else changed it"
+            );
+        }
+    }
+    Ok(match (old, new) {
+        (_, 0) => Switched::None,
+        (0, _) => Switched::All,
+        _ => Switched::Partly,
+    })
+}
+
+/// Finish a switch an interrupted run began: the writes not done yet, with the
+/// consistency check for the functions they change.
+fn complete_switch(s: &mut Session, full: Plan) -> Result<()> {
+    let mut plan = Plan::default();
+    for (i, w) in full.writes.iter().enumerate() {
+        if s.proc.read(w.addr, w.old.len())? == w.old {
+            plan.writes.push(w.clone());
+            plan.entries.push(full.entries[i]);
+        }
+    }
+    plan.changed = full.changed;
+    s.switch(&plan).map(|_| ())
+}
+
+fn repair_pending(s: &mut Session, p: &crate::state::Pending) -> Result<String> {
+    let what = format!("{} of patch {}", p.op, p.patch);
+    match (p.op.as_str(), switched(s, &p.writes)?) {
+        ("apply", Switched::None) | ("apply", _) if p.loading.is_none() => {
+            unwind_apply(s)?;
+            Ok(format!(
+                "undid the interrupted {what} (it had not switched)"
+            ))
+        }
+        ("apply", Switched::None) => {
+            unwind_apply(s)?;
+            Ok(format!(
+                "undid the interrupted {what} (it had not switched)"
+            ))
+        }
+        ("apply", state) => {
+            let applied = p.loading.clone().unwrap();
+            if let Switched::Partly = state {
+                complete_switch(s, apply_plan(&s.record, &applied))?;
+            }
+            finish_apply(s, applied, p.stage < Stage::PostPatching)?;
+            Ok(format!("finished the interrupted {what} (it had switched)"))
+        }
+        ("disable", Switched::None) => {
+            unwind_disable(s)?;
+            Ok(format!(
+                "undid the interrupted {what}: the patch stays applied"
+            ))
+        }
+        ("disable", state) => {
+            if let Switched::Partly = state {
+                let patch = s
+                    .record
+                    .patches
+                    .iter()
+                    .find(|x| x.name == p.patch && !x.disabled)
+                    .cloned()
+                    .ok_or_else(|| err!(Failed, "the record lost patch {}", p.patch))?;
+                complete_switch(s, disable_plan(&s.record, &patch))?;
+            }
+            finish_disable(s, p.stage < Stage::PostUnpatching)?;
+            Ok(format!("finished the interrupted {what}"))
+        }
+        (op, _) => bail!(Failed, "unknown pending operation {op} in the record"),
+    }
+}
+
+/// A memfd of a patch the record does not know: unload it if it is loaded, close it.
+/// (It is from a run killed between loading and recording it, or after recording an
+/// atomic replace and before unloading the patches it replaced: no code runs in it.) An
+/// unrecorded runtime is adopted instead, since shadow variables may live in it.
+fn repair_orphan_fd(s: &mut Session, fd: i32, name: &str) -> Result<String> {
+    if name.starts_with("rlivepatch-") {
+        // A memfd of rlivepatch's own memory, between its creation and its close.
+        s.syscall(libc::SYS_close, &[fd as u64])?;
+        return Ok(format!(
+            "closed {name} (fd {fd}), left open by an interrupted run"
+        ));
+    }
+    s.borrow()?;
+    let path = format!("/proc/self/fd/{fd}");
+    let p = s.inj.as_mut().unwrap().put_cstr(&s.proc, &path)?;
+    let dlopen = s.inj.as_ref().unwrap().libc.dlopen;
+    let flags = (libc::RTLD_LAZY | libc::RTLD_NOLOAD) as u64;
+    let handle = s.call(dlopen, &[p, flags], "dlopen(RTLD_NOLOAD)")?;
+    if name == "rlp:runtime" && handle != 0 && s.record.runtime.is_none() {
+        s.inj.as_mut().unwrap().dlclose(&mut s.tr, handle)?;
+        let base = s.proc.read_u64(handle)?;
+        s.record.runtime = Some(crate::runtime::RuntimeRecord { handle, base, fd });
+        return Ok(format!(
+            "recorded the rlivepatch runtime (fd {fd}) an interrupted run loaded"
+        ));
+    }
+    if handle != 0 {
+        // Once for our reference, once for the interrupted run's.
+        s.inj.as_mut().unwrap().dlclose(&mut s.tr, handle)?;
+        s.inj.as_mut().unwrap().dlclose(&mut s.tr, handle)?;
+    }
+    s.syscall(libc::SYS_close, &[fd as u64])?;
+    Ok(format!(
+        "unloaded {name} (fd {fd}), which an interrupted run had loaded"
+    ))
+}
+
+/// Unmap private memory and island pages of killed runs. Return trampolines still on
+/// threads' stacks get their real return address back first; memory a thread is still
+/// executing or standing in (a call that runs on) is left for a later repair.
+fn repair_mappings(s: &mut Session, found: &Leftovers) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    s.unborrow()?;
+    s.tr.stop_all(Instant::now() + Duration::from_secs(10))?;
+    let ranges: Vec<(u64, u64)> = found
+        .orphan_scratch
+        .iter()
+        .copied()
+        .chain(found.orphan_islands.iter().map(|&a| (a, a + PAGE)))
+        .collect();
+    let code_pages: Vec<u64> = found
+        .orphan_scratch
+        .iter()
+        .filter(|(a, b)| b - a == CODE_SIZE && s.maps.iter().any(|m| m.start == *a && m.exec))
+        .map(|(a, _)| *a)
+        .collect();
+    let mut busy: Vec<(u64, u64)> = Vec::new();
+    for tid in s.tr.tids() {
+        let Ok(regs) = s.tr.regs(tid) else { continue };
+        for &(a, b) in &ranges {
+            if (a..b).contains(&regs.rip) || (a..b).contains(&regs.rsp) {
+                busy.push((a, b));
+            }
+        }
+        let end = s
+            .maps
+            .iter()
+            .find(|m| m.contains(regs.rsp))
+            .map(|m| m.end)
+            .unwrap_or(regs.rsp + 4096);
+        let mem = StackMem::read(&s.proc, regs.rsp, end);
+        let stack = s.unwinder.unwind(&s.objects, &mem, &regs);
+        // A frame returning into an orphan trampoline: give it its return address back.
+        for w in stack.frames.windows(2) {
+            let (f, next) = (&w[0], &w[1]);
+            let Some(&page) = code_pages
+                .iter()
+                .find(|&&c| (c..c + CODE_SIZE).contains(&next.pc))
+            else {
+                continue;
+            };
+            let Some(slot) = f.ra_slot else { continue };
+            let t = next.pc;
+            if t < page + 0x20 || (t - page - 0x20) % TRAMPOLINE_SIZE != 0 {
+                busy.push((page, page + CODE_SIZE));
+                continue;
+            }
+            let ret = s.proc.read_u64(t + 33)?;
+            if s.proc.read_u64(slot)? == t {
+                s.proc.write(slot, &ret.to_le_bytes())?;
+                done.push(format!(
+                    "thread {tid}: took an interrupted run's return trampoline off its stack"
+                ));
+            }
+        }
+    }
+    for &(a, b) in &ranges {
+        if busy.contains(&(a, b)) {
+            done.push(format!("left {a:#x}-{b:#x}: a thread still uses it; run `rlivepatch repair {}` again later", s.proc.pid));
+            continue;
+        }
+        s.syscall(libc::SYS_munmap, &[a, b - a])?;
+        done.push(format!(
+            "unmapped {a:#x}-{b:#x}, left by an interrupted run"
+        ));
+    }
+    Ok(done)
+}
