@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Install what building and testing rlivepatch needs and a fresh Debian machine may lack.
-# Idempotent; does nothing when everything is there.
+# Install what building and testing rlivepatch needs and a fresh Debian machine may lack:
+# a C compiler and binutils (fixtures, patches, the runtime), musl (the test that musl
+# processes are refused), strace and gdb (tests with another tracer, the gdb benchmark),
+# gnuplot (the benchmark plot). Idempotent: does nothing when everything is there.
 set -euo pipefail
 need=()
 command -v cc >/dev/null || need+=(gcc libc6-dev)
-command -v nm >/dev/null || need+=(binutils)
+command -v g++ >/dev/null || need+=(g++)
+command -v objcopy >/dev/null || need+=(binutils)
+command -v musl-gcc >/dev/null || need+=(musl-tools)
+command -v strace >/dev/null || need+=(strace)
+command -v gdb >/dev/null || need+=(gdb)
+[ "${RLIVEPATCH_SETUP_BENCH:-0}" = 1 ] && { command -v gnuplot >/dev/null || need+=(gnuplot-nox); }
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "setup: please install: ${need[*]}" >&2
 		exit 1
 	fi
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${need[@]}"; }
 fi

@@ -207,11 +207,42 @@ pub fn restart_adjusted(r: &Regs) -> Regs {
                 c.rax = SYS_RESTART_SYSCALL;
                 c.rip -= 2;
             }
+            -4 if eintr_on_stop(r.orig_rax) => {
+                // A call the kernel ends with EINTR on any stop: run it again.
+                c.rax = r.orig_rax;
+                c.rip -= 2;
+            }
             _ => {}
         }
     }
     c.orig_rax = u64::MAX;
     c
+}
+
+/// System calls that Linux ends with EINTR when the thread is merely stopped and resumed
+/// (signal(7): "even in the absence of signal handlers"), which a ptrace stop is. A thread
+/// rlivepatch stopped in one is set to call it again, so that the program never sees the
+/// EINTR (the wait starts over, it is never cut short).
+pub fn eintr_on_stop(nr: u64) -> bool {
+    const EPOLL_WAIT: u64 = 232;
+    const EPOLL_PWAIT: u64 = 281;
+    const EPOLL_PWAIT2: u64 = 441;
+    const IO_GETEVENTS: u64 = 208;
+    const IO_PGETEVENTS: u64 = 333;
+    const SEMOP: u64 = 65;
+    const SEMTIMEDOP: u64 = 220;
+    const RT_SIGTIMEDWAIT: u64 = 128;
+    matches!(
+        nr,
+        EPOLL_WAIT
+            | EPOLL_PWAIT
+            | EPOLL_PWAIT2
+            | IO_GETEVENTS
+            | IO_PGETEVENTS
+            | SEMOP
+            | SEMTIMEDOP
+            | RT_SIGTIMEDWAIT
+    )
 }
 
 /// The private memory rlivepatch maps in the target for one run.

@@ -166,6 +166,22 @@ pub fn start_time(stat_path: &str) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Is `pid` a kernel thread? (PF_KTHREAD in the flags of /proc/pid/stat.)
+pub fn is_kernel_thread(pid: i32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(i) = stat.rfind(')') else {
+        return false;
+    };
+    stat[i + 2..]
+        .split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|f| f & PF_KTHREAD != 0)
+}
+
 /// The one-letter state of a thread from its stat file.
 pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
@@ -205,6 +221,20 @@ impl Process {
         }
         let start_time = start_time(&format!("/proc/{pid}/stat"))
             .ok_or_else(|| err!(Target, "process {pid} exited"))?;
+        if matches!(status.state, 'Z' | 'X') {
+            bail!(
+                Target,
+                "process {pid} ({}) is a zombie: it has exited and waits for its parent to reap it",
+                status.name
+            );
+        }
+        if is_kernel_thread(pid) {
+            bail!(
+                Target,
+                "process {pid} ({}) is a kernel thread; rlivepatch patches user processes",
+                status.name
+            );
+        }
         let mem = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

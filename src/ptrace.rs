@@ -551,6 +551,9 @@ impl Tracer {
     /// (call [`Tracer::stop_all`] first); threads already gone are skipped.
     pub fn detach_all(&mut self) {
         for th in self.threads.values() {
+            if th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none() {
+                undo_stop_eintr(th.tid);
+            }
             let sig = th.pending_signal.and_then(|s| Signal::try_from(s).ok());
             let _ = ptrace::detach(Pid::from_raw(th.tid), sig);
         }
@@ -677,6 +680,9 @@ fn resume_thread(th: &mut Thread) -> Result<()> {
     if th.stop.is_none() {
         return Ok(());
     }
+    if th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none() {
+        undo_stop_eintr(th.tid);
+    }
     let sig = th
         .pending_signal
         .take()
@@ -693,6 +699,24 @@ fn resume_thread(th: &mut Thread) -> Result<()> {
             Ok(())
         }
         Err(e) => Err(err!(Failed, "resuming thread {}: {}", th.tid, e.desc())),
+    }
+}
+
+/// A thread stopped by our interrupt in a system call that Linux ends with EINTR on any
+/// stop (epoll_wait...): set it to make the call again, as if the stop never happened.
+fn undo_stop_eintr(tid: Tid) {
+    let pid = Pid::from_raw(tid);
+    let Ok(mut r) = ptrace::getregs(pid) else {
+        return;
+    };
+    if (r.orig_rax as i64) >= 0
+        && r.rax as i64 == -(libc::EINTR as i64)
+        && crate::inject::eintr_on_stop(r.orig_rax)
+    {
+        r.rax = r.orig_rax;
+        r.rip -= 2;
+        r.orig_rax = u64::MAX;
+        let _ = ptrace::setregs(pid, r);
     }
 }
 

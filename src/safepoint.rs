@@ -154,7 +154,12 @@ pub fn judge(
     };
     // Top run of libc frames: at most two unnamed helpers under a blocking wrapper.
     let top = &frames[..first_user];
-    let mut fitness = Fitness::Running;
+    // The program's own code stopped in a system call (a raw `syscall`) is asleep too.
+    let mut fitness = if (regs.orig_rax as i64) >= 0 {
+        Fitness::Sleeping
+    } else {
+        Fitness::Running
+    };
     if !top.is_empty() {
         let names: Vec<Option<String>> = top
             .iter()

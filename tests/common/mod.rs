@@ -214,10 +214,17 @@ impl Target {
     }
 
     /// The target's maps without the lines that change by themselves (stack, heap).
+    /// Everything rlivepatch could leave behind is either named (its memfds, the patches)
+    /// or executable; anonymous data mappings are the program's own (thread stacks,
+    /// malloc arenas, which a thread that allocates for the first time creates).
     pub fn stable_maps(&self) -> Vec<String> {
         self.maps()
             .lines()
             .filter(|l| !l.contains("[stack]") && !l.contains("[heap]"))
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 5 || f.get(1).is_some_and(|p| p.contains('x'))
+            })
             .map(str::to_string)
             .collect()
     }
@@ -520,5 +527,26 @@ impl Target {
             .find(|l| l.ends_with(object) && l.split_whitespace().nth(2) == Some("00000000"))
             .unwrap_or_else(|| panic!("{object} not mapped"));
         u64::from_str_radix(first.split('-').next().unwrap(), 16).unwrap()
+    }
+}
+
+/// Make sure a tool the project's setup script installs is there (running the script
+/// when it is not: the README's test command works on a fresh machine).
+pub fn require_tool(tool: &str) {
+    static SETUP: Mutex<()> = Mutex::new(());
+    let _g = SETUP.lock().unwrap();
+    let has = |t: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has(tool) {
+        let st = Command::new(root().join("scripts/setup.sh"))
+            .status()
+            .expect("running scripts/setup.sh");
+        assert!(st.success(), "scripts/setup.sh failed; {tool} is needed");
+        assert!(has(tool), "{tool} still missing after scripts/setup.sh");
     }
 }
