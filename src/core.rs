@@ -557,12 +557,35 @@ fn apply_attached(
         Ok(v) => Ok(v),
         Err(e) => {
             let leaked = s.inj.as_ref().is_some_and(|i| i.leaked);
+            if any_write_done(s) {
+                // The switch happened: the patch's code runs. Only finishing is right now;
+                // the record keeps the operation for `repair`.
+                return Err(err!(
+                    Incomplete,
+                    "patch {} was switched in, but finishing the apply failed ({}); run `rlivepatch repair {}`",
+                    patch.name,
+                    e.message,
+                    s.proc.pid
+                ));
+            }
             if !leaked && let Err(e2) = unwind_apply(s) {
                 s.progress(&format!("warning: undoing the apply: {}", e2.message));
             }
             Err(e)
         }
     }
+}
+
+/// Did the pending operation write any entry already?
+fn any_write_done(s: &Session) -> bool {
+    let Some(p) = &s.record.pending else {
+        return false;
+    };
+    p.writes.iter().any(|(addr, _, new)| {
+        s.proc
+            .read(*addr, JMP_LEN)
+            .is_ok_and(|now| hex(&now) == *new)
+    })
 }
 
 /// The pending operation.

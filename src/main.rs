@@ -127,6 +127,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // SIGINT, SIGTERM and SIGHUP are read by the tracer between two steps, so that the
+    // current step can be undone; until then they wait.
+    if let Err(e) = rlivepatch::ptrace::block_tool_signals() {
+        eprintln!("rlivepatch: error: {}", e.message);
+        return ExitCode::FAILURE;
+    }
     let json = match &cli.command {
         Command::Apply { json, .. }
         | Command::Disable { json, .. }

@@ -150,6 +150,29 @@ impl Patch {
                 e.message
             )
         })?;
+        Self::from_elf(abs, file)
+    }
+
+    /// Read a patch from bytes (the fuzzer's entry point; `name` stands for the path).
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Patch> {
+        if !bytes.starts_with(b"\x7fELF") {
+            bail!(
+                Patch,
+                "{name} is not an ELF file; a patch is a shared object built with cc -shared -fPIC"
+            );
+        }
+        let file = ElfFile::from_bytes(name, bytes).map_err(|e| {
+            err!(
+                Patch,
+                "{name} is not a valid ELF shared object ({}); rebuild it with cc -shared -fPIC",
+                e.message
+            )
+        })?;
+        Self::from_elf(PathBuf::from(name), file)
+    }
+
+    fn from_elf(abs: PathBuf, file: ElfFile) -> Result<Patch> {
+        let shown = abs.display().to_string();
         if !file.is_64 {
             bail!(
                 Patch,
@@ -171,7 +194,8 @@ impl Patch {
         let default_name = abs
             .file_name()
             .map(|n| n.to_string_lossy().trim_end_matches(".so").to_string())
-            .unwrap_or_default();
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "patch".into());
         let mut patch = Patch {
             path: abs,
             name: default_name,
@@ -205,7 +229,12 @@ impl Patch {
         }
         let mut named = false;
         for i in 0..sec.size / RECORD_SIZE {
-            let at = sec.addr + i * RECORD_SIZE;
+            let at = sec.addr.checked_add(i * RECORD_SIZE).ok_or_else(|| {
+                err!(
+                    Patch,
+                    "corrupt metadata: record {i} is outside the address space"
+                )
+            })?;
             let raw = self
                 .file
                 .bytes_at(at, RECORD_SIZE as usize)
@@ -220,8 +249,8 @@ impl Patch {
                 );
             }
             let kind = u32_at(4);
-            let s = |k: u64| self.string_field(at + 8 + 8 * k, i);
-            let p = |k: u64| self.pointer_field(at + RECORD_PTR0 + 8 * k, i);
+            let s = |k: u64| self.string_field(at.wrapping_add(8 + 8 * k), i);
+            let p = |k: u64| self.pointer_field(at.wrapping_add(RECORD_PTR0 + 8 * k), i);
             let n = |k: usize| u64_at(64 + 8 * k);
             match kind {
                 KIND_NAME => {
@@ -261,7 +290,7 @@ impl Patch {
                         sympos: n(0),
                         new_name,
                         new_vaddr,
-                        slot_vaddr: at + RECORD_PTR0,
+                        slot_vaddr: at.wrapping_add(RECORD_PTR0),
                     });
                 }
                 KIND_REPLACE => self.replace = true,

@@ -372,6 +372,9 @@ impl<'a> Session<'a> {
     /// Undo rlivepatch's presence: unmap its memory, give threads back, detach.
     pub fn close(mut self) -> Result<()> {
         crate::fault::point("close");
+        // The operation is done or undone; cleaning up must finish even if rlivepatch was
+        // asked to stop meanwhile.
+        self.tr.interrupted = None;
         let mut first: Option<Error> = None;
         if self.scratch.is_some() {
             if let Err(e) = self.borrow() {

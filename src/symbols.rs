@@ -200,7 +200,8 @@ impl ElfFile {
             .iter()
             .find(|s| s.name == ".gnu_debuglink")
             .and_then(|s| {
-                let b = bytes.get(s.offset as usize..(s.offset + s.size) as usize)?;
+                let end = usize::try_from(s.offset.checked_add(s.size)?).ok()?;
+                let b = bytes.get(usize::try_from(s.offset).ok()?..end)?;
                 let end = b.iter().position(|&c| c == 0)?;
                 Some(String::from_utf8_lossy(&b[..end]).into_owned())
             });
@@ -294,18 +295,19 @@ impl ElfFile {
         if s.nobits {
             return None;
         }
-        self.bytes
-            .get(s.offset as usize..(s.offset + s.size) as usize)
+        let end = usize::try_from(s.offset.checked_add(s.size)?).ok()?;
+        self.bytes.get(usize::try_from(s.offset).ok()?..end)
     }
 
     /// The file bytes that are loaded at `vaddr` (file address space), `len` of them.
     pub fn bytes_at(&self, vaddr: u64, len: usize) -> Option<&[u8]> {
-        let seg = self
-            .segments
-            .iter()
-            .find(|s| s.vaddr <= vaddr && vaddr + len as u64 <= s.vaddr + s.filesz)?;
-        let off = (seg.offset + (vaddr - seg.vaddr)) as usize;
-        self.bytes.get(off..off + len)
+        // Every value here comes from the file: none may overflow.
+        let end = vaddr.checked_add(len as u64)?;
+        let seg = self.segments.iter().find(|s| {
+            s.vaddr <= vaddr && s.vaddr.checked_add(s.filesz).is_some_and(|e| end <= e)
+        })?;
+        let off = usize::try_from(seg.offset.checked_add(vaddr - seg.vaddr)?).ok()?;
+        self.bytes.get(off..off.checked_add(len)?)
     }
 
     /// A little-endian u64 at file address `vaddr`.
@@ -317,12 +319,11 @@ impl ElfFile {
 
     /// A NUL-terminated string at file address `vaddr`.
     pub fn cstr_at(&self, vaddr: u64) -> Option<String> {
-        let seg = self
-            .segments
-            .iter()
-            .find(|s| s.vaddr <= vaddr && vaddr < s.vaddr + s.filesz)?;
-        let off = (seg.offset + (vaddr - seg.vaddr)) as usize;
-        let end = (seg.offset + seg.filesz) as usize;
+        let seg = self.segments.iter().find(|s| {
+            s.vaddr <= vaddr && s.vaddr.checked_add(s.filesz).is_some_and(|e| vaddr < e)
+        })?;
+        let off = usize::try_from(seg.offset.checked_add(vaddr - seg.vaddr)?).ok()?;
+        let end = usize::try_from(seg.offset.checked_add(seg.filesz)?).ok()?;
         let b = self.bytes.get(off..end)?;
         let n = b.iter().position(|&c| c == 0)?;
         Some(String::from_utf8_lossy(&b[..n]).into_owned())

@@ -609,7 +609,7 @@ fn load_tables(obj: &LoadedObject) -> Option<ModuleTables> {
         if s.nobits || s.size == 0 {
             return None;
         }
-        let end = (s.offset + s.size) as usize;
+        let end = usize::try_from(s.offset.checked_add(s.size)?).ok()?;
         (end <= file.data().len()).then_some((s.offset as usize, s.size as usize))
     };
     let addr = |name: &str| file.section(name).map(|s| s.addr).unwrap_or(0);

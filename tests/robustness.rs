@@ -668,3 +668,57 @@ fn a_second_run_waits_for_the_first() {
     rlp_ok(&["disable", &pid, "two-other"]);
     t.assert_running();
 }
+
+#[test]
+fn sigint_at_any_moment_finishes_or_undoes() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let fix = patch("counter-fix");
+    let mut t = Target::start(&exe, &["5"]);
+    let pid = t.pid.to_string();
+    let base = (t.stable_maps(), t.fd_count());
+    // Moments spread over the whole run (attach, load, switch, record, detach).
+    for (i, delay_us) in [
+        0u64, 500, 1500, 3000, 5000, 8000, 12000, 20000, 30000, 45000,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sig = if i % 2 == 0 {
+            libc::SIGINT
+        } else {
+            libc::SIGTERM
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+            .args(["apply", &pid, s(&fix)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(delay_us));
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let code = child.wait().unwrap().code();
+        // Exit 0: it finished; 7: it undid what it had begun. (None: the signal came before
+        // rlivepatch's main ran, and it was killed having done nothing.)
+        assert!(
+            matches!(code, Some(0) | Some(7) | None),
+            "delay {delay_us}: exit {code:?}"
+        );
+        wait_for("the tracer to go", || {
+            status_field(t.pid, "TracerPid") == "0"
+        });
+        t.assert_running();
+        let applied = rlp_ok(&["list", &pid]).contains("counter-fix");
+        assert_eq!(
+            applied,
+            code == Some(0),
+            "delay {delay_us}: applied only when it finished"
+        );
+        if applied {
+            t.wait_line(|l| l.contains(" = ") && value(l).1 == value(l).0 * 100, T);
+            rlp_ok(&["disable", &pid, "counter-fix"]);
+        }
+        t.wait_line(|l| l.contains(" = ") && value(l).1 == value(l).0 + 1, T);
+        assert_eq!((t.stable_maps(), t.fd_count()), base, "delay {delay_us}");
+    }
+}
