@@ -924,8 +924,8 @@ fn new_function_size(file: &ElfFile, vaddr: u64) -> u64 {
             // Unknown: the rest of the patch's code segment, which is conservative.
             file.segments
                 .iter()
-                .find(|s| s.exec && s.vaddr <= vaddr && vaddr < s.vaddr + s.memsz)
-                .map(|s| s.vaddr + s.memsz - vaddr)
+                .find(|s| s.exec && s.vaddr <= vaddr && vaddr < s.vaddr.saturating_add(s.memsz))
+                .map(|s| s.vaddr.saturating_add(s.memsz) - vaddr)
                 .unwrap_or(1)
         })
 }

@@ -429,7 +429,7 @@ impl Patch {
         self.file
             .segments
             .iter()
-            .any(|s| s.exec && s.vaddr <= vaddr && vaddr < s.vaddr + s.memsz)
+            .any(|s| s.exec && s.vaddr <= vaddr && vaddr < s.vaddr.saturating_add(s.memsz))
     }
 
     /// Is the new function of `f` a global, default-visibility symbol that another object

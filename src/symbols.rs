@@ -383,7 +383,7 @@ impl ElfFile {
                 if !matches!(s.kind, SymKind::Func | SymKind::Ifunc) || s.value > vaddr {
                     continue;
                 }
-                let inside = vaddr < s.value + s.size.max(1);
+                let inside = vaddr < s.value.saturating_add(s.size.max(1));
                 if inside
                     && best.is_none_or(|b| {
                         syms[b].value < s.value

@@ -22,6 +22,11 @@ use crate::{bail, err};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// The longest a thread caught at a return is held while the others are caught.
+const PARK_LIMIT: Duration = Duration::from_secs(3);
+/// After a thread is caught, how long to wait for more before checking again.
+const BATCH: Duration = Duration::from_millis(5);
+
 /// Code whose implementation the switch changes.
 #[derive(Debug, Clone)]
 pub struct Changed {
@@ -265,6 +270,7 @@ pub fn switch(
     let deadline = start + opts.timeout;
     let mut round_len = Duration::from_millis(100);
     let mut round_end: Option<Instant> = None;
+    let mut round_started: Option<Instant> = None;
     let mut planted: BTreeMap<Tid, Planted> = BTreeMap::new();
     let mut attempts = 0u32;
     let mut caught = 0u32;
@@ -345,8 +351,15 @@ pub fn switch(
             }
         }
         crate::fault::point("switch:planted");
-        let end = (*round_end.get_or_insert(now + round_len)).min(deadline);
-        // Run everyone but the parked threads until a trampoline fires or the round ends.
+        // A round goes on while threads keep being caught: the parked ones stay parked (out
+        // of every changed function) while the others are caught in turn; it ends when no
+        // thread came out for `round_len`, or when threads have been held for PARK_LIMIT.
+        let round_start = *round_started.get_or_insert(now);
+        let end = (*round_end.get_or_insert(now + round_len))
+            .min(deadline)
+            .min(round_start + PARK_LIMIT);
+        // Run everyone but the parked threads until the planted ones came out (then check
+        // again), or a little after the first one did, or the round ends.
         if let Err(e) = w.tr.resume_all_but(
             &planted
                 .iter()
@@ -357,8 +370,9 @@ pub fn switch(
             break Err(e);
         }
         let mut fired = false;
+        let mut check_at = end;
         loop {
-            match w.tr.pump(end) {
+            match w.tr.pump(check_at.min(end)) {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => return finish_err(w, &mut planted, e),
@@ -379,12 +393,21 @@ pub fn switch(
                 {
                     p.parked = true;
                     caught += 1;
+                    if !fired {
+                        check_at = Instant::now() + BATCH;
+                    }
                     fired = true;
                 }
             }
-            if fired {
+            if fired && planted.values().all(|p| p.parked) {
                 break;
             }
+            if Instant::now() >= check_at {
+                break;
+            }
+        }
+        if fired {
+            round_end = Some(Instant::now() + round_len);
         }
         if w.tr.exited {
             break Err(err!(
@@ -393,10 +416,13 @@ pub fn switch(
                 w.proc.pid
             ));
         }
-        if !fired {
+        let round_over = round_end.is_some_and(|e| Instant::now() >= e)
+            || Instant::now() >= round_start + PARK_LIMIT;
+        if !fired || round_over {
             // The round is over: let the parked threads go on; they are caught again next
             // time they block.
             round_end = None;
+            round_started = None;
             round_len = (round_len * 2).min(Duration::from_secs(1));
             if let Err(e) = w.tr.stop_all(Instant::now() + Duration::from_secs(10)) {
                 break Err(e);

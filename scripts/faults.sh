@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Fault injection: RUNS (default 300) applies and disables killed with SIGKILL at random
+# moments. Prints the seed (FAULT_SEED=... replays a run), the number of runs and of
+# failures (expected 0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FAULT_RUNS=${1:-${FAULT_RUNS:-300}} cargo test --release --test faults -- --nocapture

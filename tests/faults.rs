@@ -1,0 +1,138 @@
+//! Fault injection: rlivepatch killed with SIGKILL at random moments of apply and
+//! disable. After each kill the target must be alive with no thread stopped, and the next
+//! run (`repair`, then `list`) must find it consistent: the patch fully applied and
+//! recorded, or not at all; in the end its maps and fds are back where they were. Short
+//! here (FAULT_RUNS, default 20); the full run is `scripts/faults.sh`.
+
+mod common;
+use common::*;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn tracer(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:").map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn sigkill_at_random_moments() {
+    let runs: usize = std::env::var("FAULT_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("faults: seed {seed}, {runs} runs");
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let fix = patch("counter-fix");
+    let mut t = Target::start(&exe, &["2"]);
+    let pid = t.pid.to_string();
+    let base = (t.stable_maps(), t.fd_count());
+    let patched = |l: &str| l.contains(" = ") && value(l).1 == value(l).0 * 100;
+    let original = |l: &str| l.contains(" = ") && value(l).1 == value(l).0 + 1;
+    // How long an operation takes here, to spread the kills over it.
+    let t0 = Instant::now();
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    let apply_span = t0.elapsed() * 6 / 5;
+    let t1 = Instant::now();
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    let disable_span = t1.elapsed() * 6 / 5;
+    let mut rng = Rng(seed);
+    let (mut killed, mut finished, mut failures) = (0, 0, Vec::new());
+    let mut applied = false;
+    for run in 0..runs {
+        let args: Vec<String> = if applied {
+            vec!["disable".into(), pid.clone(), "counter-fix".into()]
+        } else {
+            vec!["apply".into(), pid.clone(), fix.to_str().unwrap().into()]
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let span = if applied { disable_span } else { apply_span };
+        let delay = Duration::from_nanos(rng.next() % span.as_nanos().max(1) as u64);
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let st = child.wait().unwrap();
+        if st.signal() == Some(libc::SIGKILL) {
+            killed += 1;
+        } else {
+            finished += 1;
+        }
+        // The target lives and is no longer traced; then the next run repairs it.
+        let limit = Instant::now() + Duration::from_secs(10);
+        while tracer(t.pid) != "0" && Instant::now() < limit {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let check = (|| -> Result<bool, String> {
+            if tracer(t.pid) != "0" {
+                return Err("still traced".into());
+            }
+            t.assert_running();
+            let o = rlp(&["repair", &pid]);
+            if !o.status.success() {
+                return Err(format!(
+                    "repair failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ));
+            }
+            let v = json(&rlp_ok(&["list", &pid, "--json"]));
+            if v.get("pending").is_some() {
+                return Err(format!("still pending after repair: {v}"));
+            }
+            let now_applied = v["patches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "counter-fix");
+            // The code agrees with the record.
+            t.wait_line(
+                |l| if now_applied { patched(l) } else { original(l) },
+                Duration::from_secs(20),
+            );
+            Ok(now_applied)
+        })();
+        match check {
+            Ok(a) => applied = a,
+            Err(e) => failures.push(format!("run {run} (delay {delay:?}, {}): {e}", args[0])),
+        }
+    }
+    if applied {
+        rlp_ok(&["disable", &pid, "counter-fix"]);
+    }
+    rlp_ok(&["repair", &pid]);
+    t.wait_line(original, Duration::from_secs(20));
+    if (t.stable_maps(), t.fd_count()) != base {
+        failures.push("maps or fds not back to where they were".into());
+    }
+    println!(
+        "faults: {runs} runs ({killed} killed mid-operation, {finished} finished first), {} failures",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "seed {seed}: {failures:#?}");
+}
