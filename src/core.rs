@@ -463,9 +463,10 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     crate::buildid::check(&patch, &objects)?;
     let resolved = resolve(&patch, &objects)?;
     let symbols = resolve_symbols(&patch, &objects)?;
-    Libc::find(pid, &objects)?;
-    drop(objects);
-    let mut s = Session::attach(proc, opts, progress)?;
+    let libc = Libc::find(pid, &objects)?;
+    crate::fault::trace("resolved");
+    let mut s = Session::attach_with(proc, opts, progress, Some(objects))?;
+    s.set_libc(libc);
     crate::fault::point("apply:attached");
     let mut resolved = resolved;
     let r = resolve_ifuncs(&mut s, &mut resolved)
@@ -670,8 +671,10 @@ fn apply_steps(
     crate::fault::point("apply:loaded");
     s.tr.check_interrupted()?;
     s.refresh()?;
+    crate::fault::trace("refreshed");
     // 3. Target symbols the patch's code uses.
     fill_symbols(s, base, symbols)?;
+    crate::fault::trace("symbols filled");
     // 4. Where the new functions are, as the loader resolved them.
     for r in resolved {
         let f = &patch.funcs[r.index];
@@ -699,14 +702,17 @@ fn apply_steps(
             debug_file: r.debug_file.clone(),
         });
     }
+    crate::fault::trace("new functions found");
     // 5. Islands for new functions out of reach of a 32-bit jump. Each slot is recorded
     //    as used by the pending patch.
+    let mut pool = redirect::SlotPool::new(&s.record.islands);
+    let mut slot_writes = Vec::new();
     for i in 0..applied.funcs.len() {
         let f = &applied.funcs[i];
         if redirect::jmp(f.old_addr, f.new_addr).is_some() {
             continue;
         }
-        let slot = match redirect::free_slot(&s.record.islands, f.old_addr) {
+        let slot = match pool.take(f.old_addr) {
             Some(slot) => slot,
             None => {
                 let (entry, name) = (f.old_addr, f.symbol.clone());
@@ -716,11 +722,11 @@ fn apply_steps(
                     addr: page,
                     used: Vec::new(),
                 });
-                page
+                pool.add_page(page, &[]);
+                pool.take(entry).unwrap_or(page)
             }
         };
-        s.proc
-            .write(slot, &redirect::slot_bytes(applied.funcs[i].new_addr))?;
+        slot_writes.push((slot, redirect::slot_bytes(applied.funcs[i].new_addr)));
         let page = slot & !(redirect::PAGE - 1);
         s.record
             .islands
@@ -731,9 +737,24 @@ fn apply_steps(
             .push(slot);
         applied.funcs[i].island = Some(slot);
     }
+    // The slots, one write per island page (a patch of 1000 far functions fills 4).
+    slot_writes.sort_by_key(|(a, _)| *a);
+    for chunk in
+        slot_writes.chunk_by(|a, b| a.0 & !(redirect::PAGE - 1) == b.0 & !(redirect::PAGE - 1))
+    {
+        let page = chunk[0].0 & !(redirect::PAGE - 1);
+        let mut bytes = s.proc.read(page, redirect::PAGE as usize)?;
+        for (slot, b) in chunk {
+            let off = (slot - page) as usize;
+            bytes[off..off + b.len()].copy_from_slice(b);
+        }
+        s.proc.write(page, &bytes)?;
+    }
     // 6. The plan. An atomic replace also sends every function that only older patches
     //    change back to the original, in the same switch.
+    crate::fault::trace("islands");
     let plan = apply_plan(&s.record, &applied);
+    crate::fault::trace("plan built");
     pending(s).loading = Some(applied.clone());
     pending(s).writes = plan
         .writes
@@ -1298,6 +1319,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
             unwinder: &mut s.unwinder,
             scratch: None,
             shadow_stack: false,
+            keep: Vec::new(),
         };
         let blockers = transition::check_all(&mut w, &plan, false)?;
         Ok(CheckReport {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fault;
 pub mod inject;
 pub mod objects;
+pub mod pace;
 pub mod patch;
 pub mod process;
 pub mod ptrace;

@@ -126,13 +126,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    rlivepatch::fault::init();
     let cli = Cli::parse();
     // SIGINT, SIGTERM and SIGHUP are read by the tracer between two steps, so that the
     // current step can be undone; until then they wait.
-    // While rlivepatch works, the target's threads wait for it: on a busy machine it should
-    // not wait its turn behind them. Raise the priority when allowed (root, CAP_SYS_NICE).
-    // SAFETY: setpriority(2) on this process only.
-    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) };
+    // rlivepatch's priority follows what it does (see the pace module).
+    rlivepatch::pace::init();
     if let Err(e) = rlivepatch::ptrace::block_tool_signals() {
         eprintln!("rlivepatch: error: {}", e.message);
         return ExitCode::FAILURE;

@@ -271,6 +271,26 @@ impl Objects {
         Ok(Objects { list })
     }
 
+    /// Take over the parsed files of `old` (the same process a moment earlier) for the
+    /// objects still mapped at the same place from the same file: parsing libc again after
+    /// each load would cost milliseconds of CPU the target's threads may need.
+    pub fn adopt(&mut self, old: Objects) {
+        let mut old = old.list;
+        for o in &mut self.list {
+            let same = |p: &LoadedObject| {
+                p.path == o.path
+                    && p.start == o.start
+                    && p.mappings[0].inode == o.mappings[0].inode
+                    && p.mappings[0].dev == o.mappings[0].dev
+            };
+            if let Some(i) = old.iter().position(same) {
+                let p = old.swap_remove(i);
+                o.file = p.file;
+                o.debug = p.debug;
+            }
+        }
+    }
+
     /// The main executable.
     pub fn main(&self) -> Result<&LoadedObject> {
         self.list

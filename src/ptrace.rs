@@ -177,6 +177,7 @@ impl Tracer {
             let tids = process::task_ids(pid)?;
             let mut new = false;
             for tid in tids {
+                crate::pace::point();
                 if !t.threads.contains_key(&tid) && t.seize(tid)? {
                     new = true;
                 }
@@ -261,7 +262,9 @@ impl Tracer {
     /// Stop every thread (`PTRACE_INTERRUPT`) and wait until all are stopped, including
     /// threads created meanwhile. Threads already stopped stay as they are.
     pub fn stop_all(&mut self, deadline: Instant) -> Result<()> {
+        crate::fault::trace("stop all");
         self.world_stopped = true;
+        crate::pace::world_stopped(true);
         loop {
             for th in self.threads.values_mut() {
                 th.want_run = false;
@@ -292,6 +295,7 @@ impl Tracer {
                     }
                 }
                 if !new {
+                    crate::fault::trace("all stopped");
                     return Ok(());
                 }
                 continue;
@@ -366,7 +370,9 @@ impl Tracer {
 
     /// Resume every stopped thread.
     pub fn resume_all(&mut self) -> Result<()> {
+        crate::fault::trace("resume all");
         self.world_stopped = false;
+        crate::pace::world_stopped(false);
         let tids: Vec<Tid> = self.threads.keys().copied().collect();
         for tid in tids {
             self.resume(tid)?;
@@ -377,6 +383,7 @@ impl Tracer {
     /// Resume every stopped thread except `keep`.
     pub fn resume_all_but(&mut self, keep: &[Tid]) -> Result<()> {
         self.world_stopped = false;
+        crate::pace::world_stopped(false);
         let tids: Vec<Tid> = self
             .threads
             .keys()
@@ -484,11 +491,14 @@ impl Tracer {
                     && let Ok(child) = ptrace::getevent(pid)
                 {
                     let child = child as Tid;
-                    self.threads.entry(child).or_insert_with(|| {
-                        let mut t = new_thread(child);
-                        t.want_run = !world_stopped;
-                        t
-                    });
+                    // A child that already exited (its exit was reaped first) stays gone.
+                    if !self.gone.contains(&child) {
+                        self.threads.entry(child).or_insert_with(|| {
+                            let mut t = new_thread(child);
+                            t.want_run = !world_stopped;
+                            t
+                        });
+                    }
                 }
                 let th = self.thread_entry(tid);
                 // Any trap clears a pending PTRACE_INTERRUPT, EVENT_STOP or not.
@@ -550,14 +560,169 @@ impl Tracer {
     /// Detach from every thread, delivering pending signals. Threads must be stopped
     /// (call [`Tracer::stop_all`] first); threads already gone are skipped.
     pub fn detach_all(&mut self) {
-        for th in self.threads.values() {
-            if th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none() {
-                undo_stop_eintr(th.tid);
+        crate::fault::trace("detach all");
+        let tids: Vec<Tid> = self.threads.keys().copied().collect();
+        for tid in tids {
+            self.detach_one(tid);
+        }
+    }
+
+    /// Detach from every thread without stopping them all at once: stopped threads at
+    /// once, threads asleep together (stopping them costs the process nothing), threads
+    /// on a CPU one at a time, so that each pauses only for its own stop and detach.
+    pub fn detach_gently(&mut self, deadline: Instant) -> Result<()> {
+        crate::fault::trace("detach gently");
+        self.world_stopped = false;
+        crate::pace::world_stopped(false);
+        while !self.threads.is_empty() && !self.exited {
+            // The leader goes last: holding it is the lock that keeps another rlivepatch
+            // out until this one is done.
+            let skip = if self.threads.len() > 1 { self.pid } else { 0 };
+            let stopped: Vec<Tid> = self
+                .threads
+                .values()
+                .filter(|t| t.stop.is_some() && !t.listening)
+                .filter(|t| t.tid != skip)
+                .map(|t| t.tid)
+                .collect();
+            for tid in stopped {
+                self.detach_one(tid);
             }
-            let sig = th.pending_signal.and_then(|s| Signal::try_from(s).ok());
-            let _ = ptrace::detach(Pid::from_raw(th.tid), sig);
+            if self.threads.is_empty() {
+                break;
+            }
+            let mut on_cpu = self.on_cpu();
+            on_cpu.retain(|&t| t != skip);
+            let asleep: Vec<Tid> = self
+                .threads
+                .values()
+                .filter(|t| t.stop.is_none() || t.listening)
+                .map(|t| t.tid)
+                .filter(|t| !on_cpu.contains(t) && *t != skip)
+                .collect();
+            if !asleep.is_empty() {
+                self.stop_these(&asleep, deadline)?;
+                continue;
+            }
+            for tid in on_cpu {
+                crate::pace::point();
+                if self.stop_one(tid, deadline)? {
+                    self.detach_one(tid);
+                }
+            }
         }
         self.threads.clear();
+        crate::fault::trace("detached");
+        Ok(())
+    }
+
+    fn detach_one(&mut self, tid: Tid) {
+        let Some(th) = self.threads.remove(&tid) else {
+            return;
+        };
+        if th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none() {
+            undo_stop_eintr(th.tid);
+        }
+        let sig = th.pending_signal.and_then(|s| Signal::try_from(s).ok());
+        let _ = ptrace::detach(Pid::from_raw(th.tid), sig);
+    }
+
+    /// The attached threads that run and are on a CPU right now (state `R` in /proc):
+    /// the ones whose stop would pause work.
+    pub fn on_cpu(&self) -> Vec<Tid> {
+        self.threads
+            .values()
+            .filter(|t| t.stop.is_none() && !t.listening)
+            .filter(|t| process::thread_state(self.pid, t.tid) == Some('R'))
+            .map(|t| t.tid)
+            .collect()
+    }
+
+    /// Stop the threads `tids` (all interrupted at once) and wait until each is stopped
+    /// or gone. The others keep running; threads created meanwhile run.
+    pub fn stop_these(&mut self, tids: &[Tid], deadline: Instant) -> Result<()> {
+        for &tid in tids {
+            let Some(th) = self.threads.get_mut(&tid) else {
+                continue;
+            };
+            th.want_run = false;
+            if (th.stop.is_none() || th.listening) && !th.interrupt_sent {
+                match ptrace::interrupt(Pid::from_raw(tid)) {
+                    Ok(()) | Err(nix::Error::ESRCH) => th.interrupt_sent = true,
+                    Err(e) => bail!(Failed, "PTRACE_INTERRUPT on thread {tid}: {}", e.desc()),
+                }
+            }
+        }
+        let mut sweep = Instant::now() + Duration::from_millis(100);
+        loop {
+            let waiting = tids.iter().any(|t| {
+                self.threads
+                    .get(t)
+                    .is_some_and(|th| th.stop.is_none() || th.listening)
+            });
+            if !waiting {
+                return Ok(());
+            }
+            if self.exited {
+                bail!(Target, "process {} exited", self.pid);
+            }
+            let step = (Instant::now() + Duration::from_millis(100)).min(deadline);
+            if !self.pump(step)? || Instant::now() >= sweep {
+                // Threads that exited without a report we could use are forgotten.
+                let live = process::task_ids(self.pid).unwrap_or_default();
+                self.threads
+                    .retain(|t, th| live.contains(t) || th.stop.is_some());
+                sweep = Instant::now() + Duration::from_millis(100);
+                if Instant::now() >= deadline {
+                    bail!(Failed, "threads of process {} did not stop", self.pid);
+                }
+            }
+        }
+    }
+
+    /// Detach every stopped thread but `keep`, `first` before the others (detaching lets
+    /// a thread run); then resume the kept ones.
+    pub fn detach_all_but(&mut self, keep: &[Tid], first: &[Tid]) -> Result<()> {
+        crate::fault::trace("detach all but");
+        self.world_stopped = false;
+        crate::pace::world_stopped(false);
+        let rest: Vec<Tid> = self.threads.keys().copied().collect();
+        for &tid in first.iter().chain(&rest) {
+            if keep.contains(&tid) {
+                continue;
+            }
+            if self
+                .threads
+                .get(&tid)
+                .is_some_and(|t| t.stop.is_some() && !t.listening)
+            {
+                self.detach_one(tid);
+            }
+        }
+        for &tid in keep {
+            self.resume(tid)?;
+        }
+        // Threads not stopped (listening in a group-stop) stay attached; the rest are
+        // detached at the end like any other.
+        crate::fault::trace("resumed");
+        Ok(())
+    }
+
+    /// Resume every stopped thread, `first` before the others (the threads whose work
+    /// waits: they were running when the world was stopped).
+    pub fn resume_all_first(&mut self, first: &[Tid]) -> Result<()> {
+        crate::fault::trace("resume all");
+        self.world_stopped = false;
+        crate::pace::world_stopped(false);
+        for &tid in first {
+            self.resume(tid)?;
+        }
+        let tids: Vec<Tid> = self.threads.keys().copied().collect();
+        for tid in tids {
+            self.resume(tid)?;
+        }
+        crate::fault::trace("resumed");
+        Ok(())
     }
 
     /// The registers of a stopped thread.

@@ -118,17 +118,43 @@ pub fn reachable(entry: u64, slot: u64) -> bool {
     (-REACH..=REACH - SLOT_SIZE as i64).contains(&d)
 }
 
-/// A free slot of an existing island page within reach of `entry`.
-pub fn free_slot(islands: &[Island], entry: u64) -> Option<u64> {
-    for isl in islands {
-        for i in 0..PAGE / SLOT_SIZE {
-            let s = isl.addr + i * SLOT_SIZE;
-            if !isl.used.contains(&s) && reachable(entry, s) {
-                return Some(s);
+/// The free slots of the island pages, handed out lowest first.
+pub struct SlotPool {
+    /// Per page: its address and its free slots, highest first (so `pop` gives the lowest).
+    pages: Vec<(u64, Vec<u64>)>,
+}
+
+impl SlotPool {
+    /// The free slots of `islands`.
+    pub fn new(islands: &[Island]) -> SlotPool {
+        let mut pool = SlotPool { pages: Vec::new() };
+        for isl in islands {
+            pool.add_page(isl.addr, &isl.used);
+        }
+        pool
+    }
+
+    /// A page whose slots in `used` are taken.
+    pub fn add_page(&mut self, page: u64, used: &[u64]) {
+        let free = (0..PAGE / SLOT_SIZE)
+            .rev()
+            .map(|i| page + i * SLOT_SIZE)
+            .filter(|s| !used.contains(s))
+            .collect();
+        self.pages.push((page, free));
+    }
+
+    /// Take a free slot within reach of `entry`.
+    pub fn take(&mut self, entry: u64) -> Option<u64> {
+        for (_, free) in &mut self.pages {
+            // Every slot of a page is reachable, or none is, but for pages at the very
+            // edge of the reach: look at each then.
+            if let Some(i) = free.iter().rposition(|&s| reachable(entry, s)) {
+                return Some(free.remove(i));
             }
         }
+        None
     }
-    None
 }
 
 /// Page addresses, best first, where a new island page for `entry` can go: free gaps

@@ -4,7 +4,8 @@
 //!
 //! The rule is conservative: a thread qualifies when its unwound stack reaches its base
 //! and every C-library frame is either a known blocking system-call wrapper at the top
-//! (a thread sleeping in `read`, `nanosleep`, `poll`, `pthread_cond_wait`...) or one of the
+//! (a thread sleeping in `read`, `nanosleep`, `poll`, `pthread_cond_wait`..., possibly
+//! called by stdio, as in `fgets` on stdin) or one of the
 //! frames that start the program or the thread at the bottom. Threads running their own
 //! code qualify too, but a sleeping one is preferred: borrowing it costs the program
 //! nothing.
@@ -89,6 +90,43 @@ const BLOCKING: &[&str] = &[
     "__libc_recv",
 ];
 
+/// stdio functions that call a blocking wrapper holding only their own `FILE`'s lock
+/// (recursive, and never taken by the loader): a program waiting in `fgets` on stdin is
+/// asleep like one waiting in `read`. Besides these, exported `_IO_*` internals.
+const STDIO: &[&str] = &[
+    "fgets",
+    "fgets_unlocked",
+    "getline",
+    "getdelim",
+    "__getdelim",
+    "fread",
+    "fread_unlocked",
+    "fgetc",
+    "getc",
+    "getc_unlocked",
+    "getchar",
+    "getchar_unlocked",
+    "fgetc_unlocked",
+    "gets",
+    "scanf",
+    "fscanf",
+    "__isoc99_scanf",
+    "__isoc99_fscanf",
+    "__isoc23_scanf",
+    "__isoc23_fscanf",
+    "fflush",
+    "fputs",
+    "puts",
+    "fwrite",
+    "fputc",
+    "putc",
+    "putchar",
+];
+
+fn stdio(name: &str) -> bool {
+    STDIO.contains(&name) || name.starts_with("_IO_")
+}
+
 /// Functions that start the program or a thread: allowed at the bottom of a stack.
 const BASE: &[&str] = &[
     "__libc_start_main",
@@ -171,9 +209,10 @@ pub fn judge(
         match blocking {
             Some(i)
                 if i <= 2
-                    && names[i + 1..]
-                        .iter()
-                        .all(|n| n.as_deref().is_some_and(|n| BLOCKING.contains(&n))) =>
+                    && names[i + 1..].iter().all(|n| {
+                        n.as_deref()
+                            .is_some_and(|n| BLOCKING.contains(&n) || stdio(n))
+                    }) =>
             {
                 fitness = Fitness::Sleeping;
             }

@@ -37,6 +37,8 @@ pub struct Session<'a> {
     /// The record.
     pub record: Record,
     libc: Option<Libc>,
+    /// The thread borrowed last: after a switch it is kept attached for later calls.
+    last_borrowed: Option<Tid>,
     pub(crate) opts: Options,
     progress: ProgressFn<'a>,
 }
@@ -44,9 +46,22 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// Attach to every thread and read the record.
     pub fn attach(proc: Process, opts: &Options, progress: ProgressFn<'a>) -> Result<Session<'a>> {
+        Self::attach_with(proc, opts, progress, None)
+    }
+
+    /// [`Session::attach`], reusing the files parsed before attaching.
+    pub fn attach_with(
+        proc: Process,
+        opts: &Options,
+        progress: ProgressFn<'a>,
+        prior: Option<Objects>,
+    ) -> Result<Session<'a>> {
         let tr = Tracer::attach(proc.pid, Instant::now() + opts.lock_timeout, progress)?;
         let maps = proc.maps()?;
-        let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
+        let mut objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
+        if let Some(p) = prior {
+            objects.adopt(p);
+        }
         let (store, record) = match Store::load(&proc, &maps)? {
             Some((s, r)) => (Some(s), r),
             None => (
@@ -68,15 +83,26 @@ impl<'a> Session<'a> {
             store,
             record,
             libc: None,
+            last_borrowed: None,
             opts: opts.clone(),
             progress,
         })
     }
 
+    /// The C library's entry points, when already found before attaching.
+    pub fn set_libc(&mut self, libc: Libc) {
+        self.libc = Some(libc);
+    }
+
     /// Re-read the mappings and objects (after a load or unload).
     pub fn refresh(&mut self) -> Result<()> {
         self.maps = self.proc.maps()?;
-        self.objects = Objects::new(&self.proc, &self.maps, &self.opts.debug_dirs)?;
+        let mut objects = Objects::new(&self.proc, &self.maps, &self.opts.debug_dirs)?;
+        objects.adopt(std::mem::replace(
+            &mut self.objects,
+            Objects { list: Vec::new() },
+        ));
+        self.objects = objects;
         Ok(())
     }
 
@@ -94,9 +120,12 @@ impl<'a> Session<'a> {
                 l
             }
         };
+        crate::fault::trace("borrow");
         let tid = self.pick_thread()?;
+        crate::fault::trace("borrowed");
         // The others run during the calls: one of them may hold a lock the call needs.
         self.tr.resume_all_but(&[tid])?;
+        self.last_borrowed = Some(tid);
         let mut inj = Injector::borrow(&mut self.tr, tid, libc)?;
         inj.call_timeout = self.opts.call_timeout;
         let r = match self.scratch {
@@ -141,8 +170,28 @@ impl<'a> Session<'a> {
             reasons.clear();
             let mut tids = self.tr.tids();
             tids.sort_by_key(|t| (*t != self.proc.pid, *t));
-            for tid in tids {
+            // Threads on a CPU right now are tried last: stopping one to look at it would
+            // pause work, and a thread asleep is the better choice anyway.
+            let mut deferred = Vec::new();
+            let mut queue = tids.into_iter();
+            let mut second_pass = false;
+            while let Some(tid) = queue.next().or_else(|| {
+                if second_pass {
+                    return None;
+                }
+                second_pass = true;
+                queue = std::mem::take(&mut deferred).into_iter();
+                queue.next()
+            }) {
+                crate::pace::point();
                 let was_running = self.tr.threads.get(&tid).is_some_and(|t| t.stop.is_none());
+                if !second_pass
+                    && was_running
+                    && crate::process::thread_state(self.proc.pid, tid) == Some('R')
+                {
+                    deferred.push(tid);
+                    continue;
+                }
                 if !self
                     .tr
                     .stop_one(tid, Instant::now() + Duration::from_secs(5))?
@@ -182,7 +231,8 @@ impl<'a> Session<'a> {
                         }
                     }
                 }
-                if best.is_some_and(|(r, _)| r == 0) {
+                // The main thread is tried first: any thread asleep will do after it.
+                if best.is_some_and(|(r, _)| r <= 1) {
                     break;
                 }
             }
@@ -215,6 +265,7 @@ impl<'a> Session<'a> {
 
     /// A function call in the target on the borrowed thread.
     pub fn call(&mut self, func: u64, args: &[u64], what: &str) -> Result<u64> {
+        crate::fault::trace(what);
         self.borrow()?;
         self.inj
             .as_mut()
@@ -345,6 +396,11 @@ impl<'a> Session<'a> {
             timeout: self.opts.timeout,
             force: self.opts.force,
         };
+        // What follows a switch needs one thread for injected calls, and the leader
+        // (holding it keeps another rlivepatch out): every other thread is let go at the
+        // switch, without being resumed and stopped again to detach.
+        let mut keep = vec![self.proc.pid];
+        keep.extend(self.last_borrowed);
         let mut w = transition::World {
             tr: &mut self.tr,
             proc: &self.proc,
@@ -353,6 +409,7 @@ impl<'a> Session<'a> {
             unwinder: &mut self.unwinder,
             scratch: self.scratch,
             shadow_stack: self.proc.status.shadow_stack,
+            keep,
         };
         let progress = &mut self.progress;
         transition::switch(&mut w, plan, &opts, &mut |p| {
@@ -390,10 +447,20 @@ impl<'a> Session<'a> {
         if let Err(e) = self.unborrow() {
             first.get_or_insert(e);
         }
+        // Threads at work pause only for their own detach.
         if !self.tr.exited
-            && let Err(e) = self.tr.stop_all(Instant::now() + Duration::from_secs(10))
+            && let Err(e) = self
+                .tr
+                .detach_gently(Instant::now() + Duration::from_secs(10))
         {
             first.get_or_insert(e);
+            if self
+                .tr
+                .stop_all(Instant::now() + Duration::from_secs(10))
+                .is_ok()
+            {
+                self.tr.detach_all();
+            }
         }
         self.tr.detach_all();
         first.map_or(Ok(()), Err)

@@ -10,6 +10,7 @@ use crate::{bail, err};
 use goblin::elf::{Elf, header, program_header, section_header, sym};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// The bytes of an ELF file: a read-only file mapping, or a copy read from memory (vDSO).
 enum Bytes {
@@ -128,6 +129,40 @@ pub struct ElfFile {
     /// Relocations of the dynamic section, by offset: (type, symbol value if the symbol is
     /// defined here, symbol name, addend). RELR entries appear as `R_X86_64_RELATIVE`.
     pub dyn_relocs: HashMap<u64, Reloc>,
+    /// Lookup indexes of `symtab` and `dynsym`, built on first use: a patch of 1000
+    /// functions and the stack checks look up thousands of names and addresses.
+    indexes: [OnceLock<SymIndex>; 2],
+}
+
+/// Lookup index of one symbol table.
+#[derive(Default)]
+struct SymIndex {
+    /// Positions sorted by name, table order among equal names (the order `old_sympos`
+    /// counts in).
+    by_name: Vec<u32>,
+    /// Positions of the code symbols, by address.
+    by_addr: Vec<u32>,
+    /// The largest code symbol, bounding how far below an address a container may start.
+    max_size: u64,
+}
+
+impl SymIndex {
+    fn build(syms: &[Symbol]) -> SymIndex {
+        let mut ix = SymIndex {
+            by_name: (0..syms.len() as u32).collect(),
+            ..Default::default()
+        };
+        ix.by_name
+            .sort_by(|&a, &b| syms[a as usize].name.cmp(&syms[b as usize].name));
+        for (i, s) in syms.iter().enumerate() {
+            if matches!(s.kind, SymKind::Func | SymKind::Ifunc) {
+                ix.by_addr.push(i as u32);
+                ix.max_size = ix.max_size.max(s.size.max(1));
+            }
+        }
+        ix.by_addr.sort_by_key(|&i| syms[i as usize].value);
+        ix
+    }
 }
 
 /// One dynamic relocation.
@@ -149,6 +184,7 @@ const R_X86_64_RELATIVE: u32 = 8;
 impl ElfFile {
     /// Map and parse the ELF file at `path`.
     pub fn open(path: &Path) -> Result<ElfFile> {
+        crate::pace::point();
         let file =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         // SAFETY: the mapping is read-only and private; if the file is truncated while
@@ -252,6 +288,7 @@ impl ElfFile {
             undefined,
             dyn_relocs,
             bytes: Bytes::Owned(Vec::new()),
+            indexes: Default::default(),
         };
         let relr = relr_table(&elf);
         f.bytes = bytes;
@@ -377,28 +414,54 @@ impl ElfFile {
     /// The function symbol whose range contains `vaddr` (file address space), preferring
     /// `.symtab`, for symbolizing addresses in messages.
     pub fn symbolize(&self, vaddr: u64) -> Option<(&Symbol, u64)> {
-        let find = |syms: &'_ [Symbol]| -> Option<usize> {
-            let mut best: Option<usize> = None;
-            for (i, s) in syms.iter().enumerate() {
-                if !matches!(s.kind, SymKind::Func | SymKind::Ifunc) || s.value > vaddr {
-                    continue;
-                }
-                let inside = vaddr < s.value.saturating_add(s.size.max(1));
-                if inside
-                    && best.is_none_or(|b| {
-                        syms[b].value < s.value
-                            || (syms[b].value == s.value && s.global && !syms[b].global)
-                    })
-                {
-                    best = Some(i);
-                }
+        for (n, syms) in [&self.symtab, &self.dynsym].into_iter().enumerate() {
+            if let Some(i) = self.containing(n, syms, vaddr) {
+                return Some((&syms[i], vaddr - syms[i].value));
             }
-            best
-        };
-        if let Some(i) = find(&self.symtab) {
-            return Some((&self.symtab[i], vaddr - self.symtab[i].value));
         }
-        find(&self.dynsym).map(|i| (&self.dynsym[i], vaddr - self.dynsym[i].value))
+        None
+    }
+
+    /// The symbols of table `n` (0 = `.symtab`, 1 = `.dynsym`) named `name`, in table order.
+    fn named<'a>(&'a self, n: usize, name: &str) -> impl Iterator<Item = &'a Symbol> + 'a {
+        let syms = if n == 0 { &self.symtab } else { &self.dynsym };
+        let ix = self.indexes[n].get_or_init(|| SymIndex::build(syms));
+        let from = ix
+            .by_name
+            .partition_point(|&i| syms[i as usize].name.as_str() < name);
+        let to = ix
+            .by_name
+            .partition_point(|&i| syms[i as usize].name.as_str() <= name);
+        ix.by_name[from..to.max(from)]
+            .iter()
+            .map(move |&i| &syms[i as usize])
+    }
+
+    /// The innermost code symbol of `syms` containing `vaddr`: the highest start, a global
+    /// one when several start there.
+    fn containing(&self, n: usize, syms: &[Symbol], vaddr: u64) -> Option<usize> {
+        let ix = self.indexes[n].get_or_init(|| SymIndex::build(syms));
+        let upto = ix
+            .by_addr
+            .partition_point(|&i| syms[i as usize].value <= vaddr);
+        let mut best: Option<usize> = None;
+        for &i in ix.by_addr[..upto].iter().rev() {
+            let s = &syms[i as usize];
+            if s.value.saturating_add(ix.max_size) <= vaddr {
+                break;
+            }
+            if best.is_some_and(|b| syms[b].value != s.value) {
+                break;
+            }
+            // Among symbols starting at the same address, the first global one in table
+            // order, else the first one (the walk goes backwards).
+            if vaddr < s.value.saturating_add(s.size.max(1))
+                && best.is_none_or(|b| s.global || !syms[b].global)
+            {
+                best = Some(i as usize);
+            }
+        }
+        best
     }
 }
 
@@ -517,12 +580,11 @@ pub fn find_function<'a>(file: &'a ElfFile, name: &str, pos: u64) -> Result<&'a 
         Some(i) => (&name[..i], Some(name[i..].trim_start_matches('@'))),
         None => (name, None),
     };
-    let pick = |syms: &'a [Symbol]| -> Vec<&'a Symbol> {
+    let pick = |n: usize| -> Vec<&'a Symbol> {
         let mut seen = Vec::new();
         let mut out: Vec<&Symbol> = Vec::new();
-        for s in syms {
-            if s.name != base || !matches!(s.kind, SymKind::Func | SymKind::Ifunc | SymKind::Other)
-            {
+        for s in file.named(n, base) {
+            if !matches!(s.kind, SymKind::Func | SymKind::Ifunc | SymKind::Other) {
                 continue;
             }
             if let Some(v) = version
@@ -539,10 +601,10 @@ pub fn find_function<'a>(file: &'a ElfFile, name: &str, pos: u64) -> Result<&'a 
     };
     // Versions are only known for dynamic symbols.
     let found = match version {
-        Some(_) => pick(&file.dynsym),
+        Some(_) => pick(1),
         None => {
-            let f = pick(&file.symtab);
-            if f.is_empty() { pick(&file.dynsym) } else { f }
+            let f = pick(0);
+            if f.is_empty() { pick(1) } else { f }
         }
     };
     if found.is_empty() {
@@ -586,9 +648,9 @@ pub fn find_symbol<'a>(file: &'a ElfFile, name: &str) -> Result<&'a Symbol> {
         Some(i) => (&name[..i], Some(name[i..].trim_start_matches('@'))),
         None => (name, None),
     };
-    let pick = |syms: &'a [Symbol]| -> Vec<&'a Symbol> {
+    let pick = |n: usize| -> Vec<&'a Symbol> {
         let mut out: Vec<&Symbol> = Vec::new();
-        for s in syms.iter().filter(|s| s.name == base) {
+        for s in file.named(n, base) {
             if version.is_some_and(|v| s.version.as_deref().is_some_and(|sv| sv != v)) {
                 continue;
             }
@@ -598,9 +660,9 @@ pub fn find_symbol<'a>(file: &'a ElfFile, name: &str) -> Result<&'a Symbol> {
         }
         out
     };
-    let mut found = pick(&file.symtab);
+    let mut found = pick(0);
     if found.is_empty() {
-        found = pick(&file.dynsym);
+        found = pick(1);
     }
     match found.len() {
         1 => Ok(found[0]),

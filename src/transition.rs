@@ -19,11 +19,16 @@ use crate::process::{self, Mapping, Process};
 use crate::ptrace::{Catch, Stop, Tid, Tracer};
 use crate::unwind::{Alias, StackMem, Unwinder};
 use crate::{bail, err};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// The longest a thread caught at a return is held while the others are caught.
 const PARK_LIMIT: Duration = Duration::from_secs(3);
+/// How long the threads that were asleep are held while the ones that were on a CPU
+/// leave the changed code (a quick catch).
+const QUICK: Duration = Duration::from_millis(5);
+/// How long a switch waits before it tells the operator who blocks it.
+const FIRST_REPORT: Duration = Duration::from_millis(250);
 /// After a thread is caught, how long to wait for more before checking again.
 const BATCH: Duration = Duration::from_millis(5);
 
@@ -148,6 +153,9 @@ pub struct World<'a> {
     pub scratch: Option<Scratch>,
     /// Return trampolines must not be used (CET shadow stack).
     pub shadow_stack: bool,
+    /// After a successful switch, only these threads stay attached (resumed); the others
+    /// are detached. Empty: all are resumed and stay attached.
+    pub keep: Vec<Tid>,
 }
 
 struct Planted {
@@ -159,8 +167,19 @@ struct Planted {
 
 /// Check every (stopped) thread against the plan. Returns who blocks.
 pub fn check_all(w: &mut World, plan: &Plan, force: bool) -> Result<Vec<Blocker>> {
+    check_some(w, plan, force, &|_| true)
+}
+
+/// Check the stopped threads that `which` selects.
+fn check_some(
+    w: &mut World,
+    plan: &Plan,
+    force: bool,
+    which: &dyn Fn(Tid) -> bool,
+) -> Result<Vec<Blocker>> {
     let mut out = Vec::new();
-    for tid in w.tr.tids() {
+    for tid in w.tr.tids().into_iter().filter(|t| which(*t)) {
+        crate::pace::point();
         let regs = match w.tr.regs(tid) {
             Ok(r) => r,
             Err(_)
@@ -211,8 +230,8 @@ pub fn check_all(w: &mut World, plan: &Plan, force: bool) -> Result<Vec<Blocker>
                 hit = Some((i, c));
             }
         }
-        let comm = process::thread_name(w.proc.pid, tid);
         if let Some((i, c)) = hit {
+            let comm = process::thread_name(w.proc.pid, tid);
             let f = &stack.frames[i];
             let ret = stack.frames.get(i + 1).map(|n| n.pc);
             let plant = match (f.ra_slot, ret, &stack.unreliable) {
@@ -229,6 +248,7 @@ pub fn check_all(w: &mut World, plan: &Plan, force: bool) -> Result<Vec<Blocker>
                 plant,
             });
         } else if let Some(why) = stack.unreliable {
+            let comm = process::thread_name(w.proc.pid, tid);
             let frame = stack
                 .frames
                 .last()
@@ -274,16 +294,15 @@ pub fn switch(
     let mut planted: BTreeMap<Tid, Planted> = BTreeMap::new();
     let mut attempts = 0u32;
     let mut caught = 0u32;
-    let mut last_report = start - Duration::from_secs(10);
+    let mut last_report: Option<Instant> = None;
+    // Threads checked safe and stopped ever since (after a quick catch).
+    let mut held: BTreeSet<Tid> = BTreeSet::new();
+    // Threads seen on a CPU in any attempt: resumed first.
+    let mut busy: Vec<Tid> = Vec::new();
     let result = loop {
         attempts += 1;
-        if let Err(e) = w.tr.stop_all(Instant::now() + Duration::from_secs(10)) {
-            break Err(e);
-        }
-        if let Err(e) = w.tr.check_interrupted() {
-            break Err(e);
-        }
-        // Threads gone meanwhile lose their trampolines.
+        // Threads gone meanwhile lose their trampolines; the others' are known to the
+        // unwinder, which sees through them.
         planted.retain(|tid, _| w.tr.threads.contains_key(tid));
         w.unwinder.aliases = match w.scratch {
             Some(s) => planted
@@ -296,13 +315,40 @@ pub fn switch(
                 .collect(),
             None => Vec::new(),
         };
-        let blockers = match check_all(w, plan, opts.force) {
+        let mut first: Vec<Tid> = Vec::new();
+        let blockers = match stop_and_check(w, plan, opts.force, &mut first, &held) {
             Ok(b) => b,
             Err(e) => break Err(e),
         };
+        held.clear();
+        for t in &first {
+            if !busy.contains(t) {
+                busy.push(*t);
+            }
+        }
+        if let Err(e) = w.tr.check_interrupted() {
+            break Err(e);
+        }
+        // Threads that exited while the others were stopped.
+        planted.retain(|tid, _| w.tr.threads.contains_key(tid));
         if blockers.is_empty() {
             let written = write_all(w.proc, &plan.writes);
             crate::fault::point("switch:written");
+            if written.is_ok() {
+                // Trampolines go before anyone runs; then the threads that were at work
+                // run first.
+                if let Err(e) = release_all(w, &mut planted) {
+                    break Err(e);
+                }
+                let r = if w.keep.is_empty() {
+                    w.tr.resume_all_first(&busy)
+                } else {
+                    w.tr.detach_all_but(&w.keep, &busy)
+                };
+                if let Err(e) = r {
+                    break Err(e);
+                }
+            }
             break written.map(|()| Report {
                 attempts,
                 caught_returns: caught,
@@ -314,13 +360,17 @@ pub fn switch(
         if now >= deadline {
             break Err(busy_error(&blockers, opts.timeout));
         }
-        if now.duration_since(last_report) >= Duration::from_millis(500) || attempts == 1 {
+        // A thread caught in passing is usually out a moment later: report only waits
+        // the operator would notice.
+        if now.duration_since(start) >= FIRST_REPORT
+            && last_report.is_none_or(|l| now.duration_since(l) >= Duration::from_millis(500))
+        {
             progress(&Progress {
                 attempt: attempts,
                 left: deadline - now,
                 blockers: &blockers,
             });
-            last_report = now;
+            last_report = Some(now);
         }
         // Catch the return of each blocking thread's outermost changed frame.
         if let (Some(s), false) = (w.scratch, w.shadow_stack) {
@@ -351,6 +401,26 @@ pub fn switch(
             }
         }
         crate::fault::point("switch:planted");
+        if !planted.is_empty()
+            && blockers
+                .iter()
+                .all(|b| first.contains(&b.tid) && planted.contains_key(&b.tid))
+        {
+            match quick_catch(w, &mut planted, &first, &mut caught) {
+                Ok(true) => {
+                    held =
+                        w.tr.threads
+                            .values()
+                            .filter(|t| t.stop.is_some() && !t.listening)
+                            .map(|t| t.tid)
+                            .filter(|t| !first.contains(t))
+                            .collect();
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => return finish_err(w, &mut planted, e),
+            }
+        }
         // A round goes on while threads keep being caught: the parked ones stay parked (out
         // of every changed function) while the others are caught in turn; it ends when no
         // thread came out for `round_len`, or when threads have been held for PARK_LIMIT.
@@ -380,24 +450,13 @@ pub fn switch(
             if w.tr.interrupted.is_some() || w.tr.exited {
                 break;
             }
-            for (tid, p) in planted.iter_mut().filter(|(_, p)| !p.parked) {
-                let stopped =
-                    w.tr.threads
-                        .get(tid)
-                        .is_some_and(|t| t.stop == Some(Stop::Syscall));
-                if stopped
-                    && w.scratch.is_some_and(|s| {
-                        w.tr.regs(*tid)
-                            .is_ok_and(|r| r.rip == s.trampoline(p.index) + TRAMPOLINE_STOP)
-                    })
-                {
-                    p.parked = true;
-                    caught += 1;
-                    if !fired {
-                        check_at = Instant::now() + BATCH;
-                    }
-                    fired = true;
+            let n = collect_parked(w, &mut planted);
+            if n > 0 {
+                caught += n;
+                if !fired {
+                    check_at = Instant::now() + BATCH;
                 }
+                fired = true;
             }
             if fired && planted.values().all(|p| p.parked) {
                 break;
@@ -446,6 +505,98 @@ pub fn switch(
             Ok(r)
         }
         Err(e) => finish_err(w, &mut planted, e),
+    }
+}
+
+/// Stop the world and check every thread, in two phases so that the threads at work
+/// pause as briefly as possible: first the threads off the CPU are stopped and checked
+/// while the others run on (stopping a sleeping thread costs the process nothing), then,
+/// if none of them blocks, the threads on a CPU are stopped and checked. Their ids are
+/// put in `first`: they are resumed first. Threads in `held` were checked and have stayed
+/// stopped since: they are not checked again.
+fn stop_and_check(
+    w: &mut World,
+    plan: &Plan,
+    force: bool,
+    first: &mut Vec<Tid>,
+    held: &BTreeSet<Tid>,
+) -> Result<Vec<Blocker>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    *first = w.tr.on_cpu();
+    let asleep: Vec<Tid> =
+        w.tr.threads
+            .values()
+            .filter(|t| t.stop.is_none() || t.listening)
+            .map(|t| t.tid)
+            .filter(|t| !first.contains(t))
+            .collect();
+    crate::fault::trace("stop asleep");
+    w.tr.stop_these(&asleep, deadline)?;
+    w.tr.check_interrupted()?;
+    let checked: BTreeSet<Tid> =
+        w.tr.threads
+            .values()
+            .filter(|t| t.stop.is_some() && !t.listening && !held.contains(&t.tid))
+            .map(|t| t.tid)
+            .collect();
+    let mut blockers = check_some(w, plan, force, &|t| checked.contains(&t))?;
+    crate::fault::trace("asleep checked");
+    // Unsafe already: the rest is checked too, for a complete report, and stopped anyway
+    // since trampolines are planted with the world stopped.
+    w.tr.stop_all(deadline)?;
+    blockers.extend(check_some(w, plan, force, &|t| {
+        !checked.contains(&t) && !held.contains(&t)
+    })?);
+    crate::fault::trace("checked");
+    Ok(blockers)
+}
+
+/// Mark the planted threads that came out (stopped at their trampoline's marker).
+/// Returns how many did.
+fn collect_parked(w: &mut World, planted: &mut BTreeMap<Tid, Planted>) -> u32 {
+    let mut n = 0;
+    for (tid, p) in planted.iter_mut().filter(|(_, p)| !p.parked) {
+        let stopped =
+            w.tr.threads
+                .get(tid)
+                .is_some_and(|t| t.stop == Some(Stop::Syscall));
+        if stopped
+            && w.scratch.is_some_and(|s| {
+                w.tr.regs(*tid)
+                    .is_ok_and(|r| r.rip == s.trampoline(p.index) + TRAMPOLINE_STOP)
+            })
+        {
+            p.parked = true;
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A quick catch: the only blockers are threads that were on a CPU, each with a
+/// trampoline; they are about to return. Only the threads that were on a CPU run, the
+/// others stay stopped (their check stays valid), for at most [`QUICK`]. Returns whether
+/// every trampoline was reached; then the threads still stopped are `held`.
+fn quick_catch(
+    w: &mut World,
+    planted: &mut BTreeMap<Tid, Planted>,
+    first: &[Tid],
+    caught: &mut u32,
+) -> Result<bool> {
+    for &tid in first {
+        if !planted.get(&tid).is_some_and(|p| p.parked) {
+            w.tr.resume(tid)?;
+        }
+    }
+    let until = Instant::now() + QUICK;
+    loop {
+        *caught += collect_parked(w, planted);
+        if planted.values().all(|p| p.parked) {
+            return Ok(true);
+        }
+        if w.tr.interrupted.is_some() || w.tr.exited || !w.tr.pump(until)? {
+            return Ok(false);
+        }
     }
 }
 
@@ -511,29 +662,67 @@ fn release(w: &mut World, s: &Scratch, tid: Tid, p: &Planted) -> Result<()> {
     Ok(())
 }
 
-/// Do the writes; on a failure, put back the ones done.
+/// Do the writes; on a failure, put back the ones done. Writes that share a page go in
+/// one read, one write and one read-back of the bytes they span: a patch of 1000
+/// functions is a few system calls while the world is stopped, not 3000.
 pub fn write_all(proc: &Process, writes: &[Write]) -> Result<()> {
-    for (i, wr) in writes.iter().enumerate() {
-        let now = proc.read(wr.addr, wr.old.len())?;
-        let r = if now != wr.old {
-            Err(err!(
-                Mismatch,
-                "the code at {:#x} changed under rlivepatch (found {}, expected {}); another tool is writing the process",
-                wr.addr,
-                crate::symbols::hex(&now),
-                crate::symbols::hex(&wr.old)
-            ))
-        } else {
-            proc.write(wr.addr, &wr.new)
-        };
-        if let Err(e) = r {
-            for done in writes[..i].iter().rev() {
-                let _ = proc.write(done.addr, &done.old);
+    let len = |w: &Write| w.old.len().max(w.new.len()) as u64;
+    let mut order: Vec<&Write> = writes.iter().collect();
+    order.sort_by_key(|w| w.addr);
+    // Runs of writes within one page (a write crossing a page boundary is a run alone).
+    let mut runs: Vec<Vec<&Write>> = Vec::new();
+    for w in order {
+        let page = w.addr & !0xfff;
+        match runs.last_mut() {
+            Some(r)
+                if r[0].addr & !0xfff == page
+                    && (w.addr + len(w) - 1) & !0xfff == page
+                    && r.iter().all(|x| x.addr + len(x) <= w.addr) =>
+            {
+                r.push(w)
             }
-            return Err(e);
+            _ => runs.push(vec![w]),
+        }
+    }
+    let mut done: Vec<(u64, Vec<u8>)> = Vec::new();
+    for run in &runs {
+        let start = run[0].addr;
+        let end = run.iter().map(|w| w.addr + len(w)).max().unwrap();
+        let r = write_run(proc, run, start, end);
+        match r {
+            Ok(before) => done.push((start, before)),
+            Err(e) => {
+                for (addr, bytes) in done.iter().rev() {
+                    let _ = proc.write(*addr, bytes);
+                }
+                return Err(e);
+            }
         }
     }
     Ok(())
+}
+
+/// One run: check that each write finds the bytes it expects, write the span, read it
+/// back. Returns the span's bytes before.
+fn write_run(proc: &Process, run: &[&Write], start: u64, end: u64) -> Result<Vec<u8>> {
+    let before = proc.read(start, (end - start) as usize)?;
+    let mut after = before.clone();
+    for w in run {
+        let off = (w.addr - start) as usize;
+        let now = &before[off..off + w.old.len()];
+        if now != w.old.as_slice() {
+            bail!(
+                Mismatch,
+                "the code at {:#x} changed under rlivepatch (found {}, expected {}); another tool is writing the process",
+                w.addr,
+                crate::symbols::hex(now),
+                crate::symbols::hex(&w.old)
+            );
+        }
+        after[off..off + w.new.len()].copy_from_slice(&w.new);
+    }
+    proc.write(start, &after)?;
+    Ok(before)
 }
 
 fn busy_error(blockers: &[Blocker], timeout: Duration) -> Error {

@@ -60,7 +60,8 @@ fn random_apply_disable_and_replace_on_a_busy_target() {
     let start = Instant::now();
     for i in 0..ops {
         let pick = (rng.next() % 3) as usize;
-        let disable = !applied.is_empty() && (applied.contains(&pick) || rng.next() % 3 == 0);
+        let disable =
+            !applied.is_empty() && (applied.contains(&pick) || rng.next().is_multiple_of(3));
         let out = if disable {
             let which = applied[(rng.next() % applied.len() as u64) as usize];
             let o = rlp(&["disable", &pid, names[which]]);

@@ -1,0 +1,102 @@
+//! Pacing: rlivepatch's own CPU time must not take a CPU away from the target for long.
+//!
+//! On a machine whose CPUs are all busy (the target's threads at work), every stretch of
+//! CPU rlivepatch runs is a stretch some other thread waits, and the scheduler lets a
+//! newcomer run a whole slice (a tick, 4 ms at HZ=250) before the thread it displaced
+//! gets its CPU back. So outside the moments the world is stopped (when rlivepatch is the
+//! only thing that can run, and must finish fast), rlivepatch gives the CPU back for a
+//! moment after each short burst of work, when every CPU has something else to run. On a
+//! machine with a free CPU it never sleeps.
+//!
+//! While the world is stopped the opposite holds: the target waits for rlivepatch, so
+//! rlivepatch runs at a raised priority (nice -10, when allowed) and never pauses.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+
+/// CPU time rlivepatch runs before it lets the others run.
+const BURST_NS: u64 = 250_000;
+/// How long it lets them.
+const PAUSE_NS: i64 = 60_000;
+
+static WORLD_STOPPED: AtomicBool = AtomicBool::new(false);
+static LAST: AtomicU64 = AtomicU64::new(0);
+/// The nice value rlivepatch was started with.
+static BASE_NICE: AtomicI32 = AtomicI32::new(0);
+/// The nice value while the world is stopped.
+const STOPPED_NICE: i32 = -10;
+
+/// Remember the priority rlivepatch was started with (call first thing).
+pub fn init() {
+    // SAFETY: getpriority(2) on this thread; -1 is also a valid answer, never an error
+    // for our own thread.
+    let n = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    BASE_NICE.store(n, Ordering::Relaxed);
+}
+
+fn set_nice(n: i32) {
+    // SAFETY: setpriority(2) on this thread only; failing (no CAP_SYS_NICE) is fine.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) };
+}
+
+/// The target's threads are held stopped (or not): no pausing while they wait, and a
+/// raised priority so that other work on the machine does not make them wait longer.
+pub fn world_stopped(stopped: bool) {
+    if WORLD_STOPPED.swap(stopped, Ordering::Relaxed) == stopped {
+        return;
+    }
+    let base = BASE_NICE.load(Ordering::Relaxed);
+    if stopped {
+        set_nice(base.min(STOPPED_NICE));
+    } else {
+        set_nice(base);
+    }
+}
+
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Are there more runnable tasks than CPUs (counting rlivepatch)?
+fn crowded() -> bool {
+    let Ok(l) = std::fs::read_to_string("/proc/loadavg") else {
+        return false;
+    };
+    let running: usize = l
+        .split_whitespace()
+        .nth(3)
+        .and_then(|f| f.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    running > cpus
+}
+
+/// A point where rlivepatch may pause: when it has run a burst of CPU, the world is not
+/// stopped and the CPUs are crowded, sleep a moment.
+pub fn point() {
+    if WORLD_STOPPED.load(Ordering::Relaxed) {
+        return;
+    }
+    let now = cpu_ns();
+    let last = LAST.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < BURST_NS {
+        return;
+    }
+    if crowded() {
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: PAUSE_NS,
+        };
+        // SAFETY: nanosleep reads one timespec; an early wake-up (a signal) is fine.
+        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+    }
+    LAST.store(cpu_ns(), Ordering::Relaxed);
+}
