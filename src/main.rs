@@ -145,7 +145,12 @@ fn main() -> ExitCode {
         | Command::Info { json, .. } => *json,
         Command::BuildId { .. } => false,
     };
-    match run(cli.command) {
+    let r = run(cli.command);
+    rlivepatch::fault::trace(&format!(
+        "end (paced {:.1} ms)",
+        rlivepatch::pace::paused_ms()
+    ));
+    match r {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("rlivepatch: error: {}", e.message);

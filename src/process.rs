@@ -184,8 +184,16 @@ pub fn is_kernel_thread(pid: i32) -> bool {
 
 /// The one-letter state of a thread from its stat file.
 pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
+    // One open and one read into a buffer on the stack: called for every thread of a
+    // process at a time, where read_to_string's extra calls add up.
+    use std::io::Read;
+    let mut f = std::fs::File::open(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let mut buf = [0u8; 512];
+    let n = f.read(&mut buf).ok()?;
+    let stat = &buf[..n];
+    // The command name may hold ')' itself: the state follows the last one.
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    stat.get(close + 2).map(|&b| b as char)
 }
 
 /// The command name of a thread (`comm`), for messages.

@@ -177,7 +177,6 @@ impl Tracer {
             let tids = process::task_ids(pid)?;
             let mut new = false;
             for tid in tids {
-                crate::pace::point();
                 if !t.threads.contains_key(&tid) && t.seize(tid)? {
                     new = true;
                 }
@@ -193,12 +192,9 @@ impl Tracer {
 
     /// Seize one thread. `Ok(false)` when it is gone (or a zombie).
     fn seize(&mut self, tid: Tid) -> Result<bool> {
-        if matches!(
-            process::thread_state(self.pid, tid),
-            None | Some('Z') | Some('X')
-        ) {
-            return Ok(false);
-        }
+        // A zombie or exiting thread refuses the seize (EPERM) and is looked at then:
+        // reading every thread's state first would cost a thousand-thread process
+        // milliseconds.
         match ptrace::seize(Pid::from_raw(tid), OPTIONS) {
             Ok(()) => {
                 self.threads.insert(tid, new_thread(tid));
@@ -687,7 +683,10 @@ impl Tracer {
         self.world_stopped = false;
         crate::pace::world_stopped(false);
         let rest: Vec<Tid> = self.threads.keys().copied().collect();
-        for &tid in first.iter().chain(&rest) {
+        for (i, &tid) in first.iter().chain(&rest).enumerate() {
+            if i == first.len() {
+                crate::fault::trace("busy resumed");
+            }
             if keep.contains(&tid) {
                 continue;
             }
@@ -717,6 +716,7 @@ impl Tracer {
         for &tid in first {
             self.resume(tid)?;
         }
+        crate::fault::trace("busy resumed");
         let tids: Vec<Tid> = self.threads.keys().copied().collect();
         for tid in tids {
             self.resume(tid)?;

@@ -179,7 +179,6 @@ fn check_some(
 ) -> Result<Vec<Blocker>> {
     let mut out = Vec::new();
     for tid in w.tr.tids().into_iter().filter(|t| which(*t)) {
-        crate::pace::point();
         let regs = match w.tr.regs(tid) {
             Ok(r) => r,
             Err(_)
@@ -510,9 +509,11 @@ pub fn switch(
 
 /// Stop the world and check every thread, in two phases so that the threads at work
 /// pause as briefly as possible: first the threads off the CPU are stopped and checked
-/// while the others run on (stopping a sleeping thread costs the process nothing), then,
-/// if none of them blocks, the threads on a CPU are stopped and checked. Their ids are
-/// put in `first`: they are resumed first. Threads in `held` were checked and have stayed
+/// while the others run on (stopping a sleeping thread costs the process nothing), then
+/// the threads on a CPU are stopped and checked. Their ids are put in `first`: they are
+/// resumed first. (Stopping every thread and letting the busy ones go at once is worse:
+/// with many threads, rlivepatch sees the busy ones' stops only after the wake-ups of
+/// all the others.) Threads in `held` were checked and have stayed
 /// stopped since: they are not checked again.
 fn stop_and_check(
     w: &mut World,
@@ -532,6 +533,7 @@ fn stop_and_check(
             .collect();
     crate::fault::trace("stop asleep");
     w.tr.stop_these(&asleep, deadline)?;
+    crate::fault::trace("asleep stopped");
     w.tr.check_interrupted()?;
     let checked: BTreeSet<Tid> =
         w.tr.threads
