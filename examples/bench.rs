@@ -39,7 +39,7 @@ struct Opts {
 fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut o = Opts {
-        runs: 5,
+        runs: 11,
         gdb_runs: 3,
         out: root.join("BENCHMARKS.md"),
         plot: root.join("BENCHMARKS-pause.png"),

@@ -177,6 +177,7 @@ impl Tracer {
             let tids = process::task_ids(pid)?;
             let mut new = false;
             for tid in tids {
+                crate::pace::point();
                 if !t.threads.contains_key(&tid) && t.seize(tid)? {
                     new = true;
                 }

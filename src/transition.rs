@@ -179,6 +179,7 @@ fn check_some(
 ) -> Result<Vec<Blocker>> {
     let mut out = Vec::new();
     for tid in w.tr.tids().into_iter().filter(|t| which(*t)) {
+        crate::pace::point();
         let regs = match w.tr.regs(tid) {
             Ok(r) => r,
             Err(_)
