@@ -846,19 +846,27 @@ impl Report {
                 verdict(a <= 50.0)
             );
         }
-        let ratios: Vec<f64> = self
-            .cases
-            .iter()
-            .filter(|c| !c.gdb_wall.is_empty())
-            .map(|c| stat(&c.gdb_wall).med / stat(&c.apply_wall).med)
-            .collect();
-        if !ratios.is_empty() {
-            let min = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+        // The target says "a typical target and at least 10x faster than gdb": the
+        // typical case decides; every other case is reported beside it, the closest
+        // named, so that a miss there is seen too.
+        let ratio = |c: &Case| stat(&c.gdb_wall).med / stat(&c.apply_wall).med;
+        if let Some(c) = find(0, 1).filter(|c| !c.gdb_wall.is_empty()) {
+            let typical = ratio(c);
+            let closest = self
+                .cases
+                .iter()
+                .filter(|c| !c.gdb_wall.is_empty())
+                .min_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+            let (min, at) = closest.map_or((typical, (0, 1)), |c| (ratio(c), (c.idle, c.funcs)));
             let _ = writeln!(
                 m,
-                "- at least 10x faster than gdb: {} (gdb / rlivepatch wall time is {min:.1}x \
-                 in the closest case)",
-                verdict(min >= 10.0)
+                "- at least 10x faster than gdb for a typical target: {} ({typical:.1}x); \
+                 every case: {} ({min:.1}x in the closest, {} idle threads and {} \
+                 functions)",
+                verdict(typical >= 10.0),
+                verdict(min >= 10.0),
+                at.0,
+                at.1
             );
         }
         let d = stat(&c.direct_jump).med - base;

@@ -81,6 +81,14 @@ impl Mapping {
     }
 }
 
+/// The mapping holding `addr` in a list sorted by address (as `/proc/pid/maps` is).
+/// A binary search: a process with a thousand threads has thousands of mappings, looked
+/// up once per thread.
+pub fn mapping_at(maps: &[Mapping], addr: u64) -> Option<&Mapping> {
+    let i = maps.partition_point(|m| m.end <= addr);
+    maps.get(i).filter(|m| m.contains(addr))
+}
+
 /// Parse the text of `/proc/pid/maps`.
 pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_maps_line).collect()
@@ -186,10 +194,37 @@ pub fn is_kernel_thread(pid: i32) -> bool {
 pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
     // One open and one read into a buffer on the stack: called for every thread of a
     // process at a time, where read_to_string's extra calls add up.
-    use std::io::Read;
-    let mut f = std::fs::File::open(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    // Opened relative to the process's task directory, kept open: walking the whole
+    // /proc path for each of a thousand threads doubled the cost.
+    use std::cell::RefCell;
+    use std::os::fd::{AsFd, OwnedFd};
+    thread_local! {
+        static TASK_DIR: RefCell<Option<(i32, OwnedFd)>> = const { RefCell::new(None) };
+    }
+    let fd = TASK_DIR.with(|d| -> Option<OwnedFd> {
+        let mut d = d.borrow_mut();
+        if d.as_ref().is_none_or(|(p, _)| *p != pid) {
+            let dir = nix::fcntl::open(
+                format!("/proc/{pid}/task").as_str(),
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()?;
+            *d = Some((pid, dir));
+        }
+        let (_, dir) = d.as_ref()?;
+        nix::fcntl::openat(
+            dir.as_fd(),
+            format!("{tid}/stat").as_str(),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+    })?;
     let mut buf = [0u8; 512];
-    let n = f.read(&mut buf).ok()?;
+    let n = nix::unistd::read(&fd, &mut buf).ok()?;
     let stat = &buf[..n];
     // The command name may hold ')' itself: the state follows the last one.
     let close = stat.iter().rposition(|&b| b == b')')?;
@@ -419,5 +454,21 @@ mod tests {
         assert!(m[0].deleted && m[0].is_file());
         assert_eq!(m[1].path, "[stack]");
         assert!(!m[1].is_file());
+    }
+
+    #[test]
+    fn finds_the_mapping_of_an_address() {
+        let m = parse_maps(
+            "1000-2000 r-xp 00000000 00:00 0\n\
+             3000-5000 rw-p 00000000 00:00 0\n\
+             5000-6000 rw-p 00000000 00:00 0\n",
+        );
+        assert_eq!(mapping_at(&m, 0xfff), None);
+        assert_eq!(mapping_at(&m, 0x1000).map(|m| m.start), Some(0x1000));
+        assert_eq!(mapping_at(&m, 0x1fff).map(|m| m.start), Some(0x1000));
+        assert_eq!(mapping_at(&m, 0x2000), None);
+        assert_eq!(mapping_at(&m, 0x4fff).map(|m| m.start), Some(0x3000));
+        assert_eq!(mapping_at(&m, 0x5000).map(|m| m.start), Some(0x5000));
+        assert_eq!(mapping_at(&m, 0x6000), None);
     }
 }

@@ -277,6 +277,8 @@ impl Tracer {
                     }
                 }
             }
+            let tids: Vec<Tid> = self.threads.keys().copied().collect();
+            self.wait_stopped(&tids, deadline)?;
             if self
                 .threads
                 .values()
@@ -432,6 +434,95 @@ impl Tracer {
                     self.interrupted = Some(sig);
                     return Ok(true);
                 }
+            }
+        }
+    }
+
+    /// Wait until each of `tids` is stopped or gone. Each thread's report is reaped with
+    /// a `waitpid` on its own tid: `waitpid(-1)` makes the kernel walk every traced thread
+    /// for each report, which is quadratic with a thousand threads (most of the time of a
+    /// thousand-thread stop went there). Other threads' reports (a signal for a running
+    /// thread, a clone) are collected every few milliseconds meanwhile, and at the end.
+    fn wait_stopped(&mut self, tids: &[Tid], deadline: Instant) -> Result<()> {
+        const DRAIN_EVERY: Duration = Duration::from_millis(2);
+        let mut drain_at = Instant::now() + DRAIN_EVERY;
+        let mut sweep = Instant::now() + Duration::from_millis(100);
+        let mut i = 0;
+        while i < tids.len() {
+            let tid = tids[i];
+            match self.threads.get(&tid) {
+                Some(t) if t.stop.is_none() || t.listening => {}
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            }
+            if self.exited {
+                bail!(Target, "process {} exited", self.pid);
+            }
+            if self.interrupted.is_some() {
+                return Ok(());
+            }
+            // Signals first, so that a SIGCHLD arriving after the waitpid below wakes the
+            // poll.
+            self.read_signals();
+            match waitpid(
+                Pid::from_raw(tid),
+                Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+            ) {
+                Ok(WaitStatus::StillAlive) => {
+                    let now = Instant::now();
+                    if now >= drain_at {
+                        self.pump(now)?;
+                        drain_at = Instant::now() + DRAIN_EVERY;
+                    }
+                    if now >= sweep {
+                        if now >= deadline {
+                            bail!(Failed, "thread {tid} of process {} did not stop", self.pid);
+                        }
+                        // Threads that exited without a report we could use are forgotten.
+                        let live = process::task_ids(self.pid).unwrap_or_default();
+                        self.threads
+                            .retain(|t, th| live.contains(t) || th.stop.is_some());
+                        sweep = now + Duration::from_millis(100);
+                        continue;
+                    }
+                    let until = drain_at.min(sweep).min(deadline);
+                    let ms = until
+                        .saturating_duration_since(now)
+                        .as_millis()
+                        .clamp(1, 100) as u16;
+                    let mut fds = [nix::poll::PollFd::new(
+                        std::os::fd::AsFd::as_fd(&self.sigfd),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+                        Ok(_) | Err(nix::Error::EINTR) => {}
+                        Err(e) => bail!(Failed, "poll: {}", e.desc()),
+                    }
+                }
+                Ok(status) => self.handle(status)?,
+                Err(nix::Error::EINTR) => {}
+                Err(nix::Error::ECHILD) => {
+                    // Not ours to wait for any more: it exited and was reaped.
+                    self.threads.remove(&tid);
+                    self.gone.insert(tid);
+                }
+                Err(e) => bail!(Failed, "waitpid: {}", e.desc()),
+            }
+        }
+        // Whatever else came meanwhile.
+        self.pump(Instant::now())?;
+        Ok(())
+    }
+
+    /// Take the signals rlivepatch received (SIGCHLD is only a wake-up; any other asks
+    /// rlivepatch to stop).
+    fn read_signals(&mut self) {
+        while let Ok(Some(si)) = self.sigfd.read_signal() {
+            let sig = si.ssi_signo as i32;
+            if sig != libc::SIGCHLD {
+                self.interrupted = Some(sig);
             }
         }
     }
@@ -650,6 +741,7 @@ impl Tracer {
                 }
             }
         }
+        self.wait_stopped(tids, deadline)?;
         let mut sweep = Instant::now() + Duration::from_millis(100);
         loop {
             let waiting = tids.iter().any(|t| {

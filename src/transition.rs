@@ -211,10 +211,7 @@ fn check_some(
         if force {
             continue;
         }
-        let end = w
-            .maps
-            .iter()
-            .find(|m| m.contains(regs.rsp))
+        let end = process::mapping_at(w.maps, regs.rsp)
             .map(|m| m.end)
             .unwrap_or(regs.rsp + 4096);
         let mem = StackMem::read(w.proc, regs.rsp, end);
@@ -524,6 +521,7 @@ fn stop_and_check(
     held: &BTreeSet<Tid>,
 ) -> Result<Vec<Blocker>> {
     let deadline = Instant::now() + Duration::from_secs(10);
+    crate::fault::trace("find threads on a CPU");
     *first = w.tr.on_cpu();
     let asleep: Vec<Tid> =
         w.tr.threads
