@@ -653,12 +653,7 @@ impl Injector {
             )?;
         }
         if fd < 0 {
-            bail!(
-                Failed,
-                "memfd_create in process {} failed: {}",
-                proc.pid,
-                std::io::Error::from_raw_os_error(-fd as i32)
-            );
+            return Err(memfd_error(proc.pid, fd));
         }
         let fd = fd as u64;
         let r = (|| -> Result<Scratch> {
@@ -901,12 +896,7 @@ impl Injector {
             fd = self.syscall(tr, libc::SYS_memfd_create, &[n, MFD_CLOEXEC])?;
         }
         if fd < 0 {
-            bail!(
-                Failed,
-                "memfd_create in process {} failed: {}",
-                proc.pid,
-                std::io::Error::from_raw_os_error(-fd as i32)
-            );
+            return Err(memfd_error(proc.pid, fd));
         }
         let fd = fd as i32;
         let path = format!("/proc/{}/fd/{fd}", proc.pid);
@@ -921,4 +911,21 @@ impl Injector {
         }
         Ok(fd)
     }
+}
+
+/// The error for a failed `memfd_create` in the target (`ret` is its -errno).
+fn memfd_error(pid: i32, ret: i64) -> crate::error::Error {
+    if ret == -(libc::EACCES as i64) {
+        // vm.memfd_noexec = 2 in the target's pid namespace forbids executable memfds,
+        // which is how rlivepatch maps its own code and loads patches.
+        return err!(
+            Target,
+            "process {pid} may not create executable memory files (vm.memfd_noexec is 2 for its pid namespace), which rlivepatch needs for its code and the patch; set it to 1 for that namespace and its parents, then retry"
+        );
+    }
+    err!(
+        Failed,
+        "memfd_create in process {pid} failed: {}",
+        std::io::Error::from_raw_os_error(-ret as i32)
+    )
 }

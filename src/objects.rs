@@ -53,6 +53,33 @@ impl LoadedObject {
         self.path.rsplit('/').next().unwrap_or(&self.path)
     }
 
+    /// The object's soname, without parsing the whole file when it was not parsed yet.
+    pub fn soname(&self) -> Option<String> {
+        if let Some(Ok(f)) = self.file.get() {
+            return f.soname.clone();
+        }
+        let first = &self.mappings[0];
+        let by_inode = format!(
+            "/proc/{}/map_files/{:x}-{:x}",
+            self.pid, first.start, first.end
+        );
+        let rooted = format!("/proc/{}/root{}", self.pid, self.path);
+        let file = std::fs::File::open(by_inode)
+            .or_else(|_| {
+                // Only the very file the process mapped, not one put in its place since.
+                let f = std::fs::File::open(rooted)?;
+                if f.metadata()?.ino() != first.inode || self.deleted {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESTALE));
+                }
+                Ok(f)
+            })
+            .ok()?;
+        // SAFETY: a read-only private mapping, read only for the length of this call; a
+        // file truncated meanwhile faults, the hazard every ELF tool accepts.
+        let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+        crate::symbols::read_soname(&map)
+    }
+
     /// The parsed ELF file, opened on first use.
     pub fn file(&self) -> Result<Rc<ElfFile>> {
         self.file
@@ -326,9 +353,7 @@ impl Objects {
             found = self
                 .list
                 .iter()
-                .filter(|o| {
-                    o.path != "[vdso]" && o.file().is_ok_and(|f| f.soname.as_deref() == Some(name))
-                })
+                .filter(|o| o.path != "[vdso]" && o.soname().as_deref() == Some(name))
                 .collect();
         }
         match found.len() {

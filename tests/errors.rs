@@ -182,3 +182,31 @@ fn same_name_twice_and_disabling_unknown_names() {
     assert!(e.contains("no patch"), "{e}");
     still_original(&mut t);
 }
+
+#[test]
+fn a_process_that_may_not_create_executable_memfds_is_refused_untouched() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    // vm.memfd_noexec = 2 in a pid namespace of the target's own (never the machine's).
+    // unshare stays the parent and kills the target when the test drops it.
+    let sh = format!(
+        "echo 2 > /proc/sys/vm/memfd_noexec && exec {} 5",
+        exe.display()
+    );
+    let mut t = Target::start(
+        std::path::Path::new("unshare"),
+        &["--pid", "--kill-child", "sh", "-c", &sh],
+    );
+    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+    let unshare = t.pid;
+    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+        .expect("unshare's children");
+    t.pid = children.trim().parse().expect("the target's pid");
+    let entry = t.symbol_addr("counter-pie", "compute");
+    let snap = t.snapshot(entry);
+    let fix = patch("counter-fix");
+    let e = rlp_fails(&["apply", &t.pid.to_string(), fix.to_str().unwrap()], 3);
+    assert!(e.contains("vm.memfd_noexec is 2"), "{e}");
+    assert!(e.contains("set it to 1"), "{e}");
+    t.assert_untouched(&snap, entry);
+    still_original(&mut t);
+}
