@@ -17,6 +17,7 @@ pub mod repair;
 pub mod report;
 pub mod runtime;
 pub mod safepoint;
+pub mod seccomp;
 pub mod session;
 pub mod state;
 pub mod symbols;

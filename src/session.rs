@@ -123,6 +123,7 @@ impl<'a> Session<'a> {
         crate::fault::trace("borrow");
         let tid = self.pick_thread()?;
         crate::fault::trace("borrowed");
+
         // The others run during the calls: one of them may hold a lock the call needs.
         self.tr.resume_all_but(&[tid])?;
         self.last_borrowed = Some(tid);
@@ -168,6 +169,10 @@ impl<'a> Session<'a> {
             // allocations go to the main arena, so the loader's mallocs create nothing new.
             let mut best: Option<(u8, Tid)> = None;
             reasons.clear();
+            // Threads judged, and those refused because their seccomp filter would not let
+            // the injected calls through (then waiting for another moment cannot help).
+            let (mut judged, mut filtered) = (0usize, None::<crate::error::Error>);
+            let mut n_filtered = 0usize;
             let mut tids = self.tr.tids();
             tids.sort_by_key(|t| (*t != self.proc.pid, *t));
             // Threads on a CPU right now are tried last: stopping one to look at it would
@@ -199,15 +204,26 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 let th = &self.tr.threads[&tid];
+                judged += 1;
                 let verdict = if th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none() {
                     let regs = self.tr.regs(tid)?;
-                    safepoint::judge(
-                        &self.proc,
-                        &self.maps,
-                        &self.objects,
-                        &mut self.unwinder,
-                        &regs,
-                    )
+                    // Before any injected call: a seccomp filter could kill the process
+                    // for one.
+                    match crate::seccomp::check(self.proc.pid, tid, regs.rip) {
+                        Ok(()) => safepoint::judge(
+                            &self.proc,
+                            &self.maps,
+                            &self.objects,
+                            &mut self.unwinder,
+                            &regs,
+                        ),
+                        Err(e) => {
+                            let why = e.to_string();
+                            n_filtered += 1;
+                            filtered.get_or_insert(e);
+                            Err(why)
+                        }
+                    }
                 } else {
                     Err("stopped for a signal".to_string())
                 };
@@ -235,6 +251,13 @@ impl<'a> Session<'a> {
                 if best.is_some_and(|(r, _)| r <= 1) {
                     break;
                 }
+            }
+            if best.is_none()
+                && judged > 0
+                && n_filtered == judged
+                && let Some(e) = filtered
+            {
+                return Err(e);
             }
             // Settle for less than a sleeping thread only after a few tries.
             match best {

@@ -722,3 +722,60 @@ fn sigint_at_any_moment_finishes_or_undoes() {
         assert_eq!((t.stable_maps(), t.fd_count()), base, "delay {delay_us}");
     }
 }
+
+/// A process under seccomp: its filter is run on the calls loading a patch makes before
+/// the first one; a filter that would kill the process refuses the apply with the target
+/// untouched, a filter that allows them lets it through, and a thread in strict mode is
+/// never the one borrowed.
+#[test]
+fn seccomp_filters_are_checked_before_any_injected_call() {
+    let exe = fixture("seccomp-counter", "seccomp-counter", &[]);
+    let fix = patch("counter-fix");
+    let fix = fix.to_str().unwrap();
+    let start = |mode: &str| {
+        let t = Target::start(&exe, &["5", mode]);
+        let entry = t.symbol_addr("seccomp-counter", "compute");
+        let snap = t.snapshot(entry);
+        (t, entry, snap)
+    };
+    let printed_values = |t: &mut Target, patched: bool| {
+        for l in t.next_lines(2) {
+            let (i, v) = value(&l);
+            assert_eq!(v, if patched { i * 100 } else { i + 1 }, "{l}");
+        }
+    };
+
+    // memfd_create would kill the process: refused, and the process lives on unpatched.
+    let (mut t, entry, snap) = start("kill-memfd");
+    let e = rlp_fails(&["apply", &t.pid.to_string(), fix], 3);
+    assert!(e.contains("does not allow memfd_create"), "{e}");
+    assert!(e.contains("kill the process"), "{e}");
+    t.assert_untouched(&snap, entry);
+    printed_values(&mut t, false);
+    drop(t);
+
+    // A filter that allows what loading needs: patched and unpatched as usual.
+    let (mut t, entry, snap) = start("allow-most");
+    let pid = t.pid.to_string();
+    rlp_ok(&["apply", &pid, fix]);
+    printed_values(&mut t, true);
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    printed_values(&mut t, false);
+    assert_eq!(t.read_mem(entry, 16), snap.code);
+    drop(t);
+
+    // The main thread in strict mode is passed over for the printing thread.
+    let (mut t, _, _) = start("strict-main");
+    let pid = t.pid.to_string();
+    rlp_ok(&["apply", &pid, fix]);
+    printed_values(&mut t, true);
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    printed_values(&mut t, false);
+    drop(t);
+
+    // Its only thread in strict mode: refused at once, untouched.
+    let (t, entry, snap) = start("strict");
+    let e = rlp_fails(&["apply", &t.pid.to_string(), fix], 3);
+    assert!(e.contains("seccomp strict mode"), "{e}");
+    t.assert_untouched(&snap, entry);
+}
