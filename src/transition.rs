@@ -43,6 +43,37 @@ pub struct Changed {
     pub name: String,
 }
 
+/// The changed functions sorted by address: every frame of every thread is looked up,
+/// a thousand threads against a thousand functions.
+struct ChangedIndex<'a> {
+    sorted: Vec<&'a Changed>,
+    longest: u64,
+}
+
+impl<'a> ChangedIndex<'a> {
+    fn new(changed: &'a [Changed]) -> Self {
+        let mut sorted: Vec<&Changed> = changed.iter().collect();
+        sorted.sort_by_key(|c| c.start);
+        let longest = changed
+            .iter()
+            .map(|c| c.end.saturating_sub(c.start))
+            .max()
+            .unwrap_or(0);
+        ChangedIndex { sorted, longest }
+    }
+
+    /// A changed function holding `pc`.
+    fn at(&self, pc: u64) -> Option<&'a Changed> {
+        let after = self.sorted.partition_point(|c| c.start <= pc);
+        self.sorted[..after]
+            .iter()
+            .rev()
+            .take_while(|c| pc - c.start < self.longest)
+            .find(|c| pc < c.end)
+            .copied()
+    }
+}
+
 /// One write of the switch.
 #[derive(Debug, Clone)]
 pub struct Write {
@@ -178,6 +209,7 @@ fn check_some(
     which: &dyn Fn(Tid) -> bool,
 ) -> Result<Vec<Blocker>> {
     let mut out = Vec::new();
+    let changed = ChangedIndex::new(&plan.changed);
     for tid in w.tr.tids().into_iter().filter(|t| which(*t)) {
         crate::pace::point();
         let regs = match w.tr.regs(tid) {
@@ -219,11 +251,7 @@ fn check_some(
         let mut hit: Option<(usize, &Changed)> = None;
         for (i, f) in stack.frames.iter().enumerate() {
             let probe = if f.exact { f.pc } else { f.pc.wrapping_sub(1) };
-            if let Some(c) = plan
-                .changed
-                .iter()
-                .find(|c| c.start <= probe && probe < c.end)
-            {
+            if let Some(c) = changed.at(probe) {
                 hit = Some((i, c));
             }
         }
@@ -742,4 +770,42 @@ fn busy_error(blockers: &[Blocker], timeout: Duration) -> Error {
             who.join("; ")
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(start: u64, end: u64, name: &str) -> Changed {
+        Changed {
+            start,
+            end,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn finds_the_changed_function_of_a_pc() {
+        let list = vec![
+            f(0x3000, 0x3010, "c"),
+            f(0x1000, 0x1800, "a"),
+            f(0x2000, 0x2004, "b"),
+        ];
+        let ix = ChangedIndex::new(&list);
+        let name = |pc| ix.at(pc).map(|c| c.name.as_str());
+        assert_eq!(name(0xfff), None);
+        assert_eq!(name(0x1000), Some("a"));
+        assert_eq!(name(0x17ff), Some("a"));
+        assert_eq!(name(0x1800), None);
+        assert_eq!(name(0x2003), Some("b"));
+        assert_eq!(name(0x2004), None);
+        assert_eq!(name(0x300f), Some("c"));
+        assert_eq!(name(u64::MAX), None);
+        // Nested ranges (an alias inside a longer function) are still found.
+        let nested = vec![f(0x1000, 0x2000, "outer"), f(0x1100, 0x1110, "inner")];
+        let ix = ChangedIndex::new(&nested);
+        assert_eq!(ix.at(0x1800).map(|c| c.name.as_str()), Some("outer"));
+        assert!(ix.at(0x1105).is_some());
+        assert!(ChangedIndex::new(&[]).at(0x1000).is_none());
+    }
 }
