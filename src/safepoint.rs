@@ -15,6 +15,10 @@ use crate::process::{Mapping, Process};
 use crate::ptrace::Regs;
 use crate::unwind::{StackMem, Unwinder};
 
+/// How the unwinder says a frame has no unwind information (a program built without
+/// unwind tables, hand-written assembly).
+pub const NO_UNWIND_INFO: &str = "no unwind information";
+
 /// C-library functions in which a thread sleeps in the kernel holding no library lock.
 const BLOCKING: &[&str] = &[
     "read",
@@ -148,13 +152,17 @@ pub enum Fitness {
     Running,
 }
 
-/// Judge one stopped thread. Returns the fitness or why it is unfit.
+/// Judge one stopped thread. Returns the fitness or why it is unfit. With `partial`
+/// (the operator forced the operation), a stack that cannot be unwound past a frame of
+/// the program's own code that has no unwind information (a program built without unwind
+/// tables) is judged on the frames above it.
 pub fn judge(
     proc: &Process,
     maps: &[Mapping],
     objects: &Objects,
     unwinder: &mut Unwinder,
     regs: &Regs,
+    partial: bool,
 ) -> Result<Fitness, String> {
     let end = maps
         .iter()
@@ -163,16 +171,22 @@ pub fn judge(
         .unwrap_or(regs.rsp + 4096);
     let mem = StackMem::read(proc, regs.rsp, end);
     let stack = unwinder.unwind(objects, &mem, regs);
-    if let Some(why) = stack.unreliable {
-        return Err(format!("unreliable stack: {why}"));
-    }
-    if stack.frames.iter().any(|f| f.signal) {
-        return Err("inside a signal handler".into());
-    }
     let libc = objects.libc();
     let loader = objects.loader();
     let in_obj =
         |o: Option<&crate::objects::LoadedObject>, pc: u64| o.is_some_and(|o| o.contains(pc));
+    if let Some(why) = &stack.unreliable {
+        let in_program = stack
+            .frames
+            .last()
+            .is_some_and(|f| !in_obj(libc, f.pc) && !in_obj(loader, f.pc));
+        if !(partial && in_program && why.starts_with(NO_UNWIND_INFO)) {
+            return Err(format!("unreliable stack: {why}"));
+        }
+    }
+    if stack.frames.iter().any(|f| f.signal) {
+        return Err("inside a signal handler".into());
+    }
     // Name of a libc frame, if its address is inside a named function.
     let name = |pc: u64| -> Option<String> {
         let o = libc?;

@@ -216,6 +216,7 @@ impl<'a> Session<'a> {
                             &self.objects,
                             &mut self.unwinder,
                             &regs,
+                            self.opts.force,
                         ),
                         Err(e) => {
                             let why = e.to_string();
@@ -258,6 +259,22 @@ impl<'a> Session<'a> {
                 && let Some(e) = filtered
             {
                 return Err(e);
+            }
+            // Every thread's stack stops at code without unwind information (a program
+            // built without unwind tables): that does not pass with time, and the
+            // consistency check could not pass either. Say so now, not after the timeout.
+            let no_cfi = format!("unreliable stack: {}", safepoint::NO_UNWIND_INFO);
+            if best.is_none()
+                && judged > 0
+                && reasons.len() == judged
+                && reasons.iter().all(|r| r.contains(&no_cfi))
+            {
+                bail!(
+                    Busy,
+                    "the stacks of process {} cannot be unwound ({}): it was built without unwind tables (-fno-asynchronous-unwind-tables?), so rlivepatch can check neither that the switch is safe nor where to load the patch; rebuild with unwind tables, or use --force to patch without the check",
+                    self.proc.pid,
+                    reasons[0]
+                );
             }
             // Settle for less than a sleeping thread only after a few tries.
             match best {

@@ -306,3 +306,45 @@ fn a_stack_that_cannot_be_unwound_is_unsafe() {
     assert!(err.contains("unreliable stack"), "{err}");
     t.assert_untouched(&before, entry);
 }
+
+/// A program built without unwind tables (and without -g, so no .debug_frame either):
+/// no stack can be checked, which does not pass with time, so apply says so at once
+/// instead of after the timeout; --force patches it (and disable --force takes it back,
+/// leaving the forced patch's code loaded).
+#[test]
+fn a_program_without_unwind_tables_is_refused_at_once_and_forced() {
+    let exe = cc(
+        "counter-nocfi",
+        &[
+            "-O2",
+            "-fno-asynchronous-unwind-tables",
+            "-fno-unwind-tables",
+            "fixtures/counter.c",
+        ],
+    );
+    let mut t = Target::start(&exe, &["5"]);
+    let pid = t.pid.to_string();
+    let entry = t.symbol_addr("counter-nocfi", "compute");
+    let before = t.snapshot(entry);
+    let p = patch("counter-fix");
+    let p = p.to_str().unwrap();
+    let (code, _, err) = rlp_full(&["apply", &pid, p]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("cannot be unwound"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+    t.assert_untouched(&before, entry);
+
+    let (code, _, err) = rlp_full(&["apply", &pid, p, "--force"]);
+    assert_eq!(code, 0, "{err}");
+    for l in t.next_lines(2) {
+        let (i, v) = value(&l);
+        assert_eq!(v, i * 100, "{l}");
+    }
+    let (code, _, err) = rlp_full(&["disable", &pid, "counter-fix", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    for l in t.next_lines(2) {
+        let (i, v) = value(&l);
+        assert_eq!(v, i + 1, "{l}");
+    }
+    assert_eq!(t.read_mem(entry, 16), before.code);
+}
