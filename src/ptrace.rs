@@ -419,22 +419,27 @@ impl Tracer {
             if now >= deadline {
                 return Ok(false);
             }
-            let ms = (deadline - now).as_millis().clamp(1, 60_000) as u16;
-            let mut fds = [nix::poll::PollFd::new(
-                std::os::fd::AsFd::as_fd(&self.sigfd),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
-                Ok(_) | Err(nix::Error::EINTR) => {}
-                Err(e) => bail!(Failed, "poll: {}", e.desc()),
+            self.wait_signal(deadline)?;
+            if self.read_signals() {
+                return Ok(true);
             }
-            while let Ok(Some(si)) = self.sigfd.read_signal() {
-                let sig = si.ssi_signo as i32;
-                if sig != libc::SIGCHLD {
-                    self.interrupted = Some(sig);
-                    return Ok(true);
-                }
-            }
+        }
+    }
+
+    /// Sleep until rlivepatch receives a signal (SIGCHLD: a traced thread has something
+    /// to report) or `until`.
+    fn wait_signal(&self, until: Instant) -> Result<()> {
+        let ms = until
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .clamp(1, 60_000) as u16;
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&self.sigfd),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::Error::EINTR) => Ok(()),
+            Err(e) => bail!(Failed, "poll: {}", e.desc()),
         }
     }
 
@@ -487,19 +492,7 @@ impl Tracer {
                         sweep = now + Duration::from_millis(100);
                         continue;
                     }
-                    let until = drain_at.min(sweep).min(deadline);
-                    let ms = until
-                        .saturating_duration_since(now)
-                        .as_millis()
-                        .clamp(1, 100) as u16;
-                    let mut fds = [nix::poll::PollFd::new(
-                        std::os::fd::AsFd::as_fd(&self.sigfd),
-                        nix::poll::PollFlags::POLLIN,
-                    )];
-                    match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
-                        Ok(_) | Err(nix::Error::EINTR) => {}
-                        Err(e) => bail!(Failed, "poll: {}", e.desc()),
-                    }
+                    self.wait_signal(drain_at.min(sweep).min(deadline))?;
                 }
                 Ok(status) => self.handle(status)?,
                 Err(nix::Error::EINTR) => {}
@@ -517,14 +510,17 @@ impl Tracer {
     }
 
     /// Take the signals rlivepatch received (SIGCHLD is only a wake-up; any other asks
-    /// rlivepatch to stop).
-    fn read_signals(&mut self) {
+    /// rlivepatch to stop). Returns whether such a request came.
+    fn read_signals(&mut self) -> bool {
+        let mut asked = false;
         while let Ok(Some(si)) = self.sigfd.read_signal() {
             let sig = si.ssi_signo as i32;
             if sig != libc::SIGCHLD {
                 self.interrupted = Some(sig);
+                asked = true;
             }
         }
+        asked
     }
 
     /// An error if rlivepatch was asked to stop.

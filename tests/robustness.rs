@@ -744,6 +744,13 @@ fn seccomp_filters_are_checked_before_any_injected_call() {
             assert_eq!(v, if patched { i * 100 } else { i + 1 }, "{l}");
         }
     };
+    let patch_and_unpatch = |t: &mut Target| {
+        let pid = t.pid.to_string();
+        rlp_ok(&["apply", &pid, fix]);
+        printed_values(t, true);
+        rlp_ok(&["disable", &pid, "counter-fix"]);
+        printed_values(t, false);
+    };
 
     // memfd_create would kill the process: refused, and the process lives on unpatched.
     let (mut t, entry, snap) = start("kill-memfd");
@@ -756,21 +763,13 @@ fn seccomp_filters_are_checked_before_any_injected_call() {
 
     // A filter that allows what loading needs: patched and unpatched as usual.
     let (mut t, entry, snap) = start("allow-most");
-    let pid = t.pid.to_string();
-    rlp_ok(&["apply", &pid, fix]);
-    printed_values(&mut t, true);
-    rlp_ok(&["disable", &pid, "counter-fix"]);
-    printed_values(&mut t, false);
+    patch_and_unpatch(&mut t);
     assert_eq!(t.read_mem(entry, 16), snap.code);
     drop(t);
 
     // The main thread in strict mode is passed over for the printing thread.
     let (mut t, _, _) = start("strict-main");
-    let pid = t.pid.to_string();
-    rlp_ok(&["apply", &pid, fix]);
-    printed_values(&mut t, true);
-    rlp_ok(&["disable", &pid, "counter-fix"]);
-    printed_values(&mut t, false);
+    patch_and_unpatch(&mut t);
     drop(t);
 
     // Its only thread in strict mode: refused at once, untouched.
