@@ -1,6 +1,8 @@
 //! rlivepatch: livepatch running x86_64 Linux processes, with the Linux kernel's
 //! livepatch model carried to one process.
 
+#![warn(missing_docs)]
+
 pub mod buildid;
 pub mod core;
 pub mod demangle;
