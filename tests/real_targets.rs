@@ -530,3 +530,42 @@ fn versioned_symbols_and_unresolvable_target_symbols() {
     assert!(e.contains("symbol no_such_variable (used by the patch as nope) cannot be resolved in libc-user (main executable)"), "{e}");
     t.assert_untouched(&before, entry);
 }
+
+/// A program these tests did not build: the system's own bash, as Debian ships it
+/// (stripped; `brand`, the generator behind `$RANDOM`, is exported for loadable
+/// builtins). Patched, `$RANDOM` is 7, 8, 7, 8... (bash draws again while a value equals
+/// the last one, so a constant would spin); disabled, it is random again, and the
+/// shell's mappings are as before.
+#[test]
+fn the_system_bash_gets_its_random_numbers_patched() {
+    let p = patch_src(
+        "bash-brand",
+        "#include <rlivepatch.h>\n\
+         static int fixed_brand(void) { static int n; return 7 + (n++ & 1); }\n\
+         RLIVEPATCH_FUNC(brand, fixed_brand);\n",
+    );
+    let mut t = Target::start(
+        Path::new("/bin/bash"),
+        &[
+            "-c",
+            "echo ready $$; while :; do echo \"random = $RANDOM\"; sleep 0.01; done",
+        ],
+    );
+    let pid = t.pid.to_string();
+    let before = t.stable_maps();
+    rlp_ok(&["apply", &pid, s(&p)]);
+    // A 7, then two more lines alternating 7 and 8: by chance, one in 2^45.
+    t.wait_line(|l| l == "random = 7", T);
+    let next = t.next_lines(2);
+    let mut sorted = next.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["random = 7", "random = 8"], "{next:?}");
+    assert_eq!(funcs(t.pid)[0]["object"], "bash");
+    rlp_ok(&["disable", &pid, "bash-brand"]);
+    t.wait_line(
+        |l| l.starts_with("random = ") && l != "random = 7" && l != "random = 8",
+        T,
+    );
+    assert_eq!(t.stable_maps(), before);
+    t.assert_running();
+}
