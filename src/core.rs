@@ -1262,10 +1262,8 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let maps = proc.maps()?;
     let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
     crate::buildid::check(&patch, &objects)?;
-    let resolved = resolve(&patch, &objects)?;
-    drop(objects);
-    let mut s = Session::attach(proc, opts, progress)?;
-    let mut resolved = resolved;
+    let mut resolved = resolve(&patch, &objects)?;
+    let mut s = Session::attach_with(proc, opts, progress, Some(objects))?;
     let r = (|| -> Result<CheckReport> {
         resolve_ifuncs(&mut s, &mut resolved)?;
         s.unborrow()?;

@@ -541,10 +541,7 @@ impl Injector {
         let data_at = top.wrapping_sub(data.len() as u64) & !15;
         let uc = data_at.wrapping_sub(len) & !63;
         let low = uc - 8;
-        let Some(stack) = maps
-            .iter()
-            .find(|m| m.contains(self.ctx.rsp.wrapping_sub(1)))
-        else {
+        let Some(stack) = crate::process::mapping_at(maps, self.ctx.rsp.wrapping_sub(1)) else {
             bail!(
                 Failed,
                 "thread {} has no mapped stack at {:#x}",

@@ -58,22 +58,7 @@ impl LoadedObject {
         if let Some(Ok(f)) = self.file.get() {
             return f.soname.clone();
         }
-        let first = &self.mappings[0];
-        let by_inode = format!(
-            "/proc/{}/map_files/{:x}-{:x}",
-            self.pid, first.start, first.end
-        );
-        let rooted = format!("/proc/{}/root{}", self.pid, self.path);
-        let file = std::fs::File::open(by_inode)
-            .or_else(|_| {
-                // Only the very file the process mapped, not one put in its place since.
-                let f = std::fs::File::open(rooted)?;
-                if f.metadata()?.ino() != first.inode || self.deleted {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESTALE));
-                }
-                Ok(f)
-            })
-            .ok()?;
+        let file = std::fs::File::open(self.mapped_path().ok()?).ok()?;
         // SAFETY: a read-only private mapping, read only for the length of this call; a
         // file truncated meanwhile faults, the hazard every ELF tool accepts.
         let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
@@ -173,17 +158,24 @@ impl LoadedObject {
             let bytes = proc.read(self.start, (self.end - self.start) as usize)?;
             return ElfFile::from_bytes("[vdso]", bytes);
         }
+        let mut f = ElfFile::open(&self.mapped_path()?)?;
+        f.path = self.path.clone().into();
+        Ok(f)
+    }
+
+    /// A path to the very file the process mapped: through `/proc/pid/map_files` (which
+    /// needs CAP_SYS_ADMIN), else its path as the process sees it, when that still names
+    /// the same inode (not a file put in its place since).
+    fn mapped_path(&self) -> Result<PathBuf> {
         let first = &self.mappings[0];
-        let by_inode = format!(
+        let by_inode = PathBuf::from(format!(
             "/proc/{}/map_files/{:x}-{:x}",
             self.pid, first.start, first.end
-        );
-        if let Ok(f) = ElfFile::open(Path::new(&by_inode)) {
-            let mut f = f;
-            f.path = self.path.clone().into();
-            return Ok(f);
+        ));
+        if std::fs::metadata(&by_inode).is_ok() {
+            return Ok(by_inode);
         }
-        let rooted = format!("/proc/{}/root{}", self.pid, self.path);
+        let rooted = PathBuf::from(format!("/proc/{}/root{}", self.pid, self.path));
         let meta = std::fs::metadata(&rooted).map_err(|e| {
             err!(
                 Mismatch,
@@ -201,9 +193,7 @@ impl LoadedObject {
                 self.pid
             );
         }
-        let mut f = ElfFile::open(Path::new(&rooted))?;
-        f.path = self.path.clone().into();
-        Ok(f)
+        Ok(rooted)
     }
 
     /// The load bias: run-time address = file address + bias.

@@ -136,8 +136,17 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
 
 /// Read `/proc/pid/status` into a [`Status`].
 pub fn read_status(pid: i32) -> Result<Status> {
-    let text =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| not_found_or(pid, e))?;
+    parse_status(pid, &format!("/proc/{pid}/status"))
+}
+
+/// Read the status of thread `tid` of process `pid` (its seccomp mode and tracer are its
+/// own).
+pub fn read_thread_status(pid: i32, tid: i32) -> Result<Status> {
+    parse_status(pid, &format!("/proc/{pid}/task/{tid}/status"))
+}
+
+fn parse_status(pid: i32, path: &str) -> Result<Status> {
+    let text = std::fs::read_to_string(path).map_err(|e| not_found_or(pid, e))?;
     let get = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')))

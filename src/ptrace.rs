@@ -204,13 +204,8 @@ impl Tracer {
             Err(nix::Error::ESRCH) => Ok(false),
             Err(nix::Error::EPERM) => {
                 let st = process::read_status(self.pid)?;
-                let ts = std::fs::read_to_string(format!("/proc/{}/task/{tid}/status", self.pid))
-                    .unwrap_or_default();
-                let tracer: i32 = ts
-                    .lines()
-                    .find_map(|l| l.strip_prefix("TracerPid:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(st.tracer);
+                let ts = process::read_thread_status(self.pid, tid).ok();
+                let tracer = ts.as_ref().map_or(st.tracer, |t| t.tracer);
                 if tracer == std::process::id() as i32 && tid != self.pid {
                     // Created by a thread we trace: the kernel attached it to us already;
                     // its first stop is on its way.
@@ -222,12 +217,7 @@ impl Tracer {
                     });
                     return Ok(true);
                 }
-                if ts.is_empty()
-                    || matches!(
-                        process::thread_state(self.pid, tid),
-                        None | Some('Z') | Some('X')
-                    )
-                {
+                if ts.as_ref().is_none_or(|t| matches!(t.state, 'Z' | 'X')) {
                     // Exiting: gone a moment from now.
                     return Ok(false);
                 }
@@ -464,9 +454,6 @@ impl Tracer {
             }
             if self.exited {
                 bail!(Target, "process {} exited", self.pid);
-            }
-            if self.interrupted.is_some() {
-                return Ok(());
             }
             // Signals first, so that a SIGCHLD arriving after the waitpid below wakes the
             // poll.
@@ -737,32 +724,7 @@ impl Tracer {
                 }
             }
         }
-        self.wait_stopped(tids, deadline)?;
-        let mut sweep = Instant::now() + Duration::from_millis(100);
-        loop {
-            let waiting = tids.iter().any(|t| {
-                self.threads
-                    .get(t)
-                    .is_some_and(|th| th.stop.is_none() || th.listening)
-            });
-            if !waiting {
-                return Ok(());
-            }
-            if self.exited {
-                bail!(Target, "process {} exited", self.pid);
-            }
-            let step = (Instant::now() + Duration::from_millis(100)).min(deadline);
-            if !self.pump(step)? || Instant::now() >= sweep {
-                // Threads that exited without a report we could use are forgotten.
-                let live = process::task_ids(self.pid).unwrap_or_default();
-                self.threads
-                    .retain(|t, th| live.contains(t) || th.stop.is_some());
-                sweep = Instant::now() + Duration::from_millis(100);
-                if Instant::now() >= deadline {
-                    bail!(Failed, "threads of process {} did not stop", self.pid);
-                }
-            }
-        }
+        self.wait_stopped(tids, deadline)
     }
 
     /// Detach every stopped thread but `keep`, `first` before the others (detaching lets

@@ -316,13 +316,7 @@ fn repair_mappings(s: &mut Session, found: &Leftovers) -> Result<Vec<String>> {
                 busy.push((a, b));
             }
         }
-        let end = s
-            .maps
-            .iter()
-            .find(|m| m.contains(regs.rsp))
-            .map(|m| m.end)
-            .unwrap_or(regs.rsp + 4096);
-        let mem = StackMem::read(&s.proc, regs.rsp, end);
+        let mem = StackMem::of_thread(&s.proc, &s.maps, regs.rsp);
         let stack = s.unwinder.unwind(&s.objects, &mem, &regs);
         // A frame returning into an orphan trampoline: give it its return address back.
         for w in stack.frames.windows(2) {

@@ -15,10 +15,6 @@ use crate::process::{Mapping, Process};
 use crate::ptrace::Regs;
 use crate::unwind::{StackMem, Unwinder};
 
-/// How the unwinder says a frame has no unwind information (a program built without
-/// unwind tables, hand-written assembly).
-pub const NO_UNWIND_INFO: &str = "no unwind information";
-
 /// C-library functions in which a thread sleeps in the kernel holding no library lock.
 const BLOCKING: &[&str] = &[
     "read",
@@ -164,12 +160,7 @@ pub fn judge(
     regs: &Regs,
     partial: bool,
 ) -> Result<Fitness, String> {
-    let end = maps
-        .iter()
-        .find(|m| m.contains(regs.rsp))
-        .map(|m| m.end)
-        .unwrap_or(regs.rsp + 4096);
-    let mem = StackMem::read(proc, regs.rsp, end);
+    let mem = StackMem::of_thread(proc, maps, regs.rsp);
     let stack = unwinder.unwind(objects, &mem, regs);
     let libc = objects.libc();
     let loader = objects.loader();
@@ -180,7 +171,7 @@ pub fn judge(
             .frames
             .last()
             .is_some_and(|f| !in_obj(libc, f.pc) && !in_obj(loader, f.pc));
-        if !(partial && in_program && why.starts_with(NO_UNWIND_INFO)) {
+        if !(partial && in_program && why.starts_with(crate::unwind::NO_UNWIND_INFO)) {
             return Err(format!("unreliable stack: {why}"));
         }
     }

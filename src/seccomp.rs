@@ -184,18 +184,6 @@ fn action_name(a: u32) -> &'static str {
     }
 }
 
-/// The seccomp mode of a thread (0 none, 1 strict, 2 filter), from its status file.
-pub fn mode(pid: i32, tid: i32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Seccomp:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Read the filters of a stopped, traced thread, newest first.
 pub fn filters(tid: i32) -> std::result::Result<Vec<Vec<Insn>>, std::io::Error> {
     let mut out = Vec::new();
@@ -323,7 +311,9 @@ fn planned(ip: u64) -> Vec<(&'static str, Call)> {
 /// Refuse, with the reason, when thread `tid` (stopped, traced, at `ip`) of process `pid`
 /// runs under seccomp and would not be let through for loading a patch.
 pub fn check(pid: i32, tid: i32, ip: u64) -> Result<()> {
-    match mode(pid, tid) {
+    // Unreadable only if the thread is gone: then no call will run on it.
+    let mode = crate::process::read_thread_status(pid, tid).map_or(0, |s| s.seccomp);
+    match mode {
         0 => return Ok(()),
         1 => bail!(
             Target,

@@ -169,10 +169,9 @@ impl<'a> Session<'a> {
             // allocations go to the main arena, so the loader's mallocs create nothing new.
             let mut best: Option<(u8, Tid)> = None;
             reasons.clear();
-            // Threads judged, and those refused because their seccomp filter would not let
-            // the injected calls through (then waiting for another moment cannot help).
-            let (mut judged, mut filtered) = (0usize, None::<crate::error::Error>);
-            let mut n_filtered = 0usize;
+            // The threads refused because their seccomp filter would not let the injected
+            // calls through (waiting for another moment cannot help those).
+            let mut filtered: Vec<crate::error::Error> = Vec::new();
             let mut tids = self.tr.tids();
             tids.sort_by_key(|t| (*t != self.proc.pid, *t));
             // Threads on a CPU right now are tried last: stopping one to look at it would
@@ -204,7 +203,6 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 let th = &self.tr.threads[&tid];
-                judged += 1;
                 let verdict = if th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none() {
                     let regs = self.tr.regs(tid)?;
                     // Before any injected call: a seccomp filter could kill the process
@@ -220,8 +218,7 @@ impl<'a> Session<'a> {
                         ),
                         Err(e) => {
                             let why = e.to_string();
-                            n_filtered += 1;
-                            filtered.get_or_insert(e);
+                            filtered.push(e);
                             Err(why)
                         }
                     }
@@ -253,28 +250,23 @@ impl<'a> Session<'a> {
                     break;
                 }
             }
-            if best.is_none()
-                && judged > 0
-                && n_filtered == judged
-                && let Some(e) = filtered
-            {
-                return Err(e);
-            }
-            // Every thread's stack stops at code without unwind information (a program
-            // built without unwind tables): that does not pass with time, and the
-            // consistency check could not pass either. Say so now, not after the timeout.
-            let no_cfi = format!("unreliable stack: {}", safepoint::NO_UNWIND_INFO);
-            if best.is_none()
-                && judged > 0
-                && reasons.len() == judged
-                && reasons.iter().all(|r| r.contains(&no_cfi))
-            {
-                bail!(
-                    Busy,
-                    "the stacks of process {} cannot be unwound ({}): it was built without unwind tables (-fno-asynchronous-unwind-tables?), so rlivepatch can check neither that the switch is safe nor where to load the patch; rebuild with unwind tables, or use --force to patch without the check",
-                    self.proc.pid,
-                    reasons[0]
-                );
+            // Every thread judged was refused (each left a reason) for a cause that does
+            // not pass with time: say so now, not after the timeout.
+            if best.is_none() && !reasons.is_empty() {
+                if filtered.len() == reasons.len() {
+                    return Err(filtered.swap_remove(0));
+                }
+                // Stacks that stop at code without unwind information (a program built
+                // without unwind tables): the consistency check could not pass either.
+                let no_cfi = format!("unreliable stack: {}", crate::unwind::NO_UNWIND_INFO);
+                if reasons.iter().all(|r| r.contains(&no_cfi)) {
+                    bail!(
+                        Busy,
+                        "the stacks of process {} cannot be unwound ({}): it was built without unwind tables (-fno-asynchronous-unwind-tables?), so rlivepatch can check neither that the switch is safe nor where to load the patch; rebuild with unwind tables, or use --force to patch without the check",
+                        self.proc.pid,
+                        reasons[0]
+                    );
+                }
             }
             // Settle for less than a sleeping thread only after a few tries.
             match best {

@@ -198,18 +198,18 @@ struct Planted {
 
 /// Check every (stopped) thread against the plan. Returns who blocks.
 pub fn check_all(w: &mut World, plan: &Plan, force: bool) -> Result<Vec<Blocker>> {
-    check_some(w, plan, force, &|_| true)
+    check_some(w, plan, &ChangedIndex::new(&plan.changed), force, &|_| true)
 }
 
 /// Check the stopped threads that `which` selects.
 fn check_some(
     w: &mut World,
     plan: &Plan,
+    changed: &ChangedIndex,
     force: bool,
     which: &dyn Fn(Tid) -> bool,
 ) -> Result<Vec<Blocker>> {
     let mut out = Vec::new();
-    let changed = ChangedIndex::new(&plan.changed);
     for tid in w.tr.tids().into_iter().filter(|t| which(*t)) {
         crate::pace::point();
         let regs = match w.tr.regs(tid) {
@@ -243,10 +243,7 @@ fn check_some(
         if force {
             continue;
         }
-        let end = process::mapping_at(w.maps, regs.rsp)
-            .map(|m| m.end)
-            .unwrap_or(regs.rsp + 4096);
-        let mem = StackMem::read(w.proc, regs.rsp, end);
+        let mem = StackMem::of_thread(w.proc, w.maps, regs.rsp);
         let stack = w.unwinder.unwind(w.objects, &mem, &regs);
         let mut hit: Option<(usize, &Changed)> = None;
         for (i, f) in stack.frames.iter().enumerate() {
@@ -313,6 +310,8 @@ pub fn switch(
         });
     }
     let deadline = start + opts.timeout;
+    // Built once, before any thread is stopped.
+    let changed = ChangedIndex::new(&plan.changed);
     let mut round_len = Duration::from_millis(100);
     let mut round_end: Option<Instant> = None;
     let mut round_started: Option<Instant> = None;
@@ -341,7 +340,7 @@ pub fn switch(
             None => Vec::new(),
         };
         let mut first: Vec<Tid> = Vec::new();
-        let blockers = match stop_and_check(w, plan, opts.force, &mut first, &held) {
+        let blockers = match stop_and_check(w, plan, &changed, opts.force, &mut first, &held) {
             Ok(b) => b,
             Err(e) => break Err(e),
         };
@@ -544,6 +543,7 @@ pub fn switch(
 fn stop_and_check(
     w: &mut World,
     plan: &Plan,
+    changed: &ChangedIndex,
     force: bool,
     first: &mut Vec<Tid>,
     held: &BTreeSet<Tid>,
@@ -568,12 +568,12 @@ fn stop_and_check(
             .filter(|t| t.stop.is_some() && !t.listening && !held.contains(&t.tid))
             .map(|t| t.tid)
             .collect();
-    let mut blockers = check_some(w, plan, force, &|t| checked.contains(&t))?;
+    let mut blockers = check_some(w, plan, changed, force, &|t| checked.contains(&t))?;
     crate::fault::trace("asleep checked");
     // Unsafe already: the rest is checked too, for a complete report, and stopped anyway
     // since trampolines are planted with the world stopped.
     w.tr.stop_all(deadline)?;
-    blockers.extend(check_some(w, plan, force, &|t| {
+    blockers.extend(check_some(w, plan, changed, force, &|t| {
         !checked.contains(&t) && !held.contains(&t)
     })?);
     crate::fault::trace("checked");

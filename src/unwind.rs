@@ -107,6 +107,10 @@ impl Default for Unwinder {
     }
 }
 
+/// How an unwind that found no CFI for a frame says so (a program built without unwind
+/// tables, hand-written assembly); callers tell this cause from others by it.
+pub const NO_UNWIND_INFO: &str = "no unwind information";
+
 /// Stack memory read with one `process_vm_readv`; reads outside it go to the process.
 pub struct StackMem<'a> {
     base: u64,
@@ -115,14 +119,23 @@ pub struct StackMem<'a> {
 }
 
 impl<'a> StackMem<'a> {
-    /// Read the stack of a thread: from `sp` to the end of its mapping (at most 8 MiB).
-    pub fn read(proc: &'a Process, sp: u64, stack_end: u64) -> StackMem<'a> {
+    /// Read from `sp` to `stack_end` (at most 8 MiB).
+    fn read(proc: &'a Process, sp: u64, stack_end: u64) -> StackMem<'a> {
         let len = stack_end.saturating_sub(sp).min(8 << 20) as usize;
         StackMem {
             base: sp,
             bytes: proc.read_vm(sp, len),
             proc,
         }
+    }
+
+    /// Read the stack of a stopped thread whose stack pointer is `sp`: up to the end of
+    /// the mapping that holds it (a page when no mapping does).
+    pub fn of_thread(proc: &'a Process, maps: &[crate::process::Mapping], sp: u64) -> StackMem<'a> {
+        let end = crate::process::mapping_at(maps, sp)
+            .map(|m| m.end)
+            .unwrap_or(sp + 4096);
+        Self::read(proc, sp, end)
     }
 
     fn u64_at(&self, addr: u64) -> Option<u64> {
@@ -194,7 +207,7 @@ impl Unwinder {
                     ra_slot: None,
                     signal: false,
                 });
-                break Some(format!("no unwind information in {}", obj.file_name()));
+                break Some(format!("{NO_UNWIND_INFO} in {}", obj.file_name()));
             };
             let step = self.step(&tables, lookup, &mut r, mem);
             match step {
@@ -220,10 +233,7 @@ impl Unwinder {
                             ra_slot: None,
                             signal: false,
                         });
-                        break Some(format!(
-                            "no unwind information at {}",
-                            objects.symbolize(pc)
-                        ));
+                        break Some(format!("{NO_UNWIND_INFO} at {}", objects.symbolize(pc)));
                     };
                     frames.push(Frame {
                         pc,
@@ -342,7 +352,7 @@ impl Unwinder {
                 return self.finish_row(&df, enc, &row, false, lookup, regs, mem);
             }
         }
-        Err("no unwind information".to_string())
+        Err(NO_UNWIND_INFO.to_string())
     }
 
     #[allow(clippy::too_many_arguments)]
