@@ -10,16 +10,6 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn tracer(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -30,20 +20,8 @@ fn tracer(pid: i32) -> String {
 
 #[test]
 fn sigkill_at_random_moments() {
-    let runs: usize = std::env::var("FAULT_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let seed: u64 = std::env::var("FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let runs = env_count("FAULT_RUNS", 20);
+    let seed = env_seed("FAULT_SEED");
     println!("faults: seed {seed}, {runs} runs");
     let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
     let fix = patch("counter-fix");

@@ -7,17 +7,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-/// A small deterministic generator (xorshift), so a seed replays a run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn field(line: &str, key: &str) -> i64 {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{key}=")))
@@ -28,20 +17,8 @@ fn field(line: &str, key: &str) -> i64 {
 
 #[test]
 fn random_apply_disable_and_replace_on_a_busy_target() {
-    let ops: usize = std::env::var("STRESS_OPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
-    let seed: u64 = std::env::var("STRESS_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let ops = env_count("STRESS_OPS", 30);
+    let seed = env_seed("STRESS_SEED");
     let threads = std::env::var("STRESS_THREADS").unwrap_or_else(|_| "64".into());
     println!("stress: seed {seed}, {ops} operations, {threads} threads");
     let exe = fixture("stress-target", "stress-target", &[]);
