@@ -328,8 +328,7 @@ fn a_program_without_unwind_tables_is_refused_at_once_and_forced() {
     let before = t.snapshot(entry);
     let p = patch("counter-fix");
     let p = p.to_str().unwrap();
-    let (code, _, err) = rlp_full(&["apply", &pid, p]);
-    assert_eq!(code, 6, "{err}");
+    let err = rlp_fails(&["apply", &pid, p], 6);
     assert!(err.contains("cannot be unwound"), "{err}");
     assert!(err.contains("--force"), "{err}");
     t.assert_untouched(&before, entry);
