@@ -351,6 +351,10 @@ pub struct ApplyReport {
     pub switch: transition::Report,
     /// Wall time of the whole operation in milliseconds.
     pub elapsed_ms: f64,
+    /// Job control stopped the process while rlivepatch worked (the signal); it stays
+    /// stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
 }
 
 /// A target symbol a patch uses, resolved.
@@ -471,9 +475,7 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let mut resolved = resolved;
     let r = resolve_ifuncs(&mut s, &mut resolved)
         .and_then(|()| apply_attached(&mut s, &patch, &resolved, &symbols));
-    let closed = s.close();
-    let (functions, replaced, report) = r?;
-    closed?;
+    let (functions, replaced, report) = s.conclude(r).map_err(|e| continued(e, pid))?;
     Ok(ApplyReport {
         pid,
         patch: patch.name.clone(),
@@ -481,6 +483,7 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
         replaced,
         switch: report,
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        stopped_by: stopped_note(pid, progress),
     })
 }
 
@@ -569,8 +572,12 @@ fn apply_attached(
                     s.proc.pid
                 ));
             }
-            if !leaked && let Err(e2) = unwind_apply(s) {
-                s.progress(&format!("warning: undoing the apply: {}", e2.message));
+            if !leaked {
+                // Undoing is not interrupted in turn.
+                s.tr.finishing = true;
+                if let Err(e2) = unwind_apply(s) {
+                    return Err(s.left_behind(&e, "undoing the apply", &e2));
+                }
             }
             Err(e)
         }
@@ -787,6 +794,8 @@ fn apply_steps(
         s.progress("warning: --force: switching without checking that no thread is inside the changed functions; this patch can never be unloaded");
     }
     let report = s.switch(&plan)?;
+    // Past the switch, the apply finishes whatever comes.
+    s.tr.finishing = true;
     crate::fault::point("apply:switched");
     // 9. post_patch, the record, and the replaced patches unloaded.
     let replaced = finish_apply(s, applied.clone(), true)?;
@@ -1004,6 +1013,32 @@ pub struct DisableReport {
     pub switch: transition::Report,
     /// Wall time in milliseconds.
     pub elapsed_ms: f64,
+    /// Job control stopped the process while rlivepatch worked (the signal); it stays
+    /// stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
+}
+
+/// After an operation that completed: if job control stopped the process meanwhile (it
+/// is stopped, or a stop signal waits for it), say so; returns the signal's name.
+fn stopped_note(pid: i32, progress: ProgressFn) -> Option<String> {
+    let sig = crate::process::job_stop(pid)?;
+    progress(&format!(
+        "process {pid} was stopped by {sig} (job control) while rlivepatch worked; it stays stopped, as job control asked: `kill -CONT {pid}` resumes it"
+    ));
+    Some(sig)
+}
+
+/// An operation undone because job control stopped the process: if a `SIGCONT` came
+/// meanwhile, the process runs again and the message says so.
+fn continued(e: crate::error::Error, pid: i32) -> crate::error::Error {
+    if e.kind != crate::error::ErrorKind::Stopped || crate::process::job_stop(pid).is_some() {
+        return e;
+    }
+    err!(
+        Stopped,
+        "process {pid} was stopped by job control and continued while rlivepatch worked; the current step was undone; retry"
+    )
 }
 
 /// Disable the patch `name` in process `pid`: its functions fall back to the next patch
@@ -1023,15 +1058,14 @@ pub fn disable(
     }
     let mut s = Session::attach(proc, opts, progress)?;
     let r = disable_attached(&mut s, name);
-    let closed = s.close();
-    let (unloaded, report) = r?;
-    closed?;
+    let (unloaded, report) = s.conclude(r).map_err(|e| continued(e, pid))?;
     Ok(DisableReport {
         pid,
         patch: name.to_string(),
         unloaded,
         switch: report,
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        stopped_by: stopped_note(pid, progress),
     })
 }
 
@@ -1097,12 +1131,14 @@ fn disable_attached(s: &mut Session, name: &str) -> Result<(bool, transition::Re
     let report = match s.switch(&plan) {
         Ok(r) => r,
         Err(e) => {
+            s.tr.finishing = true;
             if let Err(e2) = unwind_disable(s) {
-                s.progress(&format!("warning: undoing the disable: {}", e2.message));
+                return Err(s.left_behind(&e, "undoing the disable", &e2));
             }
             return Err(e);
         }
     };
+    s.tr.finishing = true;
     crate::fault::point("disable:switched");
     let unloaded = finish_disable(s, true)?;
     Ok((unloaded, report))
@@ -1219,11 +1255,10 @@ pub(crate) fn unwind_disable(s: &mut Session) -> Result<()> {
 pub fn repair(pid: i32, opts: &Options, progress: ProgressFn) -> Result<Vec<String>> {
     let proc = Process::open(pid)?;
     let mut s = Session::attach(proc, opts, progress)?;
+    // A repair brings the process to a consistent state: it is not interrupted midway.
+    s.tr.finishing = true;
     let r = crate::repair::repair(&mut s);
-    let closed = s.close();
-    let r = r?;
-    closed?;
-    Ok(r)
+    s.conclude(r)
 }
 
 /// Read the record of a process without attaching to it.
@@ -1317,7 +1352,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
             unwinder: &mut s.unwinder,
             scratch: None,
             shadow_stack: false,
-            keep: Vec::new(),
+            keep: None,
         };
         let blockers = transition::check_all(&mut w, &plan, false)?;
         Ok(CheckReport {
@@ -1329,8 +1364,5 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
             blockers,
         })
     })();
-    let closed = s.close();
-    let r = r?;
-    closed?;
-    Ok(r)
+    s.conclude(r)
 }

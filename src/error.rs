@@ -26,6 +26,9 @@ pub enum ErrorKind {
     /// The operation could not finish nor be undone cleanly; the process state says what is
     /// left and `rlivepatch repair` finishes it (exit 8).
     Incomplete,
+    /// Job control stopped the process (`SIGSTOP`, `SIGTSTP`...) while rlivepatch worked:
+    /// the current step was undone and the process stays stopped (exit 9).
+    Stopped,
 }
 
 impl ErrorKind {
@@ -39,6 +42,7 @@ impl ErrorKind {
             ErrorKind::Busy => 6,
             ErrorKind::Interrupted => 7,
             ErrorKind::Incomplete => 8,
+            ErrorKind::Stopped => 9,
         }
     }
 }

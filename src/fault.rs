@@ -2,14 +2,22 @@
 //!
 //! `RLIVEPATCH_FAULT=<point>` makes rlivepatch kill itself with SIGKILL when it reaches
 //! that point, exactly as an operator's `kill -9` would, so that tests can prove the next
-//! run repairs every state a killed run leaves. `RLIVEPATCH_TRACE=1` prints each point
-//! reached, with the time since the start, on stderr (what the benchmarks' profile uses).
+//! run repairs every state a killed run leaves. With `RLIVEPATCH_FAULT_SIGNAL=<number>`
+//! the point instead sends that signal, once, to the target process (job control arriving
+//! mid-operation), or with `tool:<number>` to rlivepatch itself (an operator's Ctrl-C at
+//! that moment). `RLIVEPATCH_TRACE=1` prints each point reached, with the time since the
+//! start, on stderr (what the benchmarks' profile uses).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Instant;
 
 struct Config {
-    fault: Option<String>,
+    /// The points (`RLIVEPATCH_FAULT`, comma-separated).
+    fault: Vec<String>,
+    /// For each point, the signal to send there instead of dying, and whether to
+    /// rlivepatch itself (`RLIVEPATCH_FAULT_SIGNAL`, comma-separated like the points).
+    signal: Vec<(bool, i32)>,
     trace: bool,
     start: Instant,
 }
@@ -17,10 +25,32 @@ struct Config {
 fn config() -> &'static Config {
     static C: OnceLock<Config> = OnceLock::new();
     C.get_or_init(|| Config {
-        fault: std::env::var("RLIVEPATCH_FAULT").ok(),
+        fault: std::env::var("RLIVEPATCH_FAULT")
+            .map(|v| v.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
+        signal: std::env::var("RLIVEPATCH_FAULT_SIGNAL")
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|s| match s.strip_prefix("tool:") {
+                        Some(n) => n.parse().ok().map(|n| (true, n)),
+                        None => s.parse().ok().map(|n| (false, n)),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         trace: std::env::var_os("RLIVEPATCH_TRACE").is_some_and(|v| v != "0"),
         start: Instant::now(),
     })
+}
+
+/// The process being worked on, for `RLIVEPATCH_FAULT_SIGNAL`.
+static TARGET: AtomicI32 = AtomicI32::new(0);
+/// Which points sent their signal already (each does once).
+static SIGNALLED: [AtomicBool; 8] = [const { AtomicBool::new(false) }; 8];
+
+/// Name the process rlivepatch works on (the target of `RLIVEPATCH_FAULT_SIGNAL`).
+pub fn set_target(pid: i32) {
+    TARGET.store(pid, Ordering::SeqCst);
 }
 
 /// Start the clock of the trace (call first thing).
@@ -33,9 +63,28 @@ pub fn point(name: &str) {
     crate::pace::point();
     let c = config();
     trace_line(c, name);
-    if c.fault.as_deref() == Some(name) {
+    let Some(i) = c.fault.iter().position(|f| f == name) else {
+        return;
+    };
+    match c.signal.get(i) {
+        Some(&(tool, sig)) => {
+            if !SIGNALLED
+                .get(i)
+                .is_some_and(|s| s.swap(true, Ordering::SeqCst))
+            {
+                let to = if tool {
+                    std::process::id() as i32
+                } else {
+                    TARGET.load(Ordering::SeqCst)
+                };
+                // SAFETY: kill(2) sends a signal; no memory is involved.
+                unsafe { libc::kill(to, sig) };
+            }
+        }
         // SAFETY: raise(2) with SIGKILL ends this process; nothing to clean up.
-        unsafe { libc::raise(libc::SIGKILL) };
+        None => unsafe {
+            libc::raise(libc::SIGKILL);
+        },
     }
 }
 

@@ -72,7 +72,6 @@ pub const TRAMPOLINE_STOP: u64 = 17;
 pub const TRAMPOLINE_MARKER: u64 = 110;
 
 const SYS_RT_SIGRETURN: u64 = 15;
-const SYS_RESTART_SYSCALL: u64 = 219;
 /// `mov $15,%rax; syscall`: glibc's and musl's `__restore_rt`.
 const RESTORE_RT: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
 const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
@@ -164,8 +163,14 @@ impl Libc {
     }
 }
 
+/// Is the signal a thread is stopped for a fault of its own code (raised by the kernel:
+/// `si_code > 0`), rather than one sent by a process (`kill`, `tgkill`, `sigqueue`)?
+fn is_fault(tid: Tid) -> bool {
+    nix::sys::ptrace::getsiginfo(nix::unistd::Pid::from_raw(tid)).is_ok_and(|si| si.si_code > 0)
+}
+
 /// Is the thread at a syscall-enter stop (rather than syscall-exit)?
-fn is_syscall_entry(tid: Tid) -> Result<bool> {
+pub fn is_syscall_entry(tid: Tid) -> Result<bool> {
     let info = nix::sys::ptrace::syscall_info(nix::unistd::Pid::from_raw(tid)).map_err(|e| {
         err!(
             Failed,
@@ -189,60 +194,6 @@ fn find_restore_rt(file: &crate::symbols::ElfFile) -> Option<u64> {
         }
     }
     None
-}
-
-/// The registers a thread stopped at an interrupt stop resumes with, as the kernel would
-/// compute them with no signal handler to run: an interrupted system call is restarted.
-pub fn restart_adjusted(r: &Regs) -> Regs {
-    let mut c = *r;
-    if (r.orig_rax as i64) >= 0 {
-        match r.rax as i64 {
-            -514..=-512 => {
-                // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND: run it again.
-                c.rax = r.orig_rax;
-                c.rip -= 2;
-            }
-            -516 => {
-                // ERESTART_RESTARTBLOCK: continue through restart_syscall.
-                c.rax = SYS_RESTART_SYSCALL;
-                c.rip -= 2;
-            }
-            -4 if eintr_on_stop(r.orig_rax) => {
-                // A call the kernel ends with EINTR on any stop: run it again.
-                c.rax = r.orig_rax;
-                c.rip -= 2;
-            }
-            _ => {}
-        }
-    }
-    c.orig_rax = u64::MAX;
-    c
-}
-
-/// System calls that Linux ends with EINTR when the thread is merely stopped and resumed
-/// (signal(7): "even in the absence of signal handlers"), which a ptrace stop is. A thread
-/// rlivepatch stopped in one is set to call it again, so that the program never sees the
-/// EINTR (the wait starts over, it is never cut short).
-pub fn eintr_on_stop(nr: u64) -> bool {
-    const EPOLL_WAIT: u64 = 232;
-    const EPOLL_PWAIT: u64 = 281;
-    const EPOLL_PWAIT2: u64 = 441;
-    const IO_GETEVENTS: u64 = 208;
-    const IO_PGETEVENTS: u64 = 333;
-    const SEMOP: u64 = 65;
-    const SEMTIMEDOP: u64 = 220;
-    const RT_SIGTIMEDWAIT: u64 = 128;
-    matches!(
-        nr,
-        EPOLL_WAIT
-            | EPOLL_PWAIT
-            | EPOLL_PWAIT2
-            | IO_GETEVENTS
-            | IO_PGETEVENTS
-            | SEMOP
-            | SEMTIMEDOP
-            | RT_SIGTIMEDWAIT
-    )
 }
 
 /// The private memory rlivepatch maps in the target for one run.
@@ -321,17 +272,19 @@ enum Outcome {
 }
 
 impl Injector {
-    /// Borrow `tid`, which must be stopped at an interrupt stop with no pending signal.
-    /// Saves its registers, XSAVE area and signal mask. Each call runs with every signal
-    /// blocked (they stay pending and are delivered after it); between calls the thread
-    /// holds its own mask, so that it is exactly itself if rlivepatch dies there.
-    pub fn borrow(tr: &mut Tracer, tid: Tid, libc: Libc) -> Result<Injector> {
+    /// Borrow `tid`, which must be stopped at an interrupt stop (or a job-control stop)
+    /// with no pending signal. Saves its registers, XSAVE area and signal mask. Each call
+    /// runs with every signal blocked (they stay pending and are delivered after it);
+    /// between calls the thread holds its own mask, so that it is exactly itself if
+    /// rlivepatch dies there. With `rewind`, a system call that failed with `EINTR` only
+    /// because of rlivepatch's stop runs again when the thread gets its context back.
+    pub fn borrow(tr: &mut Tracer, tid: Tid, libc: Libc, rewind: bool) -> Result<Injector> {
         let regs = tr.regs(tid)?;
         let xstate = tr.xstate(tid)?;
         let mask = tr.sigmask(tid)?;
         Ok(Injector {
             tid,
-            ctx: restart_adjusted(&regs),
+            ctx: crate::restart::restart_adjusted(&regs, rewind),
             xstate,
             mask,
             libc,
@@ -454,6 +407,13 @@ impl Injector {
                     let r = tr.regs(self.tid)?;
                     self.end_run(tr);
                     return Ok(Outcome::Caught(r));
+                }
+                Some(Stop::Signal(sig)) if !is_fault(self.tid) => {
+                    // Not the call's doing: a stop signal sent to the process (the only
+                    // one a blocked mask lets through). It goes on to the process; the
+                    // call goes on too.
+                    let _ = sig;
+                    tr.resume(self.tid)?;
                 }
                 Some(Stop::Signal(sig)) => {
                     let r = tr.regs(self.tid)?;

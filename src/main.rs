@@ -31,7 +31,10 @@ const EXIT_CODES: &str = "Exit codes:
      else, already applied, not applied
   6  no safe moment to switch before the timeout (threads inside changed functions)
   7  interrupted by SIGINT/SIGTERM/SIGHUP; the current step was undone
-  8  an injected call did not finish; see `rlivepatch list`";
+  8  could not finish nor undo cleanly; the message says what is left, and
+     `rlivepatch repair PID` finishes it
+  9  job control stopped the process before the switch; the step was undone and the
+     process stays stopped (`kill -CONT PID` resumes it)";
 
 #[derive(Subcommand)]
 enum Command {

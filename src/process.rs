@@ -183,6 +183,12 @@ pub fn start_time(stat_path: &str) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Is process `pid` started at `start` (ticks since boot) still there, and not a zombie?
+pub fn alive(pid: i32, start: u64) -> bool {
+    start_time(&format!("/proc/{pid}/stat")) == Some(start)
+        && read_status(pid).is_ok_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
 /// Is `pid` a kernel thread? (PF_KTHREAD in the flags of /proc/pid/stat.)
 pub fn is_kernel_thread(pid: i32) -> bool {
     const PF_KTHREAD: u64 = 0x0020_0000;
@@ -238,6 +244,49 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
     // The command name may hold ')' itself: the state follows the last one.
     let close = stat.iter().rposition(|&b| b == b')')?;
     stat.get(close + 2).map(|&b| b as char)
+}
+
+/// Is job control stopping process `pid`? The stop signal's name when a stop signal
+/// waits to be delivered (`SIGSTOP`, or `SIGTSTP`/`SIGTTIN`/`SIGTTOU` with their default
+/// action) or a thread is stopped (`T`).
+pub fn job_stop(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let caught_or_ignored = mask("SigCgt:") | mask("SigIgn:");
+    let mut pending = mask("ShdPnd:");
+    for t in task_ids(pid).ok()? {
+        if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status")) {
+            pending |= st
+                .lines()
+                .find_map(|l| l.strip_prefix("SigPnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0);
+        }
+    }
+    for sig in [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+        let bit = 1u64 << (sig - 1);
+        if pending & bit != 0 && (sig == libc::SIGSTOP || caught_or_ignored & bit == 0) {
+            return Some(crate::ptrace::signal_name(sig));
+        }
+    }
+    let stopped = task_ids(pid)
+        .ok()?
+        .into_iter()
+        .any(|t| thread_state(pid, t) == Some('T'));
+    stopped.then(|| "a stop signal".to_string())
+}
+
+/// The system call thread `tid` of `pid` is blocked in, from
+/// `/proc/PID/task/TID/syscall` (readable by its tracer), without stopping it; `None`
+/// when it runs or is not in a system call.
+pub fn blocked_in(pid: i32, tid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// The command name of a thread (`comm`), for messages.
@@ -302,8 +351,7 @@ impl Process {
 
     /// Is this still the same process (same pid, same start time)?
     pub fn is_alive(&self) -> bool {
-        start_time(&format!("/proc/{}/stat", self.pid)) == Some(self.start_time)
-            && read_status(self.pid).is_ok_and(|s| s.state != 'Z' && s.state != 'X')
+        alive(self.pid, self.start_time)
     }
 
     /// Read and parse `/proc/pid/maps` now.

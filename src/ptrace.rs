@@ -9,14 +9,26 @@
 //! SIGINT, SIGTERM and SIGHUP sent to rlivepatch are read from the same signalfd as
 //! SIGCHLD, so a request to stop is seen between two ptrace events and the current step can
 //! be undone before exiting.
+//!
+//! Wait statuses are decoded from the raw integer: every signal number (1 to 64, real-time
+//! ones included) and every ptrace event is the tracer's business, and a library enum that
+//! lacks some of them must not turn a report into an error. Signals are re-delivered by
+//! number, so the kernel keeps the `siginfo` the sender gave (it rewrites it only when the
+//! tracer changes the number).
+//!
+//! Job control: a stop signal the process receives (`SIGSTOP`, `SIGTSTP`...) is delivered
+//! like any other, and each thread's group-stop is left in place (`PTRACE_LISTEN`), never
+//! resumed, but for a thread that must finish an injected call; when rlivepatch detaches,
+//! the kernel puts every thread back into the stop and tells the parent, as job control
+//! asked. [`Tracer::job_stop`] says that such a stop is in effect.
 
 use crate::error::{Context, Result};
 use crate::process;
+use crate::restart::{self, Signals};
 use crate::{bail, err};
 use nix::sys::ptrace::{self, Options};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -75,6 +87,12 @@ pub struct Thread {
     pub in_call: bool,
     /// It is in a job-control stop and we let it stay there (`PTRACE_LISTEN`).
     pub listening: bool,
+    /// Resume it with syscall stops, to see (and undo) an `EINTR` the program would not
+    /// have seen without a tracer: it was seen in a system call that a stray wake-up ends
+    /// with `EINTR`, or the process gets signals it ignores (see [`prepare_resume`]).
+    pub watch_eintr: bool,
+    /// It runs with syscall stops now (resumed with `PTRACE_SYSCALL`; not after a seize).
+    syscall_traced: bool,
     interrupt_sent: bool,
 }
 
@@ -93,8 +111,96 @@ pub struct Tracer {
     pub exec_seen: bool,
     /// The process exited.
     pub exited: bool,
+    /// A job-control stop is in effect (the stop signal): the process was stopped by
+    /// `SIGSTOP`, `SIGTSTP`, `SIGTTIN` or `SIGTTOU` while traced, and not continued since.
+    pub job_stop: Option<i32>,
+    /// The operation is past the point where it can be undone (or is undoing): requests
+    /// to stop wait until it is done.
+    pub finishing: bool,
+    /// The process got a signal it ignores while traced: every thread is watched for a
+    /// stray `EINTR` from now on (see [`prepare_resume`]).
+    watch_all: bool,
     /// Threads whose exit was reaped: a late clone event must not bring them back.
     gone: std::collections::HashSet<Tid>,
+    /// The lock against another rlivepatch, held until the tracer is dropped (after the
+    /// last detach).
+    lock: Option<crate::lock::Lock>,
+}
+
+/// One report of `waitpid` about a traced thread, decoded from the raw status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The thread exited or was killed.
+    Gone,
+    /// Syscall-enter or syscall-exit stop (`SIGTRAP | 0x80` with `PTRACE_O_TRACESYSGOOD`).
+    Syscall,
+    /// Signal-delivery-stop with the signal's number.
+    Signal(i32),
+    /// A ptrace event stop: the event (`PTRACE_EVENT_*`) and the stop's signal.
+    Event(i32, i32),
+}
+
+impl Report {
+    /// Decode a raw `waitpid` status of a traced thread. `None` for statuses a tracer
+    /// does not get for its tracees (continued).
+    pub fn decode(status: i32) -> Option<Report> {
+        if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            return Some(Report::Gone);
+        }
+        if !libc::WIFSTOPPED(status) {
+            return None;
+        }
+        let sig = libc::WSTOPSIG(status);
+        let event = (status >> 16) & 0xff;
+        Some(if sig == libc::SIGTRAP | 0x80 {
+            Report::Syscall
+        } else if event != 0 {
+            Report::Event(event, sig)
+        } else {
+            Report::Signal(sig)
+        })
+    }
+}
+
+/// `waitpid(who, WNOHANG | __WALL)`: the thread and its raw status, or `None` when no
+/// report is ready.
+fn wait_raw(who: i32) -> std::io::Result<Option<(Tid, i32)>> {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status into our integer and touches nothing else.
+    let r = unsafe { libc::waitpid(who, &mut status, libc::WNOHANG | libc::__WALL) };
+    match r {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => Ok(None),
+        tid => Ok(Some((tid, status))),
+    }
+}
+
+/// A ptrace request that takes a signal number in `data` (resume, detach, listen).
+fn ptrace_sig(request: libc::c_uint, tid: Tid, sig: i32) -> std::io::Result<()> {
+    // SAFETY: these requests take no pointers: `addr` is ignored, `data` is a number.
+    let r = unsafe { libc::ptrace(request, tid, 0usize, sig as usize) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The name of a signal for messages (`SIGRTMIN+3` for real-time ones).
+pub fn signal_name(sig: i32) -> String {
+    match Signal::try_from(sig) {
+        Ok(s) => s.as_str().to_string(),
+        Err(_) if sig >= libc::SIGRTMIN() && sig <= libc::SIGRTMAX() => {
+            format!("SIGRTMIN+{}", sig - libc::SIGRTMIN())
+        }
+        Err(_) => format!("signal {sig}"),
+    }
+}
+
+fn is_stop_signal(sig: i32) -> bool {
+    matches!(
+        sig,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
 }
 
 const OPTIONS: Options = Options::PTRACE_O_TRACECLONE
@@ -138,57 +244,142 @@ impl Tracer {
             interrupted: None,
             exec_seen: false,
             exited: false,
+            job_stop: None,
+            finishing: false,
+            watch_all: false,
             gone: Default::default(),
+            lock: None,
         };
-        // The leader first: every rlivepatch seizes it first, so holding it is the lock
-        // that keeps two runs from interleaving.
+        crate::fault::set_target(pid);
+        // One rlivepatch at a time: wait for another one working on this process.
+        let start = process::start_time(&format!("/proc/{pid}/stat"))
+            .ok_or_else(|| err!(Target, "process {pid} exited"))?;
         let mut announced = false;
-        loop {
-            match t.seize(pid) {
-                Ok(true) => break,
-                Ok(false) => bail!(Target, "process {pid} exited"),
-                Err(e) => {
-                    let st = process::read_status(pid)?;
-                    if st.tracer != 0 && is_rlivepatch(st.tracer) {
-                        if Instant::now() >= deadline {
-                            bail!(
-                                Target,
-                                "another rlivepatch (pid {}) is still working on process {pid}; wait for it to finish and retry",
-                                st.tracer
-                            );
-                        }
-                        if !announced {
-                            progress(&format!(
-                                "waiting for rlivepatch pid {} to finish with process {pid}",
-                                st.tracer
-                            ));
-                            announced = true;
-                        }
-                        t.pump(Instant::now() + Duration::from_millis(50))?;
-                        t.check_interrupted()?;
-                        continue;
-                    }
-                    return Err(e);
-                }
+        t.lock = Some(loop {
+            if let Some(lock) = crate::lock::Lock::try_acquire(pid, start)? {
+                break lock;
             }
-        }
-        // Then every other thread, until the set is stable.
+            t.wait_for_other(deadline, &mut announced, progress)?;
+        });
+        t.seize_all(deadline, &mut announced, progress)?;
+        Ok(t)
+    }
+
+    /// Seize every thread, the leader last, until the set is stable. While the leader is
+    /// not traced, the kernel drops a signal the program ignores when it is sent to the
+    /// process; once the leader is traced, such a signal is queued (for the tracer to see)
+    /// and wakes some thread: attaching the leader last, and detaching it first, means
+    /// that a thread rlivepatch does not trace is never woken for nothing.
+    fn seize_all(
+        &mut self,
+        deadline: Instant,
+        announced: &mut bool,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let pid = self.pid;
         loop {
-            let tids = process::task_ids(pid)?;
+            let mut tids: Vec<Tid> = process::task_ids(pid)?.into_iter().collect();
+            tids.sort_by_key(|&tid| tid == pid);
             let mut new = false;
             for tid in tids {
                 crate::pace::point();
-                if !t.threads.contains_key(&tid) && t.seize(tid)? {
+                if self.threads.contains_key(&tid) {
+                    continue;
+                }
+                if tid == pid {
+                    // Before the leader is traced (and signals the program ignores start
+                    // to be queued), every thread asleep in a call that a stray wake-up
+                    // ends with EINTR is watched.
+                    self.watch_blocked(deadline)?;
+                }
+                // A tracer of an older rlivepatch, or one in another network namespace
+                // (which has its own locks): wait for it too.
+                let seized = loop {
+                    match self.seize(tid) {
+                        Err(_) if traced_by_rlivepatch(pid, tid).is_some() => {
+                            self.wait_for_other(deadline, announced, progress)?;
+                        }
+                        r => break r?,
+                    }
+                };
+                if seized {
                     new = true;
+                } else if tid == pid {
+                    bail!(Target, "process {pid} exited");
                 }
             }
             // Drain clone events so threads created meanwhile are known.
-            t.pump(Instant::now())?;
+            self.pump(Instant::now())?;
             if !new {
-                break;
+                // The leader was attached already (a reattach): the threads just attached
+                // are watched now.
+                return self.watch_blocked(deadline);
             }
         }
-        Ok(t)
+    }
+
+    /// Threads attached but never stopped that are asleep in a call a stray wake-up ends
+    /// with `EINTR` (as `/proc/PID/task/TID/syscall` tells, without stopping anyone), or
+    /// all of them once the process is known to get signals it ignores: stopped once and
+    /// resumed with syscall stops (see [`prepare_resume`]).
+    fn watch_blocked(&mut self, deadline: Instant) -> Result<()> {
+        let all = self.watch_all;
+        let blocked: Vec<Tid> = self
+            .threads
+            .values()
+            .filter(|t| t.stop.is_none() && !t.syscall_traced && !t.listening && t.want_run)
+            .map(|t| t.tid)
+            .filter(|&t| {
+                all || process::blocked_in(self.pid, t).is_some_and(restart::waits_for_events)
+            })
+            .collect();
+        if blocked.is_empty() {
+            return Ok(());
+        }
+        self.stop_these(&blocked, deadline)?;
+        for tid in blocked {
+            if let Some(th) = self.threads.get_mut(&tid) {
+                th.watch_eintr = true;
+            }
+            self.resume(tid)?;
+        }
+        Ok(())
+    }
+
+    /// Wait a moment for another rlivepatch working on the process (saying so once), or
+    /// fail at `deadline`.
+    fn wait_for_other(
+        &mut self,
+        deadline: Instant,
+        announced: &mut bool,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let pid = self.pid;
+        let who = process::task_ids(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|tid| traced_by_rlivepatch(pid, tid))
+            .map(|t| format!("rlivepatch pid {t}"))
+            .unwrap_or_else(|| "another rlivepatch".to_string());
+        if Instant::now() >= deadline {
+            bail!(
+                Target,
+                "{who} is still working on process {pid}; wait for it to finish and retry"
+            );
+        }
+        if !*announced {
+            progress(&format!("waiting for {who} to finish with process {pid}"));
+            *announced = true;
+        }
+        self.pump(Instant::now() + Duration::from_millis(50))?;
+        self.check_interrupted()
+    }
+
+    /// Attach again after every thread was let go at a switch (the one kept has exited):
+    /// every thread, in the same order as [`Tracer::attach`]. They keep running.
+    pub fn reattach(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        self.seize_all(deadline, &mut false, &mut |_| {})
     }
 
     /// Seize one thread. `Ok(false)` when it is gone (or a zombie).
@@ -198,7 +389,9 @@ impl Tracer {
         // milliseconds.
         match ptrace::seize(Pid::from_raw(tid), OPTIONS) {
             Ok(()) => {
-                self.threads.insert(tid, new_thread(tid));
+                let mut th = new_thread(tid);
+                th.watch_eintr = self.watch_all;
+                self.threads.insert(tid, th);
                 Ok(true)
             }
             Err(nix::Error::ESRCH) => Ok(false),
@@ -348,13 +541,31 @@ impl Tracer {
         }
     }
 
+    /// A thread stopped at a syscall-entry stop (it runs with syscall stops) is let into
+    /// the call and stopped again: at the call's exit, or at an interrupt stop if it
+    /// sleeps in it. There, unlike at the entry, it can run injected calls and be
+    /// detached. `Ok(false)` when it is gone.
+    pub fn step_off_entry(&mut self, tid: Tid, deadline: Instant) -> Result<bool> {
+        let at_entry = self.threads.get(&tid).is_some_and(|t| {
+            t.stop == Some(Stop::Syscall) && crate::inject::is_syscall_entry(tid).unwrap_or(false)
+        });
+        if !at_entry {
+            return Ok(self.threads.contains_key(&tid));
+        }
+        let th = self.threads.get_mut(&tid).unwrap();
+        th.want_run = false;
+        th.watch_eintr = true;
+        resume_raw(th)?;
+        self.stop_one(tid, deadline)
+    }
+
     /// Resume one stopped thread, delivering its pending signal.
     pub fn resume(&mut self, tid: Tid) -> Result<()> {
         let Some(th) = self.threads.get_mut(&tid) else {
             return Ok(());
         };
         th.want_run = true;
-        resume_thread(th)
+        resume_thread(self.pid, th)
     }
 
     /// Resume every stopped thread.
@@ -392,14 +603,15 @@ impl Tracer {
         loop {
             let mut handled = false;
             loop {
-                match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
-                    Ok(WaitStatus::StillAlive) | Err(nix::Error::ECHILD) => break,
-                    Ok(status) => {
-                        self.handle(status)?;
+                match wait_raw(-1) {
+                    Ok(None) => break,
+                    Ok(Some((tid, status))) => {
+                        self.handle(tid, status)?;
                         handled = true;
                     }
-                    Err(nix::Error::EINTR) => continue,
-                    Err(e) => bail!(Failed, "waitpid: {}", e.desc()),
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
+                    Err(e) => bail!(Failed, "waitpid: {e}"),
                 }
             }
             if handled {
@@ -458,11 +670,8 @@ impl Tracer {
             // Signals first, so that a SIGCHLD arriving after the waitpid below wakes the
             // poll.
             self.read_signals();
-            match waitpid(
-                Pid::from_raw(tid),
-                Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
-            ) {
-                Ok(WaitStatus::StillAlive) => {
+            match wait_raw(tid) {
+                Ok(None) => {
                     let now = Instant::now();
                     if now >= drain_at {
                         self.pump(now)?;
@@ -481,14 +690,14 @@ impl Tracer {
                     }
                     self.wait_signal(drain_at.min(sweep).min(deadline))?;
                 }
-                Ok(status) => self.handle(status)?,
-                Err(nix::Error::EINTR) => {}
-                Err(nix::Error::ECHILD) => {
+                Ok(Some((t, status))) => self.handle(t, status)?,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
                     // Not ours to wait for any more: it exited and was reaped.
                     self.threads.remove(&tid);
                     self.gone.insert(tid);
                 }
-                Err(e) => bail!(Failed, "waitpid: {}", e.desc()),
+                Err(e) => bail!(Failed, "waitpid: {e}"),
             }
         }
         // Whatever else came meanwhile.
@@ -510,24 +719,39 @@ impl Tracer {
         asked
     }
 
-    /// An error if rlivepatch was asked to stop.
-    pub fn check_interrupted(&self) -> Result<()> {
-        match self.interrupted {
-            Some(sig) => Err(err!(
+    /// An error if rlivepatch was asked to stop (SIGINT, SIGTERM, SIGHUP), or if job
+    /// control stopped the process: the current step is to be undone. Once the operation
+    /// is finishing (past its switch, or undoing), requests wait until it is done.
+    pub fn check_interrupted(&mut self) -> Result<()> {
+        if self.finishing {
+            return Ok(());
+        }
+        // A request that came since the last wait is read now, not after the next one.
+        self.read_signals();
+        if let Some(sig) = self.interrupted {
+            bail!(
                 Interrupted,
                 "interrupted by {}; the current step was undone",
-                Signal::try_from(sig)
-                    .map(|s| s.as_str())
-                    .unwrap_or("a signal")
-            )),
-            None => Ok(()),
+                signal_name(sig)
+            );
         }
+        if let Some(sig) = self.job_stop {
+            let pid = self.pid;
+            bail!(
+                Stopped,
+                "process {pid} was stopped by {} (job control) while rlivepatch worked; the current step was undone and the process stays stopped, as job control asked; continue it (kill -CONT {pid}) and retry",
+                signal_name(sig)
+            );
+        }
+        Ok(())
     }
 
-    fn handle(&mut self, status: WaitStatus) -> Result<()> {
-        match status {
-            WaitStatus::Exited(pid, _) | WaitStatus::Signaled(pid, _, _) => {
-                let tid = pid.as_raw();
+    fn handle(&mut self, tid: Tid, status: i32) -> Result<()> {
+        let Some(report) = Report::decode(status) else {
+            return Ok(());
+        };
+        match report {
+            Report::Gone => {
                 self.threads.remove(&tid);
                 self.gone.insert(tid);
                 if tid == self.pid {
@@ -537,8 +761,8 @@ impl Tracer {
                     self.exited = true;
                 }
             }
-            WaitStatus::PtraceSyscall(pid) => {
-                let tid = pid.as_raw();
+            Report::Syscall => {
+                let pid = self.pid;
                 let th = self.thread_entry(tid);
                 th.stop = Some(Stop::Syscall);
                 th.interrupt_sent = false;
@@ -547,83 +771,119 @@ impl Tracer {
                         Catch::Nothing => false,
                         Catch::All => true,
                         Catch::At(list) => {
-                            ptrace::getregs(pid).is_ok_and(|r| list.contains(&r.rip))
+                            ptrace::getregs(Pid::from_raw(tid)).is_ok_and(|r| list.contains(&r.rip))
                         }
                     };
                     if !keep {
-                        resume_thread(th)?;
+                        resume_thread(pid, th)?;
                     }
                 }
             }
-            WaitStatus::PtraceEvent(pid, sig, event) => {
-                let tid = pid.as_raw();
-                let world_stopped = self.world_stopped;
-                if event == libc::PTRACE_EVENT_CLONE
-                    && let Ok(child) = ptrace::getevent(pid)
-                {
-                    let child = child as Tid;
-                    // A child that already exited (its exit was reaped first) stays gone.
-                    if !self.gone.contains(&child) {
-                        self.threads.entry(child).or_insert_with(|| {
-                            let mut t = new_thread(child);
-                            t.want_run = !world_stopped;
-                            t
-                        });
+            Report::Event(event, sig) => self.handle_event(tid, event, sig)?,
+            Report::Signal(sig) => {
+                if sig == libc::SIGCONT {
+                    // SIGCONT ends a job-control stop the moment it is sent.
+                    self.job_stop = None;
+                }
+                if !self.watch_all && Signals::of(self.pid, tid).is_some_and(|s| s.ignores(sig)) {
+                    // Queued only because the process is traced, such a signal wakes any
+                    // thread asleep in a system call, and another thread may take it
+                    // first: that one's EINTR would then pass unseen. Every thread is
+                    // watched from now on; those running are switched over at once (an
+                    // interrupt, resumed with syscall stops; a thread asleep loses nothing).
+                    self.watch_all = true;
+                    for th in self.threads.values_mut() {
+                        th.watch_eintr = true;
+                        if th.stop.is_none()
+                            && !th.syscall_traced
+                            && th.want_run
+                            && !th.listening
+                            && !th.interrupt_sent
+                            && ptrace::interrupt(Pid::from_raw(th.tid)).is_ok()
+                        {
+                            th.interrupt_sent = true;
+                        }
                     }
                 }
+                let pid = self.pid;
                 let th = self.thread_entry(tid);
-                // Any trap clears a pending PTRACE_INTERRUPT, EVENT_STOP or not.
+                th.stop = Some(Stop::Signal(sig));
                 th.interrupt_sent = false;
-                let stop = match (event, sig) {
-                    (
-                        libc::PTRACE_EVENT_STOP,
-                        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU,
-                    ) => Stop::Group(sig as i32),
-                    (libc::PTRACE_EVENT_STOP, _) => Stop::Interrupt,
-                    (e, _) => Stop::Event(e),
-                };
-                th.stop = Some(stop);
-                th.listening = false;
-                if event == libc::PTRACE_EVENT_EXEC {
-                    self.exec_seen = true;
-                    return Ok(());
-                }
-                if th.want_run {
-                    if let Stop::Group(_) = stop {
-                        // Job control stopped the process: let it stay stopped, and keep
-                        // being told when it continues.
-                        // SAFETY: PTRACE_LISTEN takes no pointers.
-                        unsafe { libc::ptrace(PTRACE_LISTEN, tid, 0, 0) };
-                        th.listening = true;
-                        th.stop = None;
-                    } else {
-                        resume_thread(th)?;
-                    }
-                }
-            }
-            WaitStatus::Stopped(pid, sig) => {
-                let tid = pid.as_raw();
-                let th = self.thread_entry(tid);
-                th.stop = Some(Stop::Signal(sig as i32));
-                th.interrupt_sent = false;
-                th.pending_signal = Some(sig as i32);
-                // A thread in an injected call keeps its (synchronous) signal for the
-                // caller to see; others get it delivered now.
+                th.pending_signal = Some(sig);
+                // A thread in an injected call keeps its signal for the caller to judge
+                // (a fault of the call, or a stop signal to pass on); others get it now.
                 if th.want_run && !th.in_call {
-                    resume_thread(th)?;
+                    resume_thread(pid, th)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn handle_event(&mut self, tid: Tid, event: i32, sig: i32) -> Result<()> {
+        let world_stopped = self.world_stopped;
+        if event == libc::PTRACE_EVENT_CLONE
+            && let Ok(child) = ptrace::getevent(Pid::from_raw(tid))
+        {
+            let child = child as Tid;
+            // A child that already exited (its exit was reaped first) stays gone.
+            if !self.gone.contains(&child) {
+                self.threads.entry(child).or_insert_with(|| {
+                    let mut t = new_thread(child);
+                    t.want_run = !world_stopped;
+                    t
+                });
+            }
+        }
+        let pid = self.pid;
+        let th = self.thread_entry(tid);
+        let was_listening = th.listening;
+        let ours = th.interrupt_sent;
+        // Any trap clears a pending PTRACE_INTERRUPT, EVENT_STOP or not.
+        th.interrupt_sent = false;
+        let stop = match event {
+            libc::PTRACE_EVENT_STOP if is_stop_signal(sig) => Stop::Group(sig),
+            libc::PTRACE_EVENT_STOP => Stop::Interrupt,
+            e => {
+                if !matches!(e, libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_EXEC) {
+                    crate::fault::trace(&format!("ptrace event {e} on thread {tid}"));
+                }
+                Stop::Event(e)
+            }
+        };
+        th.stop = Some(stop);
+        th.listening = false;
+        let in_call = th.in_call;
+        let want_run = th.want_run;
+        match stop {
+            Stop::Group(sig) => self.job_stop = Some(sig),
+            // A listening thread trapping again without our interrupt: SIGCONT came.
+            Stop::Interrupt if was_listening && !ours => self.job_stop = None,
             _ => {}
+        }
+        if event == libc::PTRACE_EVENT_EXEC {
+            self.exec_seen = true;
+            return Ok(());
+        }
+        let th = self.threads.get_mut(&tid).unwrap();
+        if in_call {
+            // A thread running an injected call finishes it even when job control stops
+            // the process: detaching puts it back into the stop.
+            resume_raw(th)?;
+        } else if want_run {
+            resume_thread(pid, th)?;
         }
         Ok(())
     }
 
     fn thread_entry(&mut self, tid: Tid) -> &mut Thread {
         let world_stopped = self.world_stopped;
+        let watch = self.watch_all;
         self.gone.remove(&tid);
         self.threads.entry(tid).or_insert_with(|| {
             let mut t = new_thread(tid);
             t.want_run = !world_stopped;
+            t.watch_eintr = watch;
             t
         })
     }
@@ -645,15 +905,19 @@ impl Tracer {
         crate::fault::trace("detach gently");
         self.world_stopped = false;
         crate::pace::world_stopped(false);
+        // The leader first (see `attach`): from then on the kernel drops the signals the
+        // program ignores instead of queueing them for threads rlivepatch lets go.
+        if self.threads.len() > 1
+            && self.threads.contains_key(&self.pid)
+            && self.stop_one(self.pid, deadline)?
+        {
+            self.detach_one(self.pid);
+        }
         while !self.threads.is_empty() && !self.exited {
-            // The leader goes last: holding it is the lock that keeps another rlivepatch
-            // out until this one is done.
-            let skip = if self.threads.len() > 1 { self.pid } else { 0 };
             let stopped: Vec<Tid> = self
                 .threads
                 .values()
                 .filter(|t| t.stop.is_some() && !t.listening)
-                .filter(|t| t.tid != skip)
                 .map(|t| t.tid)
                 .collect();
             for tid in stopped {
@@ -662,14 +926,13 @@ impl Tracer {
             if self.threads.is_empty() {
                 break;
             }
-            let mut on_cpu = self.on_cpu();
-            on_cpu.retain(|&t| t != skip);
+            let on_cpu = self.on_cpu();
             let asleep: Vec<Tid> = self
                 .threads
                 .values()
                 .filter(|t| t.stop.is_none() || t.listening)
                 .map(|t| t.tid)
-                .filter(|t| !on_cpu.contains(t) && *t != skip)
+                .filter(|t| !on_cpu.contains(t))
                 .collect();
             if !asleep.is_empty() {
                 self.stop_these(&asleep, deadline)?;
@@ -688,14 +951,28 @@ impl Tracer {
     }
 
     fn detach_one(&mut self, tid: Tid) {
-        let Some(th) = self.threads.remove(&tid) else {
+        // Detaching wakes the thread as a signal would (the kernel sets its
+        // signal-pending flag): at the entry of a call that a stray wake-up ends with
+        // EINTR, the call would fail at once. Let it make the call, stop it again at the
+        // call's exit (where a stray EINTR is undone), and detach it there. (Skipping the
+        // call and making it again would show seccomp a system call -1, which strict mode
+        // and most filters punish.)
+        if self.threads.get(&tid).is_some_and(|t| {
+            t.stop == Some(Stop::Syscall) && t.pending_signal.is_none() && at_eintr_entry(tid)
+        }) && !self
+            .step_off_entry(tid, Instant::now() + Duration::from_secs(5))
+            .unwrap_or(false)
+        {
+            self.threads.remove(&tid);
+            return;
+        }
+        let Some(mut th) = self.threads.remove(&tid) else {
             return;
         };
-        if th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none() {
-            undo_stop_eintr(th.tid);
-        }
-        let sig = th.pending_signal.and_then(|s| Signal::try_from(s).ok());
-        let _ = ptrace::detach(Pid::from_raw(th.tid), sig);
+        prepare_resume(self.pid, &mut th);
+        let sig = th.pending_signal.unwrap_or(0);
+        crate::fault::trace(&format!("detach thread {tid} from {:?}", th.stop));
+        let _ = ptrace_sig(libc::PTRACE_DETACH, th.tid, sig);
     }
 
     /// The attached threads that run and are on a CPU right now (state `R` in /proc):
@@ -733,9 +1010,11 @@ impl Tracer {
         crate::fault::trace("detach all but");
         self.world_stopped = false;
         crate::pace::world_stopped(false);
+        // The leader before any other (see `attach`).
+        let leader = [self.pid];
         let rest: Vec<Tid> = self.threads.keys().copied().collect();
-        for (i, &tid) in first.iter().chain(&rest).enumerate() {
-            if i == first.len() {
+        for (i, &tid) in leader.iter().chain(first).chain(&rest).enumerate() {
+            if i == first.len() + 1 {
                 crate::fault::trace("busy resumed");
             }
             if keep.contains(&tid) {
@@ -872,6 +1151,11 @@ impl Tracer {
         Ok(())
     }
 
+    /// Has the process shown that it gets signals it ignores (every thread is watched)?
+    pub fn watches_all(&self) -> bool {
+        self.watch_all
+    }
+
     /// Stopped thread ids.
     pub fn tids(&self) -> Vec<Tid> {
         self.threads.keys().copied().collect()
@@ -888,52 +1172,126 @@ fn new_thread(tid: Tid) -> Thread {
         catch: Catch::Nothing,
         in_call: false,
         listening: false,
+        watch_eintr: false,
+        syscall_traced: false,
         interrupt_sent: false,
     }
 }
 
-fn resume_thread(th: &mut Thread) -> Result<()> {
+/// Let a stopped thread go on: a job-control stop stays in place (`PTRACE_LISTEN`); any
+/// other stop is resumed, delivering its pending signal.
+fn resume_thread(pid: i32, th: &mut Thread) -> Result<()> {
     if th.stop.is_none() {
         return Ok(());
     }
-    if th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none() {
-        undo_stop_eintr(th.tid);
+    if matches!(th.stop, Some(Stop::Group(_))) && th.pending_signal.is_none() && !th.in_call {
+        return match ptrace_sig(PTRACE_LISTEN, th.tid, 0) {
+            Ok(()) => {
+                th.listening = true;
+                th.stop = None;
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                th.stop = None;
+                Ok(())
+            }
+            Err(e) => Err(err!(Failed, "PTRACE_LISTEN on thread {}: {e}", th.tid)),
+        };
     }
-    let sig = th
-        .pending_signal
-        .take()
-        .and_then(|s| Signal::try_from(s).ok());
-    let pid = Pid::from_raw(th.tid);
-    let r = if th.syscall_mode {
-        ptrace::syscall(pid, sig)
+    prepare_resume(pid, th);
+    resume_raw(th)
+}
+
+/// Resume a stopped thread as it is (syscall mode or not), delivering its pending signal.
+fn resume_raw(th: &mut Thread) -> Result<()> {
+    let sig = th.pending_signal.take().unwrap_or(0);
+    let traced = th.syscall_mode || th.watch_eintr;
+    let request = if traced {
+        libc::PTRACE_SYSCALL
     } else {
-        ptrace::cont(pid, sig)
+        libc::PTRACE_CONT
     };
-    match r {
-        Ok(()) | Err(nix::Error::ESRCH) => {
+    match ptrace_sig(request, th.tid, sig) {
+        Ok(()) => {
+            th.stop = None;
+            th.syscall_traced = traced;
+            Ok(())
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
             th.stop = None;
             Ok(())
         }
-        Err(e) => Err(err!(Failed, "resuming thread {}: {}", th.tid, e.desc())),
+        Err(e) => Err(err!(Failed, "resuming thread {}: {e}", th.tid)),
     }
 }
 
-/// A thread stopped by our interrupt in a system call that Linux ends with EINTR on any
-/// stop (epoll_wait...): set it to make the call again, as if the stop never happened.
-fn undo_stop_eintr(tid: Tid) {
-    let pid = Pid::from_raw(tid);
-    let Ok(mut r) = ptrace::getregs(pid) else {
+/// Before a thread leaves a stop (resumed or detached): a system call that failed with
+/// `EINTR` only because rlivepatch traces the thread is set to run again, so that the
+/// program never sees it (see the restart module). That is the case
+/// - at our interrupt stop, and at a syscall-exit stop, unless a signal the thread will
+///   act on is pending (then the program would have seen that `EINTR` anyway);
+/// - at the delivery of a signal the program ignores: without a tracer the kernel drops
+///   such a signal when it is sent, and it wakes nobody.
+///
+/// A signal the program ignores can also wake a thread asleep in such a call and be
+/// taken by another thread first; the woken thread's `EINTR` then comes with no stop at
+/// all, unless the thread runs with syscall stops. So a thread seen in one of these calls
+/// is watched (resumed with `PTRACE_SYSCALL`) until rlivepatch lets it go; once such a
+/// signal was seen, every thread is.
+fn prepare_resume(pid: i32, th: &mut Thread) {
+    let candidate = match th.stop {
+        Some(Stop::Interrupt) | Some(Stop::Syscall) => th.pending_signal.is_none(),
+        Some(Stop::Signal(sig)) => th.pending_signal == Some(sig),
+        _ => false,
+    };
+    if !candidate {
+        return;
+    }
+    let tpid = Pid::from_raw(th.tid);
+    let Ok(mut r) = ptrace::getregs(tpid) else {
         return;
     };
-    if (r.orig_rax as i64) >= 0
-        && r.rax as i64 == -(libc::EINTR as i64)
-        && crate::inject::eintr_on_stop(r.orig_rax)
-    {
-        r.rax = r.orig_rax;
-        r.rip -= 2;
-        r.orig_rax = u64::MAX;
-        let _ = ptrace::setregs(pid, r);
+    if (r.orig_rax as i64) >= 0 && restart::waits_for_events(r.orig_rax) {
+        th.watch_eintr = true;
     }
+    if !(r.rax as i64 == -(libc::EINTR as i64) && restart::eintr_on_stop(r.orig_rax)) {
+        return;
+    }
+    let Some(signals) = Signals::of(pid, th.tid) else {
+        return;
+    };
+    let ours = match th.stop {
+        Some(Stop::Signal(sig)) => signals.ignores(sig) && !signals.interrupting(),
+        _ => !signals.interrupting(),
+    };
+    crate::fault::trace(&format!(
+        "thread {} stopped ({:?}) after an EINTR of system call {}: {}",
+        th.tid,
+        th.stop,
+        r.orig_rax,
+        if ours {
+            "run again"
+        } else {
+            "left to the program"
+        }
+    ));
+    if ours && restart::rewind_eintr(&mut r) {
+        let _ = ptrace::setregs(tpid, r);
+    }
+}
+
+/// Is the thread at the syscall-entry stop of a call that a stray wake-up ends with
+/// `EINTR` (see [`restart::eintr_on_stop`])?
+fn at_eintr_entry(tid: Tid) -> bool {
+    crate::inject::is_syscall_entry(tid).unwrap_or(false)
+        && ptrace::getregs(Pid::from_raw(tid))
+            .is_ok_and(|r| (r.orig_rax as i64) >= 0 && restart::eintr_on_stop(r.orig_rax))
+}
+
+/// The pid of the rlivepatch tracing thread `tid` of `pid`, if an rlivepatch does.
+fn traced_by_rlivepatch(pid: i32, tid: Tid) -> Option<i32> {
+    let tracer = process::read_thread_status(pid, tid).ok()?.tracer;
+    (tracer != 0 && tracer != std::process::id() as i32 && is_rlivepatch(tracer)).then_some(tracer)
 }
 
 fn is_rlivepatch(pid: i32) -> bool {

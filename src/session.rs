@@ -7,7 +7,7 @@ use crate::core::{Options, ProgressFn};
 use crate::error::{Error, Result};
 use crate::inject::{Injector, Libc, Scratch};
 use crate::objects::Objects;
-use crate::process::{Mapping, Process};
+use crate::process::{self, Mapping, Process};
 use crate::ptrace::{Stop, Tid, Tracer};
 use crate::safepoint::{self, Fitness};
 use crate::state::{Record, Store};
@@ -127,7 +127,16 @@ impl<'a> Session<'a> {
         // The others run during the calls: one of them may hold a lock the call needs.
         self.tr.resume_all_but(&[tid])?;
         self.last_borrowed = Some(tid);
-        let mut inj = Injector::borrow(&mut self.tr, tid, libc)?;
+        // A system call our interrupt cut short runs again when the thread gets its
+        // context back; one a job-control stop or a signal cut short does not (the
+        // program would have seen that EINTR anyway).
+        let rewind = self
+            .tr
+            .threads
+            .get(&tid)
+            .is_some_and(|t| matches!(t.stop, Some(Stop::Interrupt) | Some(Stop::Syscall)))
+            && crate::restart::Signals::of(self.proc.pid, tid).is_some_and(|s| !s.interrupting());
+        let mut inj = Injector::borrow(&mut self.tr, tid, libc, rewind)?;
         inj.call_timeout = self.opts.call_timeout;
         let r = match self.scratch {
             Some(s) => inj.adopt_scratch(&self.proc, s),
@@ -163,6 +172,10 @@ impl<'a> Session<'a> {
     /// signal handler. Threads are stopped one at a time.
     fn pick_thread(&mut self) -> Result<Tid> {
         let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
+        if self.tr.threads.is_empty() {
+            // The thread kept at a switch is gone: attach again.
+            self.tr.reattach()?;
+        }
         let mut reasons: Vec<String> = Vec::new();
         for round in 0.. {
             // Best so far: (rank, tid), kept stopped. The main thread asleep is best: its
@@ -196,14 +209,29 @@ impl<'a> Session<'a> {
                     deferred.push(tid);
                     continue;
                 }
-                if !self
-                    .tr
-                    .stop_one(tid, Instant::now() + Duration::from_secs(5))?
-                {
+                let until = Instant::now() + Duration::from_secs(5);
+                if !self.tr.stop_one(tid, until)? || !self.tr.step_off_entry(tid, until)? {
                     continue;
                 }
                 let th = &self.tr.threads[&tid];
-                let verdict = if th.stop == Some(Stop::Interrupt) && th.pending_signal.is_none() {
+                // A thread at a syscall-exit stop (a watched thread stopped in a system call)
+                // or in a job-control stop can run calls too (the latter goes back into the
+                // stop when rlivepatch detaches). At a syscall-entry stop, the call it is
+                // entering would run first: not that one.
+                let borrowable = match th.stop {
+                    Some(Stop::Interrupt) | Some(Stop::Group(_)) => Ok(()),
+                    Some(Stop::Syscall) if !crate::inject::is_syscall_entry(tid)? => Ok(()),
+                    Some(Stop::Syscall) => Err("entering a system call".to_string()),
+                    Some(Stop::Signal(sig)) => {
+                        Err(format!("stopped for {}", crate::ptrace::signal_name(sig)))
+                    }
+                    _ => Err("stopped for a ptrace event".to_string()),
+                };
+                let verdict = if let Err(why) = borrowable {
+                    Err(why)
+                } else if th.pending_signal.is_some() {
+                    Err("a signal is waiting for it".to_string())
+                } else {
                     let regs = self.tr.regs(tid)?;
                     // Before any injected call: a seccomp filter could kill the process
                     // for one.
@@ -222,8 +250,6 @@ impl<'a> Session<'a> {
                             Err(why)
                         }
                     }
-                } else {
-                    Err("stopped for a signal".to_string())
                 };
                 let rank = match verdict {
                     Ok(Fitness::Sleeping) => Some(if tid == self.proc.pid { 0 } else { 1 }),
@@ -284,6 +310,11 @@ impl<'a> Session<'a> {
                 );
             }
             self.tr.resume_all()?;
+            // Only some threads are attached (the one kept at a switch): the others may be
+            // at a better place.
+            if process::task_ids(self.proc.pid).is_ok_and(|t| t.len() > self.tr.threads.len()) {
+                self.tr.reattach()?;
+            }
             self.tr.pump(Instant::now() + Duration::from_millis(20))?;
         }
         unreachable!()
@@ -428,11 +459,26 @@ impl<'a> Session<'a> {
             timeout: self.opts.timeout,
             force: self.opts.force,
         };
-        // What follows a switch needs one thread for injected calls, and the leader
-        // (holding it keeps another rlivepatch out): every other thread is let go at the
-        // switch, without being resumed and stopped again to detach.
-        let mut keep = vec![self.proc.pid];
-        keep.extend(self.last_borrowed);
+        // What follows a switch needs one thread for injected calls: one stays attached,
+        // every other thread is let go at the switch (without being resumed and stopped
+        // again to detach). Not the leader while other threads are let go, when the
+        // process is known to get signals it ignores (see `Tracer::attach`): then a
+        // thread asleep, or every thread if none is.
+        let leader = self.proc.pid;
+        let keep =
+            match self.last_borrowed {
+                Some(t) if t != leader => Some(vec![t]),
+                _ if self.tr.threads.len() <= 1 => Some(vec![leader]),
+                _ => {
+                    match self.tr.threads.keys().copied().find(|&t| {
+                        t != leader && crate::process::thread_state(leader, t) == Some('S')
+                    }) {
+                        Some(t) => Some(vec![t]),
+                        None if self.tr.watches_all() => None,
+                        None => Some(vec![leader]),
+                    }
+                }
+            };
         let mut w = transition::World {
             tr: &mut self.tr,
             proc: &self.proc,
@@ -458,12 +504,66 @@ impl<'a> Session<'a> {
         })
     }
 
+    /// End the operation whose result is `r`: [`Session::close`], and the result. A
+    /// cleanup that fails is never silent: after a success it is the error (the operation
+    /// is done, its leftovers are not); after a failure it is added to it, with what is
+    /// left in the process and the way to clean it.
+    pub fn conclude<T>(self, r: Result<T>) -> Result<T> {
+        let pid = self.proc.pid;
+        let start = self.proc.start_time;
+        let closed = self.close();
+        let proc_alive = crate::process::alive(pid, start);
+        match (r, closed) {
+            (r, Ok(())) => r,
+            // Nothing is left in a process that is gone.
+            (r, Err(_)) if !proc_alive => r,
+            (Ok(_), Err(c)) => Err(crate::err!(
+                Incomplete,
+                "the operation is done, but cleaning up failed: {}{}; run `rlivepatch repair {pid}`",
+                c.message,
+                leftovers(pid, proc_alive)
+            )),
+            (Err(e), Err(c)) => Err(crate::err!(
+                Incomplete,
+                "{}; and cleaning up failed: {}{}; run `rlivepatch repair {pid}`",
+                e.message,
+                c.message,
+                leftovers(pid, proc_alive)
+            )),
+        }
+    }
+
+    /// The error for an operation that failed with `e` and whose undoing (`what`) failed
+    /// with `undo`: what is left in the process, and `repair`.
+    pub fn left_behind(&self, e: &Error, what: &str, undo: &Error) -> Error {
+        let pid = self.proc.pid;
+        if !self.proc.is_alive() {
+            // Nothing is left in a process that is gone.
+            return e.clone();
+        }
+        let cause = match e.kind {
+            crate::error::ErrorKind::Interrupted | crate::error::ErrorKind::Stopped => e
+                .message
+                .split("; the current step was undone")
+                .next()
+                .unwrap_or(&e.message)
+                .to_string(),
+            _ => e.message.clone(),
+        };
+        crate::err!(
+            Incomplete,
+            "{cause}; {what} failed ({}){}; run `rlivepatch repair {pid}`",
+            undo.message,
+            leftovers(pid, self.proc.is_alive())
+        )
+    }
+
     /// Undo rlivepatch's presence: unmap its memory, give threads back, detach.
     pub fn close(mut self) -> Result<()> {
         crate::fault::point("close");
         // The operation is done or undone; cleaning up must finish even if rlivepatch was
         // asked to stop meanwhile.
-        self.tr.interrupted = None;
+        self.tr.finishing = true;
         let mut first: Option<Error> = None;
         if self.scratch.is_some() {
             if let Err(e) = self.borrow() {
@@ -496,5 +596,25 @@ impl<'a> Session<'a> {
         }
         self.tr.detach_all();
         first.map_or(Ok(()), Err)
+    }
+}
+
+/// What an operation left in process `pid`, read from `/proc` (for messages): "; left in
+/// process N: ..." or nothing.
+fn leftovers(pid: i32, alive: bool) -> String {
+    if !alive {
+        return String::new();
+    }
+    let found = crate::core::read_record(pid).map(|(proc, maps, rec)| {
+        let mut l = crate::repair::scan(&proc, &maps, &rec, None);
+        // This run is over: what it recorded as in progress is a leftover too.
+        if let Some(p) = &rec.pending {
+            l.interrupted = Some(format!("an unfinished {} of patch {}", p.op, p.patch));
+        }
+        l
+    });
+    match found {
+        Ok(l) if !l.is_empty() => format!("; left in process {pid}: {}", l.describe()),
+        _ => String::new(),
     }
 }

@@ -185,8 +185,8 @@ pub struct World<'a> {
     /// Return trampolines must not be used (CET shadow stack).
     pub shadow_stack: bool,
     /// After a successful switch, only these threads stay attached (resumed); the others
-    /// are detached. Empty: all are resumed and stay attached.
-    pub keep: Vec<Tid>,
+    /// are detached. `None`: all are resumed and stay attached.
+    pub keep: Option<Vec<Tid>>,
 }
 
 struct Planted {
@@ -364,10 +364,9 @@ pub fn switch(
                 if let Err(e) = release_all(w, &mut planted) {
                     break Err(e);
                 }
-                let r = if w.keep.is_empty() {
-                    w.tr.resume_all_first(&busy)
-                } else {
-                    w.tr.detach_all_but(&w.keep, &busy)
+                let r = match &w.keep {
+                    None => w.tr.resume_all_first(&busy),
+                    Some(keep) => w.tr.detach_all_but(keep, &busy),
                 };
                 if let Err(e) = r {
                     break Err(e);
@@ -471,7 +470,7 @@ pub fn switch(
                 Ok(false) => break,
                 Err(e) => return finish_err(w, &mut planted, e),
             }
-            if w.tr.interrupted.is_some() || w.tr.exited {
+            if w.tr.interrupted.is_some() || w.tr.job_stop.is_some() || w.tr.exited {
                 break;
             }
             let n = collect_parked(w, &mut planted);
@@ -623,7 +622,11 @@ fn quick_catch(
         if planted.values().all(|p| p.parked) {
             return Ok(true);
         }
-        if w.tr.interrupted.is_some() || w.tr.exited || !w.tr.pump(until)? {
+        if w.tr.interrupted.is_some()
+            || w.tr.job_stop.is_some()
+            || w.tr.exited
+            || !w.tr.pump(until)?
+        {
             return Ok(false);
         }
     }
