@@ -208,10 +208,10 @@ fn the_record_lives_with_the_process() {
     assert!(rlp_ok(&["list", &a.pid.to_string()]).contains("counter-fix"));
     assert!(rlp_ok(&["list", &b.pid.to_string()]).contains("no patches applied"));
     assert!(a.maps().contains("/memfd:rlivepatch-state"));
-    assert!(!b.maps().contains("rlivepatch"));
+    assert!(b.rlivepatch_maps().is_empty());
     rlp_ok(&["disable", &a.pid.to_string(), "counter-fix"]);
     assert!(
-        !a.maps().contains("rlivepatch"),
+        a.rlivepatch_maps().is_empty(),
         "the record goes away with the last patch"
     );
 }

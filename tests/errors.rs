@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
@@ -36,17 +37,26 @@ fn no_such_process() {
 fn no_permission_explains_ptrace() {
     let (mut t, entry, snap) = counter();
     let fix = patch("counter-fix");
-    // Run rlivepatch as nobody against a root process.
-    let dir = build_dir().join("perm");
+    // Run rlivepatch as nobody against a root process. nobody may not enter the checkout
+    // (a clone in a 0700 directory): the binary and the patch are copied where it can.
+    let dir = std::env::temp_dir().join(format!("rlivepatch-perm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let copy = dir.join("counter-fix.so");
     std::fs::copy(&fix, &copy).unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+    let exe = dir.join("rlivepatch");
+    std::fs::copy(env!("CARGO_BIN_EXE_rlivepatch"), &exe).unwrap();
+    for f in [&copy, &exe] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let o = std::process::Command::new(&exe)
         .args(["apply", &t.pid.to_string(), copy.to_str().unwrap()])
+        .current_dir(&dir)
         .uid(65534)
         .gid(65534)
         .output()
         .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -359,7 +359,7 @@ fn shadow_variables_api() {
     // own allocations may have grown malloc's arenas: compare what rlivepatch maps.)
     let ours = |m: &[String]| {
         m.iter()
-            .filter(|l| l.contains("rlp:") || l.contains("rlivepatch"))
+            .filter(|l| l.contains("/memfd:rlp:") || l.contains("/memfd:rlivepatch-"))
             .count()
     };
     assert_eq!(ours(&t.stable_maps()), ours(&before));

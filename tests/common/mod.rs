@@ -213,6 +213,17 @@ impl Target {
         std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap()
     }
 
+    /// The lines of the target's memory map that rlivepatch put there: its memfds
+    /// (`/memfd:rlivepatch-...`) and loaded patches (`/memfd:rlp:...`), by their exact
+    /// names, never by a word that a checkout's path may contain.
+    pub fn rlivepatch_maps(&self) -> Vec<String> {
+        self.maps()
+            .lines()
+            .filter(|l| l.contains("/memfd:rlivepatch-") || l.contains("/memfd:rlp:"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The target's maps without the lines that change by themselves (stack, heap).
     /// Everything rlivepatch could leave behind is either named (its memfds, the patches)
     /// or executable; anonymous data mappings are the program's own (thread stacks,
