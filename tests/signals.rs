@@ -511,7 +511,7 @@ fn stopped_midway(
 #[test]
 fn job_control_stops_midway_leave_the_process_stopped_and_consistent() {
     let exe = fixture("blocked", "blocked", &[]);
-    let mut t = Target::start(&exe, &["3"]);
+    let mut t = Target::start_in_own_group(&exe, &["3"]);
     let _sem = Semaphore(field(&t.seen[0], "semid") as i32);
     let ps = t.pid.to_string();
     let p = tick2_patch();

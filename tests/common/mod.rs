@@ -120,8 +120,20 @@ pub struct Target {
 impl Target {
     /// Start `exe ARGS` and wait for its "ready PID" line.
     pub fn start(exe: &Path, args: &[&str]) -> Target {
-        let mut child = Command::new(exe)
-            .args(args)
+        Self::start_cmd(Command::new(exe).args(args))
+    }
+
+    /// Start `exe ARGS` in a process group of its own, whose parent (this test) is in the
+    /// same session: a group job control can stop with SIGTSTP, SIGTTIN and SIGTTOU (the
+    /// kernel discards those in an orphaned group, as the test's own group may be).
+    pub fn start_in_own_group(exe: &Path, args: &[&str]) -> Target {
+        use std::os::unix::process::CommandExt;
+        Self::start_cmd(Command::new(exe).args(args).process_group(0))
+    }
+
+    fn start_cmd(cmd: &mut Command) -> Target {
+        let exe = PathBuf::from(cmd.get_program());
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
