@@ -169,18 +169,6 @@ fn is_fault(tid: Tid) -> bool {
     nix::sys::ptrace::getsiginfo(nix::unistd::Pid::from_raw(tid)).is_ok_and(|si| si.si_code > 0)
 }
 
-/// Is the thread at a syscall-enter stop (rather than syscall-exit)?
-pub fn is_syscall_entry(tid: Tid) -> Result<bool> {
-    let info = nix::sys::ptrace::syscall_info(nix::unistd::Pid::from_raw(tid)).map_err(|e| {
-        err!(
-            Failed,
-            "PTRACE_GET_SYSCALL_INFO on thread {tid}: {}",
-            e.desc()
-        )
-    })?;
-    Ok(info.op == libc::PTRACE_SYSCALL_INFO_ENTRY)
-}
-
 fn find_restore_rt(file: &crate::symbols::ElfFile) -> Option<u64> {
     for seg in file.segments.iter().filter(|s| s.exec) {
         let bytes = file
@@ -551,7 +539,7 @@ impl Injector {
                         bail!(Failed, "{what} faulted with signal {sig} at {:#x}", r.rip)
                     }
                 };
-                let entry = is_syscall_entry(self.tid)?;
+                let entry = crate::ptrace::is_syscall_entry(self.tid)?;
                 match (entered, entry) {
                     (false, true) if stop.orig_rax as i64 == nr => entered = true,
                     (false, true) => bail!(

@@ -3,12 +3,15 @@
 
 #![warn(missing_docs)]
 
+pub mod apply;
 pub mod buildid;
 pub mod core;
 pub mod demangle;
+pub mod disable;
 pub mod error;
 pub mod fault;
 pub mod inject;
+pub mod leftovers;
 pub mod lock;
 pub mod objects;
 pub mod pace;
@@ -18,11 +21,13 @@ pub mod ptrace;
 pub mod redirect;
 pub mod repair;
 pub mod report;
+pub mod resolve;
 pub mod restart;
 pub mod runtime;
 pub mod safepoint;
 pub mod seccomp;
 pub mod session;
+pub mod stack;
 pub mod state;
 pub mod symbols;
 pub mod transition;

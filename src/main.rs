@@ -249,7 +249,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
             let (proc, maps, rec) = core::read_record(pid)?;
             let objects = rlivepatch::objects::Objects::new(&proc, &maps, &[])?;
             let mut view = ListView::new(pid, &proc.status.name, &rec, &objects);
-            let left = rlivepatch::repair::scan(&proc, &maps, &rec, None);
+            let left = rlivepatch::leftovers::scan(&proc, &maps, &rec, None);
             if !left.is_empty() && view.pending.is_none() {
                 view.pending = Some(format!(
                     "{}; run `rlivepatch repair {pid}`",

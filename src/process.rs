@@ -271,7 +271,7 @@ pub fn job_stop(pid: i32) -> Option<String> {
     for sig in [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
         let bit = 1u64 << (sig - 1);
         if pending & bit != 0 && (sig == libc::SIGSTOP || caught_or_ignored & bit == 0) {
-            return Some(crate::ptrace::signal_name(sig));
+            return Some(signal_name(sig));
         }
     }
     let stopped = task_ids(pid)
@@ -489,6 +489,17 @@ pub fn permission_error(pid: i32, status: &Status, e: std::io::Error) -> crate::
         }
         Some(libc::ENOENT) | Some(libc::ESRCH) => err!(Target, "process {pid} exited"),
         _ => err!(Target, "cannot access process {pid}: {e}"),
+    }
+}
+
+/// The name of a signal for messages (`SIGRTMIN+3` for real-time ones).
+pub fn signal_name(sig: i32) -> String {
+    match nix::sys::signal::Signal::try_from(sig) {
+        Ok(s) => s.as_str().to_string(),
+        Err(_) if sig >= libc::SIGRTMIN() && sig <= libc::SIGRTMAX() => {
+            format!("SIGRTMIN+{}", sig - libc::SIGRTMIN())
+        }
+        Err(_) => format!("signal {sig}"),
     }
 }
 

@@ -185,17 +185,6 @@ fn ptrace_sig(request: libc::c_uint, tid: Tid, sig: i32) -> std::io::Result<()> 
     Ok(())
 }
 
-/// The name of a signal for messages (`SIGRTMIN+3` for real-time ones).
-pub fn signal_name(sig: i32) -> String {
-    match Signal::try_from(sig) {
-        Ok(s) => s.as_str().to_string(),
-        Err(_) if sig >= libc::SIGRTMIN() && sig <= libc::SIGRTMAX() => {
-            format!("SIGRTMIN+{}", sig - libc::SIGRTMIN())
-        }
-        Err(_) => format!("signal {sig}"),
-    }
-}
-
 fn is_stop_signal(sig: i32) -> bool {
     matches!(
         sig,
@@ -547,7 +536,7 @@ impl Tracer {
     /// detached. `Ok(false)` when it is gone.
     pub fn step_off_entry(&mut self, tid: Tid, deadline: Instant) -> Result<bool> {
         let at_entry = self.threads.get(&tid).is_some_and(|t| {
-            t.stop == Some(Stop::Syscall) && crate::inject::is_syscall_entry(tid).unwrap_or(false)
+            t.stop == Some(Stop::Syscall) && is_syscall_entry(tid).unwrap_or(false)
         });
         if !at_entry {
             return Ok(self.threads.contains_key(&tid));
@@ -732,7 +721,7 @@ impl Tracer {
             bail!(
                 Interrupted,
                 "interrupted by {}; the current step was undone",
-                signal_name(sig)
+                process::signal_name(sig)
             );
         }
         if let Some(sig) = self.job_stop {
@@ -740,7 +729,7 @@ impl Tracer {
             bail!(
                 Stopped,
                 "process {pid} was stopped by {} (job control) while rlivepatch worked; the current step was undone and the process stays stopped, as job control asked; continue it (kill -CONT {pid}) and retry",
-                signal_name(sig)
+                process::signal_name(sig)
             );
         }
         Ok(())
@@ -1283,7 +1272,7 @@ fn prepare_resume(pid: i32, th: &mut Thread) {
 /// Is the thread at the syscall-entry stop of a call that a stray wake-up ends with
 /// `EINTR` (see [`restart::eintr_on_stop`])?
 fn at_eintr_entry(tid: Tid) -> bool {
-    crate::inject::is_syscall_entry(tid).unwrap_or(false)
+    is_syscall_entry(tid).unwrap_or(false)
         && ptrace::getregs(Pid::from_raw(tid))
             .is_ok_and(|r| (r.orig_rax as i64) >= 0 && restart::eintr_on_stop(r.orig_rax))
 }
@@ -1296,4 +1285,16 @@ fn traced_by_rlivepatch(pid: i32, tid: Tid) -> Option<i32> {
 
 fn is_rlivepatch(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "rlivepatch")
+}
+
+/// Is the thread at a syscall-enter stop (rather than syscall-exit)?
+pub fn is_syscall_entry(tid: Tid) -> Result<bool> {
+    let info = nix::sys::ptrace::syscall_info(nix::unistd::Pid::from_raw(tid)).map_err(|e| {
+        err!(
+            Failed,
+            "PTRACE_GET_SYSCALL_INFO on thread {tid}: {}",
+            e.desc()
+        )
+    })?;
+    Ok(info.op == libc::PTRACE_SYSCALL_INFO_ENTRY)
 }

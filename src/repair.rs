@@ -10,123 +10,21 @@
 //! same for a disable; leftovers nothing refers to are unloaded or unmapped; return
 //! trampolines left on threads' stacks are taken off.
 
-use crate::core::{
-    apply_plan, disable_plan, finish_apply, finish_disable, unwind_apply, unwind_disable,
-};
 use crate::error::Result;
-use crate::inject::{CODE_SIZE, ISLAND_NAME, SCRATCH_NAME, TRAMPOLINE_SIZE};
-use crate::process::{Mapping, Process};
+use crate::inject::{CODE_SIZE, TRAMPOLINE_SIZE};
 use crate::redirect::PAGE;
 use crate::session::Session;
-use crate::state::{Record, Stage};
+use crate::state::Stage;
 use crate::symbols::hex;
 use crate::transition::Plan;
 use crate::unwind::StackMem;
+use crate::{apply, disable};
 use crate::{bail, err};
 use std::time::{Duration, Instant};
 
-/// What an interrupted run left, found without changing anything.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct Leftovers {
-    /// An operation was interrupted (its rlivepatch is gone).
-    pub interrupted: Option<String>,
-    /// memfds of patches (or the runtime) the record does not know: (fd, name).
-    pub orphan_fds: Vec<(i32, String)>,
-    /// rlivepatch's private memory of a run that is gone: (start, end).
-    pub orphan_scratch: Vec<(u64, u64)>,
-    /// Island pages the record does not know.
-    pub orphan_islands: Vec<u64>,
-}
-
-impl Leftovers {
-    /// Nothing to repair?
-    pub fn is_empty(&self) -> bool {
-        self.interrupted.is_none()
-            && self.orphan_fds.is_empty()
-            && self.orphan_scratch.is_empty()
-            && self.orphan_islands.is_empty()
-    }
-
-    /// One line for messages.
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(i) = &self.interrupted {
-            parts.push(i.clone());
-        }
-        for (fd, name) in &self.orphan_fds {
-            parts.push(format!("{name} (fd {fd}) is loaded but not recorded"));
-        }
-        if !self.orphan_scratch.is_empty() {
-            parts.push(format!(
-                "{} private mapping(s) of a killed run",
-                self.orphan_scratch.len()
-            ));
-        }
-        if !self.orphan_islands.is_empty() {
-            parts.push(format!(
-                "{} unused island page(s)",
-                self.orphan_islands.len()
-            ));
-        }
-        parts.join("; ")
-    }
-}
-
-/// Find leftovers, reading `/proc` only.
-pub fn scan(
-    proc: &Process,
-    maps: &[Mapping],
-    rec: &Record,
-    ours: Option<crate::inject::Scratch>,
-) -> Leftovers {
-    let mut l = Leftovers::default();
-    if let Some(p) = &rec.pending
-        && !p.tool_alive()
-    {
-        l.interrupted = Some(format!("an interrupted {} of patch {}", p.op, p.patch));
-    }
-    let mut known: Vec<i32> = rec.patches.iter().map(|p| p.fd).collect();
-    known.extend(rec.runtime.iter().map(|r| r.fd));
-    known.extend(
-        rec.pending
-            .iter()
-            .filter_map(|p| p.loading.as_ref().map(|a| a.fd)),
-    );
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", proc.pid)) {
-        for e in dir.flatten() {
-            let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(link) = std::fs::read_link(e.path()) else {
-                continue;
-            };
-            let link = link.to_string_lossy().into_owned();
-            if let Some(name) = link
-                .strip_prefix("/memfd:")
-                .and_then(|n| n.strip_suffix(" (deleted)"))
-                && (name.starts_with("rlp:") || name.starts_with("rlivepatch-"))
-                && !known.contains(&fd)
-            {
-                l.orphan_fds.push((fd, name.to_string()));
-            }
-        }
-    }
-    let scratch = format!("/memfd:{SCRATCH_NAME}");
-    let island = format!("/memfd:{ISLAND_NAME}");
-    let recorded: Vec<u64> = rec.islands.iter().map(|i| i.addr).collect();
-    for m in maps {
-        if m.path == scratch && !ours.is_some_and(|s| s.code == m.start || s.rw == m.start) {
-            l.orphan_scratch.push((m.start, m.end));
-        } else if m.path == island && !recorded.contains(&m.start) {
-            l.orphan_islands.push(m.start);
-        }
-    }
-    l
-}
-
 /// Repair when an earlier run left something; a note on stderr says what.
 pub fn repair_if_needed(s: &mut Session) -> Result<()> {
-    let found = scan(&s.proc, &s.maps, &s.record, s.scratch);
+    let found = crate::leftovers::scan(&s.proc, &s.maps, &s.record, s.scratch);
     if found.is_empty() {
         return Ok(());
     }
@@ -143,7 +41,7 @@ pub fn repair_if_needed(s: &mut Session) -> Result<()> {
 /// Bring the process back to a consistent state. Returns what was done.
 pub fn repair(s: &mut Session) -> Result<Vec<String>> {
     let mut done = Vec::new();
-    let found = scan(&s.proc, &s.maps, &s.record, s.scratch);
+    let found = crate::leftovers::scan(&s.proc, &s.maps, &s.record, s.scratch);
     // 1. The interrupted operation, by what its stage and the entry bytes say.
     if let Some(p) = s.record.pending.clone() {
         done.push(repair_pending(s, &p)?);
@@ -209,13 +107,13 @@ fn repair_pending(s: &mut Session, p: &crate::state::Pending) -> Result<String> 
     let what = format!("{} of patch {}", p.op, p.patch);
     match (p.op.as_str(), switched(s, &p.writes)?) {
         ("apply", Switched::None) | ("apply", _) if p.loading.is_none() => {
-            unwind_apply(s)?;
+            apply::unwind(s)?;
             Ok(format!(
                 "undid the interrupted {what} (it had not switched)"
             ))
         }
         ("apply", Switched::None) => {
-            unwind_apply(s)?;
+            apply::unwind(s)?;
             Ok(format!(
                 "undid the interrupted {what} (it had not switched)"
             ))
@@ -223,13 +121,13 @@ fn repair_pending(s: &mut Session, p: &crate::state::Pending) -> Result<String> 
         ("apply", state) => {
             let applied = p.loading.clone().unwrap();
             if let Switched::Partly = state {
-                complete_switch(s, apply_plan(&s.record, &applied))?;
+                complete_switch(s, apply::plan(&s.record, &applied))?;
             }
-            finish_apply(s, applied, p.stage < Stage::PostPatching)?;
+            apply::finish(s, applied, p.stage < Stage::PostPatching)?;
             Ok(format!("finished the interrupted {what} (it had switched)"))
         }
         ("disable", Switched::None) => {
-            unwind_disable(s)?;
+            disable::unwind(s)?;
             Ok(format!(
                 "undid the interrupted {what}: the patch stays applied"
             ))
@@ -243,9 +141,9 @@ fn repair_pending(s: &mut Session, p: &crate::state::Pending) -> Result<String> 
                     .find(|x| x.name == p.patch && !x.disabled)
                     .cloned()
                     .ok_or_else(|| err!(Failed, "the record lost patch {}", p.patch))?;
-                complete_switch(s, disable_plan(&s.record, &patch))?;
+                complete_switch(s, disable::plan(&s.record, &patch))?;
             }
-            finish_disable(s, p.stage < Stage::PostUnpatching)?;
+            disable::finish(s, p.stage < Stage::PostUnpatching)?;
             Ok(format!("finished the interrupted {what}"))
         }
         (op, _) => bail!(Failed, "unknown pending operation {op} in the record"),
@@ -292,7 +190,7 @@ fn repair_orphan_fd(s: &mut Session, fd: i32, name: &str) -> Result<String> {
 /// Unmap private memory and island pages of killed runs. Return trampolines still on
 /// threads' stacks get their real return address back first; memory a thread is still
 /// executing or standing in (a call that runs on) is left for a later repair.
-fn repair_mappings(s: &mut Session, found: &Leftovers) -> Result<Vec<String>> {
+fn repair_mappings(s: &mut Session, found: &crate::leftovers::Leftovers) -> Result<Vec<String>> {
     let mut done = Vec::new();
     s.unborrow()?;
     s.tr.stop_all(Instant::now() + Duration::from_secs(10))?;

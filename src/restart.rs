@@ -11,7 +11,8 @@
 //! ignores would never have woken the thread without a tracer (the kernel drops it when
 //! it is sent), so a call it interrupted is run again as well.
 
-use crate::ptrace::Regs;
+/// Registers as ptrace gives them.
+type Regs = libc::user_regs_struct;
 
 const SYS_RESTART_SYSCALL: u64 = 219;
 const EINTR: i64 = libc::EINTR as i64;

@@ -3,18 +3,47 @@
 //! objects and record, the unwinder's caches, and the thread borrowed for injected calls,
 //! and gives everything back in [`Session::close`].
 
-use crate::core::{Options, ProgressFn};
 use crate::error::{Error, Result};
 use crate::inject::{Injector, Libc, Scratch};
 use crate::objects::Objects;
 use crate::process::{self, Mapping, Process};
 use crate::ptrace::{Stop, Tid, Tracer};
 use crate::safepoint::{self, Fitness};
-use crate::state::{Record, Store};
+use crate::state::{Record, Stage, Store};
 use crate::transition::{self, Plan};
 use crate::unwind::Unwinder;
 use crate::{bail, err};
 use std::time::{Duration, Instant};
+
+/// Options of an operation.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long the switch may wait for a safe moment.
+    pub timeout: Duration,
+    /// Switch without the consistency check.
+    pub force: bool,
+    /// How long one injected call may take.
+    pub call_timeout: Duration,
+    /// How long to wait for another rlivepatch working on the same process.
+    pub lock_timeout: Duration,
+    /// More directories to look for separate debug files in (besides /usr/lib/debug).
+    pub debug_dirs: Vec<std::path::PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            timeout: Duration::from_secs(15),
+            force: false,
+            call_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(30),
+            debug_dirs: Vec::new(),
+        }
+    }
+}
+
+/// Where progress lines go (stderr in the CLI).
+pub type ProgressFn<'a> = &'a mut dyn FnMut(&str);
 
 /// An attached process and what rlivepatch knows of it during one operation.
 pub struct Session<'a> {
@@ -220,10 +249,10 @@ impl<'a> Session<'a> {
                 // entering would run first: not that one.
                 let borrowable = match th.stop {
                     Some(Stop::Interrupt) | Some(Stop::Group(_)) => Ok(()),
-                    Some(Stop::Syscall) if !crate::inject::is_syscall_entry(tid)? => Ok(()),
+                    Some(Stop::Syscall) if !crate::ptrace::is_syscall_entry(tid)? => Ok(()),
                     Some(Stop::Syscall) => Err("entering a system call".to_string()),
                     Some(Stop::Signal(sig)) => {
-                        Err(format!("stopped for {}", crate::ptrace::signal_name(sig)))
+                        Err(format!("stopped for {}", crate::process::signal_name(sig)))
                     }
                     _ => Err("stopped for a ptrace event".to_string()),
                 };
@@ -521,14 +550,14 @@ impl<'a> Session<'a> {
                 Incomplete,
                 "the operation is done, but cleaning up failed: {}{}; run `rlivepatch repair {pid}`",
                 c.message,
-                leftovers(pid, proc_alive)
+                crate::leftovers::left_in(pid, proc_alive)
             )),
             (Err(e), Err(c)) => Err(crate::err!(
                 Incomplete,
                 "{}; and cleaning up failed: {}{}; run `rlivepatch repair {pid}`",
                 e.message,
                 c.message,
-                leftovers(pid, proc_alive)
+                crate::leftovers::left_in(pid, proc_alive)
             )),
         }
     }
@@ -554,7 +583,7 @@ impl<'a> Session<'a> {
             Incomplete,
             "{cause}; {what} failed ({}){}; run `rlivepatch repair {pid}`",
             undo.message,
-            leftovers(pid, self.proc.is_alive())
+            crate::leftovers::left_in(pid, self.proc.is_alive())
         )
     }
 
@@ -599,22 +628,39 @@ impl<'a> Session<'a> {
     }
 }
 
-/// What an operation left in process `pid`, read from `/proc` (for messages): "; left in
-/// process N: ..." or nothing.
-fn leftovers(pid: i32, alive: bool) -> String {
-    if !alive {
-        return String::new();
+/// The pending operation.
+pub fn pending<'s>(s: &'s mut Session<'_>) -> &'s mut crate::state::Pending {
+    s.record.pending.as_mut().expect("an operation is pending")
+}
+
+/// Record that the pending operation reaches `stage`.
+pub fn set_stage(s: &mut Session, stage: Stage) -> Result<()> {
+    pending(s).stage = stage;
+    s.save_record()
+}
+
+/// Run a callback; `Ok(None)` when the patch has none.
+pub fn callback(
+    s: &mut Session,
+    addr: Option<u64>,
+    what: &str,
+    patch: &str,
+) -> Result<Option<i32>> {
+    let Some(a) = addr else { return Ok(None) };
+    let rax = s.call(a, &[], &format!("the {what} callback of patch {patch}"))?;
+    Ok(Some(rax as u32 as i32))
+}
+
+/// Refuse to start while the record says an earlier run was interrupted.
+pub fn refuse_pending(s: &Session) -> Result<()> {
+    if let Some(p) = &s.record.pending {
+        let pid = s.proc.pid;
+        bail!(
+            Incomplete,
+            "an earlier rlivepatch run ({} {}) on process {pid} was interrupted; run `rlivepatch repair {pid}` first",
+            p.op,
+            p.patch
+        );
     }
-    let found = crate::core::read_record(pid).map(|(proc, maps, rec)| {
-        let mut l = crate::repair::scan(&proc, &maps, &rec, None);
-        // This run is over: what it recorded as in progress is a leftover too.
-        if let Some(p) = &rec.pending {
-            l.interrupted = Some(format!("an unfinished {} of patch {}", p.op, p.patch));
-        }
-        l
-    });
-    match found {
-        Ok(l) if !l.is_empty() => format!("; left in process {pid}: {}", l.describe()),
-        _ => String::new(),
-    }
+    Ok(())
 }

@@ -391,3 +391,26 @@ mod hex_bytes {
             .collect()
     }
 }
+
+/// Read the record of a process without attaching to it.
+pub fn read_record(pid: i32) -> Result<(Process, Vec<Mapping>, Record)> {
+    let proc = Process::open(pid)?;
+    let maps = proc.maps()?;
+    let rec = Store::load(&proc, &maps)?
+        .map(|(_, r)| r)
+        .unwrap_or_default();
+    Ok((proc, maps, rec))
+}
+
+/// Release island slots; returns the pages left empty (to unmap after the switch).
+pub fn free_slots(rec: &mut Record, slots: &[u64]) -> Vec<u64> {
+    let mut empty = Vec::new();
+    for isl in rec.islands.iter_mut() {
+        isl.used.retain(|u| !slots.contains(u));
+        if isl.used.is_empty() {
+            empty.push(isl.addr);
+        }
+    }
+    rec.islands.retain(|i| !i.used.is_empty());
+    empty
+}

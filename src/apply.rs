@@ -1,0 +1,533 @@
+//! Apply: load a patch into an attached process and switch its functions in (the
+//! kernel's `klp_enable_patch`), and what finishes or undoes an apply (also used by
+//! `repair`).
+
+use crate::error::Result;
+use crate::patch::Patch;
+use crate::redirect::{self, JMP_LEN};
+use crate::resolve::{Resolved, SymbolFill, fill_symbols};
+use crate::session::{Session, callback, pending, refuse_pending, set_stage};
+use crate::stack::{current_impl, expected_entry, installed_states};
+use crate::state::{AppliedFunc, AppliedPatch, Island, Record, Stage};
+use crate::symbols::{ElfFile, SymKind, hex};
+use crate::transition::{self, Plan, Write};
+use crate::{bail, err};
+
+/// The kernel's rule: a patch must carry each installed state at the same or a higher
+/// version, and a replace patch must carry all of them.
+fn check_states(rec: &Record, patch: &Patch) -> Result<()> {
+    for p in rec.patches.iter().filter(|p| !p.disabled) {
+        for st in &p.states {
+            let why = match patch.states.iter().find(|x| x.id == st.id) {
+                None if patch.replace => format!(
+                    "it replaces every patch but does not carry state {} (installed by {} at version {})",
+                    st.id, p.name, st.version
+                ),
+                Some(x) if x.version < st.version => format!(
+                    "it carries state {} at version {}, lower than version {} installed by {}",
+                    st.id, x.version, st.version, p.name
+                ),
+                _ => continue,
+            };
+            bail!(
+                Mismatch,
+                "patch {} is not compatible with the already installed livepatches: {why}",
+                patch.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What an apply did: the functions redirected, the patches an atomic replace replaced,
+/// and the switch.
+pub type Applied = (
+    Vec<crate::report::FuncView>,
+    Vec<String>,
+    transition::Report,
+);
+
+/// Apply `patch` (resolved) in an attached process whose earlier runs' leftovers were
+/// repaired: the record says what is going on from the first step, so that a failure or
+/// the death of rlivepatch can be undone from it.
+pub fn run(
+    s: &mut Session,
+    patch: &Patch,
+    resolved: &[Resolved],
+    symbols: &[SymbolFill],
+) -> Result<Applied> {
+    refuse_pending(s)?;
+    if s.record
+        .patches
+        .iter()
+        .any(|p| p.name == patch.name && !p.disabled)
+    {
+        bail!(
+            Mismatch,
+            "a patch named {} is already applied to process {}; disable it first, or give this one another name with RLIVEPATCH_NAME",
+            patch.name,
+            s.proc.pid
+        );
+    }
+    check_states(&s.record, patch)?;
+    // Someone else's bytes at an entry (a breakpoint, another tool's jump) mean someone
+    // else owns it.
+    for r in resolved {
+        let expected = expected_entry(&s.record, r.addr, &r.orig);
+        let now = s.proc.read(r.addr, JMP_LEN)?;
+        if now != expected {
+            let what = if now[0] == 0xcc {
+                "a breakpoint (int3) of a debugger or uprobe"
+            } else {
+                "code that rlivepatch did not write"
+            };
+            bail!(
+                Mismatch,
+                "the entry of {} at {:#x} holds {} ({}, expected {}); remove it (detach the debugger or tool) and retry",
+                r.symbol,
+                r.addr,
+                what,
+                hex(&now),
+                hex(&expected)
+            );
+        }
+    }
+    // From here on the record says what is going on, so that a failure, or the death of
+    // rlivepatch, can be undone from it.
+    s.borrow()?;
+    let mut pending = crate::state::Pending::new("apply", &patch.name);
+    pending.scratch = s.scratch;
+    s.record.pending = Some(pending);
+    s.save_record()?;
+    crate::fault::point("apply:pending");
+    match apply_steps(s, patch, resolved, symbols) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let leaked = s.inj.as_ref().is_some_and(|i| i.leaked);
+            if any_write_done(s) {
+                // The switch happened: the patch's code runs. Only finishing is right now;
+                // the record keeps the operation for `repair`.
+                return Err(err!(
+                    Incomplete,
+                    "patch {} was switched in, but finishing the apply failed ({}); run `rlivepatch repair {}`",
+                    patch.name,
+                    e.message,
+                    s.proc.pid
+                ));
+            }
+            if !leaked {
+                // Undoing is not interrupted in turn.
+                s.tr.finishing = true;
+                if let Err(e2) = unwind(s) {
+                    return Err(s.left_behind(&e, "undoing the apply", &e2));
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Did the pending operation write any entry already?
+fn any_write_done(s: &Session) -> bool {
+    let Some(p) = &s.record.pending else {
+        return false;
+    };
+    p.writes.iter().any(|(addr, _, new)| {
+        s.proc
+            .read(*addr, JMP_LEN)
+            .is_ok_and(|now| hex(&now) == *new)
+    })
+}
+
+/// The steps of an apply once the record says it is under way; each step leaves the
+/// record saying how far it got (see `repair`).
+fn apply_steps(
+    s: &mut Session,
+    patch: &Patch,
+    resolved: &[Resolved],
+    symbols: &[SymbolFill],
+) -> Result<Applied> {
+    let mut applied = load(s, patch)?;
+    fill_symbols(s, applied.base, symbols)?;
+    crate::fault::trace("symbols filled");
+    applied.funcs = locate(s, patch, resolved, applied.base)?;
+    crate::fault::trace("new functions found");
+    place_islands(s, &mut applied)?;
+    crate::fault::trace("islands");
+    let plan = record_plan(s, &applied)?;
+    pre_patch(s, &applied)?;
+    // The switch. If it fails, the transition is reversed (post_unpatch runs while the
+    // record is undone).
+    crate::fault::point("apply:pre_patched");
+    set_stage(s, Stage::Switching)?;
+    if s.opts.force {
+        s.progress("warning: --force: switching without checking that no thread is inside the changed functions; this patch can never be unloaded");
+    }
+    let report = s.switch(&plan)?;
+    // Past the switch, the apply finishes whatever comes.
+    s.tr.finishing = true;
+    crate::fault::point("apply:switched");
+    // post_patch, the record, and the replaced patches unloaded.
+    let replaced = finish(s, applied.clone(), true)?;
+    let views = applied
+        .funcs
+        .iter()
+        .map(|f| crate::report::FuncView::new(f, &s.objects))
+        .collect();
+    Ok((views, replaced, report))
+}
+
+/// Load the patch (and first the runtime when the patch uses shadow variables or states:
+/// its `rlp_*` references must resolve when the patch loads), from a memfd so that the
+/// target needs no access to our file. The record then knows it as loading.
+fn load(s: &mut Session, patch: &Patch) -> Result<AppliedPatch> {
+    let pid = s.proc.pid;
+    let bytes = std::fs::read(&patch.path)
+        .map_err(|e| err!(Patch, "cannot read {}: {e}", patch.path.display()))?;
+    if crate::runtime::needed_by(patch) && s.record.runtime.is_none() {
+        s.ensure_runtime()?;
+        s.save_record()?;
+    }
+    s.tr.check_interrupted()?;
+    let (handle, fd) = match s.load(&format!("rlp:{}", patch.name), &bytes, libc::RTLD_NOW)? {
+        Ok(v) => v,
+        Err(text) => bail!(
+            Patch,
+            "process {pid} could not load the patch: {text}; build it with cc -shared -fPIC against libraries the process has"
+        ),
+    };
+    let base = s.proc.read_u64(handle)?;
+    let at = |v: Option<u64>| v.map(|v| v + base);
+    let applied = AppliedPatch {
+        name: patch.name.clone(),
+        path: patch.path.display().to_string(),
+        handle,
+        base,
+        fd,
+        forced: s.opts.force,
+        replace: patch.replace,
+        states: patch.states.clone(),
+        callbacks: [
+            at(patch.callbacks.pre_patch),
+            at(patch.callbacks.post_patch),
+            at(patch.callbacks.pre_unpatch),
+            at(patch.callbacks.post_unpatch),
+        ],
+        funcs: Vec::new(),
+        applied_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        disabled: false,
+        state_addrs: patch.states.iter().map(|st| st.vaddr + base).collect(),
+    };
+    pending(s).loading = Some(applied.clone());
+    set_stage(s, Stage::Loaded)?;
+    crate::fault::point("apply:loaded");
+    s.tr.check_interrupted()?;
+    s.refresh()?;
+    crate::fault::trace("refreshed");
+    Ok(applied)
+}
+
+/// Where the new functions are, as the loader resolved them: each must be the patch's own
+/// code (a global function of the same name elsewhere would have been picked instead).
+fn locate(
+    s: &mut Session,
+    patch: &Patch,
+    resolved: &[Resolved],
+    base: u64,
+) -> Result<Vec<AppliedFunc>> {
+    let mut funcs = Vec::with_capacity(resolved.len());
+    for r in resolved {
+        let f = &patch.funcs[r.index];
+        let stored = s.proc.read_u64(base + f.slot_vaddr)?;
+        let expected = base + f.new_vaddr;
+        if stored != expected {
+            bail!(
+                Patch,
+                "the new function {} resolved to {} instead of the patch's own code (another object exports the same name); make it static",
+                f.new_name,
+                s.objects.symbolize(stored)
+            );
+        }
+        funcs.push(AppliedFunc {
+            object: r.object.clone(),
+            symbol: r.symbol.clone(),
+            old_addr: r.addr,
+            old_size: r.size,
+            orig: r.orig.clone(),
+            new_name: f.new_name.clone(),
+            new_addr: expected,
+            new_size: new_function_size(&patch.file, f.new_vaddr),
+            island: None,
+            implementation: r.ifunc_implementation.clone(),
+            debug_file: r.debug_file.clone(),
+        });
+    }
+    Ok(funcs)
+}
+
+/// Islands for the new functions out of reach of a 32-bit jump: a slot each, recorded as
+/// used by the pending patch, written one page at a time (a patch of 1000 far functions
+/// fills 4 pages).
+fn place_islands(s: &mut Session, applied: &mut AppliedPatch) -> Result<()> {
+    let mut pool = redirect::SlotPool::new(&s.record.islands);
+    let mut slot_writes = Vec::new();
+    for i in 0..applied.funcs.len() {
+        let f = &applied.funcs[i];
+        if redirect::jmp(f.old_addr, f.new_addr).is_some() {
+            continue;
+        }
+        let slot = match pool.take(f.old_addr) {
+            Some(slot) => slot,
+            None => {
+                let (entry, name) = (f.old_addr, f.symbol.clone());
+                let page = map_island(s, entry, &name)?;
+                pending(s).new_islands.push(page);
+                s.record.islands.push(Island {
+                    addr: page,
+                    used: Vec::new(),
+                });
+                pool.add_page(page, &[]);
+                pool.take(entry).unwrap_or(page)
+            }
+        };
+        slot_writes.push((slot, redirect::slot_bytes(applied.funcs[i].new_addr)));
+        let page = slot & !(redirect::PAGE - 1);
+        s.record
+            .islands
+            .iter_mut()
+            .find(|i| i.addr == page)
+            .unwrap()
+            .used
+            .push(slot);
+        applied.funcs[i].island = Some(slot);
+    }
+    slot_writes.sort_by_key(|(a, _)| *a);
+    for chunk in
+        slot_writes.chunk_by(|a, b| a.0 & !(redirect::PAGE - 1) == b.0 & !(redirect::PAGE - 1))
+    {
+        let page = chunk[0].0 & !(redirect::PAGE - 1);
+        let mut bytes = s.proc.read(page, redirect::PAGE as usize)?;
+        for (slot, b) in chunk {
+            let off = (slot - page) as usize;
+            bytes[off..off + b.len()].copy_from_slice(b);
+        }
+        s.proc.write(page, &bytes)?;
+    }
+    Ok(())
+}
+
+/// The plan of the switch, written into the record with the patch before anything else
+/// happens: an atomic replace also sends every function that only older patches change
+/// back to the original, in the same switch.
+fn record_plan(s: &mut Session, applied: &AppliedPatch) -> Result<Plan> {
+    let plan = plan(&s.record, applied);
+    crate::fault::trace("plan built");
+    pending(s).loading = Some(applied.clone());
+    pending(s).writes = plan
+        .writes
+        .iter()
+        .map(|w| (w.addr, hex(&w.old), hex(&w.new)))
+        .collect();
+    s.save_record()?;
+    crate::fault::point("apply:planned");
+    s.tr.check_interrupted()?;
+    Ok(plan)
+}
+
+/// The pre_patch callback, which may cancel the apply; then no other callback runs.
+fn pre_patch(s: &mut Session, applied: &AppliedPatch) -> Result<()> {
+    set_stage(s, Stage::PrePatching)?;
+    let prev = installed_states(&s.record, None);
+    s.set_states(&applied.state_addrs, &prev)?;
+    if let Some(code) = callback(s, applied.callbacks[0], "pre_patch", &applied.name)?
+        && code != 0
+    {
+        s.set_states(&[], &[])?;
+        pending(s).stage = Stage::Loaded;
+        bail!(
+            Failed,
+            "the pre_patch callback of patch {} returned {code}: the patch refused to apply and was unloaded",
+            applied.name
+        );
+    }
+    Ok(())
+}
+
+/// The switch that makes `applied` the newest patch: its functions jump to it; with
+/// atomic replace, functions that only older patches change go back to the original.
+pub fn plan(rec: &Record, applied: &AppliedPatch) -> Plan {
+    let mut plan = Plan::default();
+    for f in &applied.funcs {
+        plan.changed.extend(current_impl(rec, f));
+        plan.entries.push((f.old_addr, JMP_LEN as u64));
+        plan.writes.push(Write {
+            addr: f.old_addr,
+            old: expected_entry(rec, f.old_addr, &f.orig),
+            new: redirect::jmp(f.old_addr, f.island.unwrap_or(f.new_addr))
+                .unwrap()
+                .to_vec(),
+        });
+    }
+    if applied.replace {
+        let mut seen: Vec<u64> = applied.funcs.iter().map(|f| f.old_addr).collect();
+        for p in rec.patches.iter().filter(|p| !p.disabled) {
+            for f in &p.funcs {
+                if seen.contains(&f.old_addr) {
+                    continue;
+                }
+                seen.push(f.old_addr);
+                plan.changed.extend(current_impl(rec, f));
+                plan.entries.push((f.old_addr, JMP_LEN as u64));
+                plan.writes.push(Write {
+                    addr: f.old_addr,
+                    old: expected_entry(rec, f.old_addr, &f.orig),
+                    new: f.orig.clone(),
+                });
+            }
+        }
+    }
+    plan
+}
+
+/// Finish an apply whose switch is done: post_patch (when `run_post_patch`), then the
+/// record, then the patches an atomic replace replaced are unloaded without their
+/// callbacks. Returns their names.
+pub fn finish(s: &mut Session, applied: AppliedPatch, run_post_patch: bool) -> Result<Vec<String>> {
+    if run_post_patch {
+        set_stage(s, Stage::PostPatching)?;
+        let prev = installed_states(&s.record, None);
+        s.set_states(&applied.state_addrs, &prev)?;
+        callback(s, applied.callbacks[1], "post_patch", &applied.name)?;
+        s.set_states(&[], &[])?;
+        crate::fault::point("apply:post_patched");
+    }
+    let old_patches = std::mem::take(&mut s.record.patches);
+    let mut to_unload = Vec::new();
+    for p in old_patches {
+        if applied.replace && !p.disabled {
+            if p.forced {
+                // A forced patch's code may still run: it stays loaded, out of the stack.
+                let mut kept = p.clone();
+                kept.disabled = true;
+                s.record.patches.push(kept);
+            }
+            to_unload.push(p);
+        } else {
+            s.record.patches.push(p);
+        }
+    }
+    let freed: Vec<u64> = to_unload
+        .iter()
+        .flat_map(|p| p.funcs.iter().filter_map(|f| f.island))
+        .collect();
+    let empty_pages = crate::state::free_slots(&mut s.record, &freed);
+    s.record.patches.push(applied);
+    s.record.pending = None;
+    s.save_record()?;
+    crate::fault::point("apply:committed");
+    for p in to_unload.iter().filter(|p| !p.forced) {
+        s.unload(p.handle, p.fd)?;
+    }
+    for page in empty_pages {
+        s.syscall(libc::SYS_munmap, &[page, redirect::PAGE])?;
+    }
+    Ok(to_unload.iter().map(|p| p.name.clone()).collect())
+}
+
+/// Undo an apply that did not switch, from what the record says: post_unpatch if
+/// pre_patch ran (the kernel's reversed transition), unload the patch, free its islands.
+pub fn unwind(s: &mut Session) -> Result<()> {
+    let Some(p) = s.record.pending.clone() else {
+        return Ok(());
+    };
+    if let Some(applied) = &p.loading {
+        if p.stage >= Stage::Switching {
+            let prev = installed_states(&s.record, None);
+            s.set_states(&applied.state_addrs, &prev)?;
+            if let Err(e) = callback(s, applied.callbacks[3], "post_unpatch", &applied.name) {
+                s.progress(&format!("warning: {}", e.message));
+            }
+            s.set_states(&[], &[])?;
+        }
+        s.unload(applied.handle, applied.fd)?;
+        let slots: Vec<u64> = applied.funcs.iter().filter_map(|f| f.island).collect();
+        crate::state::free_slots(&mut s.record, &slots);
+    }
+    // Pages mapped for this apply that nothing uses now.
+    for page in &p.new_islands {
+        if !s.record.islands.iter().any(|i| i.addr == *page)
+            || s.record
+                .islands
+                .iter()
+                .any(|i| i.addr == *page && i.used.is_empty())
+        {
+            s.record.islands.retain(|i| i.addr != *page);
+            s.syscall(libc::SYS_munmap, &[*page, redirect::PAGE])?;
+        }
+    }
+    s.record.pending = None;
+    s.unload_runtime_if_idle()?;
+    s.save_record()
+}
+
+fn new_function_size(file: &ElfFile, vaddr: u64) -> u64 {
+    let from_sym = file
+        .symtab
+        .iter()
+        .chain(&file.dynsym)
+        .find(|s| s.value == vaddr && s.kind == SymKind::Func && s.size > 0)
+        .map(|s| s.size);
+    from_sym
+        .or_else(|| crate::unwind::fde_range(file, vaddr).map(|(a, b)| b - a))
+        .unwrap_or_else(|| {
+            // Unknown: the rest of the patch's code segment, which is conservative.
+            file.segments
+                .iter()
+                .find(|s| s.exec && s.vaddr <= vaddr && vaddr < s.vaddr.saturating_add(s.memsz))
+                .map(|s| s.vaddr.saturating_add(s.memsz) - vaddr)
+                .unwrap_or(1)
+        })
+}
+
+/// Map a new island page within reach of `entry`: a private mapping of a memfd named
+/// `rlivepatch-island`, so that it is recognisable in the maps (and never merged with a
+/// neighbour).
+fn map_island(s: &mut Session, entry: u64, name: &str) -> Result<u64> {
+    let obj_start = s.objects.by_addr(entry).map(|o| o.start).unwrap_or(entry);
+    let min = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(65536);
+    let candidates = redirect::island_candidates(&s.maps, entry, obj_start, min);
+    s.borrow()?;
+    let fd = {
+        let inj = s.inj.as_mut().unwrap();
+        inj.memfd_with(
+            &mut s.tr,
+            &s.proc,
+            crate::inject::ISLAND_NAME,
+            &[0u8; redirect::PAGE as usize],
+        )?
+    } as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE) as u64;
+    let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+    let mut found = None;
+    for hint in candidates {
+        let r = s.syscall(libc::SYS_mmap, &[hint, redirect::PAGE, prot, flags, fd, 0])?;
+        if r == hint as i64 {
+            found = Some(hint);
+            break;
+        }
+        if r > 0 {
+            // An old kernel took the address as a hint only: give it back.
+            s.syscall(libc::SYS_munmap, &[r as u64, redirect::PAGE])?;
+        }
+    }
+    s.syscall(libc::SYS_close, &[fd])?;
+    let page = found.ok_or_else(|| redirect::no_island_error(name, entry))?;
+    s.refresh()?;
+    Ok(page)
+}

@@ -1,0 +1,334 @@
+//! Resolution: every function and symbol a patch names, found in the process before
+//! anything is touched (object, symbol, size, entry bytes, IFUNC implementation), and the
+//! checks of the target itself.
+
+use crate::error::Result;
+use crate::objects::Objects;
+use crate::patch::Patch;
+use crate::process::Process;
+use crate::redirect::{self, JMP_LEN};
+use crate::session::Session;
+use crate::symbols::{ElfFile, SymKind, find_function};
+use crate::{bail, err};
+use std::path::Path;
+
+/// A function of a patch resolved against the process.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Resolved {
+    /// Path of the object.
+    pub object: String,
+    /// The old symbol.
+    pub symbol: String,
+    /// Its demangled form, for C++.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demangled: Option<String>,
+    /// Run-time entry.
+    pub addr: u64,
+    /// Size.
+    pub size: u64,
+    /// The separate debug file its symbol came from, when the object is stripped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_file: Option<String>,
+    /// For an IFUNC symbol: the implementation the resolver picks in this process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifunc_implementation: Option<String>,
+    /// The entry bytes in the file.
+    #[serde(skip)]
+    pub orig: Vec<u8>,
+    /// Index in the patch's function list.
+    #[serde(skip)]
+    pub index: usize,
+    /// The IFUNC resolver to call, until the implementation is known.
+    #[serde(skip)]
+    pub resolver: Option<u64>,
+}
+
+/// Check the target before touching it.
+pub fn preflight(proc: &Process) -> Result<()> {
+    let st = &proc.status;
+    match st.state {
+        'Z' | 'X' => bail!(
+            Target,
+            "process {} ({}) is a zombie: it has exited and waits for its parent to reap it",
+            proc.pid,
+            st.name
+        ),
+        'T' => bail!(
+            Target,
+            "process {} ({}) is stopped (job control, e.g. SIGSTOP or Ctrl-Z); continue it with `kill -CONT {}` and retry",
+            proc.pid,
+            st.name,
+            proc.pid
+        ),
+        't' if st.tracer != 0 => {}
+        _ => {}
+    }
+    if st.tracer != 0 && st.tracer != std::process::id() as i32 {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", st.tracer)).unwrap_or_default();
+        if comm.trim() != "rlivepatch" {
+            bail!(
+                Target,
+                "process {} is already traced by {} (pid {}); detach it (quit the debugger or tracer) and retry",
+                proc.pid,
+                comm.trim(),
+                st.tracer
+            );
+        }
+    }
+    let (exe, _, _) = proc.exe().map_err(|e| {
+        if std::fs::read_to_string(format!("/proc/{}/cmdline", proc.pid))
+            .is_ok_and(|c| c.is_empty())
+        {
+            err!(
+                Target,
+                "process {} ({}) is a kernel thread; rlivepatch patches user processes",
+                proc.pid,
+                st.name
+            )
+        } else {
+            e
+        }
+    })?;
+    let exe_file = ElfFile::open(Path::new(&format!("/proc/{}/exe", proc.pid))).map_err(|e| {
+        err!(
+            Target,
+            "cannot read the executable of process {}: {}",
+            proc.pid,
+            e.message
+        )
+    })?;
+    if !exe_file.is_64 {
+        bail!(
+            Target,
+            "process {} ({}) is a 32-bit program; rlivepatch patches x86_64 processes",
+            proc.pid,
+            exe.display()
+        );
+    }
+    if !exe_file.is_x86_64 {
+        bail!(
+            Target,
+            "process {} ({}) is not an x86_64 program",
+            proc.pid,
+            exe.display()
+        );
+    }
+    if exe_file.interp.is_none() {
+        bail!(
+            Target,
+            "process {} ({}) is statically linked: it has no dynamic loader, so no dlopen to load a patch",
+            proc.pid,
+            exe.display()
+        );
+    }
+    Ok(())
+}
+
+/// Resolve every function of `patch` in the process: object, symbol, size, entry bytes.
+/// IFUNC symbols are resolved later, in the process ([`resolve_ifuncs`]).
+pub fn resolve(patch: &Patch, objects: &Objects) -> Result<Vec<Resolved>> {
+    let mut out: Vec<Resolved> = Vec::new();
+    for (index, f) in patch.funcs.iter().enumerate() {
+        let obj = objects.by_name(f.object.as_deref())?;
+        // A versioned name is looked up in the object's own dynamic symbols.
+        let syms = if f.old.contains('@') {
+            obj.file()?
+        } else {
+            obj.symbols_file()?
+        };
+        let bias = obj.bias()?;
+        let sym = find_function(&syms, &f.old, f.sympos).map_err(|e| {
+            if !e.message.contains("not found") {
+                return e;
+            }
+            let looked = obj.debug_looked_at();
+            let hint = if syms.has_symtab() {
+                String::new()
+            } else if looked.is_empty() {
+                " (it has no .symtab: its static functions are only in a separate debug file)".to_string()
+            } else {
+                let l: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+                format!(" (it has no .symtab, and no debug file was found at {})", l.join(", "))
+            };
+            err!(
+                Mismatch,
+                "function {} not found in {}{hint}; check the name with `nm {}`, or install its debug symbols or pass --debug-dir DIR",
+                f.old,
+                obj.display_name(),
+                obj.path
+            )
+        })?;
+        let mut r = Resolved {
+            object: obj.path.clone(),
+            symbol: f.old.clone(),
+            demangled: crate::demangle::demangle(&f.old),
+            addr: 0,
+            size: 0,
+            debug_file: obj.debug_file(),
+            ifunc_implementation: None,
+            orig: Vec::new(),
+            index,
+            resolver: None,
+        };
+        if sym.kind == SymKind::Ifunc {
+            // The symbol is a resolver: what runs is the implementation it picks.
+            r.resolver = Some(sym.value.wrapping_add(bias));
+        } else {
+            resolve_code(objects, &mut r, sym.value.wrapping_add(bias), sym.size)?;
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Fill in the code of a resolved function at run-time address `addr`: size (from the
+/// symbol, else the unwind table), entry bytes, and the entry checks.
+fn resolve_code(objects: &Objects, r: &mut Resolved, addr: u64, sym_size: u64) -> Result<()> {
+    let obj = objects.by_addr(addr).ok_or_else(|| {
+        err!(
+            Mismatch,
+            "{} at {addr:#x} is not in any loaded object",
+            r.symbol
+        )
+    })?;
+    let file = obj.file()?;
+    let bias = obj.bias()?;
+    let vaddr = addr.wrapping_sub(bias);
+    let mut size = sym_size;
+    if size == 0 {
+        size = crate::unwind::fde_range(&file, vaddr)
+            .map(|(s, e)| e.saturating_sub(vaddr).min(e - s))
+            .unwrap_or(0);
+    }
+    let code = file.bytes_at(vaddr, size as usize).ok_or_else(|| {
+        err!(
+            Mismatch,
+            "function {} in {} is not in the file's loadable code",
+            r.symbol,
+            obj.display_name()
+        )
+    })?;
+    if !obj.is_code(addr) {
+        bail!(
+            Mismatch,
+            "{} in {} is not code ({addr:#x} is not in an executable mapping)",
+            r.symbol,
+            obj.display_name()
+        );
+    }
+    redirect::check_function(&r.symbol, addr, code).map_err(|e| e.context(obj.display_name()))?;
+    r.object = obj.path.clone();
+    r.addr = addr;
+    r.size = size;
+    r.orig = code[..JMP_LEN].to_vec();
+    Ok(())
+}
+
+/// Call each IFUNC resolver in the process and resolve the implementation it returns,
+/// which is what every call of the function runs. The resolver itself is never written.
+pub fn resolve_ifuncs(s: &mut Session, resolved: &mut [Resolved]) -> Result<()> {
+    for r in resolved.iter_mut() {
+        let Some(resolver) = r.resolver.take() else {
+            continue;
+        };
+        let implementation = s.call(
+            resolver,
+            &[],
+            &format!("the IFUNC resolver of {}", r.symbol),
+        )?;
+        let name = s.objects.symbolize(implementation);
+        resolve_code(&s.objects, r, implementation, 0).map_err(|e| {
+            e.context(format!(
+                "{} is an IFUNC; its implementation in this process is {name}",
+                r.symbol
+            ))
+        })?;
+        r.ifunc_implementation = Some(name);
+    }
+    for (i, r) in resolved.iter().enumerate() {
+        if resolved[..i].iter().any(|o| o.addr == r.addr) {
+            bail!(
+                Patch,
+                "two declarations of the patch replace the same function at {:#x} ({})",
+                r.addr,
+                r.symbol
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A target symbol a patch uses, resolved.
+pub struct SymbolFill {
+    /// Where the patch keeps the pointer (file address).
+    pub slot_vaddr: u64,
+    /// What it receives.
+    pub value: Fill,
+}
+
+/// What a symbol slot of the patch receives.
+pub enum Fill {
+    /// An address.
+    Addr(u64),
+    /// A thread-local variable: its object (`None` for the executable) and its offset in
+    /// that object's TLS block; the module id is asked of the dynamic loader.
+    Tls(Option<String>, u64),
+}
+
+/// Resolve the target symbols a patch declares with `RLIVEPATCH_SYMBOL` and
+/// `RLIVEPATCH_TLS`.
+pub fn resolve_symbols(patch: &Patch, objects: &Objects) -> Result<Vec<SymbolFill>> {
+    let mut out = Vec::new();
+    for r in &patch.symbols {
+        let obj = objects.by_name(r.object.as_deref())?;
+        let file = obj.symbols_file()?;
+        let sym = crate::symbols::find_symbol(&file, &r.symbol).map_err(|e| {
+            err!(
+                Mismatch,
+                "symbol {} (used by the patch as {}) cannot be resolved in {}: {}; check it with `nm {}`",
+                r.symbol,
+                r.local,
+                obj.display_name(),
+                e.message,
+                obj.path
+            )
+        })?;
+        let value = match (sym.kind == SymKind::Tls, r.tls) {
+            (false, false) => Fill::Addr(sym.value.wrapping_add(obj.bias()?)),
+            (true, true) => Fill::Tls((!obj.is_main).then(|| obj.path.clone()), sym.value),
+            (true, false) => bail!(
+                Mismatch,
+                "symbol {} of {} is thread-local; declare it with RLIVEPATCH_TLS",
+                r.symbol,
+                obj.display_name()
+            ),
+            (false, true) => bail!(
+                Mismatch,
+                "symbol {} of {} is not thread-local; declare it with RLIVEPATCH_SYMBOL",
+                r.symbol,
+                obj.display_name()
+            ),
+        };
+        out.push(SymbolFill {
+            slot_vaddr: r.slot_vaddr,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+/// Fill the patch's symbol slots (the patch is loaded at `base`).
+pub fn fill_symbols(s: &mut Session, base: u64, symbols: &[SymbolFill]) -> Result<()> {
+    for f in symbols {
+        match &f.value {
+            Fill::Addr(a) => s.proc.write(base + f.slot_vaddr, &a.to_le_bytes())?,
+            Fill::Tls(object, offset) => {
+                let module = s.tls_module(object.as_deref())?;
+                let mut b = module.to_le_bytes().to_vec();
+                b.extend(offset.to_le_bytes());
+                s.proc.write(base + f.slot_vaddr, &b)?;
+            }
+        }
+    }
+    Ok(())
+}
