@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install what building and testing rlivepatch needs and a fresh Debian machine may lack:
-# a C compiler and binutils (fixtures, patches, the runtime), musl (the test that musl
+# a C compiler and binutils (fixtures, patches, the runtime), clang (fixtures built the
+# way LLVM builds programs: in-place signature changes), musl (the test that musl
 # processes are refused), strace and gdb (tests with another tracer, the gdb benchmark),
 # gnuplot (the benchmark plot). Idempotent: does nothing when everything is there.
 set -euo pipefail
 need=()
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v g++ >/dev/null || need+=(g++)
+command -v clang >/dev/null || need+=(clang)
 command -v objcopy >/dev/null || need+=(binutils)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v strace >/dev/null || need+=(strace)

@@ -147,12 +147,13 @@ fn apply_steps(
     resolved: &[Resolved],
     symbols: &[SymbolFill],
 ) -> Result<Applied> {
-    let mut applied = load(s, patch)?;
+    let preserves = resolved.iter().any(|r| r.contract.preserves());
+    let mut applied = load(s, patch, preserves)?;
     fill_symbols(s, applied.base, symbols)?;
     crate::fault::trace("symbols filled");
     applied.funcs = locate(s, patch, resolved, applied.base)?;
     crate::fault::trace("new functions found");
-    place_islands(s, &mut applied)?;
+    place_islands(s, &mut applied, resolved)?;
     crate::fault::trace("islands");
     let plan = record_plan(s, &applied)?;
     pre_patch(s, &applied)?;
@@ -172,19 +173,25 @@ fn apply_steps(
     let views = applied
         .funcs
         .iter()
-        .map(|f| crate::report::FuncView::new(f, &s.objects))
+        .zip(resolved)
+        .map(|(f, r)| {
+            let mut v = crate::report::FuncView::new(f, &s.objects);
+            v.notes = r.notes.clone();
+            v
+        })
         .collect();
     Ok((views, replaced, report))
 }
 
-/// Load the patch (and first the runtime when the patch uses shadow variables or states:
-/// its `rlp_*` references must resolve when the patch loads), from a memfd so that the
-/// target needs no access to our file. The record then knows it as loading.
-fn load(s: &mut Session, patch: &Patch) -> Result<AppliedPatch> {
+/// Load the patch (and first the runtime when the patch uses shadow variables or states,
+/// whose `rlp_*` references must resolve when the patch loads, or when a redirect takes
+/// the preserving path), from a memfd so that the target needs no access to our file. The
+/// record then knows it as loading.
+fn load(s: &mut Session, patch: &Patch, preserves: bool) -> Result<AppliedPatch> {
     let pid = s.proc.pid;
     let bytes = std::fs::read(&patch.path)
         .map_err(|e| err!(Patch, "cannot read {}: {e}", patch.path.display()))?;
-    if crate::runtime::needed_by(patch) && s.record.runtime.is_none() {
+    if (crate::runtime::needed_by(patch) || preserves) && s.record.runtime.is_none() {
         s.ensure_runtime()?;
         s.save_record()?;
     }
@@ -263,37 +270,71 @@ fn locate(
             island: None,
             implementation: r.ifunc_implementation.clone(),
             debug_file: r.debug_file.clone(),
+            parts: r.split_parts(),
+            new_parts: crate::contract::code::named_parts(&patch.file, &f.new_name)
+                .into_iter()
+                .map(|p| crate::contract::code::Part {
+                    start: p.start + base,
+                    end: p.end + base,
+                    name: p.name,
+                })
+                .collect(),
+            aliases: r.aliases.clone(),
+            preserve: None,
         });
     }
     Ok(funcs)
 }
 
-/// Islands for the new functions out of reach of a 32-bit jump: a slot each, recorded as
-/// used by the pending patch, written one page at a time (a patch of 1000 far functions
-/// fills 4 pages).
-fn place_islands(s: &mut Session, applied: &mut AppliedPatch) -> Result<()> {
+/// Islands: a slot for each new function out of reach of a 32-bit jump, and a stub of
+/// two slots for each redirect through the preserving path (whose table entry is written
+/// first). Slots are recorded as used by the pending patch, and written one page at a
+/// time (a patch of 1000 far functions fills 4 pages).
+fn place_islands(s: &mut Session, applied: &mut AppliedPatch, resolved: &[Resolved]) -> Result<()> {
     let mut pool = redirect::SlotPool::new(&s.record.islands);
-    let mut slot_writes = Vec::new();
-    for i in 0..applied.funcs.len() {
+    let mut slot_writes: Vec<(u64, Vec<u8>)> = Vec::new();
+    let path = match &s.record.runtime {
+        Some(rt) if resolved.iter().any(|r| r.contract.preserves()) => {
+            Some(crate::preserve::Runtime::of(rt, &s.proc)?)
+        }
+        _ => None,
+    };
+    let mut indexes = Vec::new();
+    for (i, r) in resolved.iter().enumerate() {
         let f = &applied.funcs[i];
-        if redirect::jmp(f.old_addr, f.new_addr).is_some() {
+        let (entry, new_addr) = (f.old_addr, f.new_addr);
+        let preserve = path.as_ref().filter(|_| r.contract.preserves());
+        if preserve.is_none() && redirect::jmp(entry, new_addr).is_some() {
             continue;
         }
-        let slot = match pool.take(f.old_addr) {
-            Some(slot) => slot,
-            None => {
-                let (entry, name) = (f.old_addr, f.symbol.clone());
-                let page = map_island(s, entry, &name)?;
-                pending(s).new_islands.push(page);
-                s.record.islands.push(Island {
-                    addr: page,
-                    used: Vec::new(),
+        let slot = take(s, &mut pool, entry, &f.symbol.clone(), preserve.is_some())?;
+        let mut used = vec![slot];
+        match preserve {
+            Some(rt) => {
+                crate::preserve::check_cpu(rt, &r.symbol, r.contract.keeps)?;
+                let index = crate::preserve::free_index(&s.record, &indexes)?;
+                indexes.push(index);
+                s.proc.write(
+                    rt.entry(index),
+                    &crate::preserve::entry_bytes(new_addr, &r.contract),
+                )?;
+                slot_writes.push((slot, crate::preserve::stub_bytes(index, rt.thunk).to_vec()));
+                used.push(slot + redirect::SLOT_SIZE);
+                applied.funcs[i].preserve = Some(crate::state::Preserve {
+                    index,
+                    stub: slot,
+                    keeps: r.contract.keeps.names(),
+                    // Up to the call's first byte: a thread stopped at the call is
+                    // about to read the entry; one that returns through the thunk (its
+                    // return address, probed one byte back, is outside) no longer does.
+                    thunk: (rt.thunk, rt.returned - 1),
                 });
-                pool.add_page(page, &[]);
-                pool.take(entry).unwrap_or(page)
             }
-        };
-        slot_writes.push((slot, redirect::slot_bytes(applied.funcs[i].new_addr)));
+            None => {
+                slot_writes.push((slot, redirect::slot_bytes(new_addr).to_vec()));
+                applied.funcs[i].island = Some(slot);
+            }
+        }
         let page = slot & !(redirect::PAGE - 1);
         s.record
             .islands
@@ -301,8 +342,7 @@ fn place_islands(s: &mut Session, applied: &mut AppliedPatch) -> Result<()> {
             .find(|i| i.addr == page)
             .unwrap()
             .used
-            .push(slot);
-        applied.funcs[i].island = Some(slot);
+            .extend(used);
     }
     slot_writes.sort_by_key(|(a, _)| *a);
     for chunk in
@@ -317,6 +357,35 @@ fn place_islands(s: &mut Session, applied: &mut AppliedPatch) -> Result<()> {
         s.proc.write(page, &bytes)?;
     }
     Ok(())
+}
+
+/// A free slot (or two, for a stub) within reach of `entry`, in an island page mapped for
+/// it when none has room.
+fn take(
+    s: &mut Session,
+    pool: &mut redirect::SlotPool,
+    entry: u64,
+    name: &str,
+    pair: bool,
+) -> Result<u64> {
+    let got = |pool: &mut redirect::SlotPool| {
+        if pair {
+            pool.take_pair(entry)
+        } else {
+            pool.take(entry)
+        }
+    };
+    if let Some(slot) = got(pool) {
+        return Ok(slot);
+    }
+    let page = map_island(s, entry, name)?;
+    pending(s).new_islands.push(page);
+    s.record.islands.push(Island {
+        addr: page,
+        used: Vec::new(),
+    });
+    pool.add_page(page, &[]);
+    got(pool).ok_or_else(|| redirect::no_island_error(name, entry))
 }
 
 /// The plan of the switch, written into the record with the patch before anything else
@@ -366,9 +435,7 @@ pub fn plan(rec: &Record, applied: &AppliedPatch) -> Plan {
         plan.writes.push(Write {
             addr: f.old_addr,
             old: expected_entry(rec, f.old_addr, &f.orig),
-            new: redirect::jmp(f.old_addr, f.island.unwrap_or(f.new_addr))
-                .unwrap()
-                .to_vec(),
+            new: redirect::jmp(f.old_addr, f.target()).unwrap().to_vec(),
         });
     }
     if applied.replace {
@@ -421,7 +488,7 @@ pub fn finish(s: &mut Session, applied: AppliedPatch, run_post_patch: bool) -> R
     }
     let freed: Vec<u64> = to_unload
         .iter()
-        .flat_map(|p| p.funcs.iter().filter_map(|f| f.island))
+        .flat_map(|p| p.funcs.iter().flat_map(|f| f.slots()))
         .collect();
     let empty_pages = crate::state::free_slots(&mut s.record, &freed);
     s.record.patches.push(applied);
@@ -453,7 +520,7 @@ pub fn unwind(s: &mut Session) -> Result<()> {
             s.set_states(&[], &[])?;
         }
         s.unload(applied.handle, applied.fd)?;
-        let slots: Vec<u64> = applied.funcs.iter().filter_map(|f| f.island).collect();
+        let slots: Vec<u64> = applied.funcs.iter().flat_map(|f| f.slots()).collect();
         crate::state::free_slots(&mut s.record, &slots);
     }
     // Pages mapped for this apply that nothing uses now.

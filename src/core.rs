@@ -52,7 +52,9 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let maps = proc.maps()?;
     let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
     crate::buildid::check(&patch, &objects)?;
-    let resolved = resolve(&patch, &objects)?;
+    let mut contracts = crate::contract::Contracts::new();
+    let resolved = resolve(&patch, &objects, &mut contracts)?;
+    tell_contracts(&resolved, progress);
     let symbols = resolve_symbols(&patch, &objects)?;
     let libc = Libc::find(pid, &objects)?;
     crate::fault::trace("resolved");
@@ -60,7 +62,7 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     s.set_libc(libc);
     crate::fault::point("apply:attached");
     let mut resolved = resolved;
-    let r = resolve_ifuncs(&mut s, &mut resolved)
+    let r = resolve_ifuncs(&mut s, &patch, &mut contracts, &mut resolved)
         .and_then(|()| crate::repair::repair_if_needed(&mut s))
         .and_then(|()| crate::apply::run(&mut s, &patch, &resolved, &symbols));
     let (functions, replaced, report) = s.conclude(r).map_err(|e| continued(e, pid))?;
@@ -92,6 +94,16 @@ pub struct DisableReport {
     /// stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
+}
+
+/// What callers of each function rely on and what rlivepatch does or only warns of, on
+/// stderr, before anything is touched.
+fn tell_contracts(resolved: &[Resolved], progress: ProgressFn) {
+    for r in resolved {
+        for n in &r.notes {
+            progress(n);
+        }
+    }
 }
 
 /// After an operation that completed: if job control stopped the process meanwhile (it
@@ -181,10 +193,12 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let maps = proc.maps()?;
     let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
     crate::buildid::check(&patch, &objects)?;
-    let mut resolved = resolve(&patch, &objects)?;
+    let mut contracts = crate::contract::Contracts::new();
+    let mut resolved = resolve(&patch, &objects, &mut contracts)?;
+    tell_contracts(&resolved, progress);
     let mut s = Session::attach_with(proc, opts, progress, Some(objects))?;
     let r = (|| -> Result<CheckReport> {
-        resolve_ifuncs(&mut s, &mut resolved)?;
+        resolve_ifuncs(&mut s, &patch, &mut contracts, &mut resolved)?;
         s.unborrow()?;
         if s.record
             .patches
@@ -223,6 +237,10 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
                 island: None,
                 implementation: None,
                 debug_file: None,
+                parts: r.split_parts(),
+                new_parts: Vec::new(),
+                aliases: Vec::new(),
+                preserve: None,
             };
             plan.changed.extend(current_impl(&s.record, &f));
             plan.entries.push((r.addr, JMP_LEN as u64));

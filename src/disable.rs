@@ -92,6 +92,9 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
 pub fn plan(rec: &Record, p: &AppliedPatch) -> Plan {
     let mut plan = Plan::default();
     for f in &p.funcs {
+        // The patch's code goes away, so a thread still in it blocks, whether or not a
+        // newer patch replaced the function since.
+        plan.changed.extend(implementation_of(p, f));
         let stack = rec.stack_of(f.old_addr);
         let Some((top, _)) = stack.last() else {
             continue;
@@ -101,17 +104,24 @@ pub fn plan(rec: &Record, p: &AppliedPatch) -> Plan {
         }
         let below = stack.len().checked_sub(2).map(|i| stack[i].1);
         let new = match below {
-            Some(b) => redirect::jmp(f.old_addr, b.island.unwrap_or(b.new_addr))
-                .unwrap()
-                .to_vec(),
+            Some(b) => redirect::jmp(f.old_addr, b.target()).unwrap().to_vec(),
             None => f.orig.clone(),
         };
-        plan.changed.extend(implementation_of(p, f));
         plan.entries.push((f.old_addr, JMP_LEN as u64));
         plan.writes.push(Write {
             addr: f.old_addr,
             old: expected_entry(rec, f.old_addr, &f.orig),
             new,
+        });
+    }
+    // With the last patch the runtime may be unloaded: a thread still in the thunk, back
+    // from a new function, must have left it.
+    let last = rec.patches.iter().all(|q| q.name == p.name);
+    if let (true, Some(rt), Ok(l)) = (last, &rec.runtime, crate::runtime::layout()) {
+        plan.changed.push(transition::Changed {
+            start: rt.base + l.preserve,
+            end: rt.base + l.preserve_end,
+            name: crate::stack::PRESERVING_PATH.to_string(),
         });
     }
     plan
@@ -144,7 +154,7 @@ pub fn finish(s: &mut Session, run_post_unpatch: bool) -> Result<bool> {
         callback(s, p.callbacks[3], "post_unpatch", &p.name)?;
         s.set_states(&[], &[])?;
     }
-    let slots: Vec<u64> = p.funcs.iter().filter_map(|f| f.island).collect();
+    let slots: Vec<u64> = p.funcs.iter().flat_map(|f| f.slots()).collect();
     let empty_pages = crate::state::free_slots(&mut s.record, &slots);
     let unload = !p.forced;
     if unload {

@@ -6,7 +6,9 @@
 //! the point instead sends that signal, once, to the target process (job control arriving
 //! mid-operation), or with `tool:<number>` to rlivepatch itself (an operator's Ctrl-C at
 //! that moment). `RLIVEPATCH_TRACE=1` prints each point reached, with the time since the
-//! start, on stderr (what the benchmarks' profile uses).
+//! start, on stderr (what the benchmarks' profile uses). `RLIVEPATCH_FAULT=no-preserve`
+//! turns the preserving path off (see `crate::preserve`), for tests that show the hazard it
+//! prevents.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -86,6 +88,12 @@ pub fn point(name: &str) {
             libc::raise(libc::SIGKILL);
         },
     }
+}
+
+/// Is the test switch `name` on (`RLIVEPATCH_FAULT` names it)? `no-preserve` turns the
+/// preserving path off, so that a test can show what it prevents.
+pub fn switched_on(name: &str) -> bool {
+    config().fault.iter().any(|f| f == name)
 }
 
 /// A point that is only traced (a moment worth timing, not a state worth killing in).

@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod buildid;
+pub mod contract;
 pub mod core;
 pub mod demangle;
 pub mod disable;
@@ -16,6 +17,7 @@ pub mod lock;
 pub mod objects;
 pub mod pace;
 pub mod patch;
+pub mod preserve;
 pub mod process;
 pub mod ptrace;
 pub mod redirect;

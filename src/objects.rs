@@ -86,6 +86,21 @@ impl LoadedObject {
         }
     }
 
+    /// The file with the object's DWARF debug information: the object itself when it has
+    /// `.debug_info`, else its separate debug file when one is found.
+    pub fn debug_info_file(&self) -> Option<Rc<ElfFile>> {
+        let file = self.file().ok()?;
+        if file.section(".debug_info").is_some_and(|s| !s.nobits) || self.path == "[vdso]" {
+            return Some(file);
+        }
+        match self.debug.get_or_init(|| self.find_debug(&file)) {
+            Debug::Found(d) if d.section(".debug_info").is_some_and(|s| !s.nobits) => {
+                Some(d.clone())
+            }
+            _ => None,
+        }
+    }
+
     /// The separate debug file used for symbols, if any.
     pub fn debug_file(&self) -> Option<String> {
         match self.debug.get()? {

@@ -29,6 +29,9 @@ pub struct Status {
     pub seccomp: u32,
     /// The x86 user shadow stack is enabled (CET), from `x86_Thread_features`.
     pub shadow_stack: bool,
+    /// The process id in its own (innermost) pid namespace (`NSpid:`): what it calls
+    /// itself, as in paths under its `/proc`.
+    pub ns_pid: i32,
 }
 
 /// A running process, identified by pid and start time so that pid reuse cannot fool us.
@@ -161,6 +164,9 @@ fn parse_status(pid: i32, path: &str) -> Result<Status> {
         uid: num("Uid").unwrap_or(0) as u32,
         seccomp: num("Seccomp").unwrap_or(0) as u32,
         shadow_stack: get("x86_Thread_features").is_some_and(|f| f.contains("shstk")),
+        ns_pid: get("NSpid")
+            .and_then(|v| v.split_whitespace().last()?.parse().ok())
+            .unwrap_or(pid),
     })
 }
 
@@ -172,6 +178,17 @@ fn not_found_or(pid: i32, e: std::io::Error) -> crate::error::Error {
         )
     } else {
         err!(Target, "cannot read /proc/{pid}: {e}")
+    }
+}
+
+impl Process {
+    /// The path by which the process, and a tool that reads its loader's list of objects
+    /// (gdb, perf, eu-stack), opens the process's descriptor `fd`: `/proc/PID/fd/N` with
+    /// its own pid, which names the same file from outside (and from inside its mount
+    /// namespace, where gdb looks for a contained process's files). `/proc/self/fd/N`
+    /// would name the tool's own descriptor: gdb blocked reading one of its pipes.
+    pub fn fd_path(&self, fd: i32) -> String {
+        format!("/proc/{}/fd/{fd}", self.status.ns_pid)
     }
 }
 

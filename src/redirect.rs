@@ -144,6 +144,24 @@ impl SlotPool {
         self.pages.push((page, free));
     }
 
+    /// Take two adjacent free slots (32 bytes, 32-byte aligned) within reach of `entry`:
+    /// room for a preserving stub. Returns the first.
+    pub fn take_pair(&mut self, entry: u64) -> Option<u64> {
+        for (_, free) in &mut self.pages {
+            let first = free.iter().copied().filter(|&s| {
+                s % (2 * SLOT_SIZE) == 0
+                    && free.contains(&(s + SLOT_SIZE))
+                    && reachable(entry, s)
+                    && reachable(entry, s + SLOT_SIZE)
+            });
+            if let Some(s) = first.min() {
+                free.retain(|&x| x != s && x != s + SLOT_SIZE);
+                return Some(s);
+            }
+        }
+        None
+    }
+
     /// Take a free slot within reach of `entry`.
     pub fn take(&mut self, entry: u64) -> Option<u64> {
         for (_, free) in &mut self.pages {

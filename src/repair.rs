@@ -163,7 +163,7 @@ fn repair_orphan_fd(s: &mut Session, fd: i32, name: &str) -> Result<String> {
         ));
     }
     s.borrow()?;
-    let path = format!("/proc/self/fd/{fd}");
+    let path = s.proc.fd_path(fd);
     let p = s.inj.as_mut().unwrap().put_cstr(&s.proc, &path)?;
     let dlopen = s.inj.as_ref().unwrap().libc.dlopen;
     let flags = (libc::RTLD_LAZY | libc::RTLD_NOLOAD) as u64;

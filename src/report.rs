@@ -29,8 +29,12 @@ pub struct FuncView {
     pub new_function: String,
     /// New function's address.
     pub new_addr: String,
-    /// `jump` (direct `jmp rel32`) or `island` (through an island slot).
+    /// `jump` (direct `jmp rel32`), `island` (through an island slot) or `preserving`
+    /// (through the preserving path, which keeps `keeps` for the callers).
     pub via: &'static str,
+    /// The registers the preserving path keeps for the callers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keeps: Vec<String>,
     /// The island slot, when `via` is `island`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub island: Option<String>,
@@ -40,6 +44,27 @@ pub struct FuncView {
     /// The separate debug file the symbol came from (stripped objects).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debug_file: Option<String>,
+    /// Parts of the old function split off from its body (`work.cold`): a thread there
+    /// counts as inside the function.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartView>,
+    /// Other names of the old function replaced with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// What callers rely on and what rlivepatch did or warns of (apply only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A part of a function split off from its body.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartView {
+    /// Its symbol (`work.cold`).
+    pub name: String,
+    /// First byte.
+    pub start: String,
+    /// One past the last byte.
+    pub end: String,
 }
 
 impl FuncView {
@@ -53,10 +78,30 @@ impl FuncView {
             old_addr: hx(f.old_addr),
             new_function: f.new_name.clone(),
             new_addr: hx(f.new_addr),
-            via: if f.island.is_some() { "island" } else { "jump" },
-            island: f.island.map(hx),
+            via: match (&f.preserve, f.island) {
+                (Some(_), _) => "preserving",
+                (None, Some(_)) => "island",
+                (None, None) => "jump",
+            },
+            keeps: f
+                .preserve
+                .as_ref()
+                .map(|p| p.keeps.clone())
+                .unwrap_or_default(),
+            island: f.island.or(f.preserve.as_ref().map(|p| p.stub)).map(hx),
             ifunc_implementation: f.implementation.clone(),
             debug_file: f.debug_file.clone(),
+            parts: f
+                .parts
+                .iter()
+                .map(|p| PartView {
+                    name: p.name.clone(),
+                    start: hx(p.start),
+                    end: hx(p.end),
+                })
+                .collect(),
+            aliases: f.aliases.clone(),
+            notes: Vec::new(),
         }
     }
 
@@ -72,9 +117,24 @@ impl FuncView {
         if let Some(d) = &self.debug_file {
             name.push_str(&format!(" (symbols from {d})"));
         }
-        let via = match &self.island {
-            Some(i) => format!("via island {i}"),
-            None => "direct jump".to_string(),
+        if !self.aliases.is_empty() {
+            name.push_str(&format!(" (also {})", self.aliases.join(", ")));
+        }
+        if !self.parts.is_empty() {
+            let parts: Vec<String> = self
+                .parts
+                .iter()
+                .map(|p| format!("{} at {}", p.name, p.start))
+                .collect();
+            name.push_str(&format!(" (with {})", parts.join(", ")));
+        }
+        let via = match (self.via, &self.island) {
+            ("preserving", Some(i)) => format!(
+                "through the preserving path at {i}, keeping {} for the callers",
+                self.keeps.join(", ")
+            ),
+            (_, Some(i)) => format!("via island {i}"),
+            _ => "direct jump".to_string(),
         };
         format!(
             "{name} in {} {} -> {} {} ({via})",

@@ -2,6 +2,8 @@
 //! anything is touched (object, symbol, size, entry bytes, IFUNC implementation), and the
 //! checks of the target itself.
 
+use crate::contract::Contracts;
+use crate::contract::{Contract, code::Part};
 use crate::error::Result;
 use crate::objects::Objects;
 use crate::patch::Patch;
@@ -41,6 +43,31 @@ pub struct Resolved {
     /// The IFUNC resolver to call, until the implementation is known.
     #[serde(skip)]
     pub resolver: Option<u64>,
+    /// What its callers rely on (file addresses of its object).
+    pub contract: Contract,
+    /// The load bias of its object.
+    #[serde(skip)]
+    pub bias: u64,
+    /// Other names the patch replaces with it (aliases, folded functions).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// What rlivepatch does about what callers rely on, and what it warns of.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl Resolved {
+    /// The parts split off from the function's body, at run-time addresses.
+    pub fn split_parts(&self) -> Vec<Part> {
+        self.contract.parts[1..]
+            .iter()
+            .map(|p| Part {
+                start: p.start.wrapping_add(self.bias),
+                end: p.end.wrapping_add(self.bias),
+                name: p.name.clone(),
+            })
+            .collect()
+    }
 }
 
 /// Check the target before touching it.
@@ -126,7 +153,11 @@ pub fn preflight(proc: &Process) -> Result<()> {
 
 /// Resolve every function of `patch` in the process: object, symbol, size, entry bytes.
 /// IFUNC symbols are resolved later, in the process ([`resolve_ifuncs`]).
-pub fn resolve(patch: &Patch, objects: &Objects) -> Result<Vec<Resolved>> {
+pub fn resolve(
+    patch: &Patch,
+    objects: &Objects,
+    contracts: &mut Contracts,
+) -> Result<Vec<Resolved>> {
     let mut out: Vec<Resolved> = Vec::new();
     for (index, f) in patch.funcs.iter().enumerate() {
         let obj = objects.by_name(f.object.as_deref())?;
@@ -169,21 +200,57 @@ pub fn resolve(patch: &Patch, objects: &Objects) -> Result<Vec<Resolved>> {
             orig: Vec::new(),
             index,
             resolver: None,
+            contract: Contract::default(),
+            bias,
+            aliases: Vec::new(),
+            notes: Vec::new(),
         };
         if sym.kind == SymKind::Ifunc {
             // The symbol is a resolver: what runs is the implementation it picks.
             r.resolver = Some(sym.value.wrapping_add(bias));
         } else {
-            resolve_code(objects, &mut r, sym.value.wrapping_add(bias), sym.size)?;
+            let patched = patched_in(patch, &obj.path, objects);
+            resolve_code(
+                objects,
+                contracts,
+                &mut r,
+                sym.value.wrapping_add(bias),
+                sym.size,
+                &patched,
+            )?;
+            contracts.narrow_to_replacement(&mut r.contract, patch, f.new_vaddr)?;
+            r.notes = r.contract.notes(&r.symbol);
         }
         out.push(r);
     }
+    merge_shared(patch, &mut out)?;
     Ok(out)
+}
+
+/// The old functions `patch` replaces in the object at `path`.
+fn patched_in<'p>(patch: &'p Patch, path: &str, objects: &Objects) -> Vec<&'p str> {
+    patch
+        .funcs
+        .iter()
+        .filter(|f| {
+            objects
+                .by_name(f.object.as_deref())
+                .is_ok_and(|o| o.path == path)
+        })
+        .map(|f| f.old.split('@').next().unwrap_or(&f.old))
+        .collect()
 }
 
 /// Fill in the code of a resolved function at run-time address `addr`: size (from the
 /// symbol, else the unwind table), entry bytes, and the entry checks.
-fn resolve_code(objects: &Objects, r: &mut Resolved, addr: u64, sym_size: u64) -> Result<()> {
+fn resolve_code(
+    objects: &Objects,
+    contracts: &mut Contracts,
+    r: &mut Resolved,
+    addr: u64,
+    sym_size: u64,
+    patched: &[&str],
+) -> Result<()> {
     let obj = objects.by_addr(addr).ok_or_else(|| {
         err!(
             Mismatch,
@@ -217,16 +284,36 @@ fn resolve_code(objects: &Objects, r: &mut Resolved, addr: u64, sym_size: u64) -
         );
     }
     redirect::check_function(&r.symbol, addr, code).map_err(|e| e.context(obj.display_name()))?;
+    // What the code is called in its object (an IFUNC's implementation has a name of its
+    // own), for its parts, clones and debug information.
+    let syms = obj.symbols_file()?;
+    let own = r.symbol.split('@').next().unwrap_or(&r.symbol);
+    let named_here = syms
+        .symtab
+        .iter()
+        .chain(&syms.dynsym)
+        .any(|s| s.name == own && s.value == vaddr);
+    let name = match syms.symbolize(vaddr) {
+        Some((s, 0)) if !named_here => s.name.clone(),
+        _ => own.to_string(),
+    };
+    r.contract = contracts.analyse(obj, objects, &name, vaddr, size, patched)?;
     r.object = obj.path.clone();
     r.addr = addr;
     r.size = size;
+    r.bias = bias;
     r.orig = code[..JMP_LEN].to_vec();
     Ok(())
 }
 
 /// Call each IFUNC resolver in the process and resolve the implementation it returns,
 /// which is what every call of the function runs. The resolver itself is never written.
-pub fn resolve_ifuncs(s: &mut Session, resolved: &mut [Resolved]) -> Result<()> {
+pub fn resolve_ifuncs(
+    s: &mut Session,
+    patch: &Patch,
+    contracts: &mut Contracts,
+    resolved: &mut Vec<Resolved>,
+) -> Result<()> {
     for r in resolved.iter_mut() {
         let Some(resolver) = r.resolver.take() else {
             continue;
@@ -237,23 +324,53 @@ pub fn resolve_ifuncs(s: &mut Session, resolved: &mut [Resolved]) -> Result<()> 
             &format!("the IFUNC resolver of {}", r.symbol),
         )?;
         let name = s.objects.symbolize(implementation);
-        resolve_code(&s.objects, r, implementation, 0).map_err(|e| {
+        let path = s.objects.by_addr(implementation).map(|o| o.path.clone());
+        let patched = path
+            .map(|p| patched_in(patch, &p, &s.objects))
+            .unwrap_or_default();
+        resolve_code(&s.objects, contracts, r, implementation, 0, &patched).map_err(|e| {
             e.context(format!(
                 "{} is an IFUNC; its implementation in this process is {name}",
                 r.symbol
             ))
         })?;
         r.ifunc_implementation = Some(name);
+        contracts.narrow_to_replacement(&mut r.contract, patch, patch.funcs[r.index].new_vaddr)?;
+        r.notes = r.contract.notes(&r.symbol);
     }
-    for (i, r) in resolved.iter().enumerate() {
-        if resolved[..i].iter().any(|o| o.addr == r.addr) {
-            bail!(
-                Patch,
-                "two declarations of the patch replace the same function at {:#x} ({})",
-                r.addr,
-                r.symbol
-            );
+    merge_shared(patch, resolved)
+}
+
+/// Two declarations of the patch that reach the same code (aliases, or functions the
+/// compiler folded into one) are one redirect, to one new function.
+fn merge_shared(patch: &Patch, resolved: &mut Vec<Resolved>) -> Result<()> {
+    let mut i = 0;
+    while i < resolved.len() {
+        // An IFUNC whose implementation is not known yet (address 0) is merged later.
+        let addr = resolved[i].addr;
+        if let Some(first) = resolved[..i]
+            .iter()
+            .position(|o| addr != 0 && o.addr == addr)
+        {
+            let (a, b) = (&resolved[first], &resolved[i]);
+            let (na, nb) = (&patch.funcs[a.index], &patch.funcs[b.index]);
+            if na.new_vaddr != nb.new_vaddr {
+                bail!(
+                    Mismatch,
+                    "{} and {} are one function in this process (at {:#x}): replace them with the same new function (the patch gives {} and {})",
+                    a.symbol,
+                    b.symbol,
+                    a.addr,
+                    na.new_name,
+                    nb.new_name
+                );
+            }
+            let name = resolved[i].symbol.clone();
+            resolved[first].aliases.push(name);
+            resolved.remove(i);
+            continue;
         }
+        i += 1;
     }
     Ok(())
 }

@@ -31,26 +31,44 @@ pub struct RuntimeRecord {
     pub fd: i32,
 }
 
-struct Layout {
+/// Where the runtime's symbols are, relative to its load address.
+pub struct Layout {
     registry: u64,
     count: u64,
+    /// The preserving path's table (`rlp_preserve_table`).
+    pub preserve_table: u64,
+    /// The preserving path's thunk (`rlp_preserve`).
+    pub preserve: u64,
+    /// The end of its code.
+    pub preserve_end: u64,
+    /// Where the thunk returns from the new function (`rlp_preserve_returned`).
+    pub preserve_returned: u64,
+    /// The bytes of the thunk's XSAVE area, set by the runtime at load
+    /// (`rlp_xsave_size`).
+    pub xsave_size: u64,
 }
 
-fn layout() -> Result<&'static Layout> {
+/// The runtime's layout.
+pub fn layout() -> Result<&'static Layout> {
     static L: OnceLock<std::result::Result<Layout, String>> = OnceLock::new();
     L.get_or_init(|| {
         let f = ElfFile::from_bytes("librlivepatch-runtime.so", IMAGE.to_vec())
             .map_err(|e| e.message)?;
-        let sym = |n: &str| {
+        let find = |n: &str| {
             f.dynsym
                 .iter()
                 .find(|s| s.name == n)
-                .map(|s| s.value)
                 .ok_or(format!("no {n} in the runtime"))
         };
+        let sym = |n: &str| find(n).map(|s| s.value);
         Ok(Layout {
             registry: sym("rlp_registry")?,
             count: sym("rlp_shadow_count")?,
+            preserve_table: sym("rlp_preserve_table")?,
+            preserve: sym("rlp_preserve")?,
+            preserve_end: find("rlp_preserve").map(|s| s.value + s.size)?,
+            preserve_returned: sym("rlp_preserve_returned")?,
+            xsave_size: sym("rlp_xsave_size")?,
         })
     })
     .as_ref()

@@ -366,7 +366,7 @@ impl<'a> Session<'a> {
     }
 
     /// Load a shared object into the target from `bytes`: a memfd named `name` and
-    /// `dlopen("/proc/self/fd/N", flags)`. Returns (handle, fd), or dlerror's text. The
+    /// `dlopen("/proc/PID/fd/N", flags)` ([`Process::fd_path`]). Returns (handle, fd), or dlerror's text. The
     /// memfd stays open while the object is loaded, which keeps its name unique.
     pub fn load(
         &mut self,
@@ -377,12 +377,7 @@ impl<'a> Session<'a> {
         self.borrow()?;
         let inj = self.inj.as_mut().unwrap();
         let fd = inj.memfd_with(&mut self.tr, &self.proc, name, bytes)?;
-        match inj.dlopen(
-            &mut self.tr,
-            &self.proc,
-            &format!("/proc/self/fd/{fd}"),
-            flags,
-        ) {
+        match inj.dlopen(&mut self.tr, &self.proc, &self.proc.fd_path(fd), flags) {
             Ok(Ok(h)) => Ok(Ok((h, fd))),
             Ok(Err(text)) => {
                 inj.syscall(&mut self.tr, libc::SYS_close, &[fd as u64])?;

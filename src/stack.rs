@@ -9,7 +9,7 @@ use crate::transition::Changed;
 /// implementation, or the original bytes.
 pub fn expected_entry(rec: &Record, addr: u64, orig: &[u8]) -> Vec<u8> {
     match rec.stack_of(addr).last() {
-        Some((_, f)) => redirect::jmp(addr, f.island.unwrap_or(f.new_addr))
+        Some((_, f)) => redirect::jmp(addr, f.target())
             .map(|b| b.to_vec())
             .unwrap_or_default(),
         None => orig.to_vec(),
@@ -20,17 +20,28 @@ pub fn expected_entry(rec: &Record, addr: u64, orig: &[u8]) -> Vec<u8> {
 pub fn current_impl(rec: &Record, f: &AppliedFunc) -> Vec<Changed> {
     match rec.stack_of(f.old_addr).last() {
         Some((p, top)) => implementation_of(p, top),
-        None => vec![Changed {
-            start: f.old_addr,
-            end: f.old_addr + f.old_size.max(JMP_LEN as u64),
-            name: format!(
-                "{} ({})",
-                crate::demangle::display(&f.symbol),
-                f.object.rsplit('/').next().unwrap_or(&f.object)
-            ),
-        }],
+        None => {
+            let object = f.object.rsplit('/').next().unwrap_or(&f.object);
+            let name = crate::demangle::display(&f.symbol);
+            let mut v = vec![Changed {
+                start: f.old_addr,
+                end: f.old_addr + f.old_size.max(JMP_LEN as u64),
+                name: format!("{name} ({object})"),
+            }];
+            // Its split-off parts are the function too (a thread in `work.cold` is in
+            // `work`).
+            v.extend(f.parts.iter().map(|p| Changed {
+                start: p.start,
+                end: p.end,
+                name: format!("{} (part of {name}, {object})", p.name),
+            }));
+            v
+        }
     }
 }
+
+/// How the preserving path is named where it blocks a switch.
+pub const PRESERVING_PATH: &str = "the preserving path";
 
 /// The code of `p`'s new function for `f` (and its island): what a switch away from it
 /// changes.
@@ -40,11 +51,28 @@ pub fn implementation_of(p: &AppliedPatch, f: &AppliedFunc) -> Vec<Changed> {
         end: f.new_addr + f.new_size.max(1),
         name: format!("{} (new function of patch {})", f.new_name, p.name),
     }];
+    v.extend(f.new_parts.iter().map(|n| Changed {
+        start: n.start,
+        end: n.end,
+        name: format!("{} (part of {}, patch {})", n.name, f.new_name, p.name),
+    }));
     if let Some(s) = f.island {
         v.push(Changed {
             start: s,
             end: s + redirect::SLOT_SIZE,
             name: format!("the island of {}", f.symbol),
+        });
+    }
+    if let Some(p) = &f.preserve {
+        v.push(Changed {
+            start: p.stub,
+            end: p.stub + crate::preserve::STUB_SIZE,
+            name: format!("the preserving stub of {}", f.symbol),
+        });
+        v.push(Changed {
+            start: p.thunk.0,
+            end: p.thunk.1,
+            name: PRESERVING_PATH.to_string(),
         });
     }
     v

@@ -7,6 +7,7 @@
 //! was). The record is JSON in one of two slots with a generation number and a checksum:
 //! a write that is cut short leaves the other slot valid.
 
+use crate::contract::code::Part;
 use crate::error::Result;
 use crate::inject::{Injector, Scratch};
 use crate::patch::StateDecl;
@@ -23,7 +24,7 @@ const HEADER: u64 = 4096;
 const SLOT_SIZE: u64 = (STATE_SIZE - HEADER) / 2;
 const MAGIC: &[u8; 8] = b"RLPSTAT1";
 /// Version of the record format.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// One replaced function of an applied patch.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -54,6 +55,56 @@ pub struct AppliedFunc {
     /// The separate debug file the old symbol came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug_file: Option<String>,
+    /// The parts of the old function split off from its body (`work.cold`), at run-time
+    /// addresses: a thread there is inside the function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+    /// The parts of the new function split off from its body, at run-time addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_parts: Vec<Part>,
+    /// Other names of the old function the patch replaces with it (aliases, or functions
+    /// the compiler folded into the same code).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// The preserving path the entry jumps to, when callers rely on registers the old
+    /// function leaves alone (see [`crate::preserve`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve: Option<Preserve>,
+}
+
+/// A redirect through the preserving path.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Preserve {
+    /// Its entry in the runtime's table.
+    pub index: u32,
+    /// Its stub: two island slots the entry jumps to.
+    pub stub: u64,
+    /// The registers kept for the callers, for messages.
+    pub keeps: Vec<String>,
+    /// The thunk's code up to its call of the new function, which reads the entry: a
+    /// thread there is on its way into the new function. (The rest of the thunk is
+    /// checked when the runtime may go: [`crate::disable::plan`].)
+    pub thunk: (u64, u64),
+}
+
+impl AppliedFunc {
+    /// Where the old entry jumps: the preserving stub, an island slot, or the new function.
+    pub fn target(&self) -> u64 {
+        match (&self.preserve, self.island) {
+            (Some(p), _) => p.stub,
+            (None, Some(slot)) => slot,
+            (None, None) => self.new_addr,
+        }
+    }
+
+    /// The island slots the redirect uses.
+    pub fn slots(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.island.into_iter().collect();
+        if let Some(p) = &self.preserve {
+            v.extend([p.stub, p.stub + crate::redirect::SLOT_SIZE]);
+        }
+        v
+    }
 }
 
 /// One applied patch.
@@ -68,7 +119,7 @@ pub struct AppliedPatch {
     /// Load bias of the patch.
     pub base: u64,
     /// The memfd holding the patch in the target (kept open while loaded, so that its
-    /// `/proc/self/fd/N` name is unique).
+    /// `/proc/PID/fd/N` name is unique).
     pub fd: i32,
     /// Switched without the consistency check: its code is never unloaded.
     pub forced: bool,

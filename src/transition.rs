@@ -245,14 +245,25 @@ fn check_some(
         }
         let mem = StackMem::of_thread(w.proc, w.maps, regs.rsp);
         let stack = w.unwinder.unwind(w.objects, &mem, &regs);
+        // The outermost changed frame is the one that blocks (and where a return could
+        // be diverted); the one inside it names the function when the outermost is the
+        // preserving path a new function returns through.
         let mut hit: Option<(usize, &Changed)> = None;
+        let mut inner: Option<&Changed> = None;
         for (i, f) in stack.frames.iter().enumerate() {
             let probe = if f.exact { f.pc } else { f.pc.wrapping_sub(1) };
             if let Some(c) = changed.at(probe) {
+                inner = hit.map(|h| h.1).or(inner);
                 hit = Some((i, c));
             }
         }
         if let Some((i, c)) = hit {
+            let name = match inner {
+                Some(n) if c.name == crate::stack::PRESERVING_PATH => {
+                    format!("{}, which returns through {}", n.name, c.name)
+                }
+                _ => c.name.clone(),
+            };
             let comm = process::thread_name(w.proc.pid, tid);
             let f = &stack.frames[i];
             let ret = stack.frames.get(i + 1).map(|n| n.pc);
@@ -263,7 +274,7 @@ fn check_some(
             out.push(Blocker {
                 tid,
                 comm,
-                function: Some(c.name.clone()),
+                function: Some(name),
                 frame: w.objects.symbolize(f.pc),
                 depth: i,
                 unreliable: None,

@@ -678,16 +678,30 @@ where
     out
 }
 
-/// Is the unwind table of this object able to tell the range of the function at `vaddr`
-/// (file address)? Returns (start, end) from the FDE, for functions without a size.
-pub fn fde_range(file: &ElfFile, vaddr: u64) -> Option<(u64, u64)> {
-    let s = file.section(".eh_frame")?;
-    let data = file.section_data(s)?;
+/// The code ranges of the object's `.eh_frame` FDEs, (start, end) in file addresses,
+/// sorted: one for each function (and for each split-off part of one) the compiler
+/// emitted unwind information for.
+pub fn fde_ranges(file: &ElfFile) -> Vec<(u64, u64)> {
+    let Some(s) = file.section(".eh_frame") else {
+        return Vec::new();
+    };
+    let Some(data) = file.section_data(s) else {
+        return Vec::new();
+    };
     let bases = BaseAddresses::default()
         .set_eh_frame(s.addr)
         .set_text(file.section(".text").map(|t| t.addr).unwrap_or(0));
     let eh = EhFrame::new(data, LittleEndian);
-    let idx = build_index(&eh, &bases);
+    build_index(&eh, &bases)
+        .into_iter()
+        .map(|(a, b, _)| (a, b))
+        .collect()
+}
+
+/// Is the unwind table of this object able to tell the range of the function at `vaddr`
+/// (file address)? Returns (start, end) from the FDE, for functions without a size.
+pub fn fde_range(file: &ElfFile, vaddr: u64) -> Option<(u64, u64)> {
+    let idx = fde_ranges(file);
     let i = idx.partition_point(|e| e.0 <= vaddr);
     let e = idx.get(i.checked_sub(1)?)?;
     (vaddr < e.1).then_some((e.0, e.1))

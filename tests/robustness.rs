@@ -182,14 +182,6 @@ fn counter() -> (Target, u64, Snapshot) {
     (t, entry, snap)
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let limit = Instant::now() + T;
-    while !cond() {
-        assert!(Instant::now() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn status_field(pid: i32, key: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()

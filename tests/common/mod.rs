@@ -27,6 +27,11 @@ static BUILT: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
 /// Compile once per test binary: `cc ARGS -o OUT`. Written to a temporary name and renamed,
 /// so that test binaries running at once never see a half-written file.
 pub fn cc(out: &str, args: &[&str]) -> PathBuf {
+    compile("cc", out, args)
+}
+
+/// Build once per test binary with `tool ARGS -o OUT` (`cc`, `c++`, `clang`, `rustc`).
+pub fn compile(tool: &str, out: &str, args: &[&str]) -> PathBuf {
     let path = build_dir().join(out);
     let lock = BUILT.get_or_init(|| Mutex::new(HashSet::new()));
     let mut built = lock.lock().unwrap();
@@ -34,14 +39,14 @@ pub fn cc(out: &str, args: &[&str]) -> PathBuf {
         return path;
     }
     let tmp = build_dir().join(format!(".{out}.{}", std::process::id()));
-    let st = Command::new("cc")
+    let st = Command::new(tool)
         .args(args)
         .arg("-o")
         .arg(&tmp)
         .current_dir(root())
         .status()
         .expect("running cc");
-    assert!(st.success(), "cc {args:?} failed");
+    assert!(st.success(), "{tool} {args:?} failed");
     std::fs::rename(&tmp, &path).unwrap();
     built.insert(path.clone());
     path
@@ -607,4 +612,31 @@ pub fn env_seed(name: &str) -> u64 {
                 .as_nanos() as u64
                 | 1
         })
+}
+
+/// Poll `cond` (a state only /proc shows, with no signal to wait for) until it holds;
+/// panics after 20 seconds.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let limit = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Target {
+    /// The next line, or `None` once the process closed its output (it exited);
+    /// panics after `timeout`.
+    pub fn lines_or_exit(&mut self, timeout: Duration) -> Option<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => {
+                self.seen.push(l.clone());
+                Some(l)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("no line from pid {} within {timeout:?}", self.pid)
+            }
+        }
+    }
 }

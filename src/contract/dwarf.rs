@@ -1,0 +1,511 @@
+//! What an object's debug information says of a function: how it is called (LLVM marks a
+//! function whose signature it changed in place `DW_CC_nocall`; a parameter it made a
+//! constant has `DW_AT_const_value`), how many bytes of arguments its callers put on the
+//! stack (the System V classification of its parameters' types), whether it returns a
+//! value, and which functions hold copies of it the compiler inlined.
+//!
+//! Sections are read with the `object` crate (Debian's debug files compress them) and
+//! parsed with gimli.
+
+use crate::symbols::ElfFile;
+use gimli::{AttributeValue, DebugInfoOffset, EndianRcSlice, LittleEndian, Unit, UnitOffset};
+use object::{Object, ObjectSection};
+use std::collections::HashSet;
+use std::rc::Rc;
+
+type R = EndianRcSlice<LittleEndian>;
+
+/// The debug information of one object.
+pub struct DebugInfo {
+    dwarf: gimli::Dwarf<R>,
+}
+
+/// What the debug information says of one function.
+#[derive(Debug, Clone, Default)]
+pub struct Subprogram {
+    /// Its name.
+    pub name: String,
+    /// The compiler that built it (`DW_AT_producer` of its unit).
+    pub producer: String,
+    /// `DW_AT_calling_convention` is `DW_CC_nocall`: callers do not call it the normal way.
+    pub nocall: bool,
+    /// Parameters the compiler made constants: "name = value".
+    pub const_params: Vec<String>,
+    /// Parameters of the source the function no longer has.
+    pub removed_params: Vec<String>,
+    /// It takes variable arguments.
+    pub variadic: bool,
+    /// Bytes of arguments its callers pass on the stack, when every parameter's type
+    /// could be classified.
+    pub stack_args: Option<u64>,
+    /// It returns a value (`Some(false)` for `void`).
+    pub returns_value: Option<bool>,
+    /// Its unit was built with link-time optimisation (inlined copies may be anywhere).
+    pub lto: bool,
+    /// The names of every function of its unit (folded functions have DIEs of their own).
+    pub unit_functions: HashSet<String>,
+    origins: Vec<DebugInfoOffset>,
+    unit: Option<DebugInfoOffset>,
+}
+
+/// The eightbyte classes of the System V x86-64 ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Integer,
+    Sse,
+    Memory,
+}
+
+impl DebugInfo {
+    /// The debug information of `file`, if it has any.
+    pub fn load(file: &ElfFile) -> Option<DebugInfo> {
+        let obj = object::read::elf::ElfFile64::<object::Endianness>::parse(file.data()).ok()?;
+        obj.section_by_name(".debug_info")?;
+        let load = |id: gimli::SectionId| -> Result<R, ()> {
+            let data = obj
+                .section_by_name(id.name())
+                .and_then(|s| s.uncompressed_data().ok())
+                .map(|d| Rc::<[u8]>::from(&*d))
+                .unwrap_or_else(|| Rc::from(&[][..]));
+            Ok(R::new(data, LittleEndian))
+        };
+        let dwarf = gimli::Dwarf::load(load).ok()?;
+        Some(DebugInfo { dwarf })
+    }
+
+    /// The function whose code starts at `vaddr` (file address).
+    pub fn subprogram_at(&self, vaddr: u64) -> Option<Subprogram> {
+        let mut units = self.dwarf.units();
+        while let Ok(Some(header)) = units.next() {
+            let Ok(unit) = self.dwarf.unit(header) else {
+                continue;
+            };
+            if !self.unit_covers(&unit, vaddr) {
+                continue;
+            }
+            if let Some(s) = self.find_in_unit(&unit, vaddr) {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn unit_covers(&self, unit: &Unit<R>, vaddr: u64) -> bool {
+        let Ok(mut ranges) = self.dwarf.unit_ranges(unit) else {
+            return false;
+        };
+        while let Ok(Some(r)) = ranges.next() {
+            if r.begin <= vaddr && vaddr < r.end {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn find_in_unit(&self, unit: &Unit<R>, vaddr: u64) -> Option<Subprogram> {
+        let mut names = HashSet::new();
+        let mut found: Option<UnitOffset> = None;
+        let mut entries = unit.entries();
+        while let Ok(Some(e)) = entries.next_dfs() {
+            if e.tag() != gimli::DW_TAG_subprogram {
+                continue;
+            }
+            if let Some(n) = self.name_of(unit, e.offset()) {
+                names.insert(n);
+            }
+            if found.is_none() && self.starts_at(unit, e, vaddr) {
+                found = Some(e.offset());
+            }
+        }
+        let off = found?;
+        let mut s = self.describe(unit, off);
+        s.unit_functions = names;
+        Some(s)
+    }
+
+    /// Does the code of DIE `e` start at `vaddr`: its `DW_AT_low_pc`, or one of its
+    /// `DW_AT_ranges` (a function with a part split off has two ranges)?
+    fn starts_at(
+        &self,
+        unit: &Unit<R>,
+        e: &gimli::DebuggingInformationEntry<R>,
+        vaddr: u64,
+    ) -> bool {
+        if let Some(v) = e.attr_value(gimli::DW_AT_low_pc) {
+            return self.dwarf.attr_address(unit, v).ok().flatten() == Some(vaddr);
+        }
+        if !e.has_attr(gimli::DW_AT_ranges) {
+            return false;
+        }
+        let Ok(mut ranges) = self.dwarf.die_ranges(unit, e) else {
+            return false;
+        };
+        while let Ok(Some(r)) = ranges.next() {
+            if r.begin == vaddr {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Everything said of the subprogram DIE at `off`.
+    fn describe(&self, unit: &Unit<R>, off: UnitOffset) -> Subprogram {
+        let mut s = Subprogram {
+            name: self.name_of(unit, off).unwrap_or_default(),
+            unit: unit.header.debug_info_offset(),
+            ..Default::default()
+        };
+        if let Some(AttributeValue::String(p)) = unit
+            .entry(UnitOffset(0))
+            .ok()
+            .and_then(|root| root.attr_value(gimli::DW_AT_producer))
+            .and_then(|v| {
+                self.dwarf
+                    .attr_string(unit, v)
+                    .ok()
+                    .map(AttributeValue::String)
+            })
+        {
+            s.producer = String::from_utf8_lossy(&p).into_owned();
+        }
+        s.lto = s.producer.contains("-flto") || s.producer.contains("GNU GIMPLE");
+        // The DIEs that stand for this function: the concrete one, the abstract instance
+        // it came from, the declaration it completes.
+        let mut chain = vec![(unit.header.debug_info_offset(), off)];
+        let mut cur = off;
+        for _ in 0..4 {
+            let Ok(e) = unit.entry(cur) else { break };
+            if let Some(AttributeValue::CallingConvention(cc)) =
+                e.attr_value(gimli::DW_AT_calling_convention)
+                && cc == gimli::DW_CC_nocall
+            {
+                s.nocall = true;
+            }
+            match e
+                .attr_value(gimli::DW_AT_abstract_origin)
+                .or_else(|| e.attr_value(gimli::DW_AT_specification))
+            {
+                Some(AttributeValue::UnitRef(o)) => {
+                    chain.push((unit.header.debug_info_offset(), o));
+                    cur = o;
+                }
+                _ => break,
+            }
+        }
+        s.origins = chain
+            .iter()
+            .filter_map(|&(_, o)| o.to_debug_info_offset(&unit.header))
+            .collect();
+        let concrete = self.params(unit, off);
+        let abstract_params = chain
+            .last()
+            .filter(|&&(_, o)| o != off)
+            .map(|&(_, o)| self.params(unit, o));
+        s.variadic = chain.iter().any(|&(_, o)| self.params(unit, o).variadic);
+        for (name, value) in &concrete.consts {
+            s.const_params.push(format!("{name} = {value}"));
+        }
+        if let Some(a) = &abstract_params
+            && concrete.names.len() < a.names.len()
+        {
+            s.removed_params = a
+                .names
+                .iter()
+                .filter(|n| !concrete.names.contains(n))
+                .cloned()
+                .collect();
+        }
+        // Types come from wherever the parameters carry them.
+        let typed = abstract_params.as_ref().unwrap_or(&concrete);
+        let ret = chain.iter().find_map(|&(_, o)| {
+            unit.entry(o)
+                .ok()?
+                .attr_value(gimli::DW_AT_type)
+                .and_then(|v| match v {
+                    AttributeValue::UnitRef(t) => Some(t),
+                    _ => None,
+                })
+        });
+        s.returns_value = Some(ret.is_some());
+        if !s.variadic {
+            s.stack_args = self.stack_bytes(unit, ret, &typed.types);
+        }
+        s
+    }
+
+    /// The formal parameters of the subprogram at `off`.
+    fn params(&self, unit: &Unit<R>, off: UnitOffset) -> Params {
+        let mut p = Params::default();
+        let Ok(mut cursor) = unit.entries_at_offset(off) else {
+            return p;
+        };
+        let Ok(Some(top)) = cursor.next_dfs() else {
+            return p;
+        };
+        let depth = top.depth();
+        while let Ok(Some(e)) = cursor.next_dfs() {
+            if e.depth() <= depth {
+                break;
+            }
+            if e.depth() != depth + 1 {
+                continue;
+            }
+            match e.tag() {
+                gimli::DW_TAG_formal_parameter => {
+                    let name = self
+                        .name_of(unit, e.offset())
+                        .unwrap_or_else(|| format!("#{}", p.names.len() + 1));
+                    if let Some(v) = e.attr_value(gimli::DW_AT_const_value) {
+                        p.consts.push((name.clone(), const_text(&v)));
+                    }
+                    let ty = match e.attr_value(gimli::DW_AT_type) {
+                        Some(AttributeValue::UnitRef(t)) => Some(t),
+                        _ => self.origin_type(unit, e.offset()),
+                    };
+                    p.types.push(ty);
+                    p.names.push(name);
+                }
+                gimli::DW_TAG_unspecified_parameters => p.variadic = true,
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// The type of a parameter DIE that takes it from its abstract origin.
+    fn origin_type(&self, unit: &Unit<R>, off: UnitOffset) -> Option<UnitOffset> {
+        let e = unit.entry(off).ok()?;
+        let Some(AttributeValue::UnitRef(o)) = e.attr_value(gimli::DW_AT_abstract_origin) else {
+            return None;
+        };
+        match unit.entry(o).ok()?.attr_value(gimli::DW_AT_type)? {
+            AttributeValue::UnitRef(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The name of a DIE: its own, or that of the DIE it is an instance or definition of.
+    fn name_of(&self, unit: &Unit<R>, off: UnitOffset) -> Option<String> {
+        let mut cur = off;
+        for _ in 0..4 {
+            let e = unit.entry(cur).ok()?;
+            if let Some(v) = e.attr_value(gimli::DW_AT_name)
+                && let Ok(s) = self.dwarf.attr_string(unit, v)
+            {
+                return Some(String::from_utf8_lossy(&s).into_owned());
+            }
+            match e
+                .attr_value(gimli::DW_AT_abstract_origin)
+                .or_else(|| e.attr_value(gimli::DW_AT_specification))
+            {
+                Some(AttributeValue::UnitRef(o)) => cur = o,
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// The functions holding a copy of `sub` the compiler inlined
+    /// (`DW_TAG_inlined_subroutine` whose origin is one of its DIEs): in its own unit, or
+    /// in every unit when it was built with link-time optimisation.
+    pub fn inlined_into(&self, sub: &Subprogram) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut units = self.dwarf.units();
+        while let Ok(Some(header)) = units.next() {
+            if !sub.lto && header.debug_info_offset() != sub.unit {
+                continue;
+            }
+            let Ok(unit) = self.dwarf.unit(header) else {
+                continue;
+            };
+            // The enclosing concrete functions by depth, innermost last.
+            let mut holders: Vec<(isize, String)> = Vec::new();
+            let mut entries = unit.entries();
+            while let Ok(Some(e)) = entries.next_dfs() {
+                let depth = e.depth();
+                while holders.last().is_some_and(|(d, _)| *d >= depth) {
+                    holders.pop();
+                }
+                match e.tag() {
+                    gimli::DW_TAG_subprogram
+                        if e.has_attr(gimli::DW_AT_low_pc) || e.has_attr(gimli::DW_AT_ranges) =>
+                    {
+                        let name = self.name_of(&unit, e.offset()).unwrap_or_default();
+                        holders.push((depth, name));
+                    }
+                    gimli::DW_TAG_inlined_subroutine => {
+                        let origin = match e.attr_value(gimli::DW_AT_abstract_origin) {
+                            Some(AttributeValue::UnitRef(o)) => {
+                                o.to_debug_info_offset(&unit.header)
+                            }
+                            Some(AttributeValue::DebugInfoRef(o)) => Some(o),
+                            _ => None,
+                        };
+                        if origin.is_some_and(|o| sub.origins.contains(&o))
+                            && let Some((_, h)) = holders.first()
+                            && !out.contains(h)
+                        {
+                            out.push(h.clone());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// Bytes of stack arguments of a call with parameters of `types` returning `ret`,
+    /// by the System V x86-64 classification; `None` when a type cannot be classified.
+    fn stack_bytes(
+        &self,
+        unit: &Unit<R>,
+        ret: Option<UnitOffset>,
+        types: &[Option<UnitOffset>],
+    ) -> Option<u64> {
+        let (mut gp, mut sse, mut stack) = (6u32, 8u32, 0u64);
+        if let Some(r) = ret {
+            let (classes, _) = self.classify(unit, r, 0)?;
+            if classes.contains(&Class::Memory) {
+                gp -= 1; // the hidden pointer to the return value
+            }
+        }
+        for t in types {
+            let (classes, size) = self.classify(unit, (*t)?, 0)?;
+            let need_gp = classes.iter().filter(|c| **c == Class::Integer).count() as u32;
+            let need_sse = classes.iter().filter(|c| **c == Class::Sse).count() as u32;
+            if classes.contains(&Class::Memory) || need_gp > gp || need_sse > sse {
+                stack += size.div_ceil(8) * 8;
+            } else {
+                gp -= need_gp;
+                sse -= need_sse;
+            }
+        }
+        Some(stack)
+    }
+
+    /// The classes of the eightbytes of the type at `off`, and its size.
+    fn classify(&self, unit: &Unit<R>, off: UnitOffset, depth: u32) -> Option<(Vec<Class>, u64)> {
+        if depth > 16 {
+            return None;
+        }
+        let e = unit.entry(off).ok()?;
+        let size = e
+            .attr_value(gimli::DW_AT_byte_size)
+            .and_then(|v| v.udata_value());
+        let inner = || match e.attr_value(gimli::DW_AT_type) {
+            Some(AttributeValue::UnitRef(t)) => Some(t),
+            _ => None,
+        };
+        match e.tag() {
+            gimli::DW_TAG_typedef
+            | gimli::DW_TAG_const_type
+            | gimli::DW_TAG_volatile_type
+            | gimli::DW_TAG_restrict_type
+            | gimli::DW_TAG_atomic_type => self.classify(unit, inner()?, depth + 1),
+            gimli::DW_TAG_pointer_type
+            | gimli::DW_TAG_reference_type
+            | gimli::DW_TAG_rvalue_reference_type
+            | gimli::DW_TAG_ptr_to_member_type => Some((vec![Class::Integer], 8)),
+            gimli::DW_TAG_enumeration_type => Some((vec![Class::Integer], size.unwrap_or(4))),
+            gimli::DW_TAG_base_type => {
+                let size = size?;
+                let enc = match e.attr_value(gimli::DW_AT_encoding) {
+                    Some(AttributeValue::Encoding(enc)) => enc,
+                    _ => return None,
+                };
+                let name = self.name_of(unit, off).unwrap_or_default();
+                let class = match enc {
+                    gimli::DW_ATE_float if size == 16 && name.contains("long double") => {
+                        Class::Memory
+                    }
+                    gimli::DW_ATE_float => Class::Sse,
+                    gimli::DW_ATE_complex_float if size > 16 => Class::Memory,
+                    gimli::DW_ATE_complex_float => Class::Sse,
+                    _ => Class::Integer,
+                };
+                Some((vec![class; size.div_ceil(8).max(1) as usize], size))
+            }
+            gimli::DW_TAG_structure_type
+            | gimli::DW_TAG_union_type
+            | gimli::DW_TAG_class_type
+            | gimli::DW_TAG_array_type => {
+                let size = match (e.tag(), size) {
+                    (_, Some(s)) => s,
+                    (gimli::DW_TAG_array_type, None) => return None,
+                    _ => 0,
+                };
+                if size > 16 {
+                    return Some((vec![Class::Memory], size));
+                }
+                let mut classes = vec![None::<Class>; size.div_ceil(8) as usize];
+                let merge = |classes: &mut Vec<Option<Class>>, at: u64, c: &[Class]| {
+                    for (i, c) in c.iter().enumerate() {
+                        let k = (at / 8) as usize + i;
+                        if let Some(slot) = classes.get_mut(k) {
+                            *slot = Some(match (*slot, *c) {
+                                (_, Class::Memory) | (Some(Class::Memory), _) => Class::Memory,
+                                (_, Class::Integer) | (Some(Class::Integer), _) => Class::Integer,
+                                _ => Class::Sse,
+                            });
+                        }
+                    }
+                };
+                if e.tag() == gimli::DW_TAG_array_type {
+                    let (c, _) = self.classify(unit, inner()?, depth + 1)?;
+                    merge(&mut classes, 0, &c);
+                    if classes.len() > 1 {
+                        merge(&mut classes, 8, &c);
+                    }
+                } else {
+                    let mut cursor = unit.entries_at_offset(off).ok()?;
+                    let top = cursor.next_dfs().ok()??.depth();
+                    while let Ok(Some(m)) = cursor.next_dfs() {
+                        if m.depth() <= top {
+                            break;
+                        }
+                        if m.depth() != top + 1 || m.tag() != gimli::DW_TAG_member {
+                            continue;
+                        }
+                        let at = m
+                            .attr_value(gimli::DW_AT_data_member_location)
+                            .and_then(|v| v.udata_value())
+                            .unwrap_or(0);
+                        let t = match m.attr_value(gimli::DW_AT_type) {
+                            Some(AttributeValue::UnitRef(t)) => t,
+                            _ => return None,
+                        };
+                        let (c, _) = self.classify(unit, t, depth + 1)?;
+                        merge(&mut classes, at, &c);
+                    }
+                }
+                let classes: Vec<Class> = classes
+                    .into_iter()
+                    .map(|c| c.unwrap_or(Class::Sse))
+                    .collect();
+                Some((classes, size))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Params {
+    names: Vec<String>,
+    consts: Vec<(String, String)>,
+    types: Vec<Option<UnitOffset>>,
+    variadic: bool,
+}
+
+fn const_text(v: &AttributeValue<R>) -> String {
+    match v {
+        AttributeValue::Sdata(n) => n.to_string(),
+        AttributeValue::Udata(n) => n.to_string(),
+        AttributeValue::Data1(n) => n.to_string(),
+        AttributeValue::Data2(n) => n.to_string(),
+        AttributeValue::Data4(n) => (*n as i32).to_string(),
+        AttributeValue::Data8(n) => (*n as i64).to_string(),
+        _ => "a constant".to_string(),
+    }
+}

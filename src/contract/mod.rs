@@ -1,0 +1,416 @@
+//! What callers rely on: the old function as the compiler built it, not only the one the
+//! source declares.
+//!
+//! An optimising compiler builds callers against what it sees of the callee in the same
+//! object: the registers it leaves alone (GCC's `-fipa-ra`, on at `-O2`), the parts it
+//! split off (`work.cold`), the functions it folded into one (`-fipa-icf`), the
+//! specialised copies it made (`.constprop`, `.isra`, `.part` clones), the copies it
+//! inlined, the signatures it changed in place (LLVM), the calls it merged because the
+//! callee has no side effects. A replacement written against the source prototype must
+//! never corrupt such a caller: [`analyse`] reads all of this from the object's code and
+//! debug information, before anything is touched, and says what rlivepatch will do about
+//! each (keep the registers on a preserving path, treat the parts as the function's),
+//! what it refuses, and what it can only warn of.
+
+pub mod clobber;
+pub mod code;
+pub mod dwarf;
+pub mod regs;
+
+use crate::bail;
+use crate::error::Result;
+use crate::objects::{LoadedObject, Objects};
+use code::{CodeMap, Part, is_clone_of};
+use regs::RegSet;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Bytes of the caller's stack the preserving path copies for a function whose stack
+/// arguments are unknown (no debug information, or variable arguments): 32 arguments.
+pub const UNKNOWN_STACK_ARGS: u64 = 256;
+
+/// What callers of one old function rely on, and what rlivepatch does about it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Contract {
+    /// The function's code: its body, then the parts split off from it (file addresses).
+    pub parts: Vec<Part>,
+    /// Caller-saved registers the old code (with its callees) may change.
+    #[serde(serialize_with = "names")]
+    pub clobbers: RegSet,
+    /// Caller-saved registers callers in the object may keep across a call because the
+    /// old code leaves them alone (empty when nothing calls the entry directly).
+    #[serde(serialize_with = "names")]
+    pub relied: RegSet,
+    /// The registers of `relied` the replacement may change: calls go through a
+    /// preserving path that keeps them. Empty when the replacement leaves every one of
+    /// them alone too, or no caller relies on more than the ABI: the direct jump is used.
+    #[serde(serialize_with = "names")]
+    pub keeps: RegSet,
+    /// Bytes of stack arguments a call passes (copied for the replacement on the
+    /// preserving path).
+    pub stack_args: u64,
+    /// `stack_args` comes from the debug information (otherwise a safe upper bound).
+    pub stack_args_exact: bool,
+    /// Calls and tail calls to the entry from the object's own code.
+    pub direct_callers: u32,
+    /// Other functions folded into the same code (identical code folding).
+    pub folded: Vec<String>,
+    /// Other names of the same function (aliases).
+    pub aliases: Vec<String>,
+    /// Specialised copies (`.constprop`, `.isra`, `.part`): calls to them do not reach the
+    /// entry.
+    pub clones: Vec<String>,
+    /// Functions holding an inlined copy (from the debug information).
+    pub inlined_into: Vec<String>,
+    /// Something reaches the entry: a call, a jump, a taken address, a relocation.
+    pub reached: bool,
+    /// It writes no memory and calls nothing: callers may have merged or hoisted calls.
+    pub pure: bool,
+    /// It cannot throw in this build (it calls nothing) and its object is C++: callers
+    /// may have no handler for an exception from it.
+    #[serde(skip)]
+    pub nothrow: bool,
+    /// ... and the replacement is C++ code that may throw.
+    pub replacement_may_throw: bool,
+    /// The calling convention could not be verified (no debug information, and the
+    /// object was built by a compiler that changes signatures in place): its producer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub convention_unverified: Option<String>,
+    /// Why the function must not be patched with its source prototype, when it must not.
+    #[serde(skip)]
+    pub convention_changed: Option<String>,
+}
+
+fn names<S: serde::Serializer>(r: &RegSet, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(r.names())
+}
+
+impl Contract {
+    /// Do calls need the preserving path?
+    pub fn preserves(&self) -> bool {
+        !self.keeps.is_empty()
+    }
+
+    /// Lines for the operator: what rlivepatch does about what callers rely on, and what
+    /// it can only warn of. `sym` names the function.
+    pub fn notes(&self, sym: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.parts.len() > 1 {
+            let parts: Vec<&str> = self.parts[1..].iter().map(|p| p.name.as_str()).collect();
+            out.push(format!(
+                "{sym} has code split off as {}: a thread there counts as inside {sym}",
+                parts.join(", ")
+            ));
+        }
+        if self.preserves() {
+            out.push(format!(
+                "callers of {sym} keep values in {} across the call (the old code leaves them alone): calls go through a path that preserves them",
+                self.keeps.names().join(", ")
+            ));
+        }
+        if !self.aliases.is_empty() {
+            out.push(format!(
+                "{sym} is also named {}: those names are patched with it",
+                self.aliases.join(", ")
+            ));
+        }
+        if !self.clones.is_empty() {
+            out.push(format!(
+                "warning: {sym} has specialised copies the compiler made ({}): their callers call them, not {sym}, and keep the old code; patch the callers of those copies if the fix must reach them",
+                self.clones.join(", ")
+            ));
+        }
+        if !self.reached {
+            let instead = if self.inlined_into.is_empty() {
+                "the functions that inlined it".to_string()
+            } else {
+                self.inlined_into.join(", ")
+            };
+            out.push(format!(
+                "WARNING: nothing in the process reaches the entry of {sym} (no call, no jump, no address taken, no relocation): every caller has its own inlined copy, so patching {sym} changes nothing; patch {instead} instead"
+            ));
+        } else if !self.inlined_into.is_empty() {
+            out.push(format!(
+                "warning: {sym} is inlined into {}: those copies keep the old code; patch them too if the fix must reach them",
+                self.inlined_into.join(", ")
+            ));
+        }
+        if self.pure {
+            out.push(format!(
+                "note: {sym} writes no memory and calls nothing, so its callers may have merged or hoisted calls to it (GCC's ipa-pure-const): the new code runs only where a call remains"
+            ));
+        }
+        if self.replacement_may_throw {
+            out.push(format!(
+                "warning: {sym} cannot throw in this build (it calls nothing), so its callers were built without handlers for an exception from it: a C++ exception leaving the replacement may end the program (std::terminate) instead of reaching a handler"
+            ));
+        }
+        if let Some(p) = &self.convention_unverified {
+            out.push(format!(
+                "warning: {sym} was built by {p}, which can change a function's signature in place, and its object has no debug information to tell: check that callers pass every argument of the source prototype"
+            ));
+        }
+        out
+    }
+}
+
+/// The code and debug information of the objects analysed in one run.
+#[derive(Default)]
+pub struct Contracts {
+    maps: HashMap<String, Rc<ObjectCode>>,
+}
+
+struct ObjectCode {
+    map: CodeMap,
+    debug: Option<dwarf::DebugInfo>,
+    /// A compiler that changes signatures in place, from `.comment` (LLVM's).
+    llvm: Option<String>,
+}
+
+impl Contracts {
+    /// A cache for one run.
+    pub fn new() -> Contracts {
+        Contracts::default()
+    }
+
+    fn object(&mut self, obj: &LoadedObject) -> Result<Rc<ObjectCode>> {
+        if let Some(o) = self.maps.get(&obj.path) {
+            return Ok(o.clone());
+        }
+        let file = obj.file()?;
+        let syms = obj.symbols_file()?;
+        let debug = obj
+            .debug_info_file()
+            .and_then(|f| dwarf::DebugInfo::load(&f));
+        let llvm = llvm_producer(&file);
+        let o = Rc::new(ObjectCode {
+            map: CodeMap::new(file, &syms),
+            debug,
+            llvm,
+        });
+        self.maps.insert(obj.path.clone(), o.clone());
+        Ok(o)
+    }
+
+    /// What callers rely on for the function `sym` of `obj` at file address `vaddr`,
+    /// `size` bytes. `patched` names every function the same patch replaces in `obj` (a
+    /// folded function patched along with it is fine). Refuses (before anything is
+    /// touched) a function folded with another that is not patched too, and one whose
+    /// calling convention the compiler changed.
+    pub fn analyse(
+        &mut self,
+        obj: &LoadedObject,
+        objects: &Objects,
+        sym: &str,
+        vaddr: u64,
+        size: u64,
+        patched: &[&str],
+    ) -> Result<Contract> {
+        let code = self.object(obj)?;
+        let map = &code.map;
+        let mut c = Contract {
+            parts: map.parts(sym, vaddr, size),
+            ..Default::default()
+        };
+        let sub = code.debug.as_ref().and_then(|d| d.subprogram_at(vaddr));
+        let effects = clobber::Analysis::new(map).effects_of_parts(&c.parts);
+        c.clobbers = effects.clobbers;
+        c.pure = !effects.writes_memory && !effects.calls;
+        c.nothrow = !effects.calls && !effects.indirect_jump && uses_exceptions(map.file());
+        let refs = map.refs_to(vaddr);
+        c.direct_callers = refs.calls + refs.jumps;
+        // Only callers that call the entry directly can have been built against its
+        // registers; calls through the PLT or a pointer assume the ABI.
+        if c.direct_callers > 0 && !crate::fault::switched_on("no-preserve") {
+            c.relied = RegSet::caller_saved().minus(c.clobbers);
+            c.keeps = c.relied;
+        }
+        match sub.as_ref().and_then(|s| s.stack_args) {
+            Some(n) => (c.stack_args, c.stack_args_exact) = (n, true),
+            None => c.stack_args = UNKNOWN_STACK_ARGS,
+        }
+        self.folded_and_aliases(&mut c, map, sub.as_ref(), sym, vaddr, patched);
+        c.clones = map
+            .functions()
+            .iter()
+            .filter(|f| is_clone_of(&f.name, sym))
+            .map(|f| f.name.clone())
+            .collect();
+        c.clones.sort();
+        c.clones.dedup();
+        if let (Some(d), Some(s)) = (&code.debug, &sub) {
+            c.inlined_into = d.inlined_into(s);
+        }
+        c.reached = refs.calls + refs.jumps + refs.addresses > 0
+            || relocated(map.file(), vaddr)
+            || referenced_elsewhere(obj, objects, sym);
+        match &sub {
+            Some(s) => c.convention_changed = convention(s),
+            None => c.convention_unverified = code.llvm.clone(),
+        }
+        if !c.folded.is_empty() {
+            bail!(
+                Mismatch,
+                "function {sym} of {} shares its code with {} (the compiler folded identical functions into one): patching it alone would change {} too; patch {} in the same patch as well (one redirect then serves them all)",
+                obj.display_name(),
+                c.folded.join(", "),
+                if c.folded.len() == 1 {
+                    "that one"
+                } else {
+                    "those"
+                },
+                c.folded.join(", ")
+            );
+        }
+        if let Some(why) = &c.convention_changed {
+            let callers = if c.inlined_into.is_empty() {
+                "its callers".to_string()
+            } else {
+                c.inlined_into.join(", ")
+            };
+            bail!(
+                Mismatch,
+                "function {sym} of {} cannot be replaced by a function with its source prototype: the compiler changed how it is called in this build ({why}); patch {callers} instead",
+                obj.display_name()
+            );
+        }
+        Ok(c)
+    }
+
+    /// Narrow `c.keeps` to the registers the replacement at file address `vaddr` of
+    /// `patch` may change (itself and what it calls): a replacement that leaves alone
+    /// everything callers rely on takes the direct jump.
+    pub fn narrow_to_replacement(
+        &mut self,
+        c: &mut Contract,
+        patch: &crate::patch::Patch,
+        vaddr: u64,
+    ) -> Result<()> {
+        if c.nothrow {
+            c.replacement_may_throw = uses_exceptions(&patch.file);
+        }
+        if c.keeps.is_empty() {
+            return Ok(());
+        }
+        let key = format!("patch:{}", patch.path.display());
+        let code = match self.maps.get(&key) {
+            Some(o) => o.clone(),
+            None => {
+                let file = Rc::new(crate::symbols::ElfFile::open(&patch.path)?);
+                let o = Rc::new(ObjectCode {
+                    map: CodeMap::new(file.clone(), &file),
+                    debug: None,
+                    llvm: None,
+                });
+                self.maps.insert(key, o.clone());
+                o
+            }
+        };
+        let changes = clobber::Analysis::new(&code.map).effects(vaddr).clobbers;
+        c.keeps = c.relied.and(changes);
+        Ok(())
+    }
+
+    /// Other function symbols at the same address: functions the compiler folded into
+    /// this one (each has debug information of its own, or is a `static` function when
+    /// there is none) or other names of the same function (aliases).
+    fn folded_and_aliases(
+        &self,
+        c: &mut Contract,
+        map: &CodeMap,
+        sub: Option<&dwarf::Subprogram>,
+        sym: &str,
+        vaddr: u64,
+        patched: &[&str],
+    ) {
+        for f in map.functions_at(vaddr) {
+            let name = f.name.as_str();
+            let base = name.split('@').next().unwrap_or(name);
+            if base == sym
+                || name.ends_with(".localalias")
+                || c.folded.iter().chain(&c.aliases).any(|n| n == name)
+            {
+                continue;
+            }
+            let distinct = match sub {
+                Some(s) => s.unit_functions.contains(base) && base != s.name,
+                // glibc's internal aliases (__GI_x) are local names of one function.
+                None => !f.global && !base.starts_with("__GI_") && !base.starts_with("__EI_"),
+            };
+            if distinct && !patched.contains(&base) {
+                c.folded.push(name.to_string());
+            } else {
+                c.aliases.push(name.to_string());
+            }
+        }
+    }
+}
+
+/// Why the calling convention of `s` differs from a normal call of its source prototype.
+fn convention(s: &dwarf::Subprogram) -> Option<String> {
+    if s.nocall {
+        return Some(
+            "DW_CC_nocall: its callers do not pass what its source prototype says".to_string(),
+        );
+    }
+    if !s.const_params.is_empty() {
+        return Some(format!(
+            "parameter {} in this build: callers no longer pass it",
+            s.const_params.join(", ")
+        ));
+    }
+    if !s.removed_params.is_empty() {
+        return Some(format!("parameter {} removed", s.removed_params.join(", ")));
+    }
+    None
+}
+
+/// The producer of `file` when it is a compiler that changes signatures in place (LLVM:
+/// clang, rustc), from `.comment`.
+fn llvm_producer(file: &crate::symbols::ElfFile) -> Option<String> {
+    let s = file.section(".comment")?;
+    let data = file.section_data(s)?;
+    data.split(|&b| b == 0)
+        .map(String::from_utf8_lossy)
+        .find(|p| p.contains("clang version") || p.contains("rustc version"))
+        .map(|p| p.trim().to_string())
+}
+
+/// Does the object's code take part in C++ exceptions (it uses the C++ personality
+/// routine or throws)?
+fn uses_exceptions(file: &crate::symbols::ElfFile) -> bool {
+    file.undefined
+        .iter()
+        .any(|n| n == "__gxx_personality_v0" || n == "__cxa_throw")
+}
+
+/// Does a dynamic relocation of the object store the address `vaddr` (a function pointer
+/// in its data)?
+fn relocated(file: &crate::symbols::ElfFile, vaddr: u64) -> bool {
+    file.dyn_relocs.values().any(|r| {
+        (r.r_type == 8 && r.addend as u64 == vaddr)
+            || (r.sym_value == Some(vaddr) && matches!(r.r_type, 1 | 6 | 7))
+    })
+}
+
+/// Does another loaded object refer to `sym` of `obj` by name (a PLT or GOT entry, a
+/// pointer in its data)? Only exported symbols can be.
+fn referenced_elsewhere(obj: &LoadedObject, objects: &Objects, sym: &str) -> bool {
+    let exported = obj
+        .file()
+        .is_ok_and(|f| f.dynsym.iter().any(|s| s.name == sym && s.global));
+    if !exported {
+        return false;
+    }
+    objects
+        .list
+        .iter()
+        .filter(|o| o.path != obj.path && o.path != "[vdso]")
+        .any(|o| {
+            o.file().is_ok_and(|f| {
+                f.dyn_relocs
+                    .values()
+                    .any(|r| r.sym_name.as_deref() == Some(sym) && r.sym_value.is_none())
+            })
+        })
+}
