@@ -103,6 +103,10 @@ struct Built {
     target: PathBuf,
     patch: Vec<(usize, PathBuf)>,
     island: PathBuf,
+    /// bench-target built with -DWIDE.
+    wide_target: PathBuf,
+    /// bench-preserve.so with MODE 0, 1, 2.
+    preserve: Vec<PathBuf>,
     server: PathBuf,
     server_fix: PathBuf,
     gdb_shim: PathBuf,
@@ -151,7 +155,36 @@ fn build(root: &Path, dir: &Path) -> Result<Built> {
         .concat(),
         &target,
     )?;
+    let wide_target = dir.join("bench-target-wide");
+    cc(
+        root,
+        &[
+            &fixture[..],
+            &[
+                "-no-pie",
+                "-DWIDE",
+                "fixtures/bench-target.c",
+                "-pthread",
+                &ldir,
+                "-lbench",
+                &rpath,
+            ],
+        ]
+        .concat(),
+        &wide_target,
+    )?;
     let patch_args = ["-shared", "-fPIC", "-O2", "-I", "patches/include"];
+    let mut preserve = Vec::new();
+    for mode in 0..3 {
+        let out = dir.join(format!("bench-preserve-{mode}.so"));
+        let def = format!("-DMODE={mode}");
+        cc(
+            root,
+            &[&patch_args[..], &[&def, "patches/bench-preserve.c"]].concat(),
+            &out,
+        )?;
+        preserve.push(out);
+    }
     let mut patch = Vec::new();
     for n in [1usize, 100, 1000] {
         let out = dir.join(format!("bench-{n}.so"));
@@ -203,6 +236,8 @@ fn build(root: &Path, dir: &Path) -> Result<Built> {
         target,
         patch,
         island,
+        wide_target,
+        preserve,
         server,
         server_fix,
     })
@@ -489,6 +524,9 @@ struct Calls {
     island: Vec<f64>,
     island_call: Vec<f64>,
     calls_per_run: u64,
+    /// Direct calls of pf: original, island, preserving (general registers), preserving
+    /// (and xmm low halves), preserving (and the XSAVE state, in the wide target).
+    preserving: [Vec<f64>; 5],
 }
 
 fn call_overhead(o: &Opts, b: &Built) -> Result<Calls> {
@@ -533,7 +571,57 @@ fn call_overhead(o: &Opts, b: &Built) -> Result<Calls> {
         c.island_call.push(ns(&mut t, &far)?);
         rlivepatch(o, &["disable", &pid, "bench"])?;
     }
+    preserving_overhead(o, b, &mut c)?;
     Ok(c)
+}
+
+/// Direct calls of `pf` from a caller that keeps values in caller-saved registers across
+/// them: through an island (a replacement that leaves them alone), and through the
+/// preserving path keeping general registers, the low halves of xmm registers, or the
+/// whole vector state (XSAVE, for an object that uses ymm registers).
+fn preserving_overhead(o: &Opts, b: &Built, c: &mut Calls) -> Result<()> {
+    let n = c.calls_per_run / 2;
+    let plain = Target::start(&b.target, 0, 0)?;
+    let wide = Target::start(&b.wide_target, 0, 0)?;
+    let mut ts = [plain, wide];
+    let direct = |t: &mut Target| -> Result<f64> {
+        let r = t.cmd(&format!("direct {n}"))?;
+        if r.ends_with("bad") {
+            bail!("a caller of pf got a wrong result: {r}");
+        }
+        Ok(r.parse()?)
+    };
+    let cases: [(usize, Option<usize>, &str); 5] = [
+        (0, None, ""),
+        (0, Some(0), "island"),
+        (0, Some(1), "preserving"),
+        (0, Some(2), "preserving"),
+        (1, Some(2), "preserving"),
+    ];
+    for _ in 0..o.runs.max(3) {
+        for (i, (ti, mode, via)) in cases.iter().enumerate() {
+            let t = &mut ts[*ti];
+            let pid = t.pid.to_string();
+            if let Some(mode) = mode {
+                let path = b.preserve[*mode].to_str().unwrap();
+                let out = Command::new(&o.rlp)
+                    .args(["apply", &pid, path, "--json"])
+                    .output()?;
+                if !out.status.success() {
+                    bail!("apply failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                let j: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                if j["functions"][0]["via"] != *via {
+                    bail!("pf was expected to go through {via}: {j}");
+                }
+            }
+            c.preserving[i].push(direct(t)?);
+            if mode.is_some() {
+                rlivepatch(o, &["disable", &pid, "bench-preserve"])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -786,6 +874,47 @@ impl Report {
              an island {:.2} ns.\n",
             stat(&c.direct_jump).med - base,
             stat(&c.island).med - stat(&c.island_call).med
+        );
+        let base = stat(&c.preserving[0]).med;
+        let _ = writeln!(
+            m,
+            "### The preserving path\n\nns per call, {} direct calls of `pf` per run (`direct` \
+             command of the target) from a caller that keeps values in caller-saved registers \
+             across them (`-fipa-ra`); ratio to the original. The replacements \
+             (`patches/bench-preserve.c`) differ only in the registers they change.\n",
+            c.calls_per_run / 2
+        );
+        m.push_str("| call | ns/call | ratio |\n|---|---:|---:|\n");
+        for (name, v) in [
+            ("original `pf`", &c.preserving[0]),
+            (
+                "patched, replacement leaves the registers alone: island",
+                &c.preserving[1],
+            ),
+            (
+                "patched, replacement changes rcx-r11: preserving path",
+                &c.preserving[2],
+            ),
+            (
+                "... and xmm2-3 (object uses SSE only): + xmm low halves",
+                &c.preserving[3],
+            ),
+            (
+                "... and xmm2-3 (object uses ymm): + XSAVE/XRSTOR",
+                &c.preserving[4],
+            ),
+        ] {
+            let s = stat(v);
+            let _ = writeln!(m, "| {name} | {} | {:.2} |", fmt(s), s.med / base);
+        }
+        let _ = writeln!(
+            m,
+            "\nThe preserving path costs {:.1} ns per call over an island for general \
+             registers, {:.1} ns with the low halves of the xmm registers, {:.1} ns with \
+             the whole vector state.\n",
+            stat(&c.preserving[2]).med - stat(&c.preserving[1]).med,
+            stat(&c.preserving[3]).med - stat(&c.preserving[1]).med,
+            stat(&c.preserving[4]).med - stat(&c.preserving[1]).med
         );
         let s = &self.server;
         let _ = writeln!(

@@ -1,5 +1,6 @@
 //! Print what callers of a function rely on, read from an ELF file and its debug
-//! information: `cargo run --example contract -- FILE SYMBOL...`. A development aid for
+//! information: `cargo run --example contract -- FILE SYMBOL...` (`RLP_DEBUG_FILE=PATH`
+//! for a separate debug file). A development aid for
 //! the contract analysis; `rlivepatch check` reports the same against a process.
 
 use rlivepatch::contract::clobber::Analysis;
@@ -13,7 +14,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let file = Rc::new(ElfFile::open(Path::new(&args[1])).expect("an ELF file"));
     let map = CodeMap::new(file.clone(), &file);
-    let debug = DebugInfo::load(&file);
+    // A separate debug file, when the object is stripped: RLP_DEBUG_FILE=PATH.
+    let debug = match std::env::var_os("RLP_DEBUG_FILE") {
+        Some(p) => DebugInfo::load(&ElfFile::open(Path::new(&p)).expect("the debug file")),
+        None => DebugInfo::load(&file),
+    };
     for sym in &args[2..] {
         let s = find_function(&file, sym, 0).expect("the function");
         let parts = map.parts(sym, s.value, s.size);

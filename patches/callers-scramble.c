@@ -60,8 +60,19 @@ static long new_vsum(int n, ...)
 	return s;
 }
 
+static double new_vleaf(double x)
+{
+	scramble();
+	return x * 2.5;
+}
+
 RLIVEPATCH_FUNC(callee, new_callee);
 RLIVEPATCH_FUNC(fcallee, new_fcallee);
 RLIVEPATCH_FUNC(many, new_many);
 RLIVEPATCH_FUNC(vsum, new_vsum);
+#ifdef WIDE
+RLIVEPATCH_FUNC(vleaf, new_vleaf);
+RLIVEPATCH_NAME("callers-scramble-wide");
+#else
 RLIVEPATCH_NAME("callers-scramble");
+#endif

@@ -311,12 +311,11 @@ fn place_islands(s: &mut Session, applied: &mut AppliedPatch, resolved: &[Resolv
         let mut used = vec![slot];
         match preserve {
             Some(rt) => {
-                crate::preserve::check_cpu(rt, &r.symbol, r.contract.keeps)?;
                 let index = crate::preserve::free_index(&s.record, &indexes)?;
                 indexes.push(index);
                 s.proc.write(
                     rt.entry(index),
-                    &crate::preserve::entry_bytes(new_addr, &r.contract),
+                    &crate::preserve::entry_bytes(new_addr, &r.contract, rt.vector_width),
                 )?;
                 slot_writes.push((slot, crate::preserve::stub_bytes(index, rt.thunk).to_vec()));
                 used.push(slot + redirect::SLOT_SIZE);

@@ -7,8 +7,8 @@
 //! mid-operation), or with `tool:<number>` to rlivepatch itself (an operator's Ctrl-C at
 //! that moment). `RLIVEPATCH_TRACE=1` prints each point reached, with the time since the
 //! start, on stderr (what the benchmarks' profile uses). `RLIVEPATCH_FAULT=no-preserve`
-//! turns the preserving path off (see `crate::preserve`), for tests that show the hazard it
-//! prevents.
+//! turns the preserving path off (see `crate::preserve`), and `narrow-vectors` has it keep
+//! only the low halves of vector registers, for tests that show the hazards they prevent.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -91,7 +91,8 @@ pub fn point(name: &str) {
 }
 
 /// Is the test switch `name` on (`RLIVEPATCH_FAULT` names it)? `no-preserve` turns the
-/// preserving path off, so that a test can show what it prevents.
+/// preserving path off, `narrow-vectors` narrows it to the low halves of vector
+/// registers, so that a test can show what they prevent.
 pub fn switched_on(name: &str) -> bool {
     config().fault.iter().any(|f| f == name)
 }

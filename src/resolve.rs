@@ -173,6 +173,35 @@ pub fn resolve(
                 return e;
             }
             let looked = obj.debug_looked_at();
+            let mut copies: Vec<&str> = syms
+                .symtab
+                .iter()
+                .filter(|s| crate::contract::code::is_clone_of(&s.name, &f.old))
+                .map(|s| s.name.as_str())
+                .collect();
+            copies.sort();
+            copies.dedup();
+            let inlined = contracts.inlined_copies(obj, &f.old);
+            if !inlined.is_empty() {
+                return err!(
+                    Mismatch,
+                    "function {} has no code of its own in {}: the compiler inlined it into {} (from its debug information); patch {} instead",
+                    f.old,
+                    obj.display_name(),
+                    inlined.join(", "),
+                    if inlined.len() == 1 { "that function" } else { "those functions" }
+                );
+            }
+            if !copies.is_empty() {
+                return err!(
+                    Mismatch,
+                    "function {} of {} exists in this build only as the copies the compiler specialised for its callers ({}), whose arguments differ from its source prototype; patch the callers of {} instead",
+                    f.old,
+                    obj.display_name(),
+                    copies.join(", "),
+                    f.old
+                );
+            }
             let hint = if syms.has_symtab() {
                 String::new()
             } else if looked.is_empty() {

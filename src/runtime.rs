@@ -43,9 +43,9 @@ pub struct Layout {
     pub preserve_end: u64,
     /// Where the thunk returns from the new function (`rlp_preserve_returned`).
     pub preserve_returned: u64,
-    /// The bytes of the thunk's XSAVE area, set by the runtime at load
-    /// (`rlp_xsave_size`).
-    pub xsave_size: u64,
+    /// How wide the vector registers are that the thunk keeps, set by the runtime at
+    /// load (`rlp_vector_width`).
+    pub vector_width: u64,
 }
 
 /// The runtime's layout.
@@ -68,7 +68,7 @@ pub fn layout() -> Result<&'static Layout> {
             preserve: sym("rlp_preserve")?,
             preserve_end: find("rlp_preserve").map(|s| s.value + s.size)?,
             preserve_returned: sym("rlp_preserve_returned")?,
-            xsave_size: sym("rlp_xsave_size")?,
+            vector_width: sym("rlp_vector_width")?,
         })
     })
     .as_ref()

@@ -626,13 +626,30 @@ pub fn find_function<'a>(file: &'a ElfFile, name: &str, pos: u64) -> Result<&'a 
         out
     };
     // Versions are only known for dynamic symbols.
-    let found = match version {
+    let mut found = match version {
         Some(_) => pick(1),
         None => {
             let f = pick(0);
             if f.is_empty() { pick(1) } else { f }
         }
     };
+    if found.is_empty() && version.is_none() {
+        // Link-time optimisation renames a static function `name.lto_priv.N` when it
+        // makes it visible across units: the same function, under another name.
+        found = file
+            .symtab
+            .iter()
+            .filter(|s| {
+                s.kind == SymKind::Func
+                    && s.name
+                        .strip_prefix(base)
+                        .and_then(|r| r.strip_prefix(".lto_priv."))
+                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect();
+        found.sort_by_key(|s| s.value);
+        found.dedup_by_key(|s| s.value);
+    }
     if found.is_empty() {
         bail!(
             Mismatch,

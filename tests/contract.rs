@@ -156,6 +156,55 @@ fn callers_keep_the_registers_the_old_code_left_alone() {
     t.assert_running();
 }
 
+/// Apply `patch` to a callers process with the fault switch `fault` (or none), and return
+/// the 50 lines that follow.
+fn callers_after(t: &mut Target, patch: &std::path::Path, fault: &str) -> Vec<String> {
+    let st = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &t.pid.to_string(), patch.to_str().unwrap()])
+        .env("RLIVEPATCH_FAULT", fault)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    t.next_lines(1);
+    (0..50)
+        .map(|_| t.wait_line(is_callers_line, Duration::from_secs(10)))
+        .collect()
+}
+
+#[test]
+fn whole_vector_registers_are_kept_for_code_built_for_avx() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    if !cpu.split_whitespace().any(|f| f == "avx2") {
+        eprintln!(
+            "SKIPPED whole_vector_registers_are_kept_for_code_built_for_avx: this CPU has no AVX2"
+        );
+        return;
+    }
+    // vcaller keeps a whole ymm register across its call of vleaf.
+    let exe = cc(
+        "callers-avx",
+        &["-O2", "-g", "-mavx2", "-Wall", "fixtures/callers.c"],
+    );
+    let wide = patch_with("callers-scramble", "callers-scramble-wide", &["-DWIDE"]);
+    // The hazard: the low halves kept, the upper ones lost.
+    let mut t = Target::start(&exe, &["2"]);
+    let lines = callers_after(&mut t, &wide, "narrow-vectors");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("wide=") && !l.contains("wide=ok")),
+        "the fixture shows the upper halves lost: {lines:?}"
+    );
+    drop(t);
+    let mut t = Target::start(&exe, &["2"]);
+    for l in callers_after(&mut t, &wide, "") {
+        assert!(l.contains("wide=ok") && l.ends_with("bad=0"), "{l}");
+    }
+    t.assert_running();
+}
+
 #[test]
 fn without_debug_information_the_stack_copy_is_a_safe_bound() {
     let exe = callers(false);
@@ -483,7 +532,52 @@ RLIVEPATCH_NAME("shapes-notes");
 
     assert_eq!(by_symbol(funcs, "square")["contract"]["pure"], true);
     assert!(notes("square").contains("ipa-pure-const"));
+
+    // A static function kept only as its specialised copy is named, not "not found".
+    let note = patch_src(
+        "shapes-note",
+        r#"#include <rlivepatch.h>
+static void new_note(const char *w) { (void)w; }
+RLIVEPATCH_FUNC(note, new_note);
+RLIVEPATCH_NAME("shapes-note");
+"#,
+    );
+    let e = rlp_fails(&["apply", &pid, note.to_str().unwrap()], 5);
+    assert!(
+        e.contains("only as the copies") && e.contains("note.constprop.0"),
+        "{e}"
+    );
     t.assert_running();
+
+    // At -O3 (-fipa-cp-clone) the calls of mix go to mix.constprop.0: the operator is told
+    // which calls keep the old code.
+    let o3 = cc(
+        "shapes-O3",
+        &["-O3", "-g", "-Wall", "fixtures/shapes.c", "-pthread"],
+    );
+    let t3 = Target::start_with_stdin(&o3, &["5"]);
+    let mix = patch_src(
+        "shapes-mix",
+        r#"#include <rlivepatch.h>
+static int new_mix(int x, int k) { return x * k; }
+RLIVEPATCH_FUNC(mix, new_mix);
+RLIVEPATCH_NAME("shapes-mix");
+"#,
+    );
+    let out = json(&rlp_ok(&[
+        "apply",
+        &t3.pid.to_string(),
+        mix.to_str().unwrap(),
+        "--json",
+    ]));
+    let f = &out["functions"][0];
+    assert!(
+        f["notes"]
+            .to_string()
+            .contains("specialised copies the compiler made (mix.constprop.0)"),
+        "{f}"
+    );
+    t3.assert_running();
 }
 
 #[test]

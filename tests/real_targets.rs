@@ -569,3 +569,74 @@ fn the_system_bash_gets_its_random_numbers_patched() {
     assert_eq!(t.stable_maps(), before);
     t.assert_running();
 }
+
+/// Debian's python3.11 (-O3, LTO and PGO, `.cold` splits, stripped, its debug file in the
+/// -dbg package), fetched and unpacked by scripts/fetch-python.sh.
+fn debian_python() -> std::path::PathBuf {
+    let dir = root().join("target/real/python3.11");
+    let st = std::process::Command::new(root().join("scripts/fetch-python.sh"))
+        .arg(&dir)
+        .status()
+        .expect("running scripts/fetch-python.sh");
+    assert!(st.success(), "scripts/fetch-python.sh failed");
+    dir
+}
+
+#[test]
+fn debians_python_built_with_lto_and_pgo() {
+    let dir = debian_python();
+    let debug = dir.join("usr/lib/debug");
+    let mut t = Target::start(
+        &dir.join("usr/bin/python3.11"),
+        &[
+            "-S",
+            "-c",
+            "import os, time\nprint('ready', os.getpid(), flush=True)\n\
+             while True:\n    print('time', time.time(), flush=True)\n    time.sleep(0.01)",
+        ],
+    );
+    let pid = t.pid.to_string();
+    let before = t.stable_maps();
+    // A static function inlined into every caller has no code to patch: the callers are
+    // named, from the debug file.
+    let inlined = patch_src(
+        "py-get-clock",
+        "#include <rlivepatch.h>\n\
+         static int fixed(void *t, void *info, int raise) { (void)t; (void)info; (void)raise; return 0; }\n\
+         RLIVEPATCH_FUNC(py_get_system_clock, fixed);\n",
+    );
+    let e = rlp_fails(&["apply", &pid, s(&inlined), "--debug-dir", s(&debug)], 5);
+    assert!(
+        e.contains("inlined it into") && e.contains("_PyTime_GetSystemClockWithInfo"),
+        "{e}"
+    );
+    // time.time() by its source name: LTO renamed it time_time.lto_priv.0 and split off
+    // a .cold part; it is reached only through the module's method table.
+    let fix = patch_src(
+        "py-time",
+        "#include <rlivepatch.h>\n\
+         typedef struct _object PyObject;\n\
+         RLIVEPATCH_SYMBOL(PyObject *(double), PyFloat_FromDouble, \"PyFloat_FromDouble\");\n\
+         static PyObject *fixed_time(PyObject *m, PyObject *a) { (void)m; (void)a; return PyFloat_FromDouble(42.0); }\n\
+         RLIVEPATCH_FUNC(time_time, fixed_time);\n",
+    );
+    let out = json(&rlp_ok(&[
+        "apply",
+        &pid,
+        s(&fix),
+        "--debug-dir",
+        s(&debug),
+        "--json",
+    ]));
+    let f = &out["functions"][0];
+    assert_eq!(f["parts"][0]["name"], "time_time.lto_priv.0.cold", "{f}");
+    assert!(
+        !f["notes"].to_string().contains("nothing in the process"),
+        "the method table's pointer reaches it: {f}"
+    );
+    t.wait_line(|l| l == "time 42.0", T);
+    rlp_ok(&["disable", &pid, "py-time"]);
+    t.wait_line(|l| l.starts_with("time ") && l != "time 42.0", T);
+    assert_eq!(t.stable_maps(), before);
+    t.assert_running();
+}

@@ -53,7 +53,8 @@ pub struct CodeMap {
     funcs: Vec<Func>,
     fdes: Vec<(u64, u64)>,
     plt: Vec<(u64, u64)>,
-    refs: OnceCell<HashMap<u64, Refs>>,
+    /// How the code reaches each address, and whether it uses wide vector registers.
+    refs: OnceCell<(HashMap<u64, Refs>, bool)>,
 }
 
 impl CodeMap {
@@ -219,12 +220,20 @@ impl CodeMap {
     pub fn refs_to(&self, vaddr: u64) -> Refs {
         self.refs
             .get_or_init(|| self.scan())
+            .0
             .get(&vaddr)
             .copied()
             .unwrap_or_default()
     }
 
-    fn scan(&self) -> HashMap<u64, Refs> {
+    /// Does the object's code use vector registers wider than SSE's (ymm, zmm, xmm16-31,
+    /// the mask registers) anywhere? If not, no caller keeps more than the low 128 bits
+    /// of xmm0-15 across a call.
+    pub fn uses_wide_vectors(&self) -> bool {
+        self.refs.get_or_init(|| self.scan()).1
+    }
+
+    fn scan(&self) -> (HashMap<u64, Refs>, bool) {
         let mut regions: Vec<(u64, u64)> = self
             .funcs
             .iter()
@@ -242,8 +251,10 @@ impl CodeMap {
         }
         let absolute = !self.file.is_dyn;
         let mut refs: HashMap<u64, Refs> = HashMap::new();
+        let mut wide = false;
         for (a, b) in merged {
             for ins in self.decode(a, b) {
+                wide = wide || is_wide(&ins);
                 match ins.flow_control() {
                     FlowControl::Call => {
                         refs.entry(ins.near_branch_target()).or_default().calls += 1;
@@ -278,8 +289,21 @@ impl CodeMap {
                 }
             }
         }
-        refs
+        (refs, wide)
     }
+}
+
+/// Does the instruction name a vector register wider than SSE's (ymm, zmm, xmm16-31) or
+/// a mask register?
+fn is_wide(ins: &Instruction) -> bool {
+    (0..ins.op_count()).any(|i| {
+        let r = match ins.op_kind(i) {
+            OpKind::Register => ins.op_register(i),
+            OpKind::Memory => ins.memory_index(),
+            _ => return false,
+        };
+        r.is_ymm() || r.is_zmm() || r.is_k() || (r.is_xmm() && r.number() >= 16)
+    }) || ins.op_mask() != Register::None
 }
 
 /// The parts split off from function `name` that `syms` names (`name.cold`,

@@ -10,7 +10,8 @@
 use crate::symbols::ElfFile;
 use gimli::{AttributeValue, DebugInfoOffset, EndianRcSlice, LittleEndian, Unit, UnitOffset};
 use object::{Object, ObjectSection};
-use std::collections::HashSet;
+use std::cell::{OnceCell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 type R = EndianRcSlice<LittleEndian>;
@@ -18,6 +19,25 @@ type R = EndianRcSlice<LittleEndian>;
 /// The debug information of one object.
 pub struct DebugInfo {
     dwarf: gimli::Dwarf<R>,
+    /// Units parsed so far, by the offset of their header: a reference into another unit
+    /// (`DW_FORM_ref_addr`, which link-time optimisation uses from the units it emits to
+    /// the ones the compiler emitted first) parses that unit once.
+    units: RefCell<HashMap<DebugInfoOffset, Rc<Unit<R>>>>,
+    /// Every unit's header: where it starts, where it ends.
+    headers: OnceCell<Vec<(DebugInfoOffset, usize, gimli::UnitHeader<R>)>>,
+}
+
+/// A DIE, in its unit.
+#[derive(Clone)]
+struct Die {
+    unit: Rc<Unit<R>>,
+    off: UnitOffset,
+}
+
+impl Die {
+    fn global(&self) -> Option<DebugInfoOffset> {
+        self.off.to_debug_info_offset(&self.unit.header)
+    }
 }
 
 /// What the debug information says of one function.
@@ -70,24 +90,77 @@ impl DebugInfo {
             Ok(R::new(data, LittleEndian))
         };
         let dwarf = gimli::Dwarf::load(load).ok()?;
-        Some(DebugInfo { dwarf })
+        Some(DebugInfo {
+            dwarf,
+            units: RefCell::new(HashMap::new()),
+            headers: OnceCell::new(),
+        })
+    }
+
+    /// The unit whose header starts at `start`, parsed once.
+    fn unit_from(
+        &self,
+        start: DebugInfoOffset,
+        header: gimli::UnitHeader<R>,
+    ) -> Option<Rc<Unit<R>>> {
+        if let Some(u) = self.units.borrow().get(&start) {
+            return Some(u.clone());
+        }
+        let u = Rc::new(self.dwarf.unit(header).ok()?);
+        self.units.borrow_mut().insert(start, u.clone());
+        Some(u)
+    }
+
+    /// Every unit, in order.
+    fn all_units(&self) -> impl Iterator<Item = Rc<Unit<R>>> + '_ {
+        self.headers()
+            .iter()
+            .filter_map(|(start, _, h)| self.unit_from(*start, h.clone()))
+    }
+
+    fn headers(&self) -> &[(DebugInfoOffset, usize, gimli::UnitHeader<R>)] {
+        self.headers.get_or_init(|| {
+            let mut v = Vec::new();
+            let mut it = self.dwarf.units();
+            while let Ok(Some(h)) = it.next() {
+                if let Some(start) = h.debug_info_offset() {
+                    let end = start.0 + h.length_including_self();
+                    v.push((start, end, h));
+                }
+            }
+            v
+        })
+    }
+
+    /// The DIE a reference attribute of a DIE of `unit` names, in whichever unit.
+    fn follow(&self, unit: &Rc<Unit<R>>, v: AttributeValue<R>) -> Option<Die> {
+        match v {
+            AttributeValue::UnitRef(off) => Some(Die {
+                unit: unit.clone(),
+                off,
+            }),
+            AttributeValue::DebugInfoRef(g) => {
+                let headers = self.headers();
+                let i = headers
+                    .partition_point(|(s, _, _)| s.0 <= g.0)
+                    .checked_sub(1)?;
+                let (start, end, h) = &headers[i];
+                if g.0 >= *end {
+                    return None;
+                }
+                let u = self.unit_from(*start, h.clone())?;
+                let off = g.to_unit_offset(&u.header)?;
+                Some(Die { unit: u, off })
+            }
+            _ => None,
+        }
     }
 
     /// The function whose code starts at `vaddr` (file address).
     pub fn subprogram_at(&self, vaddr: u64) -> Option<Subprogram> {
-        let mut units = self.dwarf.units();
-        while let Ok(Some(header)) = units.next() {
-            let Ok(unit) = self.dwarf.unit(header) else {
-                continue;
-            };
-            if !self.unit_covers(&unit, vaddr) {
-                continue;
-            }
-            if let Some(s) = self.find_in_unit(&unit, vaddr) {
-                return Some(s);
-            }
-        }
-        None
+        self.all_units()
+            .filter(|u| self.unit_covers(u, vaddr))
+            .find_map(|u| self.find_in_unit(&u, vaddr))
     }
 
     fn unit_covers(&self, unit: &Unit<R>, vaddr: u64) -> bool {
@@ -102,7 +175,7 @@ impl DebugInfo {
         false
     }
 
-    fn find_in_unit(&self, unit: &Unit<R>, vaddr: u64) -> Option<Subprogram> {
+    fn find_in_unit(&self, unit: &Rc<Unit<R>>, vaddr: u64) -> Option<Subprogram> {
         let mut names = HashSet::new();
         let mut found: Option<UnitOffset> = None;
         let mut entries = unit.entries();
@@ -149,32 +222,35 @@ impl DebugInfo {
     }
 
     /// Everything said of the subprogram DIE at `off`.
-    fn describe(&self, unit: &Unit<R>, off: UnitOffset) -> Subprogram {
+    fn describe(&self, unit: &Rc<Unit<R>>, off: UnitOffset) -> Subprogram {
         let mut s = Subprogram {
             name: self.name_of(unit, off).unwrap_or_default(),
             unit: unit.header.debug_info_offset(),
             ..Default::default()
         };
-        if let Some(AttributeValue::String(p)) = unit
-            .entry(UnitOffset(0))
+        let mut root = unit.entries();
+        if let Some(p) = root
+            .next_dfs()
             .ok()
+            .flatten()
             .and_then(|root| root.attr_value(gimli::DW_AT_producer))
-            .and_then(|v| {
-                self.dwarf
-                    .attr_string(unit, v)
-                    .ok()
-                    .map(AttributeValue::String)
-            })
+            .and_then(|v| self.dwarf.attr_string(unit, v).ok())
         {
             s.producer = String::from_utf8_lossy(&p).into_owned();
         }
         s.lto = s.producer.contains("-flto") || s.producer.contains("GNU GIMPLE");
         // The DIEs that stand for this function: the concrete one, the abstract instance
-        // it came from, the declaration it completes.
-        let mut chain = vec![(unit.header.debug_info_offset(), off)];
-        let mut cur = off;
+        // it came from, the declaration it completes (in another unit, after LTO).
+        let first = Die {
+            unit: unit.clone(),
+            off,
+        };
+        let mut chain = vec![first.clone()];
         for _ in 0..4 {
-            let Ok(e) = unit.entry(cur) else { break };
+            let cur = chain.last().unwrap().clone();
+            let Ok(e) = cur.unit.entry(cur.off) else {
+                break;
+            };
             if let Some(AttributeValue::CallingConvention(cc)) =
                 e.attr_value(gimli::DW_AT_calling_convention)
                 && cc == gimli::DW_CC_nocall
@@ -184,24 +260,17 @@ impl DebugInfo {
             match e
                 .attr_value(gimli::DW_AT_abstract_origin)
                 .or_else(|| e.attr_value(gimli::DW_AT_specification))
+                .and_then(|v| self.follow(&cur.unit, v))
             {
-                Some(AttributeValue::UnitRef(o)) => {
-                    chain.push((unit.header.debug_info_offset(), o));
-                    cur = o;
-                }
-                _ => break,
+                Some(d) => chain.push(d),
+                None => break,
             }
         }
-        s.origins = chain
-            .iter()
-            .filter_map(|&(_, o)| o.to_debug_info_offset(&unit.header))
-            .collect();
-        let concrete = self.params(unit, off);
-        let abstract_params = chain
-            .last()
-            .filter(|&&(_, o)| o != off)
-            .map(|&(_, o)| self.params(unit, o));
-        s.variadic = chain.iter().any(|&(_, o)| self.params(unit, o).variadic);
+        s.origins = chain.iter().filter_map(Die::global).collect();
+        let concrete = self.params(&first);
+        let last = chain.last().unwrap();
+        let abstract_params = (chain.len() > 1).then(|| self.params(last));
+        s.variadic = chain.iter().any(|d| self.params(d).variadic);
         for (name, value) in &concrete.consts {
             s.const_params.push(format!("{name} = {value}"));
         }
@@ -217,26 +286,22 @@ impl DebugInfo {
         }
         // Types come from wherever the parameters carry them.
         let typed = abstract_params.as_ref().unwrap_or(&concrete);
-        let ret = chain.iter().find_map(|&(_, o)| {
-            unit.entry(o)
-                .ok()?
-                .attr_value(gimli::DW_AT_type)
-                .and_then(|v| match v {
-                    AttributeValue::UnitRef(t) => Some(t),
-                    _ => None,
-                })
+        let ret = chain.iter().find_map(|d| {
+            let v = d.unit.entry(d.off).ok()?.attr_value(gimli::DW_AT_type)?;
+            self.follow(&d.unit, v)
         });
         s.returns_value = Some(ret.is_some());
         if !s.variadic {
-            s.stack_args = self.stack_bytes(unit, ret, &typed.types);
+            s.stack_args = self.stack_bytes(ret.as_ref(), &typed.types);
         }
         s
     }
 
-    /// The formal parameters of the subprogram at `off`.
-    fn params(&self, unit: &Unit<R>, off: UnitOffset) -> Params {
+    /// The formal parameters of the subprogram `d`.
+    fn params(&self, d: &Die) -> Params {
         let mut p = Params::default();
-        let Ok(mut cursor) = unit.entries_at_offset(off) else {
+        let unit = &d.unit;
+        let Ok(mut cursor) = unit.entries_at_offset(d.off) else {
             return p;
         };
         let Ok(Some(top)) = cursor.next_dfs() else {
@@ -259,8 +324,8 @@ impl DebugInfo {
                         p.consts.push((name.clone(), const_text(&v)));
                     }
                     let ty = match e.attr_value(gimli::DW_AT_type) {
-                        Some(AttributeValue::UnitRef(t)) => Some(t),
-                        _ => self.origin_type(unit, e.offset()),
+                        Some(v) => self.follow(unit, v),
+                        None => self.origin_type(unit, e.offset()),
                     };
                     p.types.push(ty);
                     p.names.push(name);
@@ -273,34 +338,30 @@ impl DebugInfo {
     }
 
     /// The type of a parameter DIE that takes it from its abstract origin.
-    fn origin_type(&self, unit: &Unit<R>, off: UnitOffset) -> Option<UnitOffset> {
+    fn origin_type(&self, unit: &Rc<Unit<R>>, off: UnitOffset) -> Option<Die> {
         let e = unit.entry(off).ok()?;
-        let Some(AttributeValue::UnitRef(o)) = e.attr_value(gimli::DW_AT_abstract_origin) else {
-            return None;
-        };
-        match unit.entry(o).ok()?.attr_value(gimli::DW_AT_type)? {
-            AttributeValue::UnitRef(t) => Some(t),
-            _ => None,
-        }
+        let o = self.follow(unit, e.attr_value(gimli::DW_AT_abstract_origin)?)?;
+        let t = o.unit.entry(o.off).ok()?.attr_value(gimli::DW_AT_type)?;
+        self.follow(&o.unit, t)
     }
 
     /// The name of a DIE: its own, or that of the DIE it is an instance or definition of.
-    fn name_of(&self, unit: &Unit<R>, off: UnitOffset) -> Option<String> {
-        let mut cur = off;
+    fn name_of(&self, unit: &Rc<Unit<R>>, off: UnitOffset) -> Option<String> {
+        let mut cur = Die {
+            unit: unit.clone(),
+            off,
+        };
         for _ in 0..4 {
-            let e = unit.entry(cur).ok()?;
+            let e = cur.unit.entry(cur.off).ok()?;
             if let Some(v) = e.attr_value(gimli::DW_AT_name)
-                && let Ok(s) = self.dwarf.attr_string(unit, v)
+                && let Ok(s) = self.dwarf.attr_string(&cur.unit, v)
             {
                 return Some(String::from_utf8_lossy(&s).into_owned());
             }
-            match e
+            let next = e
                 .attr_value(gimli::DW_AT_abstract_origin)
-                .or_else(|| e.attr_value(gimli::DW_AT_specification))
-            {
-                Some(AttributeValue::UnitRef(o)) => cur = o,
-                _ => return None,
-            }
+                .or_else(|| e.attr_value(gimli::DW_AT_specification))?;
+            cur = self.follow(&cur.unit, next)?;
         }
         None
     }
@@ -310,14 +371,10 @@ impl DebugInfo {
     /// in every unit when it was built with link-time optimisation.
     pub fn inlined_into(&self, sub: &Subprogram) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        let mut units = self.dwarf.units();
-        while let Ok(Some(header)) = units.next() {
-            if !sub.lto && header.debug_info_offset() != sub.unit {
+        for unit in self.all_units() {
+            if !sub.lto && unit.header.debug_info_offset() != sub.unit {
                 continue;
             }
-            let Ok(unit) = self.dwarf.unit(header) else {
-                continue;
-            };
             // The enclosing concrete functions by depth, innermost last.
             let mut holders: Vec<(isize, String)> = Vec::new();
             let mut entries = unit.entries();
@@ -334,14 +391,7 @@ impl DebugInfo {
                         holders.push((depth, name));
                     }
                     gimli::DW_TAG_inlined_subroutine => {
-                        let origin = match e.attr_value(gimli::DW_AT_abstract_origin) {
-                            Some(AttributeValue::UnitRef(o)) => {
-                                o.to_debug_info_offset(&unit.header)
-                            }
-                            Some(AttributeValue::DebugInfoRef(o)) => Some(o),
-                            _ => None,
-                        };
-                        if origin.is_some_and(|o| sub.origins.contains(&o))
+                        if self.originates_in(&unit, e, &sub.origins)
                             && let Some((_, h)) = holders.first()
                             && !out.contains(h)
                         {
@@ -355,23 +405,85 @@ impl DebugInfo {
         out
     }
 
+    /// Does the DIE `e` of `unit` stand for one of `origins` (its abstract origin, or the
+    /// origin of that: LTO units point at their own copy of an abstract DIE, which
+    /// points at the unit the compiler emitted first)?
+    fn originates_in(
+        &self,
+        unit: &Rc<Unit<R>>,
+        e: &gimli::DebuggingInformationEntry<R>,
+        origins: &[DebugInfoOffset],
+    ) -> bool {
+        let Some(mut cur) = e
+            .attr_value(gimli::DW_AT_abstract_origin)
+            .and_then(|v| self.follow(unit, v))
+        else {
+            return false;
+        };
+        for _ in 0..3 {
+            if cur.global().is_some_and(|g| origins.contains(&g)) {
+                return true;
+            }
+            let Some(next) = cur
+                .unit
+                .entry(cur.off)
+                .ok()
+                .and_then(|d| d.attr_value(gimli::DW_AT_abstract_origin))
+                .and_then(|v| self.follow(&cur.unit, v))
+            else {
+                return false;
+            };
+            cur = next;
+        }
+        false
+    }
+
+    /// The functions holding inlined copies of the function named `name` (its source or
+    /// linkage name), for a function with no code of its own in the object.
+    pub fn inlined_by_name(&self, name: &str) -> Vec<String> {
+        let mut origins = Vec::new();
+        for unit in self.all_units() {
+            let mut entries = unit.entries();
+            while let Ok(Some(e)) = entries.next_dfs() {
+                if e.tag() != gimli::DW_TAG_subprogram
+                    || e.has_attr(gimli::DW_AT_low_pc)
+                    || e.has_attr(gimli::DW_AT_ranges)
+                {
+                    continue;
+                }
+                let named = [gimli::DW_AT_name, gimli::DW_AT_linkage_name]
+                    .iter()
+                    .filter_map(|a| e.attr_value(*a))
+                    .filter_map(|v| self.dwarf.attr_string(&unit, v).ok())
+                    .any(|s| &*s == name.as_bytes());
+                if named && let Some(g) = e.offset().to_debug_info_offset(&unit.header) {
+                    origins.push(g);
+                }
+            }
+        }
+        if origins.is_empty() {
+            return Vec::new();
+        }
+        let sub = Subprogram {
+            origins,
+            lto: true,
+            ..Default::default()
+        };
+        self.inlined_into(&sub)
+    }
+
     /// Bytes of stack arguments of a call with parameters of `types` returning `ret`,
     /// by the System V x86-64 classification; `None` when a type cannot be classified.
-    fn stack_bytes(
-        &self,
-        unit: &Unit<R>,
-        ret: Option<UnitOffset>,
-        types: &[Option<UnitOffset>],
-    ) -> Option<u64> {
+    fn stack_bytes(&self, ret: Option<&Die>, types: &[Option<Die>]) -> Option<u64> {
         let (mut gp, mut sse, mut stack) = (6u32, 8u32, 0u64);
         if let Some(r) = ret {
-            let (classes, _) = self.classify(unit, r, 0)?;
+            let (classes, _) = self.classify(r, 0)?;
             if classes.contains(&Class::Memory) {
                 gp -= 1; // the hidden pointer to the return value
             }
         }
         for t in types {
-            let (classes, size) = self.classify(unit, (*t)?, 0)?;
+            let (classes, size) = self.classify(t.as_ref()?, 0)?;
             let need_gp = classes.iter().filter(|c| **c == Class::Integer).count() as u32;
             let need_sse = classes.iter().filter(|c| **c == Class::Sse).count() as u32;
             if classes.contains(&Class::Memory) || need_gp > gp || need_sse > sse {
@@ -384,25 +496,23 @@ impl DebugInfo {
         Some(stack)
     }
 
-    /// The classes of the eightbytes of the type at `off`, and its size.
-    fn classify(&self, unit: &Unit<R>, off: UnitOffset, depth: u32) -> Option<(Vec<Class>, u64)> {
+    /// The classes of the eightbytes of the type `d`, and its size.
+    fn classify(&self, d: &Die, depth: u32) -> Option<(Vec<Class>, u64)> {
         if depth > 16 {
             return None;
         }
+        let (unit, off) = (&d.unit, d.off);
         let e = unit.entry(off).ok()?;
         let size = e
             .attr_value(gimli::DW_AT_byte_size)
             .and_then(|v| v.udata_value());
-        let inner = || match e.attr_value(gimli::DW_AT_type) {
-            Some(AttributeValue::UnitRef(t)) => Some(t),
-            _ => None,
-        };
+        let inner = || self.follow(unit, e.attr_value(gimli::DW_AT_type)?);
         match e.tag() {
             gimli::DW_TAG_typedef
             | gimli::DW_TAG_const_type
             | gimli::DW_TAG_volatile_type
             | gimli::DW_TAG_restrict_type
-            | gimli::DW_TAG_atomic_type => self.classify(unit, inner()?, depth + 1),
+            | gimli::DW_TAG_atomic_type => self.classify(&inner()?, depth + 1),
             gimli::DW_TAG_pointer_type
             | gimli::DW_TAG_reference_type
             | gimli::DW_TAG_rvalue_reference_type
@@ -452,7 +562,7 @@ impl DebugInfo {
                     }
                 };
                 if e.tag() == gimli::DW_TAG_array_type {
-                    let (c, _) = self.classify(unit, inner()?, depth + 1)?;
+                    let (c, _) = self.classify(&inner()?, depth + 1)?;
                     merge(&mut classes, 0, &c);
                     if classes.len() > 1 {
                         merge(&mut classes, 8, &c);
@@ -471,11 +581,8 @@ impl DebugInfo {
                             .attr_value(gimli::DW_AT_data_member_location)
                             .and_then(|v| v.udata_value())
                             .unwrap_or(0);
-                        let t = match m.attr_value(gimli::DW_AT_type) {
-                            Some(AttributeValue::UnitRef(t)) => t,
-                            _ => return None,
-                        };
-                        let (c, _) = self.classify(unit, t, depth + 1)?;
+                        let t = self.follow(unit, m.attr_value(gimli::DW_AT_type)?)?;
+                        let (c, _) = self.classify(&t, depth + 1)?;
                         merge(&mut classes, at, &c);
                     }
                 }
@@ -494,7 +601,7 @@ impl DebugInfo {
 struct Params {
     names: Vec<String>,
     consts: Vec<(String, String)>,
-    types: Vec<Option<UnitOffset>>,
+    types: Vec<Option<Die>>,
     variadic: bool,
 }
 

@@ -46,6 +46,10 @@ pub struct Contract {
     /// them alone too, or no caller relies on more than the ABI: the direct jump is used.
     #[serde(serialize_with = "names")]
     pub keeps: RegSet,
+    /// The object's code uses vector registers wider than SSE's: callers may keep values
+    /// in all of a vector register (the preserving path keeps the whole vector state
+    /// rather than the low halves of xmm0-15).
+    pub wide_vectors: bool,
     /// Bytes of stack arguments a call passes (copied for the replacement on the
     /// preserving path).
     pub stack_args: u64,
@@ -62,8 +66,12 @@ pub struct Contract {
     pub clones: Vec<String>,
     /// Functions holding an inlined copy (from the debug information).
     pub inlined_into: Vec<String>,
+    /// The object has no debug information: inlined copies cannot be listed.
+    pub inlined_unknown: bool,
     /// Something reaches the entry: a call, a jump, a taken address, a relocation.
     pub reached: bool,
+    /// The object exports it (objects loaded later may call it).
+    pub exported: bool,
     /// It writes no memory and calls nothing: callers may have merged or hoisted calls.
     pub pure: bool,
     /// It cannot throw in this build (it calls nothing) and its object is C++: callers
@@ -120,19 +128,32 @@ impl Contract {
                 self.clones.join(", ")
             ));
         }
-        if !self.reached {
-            let instead = if self.inlined_into.is_empty() {
-                "the functions that inlined it".to_string()
-            } else {
+        if !self.reached && !self.inlined_into.is_empty() {
+            out.push(format!(
+                "WARNING: nothing in the process reaches the entry of {sym} (no call, no jump, no address taken, no relocation): its callers have inlined copies of it, so patching {sym} changes nothing; patch {} instead",
                 self.inlined_into.join(", ")
+            ));
+        } else if !self.reached && self.exported {
+            out.push(format!(
+                "warning: nothing in the process calls {sym} now (no call, no jump, no address taken, no relocation of a loaded object): the patch serves objects loaded later that call it, or callers that inlined it (patch those instead)"
+            ));
+        } else if !self.reached {
+            let which = if self.inlined_unknown {
+                " (no debug information to tell which)"
+            } else {
+                ""
             };
             out.push(format!(
-                "WARNING: nothing in the process reaches the entry of {sym} (no call, no jump, no address taken, no relocation): every caller has its own inlined copy, so patching {sym} changes nothing; patch {instead} instead"
+                "WARNING: nothing in the process reaches the entry of {sym} (no call, no jump, no address taken, no relocation, no pointer in its data): its callers may have inlined it{which}, so patching {sym} may change nothing; patch its callers instead"
             ));
         } else if !self.inlined_into.is_empty() {
             out.push(format!(
                 "warning: {sym} is inlined into {}: those copies keep the old code; patch them too if the fix must reach them",
                 self.inlined_into.join(", ")
+            ));
+        } else if self.inlined_unknown {
+            out.push(format!(
+                "note: without debug information for its object, copies of {sym} the compiler inlined into callers cannot be listed: those keep the old code (install its debug symbols or pass --debug-dir to see them)"
             ));
         }
         if self.pure {
@@ -192,6 +213,19 @@ impl Contracts {
         Ok(o)
     }
 
+    /// The functions of `obj` holding inlined copies of a function named `name` that has
+    /// no code of its own (from the debug information; empty without it).
+    pub fn inlined_copies(&mut self, obj: &LoadedObject, name: &str) -> Vec<String> {
+        match self.object(obj) {
+            Ok(code) => code
+                .debug
+                .as_ref()
+                .map(|d| d.inlined_by_name(name))
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// What callers rely on for the function `sym` of `obj` at file address `vaddr`,
     /// `size` bytes. `patched` names every function the same patch replaces in `obj` (a
     /// folded function patched along with it is fine). Refuses (before anything is
@@ -219,6 +253,8 @@ impl Contracts {
         c.nothrow = !effects.calls && !effects.indirect_jump && uses_exceptions(map.file());
         let refs = map.refs_to(vaddr);
         c.direct_callers = refs.calls + refs.jumps;
+        // The fault switch shows the hazard: callers' whole vector registers kept by halves.
+        c.wide_vectors = map.uses_wide_vectors() && !crate::fault::switched_on("narrow-vectors");
         // Only callers that call the entry directly can have been built against its
         // registers; calls through the PLT or a pointer assume the ABI.
         if c.direct_callers > 0 && !crate::fault::switched_on("no-preserve") {
@@ -241,8 +277,11 @@ impl Contracts {
         if let (Some(d), Some(s)) = (&code.debug, &sub) {
             c.inlined_into = d.inlined_into(s);
         }
+        c.inlined_unknown = code.debug.is_none();
+        c.exported = exports(obj, sym);
         c.reached = refs.calls + refs.jumps + refs.addresses > 0
             || relocated(map.file(), vaddr)
+            || pointed_to(map.file(), vaddr)
             || referenced_elsewhere(obj, objects, sym);
         match &sub {
             Some(s) => c.convention_changed = convention(s),
@@ -384,6 +423,25 @@ fn uses_exceptions(file: &crate::symbols::ElfFile) -> bool {
         .any(|n| n == "__gxx_personality_v0" || n == "__cxa_throw")
 }
 
+/// Does the data of a position-dependent executable hold the address `vaddr` (a function
+/// pointer in a table, which needs no relocation there)?
+fn pointed_to(file: &crate::symbols::ElfFile, vaddr: u64) -> bool {
+    if file.is_dyn {
+        return false;
+    }
+    let want = vaddr.to_le_bytes();
+    file.sections
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.name.as_str(),
+                ".data" | ".data.rel.ro" | ".rodata" | ".init_array" | ".fini_array"
+            )
+        })
+        .filter_map(|s| file.section_data(s))
+        .any(|d| d.chunks_exact(8).any(|w| w == want))
+}
+
 /// Does a dynamic relocation of the object store the address `vaddr` (a function pointer
 /// in its data)?
 fn relocated(file: &crate::symbols::ElfFile, vaddr: u64) -> bool {
@@ -393,13 +451,16 @@ fn relocated(file: &crate::symbols::ElfFile, vaddr: u64) -> bool {
     })
 }
 
+/// Does `obj` export `sym` (a global symbol of its dynamic symbol table)?
+fn exports(obj: &LoadedObject, sym: &str) -> bool {
+    obj.file()
+        .is_ok_and(|f| f.dynsym.iter().any(|s| s.name == sym && s.global))
+}
+
 /// Does another loaded object refer to `sym` of `obj` by name (a PLT or GOT entry, a
 /// pointer in its data)? Only exported symbols can be.
 fn referenced_elsewhere(obj: &LoadedObject, objects: &Objects, sym: &str) -> bool {
-    let exported = obj
-        .file()
-        .is_ok_and(|f| f.dynsym.iter().any(|s| s.name == sym && s.global));
-    if !exported {
+    if !exports(obj, sym) {
         return false;
     }
     objects

@@ -1,7 +1,9 @@
 //! Sets of registers, as far as callers can rely on them across a call: the general
 //! registers, the vector registers (xmm/ymm/zmm as one register each: a callee that
 //! writes any part of one is taken to change all of it, as GCC's interprocedural
-//! register allocation takes it) and the AVX-512 mask registers.
+//! register allocation takes it) and the AVX-512 mask registers. The x87 stack (and the
+//! MMX registers on it) is not among them: the ABI has it empty at every call, so no
+//! caller keeps a value there across one (GCC spills a `long double` to memory).
 
 use iced_x86::Register;
 
@@ -103,6 +105,11 @@ impl RegSet {
     /// Does it hold any vector or mask register?
     pub fn has_vector_state(self) -> bool {
         self.0 >> VEC != 0
+    }
+
+    /// Does it hold any mask register?
+    pub fn has_masks(self) -> bool {
+        (self.0 >> MASK) & 0xff != 0
     }
 
     /// The registers by name, vector registers in ranges (`xmm0-15`): for messages.
