@@ -3,13 +3,16 @@
 # a C compiler and binutils (fixtures, patches, the runtime), clang (fixtures built the
 # way LLVM builds programs: in-place signature changes), musl (the test that musl
 # processes are refused), strace and gdb (tests with another tracer, the gdb benchmark),
-# gnuplot (the benchmark plot). Idempotent: does nothing when everything is there.
+# gnuplot (the benchmark plot), make and patch (`rlivepatch build` runs a project's
+# build and applies its diffs). Idempotent: does nothing when everything is there.
 set -euo pipefail
 need=()
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v g++ >/dev/null || need+=(g++)
 command -v clang >/dev/null || need+=(clang)
 command -v objcopy >/dev/null || need+=(binutils)
+command -v make >/dev/null || need+=(make)
+command -v patch >/dev/null || need+=(patch)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v strace >/dev/null || need+=(strace)
 command -v gdb >/dev/null || need+=(gdb)

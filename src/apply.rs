@@ -3,8 +3,9 @@
 //! `repair`).
 
 use crate::error::Result;
-use crate::patch::Patch;
+use crate::patch::{Patch, RelocKind};
 use crate::redirect::{self, JMP_LEN};
+use crate::relocate::RelocFill;
 use crate::resolve::{Resolved, SymbolFill, fill_symbols};
 use crate::session::{Session, callback, pending, refuse_pending, set_stage};
 use crate::stack::{current_impl, expected_entry, installed_states};
@@ -55,6 +56,7 @@ pub fn run(
     patch: &Patch,
     resolved: &[Resolved],
     symbols: &[SymbolFill],
+    places: &[RelocFill],
 ) -> Result<Applied> {
     refuse_pending(s)?;
     if s.record
@@ -100,7 +102,7 @@ pub fn run(
     s.record.pending = Some(pending);
     s.save_record()?;
     crate::fault::point("apply:pending");
-    match apply_steps(s, patch, resolved, symbols) {
+    match apply_steps(s, patch, resolved, symbols, places) {
         Ok(v) => Ok(v),
         Err(e) => {
             let leaked = s.inj.as_ref().is_some_and(|i| i.leaked);
@@ -146,10 +148,12 @@ fn apply_steps(
     patch: &Patch,
     resolved: &[Resolved],
     symbols: &[SymbolFill],
+    places: &[RelocFill],
 ) -> Result<Applied> {
     let preserves = resolved.iter().any(|r| r.contract.preserves());
     let mut applied = load(s, patch, preserves)?;
     fill_symbols(s, applied.base, symbols)?;
+    bind_places(s, &mut applied, places)?;
     crate::fault::trace("symbols filled");
     applied.funcs = locate(s, patch, resolved, applied.base)?;
     crate::fault::trace("new functions found");
@@ -227,6 +231,7 @@ fn load(s: &mut Session, patch: &Patch, preserves: bool) -> Result<AppliedPatch>
             .unwrap_or(0),
         disabled: false,
         state_addrs: patch.states.iter().map(|st| st.vaddr + base).collect(),
+        thunks: Vec::new(),
     };
     pending(s).loading = Some(applied.clone());
     set_stage(s, Stage::Loaded)?;
@@ -358,6 +363,57 @@ fn place_islands(s: &mut Session, applied: &mut AppliedPatch, resolved: &[Resolv
     Ok(())
 }
 
+/// Bind the places of a generated patch (`RLP_KIND_RELOC`) before any of its code can
+/// run: a 64-bit address or a displacement is written in place; an instruction whose
+/// data is out of reach of the patch moves into a thunk in an island next to the data,
+/// and the place jumps to it through the patch's own slot. The thunks' slots are
+/// recorded with the loading patch first, so that an undo frees them.
+fn bind_places(s: &mut Session, applied: &mut AppliedPatch, places: &[RelocFill]) -> Result<()> {
+    let base = applied.base;
+    let mut pool = redirect::SlotPool::new(&s.record.islands);
+    let mut far = Vec::new();
+    for p in places {
+        let at = base + p.site_vaddr;
+        match p.kind {
+            RelocKind::Abs64 => s.proc.write(at, &p.value.to_le_bytes())?,
+            RelocKind::Rel32 { head, len } => {
+                let end = at - head as u64 + len as u64;
+                match crate::relocate::near(p.value, end) {
+                    Some(d) => s.proc.write(at, &d.to_le_bytes())?,
+                    None => far.push((p, at - head as u64, len as usize)),
+                }
+            }
+        }
+    }
+    if far.is_empty() {
+        return Ok(());
+    }
+    for (p, start, len) in &far {
+        let Some(thunk_slot) = p.thunk_slot else {
+            bail!(
+                Patch,
+                "the data {} is out of reach of the patch and the patch has no slot for a thunk; rebuild it with `rlivepatch build`",
+                p.name
+            );
+        };
+        let slot = take(s, &mut pool, p.value, &p.name, true)?;
+        applied.thunks.push(slot);
+        let page = slot & !(redirect::PAGE - 1);
+        if let Some(i) = s.record.islands.iter_mut().find(|i| i.addr == page) {
+            i.used.extend([slot, slot + redirect::SLOT_SIZE]);
+        }
+        pending(s).loading = Some(applied.clone());
+        s.save_record()?;
+        let insn = s.proc.read(*start, *len)?;
+        let code = crate::relocate::thunk(&insn, *start, p.value, slot, start + *len as u64)?;
+        s.proc.write(slot, &code)?;
+        s.proc.write(base + thunk_slot, &slot.to_le_bytes())?;
+        let jump = crate::relocate::site_jump(*start, *len, base + thunk_slot)?;
+        s.proc.write(*start, &jump)?;
+    }
+    Ok(())
+}
+
 /// A free slot (or two, for a stub) within reach of `entry`, in an island page mapped for
 /// it when none has room.
 fn take(
@@ -485,10 +541,7 @@ pub fn finish(s: &mut Session, applied: AppliedPatch, run_post_patch: bool) -> R
             s.record.patches.push(p);
         }
     }
-    let freed: Vec<u64> = to_unload
-        .iter()
-        .flat_map(|p| p.funcs.iter().flat_map(|f| f.slots()))
-        .collect();
+    let freed: Vec<u64> = to_unload.iter().flat_map(|p| p.slots(!p.forced)).collect();
     let empty_pages = crate::state::free_slots(&mut s.record, &freed);
     s.record.patches.push(applied);
     s.record.pending = None;
@@ -519,8 +572,7 @@ pub fn unwind(s: &mut Session) -> Result<()> {
             s.set_states(&[], &[])?;
         }
         s.unload(applied.handle, applied.fd)?;
-        let slots: Vec<u64> = applied.funcs.iter().flat_map(|f| f.slots()).collect();
-        crate::state::free_slots(&mut s.record, &slots);
+        crate::state::free_slots(&mut s.record, &applied.slots(true));
     }
     // Pages mapped for this apply that nothing uses now.
     for page in &p.new_islands {

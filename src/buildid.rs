@@ -17,8 +17,12 @@ pub fn check(patch: &Patch, objects: &Objects) -> Result<()> {
             Some(h) if &h == want => {}
             Some(h) => bail!(
                 Mismatch,
-                "patch {} was built for {} with build-id {want}, but process has build-id {h}; rebuild the patch for this binary",
+                "patch {} was built for a {} with build-id {want}, but {} in this process has build-id {h}: another build; rebuild the patch for this binary",
                 patch.name,
+                match object.as_deref() {
+                    None | Some("main") => "main executable",
+                    Some(o) => o,
+                },
                 obj.display_name()
             ),
             None => bail!(

@@ -56,6 +56,7 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let resolved = resolve(&patch, &objects, &mut contracts)?;
     tell_contracts(&resolved, progress);
     let symbols = resolve_symbols(&patch, &objects)?;
+    let places = crate::relocate::resolve(&patch, &objects)?;
     let libc = Libc::find(pid, &objects)?;
     crate::fault::trace("resolved");
     let mut s = Session::attach_with(proc, opts, progress, Some(objects))?;
@@ -64,7 +65,7 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let mut resolved = resolved;
     let r = resolve_ifuncs(&mut s, &patch, &mut contracts, &mut resolved)
         .and_then(|()| crate::repair::repair_if_needed(&mut s))
-        .and_then(|()| crate::apply::run(&mut s, &patch, &resolved, &symbols));
+        .and_then(|()| crate::apply::run(&mut s, &patch, &resolved, &symbols, &places));
     let (functions, replaced, report) = s.conclude(r).map_err(|e| continued(e, pid))?;
     Ok(ApplyReport {
         pid,
@@ -196,6 +197,9 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let mut contracts = crate::contract::Contracts::new();
     let mut resolved = resolve(&patch, &objects, &mut contracts)?;
     tell_contracts(&resolved, progress);
+    // What apply resolves before it touches the process, check resolves too.
+    resolve_symbols(&patch, &objects)?;
+    crate::relocate::resolve(&patch, &objects)?;
     let mut s = Session::attach_with(proc, opts, progress, Some(objects))?;
     let r = (|| -> Result<CheckReport> {
         resolve_ifuncs(&mut s, &patch, &mut contracts, &mut resolved)?;

@@ -154,9 +154,8 @@ pub fn finish(s: &mut Session, run_post_unpatch: bool) -> Result<bool> {
         callback(s, p.callbacks[3], "post_unpatch", &p.name)?;
         s.set_states(&[], &[])?;
     }
-    let slots: Vec<u64> = p.funcs.iter().flat_map(|f| f.slots()).collect();
-    let empty_pages = crate::state::free_slots(&mut s.record, &slots);
     let unload = !p.forced;
+    let empty_pages = crate::state::free_slots(&mut s.record, &p.slots(unload));
     if unload {
         s.record.patches.remove(idx);
     } else {

@@ -29,6 +29,12 @@ pub enum ErrorKind {
     /// Job control stopped the process (`SIGSTOP`, `SIGTSTP`...) while rlivepatch worked:
     /// the current step was undone and the process stays stopped (exit 9).
     Stopped,
+    /// `build`: the fix cannot become a safe livepatch (changed data or layouts, start-up
+    /// code, assembly, LTO...); the message says why and the way out (exit 10).
+    Refused,
+    /// `build`: the build itself failed: the diff does not apply, a compiler or linker
+    /// error, a rebuilt original that differs from the binary, a missing tool (exit 11).
+    Build,
 }
 
 impl ErrorKind {
@@ -43,6 +49,8 @@ impl ErrorKind {
             ErrorKind::Interrupted => 7,
             ErrorKind::Incomplete => 8,
             ErrorKind::Stopped => 9,
+            ErrorKind::Refused => 10,
+            ErrorKind::Build => 11,
         }
     }
 }

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod apply;
+pub mod build;
 pub mod buildid;
 pub mod contract;
 pub mod core;
@@ -21,12 +22,14 @@ pub mod preserve;
 pub mod process;
 pub mod ptrace;
 pub mod redirect;
+pub mod relocate;
 pub mod repair;
 pub mod report;
 pub mod resolve;
 pub mod restart;
 pub mod runtime;
 pub mod safepoint;
+pub mod sdk;
 pub mod seccomp;
 pub mod session;
 pub mod stack;

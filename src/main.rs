@@ -118,6 +118,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build a patch from a source diff: the units the diff touches are compiled twice
+    /// with the project's own commands, diffed as objects, proven against the binary
+    /// instruction by instruction, and the changed code shipped as the compiler made it.
+    ///
+    /// Example: rlivepatch build --source ~/src/expat --diff CVE-2024-45490.patch
+    ///          --binary /usr/lib/x86_64-linux-gnu/libexpat.so.1 --build 'make'
+    Build {
+        /// The project's source tree, as the binary was built from it (never modified).
+        #[arg(long, value_name = "DIR")]
+        source: PathBuf,
+        /// A unified diff (git diff or diff -u); may be repeated.
+        #[arg(long = "diff", value_name = "FILE", required = true)]
+        diffs: Vec<PathBuf>,
+        /// The executable or library the patch is for, as it runs; may be repeated.
+        #[arg(long = "binary", value_name = "FILE", required = true)]
+        binaries: Vec<PathBuf>,
+        /// How the project builds (run once in a copy, under a compiler wrapper, to learn
+        /// each unit's command).
+        #[arg(long, value_name = "CMD", conflicts_with = "compile_commands")]
+        build: Option<String>,
+        /// The project's compile_commands.json, instead of --build.
+        #[arg(long, value_name = "FILE")]
+        compile_commands: Option<PathBuf>,
+        /// Also look for the binary's separate debug file in DIR.
+        #[arg(long, value_name = "DIR")]
+        debug_dir: Vec<PathBuf>,
+        /// The patch's name (default: the first diff's file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Make it an atomic-replace patch (it replaces every patch applied before it).
+        #[arg(long)]
+        replace: bool,
+        /// Where to write the patch (default: NAME.so).
+        #[arg(short, long, value_name = "OUT.so")]
+        output: Option<PathBuf>,
+        /// Print the report and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a patch file replaces, without loading it.
     Info {
         /// The patch (.so).
@@ -129,6 +171,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Called as `cc` under `rlivepatch build`: log the call and run the compiler.
+    rlivepatch::build::wrapper::run_if_wrapper();
     rlivepatch::fault::init();
     let cli = Cli::parse();
     // SIGINT, SIGTERM and SIGHUP are read by the tracer between two steps, so that the
@@ -145,7 +189,8 @@ fn main() -> ExitCode {
         | Command::List { json, .. }
         | Command::Check { json, .. }
         | Command::Repair { json, .. }
-        | Command::Info { json, .. } => *json,
+        | Command::Info { json, .. }
+        | Command::Build { json, .. } => *json,
         Command::BuildId { .. } => false,
     };
     let r = run(cli.command);
@@ -307,6 +352,38 @@ fn run(cmd: Command) -> Result<u8, Error> {
         }
         Command::BuildId { file, object } => {
             println!("{}", rlivepatch::buildid::line(&file, object.as_deref())?);
+        }
+        Command::Build {
+            source,
+            diffs,
+            binaries,
+            build,
+            compile_commands,
+            debug_dir,
+            name,
+            replace,
+            output,
+            dry_run,
+            json,
+        } => {
+            let opts = rlivepatch::build::BuildOptions {
+                source,
+                diffs,
+                binaries,
+                build,
+                compile_commands,
+                debug_dirs: debug_dir,
+                name,
+                replace,
+                out: output,
+                dry_run,
+            };
+            let r = rlivepatch::build::build(&opts, &mut progress)?;
+            if json {
+                print_json(&r);
+            } else {
+                eprint!("{}", r.text());
+            }
         }
         Command::Info { patch, json } => {
             let p = rlivepatch::patch::Patch::load(&patch)?;

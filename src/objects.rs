@@ -119,52 +119,12 @@ impl LoadedObject {
     }
 
     fn find_debug(&self, file: &ElfFile) -> Debug {
-        let mut tried = Vec::new();
-        let dirs: Vec<PathBuf> = self
-            .debug_dirs
-            .iter()
-            .cloned()
-            .chain([PathBuf::from(DEFAULT_DEBUG_DIR)])
-            .collect();
-        let accept = |path: &Path, tried: &mut Vec<PathBuf>| -> Option<Rc<ElfFile>> {
-            tried.push(path.to_path_buf());
-            let f = ElfFile::open(path).ok()?;
-            // A debug file must describe this very build.
-            if file.build_id.is_some() && f.build_id.is_some() && f.build_id != file.build_id {
-                return None;
-            }
-            f.has_symtab().then(|| Rc::new(f))
-        };
-        if let Some(id) = file.build_id_hex().filter(|h| h.len() > 2) {
-            for d in &dirs {
-                let p = d
-                    .join(".build-id")
-                    .join(&id[..2])
-                    .join(format!("{}.debug", &id[2..]));
-                if let Some(f) = accept(&p, &mut tried) {
-                    return Debug::Found(f);
-                }
-            }
+        let dir = Path::new(&self.path).parent().unwrap_or(Path::new("/"));
+        let rooted = |p: &Path| PathBuf::from(format!("/proc/{}/root{}", self.pid, p.display()));
+        match find_debug_file(file, dir, &self.debug_dirs, &rooted) {
+            Ok(f) => Debug::Found(f),
+            Err(tried) => Debug::Missing(tried),
         }
-        if let Some(link) = &file.debuglink {
-            let dir = Path::new(&self.path).parent().unwrap_or(Path::new("/"));
-            let rooted =
-                |p: &Path| PathBuf::from(format!("/proc/{}/root{}", self.pid, p.display()));
-            let mut places = vec![
-                rooted(&dir.join(link)),
-                rooted(&dir.join(".debug").join(link)),
-            ];
-            for d in &dirs {
-                places.push(d.join(dir.strip_prefix("/").unwrap_or(dir)).join(link));
-                places.push(d.join(link));
-            }
-            for p in places {
-                if let Some(f) = accept(&p, &mut tried) {
-                    return Debug::Found(f);
-                }
-            }
-        }
-        Debug::Missing(tried)
     }
 
     fn open_file(&self) -> Result<ElfFile> {
@@ -249,6 +209,61 @@ impl LoadedObject {
             self.file_name().to_string()
         }
     }
+}
+
+/// The separate debug file of `file` (which lives in `dir`, as `rooted` names paths
+/// there): by build-id under each of `debug_dirs` and /usr/lib/debug, then by
+/// `.gnu_debuglink` next to the file, in its `.debug/`, and under the debug
+/// directories. A debug file must have a `.symtab` and, when both have one, the same
+/// build-id. Returns the places tried when none fits.
+pub fn find_debug_file(
+    file: &ElfFile,
+    dir: &Path,
+    debug_dirs: &[PathBuf],
+    rooted: &dyn Fn(&Path) -> PathBuf,
+) -> std::result::Result<Rc<ElfFile>, Vec<PathBuf>> {
+    let mut tried = Vec::new();
+    let dirs: Vec<PathBuf> = debug_dirs
+        .iter()
+        .cloned()
+        .chain([PathBuf::from(DEFAULT_DEBUG_DIR)])
+        .collect();
+    let accept = |path: &Path, tried: &mut Vec<PathBuf>| -> Option<Rc<ElfFile>> {
+        tried.push(path.to_path_buf());
+        let f = ElfFile::open(path).ok()?;
+        // A debug file must describe this very build.
+        if file.build_id.is_some() && f.build_id.is_some() && f.build_id != file.build_id {
+            return None;
+        }
+        f.has_symtab().then(|| Rc::new(f))
+    };
+    if let Some(id) = file.build_id_hex().filter(|h| h.len() > 2) {
+        for d in &dirs {
+            let p = d
+                .join(".build-id")
+                .join(&id[..2])
+                .join(format!("{}.debug", &id[2..]));
+            if let Some(f) = accept(&p, &mut tried) {
+                return Ok(f);
+            }
+        }
+    }
+    if let Some(link) = &file.debuglink {
+        let mut places = vec![
+            rooted(&dir.join(link)),
+            rooted(&dir.join(".debug").join(link)),
+        ];
+        for d in &dirs {
+            places.push(d.join(dir.strip_prefix("/").unwrap_or(dir)).join(link));
+            places.push(d.join(link));
+        }
+        for p in places {
+            if let Some(f) = accept(&p, &mut tried) {
+                return Ok(f);
+            }
+        }
+    }
+    Err(tried)
 }
 
 /// The objects of a process at one moment.

@@ -26,6 +26,7 @@ const KIND_STATE: u32 = 5;
 const KIND_BUILD_ID: u32 = 6;
 const KIND_SYMBOL: u32 = 7;
 const KIND_TLS: u32 = 8;
+const KIND_RELOC: u32 = 9;
 
 /// One function the patch replaces.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -61,6 +62,50 @@ pub struct SymbolRef {
     /// Address of the pointer variable in the patch file's address space.
     #[serde(skip)]
     pub slot_vaddr: u64,
+    /// Added to the symbol's address (generated patches point into objects).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub addend: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// A place in a generated patch bound to the process at apply time (`RLP_KIND_RELOC`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RelocRef {
+    /// The object; `None` is the main executable.
+    pub object: Option<String>,
+    /// The symbol in the target.
+    pub symbol: String,
+    /// Its name, for messages.
+    pub local: String,
+    /// The place (patch file address).
+    #[serde(skip)]
+    pub site_vaddr: u64,
+    /// A pointer of the patch for a thunk (RIP-relative places).
+    #[serde(skip)]
+    pub thunk_slot: Option<u64>,
+    /// Added to the symbol's address.
+    pub addend: i64,
+    /// What the place is.
+    pub kind: RelocKind,
+}
+
+/// The kind of a bound place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelocKind {
+    /// A 64-bit address.
+    Abs64,
+    /// The 32-bit displacement of a RIP-relative operand: `head` bytes from the start of
+    /// its instruction of `len` bytes.
+    Rel32 {
+        /// Bytes from the instruction's start to the displacement.
+        head: u8,
+        /// The instruction's length.
+        len: u8,
+    },
 }
 
 /// A system state the patch declares (`RLIVEPATCH_STATE`).
@@ -108,6 +153,8 @@ pub struct Patch {
     pub build_ids: Vec<(Option<String>, String)>,
     /// Target symbols its code uses.
     pub symbols: Vec<SymbolRef>,
+    /// Places bound to the process at apply time (generated patches).
+    pub relocs: Vec<RelocRef>,
 }
 
 impl Patch {
@@ -206,6 +253,7 @@ impl Patch {
             states: Vec::new(),
             build_ids: Vec::new(),
             symbols: Vec::new(),
+            relocs: Vec::new(),
         };
         patch
             .parse_records()
@@ -374,6 +422,44 @@ impl Patch {
                         symbol,
                         local: s(2)?.unwrap_or_default(),
                         slot_vaddr: slot,
+                        addend: n(0) as i64,
+                    });
+                }
+                KIND_RELOC => {
+                    let symbol = s(1)?.ok_or_else(|| {
+                        err!(Patch, "corrupt metadata: bound place {i} has no symbol")
+                    })?;
+                    let site = p(0)?.ok_or_else(|| {
+                        err!(Patch, "corrupt metadata: bound place {symbol} has no place")
+                    })?;
+                    let class = n(1);
+                    let kind = match class & 0xff {
+                        1 => RelocKind::Abs64,
+                        2 => RelocKind::Rel32 {
+                            head: (class >> 8) as u8,
+                            len: (class >> 16) as u8,
+                        },
+                        c => bail!(
+                            Patch,
+                            "corrupt metadata: bound place {symbol} has unknown class {c}; rebuild the patch with this rlivepatch"
+                        ),
+                    };
+                    if let RelocKind::Rel32 { head, len } = kind
+                        && (len < 6 || head as u64 + 4 > len as u64)
+                    {
+                        bail!(
+                            Patch,
+                            "corrupt metadata: bound place {symbol} has a bad instruction shape"
+                        );
+                    }
+                    self.relocs.push(RelocRef {
+                        object: s(0)?,
+                        symbol,
+                        local: s(2)?.unwrap_or_default(),
+                        site_vaddr: site,
+                        thunk_slot: p(1)?,
+                        addend: n(0) as i64,
+                        kind,
                     });
                 }
                 other => bail!(

@@ -218,10 +218,16 @@ pub fn resolve(
                 obj.path
             )
         })?;
+        // `name#0xADDR` (a generated patch) is shown, and analysed, by its name.
+        let shown = if f.old.contains('#') {
+            sym.name.clone()
+        } else {
+            f.old.clone()
+        };
         let mut r = Resolved {
             object: obj.path.clone(),
-            symbol: f.old.clone(),
-            demangled: crate::demangle::demangle(&f.old),
+            demangled: crate::demangle::demangle(&shown),
+            symbol: shown,
             addr: 0,
             size: 0,
             debug_file: obj.debug_file(),
@@ -440,7 +446,11 @@ pub fn resolve_symbols(patch: &Patch, objects: &Objects) -> Result<Vec<SymbolFil
             )
         })?;
         let value = match (sym.kind == SymKind::Tls, r.tls) {
-            (false, false) => Fill::Addr(sym.value.wrapping_add(obj.bias()?)),
+            (false, false) => Fill::Addr(
+                sym.value
+                    .wrapping_add(obj.bias()?)
+                    .wrapping_add(r.addend as u64),
+            ),
             (true, true) => Fill::Tls((!obj.is_main).then(|| obj.path.clone()), sym.value),
             (true, false) => bail!(
                 Mismatch,

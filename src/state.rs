@@ -139,6 +139,24 @@ pub struct AppliedPatch {
     /// Run-time addresses of its `struct rlp_state`s, in declaration order.
     #[serde(default)]
     pub state_addrs: Vec<u64>,
+    /// Island slot pairs holding the thunks of its bound places (`RLP_KIND_RELOC` out of
+    /// reach of the patch): the patch's code uses them as long as it is loaded.
+    #[serde(default)]
+    pub thunks: Vec<u64>,
+}
+
+impl AppliedPatch {
+    /// The island slots the patch uses: its redirects', and its thunks' while its code
+    /// stays (`unloading`).
+    pub fn slots(&self, unloading: bool) -> Vec<u64> {
+        let mut v: Vec<u64> = self.funcs.iter().flat_map(|f| f.slots()).collect();
+        if unloading {
+            for t in &self.thunks {
+                v.extend([*t, t + crate::redirect::SLOT_SIZE]);
+            }
+        }
+        v
+    }
 }
 
 /// A page of island slots near some code.

@@ -271,7 +271,12 @@ impl ElfFile {
         let versions = symbol_versions(&elf);
         let dynsym = collect_syms(&elf.dynsyms, &elf.dynstrtab, Some(&versions));
         let mut dyn_relocs = HashMap::new();
-        for r in elf.dynrelas.iter().chain(elf.dynrels.iter()) {
+        for r in elf
+            .dynrelas
+            .iter()
+            .chain(elf.dynrels.iter())
+            .chain(elf.pltrelocs.iter())
+        {
             let s = elf.dynsyms.get(r.r_sym);
             let (sym_name, sym_value) = match s {
                 Some(s) if r.r_sym != 0 => (
@@ -598,10 +603,39 @@ pub fn decode_relr(entries: &[u64]) -> Vec<u64> {
     out
 }
 
+/// A symbol given as `name#0xADDR` (what `rlivepatch build` writes): the symbol of that
+/// name at that file address, which must exist (the patch carries the object's
+/// build-id, so the address is exact). `None` for a plain name.
+fn at_address<'a>(file: &'a ElfFile, spec: &str) -> Result<Option<&'a Symbol>> {
+    let Some((name, addr)) = spec.rsplit_once('#') else {
+        return Ok(None);
+    };
+    let Some(vaddr) = addr
+        .strip_prefix("0x")
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+    else {
+        bail!(Mismatch, "bad symbol {spec}: expected name#0xADDRESS");
+    };
+    let found = file.symtab.iter().chain(&file.dynsym).find(|s| {
+        s.value == vaddr && (s.name == name || s.name == name.split('@').next().unwrap_or(name))
+    });
+    match found {
+        Some(s) => Ok(Some(s)),
+        None => bail!(
+            Mismatch,
+            "{} has no symbol {name} at {vaddr:#x}: the patch was built for another build of it (rebuild the patch against this binary)",
+            file.path.display()
+        ),
+    }
+}
+
 /// Find a function by name in `file`, with the kernel's `old_sympos` rule: `pos == 0`
 /// means the name must be unique; `pos == N` picks the Nth occurrence in symbol-table
 /// order. `name` may carry a version (`memcpy@@GLIBC_2.14`, `name@VER`).
 pub fn find_function<'a>(file: &'a ElfFile, name: &str, pos: u64) -> Result<&'a Symbol> {
+    if let Some(s) = at_address(file, name)? {
+        return Ok(s);
+    }
     let (base, version) = match name.find('@') {
         Some(i) => (&name[..i], Some(name[i..].trim_start_matches('@'))),
         None => (name, None),
@@ -687,6 +721,9 @@ pub fn find_function<'a>(file: &'a ElfFile, name: &str, pos: u64) -> Result<&'a 
 /// Find a data or code symbol by name (for a patch's `RLIVEPATCH_SYMBOL`): `.symtab` first,
 /// then `.dynsym`; the name must be unique (an optional `@VERSION` picks a version).
 pub fn find_symbol<'a>(file: &'a ElfFile, name: &str) -> Result<&'a Symbol> {
+    if let Some(s) = at_address(file, name)? {
+        return Ok(s);
+    }
     let (base, version) = match name.find('@') {
         Some(i) => (&name[..i], Some(name[i..].trim_start_matches('@'))),
         None => (name, None),

@@ -276,7 +276,7 @@ fn build_ids_pin_a_patch_to_its_binary() {
         "#include <rlivepatch.h>\nstatic int f(int x) { return x; }\nRLIVEPATCH_FUNC(compute, f);\nRLIVEPATCH_BUILD_ID(\"main\", \"00112233445566778899aabbccddeeff00112233\");\n",
     );
     let e = rlp_fails(&["apply", &pid, s(&wrong)], 5);
-    assert!(e.contains("built for counter-pie (main executable) with build-id 00112233445566778899aabbccddeeff00112233, but process has build-id"), "{e}");
+    assert!(e.contains("built for a main executable with build-id 00112233445566778899aabbccddeeff00112233, but counter-pie (main executable) in this process has build-id"), "{e}");
     t.assert_untouched(&before, entry);
     // The helper writes the right line.
     let line = rlp_ok(&["build-id", s(&exe)]);

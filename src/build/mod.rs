@@ -1,0 +1,567 @@
+//! `rlivepatch build`: a livepatch from a source diff, proven against the running binary
+//! and shipped verbatim. The passes, in order:
+//!
+//! 1. [`wrapper`]: how each translation unit is compiled (a `compile_commands.json`, or
+//!    the project's own build run once in a copy under a compiler wrapper);
+//! 2. [`tree`]: the diffs applied to a copy of the tree;
+//! 3. [`compile`]: the units the diffs touch compiled from both trees, with the binary's
+//!    own command plus function sections;
+//! 4. [`correlate`], [`diff`]: the object diff — changed, new, clones, `.cold` parts,
+//!    and why — and the refusals only the objects can tell (data, layouts, start-up);
+//! 5. [`verify`]: every function of each rebuilt pristine unit compared instruction by
+//!    instruction with the binary, which also tells where its symbols are;
+//! 6. [`bind`]: every reference of the carried code bound to the patch, a library, or the
+//!    process, in register-neutral forms;
+//! 7. [`emit`]: the carried code written as an object, with generated records, linked
+//!    into an ordinary patch.
+
+pub mod bind;
+pub mod compile;
+pub mod correlate;
+pub mod diff;
+pub mod emit;
+pub mod objdwarf;
+pub mod relobj;
+pub mod tree;
+pub mod verify;
+pub mod wrapper;
+
+use crate::error::Result;
+use crate::{bail, err};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `rlivepatch build` was asked.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// The project's tree, as the binary was built from it.
+    pub source: PathBuf,
+    /// The diffs.
+    pub diffs: Vec<PathBuf>,
+    /// The binaries the patch is for.
+    pub binaries: Vec<PathBuf>,
+    /// The build command (default `make`).
+    pub build: Option<String>,
+    /// A compilation database instead of a build.
+    pub compile_commands: Option<PathBuf>,
+    /// Places to look for debug files.
+    pub debug_dirs: Vec<PathBuf>,
+    /// The patch's name.
+    pub name: Option<String>,
+    /// Atomic replace.
+    pub replace: bool,
+    /// The output file.
+    pub out: Option<PathBuf>,
+    /// Report only.
+    pub dry_run: bool,
+}
+
+/// One function in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct FuncReport {
+    /// Its name in the patched object.
+    pub name: String,
+    /// The binary (file name).
+    pub binary: String,
+    /// The translation unit.
+    pub unit: String,
+    /// `changed` (its entry is redirected), `new`, or `part` (of a changed function).
+    pub kind: &'static str,
+    /// Why it is in the patch.
+    pub why: String,
+    /// The old function in the binary (`name#0xADDR`), for `changed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<String>,
+}
+
+/// What a build did.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    /// The patch's name.
+    pub name: String,
+    /// The file written (none for a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The functions the patch carries.
+    pub functions: Vec<FuncReport>,
+    /// Files the diffs touch that no --binary is built from.
+    pub ignored: Vec<String>,
+    /// How the carried code reaches the process: stubs, slots, sites bound at apply.
+    pub bindings: HashMap<&'static str, usize>,
+    /// Remarks.
+    pub notes: Vec<String>,
+    /// Milliseconds spent in each phase.
+    pub phases: Vec<(String, f64)>,
+}
+
+/// A scratch directory, removed when dropped (kept with `RLIVEPATCH_KEEP_WORK=1`).
+struct Work(PathBuf);
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if std::env::var_os("RLIVEPATCH_KEEP_WORK").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn default_name(diffs: &[PathBuf]) -> String {
+    let stem = diffs
+        .first()
+        .and_then(|d| d.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "fix".into());
+    let n: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if n.is_empty() { "fix".into() } else { n }
+}
+
+/// Build a patch as `opts` says.
+pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<BuildReport> {
+    let mut phases: Vec<(String, f64)> = Vec::new();
+    let mut t = Instant::now();
+    let phase = |phases: &mut Vec<(String, f64)>, name: &str, t: &mut Instant| {
+        phases.push((name.to_string(), t.elapsed().as_secs_f64() * 1000.0));
+        *t = Instant::now();
+    };
+    if opts.binaries.is_empty() {
+        bail!(Build, "give the binary the patch is for with --binary FILE");
+    }
+    if opts.diffs.is_empty() {
+        bail!(Build, "give the fix with --diff FILE");
+    }
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&opts.diffs));
+    let source = opts
+        .source
+        .canonicalize()
+        .map_err(|e| err!(Build, "--source {}: {e}", opts.source.display()))?;
+    let binaries: Vec<verify::Binary> = opts
+        .binaries
+        .iter()
+        .map(|b| verify::Binary::open(b, &opts.debug_dirs))
+        .collect::<Result<_>>()?;
+    let work = Work(wrapper::cache_dir().join("work").join(format!(
+        "{}-{}",
+        std::process::id(),
+        t.elapsed().as_nanos()
+    )));
+    std::fs::create_dir_all(&work.0)
+        .map_err(|e| err!(Build, "cannot create {}: {e}", work.0.display()))?;
+    // 1. How the project compiles, and the pristine tree.
+    let (pristine, commands) = match &opts.compile_commands {
+        Some(db) => (source.clone(), wrapper::from_json(db)?),
+        None => {
+            let b = wrapper::learn(&source, opts.build.as_deref().unwrap_or("make"), progress)?;
+            (b.tree, b.commands)
+        }
+    };
+    phase(&mut phases, "compile commands", &mut t);
+    // 2. The diffs, applied to a copy.
+    let diffs: Vec<tree::Diff> = opts
+        .diffs
+        .iter()
+        .map(|d| tree::read(d, &pristine))
+        .collect::<Result<_>>()?;
+    for d in &diffs {
+        for f in &d.files {
+            let ext = f
+                .extension()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if matches!(ext.as_str(), "s" | "S" | "asm" | "sx") {
+                bail!(
+                    Refused,
+                    "the diff {} changes assembly ({}): not supported; only C code compiled by the project's compiler can be diffed",
+                    d.path.display(),
+                    f.display()
+                );
+            }
+        }
+    }
+    let patched = work.0.join("patched");
+    tree::copy(&pristine, &patched)?;
+    for d in &diffs {
+        tree::run_patch(d, &patched, false)?;
+    }
+    phase(&mut phases, "diff applied", &mut t);
+    // 3. The units the diffs touch.
+    let (units, mut ignored) = select_units(&diffs, &pristine, &commands)?;
+    let mut notes = Vec::new();
+    let mut placed: Vec<((PathBuf, wrapper::CompileCommand), usize)> = Vec::new();
+    for (rel, cmd) in units {
+        let base = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match binaries.iter().position(|b| b.blocks.contains(&base)) {
+            Some(bi) => placed.push(((rel, cmd), bi)),
+            None => ignored.push(format!("{} (in no --binary)", rel.display())),
+        }
+    }
+    if placed.is_empty() {
+        bail!(
+            Refused,
+            "the diffs change no file compiled into {}{}",
+            binaries
+                .iter()
+                .map(|b| b.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if ignored.is_empty() {
+                String::new()
+            } else {
+                format!(" (they touch {})", ignored.join(", "))
+            }
+        );
+    }
+    // A source built more than once (a PIE and a non-PIE program, a static and a shared
+    // library) is compiled with each command; the one whose code is the binary's wins.
+    let mut names: Vec<String> = Vec::new();
+    for ((r, _), _) in &placed {
+        let n = r.display().to_string();
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    progress(&format!(
+        "compiling {} unit(s) twice, pristine and patched ({} command(s)): {}",
+        names.len(),
+        placed.len(),
+        names.join(", ")
+    ));
+    let list: Vec<(PathBuf, wrapper::CompileCommand)> =
+        placed.iter().map(|(u, _)| u.clone()).collect();
+    let built = compile::compile_all(&list, &pristine, &patched, &source, &work.0)?;
+    phase(&mut phases, "compile", &mut t);
+    // 4-7. Per unit: diff, verify, bind, emit.
+    let lines = diff::changed_lines(&diffs);
+    let mut records = emit::Records::default();
+    let mut report_funcs = Vec::new();
+    let mut objects = Vec::new();
+    let mut counts: HashMap<&'static str, usize> = HashMap::new();
+    let mut used_binaries: Vec<usize> = Vec::new();
+    let (mut t_diff, mut t_verify, mut t_emit) = (0.0, 0.0, 0.0);
+    let mut done_sources: Vec<(PathBuf, usize)> = Vec::new();
+    for (k, (unit, (_, bi))) in built.iter().zip(&placed).enumerate() {
+        let bin = &binaries[*bi];
+        if done_sources.contains(&(unit.source.clone(), *bi)) {
+            continue;
+        }
+        // The same file compiled by several commands (a PIE and a non-PIE build, say):
+        // the one whose code is in the binary is the one that verifies.
+        let t1 = Instant::now();
+        let p = relobj::RelObj::open(&unit.pristine)?;
+        relobj::check_plain(&p)?;
+        let file_name = unit
+            .source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (bindings, block) = match verify::verify(&p, &file_name, bin) {
+            Ok(v) => v,
+            Err(e) => {
+                let another = built[k + 1..]
+                    .iter()
+                    .zip(&placed[k + 1..])
+                    .any(|(u, (_, b))| u.source == unit.source && b == bi);
+                if another {
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        done_sources.push((unit.source.clone(), *bi));
+        t_verify += t1.elapsed().as_secs_f64() * 1000.0;
+        let t0 = Instant::now();
+        let q = relobj::RelObj::open(&unit.patched)?;
+        let pairing = correlate::correlate(&p, &q);
+        let d = diff::diff(&unit.source, &p, &q, &pairing, &lines)?;
+        // The changed functions' code, from a position-independent compile when the
+        // binary's flags make code that cannot move.
+        let (q, pairing, d) =
+            if q.absolute_code_refs() && !(d.changed.is_empty() && d.new.is_empty()) {
+                let out = work.0.join(format!("{k}-pic.o"));
+                compile::compile_pic(unit, &pristine, &patched, &source, &out)?;
+                let e = relobj::RelObj::open(&out)?;
+                let pe = correlate::correlate(&p, &e);
+                let d = diff::moved_to(d, &q, &e, &unit.source)?;
+                (e, pe, d)
+            } else {
+                (q, pairing, d)
+            };
+        notes.extend(d.notes.iter().cloned());
+        t_diff += t0.elapsed().as_secs_f64() * 1000.0;
+        if d.changed.is_empty() && d.new.is_empty() {
+            notes.push(format!("{}: no function changed", unit.source.display()));
+            continue;
+        }
+        let t2 = Instant::now();
+        let carried: Vec<&diff::Change> = d.changed.iter().chain(&d.new).collect();
+        let changed_syms: Vec<usize> = d.changed.iter().map(|c| c.sym).collect();
+        let homes = |i: usize, original: bool| {
+            bind::home(
+                &q,
+                i,
+                original,
+                &carried,
+                pairing.twin(i),
+                &bindings,
+                bin,
+                block,
+            )
+        };
+        let roots: Vec<usize> = d.changed.iter().map(|c| c.sym).collect();
+        let need = bind::needed(&q, &roots, &homes);
+        let plan = bind::plan(&q, &unit.source, &homes, &changed_syms, &need)?;
+        *counts.entry("stubs").or_default() += plan.stubs.len();
+        *counts.entry("slots").or_default() += plan.slots.len();
+        *counts.entry("sites").or_default() += plan.sites.len();
+        // The records: every changed function that is an entry (not a part) of the binary.
+        let mut exported = HashMap::new();
+        for c in &d.changed {
+            let old = match (&c.part_of, homes(c.sym, true)) {
+                (None, bind::Home::Process { name, vaddr }) => {
+                    let sym = format!("rlp_fn_{k}_{}", exported.len());
+                    exported.insert(c.sym, sym.clone());
+                    records.funcs.push(emit::FuncRecord {
+                        object: bin.object.clone(),
+                        old: format!("{name}#{vaddr:#x}"),
+                        new_name: c.name.clone(),
+                        new_symbol: sym,
+                    });
+                    Some(format!("{name}#{vaddr:#x}"))
+                }
+                (None, _) => {
+                    notes.push(format!(
+                        "{} changed but has no code of its own in {} (inlined everywhere): its callers carry the change",
+                        c.name,
+                        bin.path.display()
+                    ));
+                    None
+                }
+                (Some(_), _) => None,
+            };
+            report_funcs.push(FuncReport {
+                name: c.name.clone(),
+                binary: file_label(bin),
+                unit: unit.source.display().to_string(),
+                kind: if c.part_of.is_some() {
+                    "part"
+                } else {
+                    "changed"
+                },
+                why: c.why.clone(),
+                old,
+            });
+        }
+        for c in &d.new {
+            report_funcs.push(FuncReport {
+                name: c.name.clone(),
+                binary: file_label(bin),
+                unit: unit.source.display().to_string(),
+                kind: if c.part_of.is_some() { "part" } else { "new" },
+                why: c.why.clone(),
+                old: None,
+            });
+        }
+        if !used_binaries.contains(bi) {
+            used_binaries.push(*bi);
+        }
+        if !opts.dry_run {
+            let out = work.0.join(format!("{k}-emitted.o"));
+            emit::write_object(
+                &q,
+                &plan,
+                k,
+                &exported,
+                bin.object.as_deref(),
+                &mut records,
+                &out,
+            )?;
+            objects.push(out);
+        }
+        t_emit += t2.elapsed().as_secs_f64() * 1000.0;
+    }
+    phases.push(("diff".into(), t_diff));
+    phases.push(("verify".into(), t_verify));
+    phases.push(("bind and emit".into(), t_emit));
+    t = Instant::now();
+    if !report_funcs
+        .iter()
+        .any(|f| f.kind == "changed" && f.old.is_some())
+    {
+        bail!(
+            Refused,
+            "the diffs change no function that has an entry in {}: nothing to patch",
+            binaries
+                .iter()
+                .map(|b| b.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for &bi in &used_binaries {
+        let b = &binaries[bi];
+        match &b.build_id {
+            Some(id) => records.build_ids.push((
+                b.object.clone().unwrap_or_else(|| "main".into()),
+                id.clone(),
+            )),
+            None => notes.push(format!(
+                "{} has no build-id: the patch cannot check that a process runs this very build",
+                b.path.display()
+            )),
+        }
+    }
+    let mut output = None;
+    if !opts.dry_run {
+        let out = opts
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{name}.so")));
+        let rc = emit::records_c(&records, &name, opts.replace);
+        emit::link(&work.0, &rc, &objects, &out)?;
+        // The patch must read back as one.
+        crate::patch::Patch::load(&out)
+            .map_err(|e| e.context("the generated patch does not read back"))?;
+        output = Some(out.display().to_string());
+        phase(&mut phases, "link", &mut t);
+    }
+    Ok(BuildReport {
+        name,
+        output,
+        functions: report_funcs,
+        ignored,
+        bindings: counts,
+        notes,
+        phases,
+    })
+}
+
+impl BuildReport {
+    /// The report for a terminal.
+    pub fn text(&self) -> String {
+        let mut s = match &self.output {
+            Some(o) => format!("built patch {} into {o}\n", self.name),
+            None => format!("patch {} (dry run: nothing written)\n", self.name),
+        };
+        for f in &self.functions {
+            s.push_str(&format!(
+                "  {:7} {} ({}, {}): {}\n",
+                f.kind, f.name, f.binary, f.unit, f.why
+            ));
+        }
+        let b = |k: &str| self.bindings.get(k).copied().unwrap_or(0);
+        s.push_str(&format!(
+            "  references to the process: {} calls through stubs, {} addresses through slots, {} data accesses bound at apply\n",
+            b("stubs"),
+            b("slots"),
+            b("sites")
+        ));
+        for i in &self.ignored {
+            s.push_str(&format!("  ignored: {i}\n"));
+        }
+        for n in &self.notes {
+            s.push_str(&format!("  note: {n}\n"));
+        }
+        let total: f64 = self.phases.iter().map(|p| p.1).sum();
+        s.push_str(&format!(
+            "  time: {:.0} ms ({})\n",
+            total,
+            self.phases
+                .iter()
+                .map(|(n, ms)| format!("{n} {ms:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        s
+    }
+}
+
+fn file_label(b: &verify::Binary) -> String {
+    b.path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A translation unit: its path in the tree, and how it compiles.
+type Unit = (PathBuf, wrapper::CompileCommand);
+
+/// The units the diffs touch: sources they change, and sources that include a header
+/// they change; other files they touch are listed as ignored.
+fn select_units(
+    diffs: &[tree::Diff],
+    tree: &Path,
+    commands: &[wrapper::CompileCommand],
+) -> Result<(Vec<Unit>, Vec<String>)> {
+    let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let mut units: Vec<(PathBuf, wrapper::CompileCommand)> = Vec::new();
+    let mut ignored = Vec::new();
+    let mut headers = Vec::new();
+    let add = |units: &mut Vec<(PathBuf, wrapper::CompileCommand)>,
+               rel: PathBuf,
+               c: &wrapper::CompileCommand| {
+        if !units
+            .iter()
+            .any(|(_, u)| u.file == c.file && u.output() == c.output())
+        {
+            units.push((rel, c.clone()));
+        }
+    };
+    for d in diffs {
+        for f in &d.files {
+            let abs = canon(&tree.join(f));
+            let matching: Vec<&wrapper::CompileCommand> =
+                commands.iter().filter(|c| canon(&c.file) == abs).collect();
+            if !matching.is_empty() {
+                for c in matching {
+                    add(&mut units, f.clone(), c);
+                }
+            } else if matches!(
+                f.extension().and_then(|e| e.to_str()),
+                Some("h" | "hh" | "hpp" | "hxx" | "inc" | "def")
+            ) {
+                headers.push((f.clone(), abs));
+            } else {
+                ignored.push(f.display().to_string());
+            }
+        }
+    }
+    if !headers.is_empty() {
+        let mut seen = vec![false; headers.len()];
+        for c in commands {
+            let inc: Vec<PathBuf> = compile::includes(c).iter().map(|p| canon(p)).collect();
+            for (k, (_, abs)) in headers.iter().enumerate() {
+                if inc.contains(abs) {
+                    seen[k] = true;
+                    let rel = c
+                        .file
+                        .strip_prefix(tree)
+                        .map(|p| p.to_path_buf())
+                        .unwrap_or_else(|_| c.file.clone());
+                    add(&mut units, rel, c);
+                }
+            }
+        }
+        for (k, (f, _)) in headers.iter().enumerate() {
+            if !seen[k] {
+                ignored.push(f.display().to_string());
+            }
+        }
+    }
+    Ok((units, ignored))
+}

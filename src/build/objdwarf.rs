@@ -1,0 +1,366 @@
+//! The debug information of a relocatable object, for the report and the layout check:
+//! its functions (where they start in the source, what they inlined) and the layouts of
+//! its named structures and unions.
+//!
+//! A `.o` keeps its DWARF unrelocated: references to strings and code are relocations.
+//! They are applied here, with every code or data section given an address of its own
+//! (its index in the upper bits), so that an address tells its section.
+
+use super::relobj::RelObj;
+use super::relobj::c;
+use gimli::{AttributeValue, EndianRcSlice, LittleEndian, Unit};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+type R = EndianRcSlice<LittleEndian>;
+
+/// The address bits that carry a section index.
+pub const SECTION_SHIFT: u32 = 40;
+
+/// A function as the debug information describes it.
+#[derive(Debug, Clone, Default)]
+pub struct Function {
+    /// Its name.
+    pub name: String,
+    /// The source file that declares it (as the unit names it).
+    pub file: String,
+    /// The line its definition starts on.
+    pub line: u64,
+    /// The section holding its code, when it has code.
+    pub section: Option<usize>,
+    /// The functions inlined into it (by name).
+    pub inlined: Vec<String>,
+}
+
+/// The layout of a structure or union: its size and its members (name, offset, type).
+pub type Layout = (u64, Vec<(String, u64, String)>);
+
+/// What the passes use of an object's debug information.
+#[derive(Debug, Default)]
+pub struct ObjDwarf {
+    /// Its functions with code.
+    pub functions: Vec<Function>,
+    /// Every function defined in the unit's source, with code or not (only inlined).
+    pub decls: Vec<Function>,
+    /// Named structures and unions (`struct name` / `union name`).
+    pub layouts: BTreeMap<String, Layout>,
+}
+
+fn relocated(o: &RelObj, idx: usize) -> Vec<u8> {
+    let s = &o.sections[idx];
+    let mut data = s.data.clone();
+    for r in &s.relocs {
+        let Some(sym) = o.symbols.get(r.sym) else {
+            continue;
+        };
+        let base = match sym.section {
+            Some(t) if o.sections[t].is_alloc() => (t as u64) << SECTION_SHIFT,
+            _ => 0,
+        };
+        let v = base.wrapping_add(sym.value).wrapping_add(r.addend as u64);
+        let at = r.offset as usize;
+        match r.r_type {
+            c::R_32 | c::R_32S if at + 4 <= data.len() => {
+                data[at..at + 4].copy_from_slice(&(v as u32).to_le_bytes())
+            }
+            c::R_64 if at + 8 <= data.len() => data[at..at + 8].copy_from_slice(&v.to_le_bytes()),
+            _ => {}
+        }
+    }
+    data
+}
+
+/// Read the debug information of `o` (empty when it has none).
+pub fn read(o: &RelObj) -> ObjDwarf {
+    let load = |id: gimli::SectionId| -> Result<R, ()> {
+        let data = o
+            .sections
+            .iter()
+            .position(|s| s.name == id.name())
+            .map(|i| relocated(o, i))
+            .unwrap_or_default();
+        Ok(R::new(Rc::from(data.into_boxed_slice()), LittleEndian))
+    };
+    let Ok(dwarf) = gimli::Dwarf::load(load) else {
+        return ObjDwarf::default();
+    };
+    let mut out = ObjDwarf::default();
+    let mut units = dwarf.units();
+    while let Ok(Some(h)) = units.next() {
+        let Ok(unit) = dwarf.unit(h) else { continue };
+        read_unit(&dwarf, &unit, &mut out);
+    }
+    out
+}
+
+fn name_of(dwarf: &gimli::Dwarf<R>, unit: &Unit<R>, off: gimli::UnitOffset) -> Option<String> {
+    let mut cur = off;
+    for _ in 0..4 {
+        let e = unit.entry(cur).ok()?;
+        if let Some(v) = e.attr_value(gimli::DW_AT_name)
+            && let Ok(s) = dwarf.attr_string(unit, v)
+        {
+            return Some(String::from_utf8_lossy(&s).into_owned());
+        }
+        match e
+            .attr_value(gimli::DW_AT_abstract_origin)
+            .or_else(|| e.attr_value(gimli::DW_AT_specification))
+        {
+            Some(AttributeValue::UnitRef(o)) => cur = o,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// A short description of the type at `off`: `int`, `struct s *`, `char[16]`.
+fn type_name(
+    dwarf: &gimli::Dwarf<R>,
+    unit: &Unit<R>,
+    off: Option<gimli::UnitOffset>,
+    depth: u32,
+) -> String {
+    let Some(off) = off else { return "void".into() };
+    let Ok(e) = unit.entry(off) else {
+        return "?".into();
+    };
+    if depth > 8 {
+        return "...".into();
+    }
+    let inner = match e.attr_value(gimli::DW_AT_type) {
+        Some(AttributeValue::UnitRef(t)) => Some(t),
+        _ => None,
+    };
+    let name = name_of(dwarf, unit, off);
+    match e.tag() {
+        gimli::DW_TAG_pointer_type => format!("{} *", type_name(dwarf, unit, inner, depth + 1)),
+        gimli::DW_TAG_const_type => format!("const {}", type_name(dwarf, unit, inner, depth + 1)),
+        gimli::DW_TAG_volatile_type => {
+            format!("volatile {}", type_name(dwarf, unit, inner, depth + 1))
+        }
+        gimli::DW_TAG_structure_type => format!("struct {}", name.unwrap_or_default()),
+        gimli::DW_TAG_union_type => format!("union {}", name.unwrap_or_default()),
+        gimli::DW_TAG_enumeration_type => format!("enum {}", name.unwrap_or_default()),
+        gimli::DW_TAG_array_type => {
+            let mut count = String::new();
+            if let Ok(mut c) = unit.entries_at_offset(off) {
+                let _ = c.next_dfs();
+                while let Ok(Some(sub)) = c.next_dfs() {
+                    if sub.tag() != gimli::DW_TAG_subrange_type {
+                        break;
+                    }
+                    let n = sub
+                        .attr_value(gimli::DW_AT_count)
+                        .and_then(|v| v.udata_value())
+                        .or_else(|| {
+                            sub.attr_value(gimli::DW_AT_upper_bound)
+                                .and_then(|v| v.udata_value())
+                                .map(|u| u + 1)
+                        });
+                    count.push_str(&format!(
+                        "[{}]",
+                        n.map(|n| n.to_string()).unwrap_or_default()
+                    ));
+                }
+            }
+            format!("{}{count}", type_name(dwarf, unit, inner, depth + 1))
+        }
+        _ => name.unwrap_or_else(|| "?".into()),
+    }
+}
+
+fn read_unit(dwarf: &gimli::Dwarf<R>, unit: &Unit<R>, out: &mut ObjDwarf) {
+    let files: Vec<String> = unit
+        .line_program
+        .as_ref()
+        .map(|lp| {
+            let h = lp.header();
+            h.file_names()
+                .iter()
+                .map(|f| {
+                    dwarf
+                        .attr_string(unit, f.path_name())
+                        .map(|s| String::from_utf8_lossy(&s).into_owned())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let version = unit.header.version();
+    let file_name = |i: u64| {
+        // DWARF 5 numbers files from 0, earlier versions from 1.
+        let k = if version >= 5 { i } else { i.saturating_sub(1) };
+        files.get(k as usize).cloned().unwrap_or_default()
+    };
+    // The concrete functions by depth, innermost last, while walking.
+    let mut open: Vec<(isize, usize)> = Vec::new();
+    let mut entries = unit.entries();
+    while let Ok(Some(e)) = entries.next_dfs() {
+        let depth = e.depth();
+        while open.last().is_some_and(|(d, _)| *d >= depth) {
+            open.pop();
+        }
+        match e.tag() {
+            gimli::DW_TAG_subprogram => {
+                let decl = |attr| -> Option<u64> {
+                    let mut cur = e.offset();
+                    for _ in 0..4 {
+                        let d = unit.entry(cur).ok()?;
+                        match d.attr_value(attr) {
+                            Some(AttributeValue::FileIndex(v)) => return Some(v),
+                            Some(v) if v.udata_value().is_some() => return v.udata_value(),
+                            _ => {}
+                        }
+                        match d
+                            .attr_value(gimli::DW_AT_abstract_origin)
+                            .or_else(|| d.attr_value(gimli::DW_AT_specification))
+                        {
+                            Some(AttributeValue::UnitRef(o)) => cur = o,
+                            _ => return None,
+                        }
+                    }
+                    None
+                };
+                let f = Function {
+                    name: name_of(dwarf, unit, e.offset()).unwrap_or_default(),
+                    file: decl(gimli::DW_AT_decl_file)
+                        .map(file_name)
+                        .unwrap_or_default(),
+                    line: decl(gimli::DW_AT_decl_line).unwrap_or(0),
+                    section: None,
+                    inlined: Vec::new(),
+                };
+                let low = e
+                    .attr_value(gimli::DW_AT_low_pc)
+                    .and_then(|v| dwarf.attr_address(unit, v).ok().flatten());
+                let Some(low) = low else {
+                    // Declared, or only inlined: where it is in the source still counts.
+                    if !f.name.is_empty() && f.line > 0 && !e.has_attr(gimli::DW_AT_declaration) {
+                        out.decls.push(f);
+                    }
+                    continue;
+                };
+                out.decls.push(f.clone());
+                out.functions.push(Function {
+                    section: Some((low >> SECTION_SHIFT) as usize),
+                    ..f
+                });
+                open.push((depth, out.functions.len() - 1));
+            }
+            gimli::DW_TAG_inlined_subroutine => {
+                if let (Some(&(_, f)), Some(AttributeValue::UnitRef(o))) =
+                    (open.first(), e.attr_value(gimli::DW_AT_abstract_origin))
+                    && let Some(n) = name_of(dwarf, unit, o)
+                    && !out.functions[f].inlined.contains(&n)
+                {
+                    out.functions[f].inlined.push(n);
+                }
+            }
+            gimli::DW_TAG_structure_type | gimli::DW_TAG_union_type | gimli::DW_TAG_class_type => {
+                if e.has_attr(gimli::DW_AT_declaration) {
+                    continue;
+                }
+                let Some(name) = name_of(dwarf, unit, e.offset()) else {
+                    continue;
+                };
+                let size = e
+                    .attr_value(gimli::DW_AT_byte_size)
+                    .and_then(|v| v.udata_value())
+                    .unwrap_or(0);
+                let mut members = Vec::new();
+                if let Ok(mut c) = unit.entries_at_offset(e.offset()) {
+                    let top = c.next_dfs().ok().flatten().map(|t| t.depth()).unwrap_or(0);
+                    while let Ok(Some(m)) = c.next_dfs() {
+                        if m.depth() <= top {
+                            break;
+                        }
+                        if m.depth() != top + 1 || m.tag() != gimli::DW_TAG_member {
+                            continue;
+                        }
+                        let at = m
+                            .attr_value(gimli::DW_AT_data_member_location)
+                            .and_then(|v| v.udata_value())
+                            .or_else(|| {
+                                m.attr_value(gimli::DW_AT_data_bit_offset)
+                                    .and_then(|v| v.udata_value())
+                                    .map(|b| b / 8)
+                            })
+                            .unwrap_or(0);
+                        let t = match m.attr_value(gimli::DW_AT_type) {
+                            Some(AttributeValue::UnitRef(t)) => Some(t),
+                            _ => None,
+                        };
+                        members.push((
+                            name_of(dwarf, unit, m.offset()).unwrap_or_default(),
+                            at,
+                            type_name(dwarf, unit, t, 0),
+                        ));
+                    }
+                }
+                let kind = if e.tag() == gimli::DW_TAG_union_type {
+                    "union"
+                } else {
+                    "struct"
+                };
+                out.layouts
+                    .insert(format!("{kind} {name}"), (size, members));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl ObjDwarf {
+    /// Does a change at `lines` (by file) fall in the definition of `name`: from its
+    /// first line up to the next definition in the same file?
+    pub fn touched(
+        &self,
+        name: &str,
+        lines: &std::collections::HashMap<std::path::PathBuf, Vec<u64>>,
+    ) -> bool {
+        let Some(f) = self.decls.iter().find(|f| f.name == name) else {
+            return false;
+        };
+        let end = self
+            .decls
+            .iter()
+            .filter(|g| g.file == f.file && g.line > f.line)
+            .map(|g| g.line)
+            .min()
+            .unwrap_or(u64::MAX);
+        lines.iter().any(|(path, ls)| {
+            let p = path.to_string_lossy();
+            (f.file.ends_with(&*p) || std::path::Path::new(&f.file).file_name() == path.file_name())
+                && ls.iter().any(|&l| l >= f.line && l < end)
+        })
+    }
+}
+
+/// How the layout `old` became `new`, in a few words (`member x added at +24; size 32 →
+/// 40`).
+pub fn layout_change(old: &Layout, new: &Layout) -> String {
+    let mut parts = Vec::new();
+    for (n, off, t) in &new.1 {
+        match old.1.iter().find(|(m, _, _)| m == n) {
+            None => parts.push(format!("{n} added at +{off}")),
+            Some((_, o, ot)) if o != off || ot != t => {
+                parts.push(format!("{n}: {ot} at +{o} → {t} at +{off}"))
+            }
+            _ => {}
+        }
+    }
+    for (n, _, _) in &old.1 {
+        if !new.1.iter().any(|(m, _, _)| m == n) {
+            parts.push(format!("{n} removed"));
+        }
+    }
+    if old.0 != new.0 {
+        parts.push(format!("size {} → {}", old.0, new.0));
+    }
+    if parts.len() > 4 {
+        let more = parts.len() - 3;
+        parts.truncate(3);
+        parts.push(format!("{more} more changes"));
+    }
+    parts.join("; ")
+}

@@ -1,0 +1,350 @@
+//! `rlivepatch build`: patches made from a source diff of fixtures/project (a PIE program,
+//! the same program without PIE, a shared library, built by make in separate compile
+//! and link steps), applied to the programs running, checked from their output; and the
+//! refusals, each with its reason and nothing written.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A copy of the project for one test, built with `make` (and `make_args`): the tree and
+/// its binaries, as an operator has them.
+fn project(name: &str, make_args: &[&str]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("project-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(root().join("fixtures/project")).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+    let st = Command::new("make")
+        .args(make_args)
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "make in {}", dir.display());
+    dir
+}
+
+fn diff(name: &str) -> String {
+    root()
+        .join(format!("fixtures/project/diffs/{name}.diff"))
+        .display()
+        .to_string()
+}
+
+/// `rlivepatch build` with a cache of the test's own; returns (code, stdout, stderr).
+fn build(src: &Path, args: &[&str]) -> (i32, String, String) {
+    let cache = src.with_extension("cache");
+    let o = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .arg("build")
+        .arg("--source")
+        .arg(src)
+        .args(args)
+        .env("RLIVEPATCH_CACHE", &cache)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+/// Build and require success; returns the JSON report.
+fn build_ok(src: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json");
+    let (code, out, err) = build(src, &a);
+    assert_eq!(code, 0, "build {args:?} failed: {err}");
+    json(&out)
+}
+
+/// The reason the report gives for function `name`.
+fn why(report: &serde_json::Value, name: &str) -> String {
+    report["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in the report: {report}"))["why"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Ask the program and return its answer.
+fn ask(t: &mut Target, cmd: &str) -> String {
+    t.send(cmd);
+    let head = format!("{} ", cmd.split_whitespace().next().unwrap());
+    t.wait_line(|l| l.starts_with(&head), T)
+}
+
+/// Names, sizes and modification times of the files of `dir`.
+fn listing(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_fix_becomes_a_patch_the_running_program_runs() {
+    let src = project("fix", &[]);
+    let before = listing(&src);
+    let out = src.with_extension("so");
+    let app = src.join("app").display().to_string();
+    let report = build_ok(
+        &src,
+        &[
+            "--diff",
+            &diff("handle"),
+            "--binary",
+            &app,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(why(&report, "handle"), "the diff changed it");
+    assert_eq!(listing(&src), before, "the source tree was modified");
+    let info = rlp_ok(&["info", out.to_str().unwrap()]);
+    assert!(info.contains("handle"), "{info}");
+
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = 0");
+    rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    // The fix; the program's own data (a PIE's, out of the patch's reach) counted.
+    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = -1");
+    assert_eq!(ask(&mut t, "stats"), "stats calls 2 over 1 limit 100");
+    // The unchanged path: the program's own static function, called from the patch.
+    assert_eq!(ask(&mut t, "handle 3"), "handle 3 = 6");
+    assert_eq!(ask(&mut t, "handle 500"), "handle 500 = -1");
+    assert_eq!(ask(&mut t, "stats"), "stats calls 4 over 2 limit 100");
+    rlp_ok(&["disable", &t.pid.to_string(), "handle"]);
+    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = 0");
+    assert!(t.rlivepatch_maps().is_empty());
+
+    // The same fix for the program built without PIE (its data within reach).
+    let out2 = src.with_extension("nopie.so");
+    let nopie = src.join("app-nopie").display().to_string();
+    build_ok(
+        &src,
+        &[
+            "--diff",
+            &diff("handle"),
+            "--binary",
+            &nopie,
+            "-o",
+            out2.to_str().unwrap(),
+        ],
+    );
+    let mut t = Target::start_with_stdin(&src.join("app-nopie"), &[]);
+    rlp_ok(&["apply", &t.pid.to_string(), out2.to_str().unwrap()]);
+    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = -1");
+    assert_eq!(ask(&mut t, "stats"), "stats calls 1 over 1 limit 100");
+    // The PIE build's patch does not fit this program.
+    let err = rlp_fails(&["check", &t.pid.to_string(), out.to_str().unwrap()], 5);
+    assert!(err.contains("another build"), "{err}");
+}
+
+#[test]
+fn a_change_reaches_every_caller_that_inlined_it() {
+    let src = project("inlined", &[]);
+    let out = src.with_extension("so");
+    let app = src.join("app").display().to_string();
+    let report = build_ok(
+        &src,
+        &[
+            "--diff",
+            &diff("twice"),
+            "--binary",
+            &app,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    // `twice` has no code of its own: the functions that inlined it come out changed.
+    assert_eq!(
+        why(&report, "handle"),
+        "it inlines twice, which the diff changed"
+    );
+    assert_eq!(
+        why(&report, "classify"),
+        "it inlines twice, which the diff changed"
+    );
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    assert_eq!(ask(&mut t, "classify 7"), "classify 7 = 15");
+    rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    assert_eq!(ask(&mut t, "classify 7"), "classify 7 = 22");
+    // The switch's table travels with classify.
+    assert_eq!(ask(&mut t, "classify 3"), "classify 3 = 43");
+    assert_eq!(ask(&mut t, "handle 3"), "handle 3 = 9");
+}
+
+#[test]
+fn a_library_is_patched_in_the_program_that_loaded_it() {
+    let src = project("library", &[]);
+    let out = src.with_extension("so");
+    let lib = src.join("libcalc.so").display().to_string();
+    let report = build_ok(
+        &src,
+        &[
+            "--diff",
+            &diff("calc"),
+            "--binary",
+            &lib,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(why(&report, "calc"), "the diff changed it");
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    assert_eq!(ask(&mut t, "calc -5"), "calc -5 = -54 total -5");
+    let (code, _, err) = rlp_full(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // Called through the program's PLT: reached, so no warning.
+    assert!(!err.contains("nothing in the process calls"), "{err}");
+    assert_eq!(ask(&mut t, "calc -5"), "calc -5 = -54 total -5");
+    assert_eq!(ask(&mut t, "calc 5"), "calc 5 = 26 total 0");
+}
+
+#[test]
+fn constants_and_static_locals_from_two_diffs() {
+    let src = project("constants", &[]);
+    let out = src.with_extension("so");
+    let app = src.join("app").display().to_string();
+    let report = build_ok(
+        &src,
+        &[
+            "--diff",
+            &diff("scale"),
+            "--diff",
+            &diff("counted"),
+            "--binary",
+            &app,
+            "--name",
+            "two-fixes",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    // Only the constants of `scale` changed; its code is the same bytes.
+    assert_eq!(why(&report, "scale"), "the diff changed it");
+    assert_eq!(why(&report, "counted"), "the diff changed it");
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    assert_eq!(ask(&mut t, "scale 2"), "scale 2 = 3.25");
+    assert_eq!(ask(&mut t, "counted"), "counted = 1");
+    rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    assert_eq!(ask(&mut t, "scale 2"), "scale 2 = 5.125");
+    // The static local keeps counting where the program left it.
+    assert_eq!(ask(&mut t, "counted"), "counted = 3");
+    let list = rlp_ok(&["list", &t.pid.to_string()]);
+    assert!(list.contains("two-fixes"), "{list}");
+}
+
+#[test]
+fn refusals_name_the_reason_and_write_nothing() {
+    let src = project("refusals", &[]);
+    let app = src.join("app").display().to_string();
+    let out = src.with_extension("so");
+    let cases = [
+        ("limit-value", "limit", "initial value"),
+        ("stats-layout", "struct stats", "layout"),
+        ("main", "main()", "stays on the stack"),
+    ];
+    for (d, what, reason) in cases {
+        let (code, _, err) = build(
+            &src,
+            &[
+                "--diff",
+                &diff(d),
+                "--binary",
+                &app,
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 10, "{d}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("rlivepatch: error:"))
+            .unwrap();
+        assert!(line.contains(what) && line.contains(reason), "{d}: {line}");
+        assert!(!out.exists(), "{d}: a patch was written");
+    }
+    // A diff that does not apply to this tree.
+    let stale = src.with_extension("stale.diff");
+    std::fs::write(
+        &stale,
+        "--- a/util.c\n+++ b/util.c\n@@ -1,3 +1,3 @@\n-no such line\n+another\n context\n context\n",
+    )
+    .unwrap();
+    let (code, _, err) = build(&src, &["--diff", stale.to_str().unwrap(), "--binary", &app]);
+    assert_eq!(code, 11, "{err}");
+    assert!(err.contains("does not apply"), "{err}");
+    // A diff of files no binary is built from.
+    let docs = src.with_extension("docs.diff");
+    std::fs::write(
+        &docs,
+        "--- /dev/null\n+++ b/NOTES\n@@ -0,0 +1 @@\n+a note\n",
+    )
+    .unwrap();
+    let (code, _, err) = build(&src, &["--diff", docs.to_str().unwrap(), "--binary", &app]);
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("NOTES"), "{err}");
+}
+
+#[test]
+fn a_binary_built_otherwise_than_the_tree_builds_is_refused() {
+    // The binary was built with -O1; the tree's build (`make`) uses -O2.
+    let src = project("flags", &["CFLAGS=-O1 -g"]);
+    let app = src.join("app").display().to_string();
+    for f in ["main.o", "util.o", "main-nopie.o", "util-nopie.o", "calc.o"] {
+        std::fs::remove_file(src.join(f)).unwrap();
+    }
+    let (code, _, err) = build(
+        &src,
+        &["--diff", &diff("handle"), "--binary", &app, "--dry-run"],
+    );
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("handle") && err.contains("flags"), "{err}");
+}
+
+#[test]
+fn a_dry_run_reports_and_writes_nothing() {
+    let src = project("dry", &[]);
+    let app = src.join("app").display().to_string();
+    let out = src.with_extension("so");
+    let (code, _, err) = build(
+        &src,
+        &[
+            "--diff",
+            &diff("twice"),
+            "--binary",
+            &app,
+            "-o",
+            out.to_str().unwrap(),
+            "--dry-run",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("handle") && err.contains("classify"), "{err}");
+    assert!(!out.exists());
+}

@@ -1,0 +1,122 @@
+//! `rlivepatch build` on real projects from Debian's source packages, built with their
+//! own build systems, patched live with the security fixes Debian ships as patches.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The upstream tree of Debian's source package `pkg` and its patches, fetched by
+/// scripts/fetch-source.sh (cached under target/real), copied to a directory of the
+/// test's own and built there with `make`.
+fn source_package(pkg: &str, test: &str) -> (PathBuf, PathBuf) {
+    let cache = root().join("target/real").join(pkg);
+    let st = Command::new(root().join("scripts/fetch-source.sh"))
+        .arg(pkg)
+        .arg(&cache)
+        .status()
+        .expect("running scripts/fetch-source.sh");
+    assert!(st.success(), "scripts/fetch-source.sh {pkg} failed");
+    let tree = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}-{pkg}"));
+    let _ = std::fs::remove_dir_all(&tree);
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(cache.join("orig"))
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new("make")
+        .arg("-j2")
+        .current_dir(&tree)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "make in {}", tree.display());
+    (tree, cache.join("patches"))
+}
+
+fn build(src: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .arg("build")
+        .arg("--source")
+        .arg(src)
+        .args(args)
+        .env("RLIVEPATCH_CACHE", src.with_extension("cache"))
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+/// CVE-2022-28805 (Lua generates wrong code when `_ENV` is `<const>`: a heap over-read
+/// in the interpreter), fixed in lparser.c's `singlevar` by Debian's 0004 patch: the
+/// interpreter, built from lua 5.4.4 by its Makefile (PIE, -O2), compiles chunks fed on
+/// its stdin; the exploit's chunk is compiled into bad code before the patch, and the
+/// right error after it, while the interpreter keeps running.
+#[test]
+fn lua_cve_2022_28805_from_debians_patch() {
+    let (tree, patches) = source_package("lua5.4", "cve");
+    let out = tree.with_extension("so");
+    let fix = patches.join("0004-cve-2022-28805.patch");
+    let lua = tree.join("src/lua");
+    let (code, json_out, err) = build(
+        &tree,
+        &[
+            "--diff",
+            fix.to_str().unwrap(),
+            "--binary",
+            lua.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let report = json(&json_out);
+    let funcs = report["functions"].as_array().unwrap();
+    assert!(
+        funcs
+            .iter()
+            .any(|f| f["name"] == "singlevar" && f["why"] == "the diff changed it"),
+        "{report}"
+    );
+
+    let repl = tree.join("repl.lua");
+    std::fs::write(
+        &repl,
+        "io.stdout:setvbuf('line')\nprint('ready')\nfor line in io.lines() do\n  local f, e = load(line)\n  if f then print('ok', pcall(f)) else print('err', e) end\nend\n",
+    )
+    .unwrap();
+    let mut t = Target::start_with_stdin(&lua, &[repl.to_str().unwrap()]);
+    let exploit = "local _ENV <const> = 42; local y = x";
+    let ask = |t: &mut Target, chunk: &str| {
+        t.send(chunk);
+        t.wait_line(
+            |l| l.starts_with("ok") || l.starts_with("err"),
+            Duration::from_secs(10),
+        )
+    };
+    let before = ask(&mut t, exploit);
+    assert!(before.contains("needs too many registers"), "{before}");
+    rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    let after = ask(&mut t, exploit);
+    assert!(after.contains("attempt to index a number value"), "{after}");
+    // Everything else compiles as before.
+    assert_eq!(
+        ask(
+            &mut t,
+            "local t = {} for i = 1, 10 do t[i] = i * i end return #t, t[10], string.format('%5.2f', 1/3)"
+        ),
+        "ok\ttrue\t10\t100\t 0.33"
+    );
+    let name = report["name"].as_str().unwrap();
+    rlp_ok(&["disable", &t.pid.to_string(), name]);
+    let again = ask(&mut t, exploit);
+    assert!(again.contains("needs too many registers"), "{again}");
+}
