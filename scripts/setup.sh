@@ -3,8 +3,8 @@
 # a C compiler and binutils (fixtures, patches, the runtime), clang (fixtures built the
 # way LLVM builds programs: in-place signature changes), musl (the test that musl
 # processes are refused), strace and gdb (tests with another tracer, the gdb benchmark),
-# gnuplot (the benchmark plot), make and patch (`rlivepatch build` runs a project's
-# build and applies its diffs). Idempotent: does nothing when everything is there.
+# gnuplot (the benchmark plot), make, patch and cmake (`rlivepatch build` runs a
+# project's build and applies its diffs; expat builds with cmake). Idempotent: does nothing when everything is there.
 set -euo pipefail
 need=()
 command -v cc >/dev/null || need+=(gcc libc6-dev)
@@ -13,6 +13,7 @@ command -v clang >/dev/null || need+=(clang)
 command -v objcopy >/dev/null || need+=(binutils)
 command -v make >/dev/null || need+=(make)
 command -v patch >/dev/null || need+=(patch)
+command -v cmake >/dev/null || need+=(cmake)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v strace >/dev/null || need+=(strace)
 command -v gdb >/dev/null || need+=(gdb)

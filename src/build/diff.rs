@@ -11,7 +11,6 @@ use super::correlate::{Pairing, is_special};
 use super::objdwarf::{self, ObjDwarf};
 use super::relobj::c;
 use super::relobj::{Kind, RelObj, Target, base_name, instructions};
-use super::tree::Diff;
 use crate::bail;
 use crate::error::Result;
 use std::collections::HashMap;
@@ -136,50 +135,6 @@ pub struct ObjectDiff {
     pub new: Vec<Change>,
     /// Remarks for the report (new statics...).
     pub notes: Vec<String>,
-}
-
-/// The lines of the new version of each file that a diff adds or changes (the line
-/// after a removal counts), by path relative to the tree.
-pub fn changed_lines(diffs: &[Diff]) -> HashMap<PathBuf, Vec<u64>> {
-    let mut out: HashMap<PathBuf, Vec<u64>> = HashMap::new();
-    for d in diffs {
-        let Ok(text) = std::fs::read_to_string(&d.path) else {
-            continue;
-        };
-        let mut file: Option<PathBuf> = None;
-        let mut line = 0u64;
-        let mut names = d.files.iter();
-        for l in text.lines() {
-            if l.starts_with("+++ ") {
-                file = names.next().cloned();
-                continue;
-            }
-            if l.starts_with("--- ") {
-                continue;
-            }
-            if let Some(rest) = l.strip_prefix("@@ ") {
-                // @@ -a,b +c,d @@
-                line = rest
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix('+'))
-                    .and_then(|w| w.split(',').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                continue;
-            }
-            let Some(f) = &file else { continue };
-            match l.as_bytes().first() {
-                Some(b'+') => {
-                    out.entry(f.clone()).or_default().push(line);
-                    line += 1;
-                }
-                Some(b'-') => out.entry(f.clone()).or_default().push(line),
-                Some(b'\\') => {}
-                _ => line += 1,
-            }
-        }
-    }
-    out
 }
 
 /// Diff one unit. `source` is its path in the tree; `lines` what the diffs changed.

@@ -20,6 +20,7 @@ pub mod compile;
 pub mod correlate;
 pub mod diff;
 pub mod emit;
+pub mod lines;
 pub mod objdwarf;
 pub mod relobj;
 pub mod tree;
@@ -196,6 +197,8 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     for d in &diffs {
         tree::run_patch(d, &patched, false)?;
     }
+    let touched: Vec<PathBuf> = diffs.iter().flat_map(|d| d.files.iter().cloned()).collect();
+    let lines = lines::keep(&pristine, &patched, &touched)?;
     phase(&mut phases, "diff applied", &mut t);
     // 3. The units the diffs touch.
     let (units, mut ignored) = select_units(&diffs, &pristine, &commands)?;
@@ -247,7 +250,6 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     let built = compile::compile_all(&list, &pristine, &patched, &source, &work.0)?;
     phase(&mut phases, "compile", &mut t);
     // 4-7. Per unit: diff, verify, bind, emit.
-    let lines = diff::changed_lines(&diffs);
     let mut records = emit::Records::default();
     let mut report_funcs = Vec::new();
     let mut objects = Vec::new();
