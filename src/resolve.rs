@@ -12,6 +12,7 @@ use crate::redirect::{self, JMP_LEN};
 use crate::session::Session;
 use crate::symbols::{ElfFile, SymKind, find_function};
 use crate::{bail, err};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// A function of a patch resolved against the process.
@@ -159,6 +160,8 @@ pub fn resolve(
     contracts: &mut Contracts,
 ) -> Result<Vec<Resolved>> {
     let mut out: Vec<Resolved> = Vec::new();
+    // The functions the patch changes in each object, found once per object.
+    let mut patched_by_path: HashMap<String, Vec<&str>> = HashMap::new();
     for (index, f) in patch.funcs.iter().enumerate() {
         let obj = objects.by_name(f.object.as_deref())?;
         // A versioned name is looked up in the object's own dynamic symbols.
@@ -244,14 +247,16 @@ pub fn resolve(
             // The symbol is a resolver: what runs is the implementation it picks.
             r.resolver = Some(sym.value.wrapping_add(bias));
         } else {
-            let patched = patched_in(patch, &obj.path, objects);
+            let patched = patched_by_path
+                .entry(obj.path.clone())
+                .or_insert_with(|| patched_in(patch, &obj.path, objects));
             resolve_code(
                 objects,
                 contracts,
                 &mut r,
                 sym.value.wrapping_add(bias),
                 sym.size,
-                &patched,
+                patched,
             )?;
             contracts.narrow_to_replacement(&mut r.contract, patch, f.new_vaddr)?;
             r.notes = r.contract.notes(&r.symbol);

@@ -325,6 +325,21 @@ fn a_binary_built_otherwise_than_the_tree_builds_is_refused() {
     );
     assert_eq!(code, 10, "{err}");
     assert!(err.contains("handle") && err.contains("flags"), "{err}");
+    // The options each side used, from the binary's debug information.
+    assert!(
+        err.contains("compiled with `-O1`, the rebuild with `-O2`"),
+        "{err}"
+    );
+    // A binary built by another compiler.
+    require_tool("clang");
+    let src = project("compiler", &["CC=clang"]);
+    let app = src.join("app").display().to_string();
+    let (code, _, err) = build(
+        &src,
+        &["--diff", &diff("handle"), "--binary", &app, "--dry-run"],
+    );
+    assert_eq!(code, 10, "{err}");
+    assert!(err.contains("clang version"), "{err}");
 }
 
 #[test]

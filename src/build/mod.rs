@@ -257,6 +257,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
     let mut used_binaries: Vec<usize> = Vec::new();
     let (mut t_diff, mut t_verify, mut t_emit) = (0.0, 0.0, 0.0);
     let mut done_sources: Vec<(PathBuf, usize)> = Vec::new();
+    let mut first_error: HashMap<(PathBuf, usize), crate::error::Error> = HashMap::new();
     for (k, (unit, (_, bi))) in built.iter().zip(&placed).enumerate() {
         let bin = &binaries[*bi];
         if done_sources.contains(&(unit.source.clone(), *bi)) {
@@ -272,17 +273,23 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (bindings, block) = match verify::verify(&p, &file_name, bin) {
+        let checked = verify::check_compiler(&p, &file_name, bin)
+            .and_then(|()| verify::verify(&p, &file_name, bin))
+            .map_err(|e| verify::explain(e, &p, &objdwarf::read(&p).producer, bin));
+        let (bindings, block) = match checked {
             Ok(v) => v,
             Err(e) => {
                 let another = built[k + 1..]
                     .iter()
                     .zip(&placed[k + 1..])
                     .any(|(u, (_, b))| u.source == unit.source && b == bi);
+                // The first command's error is the one to show: later ones are the
+                // project's other builds of the file.
+                let first = first_error.entry((unit.source.clone(), *bi)).or_insert(e);
                 if another {
                     continue;
                 }
-                return Err(e);
+                return Err(first.clone());
             }
         };
         done_sources.push((unit.source.clone(), *bi));

@@ -42,6 +42,8 @@ pub struct ObjDwarf {
     pub functions: Vec<Function>,
     /// Every function defined in the unit's source, with code or not (only inlined).
     pub decls: Vec<Function>,
+    /// The compiler and its options (`DW_AT_producer`).
+    pub producer: String,
     /// Named structures and unions (`struct name` / `union name`).
     pub layouts: BTreeMap<String, Layout>,
 }
@@ -170,6 +172,12 @@ fn type_name(
 }
 
 fn read_unit(dwarf: &gimli::Dwarf<R>, unit: &Unit<R>, out: &mut ObjDwarf) {
+    if let Ok(Some(root)) = unit.entries().next_dfs()
+        && let Some(v) = root.attr_value(gimli::DW_AT_producer)
+        && let Ok(p) = dwarf.attr_string(unit, v)
+    {
+        out.producer = String::from_utf8_lossy(&p).into_owned();
+    }
     let files: Vec<String> = unit
         .line_program
         .as_ref()

@@ -260,6 +260,106 @@ fn is_near_branch(i: &Instruction) -> bool {
 
 /// Compare function `sym` of `o` (a pristine object) with `b` in the binary; record what
 /// its references land on in `bind`. The error is the first difference.
+/// The compilers named in an object's `.comment`.
+fn compilers(o: &RelObj) -> Vec<String> {
+    o.sections
+        .iter()
+        .filter(|s| s.name == ".comment")
+        .flat_map(|s| {
+            s.data
+                .split(|&b| b == 0)
+                .map(|x| String::from_utf8_lossy(x).into_owned())
+                .filter(|x| !x.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The rebuilt unit must come from a compiler that built the binary (its `.comment`
+/// lists them all): another version makes other code, and the patch would be proven
+/// against code the process does not run.
+pub fn check_compiler(o: &RelObj, file_name: &str, bin: &Binary) -> Result<()> {
+    if bin.comment.is_empty() {
+        return Ok(());
+    }
+    let theirs: Vec<&str> = bin.comment.split("; ").collect();
+    for c in compilers(o) {
+        if !theirs.contains(&c.as_str()) {
+            bail!(
+                Refused,
+                "{file_name} was rebuilt by {c}, but {} was built by {}: build the patch with that compiler (first on PATH, or as CC in --build)",
+                bin.path.display(),
+                bin.comment
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A refusal made clearer by the options each side was compiled with, from the
+/// binary's debug information (`DW_AT_producer`) when it has some: `-O1` against `-O2`.
+pub fn explain(
+    e: crate::error::Error,
+    o: &RelObj,
+    obj_producer: &str,
+    bin: &Binary,
+) -> crate::error::Error {
+    if obj_producer.is_empty() {
+        return e;
+    }
+    let Ok(file) = ElfFile::open(&bin.symbols_from) else {
+        return e;
+    };
+    let Some(info) = crate::contract::dwarf::DebugInfo::load(&file) else {
+        return e;
+    };
+    let theirs = o
+        .symbols
+        .iter()
+        .filter(|s| s.kind == super::relobj::Kind::Func && s.global && s.section.is_some())
+        .filter_map(|s| bin.lookup(&s.name, None))
+        .find_map(|b| info.subprogram_at(b.value))
+        .map(|s| s.producer);
+    let Some(theirs) = theirs.filter(|p| !p.is_empty()) else {
+        return e;
+    };
+    // Options rlivepatch adds to every rebuild.
+    let ours_only = |x: &str| {
+        !matches!(x, "-ffunction-sections" | "-fdata-sections" | "-g")
+            && !x.starts_with("-ffile-prefix-map")
+    };
+    let a: Vec<&str> = theirs.split_whitespace().collect();
+    let b: Vec<&str> = obj_producer.split_whitespace().collect();
+    let only_bin: Vec<&str> = a
+        .iter()
+        .copied()
+        .filter(|x| !b.contains(x) && ours_only(x))
+        .collect();
+    let only_obj: Vec<&str> = b
+        .iter()
+        .copied()
+        .filter(|x| !a.contains(x) && ours_only(x))
+        .collect();
+    if only_bin.is_empty() && only_obj.is_empty() {
+        return e;
+    }
+    err!(
+        Refused,
+        "{}; the binary's unit was compiled with `{}`, the rebuild with `{}` (from DW_AT_producer)",
+        e.message,
+        if only_bin.is_empty() {
+            "-".to_string()
+        } else {
+            only_bin.join(" ")
+        },
+        if only_obj.is_empty() {
+            "-".to_string()
+        } else {
+            only_obj.join(" ")
+        }
+    )
+}
+
 /// For an address in a PLT section: the function its GOT slot is bound to, when defined
 /// in this object (`Some(None)` for another object's); `None` outside the PLT.
 fn through_plt(bin: &Binary, addr: u64) -> Option<Option<u64>> {

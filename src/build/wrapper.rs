@@ -186,14 +186,19 @@ pub fn from_json(path: &Path) -> Result<Vec<CompileCommand>> {
 /// Where rlivepatch keeps what it learned of a project's build between runs:
 /// `$RLIVEPATCH_CACHE`, else `$XDG_CACHE_HOME/rlivepatch`, else `~/.cache/rlivepatch`.
 pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("RLIVEPATCH_CACHE") {
-        return PathBuf::from(d);
+    let dir = std::env::var_os("RLIVEPATCH_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("rlivepatch")))
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+            PathBuf::from(home).join(".cache/rlivepatch")
+        });
+    // Compiles run in the project's directories: a relative cache would move with them.
+    if dir.is_relative() {
+        std::env::current_dir().unwrap_or_default().join(dir)
+    } else {
+        dir
     }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("rlivepatch");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".cache/rlivepatch")
 }
 
 /// The newest modification time and the number of files under `dir`: a build learned

@@ -148,7 +148,8 @@ impl CodeMap {
         }];
         let cold = format!("{name}.cold");
         for f in &self.funcs {
-            if (f.name == cold || f.name.starts_with(&format!("{cold}.")))
+            let rest = f.name.strip_prefix(cold.as_str());
+            if rest.is_some_and(|r| r.is_empty() || r.starts_with('.'))
                 && !parts.iter().any(|p| p.start == f.start)
             {
                 parts.push(Part {

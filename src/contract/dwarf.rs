@@ -25,6 +25,22 @@ pub struct DebugInfo {
     units: RefCell<HashMap<DebugInfoOffset, Rc<Unit<R>>>>,
     /// Every unit's header: where it starts, where it ends.
     headers: OnceCell<Vec<(DebugInfoOffset, usize, gimli::UnitHeader<R>)>>,
+    /// What one walk of a unit finds, by the offset of its header: a patch of a
+    /// thousand functions of one unit walks it once, not twice per function.
+    indexes: RefCell<HashMap<DebugInfoOffset, Rc<UnitIndex>>>,
+}
+
+/// One walk of a unit's DIEs.
+#[derive(Default)]
+struct UnitIndex {
+    /// Where the code of each concrete subprogram starts (`DW_AT_low_pc`, or each of
+    /// its `DW_AT_ranges`), first DIE first.
+    starts: HashMap<u64, UnitOffset>,
+    /// The names of every subprogram of the unit.
+    names: Rc<HashSet<String>>,
+    /// Each inlined copy: the global offsets of its origin chain, and the outermost
+    /// concrete function that holds it.
+    inlined: Vec<(Vec<DebugInfoOffset>, String)>,
 }
 
 /// A DIE, in its unit.
@@ -63,7 +79,7 @@ pub struct Subprogram {
     /// Its unit was built with link-time optimisation (inlined copies may be anywhere).
     pub lto: bool,
     /// The names of every function of its unit (folded functions have DIEs of their own).
-    pub unit_functions: HashSet<String>,
+    pub unit_functions: Rc<HashSet<String>>,
     origins: Vec<DebugInfoOffset>,
     unit: Option<DebugInfoOffset>,
 }
@@ -94,6 +110,7 @@ impl DebugInfo {
             dwarf,
             units: RefCell::new(HashMap::new()),
             headers: OnceCell::new(),
+            indexes: RefCell::new(HashMap::new()),
         })
     }
 
@@ -176,49 +193,118 @@ impl DebugInfo {
     }
 
     fn find_in_unit(&self, unit: &Rc<Unit<R>>, vaddr: u64) -> Option<Subprogram> {
-        let mut names = HashSet::new();
-        let mut found: Option<UnitOffset> = None;
-        let mut entries = unit.entries();
-        while let Ok(Some(e)) = entries.next_dfs() {
-            if e.tag() != gimli::DW_TAG_subprogram {
-                continue;
-            }
-            if let Some(n) = self.name_of(unit, e.offset()) {
-                names.insert(n);
-            }
-            if found.is_none() && self.starts_at(unit, e, vaddr) {
-                found = Some(e.offset());
-            }
-        }
-        let off = found?;
+        let index = self.index(unit);
+        let off = *index.starts.get(&vaddr)?;
         let mut s = self.describe(unit, off);
-        s.unit_functions = names;
+        s.unit_functions = index.names.clone();
         Some(s)
     }
 
-    /// Does the code of DIE `e` start at `vaddr`: its `DW_AT_low_pc`, or one of its
-    /// `DW_AT_ranges` (a function with a part split off has two ranges)?
-    fn starts_at(
-        &self,
-        unit: &Unit<R>,
-        e: &gimli::DebuggingInformationEntry<R>,
-        vaddr: u64,
-    ) -> bool {
-        if let Some(v) = e.attr_value(gimli::DW_AT_low_pc) {
-            return self.dwarf.attr_address(unit, v).ok().flatten() == Some(vaddr);
+    /// The index of `unit`, made on first use.
+    fn index(&self, unit: &Rc<Unit<R>>) -> Rc<UnitIndex> {
+        let key = unit
+            .header
+            .debug_info_offset()
+            .unwrap_or(DebugInfoOffset(0));
+        if let Some(i) = self.indexes.borrow().get(&key) {
+            return i.clone();
         }
-        if !e.has_attr(gimli::DW_AT_ranges) {
-            return false;
-        }
-        let Ok(mut ranges) = self.dwarf.die_ranges(unit, e) else {
-            return false;
-        };
-        while let Ok(Some(r)) = ranges.next() {
-            if r.begin == vaddr {
-                return true;
+        let mut index = UnitIndex::default();
+        let mut names = HashSet::new();
+        // The enclosing concrete functions by depth, innermost last.
+        let mut holders: Vec<(isize, String)> = Vec::new();
+        let mut entries = unit.entries();
+        while let Ok(Some(e)) = entries.next_dfs() {
+            let depth = e.depth();
+            while holders.last().is_some_and(|(d, _)| *d >= depth) {
+                holders.pop();
+            }
+            match e.tag() {
+                gimli::DW_TAG_subprogram => {
+                    let name = self.name_of(unit, e.offset());
+                    if let Some(n) = &name {
+                        names.insert(n.clone());
+                    }
+                    let starts = self.starts(unit, e);
+                    if !starts.is_empty() {
+                        holders.push((depth, name.unwrap_or_default()));
+                    }
+                    for a in starts {
+                        index.starts.entry(a).or_insert(e.offset());
+                    }
+                }
+                gimli::DW_TAG_inlined_subroutine => {
+                    if let Some((_, h)) = holders.first() {
+                        let chain = self.origin_chain(unit, e);
+                        if !chain.is_empty() {
+                            index.inlined.push((chain, h.clone()));
+                        }
+                    }
+                }
+                _ => {}
             }
         }
-        false
+        index.names = Rc::new(names);
+        let index = Rc::new(index);
+        self.indexes.borrow_mut().insert(key, index.clone());
+        index
+    }
+
+    /// Where the code of DIE `e` starts: its `DW_AT_low_pc`, or each of its
+    /// `DW_AT_ranges` (a function with a part split off has two ranges).
+    fn starts(&self, unit: &Unit<R>, e: &gimli::DebuggingInformationEntry<R>) -> Vec<u64> {
+        if let Some(v) = e.attr_value(gimli::DW_AT_low_pc) {
+            return self
+                .dwarf
+                .attr_address(unit, v)
+                .ok()
+                .flatten()
+                .into_iter()
+                .collect();
+        }
+        if !e.has_attr(gimli::DW_AT_ranges) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if let Ok(mut ranges) = self.dwarf.die_ranges(unit, e) {
+            while let Ok(Some(r)) = ranges.next() {
+                out.push(r.begin);
+            }
+        }
+        out
+    }
+
+    /// The global offsets of the abstract origins of DIE `e`, and of theirs (LTO units
+    /// point at their own copy of an abstract DIE, which points at the unit the compiler
+    /// emitted first), up to three.
+    fn origin_chain(
+        &self,
+        unit: &Rc<Unit<R>>,
+        e: &gimli::DebuggingInformationEntry<R>,
+    ) -> Vec<DebugInfoOffset> {
+        let mut out = Vec::new();
+        let Some(mut cur) = e
+            .attr_value(gimli::DW_AT_abstract_origin)
+            .and_then(|v| self.follow(unit, v))
+        else {
+            return out;
+        };
+        for _ in 0..3 {
+            if let Some(g) = cur.global() {
+                out.push(g);
+            }
+            let Some(next) = cur
+                .unit
+                .entry(cur.off)
+                .ok()
+                .and_then(|d| d.attr_value(gimli::DW_AT_abstract_origin))
+                .and_then(|v| self.follow(&cur.unit, v))
+            else {
+                break;
+            };
+            cur = next;
+        }
+        out
     }
 
     /// Everything said of the subprogram DIE at `off`.
@@ -375,67 +461,13 @@ impl DebugInfo {
             if !sub.lto && unit.header.debug_info_offset() != sub.unit {
                 continue;
             }
-            // The enclosing concrete functions by depth, innermost last.
-            let mut holders: Vec<(isize, String)> = Vec::new();
-            let mut entries = unit.entries();
-            while let Ok(Some(e)) = entries.next_dfs() {
-                let depth = e.depth();
-                while holders.last().is_some_and(|(d, _)| *d >= depth) {
-                    holders.pop();
-                }
-                match e.tag() {
-                    gimli::DW_TAG_subprogram
-                        if e.has_attr(gimli::DW_AT_low_pc) || e.has_attr(gimli::DW_AT_ranges) =>
-                    {
-                        let name = self.name_of(&unit, e.offset()).unwrap_or_default();
-                        holders.push((depth, name));
-                    }
-                    gimli::DW_TAG_inlined_subroutine => {
-                        if self.originates_in(&unit, e, &sub.origins)
-                            && let Some((_, h)) = holders.first()
-                            && !out.contains(h)
-                        {
-                            out.push(h.clone());
-                        }
-                    }
-                    _ => {}
+            for (chain, holder) in &self.index(&unit).inlined {
+                if chain.iter().any(|g| sub.origins.contains(g)) && !out.contains(holder) {
+                    out.push(holder.clone());
                 }
             }
         }
         out
-    }
-
-    /// Does the DIE `e` of `unit` stand for one of `origins` (its abstract origin, or the
-    /// origin of that: LTO units point at their own copy of an abstract DIE, which
-    /// points at the unit the compiler emitted first)?
-    fn originates_in(
-        &self,
-        unit: &Rc<Unit<R>>,
-        e: &gimli::DebuggingInformationEntry<R>,
-        origins: &[DebugInfoOffset],
-    ) -> bool {
-        let Some(mut cur) = e
-            .attr_value(gimli::DW_AT_abstract_origin)
-            .and_then(|v| self.follow(unit, v))
-        else {
-            return false;
-        };
-        for _ in 0..3 {
-            if cur.global().is_some_and(|g| origins.contains(&g)) {
-                return true;
-            }
-            let Some(next) = cur
-                .unit
-                .entry(cur.off)
-                .ok()
-                .and_then(|d| d.attr_value(gimli::DW_AT_abstract_origin))
-                .and_then(|v| self.follow(&cur.unit, v))
-            else {
-                return false;
-            };
-            cur = next;
-        }
-        false
     }
 
     /// The functions holding inlined copies of the function named `name` (its source or
