@@ -14,6 +14,8 @@
 //! - server impact: latency of a loopback request loop against fixtures/server.c while
 //!   apply/disable cycles run, and without.
 
+mod patch_build;
+
 use anyhow::{Context, Result, bail};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
@@ -59,6 +61,18 @@ fn main() -> Result<()> {
             "--plot" => o.plot = val()?.into(),
             "--rlivepatch" => o.rlp = val()?.into(),
             "--server-secs" => o.server_secs = val()?.parse()?,
+            // Only the section on `rlivepatch build`, printed (BENCHMARKS.md untouched).
+            "--only-build" => {
+                let b = patch_build::measure(&root, &o.rlp, &o.build, 3)?;
+                let r = Report {
+                    build: b,
+                    ..Default::default()
+                };
+                let mut m = String::new();
+                r.build_markdown(&mut m);
+                print!("{m}");
+                return Ok(());
+            }
             "--quick" => {
                 o.idle = vec![0, 100];
                 o.funcs = vec![1, 100];
@@ -91,6 +105,8 @@ fn main() -> Result<()> {
     report.calls = call_overhead(&o, &b)?;
     eprintln!("bench: server impact");
     report.server = server_impact(&o, &b)?;
+    eprintln!("bench: patches from a diff");
+    report.build = patch_build::measure(&root, &o.rlp, &o.build, o.runs.min(5))?;
     let md = report.markdown(&o);
     std::fs::write(&o.out, md)?;
     plot(&o, &report)?;
@@ -406,6 +422,7 @@ struct Report {
     cases: Vec<Case>,
     calls: Calls,
     server: Server,
+    build: patch_build::BuildBench,
 }
 
 fn pause_cases(o: &Opts, b: &Built, idle: usize, r: &mut Report) -> Result<()> {
@@ -939,6 +956,7 @@ impl Report {
                 percentile(v, 1.0)
             );
         }
+        self.build_markdown(&mut m);
         m.push_str("\n## Targets\n\n");
         let find = |idle, funcs| {
             self.cases
@@ -1010,6 +1028,66 @@ impl Report {
             m.push_str(&n);
         }
         m
+    }
+}
+
+impl Report {
+    /// The section on `rlivepatch build`.
+    fn build_markdown(&self, m: &mut String) {
+        let b = &self.build;
+        if b.plain.is_empty() {
+            return;
+        }
+        let plain = stat(&b.plain).med;
+        let _ = writeln!(
+            m,
+            "## Patches from a diff\n\n`rlivepatch build` of Debian's fix for CVE-2022-28805 \
+             against Lua 5.4.4 (one unit recompiled twice), against one plain build of Lua \
+             (`make clean && make -j2`), in ms; ratio to the plain build. *Cold*: the build \
+             is learned first (one full build under the compiler wrapper, in a copy); *warm*: \
+             learned before (cached).\n"
+        );
+        m.push_str("| | ms | ratio |\n|---|---:|---:|\n");
+        for (name, v) in [
+            ("plain build of the project", &b.plain),
+            ("`rlivepatch build`, cold", &b.cold),
+            ("`rlivepatch build`, warm", &b.warm),
+        ] {
+            let s = stat(v);
+            let _ = writeln!(m, "| {name} | {} | {:.2} |", fmt(s), s.med / plain);
+        }
+        let phases: Vec<String> = b
+            .phases
+            .iter()
+            .map(|(n, t)| format!("{n} {t:.0}"))
+            .collect();
+        let _ = writeln!(m, "\nPhases of a warm build, ms: {}.\n", phases.join(", "));
+        let _ = writeln!(
+            m,
+            "### Bindings\n\nns per call, {} calls per run (`bench` command of \
+             `fixtures/project`), before and after the patches made from \
+             `fixtures/project/diffs`. `handle` of the PIE program reads and writes three of \
+             the program's variables and calls its static `clamp`: the patch is terabytes \
+             away, so each data access goes through a thunk next to the data and the call \
+             through a stub. `calc` of the shared library reads and writes its variables in \
+             place (the patch lands within 2 GiB). The fixes add one comparison each.\n",
+            b.calls
+        );
+        m.push_str("| function | original | patched | ratio |\n|---|---:|---:|---:|\n");
+        for (name, v) in [
+            ("`handle`: far (thunks, stub)", &b.far),
+            ("`calc`: near (in place)", &b.near),
+        ] {
+            let (a, p) = (stat(&v[0]), stat(&v[1]));
+            let _ = writeln!(
+                m,
+                "| {name} | {} | {} | {:.2} |",
+                fmt(a),
+                fmt(p),
+                p.med / a.med
+            );
+        }
+        m.push('\n');
     }
 }
 
