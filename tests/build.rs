@@ -363,3 +363,83 @@ fn a_dry_run_reports_and_writes_nothing() {
     assert!(err.contains("handle") && err.contains("classify"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn a_stripped_binary_with_its_debug_file() {
+    let src = project("stripped", &[]);
+    let app = src.join("app");
+    let run = |args: &[&str]| {
+        let st = Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(&src)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{args:?}");
+    };
+    run(&["objcopy", "--only-keep-debug", "app", "app.debug"]);
+    run(&["strip", "--strip-all", "app"]);
+    run(&["objcopy", "--add-gnu-debuglink=app.debug", "app"]);
+    let out = src.with_extension("so");
+    let app_s = app.display().to_string();
+    let report = build_ok(
+        &src,
+        &[
+            "--diff",
+            &diff("handle"),
+            "--binary",
+            &app_s,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(why(&report, "handle"), "the diff changed it");
+    let mut t = Target::start_with_stdin(&app, &[]);
+    rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = -1");
+    assert_eq!(ask(&mut t, "stats"), "stats calls 1 over 1 limit 100");
+
+    // Without the debug file, the static functions and variables cannot be found.
+    std::fs::rename(src.join("app.debug"), src.with_extension("debug")).unwrap();
+    let out2 = src.with_extension("nodebug.so");
+    let (code, _, err) = build(
+        &src,
+        &[
+            "--diff",
+            &diff("handle"),
+            "--binary",
+            &app_s,
+            "-o",
+            out2.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 10, "{err}");
+    assert!(
+        err.contains("no debug file was found") && err.contains("--debug-dir"),
+        "{err}"
+    );
+    assert!(!out2.exists());
+    // Given with --debug-dir, in the build-id layout debuggers use.
+    let id = rlp_ok(&["build-id", &app_s]);
+    let hex = id.split('"').nth(3).unwrap().to_string();
+    let dbg = src.with_extension("dbgdir");
+    let dir = dbg.join(".build-id").join(&hex[..2]);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::rename(
+        src.with_extension("debug"),
+        dir.join(format!("{}.debug", &hex[2..])),
+    )
+    .unwrap();
+    let (code, _, err) = build(
+        &src,
+        &[
+            "--diff",
+            &diff("handle"),
+            "--binary",
+            &app_s,
+            "--debug-dir",
+            dbg.to_str().unwrap(),
+            "--dry-run",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+}

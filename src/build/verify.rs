@@ -125,7 +125,7 @@ impl Binary {
             match crate::objects::find_debug_file(&file, &dir, debug_dirs, &|p| p.to_path_buf()) {
                 Ok(d) => (d.path.clone(), std::fs::read(&d.path).unwrap_or_default()),
                 Err(tried) => bail!(
-                    Build,
+                    Refused,
                     "{} has no symbol table and no debug file was found (looked at {}); install its debug symbols or pass --debug-dir DIR",
                     path.display(),
                     tried
