@@ -44,12 +44,61 @@ pub fn slot_bytes(target: u64) -> [u8; SLOT_SIZE as usize] {
     b
 }
 
+/// The alignment padding after a function of `size` bytes at `vaddr` that the jump may
+/// cover when the function is shorter than it: no-ops or `int3` up to the jump's end,
+/// where no symbol and no unwind entry starts (nothing runs or jumps there). 0 when the
+/// function is long enough or the bytes are anything else.
+pub fn padding_after(file: &crate::symbols::ElfFile, vaddr: u64, size: u64) -> usize {
+    let end = vaddr + JMP_LEN as u64;
+    if size >= JMP_LEN as u64 || size == 0 {
+        return 0;
+    }
+    let start = vaddr + size;
+    let Some(bytes) = file.bytes_at(start, 16) else {
+        return 0;
+    };
+    let mut d = Decoder::with_ip(64, bytes, start, DecoderOptions::NONE);
+    let mut at = start;
+    while at < end {
+        let i = d.decode();
+        if i.is_invalid()
+            || !matches!(
+                i.mnemonic(),
+                iced_x86::Mnemonic::Nop | iced_x86::Mnemonic::Int3
+            )
+        {
+            return 0;
+        }
+        at = i.next_ip();
+    }
+    let starts_inside = |v: u64| v >= start && v < end;
+    if file
+        .symtab
+        .iter()
+        .chain(&file.dynsym)
+        .any(|s| starts_inside(s.value))
+        || crate::unwind::fde_ranges(file)
+            .iter()
+            .any(|r| starts_inside(r.0))
+    {
+        return 0;
+    }
+    (end - start) as usize
+}
+
 /// Check that a function can take a 5-byte jump at its entry: it is at least 5 bytes
 /// long, its first 5 bytes are whole instructions that do not end the function, and no
 /// branch inside it lands in bytes 1..4 of the entry (they will be overwritten).
 /// `code` is the function's bytes from the file, `addr` its run-time address.
 pub fn check_function(name: &str, addr: u64, code: &[u8]) -> Result<()> {
-    if code.len() < JMP_LEN {
+    check_function_padded(name, addr, code, 0)
+}
+
+/// [`check_function`] for a function followed by `padding` bytes of alignment padding
+/// (no-ops or `int3` that nothing runs or jumps to): a function shorter than the jump
+/// (`lea 1(%rdi),%eax; ret`) takes it over its padding.
+pub fn check_function_padded(name: &str, addr: u64, code: &[u8], padding: usize) -> Result<()> {
+    if code.len() + padding < JMP_LEN {
         bail!(
             Mismatch,
             "function {name} is {} bytes long, shorter than the 5-byte jump; patch its caller instead",
@@ -72,7 +121,9 @@ pub fn check_function(name: &str, addr: u64, code: &[u8]) -> Result<()> {
         }
         if off < JMP_LEN {
             covered = off + ins.len();
+            let last_then_padding = covered == code.len() && covered + padding >= JMP_LEN;
             if covered < JMP_LEN
+                && !last_then_padding
                 && matches!(
                     ins.flow_control(),
                     FlowControl::Return
@@ -103,7 +154,7 @@ pub fn check_function(name: &str, addr: u64, code: &[u8]) -> Result<()> {
             }
         }
     }
-    if covered < JMP_LEN {
+    if covered < JMP_LEN && !(covered == code.len() && covered + padding >= JMP_LEN) {
         bail!(
             Mismatch,
             "function {name} is too short to decode 5 bytes of instructions"
@@ -274,6 +325,13 @@ mod tests {
         assert!(check_function("f", 0x1000, &f).is_ok());
         // xor eax,eax; ret: too short
         assert!(check_function("g", 0x1000, &[0x31, 0xc0, 0xc3]).is_err());
+        // lea 1(%rdi),%eax; ret, then alignment padding: the jump covers a padding byte.
+        let lea = [0x8d, 0x47, 0x01, 0xc3];
+        assert!(check_function("op", 0x1000, &lea).is_err());
+        assert!(check_function_padded("op", 0x1000, &lea, 1).is_ok());
+        // A return before the end is not made safe by padding after the end.
+        let early = [0xc3, 0x8d, 0x47, 0x01];
+        assert!(check_function_padded("e", 0x1000, &early, 1).is_err());
         // A loop back to byte 2: nop; nop; nop(target); ...; jmp -> 0x1002
         let h = [0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0xeb, 0xfa, 0xc3];
         assert!(

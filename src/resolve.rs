@@ -323,7 +323,15 @@ fn resolve_code(
             obj.display_name()
         );
     }
-    redirect::check_function(&r.symbol, addr, code).map_err(|e| e.context(obj.display_name()))?;
+    let padding = redirect::padding_after(&file, vaddr, size);
+    redirect::check_function_padded(&r.symbol, addr, code, padding)
+        .map_err(|e| e.context(obj.display_name()))?;
+    // The bytes the jump covers, padding included.
+    let code = if padding > 0 {
+        file.bytes_at(vaddr, JMP_LEN).unwrap_or(code)
+    } else {
+        code
+    };
     // What the code is called in its object (an IFUNC's implementation has a name of its
     // own), for its parts, clones and debug information.
     let syms = obj.symbols_file()?;

@@ -443,3 +443,40 @@ fn a_stripped_binary_with_its_debug_file() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn functions_called_through_a_table_a_new_function_and_new_data() {
+    let src = project("table", &[]);
+    let out = src.with_extension("so");
+    let app = src.join("app").display().to_string();
+    let report = build_ok(
+        &src,
+        &[
+            "--diff",
+            &diff("ops"),
+            "--binary",
+            &app,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(why(&report, "op_add"), "the diff changed it");
+    assert_eq!(why(&report, "tally"), "new");
+    assert!(
+        report["notes"]
+            .to_string()
+            .contains("new variable op_calls"),
+        "{report}"
+    );
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    assert_eq!(ask(&mut t, "op 0 5"), "op 0 5 = 6");
+    assert_eq!(ask(&mut t, "op 1 5"), "op 1 5 = -5");
+    rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    // op_add and op_neg are static and only called through the program's own table of
+    // pointers, which keeps naming the original entries.
+    assert_eq!(ask(&mut t, "op 0 5"), "op 0 5 = 1006");
+    assert_eq!(ask(&mut t, "op 0 5"), "op 0 5 = 2006");
+    assert_eq!(ask(&mut t, "op 1 5"), "op 1 5 = -6");
+    rlp_ok(&["disable", &t.pid.to_string(), "ops"]);
+    assert_eq!(ask(&mut t, "op 0 5"), "op 0 5 = 6");
+}
