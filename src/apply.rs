@@ -157,6 +157,7 @@ fn apply_steps(
     crate::fault::trace("symbols filled");
     applied.funcs = locate(s, patch, resolved, applied.base)?;
     crate::fault::trace("new functions found");
+    wire_wrappers(s, patch, &mut applied, resolved)?;
     place_islands(s, &mut applied, resolved)?;
     crate::fault::trace("islands");
     let plan = record_plan(s, &applied)?;
@@ -286,9 +287,75 @@ fn locate(
                 .collect(),
             aliases: r.aliases.clone(),
             preserve: None,
+            wrap: None,
         });
     }
     Ok(funcs)
+}
+
+/// `RLIVEPATCH_FUNC_WRAP`: each wrapper's pointer gets the code its function replaces,
+/// before any code of the patch runs: the function of the patch below it, or (for the
+/// original, and always for an atomic replace, which replaces every patch below) a
+/// trampoline into the original in an island next to it. The trampolines are recorded
+/// with the loading patch first, so that an undo frees them.
+fn wire_wrappers(
+    s: &mut Session,
+    patch: &Patch,
+    applied: &mut AppliedPatch,
+    resolved: &[Resolved],
+) -> Result<()> {
+    if !patch.funcs.iter().any(|f| f.orig_slot.is_some()) {
+        return Ok(());
+    }
+    let mut pool = redirect::SlotPool::new(&s.record.islands);
+    for (i, r) in resolved.iter().enumerate() {
+        let Some(slot) = patch.funcs[r.index].orig_slot else {
+            continue;
+        };
+        let below = if patch.replace {
+            None
+        } else {
+            s.record.stack_of(r.addr).last().map(|(_, f)| f.new_addr)
+        };
+        let (target, trampoline) = match below {
+            Some(a) => (a, None),
+            None => {
+                let file = s
+                    .objects
+                    .by_addr(r.addr)
+                    .ok_or_else(|| err!(Failed, "{} is in no loaded object", r.symbol))?
+                    .file()?;
+                let code = file
+                    .bytes_at(r.addr.wrapping_sub(r.bias), 32)
+                    .or_else(|| file.bytes_at(r.addr.wrapping_sub(r.bias), 16))
+                    .ok_or_else(|| err!(Failed, "the code of {} is not in its file", r.symbol))?
+                    .to_vec();
+                let at = take(s, &mut pool, r.addr, &r.symbol, true)?;
+                let page = at & !(redirect::PAGE - 1);
+                if let Some(isl) = s.record.islands.iter_mut().find(|i| i.addr == page) {
+                    isl.used.extend([at, at + redirect::SLOT_SIZE]);
+                }
+                applied.funcs[i].wrap = Some(crate::state::Wrap {
+                    slot: applied.base + slot,
+                    target: at,
+                    trampoline: Some(at),
+                });
+                pending(s).loading = Some(applied.clone());
+                s.save_record()?;
+                let bytes = crate::relocate::trampoline(&code, r.addr, at, &r.symbol)?;
+                s.proc.write(at, &bytes)?;
+                (at, Some(at))
+            }
+        };
+        s.proc.write(applied.base + slot, &target.to_le_bytes())?;
+        applied.funcs[i].wrap = Some(crate::state::Wrap {
+            slot: applied.base + slot,
+            target,
+            trampoline,
+        });
+    }
+    pending(s).loading = Some(applied.clone());
+    s.save_record()
 }
 
 /// Islands: a slot for each new function out of reach of a 32-bit jump, and a stub of

@@ -56,6 +56,7 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let resolved = resolve(&patch, &objects, &mut contracts)?;
     tell_contracts(&resolved, progress);
     let symbols = resolve_symbols(&patch, &objects)?;
+    crate::resolve::refuse_self_calls(&patch, &resolved, &symbols)?;
     let places = crate::relocate::resolve(&patch, &objects)?;
     let libc = Libc::find(pid, &objects)?;
     crate::fault::trace("resolved");
@@ -198,7 +199,8 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let mut resolved = resolve(&patch, &objects, &mut contracts)?;
     tell_contracts(&resolved, progress);
     // What apply resolves before it touches the process, check resolves too.
-    resolve_symbols(&patch, &objects)?;
+    let symbols = resolve_symbols(&patch, &objects)?;
+    crate::resolve::refuse_self_calls(&patch, &resolved, &symbols)?;
     crate::relocate::resolve(&patch, &objects)?;
     let mut s = Session::attach_with(proc, opts, progress, Some(objects))?;
     let r = (|| -> Result<CheckReport> {
@@ -245,6 +247,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
                 new_parts: Vec::new(),
                 aliases: Vec::new(),
                 preserve: None,
+                wrap: None,
             };
             plan.changed.extend(current_impl(&s.record, &f));
             plan.entries.push((r.addr, JMP_LEN as u64));

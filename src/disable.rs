@@ -11,6 +11,30 @@ use crate::state::{AppliedPatch, Record, Stage};
 use crate::symbols::hex;
 use crate::transition::{self, Plan, Write};
 
+/// A patch applied later whose replacement calls this patch's function through
+/// `RLIVEPATCH_FUNC_WRAP` needs it: it goes first (the kernel disables stacked patches
+/// from the top, too).
+fn refuse_if_wrapped(rec: &Record, idx: usize) -> Result<()> {
+    let p = &rec.patches[idx];
+    for q in rec.patches[idx + 1..].iter().filter(|q| !q.disabled) {
+        for g in &q.funcs {
+            let Some(w) = &g.wrap else { continue };
+            if let Some(f) = p.funcs.iter().find(|f| f.new_addr == w.target) {
+                bail!(
+                    Mismatch,
+                    "patch {}'s {} calls {} of patch {} as the code it replaces (RLIVEPATCH_FUNC_WRAP); disable {} first, or apply an atomic replace",
+                    q.name,
+                    g.new_name,
+                    f.new_name,
+                    p.name,
+                    q.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Disable the patch `name` in an attached process whose earlier runs' leftovers were
 /// repaired. Returns whether it was unloaded, and the switch.
 pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
@@ -40,6 +64,7 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
         );
     };
     let p = s.record.patches[idx].clone();
+    refuse_if_wrapped(&s.record, idx)?;
     let plan = plan(&s.record, &p);
     for w in &plan.writes {
         let now = s.proc.read(w.addr, JMP_LEN)?;

@@ -46,6 +46,10 @@ pub struct PatchFunc {
     /// loading, the loader has stored the new function's run-time address there.
     #[serde(skip)]
     pub slot_vaddr: u64,
+    /// `RLIVEPATCH_FUNC_WRAP`: the patch's function pointer (file address) that
+    /// rlivepatch fills with the code the new function replaces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orig_slot: Option<u64>,
 }
 
 /// A target symbol the patch's code uses (`RLIVEPATCH_SYMBOL`, `RLIVEPATCH_TLS`).
@@ -339,6 +343,7 @@ impl Patch {
                         new_name,
                         new_vaddr,
                         slot_vaddr: at.wrapping_add(RECORD_PTR0),
+                        orig_slot: p(1)?,
                     });
                 }
                 KIND_REPLACE => self.replace = true,

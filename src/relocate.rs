@@ -10,7 +10,10 @@ use crate::error::Result;
 use crate::objects::Objects;
 use crate::patch::{Patch, RelocKind};
 use crate::{bail, err};
-use iced_x86::{BlockEncoder, BlockEncoderOptions, Decoder, DecoderOptions, InstructionBlock};
+use iced_x86::{
+    BlockEncoder, BlockEncoderOptions, Code, Decoder, DecoderOptions, FlowControl, Instruction,
+    InstructionBlock,
+};
 
 /// A bound place, resolved.
 #[derive(Debug, Clone)]
@@ -91,6 +94,63 @@ pub fn thunk(insn: &[u8], start: u64, value: u64, at: u64, back: u64) -> Result<
     Ok(out)
 }
 
+/// A trampoline at `at` that runs the function `name` at `addr` as it was, for a
+/// replacement that calls the code it replaces: the instructions the entry's jump
+/// covers (`code` holds the function's first bytes, from its file) re-encoded there (a
+/// RIP-relative operand or a branch keeps its target), then a jump back to the first
+/// instruction after them. A call among them is refused: its return address would be
+/// in code without unwind information.
+pub fn trampoline(code: &[u8], addr: u64, at: u64, name: &str) -> Result<Vec<u8>> {
+    let mut d = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
+    let mut insns = Vec::new();
+    let mut end = addr;
+    let mut ended = false;
+    while end < addr + crate::redirect::JMP_LEN as u64 {
+        if !d.can_decode() {
+            bail!(Failed, "the first instructions of {name} could not be read");
+        }
+        let i = d.decode();
+        if i.is_invalid() {
+            bail!(
+                Mismatch,
+                "{name} does not start with valid instructions at {addr:#x}"
+            );
+        }
+        // A system call comes back to the next instruction with the stack as it was.
+        let syscall = matches!(i.mnemonic(), iced_x86::Mnemonic::Syscall);
+        match i.flow_control() {
+            FlowControl::Call | FlowControl::IndirectCall if !syscall => bail!(
+                Mismatch,
+                "{name} makes a call within its first 5 bytes: the code it replaces cannot be called from a trampoline; replace it with RLIVEPATCH_FUNC (and call what it calls)"
+            ),
+            FlowControl::Return
+            | FlowControl::UnconditionalBranch
+            | FlowControl::IndirectBranch => ended = true,
+            _ => {}
+        }
+        end = i.next_ip();
+        insns.push(i);
+        if ended {
+            break;
+        }
+    }
+    if !ended {
+        let back = Instruction::with_branch(Code::Jmp_rel32_64, end)
+            .map_err(|e| err!(Failed, "the jump back into {name}: {e}"))?;
+        insns.push(back);
+    }
+    let block = InstructionBlock::new(&insns, at);
+    let encoded = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE)
+        .map_err(|e| err!(Failed, "relocating the first instructions of {name}: {e}"))?;
+    if encoded.code_buffer.len() > 2 * crate::redirect::SLOT_SIZE as usize {
+        bail!(
+            Failed,
+            "the trampoline into {name} does not fit its island slots"
+        );
+    }
+    Ok(encoded.code_buffer)
+}
+
 /// What replaces the instruction of `len` bytes at `start`: `jmp *slot(%rip)`, then
 /// `int3` up to its end (never reached: the thunk comes back after it).
 pub fn site_jump(start: u64, len: usize, slot: u64) -> Result<Vec<u8>> {
@@ -130,5 +190,27 @@ mod tests {
         );
         assert_eq!(near(0x2000, 0x1007), Some(0xff9));
         assert_eq!(near(0x7000_0000_2000, 0x1007), None);
+    }
+
+    #[test]
+    fn a_trampoline_runs_the_first_instructions_then_jumps_back() {
+        // push %rbp; mov 0x100(%rip),%eax; ... at 0x1000
+        let code = [0x55, 0x8b, 0x05, 0x00, 0x01, 0x00, 0x00, 0x5d, 0xc3];
+        let t = trampoline(&code, 0x1000, 0x9000, "f").unwrap();
+        let mut d = Decoder::with_ip(64, &t, 0x9000, DecoderOptions::NONE);
+        assert_eq!(d.decode().mnemonic(), iced_x86::Mnemonic::Push);
+        let mov = d.decode();
+        // The operand still names 0x1007 + 0x100.
+        assert_eq!(mov.ip_rel_memory_address(), 0x1107);
+        let back = d.decode();
+        assert_eq!(back.mnemonic(), iced_x86::Mnemonic::Jmp);
+        assert_eq!(back.near_branch_target(), 0x1007);
+        // A call in the first bytes is refused.
+        let call = [0xe8, 0, 0, 0, 0, 0xc3];
+        assert!(trampoline(&call, 0x1000, 0x9000, "g").is_err());
+        // A function that returns within them needs no jump back.
+        let short = [0x8d, 0x47, 0x01, 0xc3, 0x90, 0x90];
+        let t = trampoline(&short, 0x1000, 0x9000, "h").unwrap();
+        assert_eq!(t, [0x8d, 0x47, 0x01, 0xc3]);
     }
 }

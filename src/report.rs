@@ -54,6 +54,10 @@ pub struct FuncView {
     /// What callers rely on and what rlivepatch did or warns of (apply only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// `RLIVEPATCH_FUNC_WRAP`: what the new function calls as the code it replaces: the
+    /// original through a trampoline, or the function of the patch below.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls_replaced: Option<String>,
 }
 
 /// A part of a function split off from its body.
@@ -69,7 +73,7 @@ pub struct PartView {
 
 impl FuncView {
     /// The view of an applied function.
-    pub fn new(f: &AppliedFunc, _objects: &Objects) -> FuncView {
+    pub fn new(f: &AppliedFunc, objects: &Objects) -> FuncView {
         FuncView {
             object: f.object.rsplit('/').next().unwrap_or(&f.object).to_string(),
             object_path: f.object.clone(),
@@ -102,6 +106,10 @@ impl FuncView {
                 .collect(),
             aliases: f.aliases.clone(),
             notes: Vec::new(),
+            calls_replaced: f.wrap.as_ref().map(|w| match w.trampoline {
+                Some(t) => format!("the original, through a trampoline at {}", hx(t)),
+                None => format!("{} at {}", objects.symbolize(w.target), hx(w.target)),
+            }),
         }
     }
 
@@ -136,8 +144,12 @@ impl FuncView {
             (_, Some(i)) => format!("via island {i}"),
             _ => "direct jump".to_string(),
         };
+        let wraps = match &self.calls_replaced {
+            Some(c) => format!("; it calls {c}"),
+            None => String::new(),
+        };
         format!(
-            "{name} in {} {} -> {} {} ({via})",
+            "{name} in {} {} -> {} {} ({via}{wraps})",
             self.object, self.old_addr, self.new_function, self.new_addr
         )
     }
@@ -317,6 +329,8 @@ pub struct InfoFunc {
     pub sympos: u64,
     /// New function.
     pub new: String,
+    /// It calls the code it replaces (`RLIVEPATCH_FUNC_WRAP`).
+    pub wraps: bool,
 }
 
 /// A build-id in `info`.
@@ -355,6 +369,7 @@ impl InfoView {
                     demangled: crate::demangle::demangle(&f.old),
                     sympos: f.sympos,
                     new: f.new_name.clone(),
+                    wraps: f.orig_slot.is_some(),
                 })
                 .collect(),
             callbacks,
@@ -391,7 +406,12 @@ impl InfoView {
             } else {
                 String::new()
             };
-            let _ = writeln!(s, "  {}: {old}{pos} -> {}", f.object, f.new);
+            let wraps = if f.wraps {
+                " (calls the code it replaces)"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "  {}: {old}{pos} -> {}{wraps}", f.object, f.new);
         }
         if !self.callbacks.is_empty() {
             let _ = writeln!(s, "  callbacks: {}", self.callbacks.join(", "));

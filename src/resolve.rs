@@ -486,6 +486,32 @@ pub fn resolve_symbols(patch: &Patch, objects: &Objects) -> Result<Vec<SymbolFil
     Ok(out)
 }
 
+/// A `RLIVEPATCH_SYMBOL` to a function the same patch replaces would call the patch's own
+/// replacement (the entry jumps there): the wrapper that calls it recurses forever.
+/// Refused, pointing to the form that calls the replaced code.
+pub fn refuse_self_calls(
+    patch: &Patch,
+    resolved: &[Resolved],
+    symbols: &[SymbolFill],
+) -> Result<()> {
+    for (r, f) in patch.symbols.iter().zip(symbols) {
+        let Fill::Addr(a) = f.value else { continue };
+        if let Some(old) = resolved.iter().find(|o| o.addr == a) {
+            let new = &patch.funcs[old.index].new_name;
+            bail!(
+                Patch,
+                "RLIVEPATCH_SYMBOL {} names {}, which this patch replaces with {new}: a call through it runs {new} again, forever; to call the code {new} replaces, declare `static <type> (*{});` and use RLIVEPATCH_FUNC_WRAP({}, {new}, {}) instead of RLIVEPATCH_FUNC",
+                r.local,
+                old.symbol,
+                r.local,
+                old.symbol,
+                r.local
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Fill the patch's symbol slots (the patch is loaded at `base`).
 pub fn fill_symbols(s: &mut Session, base: u64, symbols: &[SymbolFill]) -> Result<()> {
     for f in symbols {

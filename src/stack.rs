@@ -63,6 +63,15 @@ pub fn implementation_of(p: &AppliedPatch, f: &AppliedFunc) -> Vec<Changed> {
             name: format!("the island of {}", f.symbol),
         });
     }
+    if let Some(t) = f.wrap.as_ref().and_then(|w| w.trampoline) {
+        // A thread running the original's first instructions there is inside the old
+        // function, and the trampoline goes with the patch.
+        v.push(Changed {
+            start: t,
+            end: t + 2 * redirect::SLOT_SIZE,
+            name: format!("the trampoline into the original {}", f.symbol),
+        });
+    }
     if let Some(p) = &f.preserve {
         v.push(Changed {
             start: p.stub,

@@ -70,6 +70,21 @@ pub struct AppliedFunc {
     /// function leaves alone (see [`crate::preserve`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preserve: Option<Preserve>,
+    /// `RLIVEPATCH_FUNC_WRAP`: the new function calls the code it replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrap: Option<Wrap>,
+}
+
+/// A replacement that calls the code it replaces (`RLIVEPATCH_FUNC_WRAP`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Wrap {
+    /// The patch's function pointer (run-time address).
+    pub slot: u64,
+    /// What it holds: a trampoline into the original, or the function of the patch below.
+    pub target: u64,
+    /// The trampoline (two island slots), when it calls the original: the original's
+    /// first instructions, relocated, then a jump back into it.
+    pub trampoline: Option<u64>,
 }
 
 /// A redirect through the preserving path.
@@ -102,6 +117,9 @@ impl AppliedFunc {
         let mut v: Vec<u64> = self.island.into_iter().collect();
         if let Some(p) = &self.preserve {
             v.extend([p.stub, p.stub + crate::redirect::SLOT_SIZE]);
+        }
+        if let Some(t) = self.wrap.as_ref().and_then(|w| w.trampoline) {
+            v.extend([t, t + crate::redirect::SLOT_SIZE]);
         }
         v
     }

@@ -123,6 +123,36 @@ struct rlp_record {
 #define RLIVEPATCH_FUNC_SYM_POS_IN(object, sym, pos, new)                       \
 	RLP_RECORD(RLP_KIND_FUNC, object, sym, #new, new, 0, 0, 0, pos, 0)
 
+/*
+ * RLIVEPATCH_FUNC_WRAP(old, new, orig): replace `old` with `new`, which may call the
+ * code it replaces through `orig`, a function pointer the patch declares itself:
+ *
+ *     static int (*orig)(int);
+ *     static int checked(int x) { return x < 0 ? -1 : orig(x); }
+ *     RLIVEPATCH_FUNC_WRAP(handle, checked, orig);
+ *
+ * rlivepatch fills `orig` before anything runs: with the original function (its first
+ * instructions, relocated, then a jump back into it), or, when another patch already
+ * replaces `old`, with that patch's function. An atomic-replace patch always calls the
+ * original. `_IN`, `_POS` and `_SYM` forms as for RLIVEPATCH_FUNC. (A RLIVEPATCH_SYMBOL
+ * to `old` would call the patch's own replacement: it is refused.)
+ */
+#define RLIVEPATCH_FUNC_WRAP(old, new, orig) RLIVEPATCH_FUNC_WRAP_POS_IN(NULL, old, 0, new, orig)
+#define RLIVEPATCH_FUNC_WRAP_IN(object, old, new, orig)                                \
+	RLIVEPATCH_FUNC_WRAP_POS_IN(object, old, 0, new, orig)
+#define RLIVEPATCH_FUNC_WRAP_POS(old, pos, new, orig)                                  \
+	RLIVEPATCH_FUNC_WRAP_POS_IN(NULL, old, pos, new, orig)
+#define RLIVEPATCH_FUNC_WRAP_POS_IN(object, old, pos, new, orig)                       \
+	RLIVEPATCH_FUNC_WRAP_SYM_POS_IN(object, #old, pos, new, orig)
+#define RLIVEPATCH_FUNC_WRAP_SYM(sym, new, orig)                                       \
+	RLIVEPATCH_FUNC_WRAP_SYM_POS_IN(NULL, sym, 0, new, orig)
+#define RLIVEPATCH_FUNC_WRAP_SYM_IN(object, sym, new, orig)                            \
+	RLIVEPATCH_FUNC_WRAP_SYM_POS_IN(object, sym, 0, new, orig)
+/* `new` must have the type `orig` points to (a warning at compile time otherwise). */
+#define RLIVEPATCH_FUNC_WRAP_SYM_POS_IN(object, sym, pos, new, orig)                   \
+	RLP_RECORD(RLP_KIND_FUNC, object, sym, #new, RLP_AS(__typeof__(orig), new), &(orig), \
+		   0, 0, pos, 0)
+
 /* RLIVEPATCH_NAME("name"): the patch's name; default: the file name without ".so". */
 #define RLIVEPATCH_NAME(name) RLP_RECORD(RLP_KIND_NAME, name, 0, 0, 0, 0, 0, 0, 0, 0)
 

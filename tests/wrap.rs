@@ -1,0 +1,158 @@
+//! Replacements that call the code they replace (`RLIVEPATCH_FUNC_WRAP`): the original
+//! through a trampoline, the patch below when patches stack, the original again under
+//! atomic replace; a thread asleep inside the trampoline holds a disable; a
+//! `RLIVEPATCH_SYMBOL` to the replaced function (the recursion a first wrapper meets)
+//! is refused by `check` and `apply` alike.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(10);
+
+fn target() -> Target {
+    let exe = fixture("wrap-target", "wrap-target", &[]);
+    Target::start_with_stdin(&exe, &[])
+}
+
+fn twice(t: &mut Target, n: i32) -> String {
+    t.send(&format!("twice {n}"));
+    let head = format!("twice {n} =");
+    t.wait_line(|l| l.starts_with(&head), T)
+}
+
+/// A wrapper of `twice` built from `body` (an expression of `x` and `orig(x)`).
+fn twice_wrapper(name: &str, body: &str, replace: bool) -> std::path::PathBuf {
+    patch_src(
+        name,
+        &format!(
+            "#include <rlivepatch.h>\nstatic int (*orig)(int);\nstatic int w(int x) {{ return {body}; }}\nRLIVEPATCH_FUNC_WRAP(twice, w, orig);\n{}",
+            if replace {
+                "RLIVEPATCH_REPLACE();\n"
+            } else {
+                ""
+            }
+        ),
+    )
+}
+
+/// The pc of the reader thread once it sleeps in `read`, from /proc (the readiness
+/// signal: no sleep).
+fn reader_in_read(t: &Target) -> u64 {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        for e in std::fs::read_dir(format!("/proc/{}/task", t.pid)).unwrap() {
+            let tid = e.unwrap().file_name().to_string_lossy().into_owned();
+            if tid == t.pid.to_string() {
+                continue;
+            }
+            let sc = std::fs::read_to_string(format!("/proc/{}/task/{tid}/syscall", t.pid))
+                .unwrap_or_default();
+            let f: Vec<&str> = sc.split_whitespace().collect();
+            if f.len() == 9 && f[0] == "0" {
+                return u64::from_str_radix(f[8].trim_start_matches("0x"), 16).unwrap();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reader never sat in read"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_wrapper_calls_the_original_and_a_thread_in_the_trampoline_holds_the_disable() {
+    let mut t = target();
+    let pid = t.pid.to_string();
+    let p = patch("wrap-read");
+    let info = rlp_ok(&["info", p.to_str().unwrap()]);
+    assert!(
+        info.contains("upper_read (calls the code it replaces)"),
+        "{info}"
+    );
+    let out = rlp_ok(&["apply", &pid, p.to_str().unwrap()]);
+    assert!(
+        out.contains("it calls the original, through a trampoline at"),
+        "{out}"
+    );
+    t.send("read");
+    t.send("feed a");
+    assert_eq!(t.wait_line(|l| l.starts_with("got"), T), "got A 1");
+    // The reader goes back into the original through the trampoline and sleeps there.
+    t.send("read");
+    let pc = reader_in_read(&t);
+    let start = t.symbol_addr("wrap-target", "raw_read");
+    assert!(
+        !(start..start + 16).contains(&pc),
+        "the reader sleeps in the original itself"
+    );
+    let err = rlp_fails(&["disable", &pid, "wrap-read", "--timeout", "1"], 6);
+    assert!(
+        err.contains("the trampoline into the original raw_read"),
+        "{err}"
+    );
+    t.send("feed b");
+    assert_eq!(t.wait_line(|l| l.starts_with("got"), T), "got B 1");
+    rlp_ok(&["disable", &pid, "wrap-read"]);
+    t.send("read");
+    t.send("feed c");
+    assert_eq!(t.wait_line(|l| l.starts_with("got"), T), "got c 1");
+    assert!(t.rlivepatch_maps().iter().all(|m| !m.contains("rlp:")));
+}
+
+#[test]
+fn wrappers_stack_replace_and_disable_in_order() {
+    let mut t = target();
+    let pid = t.pid.to_string();
+    let plus = twice_wrapper("wrap-plus-one", "orig(x) + 1", false);
+    let times = twice_wrapper("wrap-times-ten", "orig(x) * 10", false);
+    let hundred = twice_wrapper("wrap-replace", "orig(x) + 100", true);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 6");
+    rlp_ok(&["apply", &pid, plus.to_str().unwrap()]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 7");
+    // Stacked: the second wrapper calls the first.
+    rlp_ok(&["apply", &pid, times.to_str().unwrap()]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 70");
+    let list = rlp_ok(&["list", &pid]);
+    assert!(list.contains("it calls w"), "{list}");
+    // The first cannot go while the second calls it.
+    let err = rlp_fails(&["disable", &pid, "wrap-plus-one"], 5);
+    assert!(err.contains("disable wrap-times-ten first"), "{err}");
+    assert_eq!(twice(&mut t, 3), "twice 3 = 70");
+    rlp_ok(&["disable", &pid, "wrap-times-ten"]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 7");
+    rlp_ok(&["apply", &pid, times.to_str().unwrap()]);
+    // An atomic replace calls the original, whatever was below.
+    rlp_ok(&["apply", &pid, hundred.to_str().unwrap()]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 106");
+    let list = rlp_ok(&["list", &pid]);
+    assert!(
+        !list.contains("wrap-plus-one") && !list.contains("wrap-times-ten"),
+        "{list}"
+    );
+    rlp_ok(&["disable", &pid, "wrap-replace"]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 6");
+    assert!(t.rlivepatch_maps().iter().all(|m| !m.contains("rlp:")));
+}
+
+#[test]
+fn a_symbol_to_the_replaced_function_is_refused_pointing_to_the_wrapper() {
+    let t = target();
+    let pid = t.pid.to_string();
+    let entry = t.symbol_addr("wrap-target", "twice");
+    let before = t.snapshot(entry);
+    let p = patch_src(
+        "wrap-recursive",
+        "#include <rlivepatch.h>\nRLIVEPATCH_SYMBOL(int (int), old_twice, \"twice\");\nstatic int w(int x) { return (*old_twice)(x) + 1; }\nRLIVEPATCH_FUNC(twice, w);\n",
+    );
+    for cmd in ["check", "apply"] {
+        let err = rlp_fails(&[cmd, &pid, p.to_str().unwrap()], 4);
+        assert!(
+            err.contains("old_twice names twice, which this patch replaces")
+                && err.contains("RLIVEPATCH_FUNC_WRAP(twice, w, old_twice)"),
+            "{cmd}: {err}"
+        );
+    }
+    t.assert_untouched(&before, entry);
+}
