@@ -16,7 +16,7 @@ use crate::{bail, err};
 
 /// The kernel's rule: a patch must carry each installed state at the same or a higher
 /// version, and a replace patch must carry all of them.
-fn check_states(rec: &Record, patch: &Patch) -> Result<()> {
+pub fn check_states(rec: &Record, patch: &Patch) -> Result<()> {
     for p in rec.patches.iter().filter(|p| !p.disabled) {
         for st in &p.states {
             let why = match patch.states.iter().find(|x| x.id == st.id) {

@@ -52,6 +52,7 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let maps = proc.maps()?;
     let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
     crate::buildid::check(&patch, &objects)?;
+    crate::linkage::check(&patch, &objects)?;
     let mut contracts = crate::contract::Contracts::new();
     let resolved = resolve(&patch, &objects, &mut contracts)?;
     tell_contracts(&resolved, progress);
@@ -195,6 +196,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     let maps = proc.maps()?;
     let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
     crate::buildid::check(&patch, &objects)?;
+    crate::linkage::check(&patch, &objects)?;
     let mut contracts = crate::contract::Contracts::new();
     let mut resolved = resolve(&patch, &objects, &mut contracts)?;
     tell_contracts(&resolved, progress);
@@ -217,6 +219,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
                 patch.name
             );
         }
+        crate::apply::check_states(&s.record, &patch)?;
         let mut plan = Plan::default();
         for r in &resolved {
             let now = s.proc.read(r.addr, JMP_LEN)?;

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fault;
 pub mod inject;
 pub mod leftovers;
+pub mod linkage;
 pub mod lock;
 pub mod objects;
 pub mod pace;

@@ -35,7 +35,8 @@ pub struct LoadedObject {
     file: OnceCell<std::result::Result<Rc<ElfFile>, crate::error::Error>>,
     debug: OnceCell<Debug>,
     debug_dirs: Rc<[PathBuf]>,
-    pid: i32,
+    /// The process it is mapped in.
+    pub pid: i32,
 }
 
 /// Where an object's symbols come from when its file has no `.symtab`.

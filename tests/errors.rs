@@ -220,3 +220,38 @@ fn a_process_that_may_not_create_executable_memfds_is_refused_untouched() {
     t.assert_untouched(&snap, entry);
     still_original(&mut t);
 }
+
+/// `check` is apply's preflight: what apply refuses, check refuses with the same exit
+/// code, and neither touches the process.
+#[test]
+fn check_refuses_what_apply_refuses_with_the_same_code() {
+    let (t, entry, before) = counter();
+    let pid = t.pid.to_string();
+    let cases = [
+        (
+            "pre-unknown-symbol",
+            "#include <rlivepatch.h>\nRLIVEPATCH_SYMBOL(int, nope, \"no_such_variable\");\nstatic int f(int x) { return x + *nope; }\nRLIVEPATCH_FUNC(compute, f);\n",
+            5,
+            "no_such_variable",
+        ),
+        (
+            "pre-interposed",
+            "#include <rlivepatch.h>\nint abs(int x) { return x * 100; }\nRLIVEPATCH_FUNC(compute, abs);\n",
+            4,
+            "make abs static",
+        ),
+        (
+            "pre-undefined",
+            "#include <rlivepatch.h>\nextern int no_such_function(int);\nstatic int f(int x) { return no_such_function(x); }\nRLIVEPATCH_FUNC(compute, f);\n",
+            4,
+            "no_such_function",
+        ),
+    ];
+    for (name, src, code, what) in cases {
+        let p = patch_src(name, src);
+        let c = rlp_fails(&["check", &pid, p.to_str().unwrap()], code);
+        let a = rlp_fails(&["apply", &pid, p.to_str().unwrap()], code);
+        assert!(c.contains(what) && a.contains(what), "{name}: {c} / {a}");
+        t.assert_untouched(&before, entry);
+    }
+}
