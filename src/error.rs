@@ -35,6 +35,8 @@ pub enum ErrorKind {
     /// `build`: the build itself failed: the diff does not apply, a compiler or linker
     /// error, a rebuilt original that differs from the binary, a missing tool (exit 11).
     Build,
+    /// The command line (exit 2, as clap's own errors).
+    Usage,
 }
 
 impl ErrorKind {
@@ -51,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Stopped => 9,
             ErrorKind::Refused => 10,
             ErrorKind::Build => 11,
+            ErrorKind::Usage => 2,
         }
     }
 }

@@ -34,16 +34,22 @@ const EXIT_CODES: &str = "Exit codes:
   8  could not finish nor undo cleanly; the message says what is left, and
      `rlivepatch repair PID` finishes it
   9  job control stopped the process before the switch; the step was undone and the
-     process stays stopped (`kill -CONT PID` resumes it)";
+     process stays stopped (`kill -CONT PID` resumes it)
+ 10  build: the change cannot be made into a livepatch (the reason, and the way out)
+ 11  build: the project's build, a diff, a compile or the link failed";
 
 #[derive(Subcommand)]
 enum Command {
     /// Load a patch into a process and redirect the functions it replaces.
     Apply {
         /// The process id.
+        #[arg(value_parser = parse_pid)]
         pid: i32,
         /// The patch (.so built with rlivepatch.h).
         patch: PathBuf,
+        /// More pids, unquoted `$(pidof x)`: refused with a message.
+        #[arg(hide = true)]
+        more: Vec<String>,
         /// Give up when no safe moment to switch came within this many seconds.
         #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
         timeout: f64,
@@ -64,9 +70,13 @@ enum Command {
     /// and it is unloaded.
     Disable {
         /// The process id.
+        #[arg(value_parser = parse_pid)]
         pid: i32,
         /// The patch name (see `rlivepatch list`).
         name: String,
+        /// More pids, unquoted `$(pidof x)`: refused with a message.
+        #[arg(hide = true)]
+        more: Vec<String>,
         /// Give up when no safe moment to switch came within this many seconds.
         #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
         timeout: f64,
@@ -81,6 +91,7 @@ enum Command {
     /// List the patches applied to a process, oldest first.
     List {
         /// The process id.
+        #[arg(value_parser = parse_pid)]
         pid: i32,
         /// Print the result as JSON on stdout.
         #[arg(long)]
@@ -90,6 +101,7 @@ enum Command {
     /// Changes nothing. Exits 0 when safe, 6 when a thread blocks.
     Check {
         /// The process id.
+        #[arg(value_parser = parse_pid)]
         pid: i32,
         /// The patch (.so built with rlivepatch.h).
         patch: PathBuf,
@@ -113,6 +125,7 @@ enum Command {
     /// disable do this first by themselves).
     Repair {
         /// The process id.
+        #[arg(value_parser = parse_pid)]
         pid: i32,
         /// Print the result as JSON on stdout.
         #[arg(long)]
@@ -160,6 +173,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the functions and variables of a process whose names match PATTERN (a
+    /// substring, or a glob with * and ?), with object, address, size, binding, the
+    /// debug file used, and whether each function can take a patch. Nothing is stopped.
+    Symbols {
+        /// The process id.
+        #[arg(value_parser = parse_pid)]
+        pid: i32,
+        /// Substring or glob of the names (mangled or demangled); all when absent.
+        pattern: Option<String>,
+        /// Only this object (file name, soname, path, or "main").
+        #[arg(long, value_name = "NAME")]
+        object: Option<String>,
+        /// Also look for separate debug files in DIR.
+        #[arg(long, value_name = "DIR")]
+        debug_dir: Vec<PathBuf>,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a patch file replaces, without loading it.
     Info {
         /// The patch (.so).
@@ -168,6 +200,52 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A process id; several (`"$(pidof nginx)"` quoted) get a message saying so.
+fn parse_pid(s: &str) -> std::result::Result<i32, String> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    if words.len() > 1 && words.iter().all(|w| w.parse::<i32>().is_ok()) {
+        return Err(format!(
+            "'{s}' is {} process ids; rlivepatch takes one per run: for p in {}; do rlivepatch ... \"$p\" ...; done",
+            words.len(),
+            words.join(" ")
+        ));
+    }
+    match s.trim().parse::<i32>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!(
+            "'{s}' is not a process id (a positive number, as `pidof` prints)"
+        )),
+    }
+}
+
+/// `apply 123 456 fix.so` (an unquoted `$(pidof nginx)`): several pids, said so.
+fn one_pid(pid: i32, second: &str, more: &[String]) -> Result<(), Error> {
+    if more.is_empty() {
+        return Ok(());
+    }
+    let mut pids = vec![pid.to_string()];
+    pids.extend(
+        std::iter::once(second.to_string())
+            .chain(more[..more.len() - 1].iter().cloned())
+            .take_while(|w| w.parse::<i32>().is_ok()),
+    );
+    if pids.len() > 1 {
+        return Err(Error {
+            kind: ErrorKind::Usage,
+            message: format!(
+                "{} process ids given ({}); rlivepatch takes one per run: for p in {}; do rlivepatch ... \"$p\" ...; done",
+                pids.len(),
+                pids.join(" "),
+                pids.join(" ")
+            ),
+        });
+    }
+    Err(Error {
+        kind: ErrorKind::Usage,
+        message: format!("unexpected argument '{}'", more[0]),
+    })
 }
 
 fn main() -> ExitCode {
@@ -190,6 +268,7 @@ fn main() -> ExitCode {
         | Command::Check { json, .. }
         | Command::Repair { json, .. }
         | Command::Info { json, .. }
+        | Command::Symbols { json, .. }
         | Command::Build { json, .. } => *json,
         Command::BuildId { .. } => false,
     };
@@ -236,11 +315,13 @@ fn run(cmd: Command) -> Result<u8, Error> {
         Command::Apply {
             pid,
             patch,
+            more,
             timeout,
             force,
             debug_dir,
             json,
         } => {
+            one_pid(pid, &patch.display().to_string(), &more)?;
             let opts = Options {
                 timeout: seconds(timeout)?,
                 force,
@@ -265,11 +346,13 @@ fn run(cmd: Command) -> Result<u8, Error> {
         }
         Command::Disable {
             pid,
+            more,
             name,
             timeout,
             force,
             json,
         } => {
+            one_pid(pid, &name, &more)?;
             let opts = Options {
                 timeout: seconds(timeout)?,
                 force,
@@ -288,6 +371,25 @@ fn run(cmd: Command) -> Result<u8, Error> {
                     "disabled patch {} in process {}; its code stays loaded (forced patch)",
                     r.patch, r.pid
                 );
+            }
+        }
+        Command::Symbols {
+            pid,
+            pattern,
+            object,
+            debug_dir,
+            json,
+        } => {
+            let views = rlivepatch::lookup::symbols(
+                pid,
+                pattern.as_deref().unwrap_or(""),
+                object.as_deref(),
+                &debug_dir,
+            )?;
+            if json {
+                print_json(&views);
+            } else {
+                print!("{}", rlivepatch::lookup::text(&views));
             }
         }
         Command::List { pid, json } => {

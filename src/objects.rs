@@ -379,12 +379,19 @@ impl Objects {
         }
         match found.len() {
             1 => Ok(found[0]),
-            0 => bail!(
-                Mismatch,
-                "object {name} is not loaded in process {}; check the name with `grep {name} /proc/{}/maps` (a library opened later with dlopen must be loaded first)",
-                self.list.first().map(|o| o.pid).unwrap_or(0),
-                self.list.first().map(|o| o.pid).unwrap_or(0)
-            ),
+            0 => {
+                let pid = self.list.first().map(|o| o.pid).unwrap_or(0);
+                let like = crate::hints::objects_like(name, self);
+                let alike = if like.is_empty() {
+                    String::new()
+                } else {
+                    format!("; loaded objects that look alike: {}", like.join(", "))
+                };
+                bail!(
+                    Mismatch,
+                    "object {name} is not loaded in process {pid}{alike}; check the name with `grep {name} /proc/{pid}/maps` (a library opened later with dlopen must be loaded first)"
+                )
+            }
             _ => {
                 let paths: Vec<String> = found
                     .iter()

@@ -175,7 +175,6 @@ pub fn resolve(
             if !e.message.contains("not found") {
                 return e;
             }
-            let looked = obj.debug_looked_at();
             let mut copies: Vec<&str> = syms
                 .symtab
                 .iter()
@@ -205,21 +204,7 @@ pub fn resolve(
                     f.old
                 );
             }
-            let hint = if syms.has_symtab() {
-                String::new()
-            } else if looked.is_empty() {
-                " (it has no .symtab: its static functions are only in a separate debug file)".to_string()
-            } else {
-                let l: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
-                format!(" (it has no .symtab, and no debug file was found at {})", l.join(", "))
-            };
-            err!(
-                Mismatch,
-                "function {} not found in {}{hint}; check the name with `nm {}`, or install its debug symbols or pass --debug-dir DIR",
-                f.old,
-                obj.display_name(),
-                obj.path
-            )
+            crate::hints::function_not_found(&f.old, obj, &syms, objects)
         })?;
         // `name#0xADDR` (a generated patch) is shown, and analysed, by its name.
         let shown = if f.old.contains('#') {
@@ -450,11 +435,12 @@ pub fn resolve_symbols(patch: &Patch, objects: &Objects) -> Result<Vec<SymbolFil
         let sym = crate::symbols::find_symbol(&file, &r.symbol).map_err(|e| {
             err!(
                 Mismatch,
-                "symbol {} (used by the patch as {}) cannot be resolved in {}: {}; check it with `nm {}`",
+                "symbol {} (used by the patch as {}) cannot be resolved in {}: {}{}; check it with `nm {}`",
                 r.symbol,
                 r.local,
                 obj.display_name(),
                 e.message,
+                crate::hints::symbol_suggestions(&r.symbol, &file),
                 obj.path
             )
         })?;

@@ -255,3 +255,145 @@ fn check_refuses_what_apply_refuses_with_the_same_code() {
         t.assert_untouched(&before, entry);
     }
 }
+
+/// Each "not found" says what to do next.
+#[test]
+fn names_not_found_point_the_right_way() {
+    let (t, entry, before) = counter();
+    let pid = t.pid.to_string();
+    let cases = [
+        (
+            "nf-typo",
+            "RLIVEPATCH_FUNC(compte, f);",
+            "function compte not found in counter-pie (main executable); did you mean `compute`?",
+        ),
+        (
+            "nf-variable",
+            "RLIVEPATCH_FUNC(step, f);",
+            "step in counter-pie (main executable) is a variable, not a function",
+        ),
+        (
+            "nf-elsewhere",
+            "RLIVEPATCH_FUNC(puts, f);",
+            "function puts is not in counter-pie (main executable) but in libc.so.6",
+        ),
+        (
+            "nf-object",
+            "RLIVEPATCH_FUNC_IN(\"libc.so\", puts, f);",
+            "loaded objects that look alike: libc.so.6",
+        ),
+        (
+            "nf-symbol",
+            "RLIVEPATCH_SYMBOL(int, s, \"stpe\");\nRLIVEPATCH_FUNC(compute, g);",
+            "did you mean `step`?",
+        ),
+    ];
+    for (name, rec, want) in cases {
+        let src = format!(
+            "#include <rlivepatch.h>\nstatic int f(int x) {{ return x; }}\n{}\n",
+            rec.replace(
+                "RLIVEPATCH_FUNC(compute, g);",
+                "static int g(int x) { return x + *s; }\nRLIVEPATCH_FUNC(compute, g);"
+            )
+        );
+        let p = patch_src(name, &src);
+        let e = rlp_fails(&["apply", &pid, p.to_str().unwrap()], 5);
+        assert!(e.contains(want), "{name}: {e}");
+        // The variable case shows the declaration to use.
+        if name == "nf-variable" {
+            assert!(
+                e.contains("RLIVEPATCH_SYMBOL(type, local, \"step\")"),
+                "{e}"
+            );
+        }
+        if name == "nf-elsewhere" {
+            assert!(
+                e.contains("RLIVEPATCH_FUNC_IN(\"libc.so.6\", puts, new)"),
+                "{e}"
+            );
+        }
+    }
+    t.assert_untouched(&before, entry);
+}
+
+/// A stripped program: only exported functions are visible, and the message says where
+/// static ones come from.
+#[test]
+fn a_stripped_object_says_where_its_symbols_are() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let stripped = build_dir().join("counter-stripped");
+    std::fs::copy(&exe, &stripped).unwrap();
+    let st = std::process::Command::new("strip")
+        .arg("--strip-all")
+        .arg(&stripped)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut t = Target::start(&stripped, &["5"]);
+    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+    let p = patch_src(
+        "nf-stripped",
+        "#include <rlivepatch.h>\nstatic int f(int x) { return x; }\nRLIVEPATCH_FUNC(compute, f);\n",
+    );
+    let e = rlp_fails(&["apply", &t.pid.to_string(), p.to_str().unwrap()], 5);
+    assert!(
+        e.contains("it is stripped, so only its exported functions are visible")
+            && e.contains("nm -D")
+            && e.contains("-dbgsym")
+            && e.contains("--debug-dir"),
+        "{e}"
+    );
+}
+
+/// `rlivepatch symbols`: what the process has, and what can take a patch, without
+/// stopping it.
+#[test]
+fn symbols_lists_functions_and_variables_and_what_can_take_a_patch() {
+    let (t, entry, before) = counter();
+    let pid = t.pid.to_string();
+    let out = rlp_ok(&["symbols", &pid, "comput?", "--object", "main"]);
+    assert!(
+        out.contains("global function compute  can take a patch"),
+        "{out}"
+    );
+    let out = rlp_ok(&["symbols", &pid, "tiny", "--object", "main"]);
+    assert!(
+        out.contains("cannot take a patch: function tiny is 4 bytes long"),
+        "{out}"
+    );
+    let j = json(&rlp_ok(&[
+        "symbols", &pid, "step", "--object", "main", "--json",
+    ]));
+    let step = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "step")
+        .unwrap();
+    assert_eq!(step["kind"], "variable");
+    assert_eq!(step["binding"], "local");
+    assert!(step["address"].as_str().unwrap().starts_with("0x"));
+    // The process ran on, untouched.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("TracerPid:\t0"), "{status}");
+    t.assert_untouched(&before, entry);
+}
+
+/// `"$(pidof x)"` with several processes, quoted or not, gets a message saying so.
+#[test]
+fn several_pids_are_said_so() {
+    for args in [
+        vec!["apply", "123 456", "fix.so"],
+        vec!["apply", "123", "456", "fix.so"],
+        vec!["disable", "123", "456", "name"],
+        vec!["list", "123 456"],
+    ] {
+        let o = rlp(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("process ids") && err.contains("for p in 123 456"),
+            "{args:?}: {err}"
+        );
+    }
+}
