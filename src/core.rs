@@ -41,6 +41,9 @@ pub struct ApplyReport {
     /// stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
+    /// Child processes running the same program, which this apply did not patch.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<i32>,
 }
 
 /// Apply the patch file at `path` to process `pid`.
@@ -69,6 +72,10 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
         .and_then(|()| crate::repair::repair_if_needed(&mut s))
         .and_then(|()| crate::apply::run(&mut s, &patch, &resolved, &symbols, &places));
     let (functions, replaced, report) = s.conclude(r).map_err(|e| continued(e, pid))?;
+    let children = crate::process::same_program_children(pid);
+    if let Some(n) = crate::process::children_note(pid, &children, "still run the old code") {
+        progress(&n);
+    }
     Ok(ApplyReport {
         pid,
         patch: patch.name.clone(),
@@ -77,6 +84,7 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
         switch: report,
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
         stopped_by: stopped_note(pid, progress),
+        children,
     })
 }
 

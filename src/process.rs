@@ -557,3 +557,53 @@ mod tests {
         assert_eq!(mapping_at(&m, 0x6000), None);
     }
 }
+
+/// The processes whose parent is `pid` and that run the same executable (a server's
+/// workers, a pre-forking master's children): a patch applied to `pid` does not reach
+/// them. Read from /proc, nothing stopped.
+pub fn same_program_children(pid: i32) -> Vec<i32> {
+    let exe = |p: i32| {
+        std::fs::metadata(format!("/proc/{p}/exe"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let Some(mine) = exe(pid) else {
+        return Vec::new();
+    };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| p != pid)
+        .filter(|&p| {
+            // The parent is the fourth field, after the command in parentheses.
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|st| {
+                    let rest = &st[st.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .filter(|&p| exe(p) == Some(mine))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The note for an operator about them, if any.
+pub fn children_note(pid: i32, children: &[i32], what: &str) -> Option<String> {
+    if children.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = children.iter().map(|c| c.to_string()).collect();
+    Some(format!(
+        "note: process {pid} has {} child process{} running the same program ({}), which {what}: rlivepatch patches one process per run; cover each: for p in {}; do rlivepatch apply \"$p\" PATCH; done",
+        children.len(),
+        if children.len() == 1 { "" } else { "es" },
+        list.join(" "),
+        list.join(" ")
+    ))
+}

@@ -192,6 +192,9 @@ pub struct ListView {
     /// An operation that was interrupted (or is running now).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
+    /// Child processes running the same program: this list does not cover them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<i32>,
 }
 
 impl ListView {
@@ -222,11 +225,25 @@ impl ListView {
                 .map(|(i, p)| patch_view(i + 1, p, objects))
                 .collect(),
             pending,
+            children: crate::process::same_program_children(pid),
         }
     }
 
     /// Text form.
     pub fn text(&self) -> String {
+        let mut s = self.text_patches();
+        let what = if self.patches.is_empty() {
+            "this list does not cover"
+        } else {
+            "run without these patches"
+        };
+        if let Some(n) = crate::process::children_note(self.pid, &self.children, what) {
+            let _ = writeln!(s, "{n}");
+        }
+        s
+    }
+
+    fn text_patches(&self) -> String {
         let mut s = String::new();
         if self.patches.is_empty() {
             let _ = writeln!(

@@ -397,3 +397,55 @@ fn several_pids_are_said_so() {
         );
     }
 }
+
+/// A process whose children run the same program (a master and its workers): apply and
+/// list say that those are not covered, and how to cover them.
+#[test]
+fn children_running_the_same_program_are_named() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let e = exe.display().to_string();
+    // The shell starts a child, then becomes the parent: both run the counter.
+    let mut t = Target::start(
+        std::path::Path::new("/bin/sh"),
+        &["-c", &format!("'{e}' 1000 & exec '{e}' 1000")],
+    );
+    let pid = t.pid.to_string();
+    let child = (0..1000)
+        .find_map(|_| {
+            let c = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            let exe_now = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            let first = c.split_whitespace().next().map(str::to_string);
+            match (exe_now, first) {
+                (Some(x), Some(c)) if x == exe => Some(c),
+                _ => {
+                    std::thread::yield_now();
+                    None
+                }
+            }
+        })
+        .expect("the child process");
+    // Wait until the child runs the counter too (its own ready line).
+    t.wait_line(|l| l.starts_with("ready"), Duration::from_secs(5));
+    let fix = patch("counter-fix");
+    let (code, out, err) = rlp_full(&["apply", &pid, fix.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "has 1 child process running the same program ({child})"
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        json(&out)["children"][0].as_i64().unwrap().to_string(),
+        child
+    );
+    let list = rlp_ok(&["list", &pid]);
+    assert!(
+        list.contains(&format!("for p in {child}; do rlivepatch apply")),
+        "{list}"
+    );
+    // The child, started by this test's shell, by pid.
+    let _ = std::process::Command::new("kill").arg(&child).status();
+    drop(t);
+}
