@@ -520,44 +520,6 @@ pub fn signal_name(sig: i32) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_maps_lines() {
-        let m = parse_maps(
-            "55d0c0a00000-55d0c0a01000 r-xp 00001000 fd:01 1234    /usr/bin/my prog (deleted)\n\
-             7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n",
-        );
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0].start, 0x55d0c0a00000);
-        assert!(m[0].exec && !m[0].write && m[0].read);
-        assert_eq!(m[0].offset, 0x1000);
-        assert_eq!(m[0].dev, (0xfd, 1));
-        assert_eq!(m[0].path, "/usr/bin/my prog");
-        assert!(m[0].deleted && m[0].is_file());
-        assert_eq!(m[1].path, "[stack]");
-        assert!(!m[1].is_file());
-    }
-
-    #[test]
-    fn finds_the_mapping_of_an_address() {
-        let m = parse_maps(
-            "1000-2000 r-xp 00000000 00:00 0\n\
-             3000-5000 rw-p 00000000 00:00 0\n\
-             5000-6000 rw-p 00000000 00:00 0\n",
-        );
-        assert_eq!(mapping_at(&m, 0xfff), None);
-        assert_eq!(mapping_at(&m, 0x1000).map(|m| m.start), Some(0x1000));
-        assert_eq!(mapping_at(&m, 0x1fff).map(|m| m.start), Some(0x1000));
-        assert_eq!(mapping_at(&m, 0x2000), None);
-        assert_eq!(mapping_at(&m, 0x4fff).map(|m| m.start), Some(0x3000));
-        assert_eq!(mapping_at(&m, 0x5000).map(|m| m.start), Some(0x5000));
-        assert_eq!(mapping_at(&m, 0x6000), None);
-    }
-}
-
 /// The processes whose parent is `pid` and that run the same executable (a server's
 /// workers, a pre-forking master's children): a patch applied to `pid` does not reach
 /// them. Read from /proc, nothing stopped.
@@ -606,4 +568,42 @@ pub fn children_note(pid: i32, children: &[i32], what: &str) -> Option<String> {
         list.join(" "),
         list.join(" ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_maps_lines() {
+        let m = parse_maps(
+            "55d0c0a00000-55d0c0a01000 r-xp 00001000 fd:01 1234    /usr/bin/my prog (deleted)\n\
+             7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]\n",
+        );
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].start, 0x55d0c0a00000);
+        assert!(m[0].exec && !m[0].write && m[0].read);
+        assert_eq!(m[0].offset, 0x1000);
+        assert_eq!(m[0].dev, (0xfd, 1));
+        assert_eq!(m[0].path, "/usr/bin/my prog");
+        assert!(m[0].deleted && m[0].is_file());
+        assert_eq!(m[1].path, "[stack]");
+        assert!(!m[1].is_file());
+    }
+
+    #[test]
+    fn finds_the_mapping_of_an_address() {
+        let m = parse_maps(
+            "1000-2000 r-xp 00000000 00:00 0\n\
+             3000-5000 rw-p 00000000 00:00 0\n\
+             5000-6000 rw-p 00000000 00:00 0\n",
+        );
+        assert_eq!(mapping_at(&m, 0xfff), None);
+        assert_eq!(mapping_at(&m, 0x1000).map(|m| m.start), Some(0x1000));
+        assert_eq!(mapping_at(&m, 0x1fff).map(|m| m.start), Some(0x1000));
+        assert_eq!(mapping_at(&m, 0x2000), None);
+        assert_eq!(mapping_at(&m, 0x4fff).map(|m| m.start), Some(0x3000));
+        assert_eq!(mapping_at(&m, 0x5000).map(|m| m.start), Some(0x5000));
+        assert_eq!(mapping_at(&m, 0x6000), None);
+    }
 }
