@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet
+echo "== building rlivepatch (cargo build --release: a minute or two the first time)"
+cargo build --release
+echo "== building the counter fixture and its patch"
 mkdir -p build
 cc -O2 -fomit-frame-pointer -o build/counter fixtures/counter.c
 cc -shared -fPIC -O2 -I patches/include -o build/counter-fix.so patches/counter-fix.c

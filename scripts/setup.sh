@@ -23,6 +23,7 @@ if [ ${#need[@]} -gt 0 ]; then
 		echo "setup: please install: ${need[*]}" >&2
 		exit 1
 	fi
+	echo "setup: installing ${need[*]} with apt-get" >&2
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${need[@]}"; }
 fi

@@ -192,6 +192,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The C SDK for writing patches: `cc $(rlivepatch sdk --cflags) -o fix.so fix.c`.
+    Sdk {
+        /// Print the compiler flags that build a patch (the header's directory included).
+        #[arg(long, conflicts_with = "header")]
+        cflags: bool,
+        /// Print the header rlivepatch.h itself.
+        #[arg(long)]
+        header: bool,
+    },
+    /// Print the man page (roff), generated from this command line's definitions.
+    #[command(hide = true)]
+    Manpage,
+    /// Print shell completions for SHELL (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Show what a patch file replaces, without loading it.
     Info {
         /// The patch (.so).
@@ -270,7 +288,10 @@ fn main() -> ExitCode {
         | Command::Info { json, .. }
         | Command::Symbols { json, .. }
         | Command::Build { json, .. } => *json,
-        Command::BuildId { .. } => false,
+        Command::BuildId { .. }
+        | Command::Sdk { .. }
+        | Command::Manpage
+        | Command::Completions { .. } => false,
     };
     let r = run(cli.command);
     rlivepatch::fault::trace(&format!(
@@ -294,6 +315,12 @@ fn main() -> ExitCode {
 
 fn progress(line: &str) {
     eprintln!("rlivepatch: {line}");
+}
+
+/// Bytes on stdout; a reader that went away (`| head`) is not an error.
+fn print_bytes(b: &[u8]) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(b);
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
@@ -451,6 +478,35 @@ fn run(cmd: Command) -> Result<u8, Error> {
                     println!("{a}");
                 }
             }
+        }
+        Command::Sdk { cflags, header } => {
+            if header {
+                print!("{}", rlivepatch::sdk::HEADER);
+            } else if cflags {
+                println!("{}", rlivepatch::sdk::cflags()?);
+            } else {
+                println!(
+                    "header: {}/rlivepatch.h\nbuild a patch: cc $(rlivepatch sdk --cflags) -o fix.so fix.c",
+                    rlivepatch::sdk::include_dir()?.display()
+                );
+            }
+        }
+        Command::Manpage => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| Error {
+                    kind: ErrorKind::Failed,
+                    message: format!("writing the man page: {e}"),
+                })?;
+            print_bytes(&out);
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "rlivepatch", &mut out);
+            print_bytes(&out);
         }
         Command::BuildId { file, object } => {
             println!("{}", rlivepatch::buildid::line(&file, object.as_deref())?);

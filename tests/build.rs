@@ -14,6 +14,8 @@ const T: Duration = Duration::from_secs(10);
 /// A copy of the project for one test, built with `make` (and `make_args`): the tree and
 /// its binaries, as an operator has them.
 fn project(name: &str, make_args: &[&str]) -> PathBuf {
+    require_tool("make");
+    require_tool("patch");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("project-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -11,6 +11,9 @@ use std::time::Duration;
 /// scripts/fetch-source.sh (cached under target/real), copied to a directory of the
 /// test's own and built there with `build` (a shell command).
 fn source_package(pkg: &str, test: &str, build: &str) -> (PathBuf, PathBuf) {
+    for tool in ["make", "patch", "cmake"] {
+        require_tool(tool);
+    }
     let cache = root().join("target/real").join(pkg);
     let st = Command::new(root().join("scripts/fetch-source.sh"))
         .arg(pkg)

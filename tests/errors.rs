@@ -449,3 +449,72 @@ fn children_running_the_same_program_are_named() {
     let _ = std::process::Command::new("kill").arg(&child).status();
     drop(t);
 }
+
+/// The install script into a temporary prefix; a patch built with the installed
+/// `rlivepatch sdk --cflags` (which points at the installed header) and applied.
+#[test]
+fn installed_rlivepatch_builds_and_applies_a_patch() {
+    let prefix = build_dir().join("prefix");
+    let _ = std::fs::remove_dir_all(&prefix);
+    let st = std::process::Command::new(root().join("scripts/install.sh"))
+        .arg(&prefix)
+        .env("RLIVEPATCH_BIN", env!("CARGO_BIN_EXE_rlivepatch"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for f in [
+        "bin/rlivepatch",
+        "include/rlivepatch.h",
+        "share/man/man1/rlivepatch.1",
+        "share/bash-completion/completions/rlivepatch",
+        "share/zsh/site-functions/_rlivepatch",
+        "share/fish/vendor_completions.d/rlivepatch.fish",
+    ] {
+        assert!(prefix.join(f).is_file(), "{f} not installed");
+    }
+    let man = std::fs::read_to_string(prefix.join("share/man/man1/rlivepatch.1")).unwrap();
+    assert!(
+        man.contains(".TH rlivepatch 1") && man.contains("apply"),
+        "{man}"
+    );
+    let installed = prefix.join("bin/rlivepatch");
+    let out = std::process::Command::new(&installed)
+        .args(["sdk", "--cflags"])
+        .output()
+        .unwrap();
+    let cflags = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        cflags.contains(&format!("-I{}", prefix.join("include").display())),
+        "{cflags}"
+    );
+    // A patch built anywhere with those flags.
+    let dir = build_dir().join("elsewhere");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(root().join("patches/counter-fix.c"), dir.join("fix.c")).unwrap();
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("cc {} -o fix.so fix.c", cflags.trim()))
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (mut t, _, _) = counter();
+    let out = std::process::Command::new(&installed)
+        .args(["apply", &t.pid.to_string()])
+        .arg(dir.join("fix.so"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The patched values come (lines printed before the apply are still queued).
+    t.wait_line(
+        |l| {
+            let (i, v) = value(l);
+            i > 0 && v == i * 100
+        },
+        Duration::from_secs(5),
+    );
+}

@@ -74,6 +74,9 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             "--quick" => {
+                // A quick run is a smoke test: the committed numbers stay.
+                o.out = root.join("target/bench/BENCHMARKS-quick.md");
+                o.plot = root.join("target/bench/BENCHMARKS-quick-pause.png");
                 o.idle = vec![0, 100];
                 o.funcs = vec![1, 100];
                 o.runs = 2;
