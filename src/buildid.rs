@@ -39,7 +39,8 @@ pub fn check(patch: &Patch, objects: &Objects) -> Result<()> {
 /// The `RLIVEPATCH_BUILD_ID(...)` line for the ELF file at `path`. The object is named
 /// `object`, or "main" for an executable, or the library's soname (file name without one).
 pub fn line(path: &Path, object: Option<&str>) -> Result<String> {
-    let f = ElfFile::open(path).map_err(|e| err!(Failed, "{}: {}", path.display(), e.message))?;
+    // The message names the file already.
+    let f = ElfFile::open(path).map_err(|e| err!(Failed, "{}", e.message))?;
     let id = f.build_id_hex().ok_or_else(|| {
         err!(
             Failed,

@@ -138,3 +138,12 @@ impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
         self.map_err(|e| e.into().context(f()))
     }
 }
+
+/// An I/O error in words, without the errno number (`No such file or directory`).
+pub fn io_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}

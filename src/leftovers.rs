@@ -40,14 +40,19 @@ impl Leftovers {
         }
         if !self.orphan_scratch.is_empty() {
             parts.push(format!(
-                "{} private mapping(s) of a killed run",
-                self.orphan_scratch.len()
+                "{} of a killed run",
+                crate::report::plural(
+                    self.orphan_scratch.len(),
+                    "private mapping",
+                    "private mappings"
+                )
             ));
         }
         if !self.orphan_islands.is_empty() {
-            parts.push(format!(
-                "{} unused island page(s)",
-                self.orphan_islands.len()
+            parts.push(crate::report::plural(
+                self.orphan_islands.len(),
+                "unused island page",
+                "unused island pages",
             ));
         }
         parts.join("; ")

@@ -451,8 +451,10 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 print_json(&r);
             } else if r.safe {
                 println!(
-                    "patch {}: switching process {} now would be safe ({} threads checked)",
-                    r.patch, r.pid, r.threads
+                    "patch {}: switching process {} now would be safe ({} checked)",
+                    r.patch,
+                    r.pid,
+                    rlivepatch::report::plural(r.threads, "thread", "threads")
                 );
             } else {
                 println!(

@@ -236,6 +236,12 @@ impl Patch {
                 "{shown} is not built for x86_64; build the patch for x86_64"
             );
         }
+        if file.is_relocatable() {
+            bail!(
+                Patch,
+                "{shown} is an object file (.o), not a shared object; link the patch: cc -shared -fPIC -o fix.so fix.c (or cc $(rlivepatch sdk --cflags) ...)"
+            );
+        }
         if !file.is_dyn || is_pie_executable(&file) {
             bail!(
                 Patch,

@@ -497,6 +497,33 @@ pub fn permission_error(pid: i32, status: &Status, e: std::io::Error) -> crate::
                     format!(", and kernel.yama.ptrace_scope is {s} (needs 0, or CAP_SYS_PTRACE)")
                 }
             };
+            if me == 0 {
+                // Root was refused: telling root to run as root sends it in a circle.
+                let has_cap = std::fs::read_to_string("/proc/self/status")
+                    .ok()
+                    .and_then(|st| {
+                        let hex = st
+                            .lines()
+                            .find_map(|l| l.strip_prefix("CapEff:"))?
+                            .trim()
+                            .to_string();
+                        u64::from_str_radix(&hex, 16).ok()
+                    })
+                    // CAP_SYS_PTRACE is capability 19.
+                    .is_some_and(|caps| caps & (1 << 19) != 0);
+                let why = if !has_cap {
+                    "rlivepatch runs as root without the capability CAP_SYS_PTRACE (a container started without it: add it, e.g. docker run --cap-add SYS_PTRACE)".to_string()
+                } else if scope.as_deref() == Some("3") {
+                    "kernel.yama.ptrace_scope is 3, which forbids ptrace to everyone, root included, until reboot".to_string()
+                } else {
+                    "a security module (AppArmor, SELinux) or the target's own protection (prctl, another user namespace) forbids it; check `dmesg` and the target's confinement".to_string()
+                };
+                return err!(
+                    Target,
+                    "no permission to trace process {pid} ({}) although rlivepatch runs as root: {why}",
+                    status.name
+                );
+            }
             err!(
                 Target,
                 "no permission to trace process {pid} ({}, uid {}): ptrace needs the same uid as the target (you are uid {me}) or CAP_SYS_PTRACE{yama}; run rlivepatch as the target's user or as root",

@@ -7,6 +7,16 @@ use crate::state::{AppliedFunc, AppliedPatch, Record};
 use serde::Serialize;
 use std::fmt::Write as _;
 
+/// An address as JSON shows every address: a `"0x..."` string, as in the text.
+pub fn ser_hex<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&hx(*v))
+}
+
+/// `1 thread`, `2 threads`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn hx(v: u64) -> String {
     format!("{v:#x}")
 }
@@ -254,10 +264,10 @@ impl ListView {
         } else {
             let _ = writeln!(
                 s,
-                "process {} ({}): {} patch(es), oldest first",
+                "process {} ({}): {}, oldest first",
                 self.pid,
                 self.command,
-                self.patches.len()
+                plural(self.patches.len(), "patch", "patches")
             );
         }
         for p in &self.patches {

@@ -25,7 +25,8 @@ pub struct Resolved {
     /// Its demangled form, for C++.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub demangled: Option<String>,
-    /// Run-time entry.
+    /// Run-time entry (`"0x..."` in JSON, as every address rlivepatch prints).
+    #[serde(serialize_with = "crate::report::ser_hex")]
     pub addr: u64,
     /// Size.
     pub size: u64,
@@ -44,7 +45,8 @@ pub struct Resolved {
     /// The IFUNC resolver to call, until the implementation is known.
     #[serde(skip)]
     pub resolver: Option<u64>,
-    /// What its callers rely on (file addresses of its object).
+    /// What its callers rely on (its code's extent is left out of JSON: file addresses of
+    /// its object, which would read like the run-time ones).
     pub contract: Contract,
     /// The load bias of its object.
     #[serde(skip)]

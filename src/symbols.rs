@@ -211,13 +211,24 @@ impl ElfFile {
     /// Map and parse the ELF file at `path`.
     pub fn open(path: &Path) -> Result<ElfFile> {
         crate::pace::point();
-        let file =
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let file = std::fs::File::open(path).map_err(|e| {
+            err!(
+                Failed,
+                "cannot open {}: {}",
+                path.display(),
+                crate::error::io_text(&e)
+            )
+        })?;
         // SAFETY: the mapping is read-only and private; if the file is truncated while
         // mapped, reads fault, which is the same hazard every ELF tool accepts.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("mapping {}", path.display()))?;
         Self::parse(path.to_path_buf(), Bytes::Mapped(map))
+    }
+
+    /// An object file (`ET_REL`, a `.o`), not linked yet.
+    pub fn is_relocatable(&self) -> bool {
+        self.data().get(16..18) == Some(&[1, 0][..])
     }
 
     /// Parse an ELF image copied from memory (the vDSO).
@@ -226,8 +237,14 @@ impl ElfFile {
     }
 
     fn parse(path: PathBuf, bytes: Bytes) -> Result<ElfFile> {
-        let elf = Elf::parse(&bytes)
-            .map_err(|e| err!(Patch, "{} is not a valid ELF file: {e}", path.display()))?;
+        // The parser's own words ("Malformed entity: Too small") say nothing to a user.
+        let elf = Elf::parse(&bytes).map_err(|_| {
+            err!(
+                Patch,
+                "{} is not an ELF file (a program, a shared library or an object file)",
+                path.display()
+            )
+        })?;
         let segments = elf
             .program_headers
             .iter()

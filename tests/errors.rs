@@ -518,3 +518,80 @@ fn installed_rlivepatch_builds_and_applies_a_patch() {
         Duration::from_secs(5),
     );
 }
+
+/// Root refused (here: without CAP_SYS_PTRACE, as in a container started without it,
+/// against another user's process) is not told to run as root.
+#[test]
+fn root_refused_is_told_why_not_to_run_as_root() {
+    require_tool("setpriv");
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let dir = std::env::temp_dir().join(format!("rlivepatch-cap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join("counter");
+    std::fs::copy(&exe, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The target belongs to nobody.
+    let mut t = Target::start_cmd_as(&copy, &["1000"], 65534);
+    let fix = patch("counter-fix");
+    let o = std::process::Command::new("setpriv")
+        .arg("--bounding-set=-sys_ptrace")
+        .arg(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &t.pid.to_string(), fix.to_str().unwrap()])
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("although rlivepatch runs as root")
+            && err.contains("without the capability CAP_SYS_PTRACE")
+            && !err.contains("run rlivepatch as the target's user or as root"),
+        "{err}"
+    );
+    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+}
+
+/// The small things a user notices: plurals, one form for addresses, an object file
+/// called an object file, file errors without the path twice or a parser's raw words.
+#[test]
+fn small_things_read_well() {
+    let (t, entry, before) = counter();
+    let pid = t.pid.to_string();
+    let fix = patch("counter-fix");
+    let out = rlp_ok(&["check", &pid, fix.to_str().unwrap()]);
+    assert!(out.contains("(1 thread checked)"), "{out}");
+    let j = json(&rlp_ok(&["check", &pid, fix.to_str().unwrap(), "--json"]));
+    assert_eq!(j["functions"][0]["addr"], format!("{entry:#x}"));
+    let list = rlp_ok(&["list", &pid]);
+    assert!(list.contains("no patches applied"), "{list}");
+    t.assert_untouched(&before, entry);
+
+    let dir = build_dir();
+    let obj = dir.join("small.o");
+    std::fs::write(dir.join("small.c"), "int x;\n").unwrap();
+    let st = std::process::Command::new("cc")
+        .arg("-c")
+        .arg(dir.join("small.c"))
+        .arg("-o")
+        .arg(&obj)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let e = rlp_fails(&["info", obj.to_str().unwrap()], 4);
+    assert!(
+        e.contains("is an object file (.o), not a shared object"),
+        "{e}"
+    );
+    let e = rlp_fails(&["build-id", "/nonexistent/x.so"], 1);
+    assert_eq!(
+        e,
+        "rlivepatch: error: cannot open /nonexistent/x.so: No such file or directory"
+    );
+    let e = rlp_fails(&["build-id", dir.join("small.c").to_str().unwrap()], 1);
+    assert!(
+        e.contains("is not an ELF file") && !e.contains("Malformed"),
+        "{e}"
+    );
+    assert_eq!(e.matches("small.c").count(), 1, "{e}");
+}

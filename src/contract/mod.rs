@@ -32,7 +32,9 @@ pub const UNKNOWN_STACK_ARGS: u64 = 256;
 /// What callers of one old function rely on, and what rlivepatch does about it.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Contract {
-    /// The function's code: its body, then the parts split off from it (file addresses).
+    /// The function's code: its body, then the parts split off from it (file addresses;
+    /// not in JSON, where every address is a run-time one).
+    #[serde(skip)]
     pub parts: Vec<Part>,
     /// Caller-saved registers the old code (with its callees) may change.
     #[serde(serialize_with = "names")]

@@ -136,6 +136,12 @@ impl Target {
         Self::start_cmd(Command::new(exe).args(args).process_group(0))
     }
 
+    /// Start `exe ARGS` as user `uid` (and its group of the same number).
+    pub fn start_cmd_as(exe: &Path, args: &[&str], uid: u32) -> Target {
+        use std::os::unix::process::CommandExt;
+        Self::start_cmd(Command::new(exe).args(args).uid(uid).gid(uid))
+    }
+
     fn start_cmd(cmd: &mut Command) -> Target {
         let exe = PathBuf::from(cmd.get_program());
         let mut child = cmd
