@@ -8,11 +8,11 @@ use rlivepatch::contract::code::CodeMap;
 use rlivepatch::contract::dwarf::DebugInfo;
 use rlivepatch::symbols::{ElfFile, find_function};
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::Arc;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let file = Rc::new(ElfFile::open(Path::new(&args[1])).expect("an ELF file"));
+    let file = Arc::new(ElfFile::open(Path::new(&args[1])).expect("an ELF file"));
     let map = CodeMap::new(file.clone(), &file);
     // A separate debug file, when the object is stripped: RLP_DEBUG_FILE=PATH.
     let debug = match std::env::var_os("RLP_DEBUG_FILE") {

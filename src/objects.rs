@@ -14,6 +14,7 @@ use std::cell::OnceCell;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::{Arc, LazyLock, Mutex};
 
 /// Where separate debug files are looked for by default (the GDB convention).
 pub const DEFAULT_DEBUG_DIR: &str = "/usr/lib/debug";
@@ -32,7 +33,7 @@ pub struct LoadedObject {
     pub is_main: bool,
     /// The file was deleted or replaced after it was mapped.
     pub deleted: bool,
-    file: OnceCell<std::result::Result<Rc<ElfFile>, crate::error::Error>>,
+    file: OnceCell<std::result::Result<Arc<ElfFile>, crate::error::Error>>,
     debug: OnceCell<Debug>,
     debug_dirs: Rc<[PathBuf]>,
     /// The process it is mapped in.
@@ -43,7 +44,7 @@ pub struct LoadedObject {
 #[derive(Clone)]
 enum Debug {
     /// A separate debug file.
-    Found(Rc<ElfFile>),
+    Found(Arc<ElfFile>),
     /// None: the places that were looked at.
     Missing(Vec<PathBuf>),
 }
@@ -67,16 +68,14 @@ impl LoadedObject {
     }
 
     /// The parsed ELF file, opened on first use.
-    pub fn file(&self) -> Result<Rc<ElfFile>> {
-        self.file
-            .get_or_init(|| self.open_file().map(Rc::new))
-            .clone()
+    pub fn file(&self) -> Result<Arc<ElfFile>> {
+        self.file.get_or_init(|| self.open_file_shared()).clone()
     }
 
     /// The file that has the object's symbols: the object itself when it has a
     /// `.symtab`, else its separate debug file (by build-id, then `.gnu_debuglink`) when
     /// one is found, else the object (with only `.dynsym`).
-    pub fn symbols_file(&self) -> Result<Rc<ElfFile>> {
+    pub fn symbols_file(&self) -> Result<Arc<ElfFile>> {
         let file = self.file()?;
         if file.has_symtab() || self.path == "[vdso]" {
             return Ok(file);
@@ -89,7 +88,7 @@ impl LoadedObject {
 
     /// The file with the object's DWARF debug information: the object itself when it has
     /// `.debug_info`, else its separate debug file when one is found.
-    pub fn debug_info_file(&self) -> Option<Rc<ElfFile>> {
+    pub fn debug_info_file(&self) -> Option<Arc<ElfFile>> {
         let file = self.file().ok()?;
         if file.section(".debug_info").is_some_and(|s| !s.nobits) || self.path == "[vdso]" {
             return Some(file);
@@ -126,6 +125,39 @@ impl LoadedObject {
             Ok(f) => Debug::Found(f),
             Err(tried) => Debug::Missing(tried),
         }
+    }
+
+    /// The parsed file, shared with every other process of the run that maps the same
+    /// file (same device, inode, size and modification time): a fleet run parses each
+    /// distinct object, and builds its symbol indexes, once.
+    fn open_file_shared(&self) -> Result<Arc<ElfFile>> {
+        let first = &self.mappings[0];
+        let key = (first.inode != 0 && self.path != "[vdso]")
+            .then(|| self.mapped_path().ok())
+            .flatten()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (
+                    m.dev(),
+                    m.ino(),
+                    m.size(),
+                    m.mtime_nsec() as u64 ^ m.mtime() as u64,
+                )
+            });
+        if let Some(k) = key
+            && let Some(f) = FILES.lock().unwrap_or_else(|e| e.into_inner()).get(&k)
+        {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(self.open_file()?);
+        if let Some(k) = key {
+            FILES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(k, f.clone());
+        }
+        Ok(f)
     }
 
     fn open_file(&self) -> Result<ElfFile> {
@@ -222,21 +254,21 @@ pub fn find_debug_file(
     dir: &Path,
     debug_dirs: &[PathBuf],
     rooted: &dyn Fn(&Path) -> PathBuf,
-) -> std::result::Result<Rc<ElfFile>, Vec<PathBuf>> {
+) -> std::result::Result<Arc<ElfFile>, Vec<PathBuf>> {
     let mut tried = Vec::new();
     let dirs: Vec<PathBuf> = debug_dirs
         .iter()
         .cloned()
         .chain([PathBuf::from(DEFAULT_DEBUG_DIR)])
         .collect();
-    let accept = |path: &Path, tried: &mut Vec<PathBuf>| -> Option<Rc<ElfFile>> {
+    let accept = |path: &Path, tried: &mut Vec<PathBuf>| -> Option<Arc<ElfFile>> {
         tried.push(path.to_path_buf());
         let f = ElfFile::open(path).ok()?;
         // A debug file must describe this very build.
         if file.build_id.is_some() && f.build_id.is_some() && f.build_id != file.build_id {
             return None;
         }
-        f.has_symtab().then(|| Rc::new(f))
+        f.has_symtab().then(|| Arc::new(f))
     };
     if let Some(id) = file.build_id_hex().filter(|h| h.len() > 2) {
         for d in &dirs {
@@ -266,6 +298,11 @@ pub fn find_debug_file(
     }
     Err(tried)
 }
+
+/// Files parsed in this run, by (device, inode, size, modification time).
+type FileKey = (u64, u64, u64, u64);
+static FILES: LazyLock<Mutex<std::collections::HashMap<FileKey, Arc<ElfFile>>>> =
+    LazyLock::new(Default::default);
 
 /// The objects of a process at one moment.
 pub struct Objects {

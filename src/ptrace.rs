@@ -31,6 +31,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 /// A thread id.
@@ -162,12 +163,36 @@ impl Report {
     }
 }
 
+/// Several tracer threads run at once (a fleet run): see [`set_concurrent`].
+static CONCURRENT: AtomicBool = AtomicBool::new(false);
+/// A stop request (SIGINT, SIGTERM, SIGHUP) any tracer thread read, for all of them.
+static REQUESTED: AtomicI32 = AtomicI32::new(0);
+
+/// Say that several threads will trace a process each: each then waits for its own
+/// tracees' reports only, and sleeps in short slices (a wake-up may be read by another).
+pub fn set_concurrent() {
+    CONCURRENT.store(true, Ordering::Relaxed);
+}
+
+/// The stop request any tracer thread read (0: none).
+pub fn requested() -> i32 {
+    REQUESTED.load(Ordering::Relaxed)
+}
+
 /// `waitpid(who, WNOHANG | __WALL)`: the thread and its raw status, or `None` when no
 /// report is ready.
 fn wait_raw(who: i32) -> std::io::Result<Option<(Tid, i32)>> {
     let mut status = 0;
     // SAFETY: waitpid writes the status into our integer and touches nothing else.
-    let r = unsafe { libc::waitpid(who, &mut status, libc::WNOHANG | libc::__WALL) };
+    // __WNOTHREAD: only this thread's tracees. Several threads of rlivepatch trace a
+    // process each in a fleet run; without it, one would reap another's reports.
+    let r = unsafe {
+        libc::waitpid(
+            who,
+            &mut status,
+            libc::WNOHANG | libc::__WALL | libc::__WNOTHREAD,
+        )
+    };
     match r {
         -1 => Err(std::io::Error::last_os_error()),
         0 => Ok(None),
@@ -620,10 +645,17 @@ impl Tracer {
     /// Sleep until rlivepatch receives a signal (SIGCHLD: a traced thread has something
     /// to report) or `until`.
     fn wait_signal(&self, until: Instant) -> Result<()> {
+        // With other tracer threads, the process-wide SIGCHLD that should wake this one
+        // may be read by another's signalfd: sleep in short slices then.
+        let cap = if CONCURRENT.load(Ordering::Relaxed) {
+            5
+        } else {
+            60_000
+        };
         let ms = until
             .saturating_duration_since(Instant::now())
             .as_millis()
-            .clamp(1, 60_000) as u16;
+            .clamp(1, cap) as u16;
         let mut fds = [nix::poll::PollFd::new(
             std::os::fd::AsFd::as_fd(&self.sigfd),
             nix::poll::PollFlags::POLLIN,
@@ -702,8 +734,15 @@ impl Tracer {
             let sig = si.ssi_signo as i32;
             if sig != libc::SIGCHLD {
                 self.interrupted = Some(sig);
+                REQUESTED.store(sig, Ordering::Relaxed);
                 asked = true;
             }
+        }
+        // A request another tracer thread read is this one's too.
+        let other = REQUESTED.load(Ordering::Relaxed);
+        if other != 0 && self.interrupted.is_none() {
+            self.interrupted = Some(other);
+            asked = true;
         }
         asked
     }

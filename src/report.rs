@@ -12,6 +12,21 @@ pub fn ser_hex<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok
     s.serialize_str(&hx(*v))
 }
 
+/// An address as [`ser_hex`] writes it, or as a number (records written before).
+pub fn de_hex<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Addr {
+        Num(u64),
+        Text(String),
+    }
+    match <Addr as serde::Deserialize>::deserialize(d)? {
+        Addr::Num(n) => Ok(n),
+        Addr::Text(t) => u64::from_str_radix(t.trim_start_matches("0x"), 16)
+            .map_err(|_| serde::de::Error::custom(format!("bad address {t}"))),
+    }
+}
+
 /// `1 thread`, `2 threads`.
 pub fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

@@ -45,8 +45,7 @@ pub struct Resolved {
     /// The IFUNC resolver to call, until the implementation is known.
     #[serde(skip)]
     pub resolver: Option<u64>,
-    /// What its callers rely on (its code's extent is left out of JSON: file addresses of
-    /// its object, which would read like the run-time ones).
+    /// What its callers rely on (file addresses of its object).
     pub contract: Contract,
     /// The load bias of its object.
     #[serde(skip)]

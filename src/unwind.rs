@@ -19,6 +19,7 @@ use gimli::{
 };
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 type R<'a> = gimli::EndianSlice<'a, LittleEndian>;
 
@@ -81,7 +82,7 @@ enum SimpleRule {
 }
 
 struct ModuleTables {
-    file: Rc<ElfFile>,
+    file: Arc<ElfFile>,
     bias: u64,
     bases: BaseAddresses,
     eh_frame: Option<(usize, usize)>,

@@ -10,7 +10,7 @@ use crate::symbols::{ElfFile, SymKind};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, OpKind, Register};
 use std::cell::OnceCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// A function symbol.
 #[derive(Debug, Clone)]
@@ -29,8 +29,16 @@ pub struct Func {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Part {
     /// First byte.
+    #[serde(
+        serialize_with = "crate::report::ser_hex",
+        deserialize_with = "crate::report::de_hex"
+    )]
     pub start: u64,
     /// One past the last byte.
+    #[serde(
+        serialize_with = "crate::report::ser_hex",
+        deserialize_with = "crate::report::de_hex"
+    )]
     pub end: u64,
     /// What it is called (`work.cold`), or `work+0x..` for a part without a symbol.
     pub name: String,
@@ -49,7 +57,7 @@ pub struct Refs {
 
 /// The code layout of one object.
 pub struct CodeMap {
-    file: Rc<ElfFile>,
+    file: Arc<ElfFile>,
     funcs: Vec<Func>,
     fdes: Vec<(u64, u64)>,
     plt: Vec<(u64, u64)>,
@@ -59,7 +67,7 @@ pub struct CodeMap {
 
 impl CodeMap {
     /// The layout of the object whose code is `file`, named by the symbols of `syms`.
-    pub fn new(file: Rc<ElfFile>, syms: &ElfFile) -> CodeMap {
+    pub fn new(file: Arc<ElfFile>, syms: &ElfFile) -> CodeMap {
         let mut funcs: Vec<Func> = syms
             .symtab
             .iter()

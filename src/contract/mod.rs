@@ -24,6 +24,7 @@ use code::{CodeMap, Part, is_clone_of};
 use regs::RegSet;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Bytes of the caller's stack the preserving path copies for a function whose stack
 /// arguments are unknown (no debug information, or variable arguments): 32 arguments.
@@ -32,9 +33,8 @@ pub const UNKNOWN_STACK_ARGS: u64 = 256;
 /// What callers of one old function rely on, and what rlivepatch does about it.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Contract {
-    /// The function's code: its body, then the parts split off from it (file addresses;
-    /// not in JSON, where every address is a run-time one).
-    #[serde(skip)]
+    /// The function's code: its body, then the parts split off from it (file addresses
+    /// of its object).
     pub parts: Vec<Part>,
     /// Caller-saved registers the old code (with its callees) may change.
     #[serde(serialize_with = "names")]
@@ -337,7 +337,7 @@ impl Contracts {
         let code = match self.maps.get(&key) {
             Some(o) => o.clone(),
             None => {
-                let file = Rc::new(crate::symbols::ElfFile::open(&patch.path)?);
+                let file = Arc::new(crate::symbols::ElfFile::open(&patch.path)?);
                 let o = Rc::new(ObjectCode {
                     map: CodeMap::new(file.clone(), &file),
                     debug: None,
