@@ -48,29 +48,39 @@ pub struct ApplyReport {
 
 /// Apply the patch file at `path` to process `pid`.
 pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Result<ApplyReport> {
-    let t0 = Instant::now();
     let patch = Patch::load(path)?;
+    apply_patch(pid, &patch, opts, progress)
+}
+
+/// Apply a loaded patch to process `pid` (a fleet run loads the patch once).
+pub fn apply_patch(
+    pid: i32,
+    patch: &Patch,
+    opts: &Options,
+    progress: ProgressFn,
+) -> Result<ApplyReport> {
+    let t0 = Instant::now();
     let proc = Process::open(pid)?;
     preflight(&proc)?;
     let maps = proc.maps()?;
     let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
-    crate::buildid::check(&patch, &objects)?;
-    crate::linkage::check(&patch, &objects)?;
+    crate::buildid::check(patch, &objects)?;
+    crate::linkage::check(patch, &objects)?;
     let mut contracts = crate::contract::Contracts::new();
-    let resolved = resolve(&patch, &objects, &mut contracts)?;
+    let resolved = resolve(patch, &objects, &mut contracts)?;
     tell_contracts(&resolved, progress);
-    let symbols = resolve_symbols(&patch, &objects)?;
-    crate::resolve::refuse_self_calls(&patch, &resolved, &symbols)?;
-    let places = crate::relocate::resolve(&patch, &objects)?;
+    let symbols = resolve_symbols(patch, &objects)?;
+    crate::resolve::refuse_self_calls(patch, &resolved, &symbols)?;
+    let places = crate::relocate::resolve(patch, &objects)?;
     let libc = Libc::find(pid, &objects)?;
     crate::fault::trace("resolved");
     let mut s = Session::attach_with(proc, opts, progress, Some(objects))?;
     s.set_libc(libc);
     crate::fault::point("apply:attached");
     let mut resolved = resolved;
-    let r = resolve_ifuncs(&mut s, &patch, &mut contracts, &mut resolved)
+    let r = resolve_ifuncs(&mut s, patch, &mut contracts, &mut resolved)
         .and_then(|()| crate::repair::repair_if_needed(&mut s))
-        .and_then(|()| crate::apply::run(&mut s, &patch, &resolved, &symbols, &places));
+        .and_then(|()| crate::apply::run(&mut s, patch, &resolved, &symbols, &places));
     let (functions, replaced, report) = s.conclude(r).map_err(|e| continued(e, pid))?;
     let children = crate::process::same_program_children(pid);
     if let Some(n) = crate::process::children_note(pid, &children, "still run the old code") {

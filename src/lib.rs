@@ -12,6 +12,7 @@ pub mod demangle;
 pub mod disable;
 pub mod error;
 pub mod fault;
+pub mod fleet;
 pub mod hints;
 pub mod inject;
 pub mod leftovers;

@@ -38,15 +38,68 @@ const EXIT_CODES: &str = "Exit codes:
  10  build: the change cannot be made into a livepatch (the reason, and the way out)
  11  build: the project's build, a diff, a compile or the link failed";
 
+/// Selectors and limits of a run over many processes.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Fleet options (instead of a PID; combinable)")]
+struct FleetArgs {
+    /// Every process that maps every object the patch changes (matched by the build-id
+    /// of the file each process mapped, when the patch carries build-ids); for
+    /// disable, list and repair: every process with rlivepatch's state.
+    #[arg(long)]
+    all: bool,
+    /// Processes running this executable.
+    #[arg(long, value_name = "PATH")]
+    exe: Option<PathBuf>,
+    /// Processes that map an object of this name (file name, soname or path; also a
+    /// file deleted or replaced on disk since).
+    #[arg(long, value_name = "NAME")]
+    object: Option<String>,
+    /// Processes that map an object with this GNU build-id.
+    #[arg(long, value_name = "HEX")]
+    build_id: Option<String>,
+    /// This process (repeatable).
+    #[arg(long = "pid", value_name = "P", value_parser = parse_pid)]
+    pids: Vec<i32>,
+    /// Never this process (repeatable).
+    #[arg(long = "exclude-pid", value_name = "P", value_parser = parse_pid)]
+    exclude: Vec<i32>,
+    /// Processes worked on at once (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Give up on processes not reached within this many seconds of the start.
+    #[arg(long, value_name = "SECONDS")]
+    deadline: Option<f64>,
+    /// An empty selection is an error (exit 15).
+    #[arg(long)]
+    require_match: bool,
+}
+
+impl FleetArgs {
+    fn selection(&self) -> rlivepatch::fleet::select::Selection {
+        rlivepatch::fleet::select::Selection {
+            all: self.all,
+            exe: self.exe.clone(),
+            object: self.object.clone(),
+            build_id: self.build_id.clone(),
+            pids: self.pids.clone(),
+            exclude: self.exclude.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load a patch into a process and redirect the functions it replaces.
+    #[command(
+        override_usage = "rlivepatch apply [OPTIONS] <PID> <PATCH>\n       rlivepatch apply [OPTIONS] <--all|--exe PATH|--object NAME|--build-id HEX|--pid P>... <PATCH>"
+    )]
     Apply {
-        /// The process id.
-        #[arg(value_parser = parse_pid)]
-        pid: i32,
+        /// The process id (or, with a fleet selector, the patch).
+        #[arg(value_name = "PID")]
+        pid: Option<String>,
         /// The patch (.so built with rlivepatch.h).
-        patch: PathBuf,
+        #[arg(value_name = "PATCH")]
+        patch: Option<String>,
         /// More pids, unquoted `$(pidof x)`: refused with a message.
         #[arg(hide = true)]
         more: Vec<String>,
@@ -65,15 +118,21 @@ enum Command {
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Disable a patch: its functions go back to the previous patch or the original,
     /// and it is unloaded.
+    #[command(
+        override_usage = "rlivepatch disable [OPTIONS] <PID> <NAME>\n       rlivepatch disable [OPTIONS] <--all|--exe PATH|--object NAME|--build-id HEX|--pid P>... <NAME>"
+    )]
     Disable {
-        /// The process id.
-        #[arg(value_parser = parse_pid)]
-        pid: i32,
+        /// The process id (or, with a fleet selector, the patch name).
+        #[arg(value_name = "PID")]
+        pid: Option<String>,
         /// The patch name (see `rlivepatch list`).
-        name: String,
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
         /// More pids, unquoted `$(pidof x)`: refused with a message.
         #[arg(hide = true)]
         more: Vec<String>,
@@ -87,30 +146,44 @@ enum Command {
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
-    /// List the patches applied to a process, oldest first.
+    /// List the patches applied to a process, oldest first; with --all, those of every
+    /// process, read without stopping any.
     List {
         /// The process id.
-        #[arg(value_parser = parse_pid)]
-        pid: i32,
+        #[arg(value_parser = parse_pid, required_unless_present_any = ["all", "exe", "object", "build_id", "pids"])]
+        pid: Option<i32>,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Dry run of apply: would the switch be safe now, and which threads block where?
-    /// Changes nothing. Exits 0 when safe, 6 when a thread blocks.
+    /// Changes nothing. Exits 0 when safe, 6 when a thread blocks. With a fleet
+    /// selector, the compliance report: which processes run the patch (covered), which
+    /// run the build it is for without it (needed), which run another build (mismatch);
+    /// nothing is stopped.
+    #[command(
+        override_usage = "rlivepatch check [OPTIONS] <PID> <PATCH>\n       rlivepatch check [OPTIONS] <--all|--exe PATH|--object NAME|--build-id HEX|--pid P>... <PATCH>"
+    )]
     Check {
-        /// The process id.
-        #[arg(value_parser = parse_pid)]
-        pid: i32,
+        /// The process id (or, with a fleet selector, the patch).
+        #[arg(value_name = "PID")]
+        pid: Option<String>,
         /// The patch (.so built with rlivepatch.h).
-        patch: PathBuf,
+        #[arg(value_name = "PATCH")]
+        patch: Option<String>,
         /// Also look for separate debug files in DIR (see apply).
         #[arg(long, value_name = "DIR")]
         debug_dir: Vec<PathBuf>,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Print the RLIVEPATCH_BUILD_ID line for a binary or library, to pin a patch to it.
     BuildId {
@@ -125,11 +198,13 @@ enum Command {
     /// disable do this first by themselves).
     Repair {
         /// The process id.
-        #[arg(value_parser = parse_pid)]
-        pid: i32,
+        #[arg(value_parser = parse_pid, required_unless_present_any = ["all", "exe", "object", "build_id", "pids"])]
+        pid: Option<i32>,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Build a patch from a source diff: the units the diff touches are compiled twice
     /// with the project's own commands, diffed as objects, proven against the binary
@@ -238,6 +313,83 @@ fn parse_pid(s: &str) -> std::result::Result<i32, String> {
     }
 }
 
+/// The positional arguments of `apply`, `disable` and `check`: `<PID> <X>`, or with a
+/// fleet selector `<X>` alone. Returns the pid (none for a fleet run) and X.
+fn targets(
+    fleet: &FleetArgs,
+    first: Option<String>,
+    second: Option<String>,
+    more: &[String],
+    what: &str,
+) -> Result<(Option<i32>, String), Error> {
+    let usage = |m: String| Error {
+        kind: ErrorKind::Usage,
+        message: m,
+    };
+    if fleet.selection().given() {
+        return match (first, second) {
+            (Some(x), None) if more.is_empty() => Ok((None, x)),
+            (None, _) => Err(usage(format!("the {what} is missing"))),
+            _ => Err(usage(format!(
+                "with --all, --exe, --object, --build-id or --pid, give the {what} alone, not a process id"
+            ))),
+        };
+    }
+    let Some(first) = first else {
+        return Err(usage(format!(
+            "give a process id and the {what}, or select processes with --all, --exe, --object, --build-id or --pid"
+        )));
+    };
+    let pid = parse_pid(&first).map_err(usage)?;
+    let Some(second) = second else {
+        return Err(usage(format!(
+            "the {what} is missing (after the process id)"
+        )));
+    };
+    one_pid(pid, &second, more)?;
+    Ok((Some(pid), second))
+}
+
+/// A run over the processes `fleet` selects; exit 14 when refused before any process.
+fn run_fleet(
+    op: &rlivepatch::fleet::Op,
+    fleet: &FleetArgs,
+    opts: Options,
+    json: bool,
+) -> Result<u8, Error> {
+    let fo = rlivepatch::fleet::FleetOptions {
+        jobs: fleet.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        deadline: fleet.deadline.map(seconds).transpose()?,
+        require_match: fleet.require_match,
+        opts,
+    };
+    let say = |l: &str| eprintln!("rlivepatch: {l}");
+    match rlivepatch::fleet::run(op, &fleet.selection(), &fo, &say) {
+        Ok(r) => {
+            if json {
+                print_json(&r);
+            } else {
+                print!("{}", r.text());
+            }
+            Ok(r.exit)
+        }
+        Err(e) => {
+            eprintln!("rlivepatch: error: {}", e.message);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "changed": false, "failed": true, "msg": e.message, "error": { "kind": e.kind, "message": e.message } })
+                );
+            }
+            Ok(14)
+        }
+    }
+}
+
 /// `apply 123 456 fix.so` (an unquoted `$(pidof nginx)`): several pids, said so.
 fn one_pid(pid: i32, second: &str, more: &[String]) -> Result<(), Error> {
     if more.is_empty() {
@@ -324,7 +476,9 @@ fn print_bytes(b: &[u8]) {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+    let mut text = serde_json::to_string_pretty(v).expect("serializable");
+    text.push('\n');
+    print_bytes(text.as_bytes());
 }
 
 fn seconds(s: f64) -> Result<Duration, Error> {
@@ -342,13 +496,25 @@ fn run(cmd: Command) -> Result<u8, Error> {
         Command::Apply {
             pid,
             patch,
+            fleet,
             more,
             timeout,
             force,
             debug_dir,
             json,
         } => {
-            one_pid(pid, &patch.display().to_string(), &more)?;
+            let (pid, patch) = targets(&fleet, pid, patch, &more, "patch")?;
+            let patch = PathBuf::from(patch);
+            if pid.is_none() {
+                let opts = Options {
+                    timeout: seconds(timeout)?,
+                    force,
+                    debug_dirs: debug_dir,
+                    ..Options::default()
+                };
+                return run_fleet(&rlivepatch::fleet::Op::Apply(patch), &fleet, opts, json);
+            }
+            let pid = pid.unwrap_or_default();
             let opts = Options {
                 timeout: seconds(timeout)?,
                 force,
@@ -373,13 +539,23 @@ fn run(cmd: Command) -> Result<u8, Error> {
         }
         Command::Disable {
             pid,
-            more,
             name,
+            fleet,
+            more,
             timeout,
             force,
             json,
         } => {
-            one_pid(pid, &name, &more)?;
+            let (pid, name) = targets(&fleet, pid, name, &more, "patch name")?;
+            if pid.is_none() {
+                let opts = Options {
+                    timeout: seconds(timeout)?,
+                    force,
+                    ..Options::default()
+                };
+                return run_fleet(&rlivepatch::fleet::Op::Disable(name), &fleet, opts, json);
+            }
+            let pid = pid.unwrap_or_default();
             let opts = Options {
                 timeout: seconds(timeout)?,
                 force,
@@ -419,7 +595,15 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 print!("{}", rlivepatch::lookup::text(&views));
             }
         }
-        Command::List { pid, json } => {
+        Command::List { pid, fleet, json } => {
+            let Some(pid) = pid.filter(|_| !fleet.selection().given()) else {
+                return run_fleet(
+                    &rlivepatch::fleet::Op::List,
+                    &fleet,
+                    Options::default(),
+                    json,
+                );
+            };
             let (proc, maps, rec) = core::read_record(pid)?;
             let objects = rlivepatch::objects::Objects::new(&proc, &maps, &[])?;
             let mut view = ListView::new(pid, &proc.status.name, &rec, &objects);
@@ -439,12 +623,18 @@ fn run(cmd: Command) -> Result<u8, Error> {
         Command::Check {
             pid,
             patch,
+            fleet,
             debug_dir,
             json,
         } => {
+            let (pid, patch) = targets(&fleet, pid, patch, &[], "patch")?;
+            let patch = PathBuf::from(patch);
             let opts = Options {
                 debug_dirs: debug_dir,
                 ..Options::default()
+            };
+            let Some(pid) = pid else {
+                return run_fleet(&rlivepatch::fleet::Op::Check(patch), &fleet, opts, json);
             };
             let r = core::check(pid, &patch, &opts, &mut progress)?;
             if json {
@@ -469,7 +659,15 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 return Ok(ErrorKind::Busy.exit_code() as u8);
             }
         }
-        Command::Repair { pid, json } => {
+        Command::Repair { pid, fleet, json } => {
+            let Some(pid) = pid.filter(|_| !fleet.selection().given()) else {
+                return run_fleet(
+                    &rlivepatch::fleet::Op::Repair,
+                    &fleet,
+                    Options::default(),
+                    json,
+                );
+            };
             let actions = core::repair(pid, &Options::default(), &mut progress)?;
             if json {
                 print_json(&serde_json::json!({ "pid": pid, "actions": actions }));

@@ -1,0 +1,337 @@
+//! Every process at once: `apply`, `disable`, `check`, `list` and `repair` over the
+//! processes a selection names (`--all`, `--exe`, `--object`, `--build-id`, `--pid`,
+//! `--exclude-pid`), fit for fleet tools. Discovery reads /proc only: a process that maps
+//! nothing the patch changes is never attached. Work that does not depend on the
+//! process (the patch, each distinct object file and its symbol indexes) is done once
+//! per run. A pool of workers (`--jobs`) runs the engine on one process each, each with
+//! the per-process `--timeout` and all within the run's `--deadline`: one stuck process
+//! never holds the others. One result per process, keyed by pid and start time.
+
+pub mod report;
+pub mod select;
+
+use crate::core::Options;
+use crate::error::{Error, ErrorKind, Result};
+use crate::patch::Patch;
+use report::{FleetReport, Outcome, ProcessRecord};
+use select::{Candidate, Files, Fit, Selection};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What to do to each process.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Apply the patch at this path.
+    Apply(PathBuf),
+    /// Disable the patch of this name.
+    Disable(String),
+    /// The compliance report of the patch at this path (no process stopped).
+    Check(PathBuf),
+    /// The patches of each process (no process stopped).
+    List,
+    /// Finish or undo interrupted runs.
+    Repair,
+}
+
+/// How a fleet run runs.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Workers at once.
+    pub jobs: usize,
+    /// The whole run's limit.
+    pub deadline: Option<Duration>,
+    /// An empty selection is an error.
+    pub require_match: bool,
+    /// The engine's options (the per-process `--timeout` among them).
+    pub opts: Options,
+}
+
+/// Where progress lines go, from any worker.
+pub type Progress<'a> = &'a (dyn Fn(&str) + Sync);
+
+/// Run `op` over the processes `sel` selects.
+pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> Result<FleetReport> {
+    let started = Instant::now();
+    let patch = match op {
+        Op::Apply(p) | Op::Check(p) => Some(Patch::load(p)?),
+        _ => None,
+    };
+    let wants = patch.as_ref().map(select::wants);
+    if let (Some(w), Some(p)) = (&wants, &patch)
+        && w.iter().any(|w| w.object.is_none() && w.build_id.is_none())
+        && sel.exe.is_none()
+        && sel.pids.is_empty()
+    {
+        return Err(Error {
+            kind: ErrorKind::Refused,
+            message: format!(
+                "patch {} replaces functions of a main executable but carries no RLIVEPATCH_BUILD_ID, so nothing tells which program it is for: name it with --exe PATH, or build the patch with its build-id (rlivepatch build-id PROGRAM)",
+                p.name
+            ),
+        });
+    }
+    crate::ptrace::set_concurrent();
+    let mut files = Files::default();
+    let mut records = Vec::new();
+    let mut unreadable = 0;
+    let mut todo: VecDeque<Candidate> = VecDeque::new();
+    let mut other_main: Vec<(Candidate, String)> = Vec::new();
+    for c in select::candidates(sel) {
+        let named = sel.pids.contains(&c.pid);
+        if c.unreadable.as_deref() == Some("gone") {
+            records.push(record(&c, Outcome::Gone, "it does not exist".into(), 0.0));
+            continue;
+        }
+        if let Some(why) = &c.unreadable {
+            // Exited between the listing and the reading: nothing to say.
+            if why.contains("No such file") && !named {
+                continue;
+            }
+            if named {
+                records.push(record(
+                    &c,
+                    Outcome::Permission,
+                    format!("cannot read its maps: {why}"),
+                    0.0,
+                ));
+            } else {
+                unreadable += 1;
+            }
+            continue;
+        }
+        if !select::selected(&mut files, &c, sel) {
+            continue;
+        }
+        match &wants {
+            Some(w) => match select::fit(&mut files, &c, w, sel.exe.is_some() || named) {
+                Fit::Target => todo.push_back(c),
+                Fit::Mismatch(why) => records.push(record(&c, Outcome::Mismatch, why, 0.0)),
+                Fit::OtherMain(why) => other_main.push((c, why)),
+                Fit::NotTarget(why) => {
+                    // Only a process the operator named is worth a line.
+                    if named || sel.exe.is_some() {
+                        records.push(record(&c, Outcome::NotTarget, why, 0.0));
+                    }
+                }
+            },
+            None => {
+                let has_state = c
+                    .maps
+                    .as_deref()
+                    .is_some_and(|m| crate::state::find_mapping(m).is_some());
+                if has_state {
+                    todo.push_back(c);
+                } else if named {
+                    let o = match op {
+                        Op::Disable(_) => Outcome::NotApplied,
+                        Op::Repair => Outcome::Clean,
+                        _ => Outcome::Listed,
+                    };
+                    records.push(record(&c, o, "no rlivepatch state in it".into(), 0.0));
+                }
+            }
+        }
+    }
+    // Another build of the program the patch is for (an old binary still running after
+    // an update): the executable at the same path as a target's.
+    let base = |e: &str| e.trim_end_matches(" (deleted)").to_string();
+    let names: Vec<String> = todo.iter().map(|c| base(&c.exe)).collect();
+    for (c, why) in other_main {
+        if names.contains(&base(&c.exe)) {
+            records.push(record(&c, Outcome::Mismatch, why, 0.0));
+        }
+    }
+    let total = todo.len();
+    if total > 0 {
+        progress(&format!(
+            "{} to {} with {} worker{}",
+            crate::report::plural(total, "process", "processes"),
+            match op {
+                Op::Apply(_) => "patch",
+                Op::Disable(_) => "unpatch",
+                Op::Check(_) => "check",
+                Op::List => "list",
+                Op::Repair => "repair",
+            },
+            fo.jobs.min(total).max(1),
+            if fo.jobs.min(total) == 1 { "" } else { "s" }
+        ));
+    }
+    let queue = Mutex::new(todo);
+    let done = Mutex::new(Vec::new());
+    let deadline = fo.deadline.map(|d| started + d);
+    std::thread::scope(|scope| {
+        for _ in 0..fo.jobs.clamp(1, total.max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let Some(c) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+                    else {
+                        break;
+                    };
+                    let r = one(op, patch.as_ref(), &c, fo, deadline, progress);
+                    progress(&format!(
+                        "pid {} ({}): {}{}",
+                        c.pid,
+                        c.comm,
+                        r.result.name(),
+                        if r.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", r.reason)
+                        }
+                    ));
+                    done.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                }
+            });
+        }
+    });
+    records.extend(done.into_inner().unwrap_or_else(|e| e.into_inner()));
+    Ok(FleetReport::new(records, unreadable, fo.require_match))
+}
+
+fn record(c: &Candidate, result: Outcome, reason: String, ms: f64) -> ProcessRecord {
+    ProcessRecord {
+        pid: c.pid,
+        start_time: c.start,
+        ns_pid: c.ns_pid,
+        comm: c.comm.clone(),
+        exe: c.exe.clone(),
+        result,
+        reason,
+        patches: Vec::new(),
+        switch_wait_ms: None,
+        duration_ms: ms,
+    }
+}
+
+/// The outcome of an engine error.
+fn outcome_of(e: &Error) -> Outcome {
+    let m = e.message.as_str();
+    match e.kind {
+        ErrorKind::Target if m.contains("exited") || m.contains("no such process") => Outcome::Gone,
+        ErrorKind::Target if m.contains("no permission") => Outcome::Permission,
+        ErrorKind::Target => Outcome::Blocked,
+        ErrorKind::Patch | ErrorKind::Mismatch | ErrorKind::Refused => Outcome::Refused,
+        ErrorKind::Stopped => Outcome::Blocked,
+        _ => Outcome::Failed,
+    }
+}
+
+/// The patches a process runs now, from its record (read without stopping it).
+fn applied_names(pid: i32) -> Option<Vec<String>> {
+    let (_, _, rec) = crate::state::read_record(pid).ok()?;
+    Some(
+        rec.patches
+            .iter()
+            .filter(|p| !p.disabled)
+            .map(|p| p.name.clone())
+            .collect(),
+    )
+}
+
+/// Do `op` to one process.
+fn one(
+    op: &Op,
+    patch: Option<&Patch>,
+    c: &Candidate,
+    fo: &FleetOptions,
+    deadline: Option<Instant>,
+    progress: Progress,
+) -> ProcessRecord {
+    let t0 = Instant::now();
+    let ms = |t0: Instant| t0.elapsed().as_secs_f64() * 1000.0;
+    // The same process still (a pid reused since discovery is another one).
+    if crate::process::start_time(&format!("/proc/{}/stat", c.pid)) != Some(c.start) {
+        return record(c, Outcome::Gone, "it exited during the run".into(), 0.0);
+    }
+    let mut opts = fo.opts.clone();
+    if let Some(d) = deadline {
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return record(
+                c,
+                Outcome::Failed,
+                "the run's --deadline passed before its turn".into(),
+                0.0,
+            );
+        }
+        opts.timeout = opts.timeout.min(left);
+    }
+    let pid = c.pid;
+    let mut say = |line: &str| progress(&format!("pid {pid}: {line}"));
+    let result: Result<(Outcome, String, Vec<String>, Option<u64>)> = match (op, patch) {
+        (Op::Apply(_), Some(p)) => {
+            if applied_names(pid).is_some_and(|n| n.contains(&p.name)) {
+                Ok((Outcome::AlreadyApplied, String::new(), Vec::new(), None))
+            } else {
+                crate::core::apply_patch(pid, p, &opts, &mut say).map(|r| {
+                    let why = format!(
+                        "{} in {:.1} ms",
+                        crate::report::plural(r.functions.len(), "function", "functions"),
+                        r.elapsed_ms
+                    );
+                    (Outcome::Applied, why, Vec::new(), Some(r.switch.waited_ms))
+                })
+            }
+        }
+        (Op::Check(_), Some(p)) => Ok(match applied_names(pid) {
+            Some(n) if n.contains(&p.name) => (Outcome::Covered, String::new(), n, None),
+            n => (
+                Outcome::Needed,
+                "runs the build the patch is for, without it".into(),
+                n.unwrap_or_default(),
+                None,
+            ),
+        }),
+        (Op::Disable(name), _) => {
+            if !applied_names(pid).is_some_and(|n| n.contains(name)) {
+                Ok((Outcome::NotApplied, String::new(), Vec::new(), None))
+            } else {
+                crate::core::disable(pid, name, &opts, &mut say).map(|r| {
+                    (
+                        Outcome::Disabled,
+                        String::new(),
+                        Vec::new(),
+                        Some(r.switch.waited_ms),
+                    )
+                })
+            }
+        }
+        (Op::List, _) => crate::state::read_record(pid).map(|(_, _, rec)| {
+            let names: Vec<String> = rec
+                .patches
+                .iter()
+                .filter(|p| !p.disabled)
+                .map(|p| p.name.clone())
+                .collect();
+            let why = if names.is_empty() {
+                "no patch applied".to_string()
+            } else {
+                names.join(", ")
+            };
+            (Outcome::Listed, why, names, None)
+        }),
+        (Op::Repair, _) => crate::core::repair(pid, &opts, &mut say).map(|done| {
+            if done.is_empty() {
+                (Outcome::Clean, String::new(), Vec::new(), None)
+            } else {
+                (Outcome::Repaired, done.join("; "), Vec::new(), None)
+            }
+        }),
+        _ => Err(Error {
+            kind: ErrorKind::Failed,
+            message: "no patch".into(),
+        }),
+    };
+    match result {
+        Ok((o, why, patches, wait)) => {
+            let mut r = record(c, o, why, ms(t0));
+            r.patches = patches;
+            r.switch_wait_ms = wait;
+            r
+        }
+        Err(e) => record(c, outcome_of(&e), e.message, ms(t0)),
+    }
+}

@@ -1,0 +1,308 @@
+//! Which processes a fleet run concerns, found from /proc without attaching anything:
+//! the objects each maps, matched by the build-id read from the very file it mapped
+//! (deduplicated per device and inode; a library replaced or deleted on disk since is
+//! still the one the process runs), and the selectors an operator gave.
+
+use crate::patch::Patch;
+use crate::process::{Mapping, parse_maps};
+use crate::symbols::ElfFile;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The selectors of a fleet run; combined, they narrow each other.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Every process that maps what the patch changes (or, for disable/list/repair, that
+    /// has rlivepatch's state).
+    pub all: bool,
+    /// Processes running this executable.
+    pub exe: Option<PathBuf>,
+    /// Processes that map an object of this name (file name, soname or path).
+    pub object: Option<String>,
+    /// Processes that map an object with this build-id.
+    pub build_id: Option<String>,
+    /// Only these processes.
+    pub pids: Vec<i32>,
+    /// Never these.
+    pub exclude: Vec<i32>,
+}
+
+impl Selection {
+    /// Does the operator select processes this way (rather than by one pid)?
+    pub fn given(&self) -> bool {
+        self.all
+            || self.exe.is_some()
+            || self.object.is_some()
+            || self.build_id.is_some()
+            || !self.pids.is_empty()
+    }
+}
+
+/// A process as /proc shows it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Its pid (here).
+    pub pid: i32,
+    /// Its start time (clock ticks since boot): a pid reused later is another process.
+    pub start: u64,
+    /// Its pid in its own pid namespace.
+    pub ns_pid: i32,
+    /// Its command name.
+    pub comm: String,
+    /// Its executable.
+    pub exe: String,
+    /// Its mappings; `None` when they cannot be read (permission).
+    pub maps: Option<Vec<Mapping>>,
+    /// Why its maps could not be read.
+    pub unreadable: Option<String>,
+}
+
+/// Every process of the host but rlivepatch itself (or the `--pid` ones), as /proc
+/// shows them now.
+pub fn candidates(sel: &Selection) -> Vec<Candidate> {
+    let me = std::process::id() as i32;
+    let pids: Vec<i32> = if sel.pids.is_empty() {
+        std::fs::read_dir("/proc")
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        sel.pids.clone()
+    };
+    let mut out = Vec::new();
+    for pid in pids {
+        if pid == me || sel.exclude.contains(&pid) || crate::process::is_kernel_thread(pid) {
+            continue;
+        }
+        let Some(start) = crate::process::start_time(&format!("/proc/{pid}/stat")) else {
+            if !sel.pids.is_empty() {
+                out.push(Candidate {
+                    pid,
+                    start: 0,
+                    ns_pid: pid,
+                    comm: String::new(),
+                    exe: String::new(),
+                    maps: None,
+                    unreadable: Some("gone".into()),
+                });
+            }
+            continue;
+        };
+        let status = crate::process::read_status(pid).ok();
+        let (maps, unreadable) = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            Ok(t) => (Some(parse_maps(&t)), None),
+            Err(e) => (None, Some(crate::error::io_text(&e))),
+        };
+        out.push(Candidate {
+            pid,
+            start,
+            ns_pid: status.as_ref().map(|s| s.ns_pid).unwrap_or(pid),
+            comm: status.map(|s| s.name).unwrap_or_default(),
+            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            maps,
+            unreadable,
+        });
+    }
+    out
+}
+
+/// A mapped file: its device (`major:minor`) and inode.
+type Inode = ((u32, u32), u64);
+
+/// Parsed files of the run, by device and inode.
+#[derive(Default)]
+pub struct Files {
+    by_inode: HashMap<Inode, Option<Arc<ElfFile>>>,
+}
+
+impl Files {
+    /// The ELF file process `pid` mapped at `m` (its first mapping), read through
+    /// /proc (the very file: replaced or deleted on disk, or in another mount namespace).
+    pub fn of(&mut self, pid: i32, m: &Mapping) -> Option<Arc<ElfFile>> {
+        self.by_inode
+            .entry((m.dev, m.inode))
+            .or_insert_with(|| {
+                let by_inode = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                let rooted = format!("/proc/{pid}/root{}", m.path);
+                ElfFile::open(std::path::Path::new(&by_inode))
+                    .or_else(|_| ElfFile::open(std::path::Path::new(&rooted)))
+                    .ok()
+                    .map(Arc::new)
+            })
+            .clone()
+    }
+}
+
+/// A file-backed object of a process: its path and first mapping.
+pub struct Mapped<'a> {
+    /// The path the process mapped.
+    pub path: &'a str,
+    /// Its first mapping (offset 0).
+    pub first: &'a Mapping,
+}
+
+/// The objects a process maps (first mapping of each file).
+pub fn mapped(maps: &[Mapping]) -> Vec<Mapped<'_>> {
+    let mut seen = std::collections::HashSet::new();
+    maps.iter()
+        .filter(|m| m.inode != 0 && m.offset == 0 && m.path.starts_with('/'))
+        .filter(|m| seen.insert((m.dev, m.inode)))
+        .map(|m| Mapped {
+            path: &m.path,
+            first: m,
+        })
+        .collect()
+}
+
+/// Does object `o` of `pid` answer to `name` (file name, soname or path)?
+pub fn named(files: &mut Files, pid: i32, o: &Mapped, name: &str) -> bool {
+    let file_name = o.path.rsplit('/').next().unwrap_or(o.path);
+    if o.path == name || file_name == name {
+        return true;
+    }
+    files
+        .of(pid, o.first)
+        .and_then(|f| f.soname.clone())
+        .is_some_and(|s| s == name)
+}
+
+/// An object a patch is for: `None` is the main executable; with the build-id it was
+/// built for, when the patch carries one.
+#[derive(Debug, Clone)]
+pub struct Want {
+    /// The object as the patch names it.
+    pub object: Option<String>,
+    /// The build-id the patch requires.
+    pub build_id: Option<String>,
+}
+
+/// The objects `patch` changes, with their build-ids.
+pub fn wants(patch: &Patch) -> Vec<Want> {
+    let norm = |o: &Option<String>| o.clone().filter(|o| o != "main");
+    let mut out: Vec<Want> = Vec::new();
+    for o in patch
+        .funcs
+        .iter()
+        .map(|f| norm(&f.object))
+        .chain(patch.build_ids.iter().map(|(o, _)| norm(o)))
+    {
+        if !out.iter().any(|w| w.object == o) {
+            let build_id = patch
+                .build_ids
+                .iter()
+                .find(|(b, _)| norm(b) == o)
+                .map(|(_, h)| h.clone());
+            out.push(Want {
+                object: o,
+                build_id,
+            });
+        }
+    }
+    out
+}
+
+/// What a process is to a patch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fit {
+    /// It maps every object the patch changes, of the right builds.
+    Target,
+    /// It maps an object of another build (which, and the two build-ids).
+    Mismatch(String),
+    /// It lacks one (which).
+    NotTarget(String),
+    /// Its main executable has another build-id (given): another program, or another
+    /// build of the patch's program (told apart by the executable's name).
+    OtherMain(String),
+}
+
+/// Does process `c` map every object of `wants`? `exe_given`: the operator named the
+/// executable (a patch for the main executable without a build-id needs that).
+pub fn fit(files: &mut Files, c: &Candidate, wants: &[Want], exe_given: bool) -> Fit {
+    let Some(maps) = &c.maps else {
+        return Fit::NotTarget("its maps cannot be read".into());
+    };
+    let objects = mapped(maps);
+    for w in wants {
+        let found = match &w.object {
+            None => objects
+                .iter()
+                .find(|o| o.path == c.exe.trim_end_matches(" (deleted)")),
+            Some(name) => objects.iter().find(|o| named(files, c.pid, o, name)),
+        };
+        let label = w
+            .object
+            .clone()
+            .unwrap_or_else(|| "the main executable".into());
+        let Some(o) = found else {
+            return Fit::NotTarget(format!("it does not map {label}"));
+        };
+        match &w.build_id {
+            Some(want) => {
+                let have = files.of(c.pid, o.first).and_then(|f| f.build_id_hex());
+                if have.as_deref() != Some(want.as_str()) {
+                    // Another program altogether is not another build of this one.
+                    if w.object.is_none() && !exe_given {
+                        return Fit::OtherMain(format!(
+                            "its {} has build-id {}, the patch is for {want}",
+                            o.path,
+                            have.unwrap_or_else(|| "none".into())
+                        ));
+                    }
+                    return Fit::Mismatch(format!(
+                        "its {} has build-id {}, the patch is for {want}",
+                        o.path,
+                        have.unwrap_or_else(|| "none".into())
+                    ));
+                }
+            }
+            None if w.object.is_none() && !exe_given => {
+                return Fit::NotTarget(
+                    "the patch is for a main executable without RLIVEPATCH_BUILD_ID: name the program with --exe".into(),
+                );
+            }
+            None => {}
+        }
+    }
+    Fit::Target
+}
+
+/// Does process `c` pass the selectors besides `--all` (exe, object, build-id)?
+pub fn selected(files: &mut Files, c: &Candidate, sel: &Selection) -> bool {
+    if let Some(exe) = &sel.exe {
+        let same_file = || {
+            use std::os::unix::fs::MetadataExt;
+            let a = std::fs::metadata(format!("/proc/{}/exe", c.pid)).ok()?;
+            let b = std::fs::metadata(exe).ok()?;
+            Some(a.dev() == b.dev() && a.ino() == b.ino())
+        };
+        let by_path = c.exe.trim_end_matches(" (deleted)") == exe.display().to_string();
+        if !by_path && same_file() != Some(true) {
+            return false;
+        }
+    }
+    let Some(maps) = &c.maps else {
+        return sel.object.is_none() && sel.build_id.is_none();
+    };
+    let objects = mapped(maps);
+    if let Some(name) = &sel.object
+        && !objects.iter().any(|o| named(files, c.pid, o, name))
+    {
+        return false;
+    }
+    if let Some(id) = &sel.build_id {
+        let id = id.to_ascii_lowercase();
+        if !objects
+            .iter()
+            .any(|o| files.of(c.pid, o.first).and_then(|f| f.build_id_hex()) == Some(id.clone()))
+        {
+            return false;
+        }
+    }
+    true
+}

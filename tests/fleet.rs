@@ -1,0 +1,319 @@
+//! Every process at once: selection by build-id read from each process's own mapping
+//! (an old build still running after the file was replaced is another build), one
+//! result per process, idempotent runs, the exit codes fleet tools read, processes in
+//! other pid and mount namespaces, processes that are not targets never attached.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(10);
+
+/// The counter built twice (other flags, other build-id) at one path: the first build's
+/// processes keep running after the file was replaced by the second.
+struct Builds {
+    dir: PathBuf,
+    path: PathBuf,
+    old: Vec<Target>,
+    new: Vec<Target>,
+}
+
+fn builds(name: &str, old: usize, new: usize) -> Builds {
+    let dir = build_dir().join(format!("fleet-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("counter");
+    // A symbol of the test's own: every test's builds differ from every other's (two
+    // identical builds are one build, and --all would rightly take both).
+    let tag = format!("-Wl,--defsym,fleet_test_{name}=0");
+    let build = |flags: &str, out: &Path| {
+        let st = Command::new("cc")
+            .args(["-O2", "-g", flags, &tag])
+            .arg(root().join("fixtures/counter.c"))
+            .arg("-o")
+            .arg(out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    build("-O1", &path);
+    let olds = (0..old).map(|_| Target::start(&path, &["20"])).collect();
+    // The update: a new file at the same path (rename, as package managers do).
+    let tmp = dir.join(".counter.new");
+    build("-fno-omit-frame-pointer", &tmp);
+    std::fs::rename(&tmp, &path).unwrap();
+    let news = (0..new).map(|_| Target::start(&path, &["20"])).collect();
+    Builds {
+        dir,
+        path,
+        old: olds,
+        new: news,
+    }
+}
+
+/// A patch for the new build (its build-id recorded).
+fn fix_for(b: &Builds, name: &str) -> PathBuf {
+    let line = rlp_ok(&["build-id", b.path.to_str().unwrap()]);
+    let src = b.dir.join(format!("{name}.c"));
+    std::fs::write(
+        &src,
+        format!(
+            "#include <rlivepatch.h>\nstatic int f(int x) {{ return x * 100; }}\nRLIVEPATCH_FUNC(compute, f);\nRLIVEPATCH_NAME(\"{name}\");\n{line}"
+        ),
+    )
+    .unwrap();
+    let out = b.dir.join(format!("{name}.so"));
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-I"])
+        .arg(root().join("patches/include"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    out
+}
+
+fn patched(t: &mut Target) -> bool {
+    t.wait_line(
+        |l| {
+            let (i, v) = value(l);
+            i > 0 && v == i * 100
+        },
+        T,
+    );
+    true
+}
+
+fn still_original(t: &mut Target) {
+    for l in t.next_lines(2) {
+        let (i, v) = value(&l);
+        assert_eq!(v, i + 1, "{l}");
+    }
+}
+
+/// The rlivepatch state mapping appears only in a process rlivepatch attached to.
+fn untouched(t: &Target) -> bool {
+    !t.maps().contains("rlivepatch-state")
+}
+
+fn pids(v: &serde_json::Value, result: &str) -> Vec<i64> {
+    let mut p: Vec<i64> = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["result"] == result)
+        .map(|r| r["pid"].as_i64().unwrap())
+        .collect();
+    p.sort();
+    p
+}
+
+fn sorted(ts: &[Target]) -> Vec<i64> {
+    let mut p: Vec<i64> = ts.iter().map(|t| t.pid as i64).collect();
+    p.sort();
+    p
+}
+
+#[test]
+fn apply_all_patches_every_process_of_the_build_once() {
+    let mut b = builds("all", 2, 3);
+    let fix = fix_for(&b, "fleet-fix");
+    let other = Target::start(
+        &fixture("counter", "counter-pie", &["-fPIE", "-pie"]),
+        &["20"],
+    );
+    let (code, out, err) = rlp_full(&["apply", "--all", fix.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v = json(&out);
+    assert_eq!(v["changed"], true);
+    assert_eq!(v["failed"], false);
+    assert_eq!(pids(&v, "applied"), sorted(&b.new), "{v}");
+    // The old build, still running from the replaced file: another build, untouched.
+    assert_eq!(pids(&v, "mismatch"), sorted(&b.old), "{v}");
+    for t in b.new.iter_mut() {
+        assert!(patched(t));
+    }
+    for t in b.old.iter_mut() {
+        still_original(t);
+        assert!(untouched(t));
+    }
+    // Another program: not a line of the report, never attached.
+    assert!(!out.contains(&format!("\"pid\": {},", other.pid)));
+    assert!(untouched(&other));
+    // Records carry the start time (a reused pid is another process).
+    let rec = &v["processes"][0];
+    assert!(rec["start_time"].as_u64().unwrap() > 0 && rec["exe"].is_string());
+
+    // Again: nothing to do, and it says so.
+    let (code, out, _) = rlp_full(&["apply", "--all", fix.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    let v = json(&out);
+    assert_eq!(v["changed"], false);
+    assert_eq!(pids(&v, "already-applied"), sorted(&b.new));
+
+    // The compliance report and the lists, read without stopping anything.
+    let v = json(&rlp_ok(&[
+        "check",
+        "--all",
+        fix.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(pids(&v, "covered"), sorted(&b.new));
+    assert_eq!(pids(&v, "mismatch"), sorted(&b.old));
+    let v = json(&rlp_ok(&["list", "--all", "--json"]));
+    for p in sorted(&b.new) {
+        let r = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["pid"] == p)
+            .unwrap();
+        assert_eq!(r["patches"][0], "fleet-fix");
+    }
+    // --exe narrows; --exclude-pid takes one out.
+    let keep = b.new[0].pid.to_string();
+    let v = json(&rlp_ok(&[
+        "disable",
+        "--exe",
+        b.path.to_str().unwrap(),
+        "--exclude-pid",
+        &keep,
+        "fleet-fix",
+        "--json",
+    ]));
+    assert_eq!(v["counts"]["disabled"], 2, "{v}");
+    let v = json(&rlp_ok(&["disable", "--all", "fleet-fix", "--json"]));
+    assert_eq!(pids(&v, "disabled"), vec![b.new[0].pid as i64]);
+    let v = json(&rlp_ok(&["disable", "--all", "fleet-fix", "--json"]));
+    assert_eq!(v["changed"], false);
+}
+
+#[test]
+fn exit_codes_say_what_happened() {
+    let b = builds("codes", 0, 2);
+    let fix = fix_for(&b, "codes-fix");
+    require_tool("strace");
+    // One target traced by another tool: blocked, the other applied: partial.
+    let traced = b.new[0].pid.to_string();
+    let mut strace = Command::new("strace")
+        .args(["-p", &traced, "-o", "/dev/null"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // strace says when it has attached.
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(strace.stderr.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("attached"), "{line}");
+    }
+    let (code, out, err) = rlp_full(&[
+        "apply",
+        "--exe",
+        b.path.to_str().unwrap(),
+        fix.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 12, "{err}");
+    let v = json(&out);
+    assert_eq!(v["failed"], true);
+    assert_eq!(pids(&v, "blocked"), vec![b.new[0].pid as i64], "{v}");
+    assert_eq!(pids(&v, "applied"), vec![b.new[1].pid as i64], "{v}");
+    // Only the traced one: every selected process failed.
+    let (code, _, _) = rlp_full(&["apply", "--pid", &traced, fix.to_str().unwrap()]);
+    assert_eq!(code, 13);
+    let _ = strace.kill();
+    let _ = strace.wait();
+    // A pid that does not exist: gone, not a failure.
+    let (code, out, _) = rlp_full(&[
+        "apply",
+        "--pid",
+        "999999999",
+        fix.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json(&out)["counts"]["gone"], 1);
+    // Nothing matched: fine, unless --require-match.
+    let exe = b.dir.join("nothing-runs-this");
+    std::fs::write(&exe, "").unwrap();
+    let (code, _, _) = rlp_full(&[
+        "apply",
+        "--exe",
+        exe.to_str().unwrap(),
+        fix.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    let (code, _, _) = rlp_full(&[
+        "apply",
+        "--exe",
+        exe.to_str().unwrap(),
+        "--require-match",
+        fix.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 15);
+    // Refused before touching any process: not a patch.
+    let (code, out, err) = rlp_full(&["apply", "--all", exe.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 14, "{err}");
+    assert_eq!(json(&out)["failed"], true);
+    // A patch for a main executable without a build-id needs --exe.
+    let bare = patch("counter-fix");
+    let e = rlp_fails(&["apply", "--all", bare.to_str().unwrap()], 14);
+    assert!(e.contains("--exe PATH"), "{e}");
+}
+
+#[test]
+fn a_process_in_other_namespaces_is_found_and_patched() {
+    require_tool("unshare");
+    let b = builds("ns", 0, 0);
+    let fix = fix_for(&b, "ns-fix");
+    // A new pid and mount namespace, /proc of its own: the counter is pid 1 there.
+    let mut t = Target::start(
+        Path::new("/usr/bin/unshare"),
+        &[
+            "--pid",
+            "--fork",
+            "--mount",
+            "--mount-proc",
+            // The counter goes with unshare when the test ends.
+            "--kill-child",
+            b.path.to_str().unwrap(),
+            "20",
+        ],
+    );
+    // The counter is the child of unshare.
+    let child: i32 = std::fs::read_to_string(format!("/proc/{}/task/{}/children", t.pid, t.pid))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let v = json(&rlp_ok(&[
+        "apply",
+        "--all",
+        fix.to_str().unwrap(),
+        "--json",
+    ]));
+    let r = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pid"] == child)
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone();
+    assert_eq!(r["result"], "applied", "{r}");
+    assert_eq!(r["ns_pid"], 1);
+    assert!(patched(&mut t));
+    let text = rlp_ok(&["list", "--all"]);
+    assert!(
+        text.contains(&format!("pid {child} (counter, pid 1 in its namespace)")),
+        "{text}"
+    );
+}
