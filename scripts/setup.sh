@@ -4,7 +4,8 @@
 # way LLVM builds programs: in-place signature changes), musl (the test that musl
 # processes are refused), strace and gdb (tests with another tracer, the gdb benchmark),
 # gnuplot (the benchmark plot), make, patch and cmake (`rlivepatch build` runs a
-# project's build and applies its diffs; expat builds with cmake). Idempotent: does nothing when everything is there.
+# project's build and applies its diffs; expat builds with cmake), ansible-core (the
+# contrib playbook is run against localhost). Idempotent: does nothing when everything is there.
 set -euo pipefail
 need=()
 command -v cc >/dev/null || need+=(gcc libc6-dev)
@@ -14,6 +15,7 @@ command -v objcopy >/dev/null || need+=(binutils)
 command -v make >/dev/null || need+=(make)
 command -v patch >/dev/null || need+=(patch)
 command -v cmake >/dev/null || need+=(cmake)
+command -v ansible-playbook >/dev/null || need+=(ansible-core)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v strace >/dev/null || need+=(strace)
 command -v gdb >/dev/null || need+=(gdb)

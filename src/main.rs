@@ -36,7 +36,11 @@ const EXIT_CODES: &str = "Exit codes:
   9  job control stopped the process before the switch; the step was undone and the
      process stays stopped (`kill -CONT PID` resumes it)
  10  build: the change cannot be made into a livepatch (the reason, and the way out)
- 11  build: the project's build, a diff, a compile or the link failed";
+ 11  build: the project's build, a diff, a compile or the link failed
+ 12  fleet run (--all, --exe...): some processes failed
+ 13  fleet run: every selected process failed
+ 14  fleet run refused before touching any process
+ 15  fleet run selected nothing, with --require-match";
 
 /// Selectors and limits of a run over many processes.
 #[derive(clap::Args, Debug, Clone, Default)]

@@ -317,3 +317,53 @@ fn a_process_in_other_namespaces_is_found_and_patched() {
         "{text}"
     );
 }
+
+/// contrib/ansible/rollout.yml against localhost, twice: `changed`, then `ok`.
+#[test]
+fn the_ansible_playbook_rolls_out_then_reports_ok() {
+    require_tool("ansible-playbook");
+    let mut b = builds("ansible", 0, 2);
+    let fix = fix_for(&b, "ansible-fix");
+    let play = |b: &Builds| {
+        let o = Command::new("ansible-playbook")
+            .args(["-i", "localhost,", "-c", "local"])
+            .arg(root().join("contrib/ansible/rollout.yml"))
+            .arg("-e")
+            .arg(format!("rlivepatch={}", env!("CARGO_BIN_EXE_rlivepatch")))
+            .arg("-e")
+            .arg(format!("patch={}", fix.display()))
+            .arg("-e")
+            .arg(
+                serde_json::json!({ "selector": format!("--exe {}", b.path.display()) })
+                    .to_string(),
+            )
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_LOCALHOST_WARNING", "false")
+            .env("ANSIBLE_INVENTORY_UNPARSED_WARNING", "false")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out.lines()
+            .find(|l| l.starts_with("localhost"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first = play(&b);
+    assert!(
+        first.contains("changed=1") && first.contains("failed=0"),
+        "{first}"
+    );
+    for t in b.new.iter_mut() {
+        assert!(patched(t));
+    }
+    let second = play(&b);
+    assert!(
+        second.contains("changed=0") && second.contains("failed=0"),
+        "{second}"
+    );
+}
