@@ -26,4 +26,25 @@ fn main() {
         .status()
         .unwrap_or_else(|e| panic!("running {cc} to build the runtime: {e}"));
     assert!(status.success(), "building {src} failed");
+
+    // The autoload library (LD_PRELOAD): processes started later run persisted patches.
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("librlivepatch-autoload.so");
+    let src = "runtime/rlivepatch-autoload.c";
+    println!("cargo:rerun-if-changed={src}");
+    let status = Command::new(&cc)
+        .args([
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-g",
+            "-fvisibility=hidden",
+            "-Wall",
+            "-Wextra",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(src)
+        .status()
+        .unwrap_or_else(|e| panic!("running {cc} to build the autoload library: {e}"));
+    assert!(status.success(), "building {src} failed");
 }

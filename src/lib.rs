@@ -22,6 +22,7 @@ pub mod lookup;
 pub mod objects;
 pub mod pace;
 pub mod patch;
+pub mod persist;
 pub mod preserve;
 pub mod process;
 pub mod ptrace;

@@ -289,6 +289,55 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Register a patch for processes started later: a process whose objects match its
+    /// build-ids runs it from the first call of main on, when it runs with the autoload
+    /// library (see `rlivepatch autoload`). The registry is /var/lib/rlivepatch/persist
+    /// (RLIVEPATCH_REGISTRY), owned by root.
+    Persist {
+        /// The patch (.so, with RLIVEPATCH_BUILD_ID records).
+        #[arg(required_unless_present = "list")]
+        patch: Option<PathBuf>,
+        /// List the persisted patches instead.
+        #[arg(long)]
+        list: bool,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a persisted patch: processes started from now on run without it.
+    Unpersist {
+        /// The patch name.
+        name: String,
+    },
+    /// Make processes load the autoload library, which applies the persisted patches at
+    /// their start: for one systemd unit (a drop-in) or for the whole host
+    /// (/etc/ld.so.preload). Kill switches: RLIVEPATCH_AUTOLOAD=0, or a file named
+    /// `disabled` in the registry.
+    Autoload {
+        /// The systemd unit (nginx, or nginx.service).
+        #[arg(long, value_name = "UNIT", conflicts_with = "system", required_unless_present_any = ["system", "library"])]
+        unit: Option<String>,
+        /// Every process of the host (/etc/ld.so.preload).
+        #[arg(long)]
+        system: bool,
+        /// Only print where the library is (for LD_PRELOAD by hand).
+        #[arg(long)]
+        library: bool,
+        /// Write under this root instead of / (for images and tests).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
+    /// Run by the autoload library inside a starting process: apply the persisted
+    /// patches that match it.
+    #[command(hide = true)]
+    AutoloadApply {
+        /// The starting process.
+        #[arg(long, value_parser = parse_pid)]
+        pid: i32,
+        /// The registry.
+        #[arg(long, value_name = "DIR")]
+        registry: PathBuf,
+    },
     /// Show what a patch file replaces, without loading it.
     Info {
         /// The patch (.so).
@@ -443,9 +492,13 @@ fn main() -> ExitCode {
         | Command::Repair { json, .. }
         | Command::Info { json, .. }
         | Command::Symbols { json, .. }
+        | Command::Persist { json, .. }
         | Command::Build { json, .. } => *json,
         Command::BuildId { .. }
         | Command::Sdk { .. }
+        | Command::Unpersist { .. }
+        | Command::Autoload { .. }
+        | Command::AutoloadApply { .. }
         | Command::Manpage
         | Command::Completions { .. } => false,
     };
@@ -682,6 +735,76 @@ fn run(cmd: Command) -> Result<u8, Error> {
                     println!("{a}");
                 }
             }
+        }
+        Command::Persist { patch, list, json } => {
+            let reg = rlivepatch::persist::registry();
+            if list {
+                let entries = rlivepatch::persist::list(&reg)?;
+                if json {
+                    print_json(&entries);
+                } else if entries.is_empty() {
+                    println!("no persisted patches in {}", reg.display());
+                } else {
+                    for e in &entries {
+                        let ids: Vec<String> = e
+                            .build_ids
+                            .iter()
+                            .map(|(o, id)| format!("{o} {id}"))
+                            .collect();
+                        println!("{} ({}): for {}", e.name, e.file.display(), ids.join(", "));
+                    }
+                }
+            } else if let Some(patch) = patch {
+                let e = rlivepatch::persist::persist(&patch)?;
+                if json {
+                    print_json(&e);
+                } else {
+                    println!(
+                        "persisted patch {} in {}: processes started from now on with the autoload library run it (rlivepatch autoload --unit UNIT, or --system)",
+                        e.name,
+                        reg.display()
+                    );
+                }
+            }
+        }
+        Command::Unpersist { name } => {
+            rlivepatch::persist::unpersist(&name)?;
+            println!(
+                "patch {name} is no longer persisted; processes started from now on run without it"
+            );
+        }
+        Command::Autoload {
+            unit,
+            system,
+            library,
+            root,
+        } => {
+            let lib = rlivepatch::persist::library_path(&rlivepatch::persist::registry());
+            if library {
+                println!("{}", lib.display());
+            } else if system {
+                let p = rlivepatch::persist::install_system(&root)?;
+                println!(
+                    "{} loads {} into every process started from now on",
+                    p.display(),
+                    lib.display()
+                );
+            } else if let Some(unit) = unit {
+                let p = rlivepatch::persist::install_unit(&unit, &root)?;
+                println!(
+                    "wrote {}; run `systemctl daemon-reload` and restart the unit",
+                    p.display()
+                );
+            }
+        }
+        Command::AutoloadApply { pid, registry } => {
+            // Inside a starting program, only what went wrong is worth its stderr.
+            let mut say = |l: &str| {
+                if !l.starts_with("note:") {
+                    eprintln!("rlivepatch autoload: {l}");
+                }
+            };
+            rlivepatch::persist::autoload_apply(pid, &registry, &mut say)?;
         }
         Command::Sdk { cflags, header } => {
             if header {

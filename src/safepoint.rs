@@ -186,8 +186,18 @@ pub fn judge(
         f.symbolize(pc.wrapping_sub(b)).map(|(s, _)| s.name.clone())
     };
     let frames = &stack.frames;
-    if frames.iter().any(|f| in_obj(loader, f.pc)) {
-        return Err("inside the dynamic loader".into());
+    if let Some(first_loader) = frames.iter().position(|f| in_obj(loader, f.pc)) {
+        // A process still starting up (the autoload library's constructor, run by the
+        // loader, waiting for rlivepatch) is fit: the loader is only below program code,
+        // calling out, on the only thread, whose own lock is recursive; glibc supports
+        // dlopen from constructors. Anywhere else, the loader may hold its lock.
+        let calling_out = frames[..first_loader]
+            .iter()
+            .any(|f| !in_obj(libc, f.pc) && !in_obj(loader, f.pc));
+        let single = crate::process::task_ids(proc.pid).is_ok_and(|t| t.len() == 1);
+        if !(calling_out && single) {
+            return Err("inside the dynamic loader".into());
+        }
     }
     // The last frame that is not libc: everything above it is "the top", below is the base.
     let first_user = frames.iter().position(|f| !in_obj(libc, f.pc));

@@ -226,6 +226,13 @@ impl ElfFile {
         Self::parse(path.to_path_buf(), Bytes::Mapped(map))
     }
 
+    /// The entry point (`e_entry`), when there is one.
+    pub fn entry(&self) -> Option<u64> {
+        let b = self.data().get(24..32)?;
+        let e = u64::from_le_bytes(b.try_into().ok()?);
+        (e != 0).then_some(e)
+    }
+
     /// An object file (`ET_REL`, a `.o`), not linked yet.
     pub fn is_relocatable(&self) -> bool {
         self.data().get(16..18) == Some(&[1, 0][..])

@@ -112,6 +112,23 @@ impl Default for Unwinder {
 /// tables, hand-written assembly); callers tell this cause from others by it.
 pub const NO_UNWIND_INFO: &str = "no unwind information";
 
+/// Is `addr` in the entry code of the dynamic loader (`_start`, then `_dl_start_user`,
+/// which calls the constructors and jumps to the program's entry)?
+fn in_loader_start(obj: &LoadedObject, addr: u64) -> bool {
+    let Ok(file) = obj.file() else { return false };
+    let Ok(bias) = obj.bias() else { return false };
+    let loader = file.interp.is_none()
+        && file
+            .soname
+            .as_deref()
+            .is_some_and(|s| s.starts_with("ld-linux") || s.starts_with("ld64.so"));
+    let Some(entry) = file.entry() else {
+        return false;
+    };
+    let v = addr.wrapping_sub(bias);
+    loader && v >= entry && v < entry + 128
+}
+
 /// Stack memory read with one `process_vm_readv`; reads outside it go to the process.
 pub struct StackMem<'a> {
     base: u64,
@@ -246,6 +263,18 @@ impl Unwinder {
                     pc = ra;
                     exact = false;
                     continue;
+                }
+                Err(_) if !frames.is_empty() && in_loader_start(obj, lookup) => {
+                    // A process still starting (its libraries' constructors run, the
+                    // autoload library's among them): the outermost frame is the dynamic
+                    // loader's entry code, which has no CFI and never returns.
+                    frames.push(Frame {
+                        pc,
+                        exact,
+                        ra_slot: None,
+                        signal: false,
+                    });
+                    break None;
                 }
                 Err(why) => {
                     frames.push(Frame {

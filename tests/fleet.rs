@@ -25,10 +25,14 @@ fn builds(name: &str, old: usize, new: usize) -> Builds {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("counter");
-    // A symbol of the test's own: every test's builds differ from every other's (two
+    // A build-id of the test's own: every test's builds differ from every other's (two
     // identical builds are one build, and --all would rightly take both).
-    let tag = format!("-Wl,--defsym,fleet_test_{name}=0");
     let build = |flags: &str, out: &Path| {
+        let id: String = format!("fleet-{name}{flags}")
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let tag = format!("-Wl,--build-id=0x{id}");
         let st = Command::new("cc")
             .args(["-O2", "-g", flags, &tag])
             .arg(root().join("fixtures/counter.c"))

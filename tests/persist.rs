@@ -1,0 +1,205 @@
+//! Processes started later: `rlivepatch persist` registers a patch, and a process
+//! started with the autoload library runs it from the first call of main on; other
+//! builds, the kill switches, an untrusted registry file and `unpersist` leave new
+//! processes unpatched; the systemd drop-in and /etc/ld.so.preload are written.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Registry {
+    dir: PathBuf,
+    reg: PathBuf,
+}
+
+fn registry(name: &str) -> Registry {
+    let dir = build_dir().join(format!("persist-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Registry {
+        reg: dir.join("registry"),
+        dir,
+    }
+}
+
+fn rlp_in(r: &Registry, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(args)
+        .env("RLIVEPATCH_REGISTRY", &r.reg)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+/// A build of the counter of this test's own, and a patch for it with its build-id.
+fn counter_and_fix(r: &Registry, tag: &str) -> (PathBuf, PathBuf) {
+    let exe = r.dir.join(format!("counter-{tag}"));
+    let st = Command::new("cc")
+        .args(["-O2", "-g"])
+        // A build-id of the test's own (two identical builds would share one).
+        .arg(format!(
+            "-Wl,--build-id=0x{}",
+            hex_of(&format!("persist-{tag}"))
+        ))
+        .arg(root().join("fixtures/counter.c"))
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let line = rlp_ok(&["build-id", exe.to_str().unwrap()]);
+    let src = r.dir.join(format!("fix-{tag}.c"));
+    std::fs::write(
+        &src,
+        format!(
+            "#include <rlivepatch.h>\nstatic int f(int x) {{ return x * 100; }}\nRLIVEPATCH_FUNC(compute, f);\nRLIVEPATCH_NAME(\"fix-{tag}\");\n{line}"
+        ),
+    )
+    .unwrap();
+    let so = r.dir.join(format!("fix-{tag}.so"));
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-I"])
+        .arg(root().join("patches/include"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&so)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    (exe, so)
+}
+
+/// Start `exe` with the autoload library; returns its first value line and its stderr
+/// so far. `env` adds variables.
+fn first_value(r: &Registry, exe: &Path, env: &[(&str, &str)]) -> (String, String) {
+    let lib = rlp_in(r, &["autoload", "--library"]).1.trim().to_string();
+    let mut cmd = Command::new(exe);
+    cmd.arg("1000")
+        .env("LD_PRELOAD", &lib)
+        .env("RLIVEPATCH_REGISTRY", &r.reg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    // "ready PID", then the first value.
+    out.read_line(&mut line).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    // This test's own process, by pid.
+    let _ = child.kill();
+    let o = child.wait_with_output().unwrap();
+    (
+        line.trim().to_string(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+#[test]
+fn a_persisted_patch_runs_from_the_first_call_of_main() {
+    let r = registry("main");
+    let (exe, so) = counter_and_fix(&r, "a");
+    let (other, _) = counter_and_fix(&r, "b");
+    let (code, out, err) = rlp_in(&r, &["persist", so.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("persisted patch fix-a"), "{out}");
+    let (_, list, _) = rlp_in(&r, &["persist", "--list"]);
+    assert!(
+        list.contains("fix-a") && list.contains("for main "),
+        "{list}"
+    );
+    // Patched before main: the very first value is the patch's.
+    let (first, err) = first_value(&r, &exe, &[]);
+    assert_eq!(first, "compute(0) = 0", "{err}");
+    assert!(err.is_empty(), "{err}");
+    // Another build: untouched, silent.
+    let (first, err) = first_value(&r, &other, &[]);
+    assert_eq!(first, "compute(0) = 1");
+    assert!(err.is_empty(), "{err}");
+    // The kill switches.
+    let (first, _) = first_value(&r, &exe, &[("RLIVEPATCH_AUTOLOAD", "0")]);
+    assert_eq!(first, "compute(0) = 1");
+    std::fs::write(r.reg.join("disabled"), "").unwrap();
+    let (first, _) = first_value(&r, &exe, &[]);
+    assert_eq!(first, "compute(0) = 1");
+    std::fs::remove_file(r.reg.join("disabled")).unwrap();
+    // A registry file others may write: nothing loaded, and the file named.
+    let entry = r.reg.join("fix-a.so");
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (first, err) = first_value(&r, &exe, &[]);
+    assert_eq!(first, "compute(0) = 1");
+    assert!(
+        err.contains(&entry.display().to_string()) && err.contains("writable by others"),
+        "{err}"
+    );
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (first, _) = first_value(&r, &exe, &[]);
+    assert_eq!(first, "compute(0) = 0");
+    // Unpersisted: new processes run without it.
+    let (code, _, err) = rlp_in(&r, &["unpersist", "fix-a"]);
+    assert_eq!(code, 0, "{err}");
+    let (first, _) = first_value(&r, &exe, &[]);
+    assert_eq!(first, "compute(0) = 1");
+    let (code, _, err) = rlp_in(&r, &["unpersist", "fix-a"]);
+    assert_eq!(code, 5, "{err}");
+}
+
+#[test]
+fn a_patch_without_build_ids_cannot_be_persisted() {
+    let r = registry("bare");
+    let (code, _, err) = rlp_in(&r, &["persist", patch("counter-fix").to_str().unwrap()]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("RLIVEPATCH_BUILD_ID"), "{err}");
+}
+
+#[test]
+fn autoload_writes_the_drop_in_and_the_preload_line() {
+    let r = registry("units");
+    let root = r.dir.join("root");
+    let (code, out, err) = rlp_in(
+        &r,
+        &[
+            "autoload",
+            "--unit",
+            "nginx",
+            "--root",
+            root.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("daemon-reload"), "{out}");
+    let conf = std::fs::read_to_string(
+        root.join("etc/systemd/system/nginx.service.d/rlivepatch-autoload.conf"),
+    )
+    .unwrap();
+    let lib = rlp_in(&r, &["autoload", "--library"]).1.trim().to_string();
+    assert!(
+        conf.contains(&format!("Environment=LD_PRELOAD={lib}")),
+        "{conf}"
+    );
+    assert!(conf.contains("Environment=RLIVEPATCH_REGISTRY="), "{conf}");
+    for _ in 0..2 {
+        let (code, _, err) = rlp_in(
+            &r,
+            &["autoload", "--system", "--root", root.to_str().unwrap()],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let preload = std::fs::read_to_string(root.join("etc/ld.so.preload")).unwrap();
+    assert_eq!(preload, format!("{lib}\n"), "written once");
+}
