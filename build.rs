@@ -1,12 +1,13 @@
-//! Builds the runtime that rlivepatch loads into patched processes (shadow variables and
-//! system states) with the system C compiler; the binary embeds it.
+//! Builds, with the system C compiler, what rlivepatch puts into processes and embeds:
+//! the runtime it loads into patched processes (shadow variables, system states, the
+//! preserving path) and the autoload library for processes started later.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-fn main() {
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("librlivepatch-runtime.so");
-    let src = "runtime/rlivepatch-runtime.c";
+/// `cc -shared` of `src` into `$OUT_DIR/name`, hidden symbols by default.
+fn shared_library(src: &str, name: &str, extra: &[&str]) {
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join(name);
     println!("cargo:rerun-if-changed={src}");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
@@ -18,33 +19,25 @@ fn main() {
             "-fvisibility=hidden",
             "-Wall",
             "-Wextra",
-            "-Wl,-z,now",
-            "-o",
         ])
+        .args(extra)
+        .arg("-o")
         .arg(&out)
         .arg(src)
         .status()
-        .unwrap_or_else(|e| panic!("running {cc} to build the runtime: {e}"));
+        .unwrap_or_else(|e| panic!("running {cc} to build {src}: {e}"));
     assert!(status.success(), "building {src} failed");
+}
 
-    // The autoload library (LD_PRELOAD): processes started later run persisted patches.
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("librlivepatch-autoload.so");
-    let src = "runtime/rlivepatch-autoload.c";
-    println!("cargo:rerun-if-changed={src}");
-    let status = Command::new(&cc)
-        .args([
-            "-shared",
-            "-fPIC",
-            "-O2",
-            "-g",
-            "-fvisibility=hidden",
-            "-Wall",
-            "-Wextra",
-            "-o",
-        ])
-        .arg(&out)
-        .arg(src)
-        .status()
-        .unwrap_or_else(|e| panic!("running {cc} to build the autoload library: {e}"));
-    assert!(status.success(), "building {src} failed");
+fn main() {
+    shared_library(
+        "runtime/rlivepatch-runtime.c",
+        "librlivepatch-runtime.so",
+        &["-Wl,-z,now"],
+    );
+    shared_library(
+        "runtime/rlivepatch-autoload.c",
+        "librlivepatch-autoload.so",
+        &[],
+    );
 }

@@ -43,6 +43,18 @@ pub struct Frame {
     pub signal: bool,
 }
 
+impl Frame {
+    /// The last frame a walk reaches (no return address known past it).
+    fn outermost(pc: u64, exact: bool) -> Frame {
+        Frame {
+            pc,
+            exact,
+            ra_slot: None,
+            signal: false,
+        }
+    }
+}
+
 /// An unwound stack.
 #[derive(Debug, Clone)]
 pub struct Stack {
@@ -210,21 +222,11 @@ impl Unwinder {
             }
             let lookup = if exact { pc } else { pc.wrapping_sub(1) };
             let Some(obj) = objects.by_addr(lookup).filter(|o| o.is_code(lookup)) else {
-                frames.push(Frame {
-                    pc,
-                    exact,
-                    ra_slot: None,
-                    signal: false,
-                });
+                frames.push(Frame::outermost(pc, exact));
                 break Some(format!("no code mapped at {pc:#x}"));
             };
             let Some(tables) = self.tables(obj) else {
-                frames.push(Frame {
-                    pc,
-                    exact,
-                    ra_slot: None,
-                    signal: false,
-                });
+                frames.push(Frame::outermost(pc, exact));
                 break Some(format!("{NO_UNWIND_INFO} in {}", obj.file_name()));
             };
             let step = self.step(&tables, lookup, &mut r, mem);
@@ -235,22 +237,12 @@ impl Unwinder {
                     // frames yet: its stack is complete. The parent is in a leaf that goes
                     // straight to `ret`: the return address is at the stack pointer.
                     if regs.rax == 0 {
-                        frames.push(Frame {
-                            pc,
-                            exact,
-                            ra_slot: None,
-                            signal: false,
-                        });
+                        frames.push(Frame::outermost(pc, exact));
                         break None;
                     }
                     let slot = regs.rsp;
                     let Some(ra) = mem.u64_at(slot).filter(|_| returns_straight(mem, pc)) else {
-                        frames.push(Frame {
-                            pc,
-                            exact,
-                            ra_slot: None,
-                            signal: false,
-                        });
+                        frames.push(Frame::outermost(pc, exact));
                         break Some(format!("{NO_UNWIND_INFO} at {}", objects.symbolize(pc)));
                     };
                     frames.push(Frame {
@@ -268,30 +260,15 @@ impl Unwinder {
                     // A process still starting (its libraries' constructors run, the
                     // autoload library's among them): the outermost frame is the dynamic
                     // loader's entry code, which has no CFI and never returns.
-                    frames.push(Frame {
-                        pc,
-                        exact,
-                        ra_slot: None,
-                        signal: false,
-                    });
+                    frames.push(Frame::outermost(pc, exact));
                     break None;
                 }
                 Err(why) => {
-                    frames.push(Frame {
-                        pc,
-                        exact,
-                        ra_slot: None,
-                        signal: false,
-                    });
+                    frames.push(Frame::outermost(pc, exact));
                     break Some(format!("{why} at {}", objects.symbolize(pc)));
                 }
                 Ok(None) => {
-                    frames.push(Frame {
-                        pc,
-                        exact,
-                        ra_slot: None,
-                        signal: false,
-                    });
+                    frames.push(Frame::outermost(pc, exact));
                     break None;
                 }
                 Ok(Some((ra, slot, signal))) => {

@@ -69,6 +69,21 @@ fn build_ok(src: &Path, args: &[&str]) -> serde_json::Value {
     json(&out)
 }
 
+/// A patch built in `src` from the fixture diffs `diffs` for `binary` (a file of
+/// `src`), into `src`.so; returns it and the JSON report.
+fn made(src: &Path, diffs: &[&str], binary: &str) -> (PathBuf, serde_json::Value) {
+    let out = src.with_extension("so");
+    let bin = src.join(binary).display().to_string();
+    let ds: Vec<String> = diffs.iter().map(|d| diff(d)).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for d in &ds {
+        args.extend(["--diff", d.as_str()]);
+    }
+    args.extend(["--binary", &bin, "-o", out.to_str().unwrap()]);
+    let report = build_ok(src, &args);
+    (out, report)
+}
+
 /// The reason the report gives for function `name`.
 fn why(report: &serde_json::Value, name: &str) -> String {
     report["functions"]
@@ -169,19 +184,7 @@ fn a_fix_becomes_a_patch_the_running_program_runs() {
 #[test]
 fn a_change_reaches_every_caller_that_inlined_it() {
     let src = project("inlined", &[]);
-    let out = src.with_extension("so");
-    let app = src.join("app").display().to_string();
-    let report = build_ok(
-        &src,
-        &[
-            "--diff",
-            &diff("twice"),
-            "--binary",
-            &app,
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let (out, report) = made(&src, &["twice"], "app");
     // `twice` has no code of its own: the functions that inlined it come out changed.
     assert_eq!(
         why(&report, "handle"),
@@ -203,19 +206,7 @@ fn a_change_reaches_every_caller_that_inlined_it() {
 #[test]
 fn a_library_is_patched_in_the_program_that_loaded_it() {
     let src = project("library", &[]);
-    let out = src.with_extension("so");
-    let lib = src.join("libcalc.so").display().to_string();
-    let report = build_ok(
-        &src,
-        &[
-            "--diff",
-            &diff("calc"),
-            "--binary",
-            &lib,
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let (out, report) = made(&src, &["calc"], "libcalc.so");
     assert_eq!(why(&report, "calc"), "the diff changed it");
     let mut t = Target::start_with_stdin(&src.join("app"), &[]);
     assert_eq!(ask(&mut t, "calc -5"), "calc -5 = -54 total -5");
@@ -449,19 +440,7 @@ fn a_stripped_binary_with_its_debug_file() {
 #[test]
 fn functions_called_through_a_table_a_new_function_and_new_data() {
     let src = project("table", &[]);
-    let out = src.with_extension("so");
-    let app = src.join("app").display().to_string();
-    let report = build_ok(
-        &src,
-        &[
-            "--diff",
-            &diff("ops"),
-            "--binary",
-            &app,
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let (out, report) = made(&src, &["ops"], "app");
     assert_eq!(why(&report, "op_add"), "the diff changed it");
     assert_eq!(why(&report, "tally"), "new");
     assert!(

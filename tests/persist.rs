@@ -59,25 +59,7 @@ fn counter_and_fix(r: &Registry, tag: &str) -> (PathBuf, PathBuf) {
         .status()
         .unwrap();
     assert!(st.success());
-    let line = rlp_ok(&["build-id", exe.to_str().unwrap()]);
-    let src = r.dir.join(format!("fix-{tag}.c"));
-    std::fs::write(
-        &src,
-        format!(
-            "#include <rlivepatch.h>\nstatic int f(int x) {{ return x * 100; }}\nRLIVEPATCH_FUNC(compute, f);\nRLIVEPATCH_NAME(\"fix-{tag}\");\n{line}"
-        ),
-    )
-    .unwrap();
-    let so = r.dir.join(format!("fix-{tag}.so"));
-    let st = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-I"])
-        .arg(root().join("patches/include"))
-        .arg(&src)
-        .arg("-o")
-        .arg(&so)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let so = counter_patch_for(&r.dir, &format!("fix-{tag}"), &exe);
     (exe, so)
 }
 

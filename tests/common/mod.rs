@@ -646,3 +646,28 @@ impl Target {
         }
     }
 }
+
+/// A patch named `name` in `dir` that makes `compute` of the counter fixture return
+/// `x * 100`, pinned to the build of `exe` (its RLIVEPATCH_BUILD_ID line).
+pub fn counter_patch_for(dir: &Path, name: &str, exe: &Path) -> PathBuf {
+    let line = rlp_ok(&["build-id", exe.to_str().unwrap()]);
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(
+        &src,
+        format!(
+            "#include <rlivepatch.h>\nstatic int f(int x) {{ return x * 100; }}\nRLIVEPATCH_FUNC(compute, f);\nRLIVEPATCH_NAME(\"{name}\");\n{line}"
+        ),
+    )
+    .unwrap();
+    let out = dir.join(format!("{name}.so"));
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-I"])
+        .arg(root().join("patches/include"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    out
+}
