@@ -156,3 +156,22 @@ fn a_symbol_to_the_replaced_function_is_refused_pointing_to_the_wrapper() {
     }
     t.assert_untouched(&before, entry);
 }
+
+/// An apply of a wrapper that cannot switch (a thread asleep in the original) leaves
+/// the process as it was: its trampoline and the patch gone with the undo.
+#[test]
+fn a_wrapper_that_cannot_switch_leaves_nothing() {
+    let mut t = target();
+    let pid = t.pid.to_string();
+    let entry = t.symbol_addr("wrap-target", "raw_read");
+    t.send("read");
+    let pc = reader_in_read(&t);
+    assert!((entry..entry + 16).contains(&pc), "the reader sleeps in raw_read itself");
+    let before = t.snapshot(entry);
+    let p = patch("wrap-read");
+    let e = rlp_fails(&["apply", &pid, p.to_str().unwrap(), "--timeout", "1"], 6);
+    assert!(e.contains("raw_read"), "{e}");
+    t.assert_untouched(&before, entry);
+    t.send("feed x");
+    assert_eq!(t.wait_line(|l| l.starts_with("got"), T), "got x 1");
+}
