@@ -339,19 +339,25 @@ fn wire_wrappers(
                     slot: applied.base + slot,
                     target: at,
                     trampoline: Some(at),
+                    points: Vec::new(),
                 });
                 pending(s).loading = Some(applied.clone());
                 s.save_record()?;
-                let bytes = crate::relocate::trampoline(&code, r.addr, at, &r.symbol)?;
+                let (bytes, points) = crate::relocate::trampoline(&code, r.addr, at, &r.symbol)?;
                 s.proc.write(at, &bytes)?;
-                (at, Some(at))
+                (at, Some((at, points)))
             }
         };
         s.proc.write(applied.base + slot, &target.to_le_bytes())?;
+        let (trampoline, points) = match trampoline {
+            Some((t, p)) => (Some(t), p),
+            None => (None, Vec::new()),
+        };
         applied.funcs[i].wrap = Some(crate::state::Wrap {
             slot: applied.base + slot,
             target,
             trampoline,
+            points,
         });
     }
     pending(s).loading = Some(applied.clone());

@@ -100,7 +100,12 @@ pub fn thunk(insn: &[u8], start: u64, value: u64, at: u64, back: u64) -> Result<
 /// RIP-relative operand or a branch keeps its target), then a jump back to the first
 /// instruction after them. A call among them is refused: its return address would be
 /// in code without unwind information.
-pub fn trampoline(code: &[u8], addr: u64, at: u64, name: &str) -> Result<Vec<u8>> {
+pub fn trampoline(
+    code: &[u8],
+    addr: u64,
+    at: u64,
+    name: &str,
+) -> Result<(Vec<u8>, Vec<(u32, u32)>)> {
     let mut d = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
     let mut insns = Vec::new();
     let mut end = addr;
@@ -139,16 +144,37 @@ pub fn trampoline(code: &[u8], addr: u64, at: u64, name: &str) -> Result<Vec<u8>
             .map_err(|e| err!(Failed, "the jump back into {name}: {e}"))?;
         insns.push(back);
     }
+    // The original offset each instruction stands for; the jump back stands for the
+    // original's next instruction.
+    let mut orig_offsets: Vec<u32> = insns
+        .iter()
+        .map(|i| i.ip().wrapping_sub(addr) as u32)
+        .collect();
+    if !ended && let Some(last) = orig_offsets.last_mut() {
+        *last = (end - addr) as u32;
+    }
     let block = InstructionBlock::new(&insns, at);
-    let encoded = BlockEncoder::encode(64, block, BlockEncoderOptions::NONE)
-        .map_err(|e| err!(Failed, "relocating the first instructions of {name}: {e}"))?;
+    let encoded = BlockEncoder::encode(
+        64,
+        block,
+        BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+    )
+    .map_err(|e| err!(Failed, "relocating the first instructions of {name}: {e}"))?;
     if encoded.code_buffer.len() > 2 * crate::redirect::SLOT_SIZE as usize {
         bail!(
             Failed,
             "the trampoline into {name} does not fit its island slots"
         );
     }
-    Ok(encoded.code_buffer)
+    // Where each instruction went: an unwinder reads the original's CFI for a thread
+    // stopped in the trampoline.
+    let points: Vec<(u32, u32)> = encoded
+        .new_instruction_offsets
+        .iter()
+        .zip(&orig_offsets)
+        .map(|(&t, &o)| (t, o))
+        .collect();
+    Ok((encoded.code_buffer, points))
 }
 
 /// What replaces the instruction of `len` bytes at `start`: `jmp *slot(%rip)`, then
@@ -196,7 +222,9 @@ mod tests {
     fn a_trampoline_runs_the_first_instructions_then_jumps_back() {
         // push %rbp; mov 0x100(%rip),%eax; ... at 0x1000
         let code = [0x55, 0x8b, 0x05, 0x00, 0x01, 0x00, 0x00, 0x5d, 0xc3];
-        let t = trampoline(&code, 0x1000, 0x9000, "f").unwrap();
+        let (t, points) = trampoline(&code, 0x1000, 0x9000, "f").unwrap();
+        // push at 0, mov at 1, the jump back stands for the original's byte 7.
+        assert_eq!(points, [(0, 0), (1, 1), (7, 7)]);
         let mut d = Decoder::with_ip(64, &t, 0x9000, DecoderOptions::NONE);
         assert_eq!(d.decode().mnemonic(), iced_x86::Mnemonic::Push);
         let mov = d.decode();
@@ -210,7 +238,7 @@ mod tests {
         assert!(trampoline(&call, 0x1000, 0x9000, "g").is_err());
         // A function that returns within them needs no jump back.
         let short = [0x8d, 0x47, 0x01, 0xc3, 0x90, 0x90];
-        let t = trampoline(&short, 0x1000, 0x9000, "h").unwrap();
+        let (t, _) = trampoline(&short, 0x1000, 0x9000, "h").unwrap();
         assert_eq!(t, [0x8d, 0x47, 0x01, 0xc3]);
     }
 }

@@ -101,12 +101,15 @@ impl<'a> Session<'a> {
                 },
             ),
         };
+        // Threads may be inside wrappers' trampolines: they unwind with the originals' CFI.
+        let mut unwinder = Unwinder::new();
+        unwinder.relocated = crate::stack::relocated_code(&record);
         Ok(Session {
             proc,
             tr,
             maps,
             objects,
-            unwinder: Unwinder::new(),
+            unwinder,
             inj: None,
             scratch: None,
             store,

@@ -95,3 +95,22 @@ pub fn installed_states(rec: &Record, until: Option<usize>) -> Vec<u64> {
         .flat_map(|p| p.state_addrs.iter().copied())
         .collect()
 }
+
+/// The wrappers' trampolines of the applied patches, for the unwinder: a thread stopped
+/// in one unwinds with the original's CFI.
+pub fn relocated_code(rec: &Record) -> Vec<crate::unwind::Relocated> {
+    rec.patches
+        .iter()
+        .flat_map(|p| &p.funcs)
+        .filter_map(|f| {
+            let w = f.wrap.as_ref()?;
+            let t = w.trampoline?;
+            Some(crate::unwind::Relocated {
+                start: t,
+                end: t + 2 * redirect::SLOT_SIZE,
+                orig: f.old_addr,
+                points: w.points.clone(),
+            })
+        })
+        .collect()
+}

@@ -85,6 +85,10 @@ pub struct Wrap {
     /// The trampoline (two island slots), when it calls the original: the original's
     /// first instructions, relocated, then a jump back into it.
     pub trampoline: Option<u64>,
+    /// For each instruction of the trampoline, its offset and the offset of the
+    /// original instruction it stands for (the unwinder reads the original's CFI).
+    #[serde(default)]
+    pub points: Vec<(u32, u32)>,
 }
 
 /// A redirect through the preserving path.

@@ -76,6 +76,34 @@ pub struct Alias {
     pub target: u64,
 }
 
+/// Code relocated from a function (a wrapper's trampoline into the original): a thread
+/// stopped there unwinds with the original's CFI at the instruction it stands for.
+#[derive(Debug, Clone)]
+pub struct Relocated {
+    /// Start of the relocated code.
+    pub start: u64,
+    /// End of it.
+    pub end: u64,
+    /// The original function's entry.
+    pub orig: u64,
+    /// (offset here, offset in the original) for each instruction, in order.
+    pub points: Vec<(u32, u32)>,
+}
+
+impl Relocated {
+    /// The original address `pc` (in the relocated code) stands for.
+    fn original(&self, pc: u64) -> u64 {
+        let off = (pc - self.start) as u32;
+        let i = self
+            .points
+            .partition_point(|p| p.0 <= off)
+            .saturating_sub(1);
+        self.points
+            .get(i)
+            .map_or(self.orig, |p| self.orig + p.1 as u64)
+    }
+}
+
 /// Simple rules, cached per lookup address.
 #[derive(Debug, Clone)]
 struct SimpleRow {
@@ -112,6 +140,8 @@ pub struct Unwinder {
     ctx: Box<UnwindContext<usize>>,
     /// Pc ranges that stand for other addresses (return trampolines).
     pub aliases: Vec<Alias>,
+    /// Relocated code: wrappers' trampolines (see [`Relocated`]).
+    pub relocated: Vec<Relocated>,
 }
 
 impl Default for Unwinder {
@@ -185,6 +215,7 @@ impl Unwinder {
             rows: HashMap::new(),
             ctx: Box::new(UnwindContext::new()),
             aliases: Vec::new(),
+            relocated: Vec::new(),
         }
     }
 
@@ -220,7 +251,17 @@ impl Unwinder {
             if let Some(a) = self.aliases.iter().find(|a| a.start <= pc && pc < a.end) {
                 pc = a.target;
             }
-            let lookup = if exact { pc } else { pc.wrapping_sub(1) };
+            // In a trampoline: the frame keeps its own address (the trampoline counts in
+            // the switch check as such), the CFI is the original's.
+            let cfi_pc = match self.relocated.iter().find(|m| m.start <= pc && pc < m.end) {
+                Some(m) => m.original(pc),
+                None => pc,
+            };
+            let lookup = if exact {
+                cfi_pc
+            } else {
+                cfi_pc.wrapping_sub(1)
+            };
             let Some(obj) = objects.by_addr(lookup).filter(|o| o.is_code(lookup)) else {
                 frames.push(Frame::outermost(pc, exact));
                 break Some(format!("no code mapped at {pc:#x}"));
