@@ -15,6 +15,10 @@ use iced_x86::{
     InstructionBlock,
 };
 
+/// For each instruction of relocated code: its offset, and the offset of the original
+/// instruction it stands for.
+pub type Points = Vec<(u32, u32)>;
+
 /// A bound place, resolved.
 #[derive(Debug, Clone)]
 pub struct RelocFill {
@@ -100,12 +104,7 @@ pub fn thunk(insn: &[u8], start: u64, value: u64, at: u64, back: u64) -> Result<
 /// RIP-relative operand or a branch keeps its target), then a jump back to the first
 /// instruction after them. A call among them is refused: its return address would be
 /// in code without unwind information.
-pub fn trampoline(
-    code: &[u8],
-    addr: u64,
-    at: u64,
-    name: &str,
-) -> Result<(Vec<u8>, Vec<(u32, u32)>)> {
+pub fn trampoline(code: &[u8], addr: u64, at: u64, name: &str) -> Result<(Vec<u8>, Points)> {
     let mut d = Decoder::with_ip(64, code, addr, DecoderOptions::NONE);
     let mut insns = Vec::new();
     let mut end = addr;
@@ -168,7 +167,7 @@ pub fn trampoline(
     }
     // Where each instruction went: an unwinder reads the original's CFI for a thread
     // stopped in the trampoline.
-    let points: Vec<(u32, u32)> = encoded
+    let points: Points = encoded
         .new_instruction_offsets
         .iter()
         .zip(&orig_offsets)
