@@ -129,9 +129,21 @@ struct ModuleTables {
     eh_frame_hdr: Option<(usize, usize)>,
     debug_frame: Option<(usize, usize)>,
     /// FDE index when there is no `.eh_frame_hdr`: (start, end, offset), sorted.
-    eh_index: Option<Vec<(u64, u64, usize)>>,
-    debug_index: Option<Vec<(u64, u64, usize)>>,
+    eh_index: Option<Arc<FdeIndex>>,
+    debug_index: Option<Arc<FdeIndex>>,
 }
+
+/// (start, end, offset) of each FDE of a section, sorted.
+type FdeIndex = Vec<(u64, u64, usize)>;
+
+/// The FDE indexes of a file: `.eh_frame`'s (when it has no `.eh_frame_hdr`) and
+/// `.debug_frame`'s; the file is kept with them, so that its address names it alone.
+type FileIndexes = (Arc<ElfFile>, Option<Arc<FdeIndex>>, Option<Arc<FdeIndex>>);
+
+/// The FDE indexes of each file parsed in this run (by the address of its shared parse):
+/// a fleet run builds them once per object file, not once per process.
+static FDE_INDEXES: std::sync::LazyLock<std::sync::Mutex<HashMap<usize, FileIndexes>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// Unwinds threads of one process, caching tables per object.
 pub struct Unwinder {
@@ -680,17 +692,33 @@ fn load_tables(obj: &LoadedObject) -> Option<ModuleTables> {
     let eh_frame_hdr = range(".eh_frame_hdr");
     let debug_frame = range(".debug_frame");
     let data = file.data();
-    let eh_index = match (eh_frame, eh_frame_hdr) {
-        (Some((o, l)), None) => {
-            let eh = EhFrame::new(&data[o..o + l], LittleEndian);
-            Some(build_index(&eh, &bases))
+    let key = Arc::as_ptr(&file) as usize;
+    let cached = FDE_INDEXES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .map(|(_, e, d)| (e.clone(), d.clone()));
+    let (eh_index, debug_index) = match cached {
+        Some(c) => c,
+        None => {
+            let eh_index = match (eh_frame, eh_frame_hdr) {
+                (Some((o, l)), None) => {
+                    let eh = EhFrame::new(&data[o..o + l], LittleEndian);
+                    Some(Arc::new(build_index(&eh, &bases)))
+                }
+                _ => None,
+            };
+            let debug_index = debug_frame.map(|(o, l)| {
+                let df = DebugFrame::new(&data[o..o + l], LittleEndian);
+                Arc::new(build_index(&df, &bases))
+            });
+            FDE_INDEXES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, (file.clone(), eh_index.clone(), debug_index.clone()));
+            (eh_index, debug_index)
         }
-        _ => None,
     };
-    let debug_index = debug_frame.map(|(o, l)| {
-        let df = DebugFrame::new(&data[o..o + l], LittleEndian);
-        build_index(&df, &bases)
-    });
     if eh_frame.is_none() && debug_frame.is_none() {
         return None;
     }
