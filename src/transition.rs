@@ -154,6 +154,9 @@ pub struct Report {
     pub caught_returns: u32,
     /// Milliseconds from the first attempt to the switch.
     pub waited_ms: u64,
+    /// Milliseconds the switching attempt held the process's threads stopped: from its
+    /// first stop to the resume (the threads at work, stopped last, for less).
+    pub stopped_ms: f64,
     /// Switched without the check.
     pub forced: bool,
 }
@@ -317,6 +320,7 @@ pub fn switch(
             attempts: 0,
             caught_returns: 0,
             waited_ms: 0,
+            stopped_ms: 0.0,
             forced: opts.force,
         });
     }
@@ -351,6 +355,7 @@ pub fn switch(
             None => Vec::new(),
         };
         let mut first: Vec<Tid> = Vec::new();
+        let stopped_at = Instant::now();
         let blockers = match stop_and_check(w, plan, &changed, opts.force, &mut first, &held) {
             Ok(b) => b,
             Err(e) => break Err(e),
@@ -387,6 +392,7 @@ pub fn switch(
                 attempts,
                 caught_returns: caught,
                 waited_ms: start.elapsed().as_millis() as u64,
+                stopped_ms: stopped_at.elapsed().as_secs_f64() * 1000.0,
                 forced: opts.force,
             });
         }

@@ -129,9 +129,17 @@ fn apply_all_patches_every_process_of_the_build_once() {
     // Another program: not a line of the report, never attached.
     assert!(!out.contains(&format!("\"pid\": {},", other.pid)));
     assert!(untouched(&other));
-    // Records carry the start time (a reused pid is another process).
+    // Records carry the start time (a reused pid is another process), and for each
+    // process patched how long its threads were held stopped.
     let rec = &v["processes"][0];
     assert!(rec["start_time"].as_u64().unwrap() > 0 && rec["exe"].is_string());
+    let applied = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["result"] == "applied")
+        .unwrap();
+    assert!(applied["pause_ms"].as_f64().unwrap() > 0.0, "{applied}");
 
     // Again: nothing to do, and it says so.
     let (code, out, _) = rlp_full(&["apply", "--all", fix.to_str().unwrap(), "--json"]);

@@ -202,6 +202,7 @@ fn record(c: &Candidate, result: Outcome, reason: String, ms: f64) -> ProcessRec
         reason,
         patches: Vec::new(),
         switch_wait_ms: None,
+        pause_ms: None,
         duration_ms: ms,
     }
 }
@@ -261,7 +262,12 @@ fn one(
     }
     let pid = c.pid;
     let mut say = |line: &str| progress(&format!("pid {pid}: {line}"));
-    let result: Result<(Outcome, String, Vec<String>, Option<u64>)> = match (op, patch) {
+    let result: Result<(
+        Outcome,
+        String,
+        Vec<String>,
+        Option<crate::transition::Report>,
+    )> = match (op, patch) {
         (Op::Apply(_), Some(p)) => {
             if applied_names(pid).is_some_and(|n| n.contains(&p.name)) {
                 Ok((Outcome::AlreadyApplied, String::new(), Vec::new(), None))
@@ -272,7 +278,7 @@ fn one(
                         crate::report::plural(r.functions.len(), "function", "functions"),
                         r.elapsed_ms
                     );
-                    (Outcome::Applied, why, Vec::new(), Some(r.switch.waited_ms))
+                    (Outcome::Applied, why, Vec::new(), Some(r.switch))
                 })
             }
         }
@@ -289,14 +295,8 @@ fn one(
             if !applied_names(pid).is_some_and(|n| n.contains(name)) {
                 Ok((Outcome::NotApplied, String::new(), Vec::new(), None))
             } else {
-                crate::core::disable(pid, name, &opts, &mut say).map(|r| {
-                    (
-                        Outcome::Disabled,
-                        String::new(),
-                        Vec::new(),
-                        Some(r.switch.waited_ms),
-                    )
-                })
+                crate::core::disable(pid, name, &opts, &mut say)
+                    .map(|r| (Outcome::Disabled, String::new(), Vec::new(), Some(r.switch)))
             }
         }
         (Op::List, _) => crate::state::read_record(pid).map(|(_, _, rec)| {
@@ -326,10 +326,11 @@ fn one(
         }),
     };
     match result {
-        Ok((o, why, patches, wait)) => {
+        Ok((o, why, patches, switch)) => {
             let mut r = record(c, o, why, ms(t0));
             r.patches = patches;
-            r.switch_wait_ms = wait;
+            r.switch_wait_ms = switch.as_ref().map(|s| s.waited_ms);
+            r.pause_ms = switch.map(|s| s.stopped_ms);
             r
         }
         Err(e) => record(c, outcome_of(&e), e.message, ms(t0)),

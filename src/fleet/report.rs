@@ -109,6 +109,9 @@ pub struct ProcessRecord {
     /// How long the switch waited for a safe moment, in ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub switch_wait_ms: Option<u64>,
+    /// How long the switch held the process's threads stopped, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_ms: Option<f64>,
     /// How long its operation took, in ms.
     pub duration_ms: f64,
 }
