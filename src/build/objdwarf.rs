@@ -8,11 +8,10 @@
 
 use super::relobj::RelObj;
 use super::relobj::c;
-use gimli::{AttributeValue, EndianRcSlice, LittleEndian, Unit};
+use crate::contract::dwarf::{DebugInfo, R};
+use gimli::{AttributeValue, LittleEndian, Unit};
 use std::collections::BTreeMap;
 use std::rc::Rc;
-
-type R = EndianRcSlice<LittleEndian>;
 
 /// The address bits that carry a section index.
 pub const SECTION_SHIFT: u32 = 40;
@@ -86,39 +85,18 @@ pub fn read(o: &RelObj) -> ObjDwarf {
     let Ok(dwarf) = gimli::Dwarf::load(load) else {
         return ObjDwarf::default();
     };
+    let info = DebugInfo::from_dwarf(dwarf);
     let mut out = ObjDwarf::default();
-    let mut units = dwarf.units();
-    while let Ok(Some(h)) = units.next() {
-        let Ok(unit) = dwarf.unit(h) else { continue };
-        read_unit(&dwarf, &unit, &mut out);
+    for unit in info.units() {
+        read_unit(&info, &unit, &mut out);
     }
     out
 }
 
-fn name_of(dwarf: &gimli::Dwarf<R>, unit: &Unit<R>, off: gimli::UnitOffset) -> Option<String> {
-    let mut cur = off;
-    for _ in 0..4 {
-        let e = unit.entry(cur).ok()?;
-        if let Some(v) = e.attr_value(gimli::DW_AT_name)
-            && let Ok(s) = dwarf.attr_string(unit, v)
-        {
-            return Some(String::from_utf8_lossy(&s).into_owned());
-        }
-        match e
-            .attr_value(gimli::DW_AT_abstract_origin)
-            .or_else(|| e.attr_value(gimli::DW_AT_specification))
-        {
-            Some(AttributeValue::UnitRef(o)) => cur = o,
-            _ => return None,
-        }
-    }
-    None
-}
-
 /// A short description of the type at `off`: `int`, `struct s *`, `char[16]`.
 fn type_name(
-    dwarf: &gimli::Dwarf<R>,
-    unit: &Unit<R>,
+    info: &DebugInfo,
+    unit: &Rc<Unit<R>>,
     off: Option<gimli::UnitOffset>,
     depth: u32,
 ) -> String {
@@ -133,12 +111,12 @@ fn type_name(
         Some(AttributeValue::UnitRef(t)) => Some(t),
         _ => None,
     };
-    let name = name_of(dwarf, unit, off);
+    let name = info.name_of(unit, off);
     match e.tag() {
-        gimli::DW_TAG_pointer_type => format!("{} *", type_name(dwarf, unit, inner, depth + 1)),
-        gimli::DW_TAG_const_type => format!("const {}", type_name(dwarf, unit, inner, depth + 1)),
+        gimli::DW_TAG_pointer_type => format!("{} *", type_name(info, unit, inner, depth + 1)),
+        gimli::DW_TAG_const_type => format!("const {}", type_name(info, unit, inner, depth + 1)),
         gimli::DW_TAG_volatile_type => {
-            format!("volatile {}", type_name(dwarf, unit, inner, depth + 1))
+            format!("volatile {}", type_name(info, unit, inner, depth + 1))
         }
         gimli::DW_TAG_structure_type => format!("struct {}", name.unwrap_or_default()),
         gimli::DW_TAG_union_type => format!("union {}", name.unwrap_or_default()),
@@ -165,13 +143,14 @@ fn type_name(
                     ));
                 }
             }
-            format!("{}{count}", type_name(dwarf, unit, inner, depth + 1))
+            format!("{}{count}", type_name(info, unit, inner, depth + 1))
         }
         _ => name.unwrap_or_else(|| "?".into()),
     }
 }
 
-fn read_unit(dwarf: &gimli::Dwarf<R>, unit: &Unit<R>, out: &mut ObjDwarf) {
+fn read_unit(info: &DebugInfo, unit: &Rc<Unit<R>>, out: &mut ObjDwarf) {
+    let dwarf = info.dwarf();
     if let Ok(Some(root)) = unit.entries().next_dfs()
         && let Some(v) = root.attr_value(gimli::DW_AT_producer)
         && let Ok(p) = dwarf.attr_string(unit, v)
@@ -210,27 +189,12 @@ fn read_unit(dwarf: &gimli::Dwarf<R>, unit: &Unit<R>, out: &mut ObjDwarf) {
         }
         match e.tag() {
             gimli::DW_TAG_subprogram => {
-                let decl = |attr| -> Option<u64> {
-                    let mut cur = e.offset();
-                    for _ in 0..4 {
-                        let d = unit.entry(cur).ok()?;
-                        match d.attr_value(attr) {
-                            Some(AttributeValue::FileIndex(v)) => return Some(v),
-                            Some(v) if v.udata_value().is_some() => return v.udata_value(),
-                            _ => {}
-                        }
-                        match d
-                            .attr_value(gimli::DW_AT_abstract_origin)
-                            .or_else(|| d.attr_value(gimli::DW_AT_specification))
-                        {
-                            Some(AttributeValue::UnitRef(o)) => cur = o,
-                            _ => return None,
-                        }
-                    }
-                    None
+                let decl = |attr| match info.origin_attr(unit, e.offset(), attr)?.1 {
+                    AttributeValue::FileIndex(v) => Some(v),
+                    v => v.udata_value(),
                 };
                 let f = Function {
-                    name: name_of(dwarf, unit, e.offset()).unwrap_or_default(),
+                    name: info.name_of(unit, e.offset()).unwrap_or_default(),
                     file: decl(gimli::DW_AT_decl_file)
                         .map(file_name)
                         .unwrap_or_default(),
@@ -258,7 +222,7 @@ fn read_unit(dwarf: &gimli::Dwarf<R>, unit: &Unit<R>, out: &mut ObjDwarf) {
             gimli::DW_TAG_inlined_subroutine => {
                 if let (Some(&(_, f)), Some(AttributeValue::UnitRef(o))) =
                     (open.first(), e.attr_value(gimli::DW_AT_abstract_origin))
-                    && let Some(n) = name_of(dwarf, unit, o)
+                    && let Some(n) = info.name_of(unit, o)
                     && !out.functions[f].inlined.contains(&n)
                 {
                     out.functions[f].inlined.push(n);
@@ -268,7 +232,7 @@ fn read_unit(dwarf: &gimli::Dwarf<R>, unit: &Unit<R>, out: &mut ObjDwarf) {
                 if e.has_attr(gimli::DW_AT_declaration) {
                     continue;
                 }
-                let Some(name) = name_of(dwarf, unit, e.offset()) else {
+                let Some(name) = info.name_of(unit, e.offset()) else {
                     continue;
                 };
                 let size = e
@@ -299,9 +263,9 @@ fn read_unit(dwarf: &gimli::Dwarf<R>, unit: &Unit<R>, out: &mut ObjDwarf) {
                             _ => None,
                         };
                         members.push((
-                            name_of(dwarf, unit, m.offset()).unwrap_or_default(),
+                            info.name_of(unit, m.offset()).unwrap_or_default(),
                             at,
-                            type_name(dwarf, unit, t, 0),
+                            type_name(info, unit, t, 0),
                         ));
                     }
                 }

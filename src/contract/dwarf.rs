@@ -14,7 +14,8 @@ use std::cell::{OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-type R = EndianRcSlice<LittleEndian>;
+/// The reader of the sections.
+pub type R = EndianRcSlice<LittleEndian>;
 
 /// The debug information of one object.
 pub struct DebugInfo {
@@ -106,12 +107,18 @@ impl DebugInfo {
             Ok(R::new(data, LittleEndian))
         };
         let dwarf = gimli::Dwarf::load(load).ok()?;
-        Some(DebugInfo {
+        Some(DebugInfo::from_dwarf(dwarf))
+    }
+
+    /// The debug information in `dwarf` (sections loaded by the caller: an object file's,
+    /// relocated).
+    pub fn from_dwarf(dwarf: gimli::Dwarf<R>) -> DebugInfo {
+        DebugInfo {
             dwarf,
             units: RefCell::new(HashMap::new()),
             headers: OnceCell::new(),
             indexes: RefCell::new(HashMap::new()),
-        })
+        }
     }
 
     /// The unit whose header starts at `start`, parsed once.
@@ -432,17 +439,23 @@ impl DebugInfo {
     }
 
     /// The name of a DIE: its own, or that of the DIE it is an instance or definition of.
-    fn name_of(&self, unit: &Rc<Unit<R>>, off: UnitOffset) -> Option<String> {
+    /// Attribute `attr` of the DIE at `off`, or of the DIE it is a concrete copy or the
+    /// definition of (`DW_AT_abstract_origin`, `DW_AT_specification`, in whichever unit),
+    /// with the unit that holds it.
+    pub fn origin_attr(
+        &self,
+        unit: &Rc<Unit<R>>,
+        off: UnitOffset,
+        attr: gimli::DwAt,
+    ) -> Option<(Rc<Unit<R>>, AttributeValue<R>)> {
         let mut cur = Die {
             unit: unit.clone(),
             off,
         };
         for _ in 0..4 {
             let e = cur.unit.entry(cur.off).ok()?;
-            if let Some(v) = e.attr_value(gimli::DW_AT_name)
-                && let Ok(s) = self.dwarf.attr_string(&cur.unit, v)
-            {
-                return Some(String::from_utf8_lossy(&s).into_owned());
+            if let Some(v) = e.attr_value(attr) {
+                return Some((cur.unit.clone(), v));
             }
             let next = e
                 .attr_value(gimli::DW_AT_abstract_origin)
@@ -450,6 +463,23 @@ impl DebugInfo {
             cur = self.follow(&cur.unit, next)?;
         }
         None
+    }
+
+    /// The name of the DIE at `off` (or of its origin).
+    pub fn name_of(&self, unit: &Rc<Unit<R>>, off: UnitOffset) -> Option<String> {
+        let (u, v) = self.origin_attr(unit, off, gimli::DW_AT_name)?;
+        let s = self.dwarf.attr_string(&u, v).ok()?;
+        Some(String::from_utf8_lossy(&s).into_owned())
+    }
+
+    /// The DWARF sections read.
+    pub fn dwarf(&self) -> &gimli::Dwarf<R> {
+        &self.dwarf
+    }
+
+    /// Every unit, parsed once.
+    pub fn units(&self) -> Vec<Rc<Unit<R>>> {
+        self.all_units().collect()
     }
 
     /// The functions holding a copy of `sub` the compiler inlined
