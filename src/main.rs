@@ -91,6 +91,19 @@ impl FleetArgs {
     }
 }
 
+/// A process id, or a fleet selection, for commands that take nothing else.
+#[derive(clap::Args, Debug, Clone)]
+struct OneOrFleet {
+    /// The process id.
+    #[arg(value_parser = parse_pid, required_unless_present_any = ["all", "exe", "object", "build_id", "pids"])]
+    pid: Option<i32>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load a patch into a process and redirect the functions it replaces.
@@ -156,14 +169,8 @@ enum Command {
     /// List the patches applied to a process, oldest first; with --all, those of every
     /// process, read without stopping any.
     List {
-        /// The process id.
-        #[arg(value_parser = parse_pid, required_unless_present_any = ["all", "exe", "object", "build_id", "pids"])]
-        pid: Option<i32>,
-        /// Print the result as JSON on stdout.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        fleet: FleetArgs,
+        target: OneOrFleet,
     },
     /// Dry run of apply: would the switch be safe now, and which threads block where?
     /// Changes nothing. Exits 0 when safe, 6 when a thread blocks. With a fleet
@@ -201,14 +208,8 @@ enum Command {
     /// Finish or undo what an interrupted rlivepatch run left in a process (apply and
     /// disable do this first by themselves).
     Repair {
-        /// The process id.
-        #[arg(value_parser = parse_pid, required_unless_present_any = ["all", "exe", "object", "build_id", "pids"])]
-        pid: Option<i32>,
-        /// Print the result as JSON on stdout.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
-        fleet: FleetArgs,
+        target: OneOrFleet,
     },
     /// Build a patch from a source diff: the units the diff touches are compiled twice
     /// with the project's own commands, diffed as objects, proven against the binary
@@ -487,9 +488,13 @@ fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Apply { json, .. }
         | Command::Disable { json, .. }
-        | Command::List { json, .. }
+        | Command::List {
+            target: OneOrFleet { json, .. },
+        }
         | Command::Check { json, .. }
-        | Command::Repair { json, .. }
+        | Command::Repair {
+            target: OneOrFleet { json, .. },
+        }
         | Command::Info { json, .. }
         | Command::Symbols { json, .. }
         | Command::Persist { json, .. }
@@ -652,7 +657,9 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 print!("{}", rlivepatch::lookup::text(&views));
             }
         }
-        Command::List { pid, fleet, json } => {
+        Command::List {
+            target: OneOrFleet { pid, fleet, json },
+        } => {
             let Some(pid) = pid.filter(|_| !fleet.selection().given()) else {
                 return run_fleet(
                     &rlivepatch::fleet::Op::List,
@@ -716,7 +723,9 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 return Ok(ErrorKind::Busy.exit_code() as u8);
             }
         }
-        Command::Repair { pid, fleet, json } => {
+        Command::Repair {
+            target: OneOrFleet { pid, fleet, json },
+        } => {
             let Some(pid) = pid.filter(|_| !fleet.selection().given()) else {
                 return run_fleet(
                     &rlivepatch::fleet::Op::Repair,

@@ -282,26 +282,30 @@ fn refusals_name_the_reason_and_write_nothing() {
         assert!(line.contains(what) && line.contains(reason), "{d}: {line}");
         assert!(!out.exists(), "{d}: a patch was written");
     }
-    // A diff that does not apply to this tree.
-    let stale = src.with_extension("stale.diff");
-    std::fs::write(
-        &stale,
-        "--- a/util.c\n+++ b/util.c\n@@ -1,3 +1,3 @@\n-no such line\n+another\n context\n context\n",
-    )
-    .unwrap();
-    let (code, _, err) = build(&src, &["--diff", stale.to_str().unwrap(), "--binary", &app]);
-    assert_eq!(code, 11, "{err}");
-    assert!(err.contains("does not apply"), "{err}");
-    // A diff of files no binary is built from.
-    let docs = src.with_extension("docs.diff");
-    std::fs::write(
-        &docs,
-        "--- /dev/null\n+++ b/NOTES\n@@ -0,0 +1 @@\n+a note\n",
-    )
-    .unwrap();
-    let (code, _, err) = build(&src, &["--diff", docs.to_str().unwrap(), "--binary", &app]);
-    assert_eq!(code, 10, "{err}");
-    assert!(err.contains("NOTES"), "{err}");
+    // Diffs written here: (name, text, exit code, what the message says).
+    let cases = [
+        (
+            // Does not apply to this tree.
+            "stale",
+            "--- a/util.c\n+++ b/util.c\n@@ -1,3 +1,3 @@\n-no such line\n+another\n context\n context\n",
+            11,
+            "does not apply",
+        ),
+        (
+            // Changes a file no binary is built from.
+            "docs",
+            "--- /dev/null\n+++ b/NOTES\n@@ -0,0 +1 @@\n+a note\n",
+            10,
+            "NOTES",
+        ),
+    ];
+    for (name, text, want, says) in cases {
+        let d = src.with_extension(format!("{name}.diff"));
+        std::fs::write(&d, text).unwrap();
+        let (code, _, err) = build(&src, &["--diff", d.to_str().unwrap(), "--binary", &app]);
+        assert_eq!(code, want, "{name}: {err}");
+        assert!(err.contains(says), "{name}: {err}");
+    }
 }
 
 #[test]

@@ -155,43 +155,24 @@ fn build(root: &Path, dir: &Path) -> Result<Built> {
         &lib,
     )?;
     // Not PIE: mf lies in the low 2 GiB, far from every shared object (the island case).
-    let target = dir.join("bench-target");
     let rpath = format!("-Wl,-rpath,{d}");
     let ldir = format!("-L{d}");
-    cc(
-        root,
-        &[
-            &fixture[..],
-            &[
-                "-no-pie",
-                "fixtures/bench-target.c",
-                "-pthread",
-                &ldir,
-                "-lbench",
-                &rpath,
-            ],
-        ]
-        .concat(),
-        &target,
-    )?;
+    // The target, and the same with -DWIDE (its code uses ymm registers).
+    let target_with = |out: &Path, extra: &[&str]| {
+        let base = [
+            "-no-pie",
+            "fixtures/bench-target.c",
+            "-pthread",
+            &ldir,
+            "-lbench",
+            &rpath,
+        ];
+        cc(root, &[&fixture[..], extra, &base[..]].concat(), out)
+    };
+    let target = dir.join("bench-target");
+    target_with(&target, &[])?;
     let wide_target = dir.join("bench-target-wide");
-    cc(
-        root,
-        &[
-            &fixture[..],
-            &[
-                "-no-pie",
-                "-DWIDE",
-                "fixtures/bench-target.c",
-                "-pthread",
-                &ldir,
-                "-lbench",
-                &rpath,
-            ],
-        ]
-        .concat(),
-        &wide_target,
-    )?;
+    target_with(&wide_target, &["-DWIDE"])?;
     let patch_args = ["-shared", "-fPIC", "-O2", "-I", "patches/include"];
     let mut preserve = Vec::new();
     for mode in 0..3 {

@@ -222,6 +222,13 @@ pub fn keep(
 mod tests {
     use super::*;
 
+    /// The lines of `out` and where its (first) directive is.
+    fn directive(out: &str) -> (Vec<&str>, usize) {
+        let lines: Vec<&str> = out.lines().collect();
+        let k = lines.iter().position(|l| l.starts_with("#line")).unwrap();
+        (lines, k)
+    }
+
     #[test]
     fn lines_after_a_change_keep_their_numbers() {
         let new = "int a;\nint f(void)\n{\n\tif (a)\n\t\treturn 2;\n\treturn 1;\n}\n\nint g(void)\n{\n\treturn __LINE__;\n}\n";
@@ -235,8 +242,7 @@ mod tests {
         let out = with_directives(new, &[h]);
         // The directive follows the change and gives the next line its old number (4:
         // `return 1;`).
-        let lines: Vec<&str> = out.lines().collect();
-        let k = lines.iter().position(|l| l.starts_with("#line")).unwrap();
+        let (lines, k) = directive(&out);
         assert_eq!(lines[k], "#line 4");
         assert_eq!(lines[k + 1], "\treturn 1;");
         assert_eq!(lines[k - 1], "\t\treturn 2;");
@@ -254,13 +260,11 @@ mod tests {
             new_len: 1,
         };
         let out = with_directives(text, &[h]);
-        let lines: Vec<&str> = out.lines().collect();
-        let k = lines.iter().position(|l| l.starts_with("#line")).unwrap();
+        let (lines, k) = directive(&out);
         assert_eq!(lines[k - 1], " c */");
         let text = "#define M(x) \\\n\t(x + \\\n\t 1)\nint y;\n";
         let out = with_directives(text, &[h]);
-        let lines: Vec<&str> = out.lines().collect();
-        let k = lines.iter().position(|l| l.starts_with("#line")).unwrap();
+        let (lines, k) = directive(&out);
         assert_eq!(lines[k - 1], "\t 1)");
     }
 }

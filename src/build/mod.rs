@@ -218,11 +218,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         bail!(
             Refused,
             "the diffs change no file compiled into {}{}",
-            binaries
-                .iter()
-                .map(|b| b.path.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            paths_of(&binaries),
             if ignored.is_empty() {
                 String::new()
             } else {
@@ -415,11 +411,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         bail!(
             Refused,
             "the diffs change no function that has an entry in {}: nothing to patch",
-            binaries
-                .iter()
-                .map(|b| b.path.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            paths_of(&binaries)
         );
     }
     for &bi in &used_binaries {
@@ -505,6 +497,15 @@ fn file_label(b: &verify::Binary) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// The binaries' paths, for a message.
+fn paths_of(binaries: &[verify::Binary]) -> String {
+    binaries
+        .iter()
+        .map(|b| b.path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A translation unit: its path in the tree, and how it compiles.

@@ -385,6 +385,18 @@ fn through_plt(bin: &Binary, addr: u64) -> Option<Option<u64>> {
     Some(None)
 }
 
+/// The next instruction of `d` that is not padding (a no-op or `int3`), into `out`;
+/// false at the end.
+fn next_real(d: &mut Decoder, out: &mut Instruction) -> bool {
+    while d.can_decode() {
+        d.decode_out(out);
+        if out.mnemonic() != Mnemonic::Nop && out.mnemonic() != Mnemonic::Int3 {
+            return true;
+        }
+    }
+    false
+}
+
 fn compare(
     o: &RelObj,
     sym: usize,
@@ -427,26 +439,10 @@ fn compare(
     // Padding differs where a jump got shorter (the binary's assembler saw its target in
     // the same section): no-ops are skipped on both sides.
     loop {
-        let mut more = false;
-        while pd.can_decode() {
-            pd.decode_out(&mut pi);
-            if pi.mnemonic() != Mnemonic::Nop && pi.mnemonic() != Mnemonic::Int3 {
-                more = true;
-                break;
-            }
-        }
-        if !more {
+        if !next_real(&mut pd, &mut pi) {
             break;
         }
-        let mut found = false;
-        while bd.can_decode() {
-            bd.decode_out(&mut bi);
-            if bi.mnemonic() != Mnemonic::Nop && bi.mnemonic() != Mnemonic::Int3 {
-                found = true;
-                break;
-            }
-        }
-        if !found {
+        if !next_real(&mut bd, &mut bi) {
             return Err(format!(
                 "+{:#x}: the binary's function ends first",
                 pi.ip() - s.value
