@@ -72,6 +72,16 @@ fn build_ok(src: &Path, args: &[&str]) -> serde_json::Value {
 /// A patch built in `src` from the fixture diffs `diffs` for `binary` (a file of
 /// `src`), into `src`.so; returns it and the JSON report.
 fn made(src: &Path, diffs: &[&str], binary: &str) -> (PathBuf, serde_json::Value) {
+    made_with(src, diffs, binary, &[])
+}
+
+/// [`made`] with more options of `rlivepatch build`.
+fn made_with(
+    src: &Path,
+    diffs: &[&str],
+    binary: &str,
+    extra: &[&str],
+) -> (PathBuf, serde_json::Value) {
     let out = src.with_extension("so");
     let bin = src.join(binary).display().to_string();
     let ds: Vec<String> = diffs.iter().map(|d| diff(d)).collect();
@@ -80,6 +90,7 @@ fn made(src: &Path, diffs: &[&str], binary: &str) -> (PathBuf, serde_json::Value
         args.extend(["--diff", d.as_str()]);
     }
     args.extend(["--binary", &bin, "-o", out.to_str().unwrap()]);
+    args.extend(extra);
     let report = build_ok(src, &args);
     (out, report)
 }
@@ -126,19 +137,7 @@ fn listing(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
 fn a_fix_becomes_a_patch_the_running_program_runs() {
     let src = project("fix", &[]);
     let before = listing(&src);
-    let out = src.with_extension("so");
-    let app = src.join("app").display().to_string();
-    let report = build_ok(
-        &src,
-        &[
-            "--diff",
-            &diff("handle"),
-            "--binary",
-            &app,
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let (out, report) = made(&src, &["handle"], "app");
     assert_eq!(why(&report, "handle"), "the diff changed it");
     assert_eq!(listing(&src), before, "the source tree was modified");
     let info = rlp_ok(&["info", out.to_str().unwrap()]);
@@ -221,23 +220,7 @@ fn a_library_is_patched_in_the_program_that_loaded_it() {
 #[test]
 fn constants_and_static_locals_from_two_diffs() {
     let src = project("constants", &[]);
-    let out = src.with_extension("so");
-    let app = src.join("app").display().to_string();
-    let report = build_ok(
-        &src,
-        &[
-            "--diff",
-            &diff("scale"),
-            "--diff",
-            &diff("counted"),
-            "--binary",
-            &app,
-            "--name",
-            "two-fixes",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let (out, report) = made_with(&src, &["scale", "counted"], "app", &["--name", "two-fixes"]);
     // Only the constants of `scale` changed; its code is the same bytes.
     assert_eq!(why(&report, "scale"), "the diff changed it");
     assert_eq!(why(&report, "counted"), "the diff changed it");

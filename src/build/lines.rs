@@ -222,6 +222,15 @@ pub fn keep(
 mod tests {
     use super::*;
 
+    fn hunk(old_start: u64, old_len: u64, new_start: u64, new_len: u64) -> Hunk {
+        Hunk {
+            old_start,
+            old_len,
+            new_start,
+            new_len,
+        }
+    }
+
     /// The lines of `out` and where its (first) directive is.
     fn directive(out: &str) -> (Vec<&str>, usize) {
         let lines: Vec<&str> = out.lines().collect();
@@ -233,12 +242,7 @@ mod tests {
     fn lines_after_a_change_keep_their_numbers() {
         let new = "int a;\nint f(void)\n{\n\tif (a)\n\t\treturn 2;\n\treturn 1;\n}\n\nint g(void)\n{\n\treturn __LINE__;\n}\n";
         // diff -U0: two lines added after old line 3.
-        let h = Hunk {
-            old_start: 3,
-            old_len: 0,
-            new_start: 4,
-            new_len: 2,
-        };
+        let h = hunk(3, 0, 4, 2);
         let out = with_directives(new, &[h]);
         // The directive follows the change and gives the next line its old number (4:
         // `return 1;`).
@@ -253,12 +257,7 @@ mod tests {
     #[test]
     fn no_directive_inside_a_comment_or_a_continued_line() {
         let text = "/* a\n b\n c */\nint x;\n";
-        let h = Hunk {
-            old_start: 1,
-            old_len: 0,
-            new_start: 2,
-            new_len: 1,
-        };
+        let h = hunk(1, 0, 2, 1);
         let out = with_directives(text, &[h]);
         let (lines, k) = directive(&out);
         assert_eq!(lines[k - 1], " c */");
