@@ -33,8 +33,9 @@ fn main() {
     shared_library(
         "runtime/rlivepatch-runtime.c",
         "librlivepatch-runtime.so",
-        &["-Wl,-z,now"],
+        &["-Wl,-z,now", "runtime/rlivepatch-coming.c"],
     );
+    println!("cargo:rerun-if-changed=runtime/rlivepatch-coming.c");
     shared_library(
         "runtime/rlivepatch-autoload.c",
         "librlivepatch-autoload.so",

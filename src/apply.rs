@@ -55,10 +55,16 @@ pub fn run(
     s: &mut Session,
     patch: &Patch,
     resolved: &[Resolved],
+    coming: &[crate::coming::Pending],
     symbols: &[SymbolFill],
     places: &[RelocFill],
 ) -> Result<Applied> {
     refuse_pending(s)?;
+    // Functions in copies of objects that came since the last run are patched: the
+    // record learns them before anything is compared with it.
+    if crate::coming::in_use(&s.record) {
+        crate::coming::sync(s)?;
+    }
     if s.record
         .patches
         .iter()
@@ -76,7 +82,7 @@ pub fn run(
     // else owns it.
     for r in resolved {
         let expected = expected_entry(&s.record, r.addr, &r.orig);
-        let now = s.proc.read(r.addr, JMP_LEN)?;
+        let now = crate::coming::read_code(&s.proc, r.addr, JMP_LEN)?;
         if now != expected {
             let what = if now[0] == 0xcc {
                 "a breakpoint (int3) of a debugger or uprobe"
@@ -102,7 +108,7 @@ pub fn run(
     s.record.pending = Some(pending);
     s.save_record()?;
     crate::fault::point("apply:pending");
-    match apply_steps(s, patch, resolved, symbols, places) {
+    match apply_steps(s, patch, resolved, coming, symbols, places) {
         Ok(v) => Ok(v),
         Err(e) => {
             let leaked = s.inj.as_ref().is_some_and(|i| i.leaked);
@@ -147,20 +153,43 @@ fn apply_steps(
     s: &mut Session,
     patch: &Patch,
     resolved: &[Resolved],
+    coming: &[crate::coming::Pending],
     symbols: &[SymbolFill],
     places: &[RelocFill],
 ) -> Result<Applied> {
-    let preserves = resolved.iter().any(|r| r.contract.preserves());
+    // Functions in objects loaded with dlopen are also patched in their later copies.
+    let adopt = crate::coming::adoptable(&s.objects, resolved);
+    // The runtime holds the hook for objects that come.
+    let preserves =
+        resolved.iter().any(|r| r.contract.preserves()) || !coming.is_empty() || !adopt.is_empty();
     let mut applied = load(s, patch, preserves)?;
     fill_symbols(s, applied.base, symbols)?;
     bind_places(s, &mut applied, places)?;
     crate::fault::trace("symbols filled");
     applied.funcs = locate(s, patch, resolved, applied.base)?;
+    applied.coming = crate::coming::applied(patch, coming, applied.base);
+    let pending_too: Vec<Resolved> = coming.iter().map(|c| c.resolved.clone()).collect();
+    locate(s, patch, &pending_too, applied.base)?;
     crate::fault::trace("new functions found");
     wire_wrappers(s, patch, &mut applied, resolved)?;
     place_islands(s, &mut applied, resolved)?;
     crate::fault::trace("islands");
-    let plan = record_plan(s, &applied)?;
+    // From here to the end, the hook for objects that come waits: the record and its
+    // table must agree, and no object may come unseen in between.
+    if !applied.coming.is_empty() || !adopt.is_empty() || crate::coming::in_use(&s.record) {
+        crate::coming::freeze(s)?;
+        crate::coming::refuse_arrived(s, &applied.coming)?;
+        crate::coming::sync(s)?;
+    }
+    let needed = !applied.coming.is_empty()
+        || !adopt.is_empty()
+        || (!applied.replace
+            && s.record
+                .patches
+                .iter()
+                .any(|p| !p.disabled && !p.coming.is_empty()));
+    let hook = crate::coming::HookChange::for_switch(s, needed)?;
+    let plan = record_plan(s, &applied, hook.as_ref())?;
     pre_patch(s, &applied)?;
     // The switch. If it fails, the transition is reversed (post_unpatch runs while the
     // record is undone).
@@ -172,9 +201,10 @@ fn apply_steps(
     let report = s.switch(&plan)?;
     // Past the switch, the apply finishes whatever comes.
     s.tr.finishing = true;
+    if let Some(h) = hook {
+        s.record.hook = h.after();
+    }
     crate::fault::point("apply:switched");
-    // post_patch, the record, and the replaced patches unloaded.
-    let replaced = finish(s, applied.clone(), true)?;
     let views = applied
         .funcs
         .iter()
@@ -185,6 +215,9 @@ fn apply_steps(
             v
         })
         .collect();
+    crate::coming::adopt(s, &mut applied, resolved, &adopt)?;
+    // post_patch, the record, and the replaced patches unloaded.
+    let replaced = finish(s, applied, true)?;
     Ok((views, replaced, report))
 }
 
@@ -233,6 +266,7 @@ fn load(s: &mut Session, patch: &Patch, preserves: bool) -> Result<AppliedPatch>
         disabled: false,
         state_addrs: patch.states.iter().map(|st| st.vaddr + base).collect(),
         thunks: Vec::new(),
+        coming: Vec::new(),
     };
     pending(s).loading = Some(applied.clone());
     set_stage(s, Stage::Loaded)?;
@@ -288,6 +322,7 @@ fn locate(
             aliases: r.aliases.clone(),
             preserve: None,
             wrap: None,
+            copy: None,
         });
     }
     Ok(funcs)
@@ -519,8 +554,17 @@ fn take(
 /// The plan of the switch, written into the record with the patch before anything else
 /// happens: an atomic replace also sends every function that only older patches change
 /// back to the original, in the same switch.
-fn record_plan(s: &mut Session, applied: &AppliedPatch) -> Result<Plan> {
-    let plan = plan(&s.record, applied);
+fn record_plan(
+    s: &mut Session,
+    applied: &AppliedPatch,
+    hook: Option<&crate::coming::HookChange>,
+) -> Result<Plan> {
+    let mut plan = plan(&s.record, applied);
+    if let Some(h) = hook {
+        let w = h.write();
+        plan.entries.push((w.addr, JMP_LEN as u64));
+        plan.writes.push(w);
+    }
     crate::fault::trace("plan built");
     pending(s).loading = Some(applied.clone());
     pending(s).writes = plan
@@ -620,6 +664,8 @@ pub fn finish(s: &mut Session, applied: AppliedPatch, run_post_patch: bool) -> R
     s.record.pending = None;
     s.save_record()?;
     crate::fault::point("apply:committed");
+    // The hook learns the active patches before any replaced one goes.
+    crate::coming::settle(s)?;
     for p in to_unload.iter().filter(|p| !p.forced) {
         s.unload(p.handle, p.fd)?;
     }

@@ -31,6 +31,9 @@ pub struct ApplyReport {
     pub patch: String,
     /// Functions redirected.
     pub functions: Vec<crate::report::FuncView>,
+    /// Objects the process has not loaded: patched when they come.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<crate::coming::PendingView>,
     /// Patches it replaced (atomic replace).
     pub replaced: Vec<String>,
     /// The switch.
@@ -67,7 +70,8 @@ pub fn apply_patch(
     crate::buildid::check(patch, &objects)?;
     crate::linkage::check(patch, &objects)?;
     let mut contracts = crate::contract::Contracts::new();
-    let resolved = resolve(patch, &objects, &mut contracts)?;
+    let coming = crate::coming::resolve(patch, &objects, pid, opts, &mut contracts)?;
+    let resolved = resolve(patch, &objects, &mut contracts, &coming)?;
     tell_contracts(&resolved, progress);
     let symbols = resolve_symbols(patch, &objects)?;
     crate::resolve::refuse_self_calls(patch, &resolved, &symbols)?;
@@ -80,7 +84,7 @@ pub fn apply_patch(
     let mut resolved = resolved;
     let r = resolve_ifuncs(&mut s, patch, &mut contracts, &mut resolved)
         .and_then(|()| crate::repair::repair_if_needed(&mut s))
-        .and_then(|()| crate::apply::run(&mut s, patch, &resolved, &symbols, &places));
+        .and_then(|()| crate::apply::run(&mut s, patch, &resolved, &coming, &symbols, &places));
     let (functions, replaced, report) = s.conclude(r).map_err(|e| continued(e, pid))?;
     let children = crate::process::same_program_children(pid);
     if let Some(n) = crate::process::children_note(pid, &children, "still run the old code") {
@@ -89,6 +93,7 @@ pub fn apply_patch(
     Ok(ApplyReport {
         pid,
         patch: patch.name.clone(),
+        pending: crate::coming::PendingView::of(&coming),
         functions,
         replaced,
         switch: report,
@@ -199,6 +204,9 @@ pub struct CheckReport {
     pub safe: bool,
     /// The functions, resolved.
     pub functions: Vec<Resolved>,
+    /// Objects the process has not loaded: the patch would wait for them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<crate::coming::PendingView>,
     /// Who blocks, and where.
     pub blockers: Vec<transition::Blocker>,
     /// Threads checked.
@@ -216,7 +224,8 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     crate::buildid::check(&patch, &objects)?;
     crate::linkage::check(&patch, &objects)?;
     let mut contracts = crate::contract::Contracts::new();
-    let mut resolved = resolve(&patch, &objects, &mut contracts)?;
+    let coming = crate::coming::resolve(&patch, &objects, pid, opts, &mut contracts)?;
+    let mut resolved = resolve(&patch, &objects, &mut contracts, &coming)?;
     tell_contracts(&resolved, progress);
     // What apply resolves before it touches the process, check resolves too.
     let symbols = resolve_symbols(&patch, &objects)?;
@@ -269,6 +278,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
                 aliases: Vec::new(),
                 preserve: None,
                 wrap: None,
+                copy: None,
             };
             plan.changed.extend(current_impl(&s.record, &f));
             plan.entries.push((r.addr, JMP_LEN as u64));
@@ -288,6 +298,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
         Ok(CheckReport {
             pid,
             patch: patch.name.clone(),
+            pending: crate::coming::PendingView::of(&coming),
             safe: blockers.is_empty(),
             functions: resolved.clone(),
             threads: s.tr.threads.len(),

@@ -63,11 +63,28 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
             }
         );
     };
+    // Copies of objects that came since are patched too: the record learns them while
+    // the hook waits, until the table says what stays active.
+    if crate::coming::in_use(&s.record) {
+        crate::coming::freeze(s)?;
+        crate::coming::sync(s)?;
+    }
     let p = s.record.patches[idx].clone();
     refuse_if_wrapped(&s.record, idx)?;
-    let plan = plan(&s.record, &p);
+    let mut plan = plan(&s.record, &p);
+    let needed = s
+        .record
+        .patches
+        .iter()
+        .any(|q| q.name != p.name && !q.disabled && !q.coming.is_empty());
+    let hook = crate::coming::HookChange::for_switch(s, needed)?;
+    if let Some(h) = &hook {
+        let w = h.write();
+        plan.entries.push((w.addr, JMP_LEN as u64));
+        plan.writes.push(w);
+    }
     for w in &plan.writes {
-        let now = s.proc.read(w.addr, JMP_LEN)?;
+        let now = crate::coming::read_code(&s.proc, w.addr, JMP_LEN)?;
         if now != w.old {
             bail!(
                 Mismatch,
@@ -107,6 +124,9 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
         }
     };
     s.tr.finishing = true;
+    if let Some(h) = hook {
+        s.record.hook = h.after();
+    }
     crate::fault::point("disable:switched");
     let unloaded = finish(s, true)?;
     Ok((unloaded, report))
@@ -189,6 +209,8 @@ pub fn finish(s: &mut Session, run_post_unpatch: bool) -> Result<bool> {
     s.record.pending = None;
     s.save_record()?;
     crate::fault::point("disable:committed");
+    // The hook forgets the patch before its code goes.
+    crate::coming::settle(s)?;
     for page in empty_pages {
         s.syscall(libc::SYS_munmap, &[page, redirect::PAGE])?;
     }

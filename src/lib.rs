@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod build;
 pub mod buildid;
+pub mod coming;
 pub mod contract;
 pub mod core;
 pub mod demangle;
@@ -42,3 +43,4 @@ pub mod state;
 pub mod symbols;
 pub mod transition;
 pub mod unwind;
+pub mod watch;

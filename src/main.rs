@@ -132,6 +132,11 @@ enum Command {
         /// searched.
         #[arg(long, value_name = "DIR")]
         debug_dir: Vec<PathBuf>,
+        /// A patch may change objects the process has not loaded yet (a plugin, a gconv
+        /// module): they are found where the loader would find them (LD_LIBRARY_PATH,
+        /// ld.so.conf, the default directories, next to loaded objects), and in DIR.
+        #[arg(long, value_name = "DIR")]
+        library_path: Vec<PathBuf>,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -190,6 +195,9 @@ enum Command {
         /// Also look for separate debug files in DIR (see apply).
         #[arg(long, value_name = "DIR")]
         debug_dir: Vec<PathBuf>,
+        /// Also look for objects the process has not loaded yet in DIR (see apply).
+        #[arg(long, value_name = "DIR")]
+        library_path: Vec<PathBuf>,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -327,6 +335,16 @@ enum Command {
         /// Write under this root instead of / (for images and tests).
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
+    },
+    /// Catch every exec of the programs the persisted patches are for (fanotify exec
+    /// permission events), and have each new process apply them before main, as the
+    /// autoload library does: for hosts that refuse a preload. Runs until killed; other
+    /// programs are never stopped nor traced.
+    Watch {
+        /// A program to watch (repeatable); without any, the programs of the running
+        /// processes that a persisted patch is for.
+        #[arg(long, value_name = "PATH")]
+        exe: Vec<PathBuf>,
     },
     /// Run by the autoload library inside a starting process: apply the persisted
     /// patches that match it.
@@ -504,6 +522,7 @@ fn main() -> ExitCode {
         | Command::Unpersist { .. }
         | Command::Autoload { .. }
         | Command::AutoloadApply { .. }
+        | Command::Watch { .. }
         | Command::Manpage
         | Command::Completions { .. } => false,
     };
@@ -563,26 +582,22 @@ fn run(cmd: Command) -> Result<u8, Error> {
             timeout,
             force,
             debug_dir,
+            library_path,
             json,
         } => {
             let (pid, patch) = targets(&fleet, pid, patch, &more, "patch")?;
             let patch = PathBuf::from(patch);
-            if pid.is_none() {
-                let opts = Options {
-                    timeout: seconds(timeout)?,
-                    force,
-                    debug_dirs: debug_dir,
-                    ..Options::default()
-                };
-                return run_fleet(&rlivepatch::fleet::Op::Apply(patch), &fleet, opts, json);
-            }
-            let pid = pid.unwrap_or_default();
             let opts = Options {
                 timeout: seconds(timeout)?,
                 force,
                 debug_dirs: debug_dir,
+                library_path,
                 ..Options::default()
             };
+            if pid.is_none() {
+                return run_fleet(&rlivepatch::fleet::Op::Apply(patch), &fleet, opts, json);
+            }
+            let pid = pid.unwrap_or_default();
             let r = core::apply(pid, &patch, &opts, &mut progress)?;
             if json {
                 print_json(&r);
@@ -593,6 +608,9 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 );
                 for f in &r.functions {
                     println!("  {}", f.line());
+                }
+                for p in &r.pending {
+                    println!("  {}", p.line());
                 }
                 if !r.replaced.is_empty() {
                     println!("  replaced: {}", r.replaced.join(", "));
@@ -671,6 +689,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
             let (proc, maps, rec) = core::read_record(pid)?;
             let objects = rlivepatch::objects::Objects::new(&proc, &maps, &[])?;
             let mut view = ListView::new(pid, &proc.status.name, &rec, &objects);
+            view.add_coming(&proc, &rec);
             let left = rlivepatch::leftovers::scan(&proc, &maps, &rec, None);
             if !left.is_empty() && view.pending.is_none() {
                 view.pending = Some(format!(
@@ -689,12 +708,14 @@ fn run(cmd: Command) -> Result<u8, Error> {
             patch,
             fleet,
             debug_dir,
+            library_path,
             json,
         } => {
             let (pid, patch) = targets(&fleet, pid, patch, &[], "patch")?;
             let patch = PathBuf::from(patch);
             let opts = Options {
                 debug_dirs: debug_dir,
+                library_path,
                 ..Options::default()
             };
             let Some(pid) = pid else {
@@ -717,6 +738,11 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 );
                 for b in &r.blockers {
                     println!("  {}", b.describe());
+                }
+            }
+            if !json {
+                for p in &r.pending {
+                    println!("  {}", p.line());
                 }
             }
             if !r.safe {
@@ -781,6 +807,11 @@ fn run(cmd: Command) -> Result<u8, Error> {
             println!(
                 "patch {name} is no longer persisted; processes started from now on run without it"
             );
+        }
+        Command::Watch { exe } => {
+            let reg = rlivepatch::persist::registry();
+            let exes = rlivepatch::watch::executables(&exe, &reg)?;
+            rlivepatch::watch::run(&exes, &reg, &mut progress)?;
         }
         Command::Autoload {
             unit,

@@ -166,7 +166,20 @@ impl LoadedObject {
             let bytes = proc.read(self.start, (self.end - self.start) as usize)?;
             return ElfFile::from_bytes("[vdso]", bytes);
         }
-        let mut f = ElfFile::open(&self.mapped_path()?)?;
+        let path = self.mapped_path()?;
+        let mut f = ElfFile::open(&path).map_err(|e| {
+            if path.starts_with("/proc") && !path.exists() && Process::open(self.pid).is_ok() {
+                // Gone between reading the maps and opening it: a dlclose.
+                err!(
+                    Busy,
+                    "process {} unloaded {} while rlivepatch was reading it (a dlclose); retry",
+                    self.pid,
+                    self.path
+                )
+            } else {
+                e
+            }
+        })?;
         f.path = self.path.clone().into();
         Ok(f)
     }
@@ -354,6 +367,53 @@ impl Objects {
         // Only objects with code are interesting (a data file mapped at offset 0 is not).
         list.retain(|o| o.mappings.iter().any(|m| m.exec));
         Ok(Objects { list })
+    }
+
+    /// An object the process has not loaded, as if it were mapped at its file addresses
+    /// (load bias 0): resolution and the analysis of its callers then work on it as on
+    /// a loaded one, and what they find is an offset from wherever it comes to be
+    /// loaded. `path` is as the process sees it (under `/proc/PID/root`).
+    pub fn unloaded(pid: i32, path: &str, debug_dirs: &[PathBuf]) -> Result<Objects> {
+        let rooted = PathBuf::from(format!("/proc/{pid}/root{path}"));
+        let meta = std::fs::metadata(&rooted)
+            .map_err(|e| err!(Mismatch, "cannot read {path} of process {pid}: {e}"))?;
+        let file = ElfFile::open(&rooted)?;
+        let dev = (libc::major(meta.dev()), libc::minor(meta.dev()));
+        let mappings: Vec<Mapping> = file
+            .segments
+            .iter()
+            .map(|s| Mapping {
+                start: s.vaddr & !0xfff,
+                end: (s.vaddr + s.memsz + 0xfff) & !0xfff,
+                read: true,
+                write: s.write,
+                exec: s.exec,
+                shared: false,
+                offset: s.offset & !0xfff,
+                dev,
+                inode: meta.ino(),
+                path: path.to_string(),
+                deleted: false,
+            })
+            .collect();
+        if mappings.is_empty() || !mappings.iter().any(|m| m.exec) {
+            bail!(Mismatch, "{path} has no loadable code");
+        }
+        let mut f = file;
+        f.path = path.into();
+        let obj = LoadedObject {
+            path: path.to_string(),
+            start: mappings[0].start,
+            end: mappings.iter().map(|m| m.end).max().unwrap_or(0),
+            mappings,
+            is_main: false,
+            deleted: false,
+            file: OnceCell::from(Ok(Arc::new(f))),
+            debug: OnceCell::new(),
+            debug_dirs: debug_dirs.into(),
+            pid,
+        };
+        Ok(Objects { list: vec![obj] })
     }
 
     /// Take over the parsed files of `old` (the same process a moment earlier) for the

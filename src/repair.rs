@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 /// Repair when an earlier run left something; a note on stderr says what.
 pub fn repair_if_needed(s: &mut Session) -> Result<()> {
+    crate::coming::clear_stale(s)?;
+    crate::coming::observe_hook(s)?;
     let found = crate::leftovers::scan(&s.proc, &s.maps, &s.record, s.scratch);
     if found.is_empty() {
         return Ok(());
@@ -55,6 +57,7 @@ pub fn repair(s: &mut Session) -> Result<Vec<String>> {
         done.extend(repair_mappings(s, &found)?);
     }
     s.refresh()?;
+    crate::coming::observe_hook(s)?;
     s.unload_runtime_if_idle()?;
     s.save_record()?;
     Ok(done)

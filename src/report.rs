@@ -203,6 +203,22 @@ pub struct PatchView {
     pub base: String,
     /// Its functions.
     pub functions: Vec<FuncView>,
+    /// Objects it changes that were not loaded when it was applied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub coming: Vec<ComingView>,
+}
+
+/// An object a patch changes that was not loaded when the patch was applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComingView {
+    /// The object as the patch names it.
+    pub object: String,
+    /// Its build-id.
+    pub build_id: String,
+    /// The functions that change in it.
+    pub functions: Vec<String>,
+    /// The copies the process loaded since (none: still pending).
+    pub copies: Vec<crate::coming::Copy>,
 }
 
 /// The result of `list`.
@@ -220,6 +236,9 @@ pub struct ListView {
     /// Child processes running the same program: this list does not cover them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<i32>,
+    /// Why the hook for objects that come last left a copy unpatched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coming_failure: Option<String>,
 }
 
 impl ListView {
@@ -251,6 +270,7 @@ impl ListView {
                 .collect(),
             pending,
             children: crate::process::same_program_children(pid),
+            coming_failure: None,
         }
     }
 
@@ -313,6 +333,29 @@ impl ListView {
             for f in &p.functions {
                 let _ = writeln!(s, "   {}", f.line());
             }
+            for c in &p.coming {
+                let copies: Vec<String> = c
+                    .copies
+                    .iter()
+                    .map(|x| match x.state {
+                        "other-namespace" => format!(
+                            "a copy at {:#x} in namespace {} (dlmopen) is NOT patched",
+                            x.address, x.namespace
+                        ),
+                        "patched" => format!("loaded at {:#x}, patched", x.address),
+                        _ => format!("a copy at {:#x} is NOT patched", x.address),
+                    })
+                    .collect();
+                let state = if copies.is_empty() {
+                    "pending (not loaded; patched when it is)".to_string()
+                } else {
+                    copies.join("; ")
+                };
+                let _ = writeln!(s, "   {} in {}: {state}", c.functions.join(", "), c.object);
+            }
+        }
+        if let Some(f) = &self.coming_failure {
+            let _ = writeln!(s, "note: objects that came: {f}");
         }
         if let Some(p) = &self.pending {
             let _ = writeln!(s, "note: {p}");
@@ -332,7 +375,50 @@ fn patch_view(position: usize, p: &AppliedPatch, objects: &Objects) -> PatchView
         states: p.states.clone(),
         applied_at: p.applied_at,
         base: hx(p.base),
-        functions: p.funcs.iter().map(|f| FuncView::new(f, objects)).collect(),
+        functions: p
+            .funcs
+            .iter()
+            .filter(|f| f.copy.is_none())
+            .map(|f| FuncView::new(f, objects))
+            .collect(),
+        coming: {
+            let mut v: Vec<ComingView> = Vec::new();
+            for c in &p.coming {
+                match v.iter_mut().find(|x| x.build_id == c.build_id) {
+                    Some(x) => x.functions.push(c.func.symbol.clone()),
+                    None => v.push(ComingView {
+                        object: c.name.clone(),
+                        build_id: c.build_id.clone(),
+                        functions: vec![c.func.symbol.clone()],
+                        copies: Vec::new(),
+                    }),
+                }
+            }
+            v
+        },
+    }
+}
+
+impl ListView {
+    /// Add what the runtime's table says of the objects that came.
+    pub fn add_coming(&mut self, proc: &crate::process::Process, rec: &Record) {
+        if !crate::coming::in_use(rec) {
+            return;
+        }
+        let Ok(Some(view)) = crate::coming::read(proc, rec) else {
+            return;
+        };
+        for p in &mut self.patches {
+            for c in &mut p.coming {
+                c.copies = view
+                    .copies
+                    .iter()
+                    .filter(|x| x.build_id == c.build_id)
+                    .cloned()
+                    .collect();
+            }
+        }
+        self.coming_failure = view.last_failure;
     }
 }
 

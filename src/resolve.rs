@@ -155,15 +155,34 @@ pub fn preflight(proc: &Process) -> Result<()> {
 
 /// Resolve every function of `patch` in the process: object, symbol, size, entry bytes.
 /// IFUNC symbols are resolved later, in the process ([`resolve_ifuncs`]).
+/// Functions of objects the process has not loaded (`pending`, see [`crate::coming`])
+/// are left out.
 pub fn resolve(
     patch: &Patch,
     objects: &Objects,
     contracts: &mut Contracts,
+    pending: &[crate::coming::Pending],
+) -> Result<Vec<Resolved>> {
+    let only: Vec<usize> = (0..patch.funcs.len())
+        .filter(|i| !pending.iter().any(|p| p.resolved.index == *i))
+        .collect();
+    resolve_some(patch, objects, contracts, &only)
+}
+
+/// Resolve the functions of `patch` whose indexes are in `only`.
+pub fn resolve_some(
+    patch: &Patch,
+    objects: &Objects,
+    contracts: &mut Contracts,
+    only: &[usize],
 ) -> Result<Vec<Resolved>> {
     let mut out: Vec<Resolved> = Vec::new();
     // The functions the patch changes in each object, found once per object.
     let mut patched_by_path: HashMap<String, Vec<&str>> = HashMap::new();
     for (index, f) in patch.funcs.iter().enumerate() {
+        if !only.contains(&index) {
+            continue;
+        }
         let obj = objects.by_name(f.object.as_deref())?;
         // A versioned name is looked up in the object's own dynamic symbols.
         let syms = if f.old.contains('@') {

@@ -46,6 +46,10 @@ pub struct Layout {
     /// How wide the vector registers are that the thunk keeps, set by the runtime at
     /// load (`rlp_vector_width`).
     pub vector_width: u64,
+    /// The table of objects that come later (`rlp_coming`).
+    pub coming: u64,
+    /// The hook the loader's debugger notification jumps to (`rlp_dl_hook`).
+    pub dl_hook: u64,
 }
 
 /// The runtime's layout.
@@ -69,6 +73,8 @@ pub fn layout() -> Result<&'static Layout> {
             preserve_end: find("rlp_preserve").map(|s| s.value + s.size)?,
             preserve_returned: sym("rlp_preserve_returned")?,
             vector_width: sym("rlp_vector_width")?,
+            coming: sym("rlp_coming")?,
+            dl_hook: sym("rlp_dl_hook")?,
         })
     })
     .as_ref()
@@ -135,6 +141,7 @@ impl Session<'_> {
     /// Unload the runtime when no patch is left and no shadow variable lives.
     pub fn unload_runtime_if_idle(&mut self) -> Result<()> {
         let idle = self.record.patches.is_empty()
+            && self.record.hook.is_none()
             && self.record.runtime.is_some()
             && self.shadow_count()? == 0;
         if idle {

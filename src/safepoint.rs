@@ -175,6 +175,13 @@ pub fn judge(
             return Err(format!("unreliable stack: {why}"));
         }
     }
+    if stack
+        .frames
+        .iter()
+        .any(|f| crate::coming::in_hook(objects, f.pc))
+    {
+        return Err("inside rlivepatch's hook for objects that come (in a dlopen)".into());
+    }
     if stack.frames.iter().any(|f| f.signal) {
         return Err("inside a signal handler".into());
     }

@@ -28,6 +28,9 @@ pub struct Options {
     pub lock_timeout: Duration,
     /// More directories to look for separate debug files in (besides /usr/lib/debug).
     pub debug_dirs: Vec<std::path::PathBuf>,
+    /// More directories to look for objects the process has not loaded yet in (besides
+    /// the loader's own path).
+    pub library_path: Vec<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -38,6 +41,7 @@ impl Default for Options {
             call_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(30),
             debug_dirs: Vec::new(),
+            library_path: Vec::new(),
         }
     }
 }
@@ -70,6 +74,11 @@ pub struct Session<'a> {
     last_borrowed: Option<Tid>,
     pub(crate) opts: Options,
     progress: ProgressFn<'a>,
+    /// The runtime's hook for objects that come is held ([`crate::coming::freeze`]).
+    pub frozen: bool,
+    /// Copies of objects patched by this run that the runtime's table must learn, by
+    /// build-id and load bias ([`crate::coming::adopt`]).
+    pub adopted: Vec<(String, u64)>,
 }
 
 impl<'a> Session<'a> {
@@ -118,6 +127,8 @@ impl<'a> Session<'a> {
             last_borrowed: None,
             opts: opts.clone(),
             progress,
+            frozen: false,
+            adopted: Vec::new(),
         })
     }
 
@@ -591,7 +602,7 @@ impl<'a> Session<'a> {
         // The operation is done or undone; cleaning up must finish even if rlivepatch was
         // asked to stop meanwhile.
         self.tr.finishing = true;
-        let mut first: Option<Error> = None;
+        let mut first: Option<Error> = crate::coming::thaw(&mut self).err();
         if self.scratch.is_some() {
             if let Err(e) = self.borrow() {
                 first.get_or_insert(e);

@@ -73,6 +73,11 @@ pub struct AppliedFunc {
     /// `RLIVEPATCH_FUNC_WRAP`: the new function calls the code it replaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wrap: Option<Wrap>,
+    /// In a copy of an object loaded after the apply (its load address): the runtime's
+    /// hook patched it, and the record knows it from the runtime's table
+    /// ([`crate::coming`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<u64>,
 }
 
 /// A replacement that calls the code it replaces (`RLIVEPATCH_FUNC_WRAP`).
@@ -165,6 +170,10 @@ pub struct AppliedPatch {
     /// reach of the patch): the patch's code uses them as long as it is loaded.
     #[serde(default)]
     pub thunks: Vec<u64>,
+    /// Its functions in objects the process had not loaded when it was applied, at file
+    /// addresses: the runtime's hook patches each copy that comes ([`crate::coming`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coming: Vec<crate::coming::ComingFunc>,
 }
 
 impl AppliedPatch {
@@ -252,6 +261,10 @@ pub struct Record {
     /// The rlivepatch runtime, when loaded.
     #[serde(default)]
     pub runtime: Option<crate::runtime::RuntimeRecord>,
+    /// The jump written into the loader's debugger notification point, while a patch
+    /// waits for objects to come ([`crate::coming`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<crate::coming::Hook>,
 }
 
 impl Pending {
@@ -303,6 +316,7 @@ impl Record {
             && self.islands.is_empty()
             && self.pending.is_none()
             && self.runtime.is_none()
+            && self.hook.is_none()
     }
 }
 
@@ -466,7 +480,7 @@ impl Store {
     }
 }
 
-mod hex_bytes {
+pub(crate) mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&crate::symbols::hex(b))

@@ -754,12 +754,22 @@ pub fn write_all(proc: &Process, writes: &[Write]) -> Result<()> {
 /// One run: check that each write finds the bytes it expects, write the span, read it
 /// back. Returns the span's bytes before.
 fn write_run(proc: &Process, run: &[&Write], start: u64, end: u64) -> Result<Vec<u8>> {
-    let before = proc.read(start, (end - start) as usize)?;
+    let before = crate::coming::read_code(proc, start, (end - start) as usize)?;
     let mut after = before.clone();
     for w in run {
         let off = (w.addr - start) as usize;
         let now = &before[off..off + w.old.len()];
         if now != w.old.as_slice() {
+            let code_there = proc
+                .maps()
+                .is_ok_and(|m| m.iter().any(|m| m.exec && m.contains(w.addr)));
+            if !code_there {
+                bail!(
+                    Busy,
+                    "the code at {:#x} was unloaded (a dlclose) while rlivepatch worked; nothing was changed: retry",
+                    w.addr
+                );
+            }
             bail!(
                 Mismatch,
                 "the code at {:#x} changed under rlivepatch (found {}, expected {}); another tool is writing the process",

@@ -185,3 +185,140 @@ fn autoload_writes_the_drop_in_and_the_preload_line() {
     let preload = std::fs::read_to_string(root.join("etc/ld.so.preload")).unwrap();
     assert_eq!(preload, format!("{lib}\n"), "written once");
 }
+
+/// `rlivepatch watch` in registry `r` for `exe`, with more environment; ready once it
+/// says it watches.
+fn watch(
+    r: &Registry,
+    exe: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rlivepatch"));
+    cmd.args(["watch", "--exe", exe.to_str().unwrap()])
+        .env("RLIVEPATCH_REGISTRY", &r.reg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_stderr(&rx, |l| l.contains("watching 1 program"));
+    (child, rx)
+}
+
+/// Start `exe` as a program does (no preload of ours); its pid and first value line.
+fn first_plain(exe: &Path, env: &[(&str, &str)]) -> (u32, String) {
+    let mut cmd = Command::new(exe);
+    cmd.arg("1000")
+        .env_remove("LD_PRELOAD")
+        .env_remove("RLIVEPATCH_REGISTRY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    // This test's own process, by pid.
+    let _ = child.kill();
+    let _ = child.wait();
+    (pid, line.trim().to_string())
+}
+
+#[test]
+fn the_watch_daemon_has_every_exec_run_the_patch_from_main_on() {
+    let r = registry("watch");
+    let (exe, so) = counter_and_fix(&r, "w");
+    let (other, _) = counter_and_fix(&r, "x");
+    let (code, _, err) = rlp_in(&r, &["persist", so.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (mut daemon, log) = watch(&r, &exe, &[]);
+    for _ in 0..20 {
+        let (pid, first) = first_plain(&exe, &[]);
+        assert_eq!(first, "compute(0) = 0", "pid {pid}");
+        let l = wait_stderr(&log, |l| l.contains(&format!("pid {pid}:")));
+        assert!(l.contains("autoload library added"), "{l}");
+    }
+    // Another program is never stopped nor traced: the daemon does not hear of it.
+    let mut others = Vec::new();
+    for _ in 0..20 {
+        let (pid, first) = first_plain(&other, &[]);
+        assert_eq!(first, "compute(0) = 1");
+        others.push(pid);
+    }
+    let traced = Command::new("grep")
+        .args(["TracerPid", "/proc/self/status"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&traced.stdout).trim(),
+        "TracerPid:\t0"
+    );
+    // The kill switch in the program's environment.
+    let (pid, first) = first_plain(&exe, &[("RLIVEPATCH_AUTOLOAD", "0")]);
+    assert_eq!(first, "compute(0) = 1");
+    let l = wait_stderr(&log, |l| l.contains(&format!("pid {pid}:")));
+    assert!(l.contains("left alone"), "{l}");
+    // This test's daemon, by pid.
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let heard: Vec<String> = log.try_iter().collect();
+    for pid in others {
+        assert!(
+            !heard.iter().any(|l| l.contains(&format!("pid {pid}:"))),
+            "{heard:?}"
+        );
+    }
+}
+
+#[test]
+fn a_watch_daemon_killed_while_it_holds_an_exec_leaves_nothing_stopped() {
+    let r = registry("watch-kill");
+    let (exe, so) = counter_and_fix(&r, "k");
+    let (code, _, err) = rlp_in(&r, &["persist", so.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // SIGKILL while the exec waits for the answer, and once the process is seized: the
+    // program starts and runs (unpatched), and nothing traces it.
+    for point in ["watch:holding", "watch:seized"] {
+        let (mut daemon, _log) = watch(&r, &exe, &[("RLIVEPATCH_FAULT", point)]);
+        let mut child = Command::new(&exe)
+            .arg("5")
+            .env_remove("LD_PRELOAD")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let mut l = String::new();
+            out.read_line(&mut l).unwrap();
+            lines.push(l.trim().to_string());
+        }
+        assert!(lines[0].starts_with("ready"), "{point}: {lines:?}");
+        assert_eq!(lines[1], "compute(0) = 1", "{point}");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.contains("TracerPid:\t0"), "{point}: {status}");
+        let st = daemon.wait().unwrap();
+        assert!(!st.success(), "{point}: the daemon was killed");
+        // This test's own process, by pid.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

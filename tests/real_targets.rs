@@ -101,19 +101,24 @@ fn a_plugin_opened_after_start_and_objects_by_path() {
         "plugin-fix",
         "#include <rlivepatch.h>\nstatic int f(int x) { return -x; }\nRLIVEPATCH_FUNC_IN(\"libplugin.so\", plugin_value, f);\n",
     );
-    // Not loaded yet: a clear error.
-    let e = rlp_fails(&["apply", &pid, s(&fix)], 5);
+    // An object that is neither loaded nor where the loader would look: a clear error.
+    let nowhere = patch_src(
+        "plugin-nowhere",
+        "#include <rlivepatch.h>\nstatic int f(int x) { return -x; }\nRLIVEPATCH_FUNC_IN(\"libnowhere.so\", plugin_value, f);\n",
+    );
+    let e = rlp_fails(&["apply", &pid, s(&nowhere)], 5);
     assert!(
-        e.contains("object libplugin.so is not loaded") && e.contains("dlopen"),
+        e.contains("object libnowhere.so is not loaded") && e.contains("--library-path"),
         "{e}"
     );
+    // Not loaded yet, but next to the program: pending, and the first value the plugin
+    // gives once loaded is the patched one.
+    let out = rlp_ok(&["apply", &pid, s(&fix)]);
+    assert!(out.contains("pending: libplugin.so"), "{out}");
     t.send(&format!("load {}", lib.display()));
     t.wait_line(|l| l.starts_with("loaded"), T);
-    rlp_ok(&["apply", &pid, s(&fix)]);
-    t.wait_line(
-        |l| l.starts_with("plugin(") && value(l).1 == -value(l).0 && value(l).0 > 0,
-        T,
-    );
+    let first = t.wait_line(|l| l.starts_with("plugin("), T);
+    assert_eq!(value(&first).1, -value(&first).0, "{first}");
     rlp_ok(&["disable", &pid, "plugin-fix"]);
     t.wait_line(
         |l| l.starts_with("plugin(") && value(l).1 == 5 * value(l).0,

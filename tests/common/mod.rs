@@ -288,11 +288,24 @@ impl Target {
             .unwrap_or_else(|| panic!("{object} not mapped"));
         let start = u64::from_str_radix(first.split('-').next().unwrap(), 16).unwrap();
         let path = first.split_whitespace().last().unwrap();
-        let nm = Command::new("nm").arg(path).output().unwrap();
-        let text = String::from_utf8_lossy(&nm.stdout);
-        let line = text
-            .lines()
-            .find(|l| l.split_whitespace().nth(2) == Some(symbol))
+        // The symbol table, else (a stripped object) the dynamic one.
+        let find = |dynamic: bool| {
+            let mut nm = Command::new("nm");
+            if dynamic {
+                nm.arg("-D");
+            }
+            let out = nm.arg(path).output().unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find(|l| {
+                    l.split_whitespace()
+                        .nth(2)
+                        .is_some_and(|n| n.split('@').next() == Some(symbol))
+                })
+                .map(str::to_string)
+        };
+        let line = find(false)
+            .or_else(|| find(true))
             .unwrap_or_else(|| panic!("{symbol} not in {path}"));
         let value = u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap();
         // ET_EXEC objects are mapped at their link address.

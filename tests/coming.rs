@@ -1,0 +1,263 @@
+//! Objects that come later: a patch applied while the object it changes is not loaded
+//! is applied by the runtime's hook in the loader when the object comes, before any of
+//! its code runs (the kernel's klp_module_coming).
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn host() -> std::path::PathBuf {
+    fixture("coming-host", "coming-host", &[])
+}
+
+/// libcoming.so in a directory of its own (the loader would not find it by itself).
+fn plugin() -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = build_dir().join("coming-lib");
+    std::fs::create_dir_all(&dir).unwrap();
+    let built = cc(
+        "libcoming.so",
+        &["-shared", "-fPIC", "-O2", "fixtures/coming-plugin.c"],
+    );
+    let lib = dir.join("libcoming.so");
+    let tmp = dir.join(format!(".libcoming.so.{:?}", std::thread::current().id()));
+    std::fs::copy(&built, &tmp).unwrap();
+    std::fs::rename(&tmp, &lib).unwrap();
+    (dir, lib)
+}
+
+fn fix() -> std::path::PathBuf {
+    patch_src(
+        "coming-fix",
+        "#include <rlivepatch.h>\nstatic int f(int x) { return x * 7; }\nRLIVEPATCH_FUNC_IN(\"libcoming.so\", coming_value, f);\n",
+    )
+}
+
+/// Send a command, return its answer (the next line starting with `answer`).
+fn ask(t: &mut Target, cmd: &str, answer: &str) -> String {
+    t.send(cmd);
+    t.wait_line(|l| l.starts_with(answer), T)
+}
+
+fn copies(pid: &str) -> Vec<serde_json::Value> {
+    let v = json(&rlp_ok(&["list", "--json", pid]));
+    v["patches"][0]["coming"][0]["copies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn loader_hook_bytes(t: &Target) -> Vec<u8> {
+    let at = t.symbol_addr("ld-linux-x86-64.so.2", "_dl_debug_state");
+    t.read_mem(at, 16)
+}
+
+#[test]
+fn a_library_loaded_after_the_apply_runs_the_new_code_from_its_constructor_on() {
+    let (dir, lib) = plugin();
+    let mut t = Target::start_with_stdin(&host(), &[]);
+    let pid = t.pid.to_string();
+    let hook_before = loader_hook_bytes(&t);
+    let out = rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&fix())]);
+    assert!(
+        out.contains("pending: libcoming.so is not loaded") && out.contains("coming_value"),
+        "{out}"
+    );
+    assert_ne!(loader_hook_bytes(&t), hook_before, "the loader is hooked");
+    let list = rlp_ok(&["list", &pid]);
+    assert!(
+        list.contains("coming_value in libcoming.so: pending"),
+        "{list}"
+    );
+    assert!(copies(&pid).is_empty());
+
+    // The constructor calls coming_value(1): 7 is the patch's answer, 5 the original's.
+    let load = format!("load {}", lib.display());
+    assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=7 value=14");
+    assert_eq!(ask(&mut t, "call", "value="), "value=14");
+    let c = copies(&pid);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0]["state"], "patched");
+
+    // dlclose: pending again; dlopen again (maybe elsewhere): patched again.
+    ask(&mut t, "close", "closed");
+    assert!(copies(&pid).is_empty());
+    assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=7 value=14");
+    ask(&mut t, "close", "closed");
+
+    // A child forked while pending loads it: patched; the parent stays pending.
+    let child = ask(&mut t, &format!("fork {}", lib.display()), "child");
+    assert_eq!(child, "child ctor=7 value=14");
+    ask(&mut t, "", "forked");
+    assert!(copies(&pid).is_empty(), "the parent loaded nothing");
+
+    // A copy in another namespace (dlmopen) is reported, not silently left.
+    let dlm = ask(&mut t, &format!("dlmopen {}", lib.display()), "dlmopen");
+    assert_eq!(dlm, "dlmopen ctor=5 value=10");
+    let c = copies(&pid);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0]["state"], "other-namespace");
+    assert!(rlp_ok(&["list", &pid]).contains("namespace 1 (dlmopen) is NOT patched"));
+
+    // Loaded while applied, then disabled: the copy goes back to the original code.
+    assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=7 value=14");
+    rlp_ok(&["disable", &pid, "coming-fix"]);
+    assert_eq!(ask(&mut t, "call", "value="), "value=10");
+    assert_eq!(
+        loader_hook_bytes(&t),
+        hook_before,
+        "the loader has its code back"
+    );
+    assert!(!t.maps().contains("rlp:"), "runtime and patch unloaded");
+    t.assert_running();
+}
+
+#[test]
+fn disabled_while_pending_later_loads_stay_unpatched() {
+    let (dir, lib) = plugin();
+    let mut t = Target::start_with_stdin(&host(), &[]);
+    let pid = t.pid.to_string();
+    let at = t.symbol_addr("ld-linux-x86-64.so.2", "_dl_debug_state");
+    let before = t.snapshot(at);
+    rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&fix())]);
+    rlp_ok(&["disable", &pid, "coming-fix"]);
+    t.assert_untouched(&before, at);
+    let load = format!("load {}", lib.display());
+    assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=5 value=10");
+}
+
+#[test]
+fn a_gconv_module_glibc_loads_for_iconv_is_patched() {
+    let gconv = "/usr/lib/x86_64-linux-gnu/gconv/ISO8859-2.so";
+    if !std::path::Path::new(gconv).exists() {
+        panic!("{gconv} is missing: glibc's gconv modules are part of libc6");
+    }
+    let mut t = Target::start_with_stdin(&host(), &[]);
+    let pid = t.pid.to_string();
+    // The module's conversion function answers "illegal input" (EILSEQ, 84).
+    let p = patch_src(
+        "coming-gconv",
+        "#include <rlivepatch.h>\n#include <gconv.h>\n\
+         static int g(struct __gconv_step *s, struct __gconv_step_data *d, const unsigned char **in, const unsigned char *end, unsigned char **out, size_t *n, int flush, int consume)\n\
+         { (void)s; (void)d; (void)in; (void)end; (void)out; (void)n; (void)flush; (void)consume; return __GCONV_ILLEGAL_INPUT; }\n\
+         RLIVEPATCH_FUNC_IN(\"ISO8859-2.so\", gconv, g);\n",
+    );
+    let out = rlp_ok(&["apply", &pid, s(&p)]);
+    assert!(out.contains("pending: ISO8859-2.so"), "{out}");
+    assert_eq!(ask(&mut t, "iconv", "iconv"), "iconv error 84");
+    let list = rlp_ok(&["list", &pid]);
+    assert!(list.contains("gconv in ISO8859-2.so: loaded at"), "{list}");
+    rlp_ok(&["disable", &pid, "coming-gconv"]);
+    assert_eq!(ask(&mut t, "iconv", "iconv"), "iconv ok");
+    t.assert_running();
+}
+
+#[test]
+fn eight_threads_loading_and_unloading_during_apply_and_disable_cycles() {
+    let (dir, lib) = plugin();
+    let mut t = Target::start_with_stdin(&host(), &[]);
+    let pid = t.pid.to_string();
+    let cycles = env_count("RLP_COMING_CYCLES", 100);
+    // The threads load, check and unload until the cycles are over.
+    ask(&mut t, &format!("churn {}", lib.display()), "churning");
+    let mut done = 0;
+    for _ in 0..cycles {
+        // An apply may find the library loaded and then unloaded before its switch: a
+        // clean refusal that names the change (the next one goes through).
+        let (code, _, err) = rlp_full(&[
+            "apply",
+            "--library-path",
+            s(&dir),
+            &pid,
+            s(&fix()),
+            "--timeout",
+            "30",
+        ]);
+        if code != 0 {
+            assert!(
+                err.contains("was unloaded (a dlclose)")
+                    || err.contains("was loaded by process")
+                    || err.contains("while rlivepatch was reading it"),
+                "{err}"
+            );
+            continue;
+        }
+        let (code, _, err) = rlp_full(&["disable", &pid, "coming-fix", "--timeout", "30"]);
+        assert_eq!(code, 0, "{err}");
+        done += 1;
+    }
+    assert!(done * 2 >= cycles, "{done} of {cycles} cycles went through");
+    let sum = ask(&mut t, "stop", "churn");
+    let n = |k: &str| -> i64 {
+        let at = sum.find(&format!("{k}=")).unwrap() + k.len() + 1;
+        sum[at..].split(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(n("bad"), 0, "{sum}");
+    assert!(
+        n("loads") > 0 && n("patched") + n("original") == n("loads"),
+        "{sum}"
+    );
+    // Quiet again: the next copy is the original, and with the patch, the patched one.
+    let load = format!("load {}", lib.display());
+    assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=5 value=10");
+    ask(&mut t, "close", "closed");
+    rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&fix())]);
+    assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=7 value=14");
+    rlp_ok(&["disable", &pid, "coming-fix"]);
+    assert_eq!(ask(&mut t, "call", "value="), "value=10");
+    t.assert_running();
+}
+
+#[test]
+fn a_failure_leaves_the_process_as_it_was_and_a_killed_run_is_finished_by_repair() {
+    let (dir, lib) = plugin();
+    let mut t = Target::start_with_stdin(&host(), &[]);
+    let pid = t.pid.to_string();
+    let at = t.symbol_addr("ld-linux-x86-64.so.2", "_dl_debug_state");
+    let before = t.snapshot(at);
+    let fix = fix();
+    let apply = ["apply", "--library-path", s(&dir), &pid, s(&fix)];
+    // What the hook cannot do is refused before anything is touched.
+    let wrap = patch_src(
+        "coming-wrap",
+        "#include <rlivepatch.h>\nstatic int (*orig)(int);\nstatic int f(int x) { return orig(x) + 1; }\nRLIVEPATCH_FUNC_WRAP_IN(\"libcoming.so\", coming_value, f, orig);\n",
+    );
+    let e = rlp_fails(&["apply", "--library-path", s(&dir), &pid, s(&wrap)], 5);
+    assert!(
+        e.contains("cannot be patched while libcoming.so is not loaded")
+            && e.contains("RLIVEPATCH_FUNC_WRAP"),
+        "{e}"
+    );
+    t.assert_untouched(&before, at);
+    // Ctrl-C of the operator just before the switch: undone, exit 7.
+    for point in ["apply:planned", "apply:pre_patched"] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+            .args(apply)
+            .env("RLIVEPATCH_FAULT", point)
+            .env("RLIVEPATCH_FAULT_SIGNAL", format!("tool:{}", libc::SIGINT))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(7), "{point}: {o:?}");
+        t.assert_untouched(&before, at);
+    }
+    // Killed right after the switch: the next run finishes it, and the object that
+    // comes then is patched.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(apply)
+        .env("RLIVEPATCH_FAULT", "apply:switched")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    rlp_ok(&["repair", &pid]);
+    let load = format!("load {}", lib.display());
+    assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=7 value=14");
+    rlp_ok(&["disable", &pid, "coming-fix"]);
+    assert_eq!(ask(&mut t, "call", "value="), "value=10");
+    ask(&mut t, "close", "closed");
+    t.assert_untouched(&before, at);
+}
