@@ -12,8 +12,9 @@
  * The hook runs under the loader's lock, so one at a time. It calls nothing in the C
  * library (the loader's lock is held and lazily bound calls would re-enter it) and
  * touches no vector register (the loader's callers of _dl_debug_state, built with
- * -fipa-ra, know it clobbers nothing): raw system calls only, through /proc/self/mem,
- * which writes read-only code without changing its protection.
+ * -fipa-ra, know it clobbers nothing; the stub saves every general register, the flags
+ * and the SSE state, for the patches' callbacks): raw system calls only, through
+ * /proc/self/mem, which writes read-only code without changing its protection.
  *
  * While rlivepatch works on the process it sets `frozen`: a hook that starts then waits
  * (without holding `busy`), so that rlivepatch reads a table no one changes under it.
@@ -57,6 +58,18 @@ struct rlp_coming_copy {
 	uint64_t ns;
 };
 
+/* The callbacks of an object (RLIVEPATCH_OBJECT_CALLBACKS) of an active patch, oldest
+ * patch first; each gets the copy's load bias. */
+struct rlp_coming_cb {
+	uint32_t obj;
+	uint32_t patch;
+	int (*pre_patch)(void *);
+	void (*post_patch)(void *);
+	void (*pre_unpatch)(void *);
+	void (*post_unpatch)(void *);
+};
+#define RLP_COMING_CBS 64
+
 struct rlp_coming {
 	uint64_t magic;
 	uint64_t busy;
@@ -70,10 +83,12 @@ struct rlp_coming {
 	uint64_t nobjs;
 	uint64_t nfuncs;
 	uint64_t ncopies;
-	char last_failure[160];
+	char last_failure[152];
+	uint64_t ncbs;
 	struct rlp_coming_obj objs[RLP_COMING_OBJS];
 	struct rlp_coming_func funcs[RLP_COMING_FUNCS];
 	struct rlp_coming_copy copies[RLP_COMING_COPIES];
+	struct rlp_coming_cb cbs[RLP_COMING_CBS];
 };
 
 /* src/coming.rs reads and writes the table at these offsets. */
@@ -84,6 +99,9 @@ _Static_assert(__builtin_offsetof(struct rlp_coming, last_failure) == 96, "last_
 _Static_assert(__builtin_offsetof(struct rlp_coming, objs) == 256, "objs");
 _Static_assert(__builtin_offsetof(struct rlp_coming, funcs) == 7424, "funcs");
 _Static_assert(__builtin_offsetof(struct rlp_coming, copies) == 40192, "copies");
+_Static_assert(__builtin_offsetof(struct rlp_coming, ncbs) == 248, "ncbs");
+_Static_assert(__builtin_offsetof(struct rlp_coming, cbs) == 48384, "cbs");
+_Static_assert(sizeof(struct rlp_coming_cb) == 40, "cb");
 
 extern char __start_rlp_hook_text[], __stop_rlp_hook_text[];
 EXPORT struct rlp_coming rlp_coming = {
@@ -185,11 +203,24 @@ HOOK static uint32_t recognise(long mem, struct lm *l)
 	return 0;
 }
 
-/* Write the jumps of every function of `obj` into the copy at l_addr: all or none. */
-HOOK static uint32_t patch_copy(long mem, struct lm *l, uint32_t obj)
+/* The going callbacks of `obj` for the copy at `base`, newest patch first, from `from`
+ * (exclusive) down: what a refused or failed coming undoes, and what a dlclose runs. */
+HOOK static void unpatch_callbacks(uint32_t obj, uint64_t base, uint64_t from, int pre)
 {
-	uint64_t n = rlp_coming.nfuncs;
-	const char *name = rlp_coming.objs[obj].name;
+	for (uint64_t i = from; i-- > 0;) {
+		struct rlp_coming_cb *c = &rlp_coming.cbs[i];
+		if (c->obj != obj)
+			continue;
+		if (pre && c->pre_unpatch)
+			c->pre_unpatch((void *)base);
+		if (c->post_unpatch)
+			c->post_unpatch((void *)base);
+	}
+}
+
+/* Write the jumps of every function of `obj` into the copy at l_addr: all or none. */
+HOOK static uint32_t write_jumps(long mem, struct lm *l, uint32_t obj, uint64_t n, const char *name)
+{
 	/* First check every entry, newest entry for each offset. */
 	for (uint64_t i = n; i-- > 0;) {
 		struct rlp_coming_func *f = &rlp_coming.funcs[i];
@@ -236,7 +267,39 @@ HOOK static uint32_t patch_copy(long mem, struct lm *l, uint32_t obj)
 	return 1;
 }
 
-/* Forget copies that are no longer in any namespace (dlclose unmapped them). */
+/* A copy that comes: the pre_patch callbacks of its object, oldest patch first (one
+ * that refuses leaves the copy unpatched, and those that ran get post_unpatch: the
+ * kernel's cancelled transition), the jumps, then the post_patch callbacks. */
+HOOK static uint32_t patch_copy(long mem, struct lm *l, uint32_t obj)
+{
+	uint64_t ncbs = rlp_coming.ncbs < RLP_COMING_CBS ? rlp_coming.ncbs : RLP_COMING_CBS;
+	const char *name = rlp_coming.objs[obj].name;
+	void *base = (void *)l->l_addr;
+	for (uint64_t i = 0; i < ncbs; i++) {
+		struct rlp_coming_cb *c = &rlp_coming.cbs[i];
+		if (c->obj != obj || !c->pre_patch)
+			continue;
+		if (c->pre_patch(base)) {
+			unpatch_callbacks(obj, l->l_addr, i, 0);
+			fail("a pre_patch callback refused this copy", name);
+			return 2;
+		}
+	}
+	uint32_t state = write_jumps(mem, l, obj, rlp_coming.nfuncs, name);
+	if (state != 1) {
+		unpatch_callbacks(obj, l->l_addr, ncbs, 0);
+		return state;
+	}
+	for (uint64_t i = 0; i < ncbs; i++) {
+		struct rlp_coming_cb *c = &rlp_coming.cbs[i];
+		if (c->obj == obj && c->post_patch)
+			c->post_patch(base);
+	}
+	return 1;
+}
+
+/* Forget copies that are no longer in any namespace (dlclose unmapped them); a patched
+ * one gets its going callbacks. */
 HOOK static void forget_gone(struct rdebug *base)
 {
 	for (uint64_t i = 0; i < rlp_coming.ncopies;) {
@@ -249,6 +312,9 @@ HOOK static void forget_gone(struct rdebug *base)
 			i++;
 			continue;
 		}
+		if (c->state == 1 && c->ns == 0)
+			unpatch_callbacks(c->obj, c->l_addr,
+					  rlp_coming.ncbs < RLP_COMING_CBS ? rlp_coming.ncbs : RLP_COMING_CBS, 1);
 		rlp_coming.copies[i] = rlp_coming.copies[rlp_coming.ncopies - 1];
 		rlp_coming.ncopies--;
 		rlp_coming.generation++;
@@ -344,13 +410,16 @@ __asm__(
 	"	.cfi_adjust_cfa_offset 8\n"
 	"	pushq %r11\n"
 	"	.cfi_adjust_cfa_offset 8\n"
-	/* 8 (return address) + 80: the stack is 16-byte aligned again after one more. */
-	"	subq $8, %rsp\n"
-	"	.cfi_adjust_cfa_offset 8\n"
+	/* 8 (return address) + 80 pushed: 16-byte aligned after 8 more, and then the x87
+	 * and SSE state, which the patches' callbacks may use (fxsave64, 512 bytes). */
+	"	subq $520, %rsp\n"
+	"	.cfi_adjust_cfa_offset 520\n"
+	"	fxsave64 (%rsp)\n"
 	"	cld\n"
 	"	call rlp_dl_event\n"
-	"	addq $8, %rsp\n"
-	"	.cfi_adjust_cfa_offset -8\n"
+	"	fxrstor64 (%rsp)\n"
+	"	addq $520, %rsp\n"
+	"	.cfi_adjust_cfa_offset -520\n"
 	"	popq %r11\n"
 	"	.cfi_adjust_cfa_offset -8\n"
 	"	popq %r10\n"

@@ -267,6 +267,21 @@ fn load(s: &mut Session, patch: &Patch, preserves: bool) -> Result<AppliedPatch>
         state_addrs: patch.states.iter().map(|st| st.vaddr + base).collect(),
         thunks: Vec::new(),
         coming: Vec::new(),
+        object_callbacks: patch
+            .object_callbacks
+            .iter()
+            .map(|(o, c)| {
+                (
+                    o.clone(),
+                    [
+                        at(c.pre_patch),
+                        at(c.post_patch),
+                        at(c.pre_unpatch),
+                        at(c.post_unpatch),
+                    ],
+                )
+            })
+            .collect(),
     };
     pending(s).loading = Some(applied.clone());
     set_stage(s, Stage::Loaded)?;
@@ -594,6 +609,16 @@ fn pre_patch(s: &mut Session, applied: &AppliedPatch) -> Result<()> {
             applied.name
         );
     }
+    // The objects' own, for their loaded copies; one that refuses cancels the apply, and
+    // every callback whose pre_patch ran gets post_unpatch (the kernel's cancelled
+    // transition).
+    if let Err(e) = crate::coming::object_callbacks(s, applied, 0) {
+        crate::coming::object_callbacks(s, applied, 3)?;
+        callback(s, applied.callbacks[3], "post_unpatch", &applied.name)?;
+        s.set_states(&[], &[])?;
+        pending(s).stage = Stage::Loaded;
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -640,6 +665,7 @@ pub fn finish(s: &mut Session, applied: AppliedPatch, run_post_patch: bool) -> R
         let prev = installed_states(&s.record, None);
         s.set_states(&applied.state_addrs, &prev)?;
         callback(s, applied.callbacks[1], "post_patch", &applied.name)?;
+        crate::coming::object_callbacks(s, &applied, 1)?;
         s.set_states(&[], &[])?;
         crate::fault::point("apply:post_patched");
     }

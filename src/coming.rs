@@ -41,6 +41,7 @@ const NOBJS: u64 = 72;
 const NFUNCS: u64 = 80;
 const NCOPIES: u64 = 88;
 const LAST_FAILURE: u64 = 96;
+const NCBS: u64 = 248;
 const OBJS: u64 = 256;
 const OBJ_SIZE: u64 = 112;
 const MAX_OBJS: usize = 64;
@@ -50,6 +51,9 @@ const MAX_FUNCS: usize = 1024;
 const COPIES: u64 = 40192;
 const COPY_SIZE: u64 = 32;
 const MAX_COPIES: u64 = 256;
+const CBS: u64 = 48384;
+const CB_SIZE: u64 = 40;
+const MAX_CBS: usize = 64;
 
 /// One function of a patch in an object that was not loaded when the patch was applied.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -203,6 +207,62 @@ impl PendingView {
             self.functions.join(", ")
         )
     }
+}
+
+/// Run callback `which` (0 pre_patch, 1 post_patch, 2 pre_unpatch, 3 post_unpatch) of
+/// each object of `p` with callbacks, for each loaded copy the patch changes, in the
+/// order the patch declares them. A nonzero pre_patch is an error naming the object.
+pub fn object_callbacks(s: &mut Session, p: &AppliedPatch, which: usize) -> Result<()> {
+    const NAMES: [&str; 4] = ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"];
+    for (name, cbs) in &p.object_callbacks {
+        let Some(addr) = cbs[which] else { continue };
+        let mut bases: Vec<u64> = Vec::new();
+        for f in &p.funcs {
+            let Some(o) = s.objects.by_addr(f.old_addr) else {
+                continue;
+            };
+            if !answers_to(o, name) {
+                continue;
+            }
+            let Some(b) = f.copy.or_else(|| o.bias().ok()) else {
+                continue;
+            };
+            if !bases.contains(&b) {
+                bases.push(b);
+            }
+        }
+        // Copies this run patched and handed to the hook (not in the record's functions
+        // until the table knows them).
+        for cf in p.coming.iter().filter(|cf| cf.name == *name) {
+            for (id, b) in &s.adopted {
+                if *id == cf.build_id && !bases.contains(b) {
+                    bases.push(*b);
+                }
+            }
+        }
+        for b in bases {
+            let what = format!(
+                "the {} callback of {name} (at {b:#x}) of patch {}",
+                NAMES[which], p.name
+            );
+            let rax = s.call(addr, &[b], &what)?;
+            if which == 0 && rax as u32 != 0 {
+                bail!(
+                    Failed,
+                    "{what} returned {}: the patch refused to apply and was unloaded",
+                    rax as u32 as i32
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Does the loaded object `o` answer to the name a patch gives it?
+fn answers_to(o: &crate::objects::LoadedObject, name: &str) -> bool {
+    o.path == name
+        || (!name.starts_with('/')
+            && (o.file_name() == name || o.soname().as_deref() == Some(name)))
 }
 
 /// Does any loaded object answer to `name` (a path, a file name or a soname)?
@@ -447,7 +507,7 @@ pub fn read(proc: &Process, rec: &Record) -> Result<Option<View>> {
             }
         })
         .collect();
-    let fail = &head[LAST_FAILURE as usize..OBJS as usize];
+    let fail = &head[LAST_FAILURE as usize..NCBS as usize];
     let fail = String::from_utf8_lossy(&fail[..fail.iter().position(|&b| b == 0).unwrap_or(0)])
         .into_owned();
     Ok(Some(View {
@@ -512,6 +572,9 @@ pub fn sync(s: &mut Session) -> Result<u64> {
     let Some(view) = read(&s.proc, &s.record)? else {
         return Ok(0);
     };
+    if !view.copies.is_empty() {
+        s.refresh()?;
+    }
     for c in view
         .copies
         .iter()
@@ -602,6 +665,42 @@ pub fn commit(s: &mut Session) -> Result<()> {
         o[48..48 + n.len()].copy_from_slice(n);
         s.proc.write(t + OBJS + i as u64 * OBJ_SIZE, &o)?;
     }
+    // The objects' callbacks, for the copies the hook patches.
+    let mut cbs = Vec::new();
+    for (pi, p) in s
+        .record
+        .patches
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.disabled)
+    {
+        for (name, c) in &p.object_callbacks {
+            let Some(cf) = p.coming.iter().find(|cf| cf.name == *name) else {
+                continue;
+            };
+            let Some(obj) = objs.iter().position(|b| *b == cf.build_id) else {
+                continue;
+            };
+            cbs.extend((obj as u32).to_le_bytes());
+            cbs.extend((pi as u32).to_le_bytes());
+            for a in c {
+                cbs.extend(a.unwrap_or(0).to_le_bytes());
+            }
+        }
+    }
+    if cbs.len() / CB_SIZE as usize > MAX_CBS {
+        bail!(
+            Failed,
+            "the runtime's table of object callbacks is full ({MAX_CBS})"
+        );
+    }
+    if !cbs.is_empty() {
+        s.proc.write(t + CBS, &cbs)?;
+    }
+    s.proc.write(
+        t + NCBS,
+        &((cbs.len() / CB_SIZE as usize) as u64).to_le_bytes(),
+    )?;
     let r_debug = loader_symbol(&s.objects, "_r_debug").map_or(0, |(a, _)| a);
     s.proc.write(t + R_DEBUG, &r_debug.to_le_bytes())?;
     if !funcs.is_empty() {

@@ -111,6 +111,7 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
     let prev = installed_states(&s.record, Some(idx));
     s.set_states(&p.state_addrs, &prev)?;
     callback(s, p.callbacks[2], "pre_unpatch", &p.name)?;
+    crate::coming::object_callbacks(s, &p, 2)?;
     crate::fault::point("disable:pre_unpatched");
     set_stage(s, Stage::Switching)?;
     let report = match s.switch(&plan) {
@@ -197,6 +198,7 @@ pub fn finish(s: &mut Session, run_post_unpatch: bool) -> Result<bool> {
         let prev = installed_states(&s.record, Some(idx));
         s.set_states(&p.state_addrs, &prev)?;
         callback(s, p.callbacks[3], "post_unpatch", &p.name)?;
+        crate::coming::object_callbacks(s, &p, 3)?;
         s.set_states(&[], &[])?;
     }
     let unload = !p.forced;

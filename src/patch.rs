@@ -27,6 +27,7 @@ const KIND_BUILD_ID: u32 = 6;
 const KIND_SYMBOL: u32 = 7;
 const KIND_TLS: u32 = 8;
 const KIND_RELOC: u32 = 9;
+const KIND_OBJECT_CALLBACKS: u32 = 10;
 
 /// One function the patch replaces.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -151,6 +152,8 @@ pub struct Patch {
     pub replace: bool,
     /// Callbacks.
     pub callbacks: Callbacks,
+    /// Callbacks of objects it changes (`RLIVEPATCH_OBJECT_CALLBACKS`), by object name.
+    pub object_callbacks: Vec<(String, Callbacks)>,
     /// System states.
     pub states: Vec<StateDecl>,
     /// Build-ids the patch was built for: (object, lowercase hex).
@@ -260,6 +263,7 @@ impl Patch {
             funcs: Vec::new(),
             replace: false,
             callbacks: Callbacks::default(),
+            object_callbacks: Vec::new(),
             states: Vec::new(),
             build_ids: Vec::new(),
             symbols: Vec::new(),
@@ -377,6 +381,35 @@ impl Patch {
                         post_unpatch: cbs[3],
                     };
                 }
+                KIND_OBJECT_CALLBACKS => {
+                    let object = s(0)?.ok_or_else(|| {
+                        err!(Patch, "RLIVEPATCH_OBJECT_CALLBACKS names no object")
+                    })?;
+                    let mut cbs = [None; 4];
+                    for (k, cb) in cbs.iter_mut().enumerate() {
+                        *cb = p(k as u64)?;
+                        if let Some(v) = *cb
+                            && !self.is_code(v)
+                        {
+                            bail!(Patch, "callback {k} of {object} is not code of the patch");
+                        }
+                    }
+                    if self.object_callbacks.iter().any(|(o, _)| *o == object) {
+                        bail!(
+                            Patch,
+                            "RLIVEPATCH_OBJECT_CALLBACKS is given twice for {object}"
+                        );
+                    }
+                    self.object_callbacks.push((
+                        object,
+                        Callbacks {
+                            pre_patch: cbs[0],
+                            post_patch: cbs[1],
+                            pre_unpatch: cbs[2],
+                            post_unpatch: cbs[3],
+                        },
+                    ));
+                }
                 KIND_STATE => {
                     let vaddr = p(0)?.ok_or_else(|| {
                         err!(
@@ -488,6 +521,18 @@ impl Patch {
                 Patch,
                 "declares no function to replace; add RLIVEPATCH_FUNC(old, new)"
             );
+        }
+        for (o, _) in &self.object_callbacks {
+            if !self
+                .funcs
+                .iter()
+                .any(|f| f.object.as_deref() == Some(o.as_str()))
+            {
+                bail!(
+                    Patch,
+                    "RLIVEPATCH_OBJECT_CALLBACKS names {o}, in which the patch changes no function; give its functions with RLIVEPATCH_FUNC_IN(\"{o}\", ...), or use RLIVEPATCH_CALLBACKS"
+                );
+            }
         }
         for (i, a) in self.funcs.iter().enumerate() {
             if self.funcs[..i]

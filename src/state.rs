@@ -174,6 +174,10 @@ pub struct AppliedPatch {
     /// addresses: the runtime's hook patches each copy that comes ([`crate::coming`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub coming: Vec<crate::coming::ComingFunc>,
+    /// Callbacks of objects it changes (`RLIVEPATCH_OBJECT_CALLBACKS`), at run-time
+    /// addresses: pre_patch, post_patch, pre_unpatch, post_unpatch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub object_callbacks: Vec<(String, [Option<u64>; 4])>,
 }
 
 impl AppliedPatch {

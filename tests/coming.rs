@@ -261,3 +261,97 @@ fn a_failure_leaves_the_process_as_it_was_and_a_killed_run_is_finished_by_repair
     ask(&mut t, "close", "closed");
     t.assert_untouched(&before, at);
 }
+
+#[test]
+fn object_callbacks_run_when_a_copy_comes_and_goes_and_may_refuse_it() {
+    let (dir, lib) = plugin();
+    let mut t = Target::start_with_stdin(&host(), &[]);
+    let pid = t.pid.to_string();
+    // The callbacks say what they got on the program's stdout; pre_patch refuses every
+    // second copy.
+    let p = patch_src(
+        "coming-callbacks",
+        "#include <rlivepatch.h>\n#include <stdio.h>\n#include <string.h>\n#include <unistd.h>\n\
+         static int f(int x) { return x * 7; }\n\
+         static void say(const char *what, void *base) { char b[64]; int n = snprintf(b, sizeof b, \"cb %s %d\\n\", what, base != 0); write(1, b, n); }\n\
+         static int calls;\n\
+         static int pre(void *base) { say(\"pre_patch\", base); return calls++ % 2; }\n\
+         static void post(void *base) { say(\"post_patch\", base); }\n\
+         static void pre_un(void *base) { say(\"pre_unpatch\", base); }\n\
+         static void post_un(void *base) { say(\"post_unpatch\", base); }\n\
+         RLIVEPATCH_FUNC_IN(\"libcoming.so\", coming_value, f);\n\
+         RLIVEPATCH_OBJECT_CALLBACKS(\"libcoming.so\", pre, post, pre_un, post_un);\n",
+    );
+    rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&p)]);
+    let load = format!("load {}", lib.display());
+    t.send(&load);
+    assert_eq!(t.wait_line(|l| l.starts_with("cb"), T), "cb pre_patch 1");
+    assert_eq!(t.wait_line(|l| l.starts_with("cb"), T), "cb post_patch 1");
+    assert_eq!(
+        t.wait_line(|l| l.starts_with("loaded"), T),
+        "loaded ctor=7 value=14"
+    );
+    // dlclose: the going callbacks, once the copy is unmapped.
+    t.send("close");
+    assert_eq!(t.wait_line(|l| l.starts_with("cb"), T), "cb pre_unpatch 1");
+    assert_eq!(t.wait_line(|l| l.starts_with("cb"), T), "cb post_unpatch 1");
+    t.wait_line(|l| l == "closed", T);
+    // The next copy is refused by pre_patch: it runs the original code, and says why.
+    t.send(&load);
+    assert_eq!(t.wait_line(|l| l.starts_with("cb"), T), "cb pre_patch 1");
+    assert_eq!(
+        t.wait_line(|l| l.starts_with("loaded"), T),
+        "loaded ctor=5 value=10"
+    );
+    let list = rlp_ok(&["list", &pid]);
+    assert!(
+        list.contains("is NOT patched") && list.contains("a pre_patch callback refused this copy"),
+        "{list}"
+    );
+    ask(&mut t, "close", "closed");
+    rlp_ok(&["disable", &pid, "coming-callbacks"]);
+    // Loaded when the patch is applied and disabled: they run there, for that copy.
+    assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=5 value=10");
+    rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&p)]);
+    assert_eq!(t.wait_line(|l| l.starts_with("cb"), T), "cb pre_patch 1");
+    assert_eq!(t.wait_line(|l| l.starts_with("cb"), T), "cb post_patch 1");
+    assert_eq!(ask(&mut t, "call", "value="), "value=14");
+    rlp_ok(&["disable", &pid, "coming-callbacks"]);
+    assert_eq!(t.wait_line(|l| l.starts_with("cb"), T), "cb pre_unpatch 1");
+    assert_eq!(t.wait_line(|l| l.starts_with("cb"), T), "cb post_unpatch 1");
+    assert_eq!(ask(&mut t, "call", "value="), "value=10");
+    t.assert_running();
+}
+
+#[test]
+fn stacked_and_replacing_patches_wait_for_the_same_object() {
+    let (dir, lib) = plugin();
+    let mut t = Target::start_with_stdin(&host(), &[]);
+    let pid = t.pid.to_string();
+    let nine = patch_src(
+        "coming-nine",
+        "#include <rlivepatch.h>\nstatic int f(int x) { return x * 9; }\nRLIVEPATCH_FUNC_IN(\"libcoming.so\", coming_value, f);\n",
+    );
+    let replace = patch_src(
+        "coming-replace",
+        "#include <rlivepatch.h>\nstatic int f(int x) { return x * 11; }\nRLIVEPATCH_FUNC_IN(\"libcoming.so\", coming_value, f);\nRLIVEPATCH_REPLACE();\n",
+    );
+    let load = format!("load {}", lib.display());
+    // Two pending patches: the newer one runs; disabled, the one below it.
+    rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&fix())]);
+    rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&nine)]);
+    assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=9 value=18");
+    rlp_ok(&["disable", &pid, "coming-nine"]);
+    assert_eq!(ask(&mut t, "call", "value="), "value=14");
+    ask(&mut t, "close", "closed");
+    // An atomic replace takes over, also for the copies that come later.
+    rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&replace)]);
+    let list = rlp_ok(&["list", &pid]);
+    assert!(!list.contains("coming-fix"), "{list}");
+    assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=11 value=22");
+    rlp_ok(&["disable", &pid, "coming-replace"]);
+    assert_eq!(ask(&mut t, "call", "value="), "value=10");
+    ask(&mut t, "close", "closed");
+    assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=5 value=10");
+    assert!(!t.maps().contains("rlp:"), "{}", t.maps());
+}

@@ -59,6 +59,8 @@ enum rlp_kind {
 	                           num[1] = class (1: 64-bit address; 2: RIP-relative
 	                           operand, bits 8-15 the bytes from the instruction's start
 	                           to the place, bits 16-23 the instruction's length) */
+	RLP_KIND_OBJECT_CALLBACKS = 10, /* str[0] = object, ptr[0..3] = pre_patch,
+	                                   post_patch, pre_unpatch, post_unpatch */
 };
 
 /*
@@ -180,6 +182,28 @@ struct rlp_record {
 	RLP_RECORD(RLP_KIND_CALLBACKS, 0, 0, 0, RLP_AS(int (*)(void), pre_patch),      \
 		   RLP_AS(void (*)(void), post_patch), RLP_AS(void (*)(void), pre_unpatch), \
 		   RLP_AS(void (*)(void), post_unpatch), 0, 0)
+
+/*
+ * RLIVEPATCH_OBJECT_CALLBACKS("libfoo.so", pre_patch, post_patch, pre_unpatch,
+ * post_unpatch): callbacks of one object the patch changes (the kernel's per-object
+ * callbacks), any may be NULL; each gets the load bias of the copy of the object:
+ *   int pre_patch(void *base), void post_patch(void *base),
+ *   void pre_unpatch(void *base), void post_unpatch(void *base).
+ * For an object loaded when the patch is applied or disabled, they run after the
+ * patch's own callbacks of the same name, in the same places (a nonzero pre_patch
+ * cancels the apply; post_unpatch then runs for the objects and the patch). For a copy
+ * that comes later (dlopen), rlivepatch's hook in the loader runs pre_patch and
+ * post_patch around writing the jumps, before any code of the object ran; a nonzero
+ * pre_patch leaves that copy unpatched (`list` says so). When a patched copy goes
+ * (dlclose), pre_unpatch and post_unpatch run once it is unmapped. Stricter than the
+ * kernel's, because the hook runs inside the loader, with its lock held, before the
+ * object is relocated: these callbacks must not call into the object, read its
+ * pointers, load or unload libraries, or use floating-point wider than SSE.
+ */
+#define RLIVEPATCH_OBJECT_CALLBACKS(object, pre_patch, post_patch, pre_unpatch, post_unpatch) \
+	RLP_RECORD(RLP_KIND_OBJECT_CALLBACKS, object, 0, 0,                                 \
+		   RLP_AS(int (*)(void *), pre_patch), RLP_AS(void (*)(void *), post_patch),  \
+		   RLP_AS(void (*)(void *), pre_unpatch), RLP_AS(void (*)(void *), post_unpatch), 0, 0)
 /* `f` as a pointer, with a warning at compile time if it is not of type `type`. */
 #define RLP_AS(type, f) (0 ? (type)0 : (f))
 
