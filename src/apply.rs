@@ -62,6 +62,7 @@ pub fn run(
     refuse_pending(s)?;
     // Functions in copies of objects that came since the last run are patched: the
     // record learns them before anything is compared with it.
+    crate::coming::forget_unloaded(s)?;
     if crate::coming::in_use(&s.record) {
         crate::coming::sync(s)?;
     }

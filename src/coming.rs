@@ -593,6 +593,45 @@ pub fn sync(s: &mut Session) -> Result<u64> {
     Ok(view.generation)
 }
 
+/// Forget the functions of objects the process unloaded since they were patched
+/// (`dlclose`): there is nothing left to switch back, and a new object mapped at the same
+/// place must not be taken for them.
+pub fn forget_unloaded(s: &mut Session) -> Result<()> {
+    let gone = |objects: &Objects, f: &AppliedFunc| {
+        f.copy.is_none()
+            && !objects
+                .by_addr(f.old_addr)
+                .is_some_and(|o| o.path == f.object && o.is_code(f.old_addr))
+    };
+    if !s
+        .record
+        .patches
+        .iter()
+        .any(|p| p.funcs.iter().any(|f| gone(&s.objects, f)))
+    {
+        return Ok(());
+    }
+    // The objects of the session may be older than the last dlclose.
+    s.refresh()?;
+    let mut dropped = Vec::new();
+    for p in &mut s.record.patches {
+        p.funcs.retain(|f| {
+            let g = gone(&s.objects, f);
+            if g {
+                dropped.push(format!("{} of {} ({})", f.symbol, f.object, p.name));
+            }
+            !g
+        });
+    }
+    if !dropped.is_empty() {
+        s.progress(&format!(
+            "note: unloaded since they were patched, forgotten: {}",
+            dropped.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// `f` (at file addresses) in the copy loaded at `bias`.
 fn at(f: &AppliedFunc, bias: u64) -> AppliedFunc {
     let mut g = f.clone();

@@ -69,6 +69,7 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
         crate::coming::freeze(s)?;
         crate::coming::sync(s)?;
     }
+    crate::coming::forget_unloaded(s)?;
     let p = s.record.patches[idx].clone();
     refuse_if_wrapped(&s.record, idx)?;
     let mut plan = plan(&s.record, &p);
