@@ -314,32 +314,20 @@ fn locate(
                 s.objects.symbolize(stored)
             );
         }
-        funcs.push(AppliedFunc {
-            object: r.object.clone(),
-            symbol: r.symbol.clone(),
-            old_addr: r.addr,
-            old_size: r.size,
-            orig: r.orig.clone(),
-            new_name: f.new_name.clone(),
-            new_addr: expected,
-            new_size: new_function_size(&patch.file, f.new_vaddr),
-            island: None,
-            implementation: r.ifunc_implementation.clone(),
-            debug_file: r.debug_file.clone(),
-            parts: r.split_parts(),
-            new_parts: crate::contract::code::named_parts(&patch.file, &f.new_name)
-                .into_iter()
-                .map(|p| crate::contract::code::Part {
-                    start: p.start + base,
-                    end: p.end + base,
-                    name: p.name,
-                })
-                .collect(),
-            aliases: r.aliases.clone(),
-            preserve: None,
-            wrap: None,
-            copy: None,
-        });
+        let mut func = r.applied(
+            &f.new_name,
+            expected,
+            new_function_size(&patch.file, f.new_vaddr),
+        );
+        func.new_parts = crate::contract::code::named_parts(&patch.file, &f.new_name)
+            .into_iter()
+            .map(|p| crate::contract::code::Part {
+                start: p.start + base,
+                end: p.end + base,
+                name: p.name,
+            })
+            .collect();
+        funcs.push(func);
     }
     Ok(funcs)
 }

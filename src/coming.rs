@@ -405,25 +405,7 @@ pub fn applied(patch: &Patch, pending: &[Pending], base: u64) -> Vec<ComingFunc>
                 name: p.name.clone(),
                 build_id: p.build_id.clone(),
                 note_vaddr: p.note_vaddr,
-                func: AppliedFunc {
-                    object: r.object.clone(),
-                    symbol: r.symbol.clone(),
-                    old_addr: r.addr,
-                    old_size: r.size,
-                    orig: r.orig.clone(),
-                    new_name: f.new_name.clone(),
-                    new_addr: base + f.new_vaddr,
-                    new_size: 0,
-                    island: None,
-                    implementation: None,
-                    debug_file: r.debug_file.clone(),
-                    parts: r.split_parts(),
-                    new_parts: Vec::new(),
-                    aliases: r.aliases.clone(),
-                    preserve: None,
-                    wrap: None,
-                    copy: None,
-                },
+                func: r.applied(&f.new_name, base + f.new_vaddr, 0),
             }
         })
         .collect()
@@ -644,6 +626,11 @@ fn at(f: &AppliedFunc, bias: u64) -> AppliedFunc {
     g
 }
 
+/// The patches that are not disabled, with their places in the stack.
+fn active(rec: &Record) -> impl Iterator<Item = (usize, &AppliedPatch)> {
+    rec.patches.iter().enumerate().filter(|(_, p)| !p.disabled)
+}
+
 /// Write the table from the record: every function of every active patch pending for an
 /// object, oldest patch first, and where the loader's `r_debug` is. Done while frozen.
 pub fn commit(s: &mut Session) -> Result<()> {
@@ -654,13 +641,7 @@ pub fn commit(s: &mut Session) -> Result<()> {
     let mut objs = view.objs.clone();
     let mut new_objs: Vec<(usize, &ComingFunc)> = Vec::new();
     let mut funcs = Vec::new();
-    for (pi, p) in s
-        .record
-        .patches
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| !p.disabled)
-    {
+    for (pi, p) in active(&s.record) {
         for cf in &p.coming {
             let obj = match objs.iter().position(|b| *b == cf.build_id) {
                 Some(i) => i,
@@ -706,13 +687,7 @@ pub fn commit(s: &mut Session) -> Result<()> {
     }
     // The objects' callbacks, for the copies the hook patches.
     let mut cbs = Vec::new();
-    for (pi, p) in s
-        .record
-        .patches
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| !p.disabled)
-    {
+    for (pi, p) in active(&s.record) {
         for (name, c) in &p.object_callbacks {
             let Some(cf) = p.coming.iter().find(|cf| cf.name == *name) else {
                 continue;

@@ -12,7 +12,6 @@ use crate::redirect::JMP_LEN;
 use crate::resolve::{Resolved, preflight, resolve, resolve_ifuncs, resolve_symbols};
 use crate::session::Session;
 use crate::stack::{current_impl, expected_entry};
-use crate::state::AppliedFunc;
 use crate::symbols::hex;
 use crate::transition::{self, Plan};
 use crate::{bail, err};
@@ -261,25 +260,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
                     hex(&expected)
                 );
             }
-            let f = AppliedFunc {
-                object: r.object.clone(),
-                symbol: r.symbol.clone(),
-                old_addr: r.addr,
-                old_size: r.size,
-                orig: r.orig.clone(),
-                new_name: String::new(),
-                new_addr: 0,
-                new_size: 0,
-                island: None,
-                implementation: None,
-                debug_file: None,
-                parts: r.split_parts(),
-                new_parts: Vec::new(),
-                aliases: Vec::new(),
-                preserve: None,
-                wrap: None,
-                copy: None,
-            };
+            let f = r.applied("", 0, 0);
             plan.changed.extend(current_impl(&s.record, &f));
             plan.entries.push((r.addr, JMP_LEN as u64));
         }

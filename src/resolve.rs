@@ -59,6 +59,34 @@ pub struct Resolved {
 }
 
 impl Resolved {
+    /// The record's form of this function, redirected to `new_name` at `new_addr`.
+    pub fn applied(
+        &self,
+        new_name: &str,
+        new_addr: u64,
+        new_size: u64,
+    ) -> crate::state::AppliedFunc {
+        crate::state::AppliedFunc {
+            object: self.object.clone(),
+            symbol: self.symbol.clone(),
+            old_addr: self.addr,
+            old_size: self.size,
+            orig: self.orig.clone(),
+            new_name: new_name.to_string(),
+            new_addr,
+            new_size,
+            island: None,
+            implementation: self.ifunc_implementation.clone(),
+            debug_file: self.debug_file.clone(),
+            parts: self.split_parts(),
+            new_parts: Vec::new(),
+            aliases: self.aliases.clone(),
+            preserve: None,
+            wrap: None,
+            copy: None,
+        }
+    }
+
     /// The parts split off from the function's body, at run-time addresses.
     pub fn split_parts(&self) -> Vec<Part> {
         self.contract.parts[1..]

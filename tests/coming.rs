@@ -31,11 +31,26 @@ fn plugin() -> (std::path::PathBuf, std::path::PathBuf) {
     (dir, lib)
 }
 
-fn fix() -> std::path::PathBuf {
+/// A patch named `name` whose coming_value(x) is x * k; `more` adds declarations.
+fn times(name: &str, k: i32, more: &str) -> std::path::PathBuf {
     patch_src(
-        "coming-fix",
-        "#include <rlivepatch.h>\nstatic int f(int x) { return x * 7; }\nRLIVEPATCH_FUNC_IN(\"libcoming.so\", coming_value, f);\n",
+        name,
+        &format!(
+            "#include <rlivepatch.h>\nstatic int f(int x) {{ return x * {k}; }}\nRLIVEPATCH_FUNC_IN(\"libcoming.so\", coming_value, f);\n{more}"
+        ),
     )
+}
+
+fn fix() -> std::path::PathBuf {
+    times("coming-fix", 7, "")
+}
+
+/// The host started, libcoming.so built where the loader would not look by itself.
+fn started() -> (std::path::PathBuf, std::path::PathBuf, Target, String) {
+    let (dir, lib) = plugin();
+    let t = Target::start_with_stdin(&host(), &[]);
+    let pid = t.pid.to_string();
+    (dir, lib, t, pid)
 }
 
 /// Send a command, return its answer (the next line starting with `answer`).
@@ -59,9 +74,7 @@ fn loader_hook_bytes(t: &Target) -> Vec<u8> {
 
 #[test]
 fn a_library_loaded_after_the_apply_runs_the_new_code_from_its_constructor_on() {
-    let (dir, lib) = plugin();
-    let mut t = Target::start_with_stdin(&host(), &[]);
-    let pid = t.pid.to_string();
+    let (dir, lib, mut t, pid) = started();
     let hook_before = loader_hook_bytes(&t);
     let out = rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&fix())]);
     assert!(
@@ -119,9 +132,7 @@ fn a_library_loaded_after_the_apply_runs_the_new_code_from_its_constructor_on() 
 
 #[test]
 fn disabled_while_pending_later_loads_stay_unpatched() {
-    let (dir, lib) = plugin();
-    let mut t = Target::start_with_stdin(&host(), &[]);
-    let pid = t.pid.to_string();
+    let (dir, lib, mut t, pid) = started();
     let at = t.symbol_addr("ld-linux-x86-64.so.2", "_dl_debug_state");
     let before = t.snapshot(at);
     rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&fix())]);
@@ -159,9 +170,7 @@ fn a_gconv_module_glibc_loads_for_iconv_is_patched() {
 
 #[test]
 fn eight_threads_loading_and_unloading_during_apply_and_disable_cycles() {
-    let (dir, lib) = plugin();
-    let mut t = Target::start_with_stdin(&host(), &[]);
-    let pid = t.pid.to_string();
+    let (dir, lib, mut t, pid) = started();
     let cycles = env_count("RLP_COMING_CYCLES", 100);
     // The threads load, check and unload until the cycles are over.
     ask(&mut t, &format!("churn {}", lib.display()), "churning");
@@ -215,9 +224,7 @@ fn eight_threads_loading_and_unloading_during_apply_and_disable_cycles() {
 
 #[test]
 fn a_failure_leaves_the_process_as_it_was_and_a_killed_run_is_finished_by_repair() {
-    let (dir, lib) = plugin();
-    let mut t = Target::start_with_stdin(&host(), &[]);
-    let pid = t.pid.to_string();
+    let (dir, lib, mut t, pid) = started();
     let at = t.symbol_addr("ld-linux-x86-64.so.2", "_dl_debug_state");
     let before = t.snapshot(at);
     let fix = fix();
@@ -264,9 +271,7 @@ fn a_failure_leaves_the_process_as_it_was_and_a_killed_run_is_finished_by_repair
 
 #[test]
 fn object_callbacks_run_when_a_copy_comes_and_goes_and_may_refuse_it() {
-    let (dir, lib) = plugin();
-    let mut t = Target::start_with_stdin(&host(), &[]);
-    let pid = t.pid.to_string();
+    let (dir, lib, mut t, pid) = started();
     // The callbacks say what they got on the program's stdout; pre_patch refuses every
     // second copy.
     let p = patch_src(
@@ -325,17 +330,9 @@ fn object_callbacks_run_when_a_copy_comes_and_goes_and_may_refuse_it() {
 
 #[test]
 fn stacked_and_replacing_patches_wait_for_the_same_object() {
-    let (dir, lib) = plugin();
-    let mut t = Target::start_with_stdin(&host(), &[]);
-    let pid = t.pid.to_string();
-    let nine = patch_src(
-        "coming-nine",
-        "#include <rlivepatch.h>\nstatic int f(int x) { return x * 9; }\nRLIVEPATCH_FUNC_IN(\"libcoming.so\", coming_value, f);\n",
-    );
-    let replace = patch_src(
-        "coming-replace",
-        "#include <rlivepatch.h>\nstatic int f(int x) { return x * 11; }\nRLIVEPATCH_FUNC_IN(\"libcoming.so\", coming_value, f);\nRLIVEPATCH_REPLACE();\n",
-    );
+    let (dir, lib, mut t, pid) = started();
+    let nine = times("coming-nine", 9, "");
+    let replace = times("coming-replace", 11, "RLIVEPATCH_REPLACE();\n");
     let load = format!("load {}", lib.display());
     // Two pending patches: the newer one runs; disabled, the one below it.
     rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&fix())]);

@@ -67,16 +67,30 @@ fn counter_and_fix(r: &Registry, tag: &str) -> (PathBuf, PathBuf) {
 /// so far. `env` adds variables.
 fn first_value(r: &Registry, exe: &Path, env: &[(&str, &str)]) -> (String, String) {
     let lib = rlp_in(r, &["autoload", "--library"]).1.trim().to_string();
+    let reg = r.reg.display().to_string();
+    let mut all = vec![
+        ("LD_PRELOAD", lib.as_str()),
+        ("RLIVEPATCH_REGISTRY", reg.as_str()),
+    ];
+    all.extend_from_slice(env);
+    let (_, line, err) = first_line(exe, &all);
+    (line, err)
+}
+
+/// Start `exe` with exactly `env` added (none of this test run's preload): its pid, its
+/// first value line and its stderr so far.
+fn first_line(exe: &Path, env: &[(&str, &str)]) -> (u32, String, String) {
     let mut cmd = Command::new(exe);
     cmd.arg("1000")
-        .env("LD_PRELOAD", &lib)
-        .env("RLIVEPATCH_REGISTRY", &r.reg)
+        .env_remove("LD_PRELOAD")
+        .env_remove("RLIVEPATCH_REGISTRY")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
+    let pid = child.id();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     // "ready PID", then the first value.
@@ -87,6 +101,7 @@ fn first_value(r: &Registry, exe: &Path, env: &[(&str, &str)]) -> (String, Strin
     let _ = child.kill();
     let o = child.wait_with_output().unwrap();
     (
+        pid,
         line.trim().to_string(),
         String::from_utf8_lossy(&o.stderr).into(),
     )
@@ -204,42 +219,15 @@ fn watch(
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(child.stderr.take().unwrap());
     wait_stderr(&rx, |l| l.contains("watching 1 program"));
     (child, rx)
 }
 
 /// Start `exe` as a program does (no preload of ours); its pid and first value line.
 fn first_plain(exe: &Path, env: &[(&str, &str)]) -> (u32, String) {
-    let mut cmd = Command::new(exe);
-    cmd.arg("1000")
-        .env_remove("LD_PRELOAD")
-        .env_remove("RLIVEPATCH_REGISTRY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let pid = child.id();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    // This test's own process, by pid.
-    let _ = child.kill();
-    let _ = child.wait();
-    (pid, line.trim().to_string())
+    let (pid, line, _) = first_line(exe, env);
+    (pid, line)
 }
 
 #[test]

@@ -506,17 +506,22 @@ pub fn rlp_spawn(args: &[&str]) -> (Child, Receiver<String>) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("running rlivepatch");
-    let err = child.stderr.take().unwrap();
+    let rx = lines_of(child.stderr.take().unwrap());
+    (child, rx)
+}
+
+/// The lines of a child's pipe, as they come.
+pub fn lines_of(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
+        for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
-    (child, rx)
+    rx
 }
 
 /// Wait for a stderr line of a spawned rlivepatch matching `pred`.
