@@ -83,7 +83,8 @@ struct rlp_coming {
 	uint64_t nobjs;
 	uint64_t nfuncs;
 	uint64_t ncopies;
-	char last_failure[152];
+	char last_failure[144];
+	uint64_t waiting_delete;
 	uint64_t ncbs;
 	struct rlp_coming_obj objs[RLP_COMING_OBJS];
 	struct rlp_coming_func funcs[RLP_COMING_FUNCS];
@@ -99,6 +100,7 @@ _Static_assert(__builtin_offsetof(struct rlp_coming, last_failure) == 96, "last_
 _Static_assert(__builtin_offsetof(struct rlp_coming, objs) == 256, "objs");
 _Static_assert(__builtin_offsetof(struct rlp_coming, funcs) == 7424, "funcs");
 _Static_assert(__builtin_offsetof(struct rlp_coming, copies) == 40192, "copies");
+_Static_assert(__builtin_offsetof(struct rlp_coming, waiting_delete) == 240, "waiting_delete");
 _Static_assert(__builtin_offsetof(struct rlp_coming, ncbs) == 248, "ncbs");
 _Static_assert(__builtin_offsetof(struct rlp_coming, cbs) == 48384, "cbs");
 _Static_assert(sizeof(struct rlp_coming_cb) == 40, "cb");
@@ -354,9 +356,15 @@ HOOK static void scan(struct rdebug *base)
 HOOK void rlp_dl_event(void)
 {
 	struct rdebug *base = (struct rdebug *)rlp_coming.r_debug;
-	if (!base || rlp_coming.nfuncs == 0)
+	if (!base)
 		return;
 	long tid = sys(SYS_gettid, 0, 0, 0, 0);
+	/* A dlopen or dlclose that reached here (RT_ADD, RT_DELETE) has mapped or unmapped
+	 * nothing yet; rlivepatch, which waits for one that is mapping or unmapping, must
+	 * not wait for this one (see coming::freeze). */
+	int deleting = 0;
+	for (struct rdebug *r = base; r; r = r->r_version >= 2 ? r->r_next : 0)
+		deleting |= r->r_state != RT_CONSISTENT;
 	/* Wait while rlivepatch works: as long as it lives, at most a minute (a rlivepatch
 	 * killed or stopped then must not hang every dlopen of the process). */
 	for (int waited = 0;; waited++) {
@@ -367,6 +375,7 @@ HOOK void rlp_dl_event(void)
 		/* `frozen` is the pid of the rlivepatch at work: gone, it cannot thaw. */
 		if (sys(SYS_kill, (long)frozen, 0, 0, 0) == -3 /* ESRCH */)
 			break;
+		__atomic_store_n(&rlp_coming.waiting_delete, deleting, __ATOMIC_SEQ_CST);
 		__atomic_store_n(&rlp_coming.busy, 0, __ATOMIC_SEQ_CST);
 		struct {
 			long s, ns;
@@ -375,8 +384,9 @@ HOOK void rlp_dl_event(void)
 	}
 	/* Every event waits while rlivepatch works, RT_DELETE too: no copy it knows of goes
 	 * away under it. Only a consistent list is read. */
+	__atomic_store_n(&rlp_coming.waiting_delete, 0, __ATOMIC_SEQ_CST);
 	rlp_coming.events++;
-	if (base->r_state == RT_CONSISTENT)
+	if (base->r_state == RT_CONSISTENT && rlp_coming.nfuncs)
 		scan(base);
 	__atomic_store_n(&rlp_coming.busy, 0, __ATOMIC_SEQ_CST);
 }

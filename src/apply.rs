@@ -177,10 +177,22 @@ fn apply_steps(
     crate::fault::trace("islands");
     // From here to the end, the hook for objects that come waits: the record and its
     // table must agree, and no object may come unseen in between.
-    if !applied.coming.is_empty() || !adopt.is_empty() || crate::coming::in_use(&s.record) {
+    let mut adopt = adopt;
+    if !applied.coming.is_empty()
+        || !adopt.is_empty()
+        || crate::coming::in_use(&s.record)
+        || crate::coming::may_go(&s.objects, resolved)
+    {
         crate::coming::freeze(s)?;
-        crate::coming::refuse_arrived(s, &applied.coming)?;
+        s.refresh()?;
+        crate::coming::refuse_gone(s, resolved)?;
+        for f in crate::coming::arrived(s, &applied.coming)? {
+            adopt.push(applied.funcs.len());
+            applied.funcs.push(f);
+        }
         crate::coming::sync(s)?;
+        pending(s).loading = Some(applied.clone());
+        s.save_record()?;
     }
     let needed = !applied.coming.is_empty()
         || !adopt.is_empty()
@@ -189,21 +201,24 @@ fn apply_steps(
                 .patches
                 .iter()
                 .any(|p| !p.disabled && !p.coming.is_empty()));
-    let hook = crate::coming::HookChange::for_switch(s, needed)?;
-    let plan = record_plan(s, &applied, hook.as_ref())?;
+    let unhook = crate::coming::unhook(s, needed);
+    let plan = record_plan(s, &applied, unhook.clone())?;
     pre_patch(s, &applied)?;
     // The switch. If it fails, the transition is reversed (post_unpatch runs while the
     // record is undone).
     crate::fault::point("apply:pre_patched");
     set_stage(s, Stage::Switching)?;
+    // A switch with nothing to write (every function waits for its object) checks
+    // nothing: an interrupt that came until now still undoes the apply.
+    s.tr.check_interrupted()?;
     if s.opts.force {
         s.progress("warning: --force: switching without checking that no thread is inside the changed functions; this patch can never be unloaded");
     }
     let report = s.switch(&plan)?;
     // Past the switch, the apply finishes whatever comes.
     s.tr.finishing = true;
-    if let Some(h) = hook {
-        s.record.hook = h.after();
+    if unhook.is_some() {
+        s.record.hook = None;
     }
     crate::fault::point("apply:switched");
     let views = applied
@@ -216,7 +231,7 @@ fn apply_steps(
             v
         })
         .collect();
-    crate::coming::adopt(s, &mut applied, resolved, &adopt)?;
+    crate::coming::adopt(s, &mut applied, &adopt)?;
     // post_patch, the record, and the replaced patches unloaded.
     let replaced = finish(s, applied, true)?;
     Ok((views, replaced, report))
@@ -558,14 +573,9 @@ fn take(
 /// The plan of the switch, written into the record with the patch before anything else
 /// happens: an atomic replace also sends every function that only older patches change
 /// back to the original, in the same switch.
-fn record_plan(
-    s: &mut Session,
-    applied: &AppliedPatch,
-    hook: Option<&crate::coming::HookChange>,
-) -> Result<Plan> {
+fn record_plan(s: &mut Session, applied: &AppliedPatch, unhook: Option<Write>) -> Result<Plan> {
     let mut plan = plan(&s.record, applied);
-    if let Some(h) = hook {
-        let w = h.write();
+    if let Some(w) = unhook {
         plan.entries.push((w.addr, JMP_LEN as u64));
         plan.writes.push(w);
     }
@@ -696,6 +706,8 @@ pub fn unwind(s: &mut Session) -> Result<()> {
     let Some(p) = s.record.pending.clone() else {
         return Ok(());
     };
+    // Threads waiting in the hook hold the loader's lock, which unloading needs.
+    crate::coming::thaw(s)?;
     if let Some(applied) = &p.loading {
         if p.stage >= Stage::Switching {
             let prev = installed_states(&s.record, None);
@@ -708,6 +720,7 @@ pub fn unwind(s: &mut Session) -> Result<()> {
         s.unload(applied.handle, applied.fd)?;
         crate::state::free_slots(&mut s.record, &applied.slots(true));
     }
+    crate::coming::release(s)?;
     // Pages mapped for this apply that nothing uses now.
     for page in &p.new_islands {
         if !s.record.islands.iter().any(|i| i.addr == *page)

@@ -41,6 +41,7 @@ const NOBJS: u64 = 72;
 const NFUNCS: u64 = 80;
 const NCOPIES: u64 = 88;
 const LAST_FAILURE: u64 = 96;
+const WAITING_DELETE: u64 = 240;
 const NCBS: u64 = 248;
 const OBJS: u64 = 256;
 const OBJ_SIZE: u64 = 112;
@@ -276,18 +277,17 @@ fn is_loaded(objects: &Objects, name: &str) -> bool {
     })
 }
 
-/// Read code at `addr`, saying so when the object holding it went away meanwhile.
+/// Read code at `addr`, saying so when the object holding it went away meanwhile, or is
+/// being mapped (the loader maps a new object's whole span from its file first: the pages
+/// past the file's end cannot be read until it is laid out).
 pub fn read_code(proc: &Process, addr: u64, len: usize) -> Result<Vec<u8>> {
     proc.read(addr, len).map_err(|e| {
-        let mapped = proc
-            .maps()
-            .is_ok_and(|m| m.iter().any(|m| m.exec && m.contains(addr)));
-        if mapped || !proc.is_alive() {
+        if !proc.is_alive() {
             e
         } else {
             err!(
                 Busy,
-                "the code at {addr:#x} was unloaded (a dlclose) while rlivepatch worked; nothing was changed: retry"
+                "the code at {addr:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry"
             )
         }
     })
@@ -489,7 +489,7 @@ pub fn read(proc: &Process, rec: &Record) -> Result<Option<View>> {
             }
         })
         .collect();
-    let fail = &head[LAST_FAILURE as usize..NCBS as usize];
+    let fail = &head[LAST_FAILURE as usize..WAITING_DELETE as usize];
     let fail = String::from_utf8_lossy(&fail[..fail.iter().position(|&b| b == 0).unwrap_or(0)])
         .into_owned();
     Ok(Some(View {
@@ -517,8 +517,22 @@ pub fn freeze(s: &mut Session) -> Result<()> {
     s.proc
         .write(t + FROZEN, &(std::process::id() as u64).to_le_bytes())?;
     s.frozen = true;
+    // The hook is what holds the loader: it goes in first (idle while the table has no
+    // functions), and the record says so before anything else can fail.
+    if s.record.hook.is_none() {
+        let r_debug = loader_symbol(&s.objects, "_r_debug").map_or(0, |(a, _)| a);
+        s.proc.write(t + R_DEBUG, &r_debug.to_le_bytes())?;
+        let h = install(s)?;
+        s.record.hook = Some(h.clone());
+        s.save_record()?;
+        s.proc.write(h.addr, &h.jump)?;
+    }
     let deadline = Instant::now() + s.opts.timeout;
-    while s.proc.read_u64(t + BUSY)? != 0 {
+    // Also wait for a dlopen or dlclose that is mapping or unmapping (it passed the hook
+    // before the hold): until it reaches the hook again, objects may be half there.
+    while s.proc.read_u64(t + BUSY)? != 0
+        || (unmapping(s, t)? && s.proc.read_u64(t + WAITING_DELETE)? == 0)
+    {
         if Instant::now() > deadline {
             bail!(
                 Busy,
@@ -531,6 +545,28 @@ pub fn freeze(s: &mut Session) -> Result<()> {
     Ok(())
 }
 
+/// Is a link-map namespace of the process in the middle of a `dlopen` or `dlclose`
+/// (`RT_ADD`, `RT_DELETE`)?
+fn unmapping(s: &Session, t: u64) -> Result<bool> {
+    let mut r = s.proc.read_u64(t + R_DEBUG)?;
+    let mut n = 0;
+    while r != 0 && n < 256 {
+        let head = s.proc.read(r, 48)?;
+        let version = i32::from_le_bytes(head[0..4].try_into().unwrap());
+        let state = i32::from_le_bytes(head[24..28].try_into().unwrap());
+        if state != 0 {
+            return Ok(true);
+        }
+        r = if version >= 2 {
+            u64::from_le_bytes(head[40..48].try_into().unwrap())
+        } else {
+            0
+        };
+        n += 1;
+    }
+    Ok(false)
+}
+
 /// Let the hook go again.
 pub fn thaw(s: &mut Session) -> Result<()> {
     if !s.frozen {
@@ -539,6 +575,26 @@ pub fn thaw(s: &mut Session) -> Result<()> {
     s.frozen = false;
     if let Some(t) = table(&s.record)? {
         s.proc.write(t + FROZEN, &0u64.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// After an operation that was undone: let the hook go, and take it out of the loader
+/// when no patch waits for objects (an apply that installed it failed).
+pub fn release(s: &mut Session) -> Result<()> {
+    thaw(s)?;
+    if let Some(h) = s.record.hook.clone()
+        && !s
+            .record
+            .patches
+            .iter()
+            .any(|p| !p.disabled && !p.coming.is_empty())
+    {
+        if s.proc.read(h.addr, JMP_LEN)? == h.jump {
+            s.proc.write(h.addr, &h.orig)?;
+        }
+        s.record.hook = None;
+        s.save_record()?;
     }
     Ok(())
 }
@@ -557,11 +613,22 @@ pub fn sync(s: &mut Session) -> Result<u64> {
     if !view.copies.is_empty() {
         s.refresh()?;
     }
-    for c in view
+    // A copy the hook has not seen go yet (its dlclose waits in the hook) may have left
+    // its place to another object: only a copy still there counts.
+    let objects = &s.objects;
+    let there = |c: &Copy| {
+        objects.list.iter().any(|o| {
+            o.bias().ok() == Some(c.address)
+                && o.file().ok().and_then(|f| f.build_id_hex()).as_deref() == Some(&c.build_id)
+        })
+    };
+    let copies: Vec<Copy> = view
         .copies
         .iter()
-        .filter(|c| c.state == "patched" && c.namespace == 0)
-    {
+        .filter(|c| c.state == "patched" && c.namespace == 0 && there(c))
+        .cloned()
+        .collect();
+    for c in &copies {
         for p in s.record.patches.iter_mut().filter(|p| !p.disabled) {
             let add: Vec<AppliedFunc> = p
                 .coming
@@ -585,14 +652,6 @@ pub fn forget_unloaded(s: &mut Session) -> Result<()> {
                 .by_addr(f.old_addr)
                 .is_some_and(|o| o.path == f.object && o.is_code(f.old_addr))
     };
-    if !s
-        .record
-        .patches
-        .iter()
-        .any(|p| p.funcs.iter().any(|f| gone(&s.objects, f)))
-    {
-        return Ok(());
-    }
     // The objects of the session may be older than the last dlclose.
     s.refresh()?;
     let mut dropped = Vec::new();
@@ -911,6 +970,15 @@ pub fn unloadable(objects: &Objects) -> Vec<String> {
         .collect()
 }
 
+/// Is a function of `resolved` in an object that may be unloaded (loaded with `dlopen`,
+/// or already gone)? Then the hook is held before the switch.
+pub fn may_go(objects: &Objects, resolved: &[Resolved]) -> bool {
+    let dynamic = unloadable(objects);
+    resolved
+        .iter()
+        .any(|r| dynamic.contains(&r.object) || !objects.list.iter().any(|o| o.path == r.object))
+}
+
 /// The functions of `resolved` that are in objects the process may unload and load
 /// again, and that a plain jump serves: a later copy must be patched too.
 pub fn adoptable(objects: &Objects, resolved: &[Resolved]) -> Vec<usize> {
@@ -927,36 +995,39 @@ pub fn adoptable(objects: &Objects, resolved: &[Resolved]) -> Vec<usize> {
 /// After the switch: the functions at `which` (indexes into `applied.funcs`, patched in
 /// loaded copies of objects that may be unloaded) become the patch's functions for every
 /// copy, this one included, which the table learns as patched at [`settle`].
-pub fn adopt(
-    s: &mut Session,
-    applied: &mut AppliedPatch,
-    resolved: &[Resolved],
-    which: &[usize],
-) -> Result<()> {
+pub fn adopt(s: &mut Session, applied: &mut AppliedPatch, which: &[usize]) -> Result<()> {
     let mut keep = Vec::new();
     for (i, f) in std::mem::take(&mut applied.funcs).into_iter().enumerate() {
         let fit = which.contains(&i) && f.island.is_none() && f.wrap.is_none();
         let ids = fit
             .then(|| s.objects.by_addr(f.old_addr))
             .flatten()
-            .and_then(|o| Some((o.file().ok()?, o.file_name().to_string())))
-            .and_then(|(file, name)| build_id_of(&file).map(|(id, note)| (id, note, name)));
-        let Some((build_id, note_vaddr, name)) = ids else {
+            .and_then(|o| Some((o.file().ok()?, o.file_name().to_string(), o.bias().ok()?)))
+            .and_then(|(file, name, bias)| {
+                build_id_of(&file).map(|(id, note)| (id, note, name, bias))
+            });
+        let Some((build_id, note_vaddr, name, bias)) = ids else {
             keep.push(f);
             continue;
         };
-        let bias = resolved[i].bias;
         let mut func = at(&f, bias.wrapping_neg());
         func.copy = None;
         if !s.adopted.iter().any(|(b, a)| *b == build_id && *a == bias) {
             s.adopted.push((build_id.clone(), bias));
         }
-        applied.coming.push(ComingFunc {
-            name,
-            build_id,
-            note_vaddr,
-            func,
-        });
+        // A pending function whose object arrived meanwhile has its template already.
+        if !applied
+            .coming
+            .iter()
+            .any(|c| c.build_id == build_id && c.func.old_addr == func.old_addr)
+        {
+            applied.coming.push(ComingFunc {
+                name,
+                build_id,
+                note_vaddr,
+                func,
+            });
+        }
     }
     applied.funcs = keep;
     Ok(())
@@ -1010,40 +1081,12 @@ fn register_adopted(s: &mut Session, t: u64) -> Result<()> {
     Ok(())
 }
 
-/// What a switch does to the hook.
-#[derive(Debug, Clone)]
-pub enum HookChange {
-    /// Point the loader at the runtime's hook.
-    Install(Hook),
-    /// Give the loader its code back.
-    Remove(Hook),
-}
-
-impl HookChange {
-    /// The hook change for a switch after which patches wait for objects (`needed`) or
-    /// none does.
-    pub fn for_switch(s: &Session, needed: bool) -> Result<Option<HookChange>> {
-        Ok(match (&s.record.hook, needed) {
-            (None, true) => Some(HookChange::Install(install(s)?)),
-            (Some(h), false) => Some(HookChange::Remove(h.clone())),
-            _ => None,
-        })
-    }
-
-    /// Its write, in the switch.
-    pub fn write(&self) -> Write {
-        match self {
-            HookChange::Install(h) => hook_write(h, true),
-            HookChange::Remove(h) => hook_write(h, false),
-        }
-    }
-
-    /// The record's hook after the switch.
-    pub fn after(&self) -> Option<Hook> {
-        match self {
-            HookChange::Install(h) => Some(h.clone()),
-            HookChange::Remove(_) => None,
-        }
+/// The switch's write that takes the hook out of the loader, when no patch will wait
+/// for objects after it (the hook goes in when the hook is first held, see [`freeze`]).
+pub fn unhook(s: &Session, needed: bool) -> Option<Write> {
+    match (&s.record.hook, needed) {
+        (Some(h), false) => Some(hook_write(h, false)),
+        _ => None,
     }
 }
 
@@ -1071,16 +1114,43 @@ pub fn settle(s: &mut Session) -> Result<()> {
     thaw(s)
 }
 
-/// Refuse to go on when an object that was pending at resolution is mapped now (a thread
-/// loaded it meanwhile): it would stay unpatched. Apply again: it is then a loaded object.
-pub fn refuse_arrived(s: &mut Session, coming: &[ComingFunc]) -> Result<()> {
+/// Objects pending at resolution that a thread loaded meanwhile, before the hook was
+/// held: their copies are loaded objects now, patched in the same switch as the others
+/// (with the consistency check), and handed to the hook like the copies `adopt` takes.
+/// Returns their functions, at their addresses.
+pub fn arrived(s: &mut Session, coming: &[ComingFunc]) -> Result<Vec<AppliedFunc>> {
     s.refresh()?;
-    for cf in coming {
-        if s.objects.by_name(Some(&cf.name)).is_ok() {
+    let mut out = Vec::new();
+    for o in &s.objects.list {
+        let Ok(file) = o.file() else { continue };
+        let Some(id) = file.build_id_hex() else {
+            continue;
+        };
+        let Ok(bias) = o.bias() else { continue };
+        for cf in coming.iter().filter(|cf| cf.build_id == id) {
+            let mut f = at(&cf.func, bias);
+            f.copy = None;
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+/// Refuse to go on when an object a function was resolved in was unloaded since (a
+/// `dlclose` before the hook was held): another may be at its place now. Called while
+/// held, after [`refuse_arrived`] refreshed the objects.
+pub fn refuse_gone(s: &Session, resolved: &[Resolved]) -> Result<()> {
+    for r in resolved {
+        let same = s
+            .objects
+            .by_addr(r.addr)
+            .is_some_and(|o| o.path == r.object && o.bias().ok() == Some(r.bias));
+        if !same {
             bail!(
                 Busy,
-                "{} was loaded by process {} while the patch was being applied; nothing was changed: apply again (it is then patched as a loaded object)",
-                cf.name,
+                "{} ({}) was unloaded by process {} (a dlclose) while the patch was being applied; nothing was changed: retry",
+                r.symbol,
+                r.object,
                 s.proc.pid
             );
         }

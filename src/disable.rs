@@ -78,9 +78,8 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
         .patches
         .iter()
         .any(|q| q.name != p.name && !q.disabled && !q.coming.is_empty());
-    let hook = crate::coming::HookChange::for_switch(s, needed)?;
-    if let Some(h) = &hook {
-        let w = h.write();
+    let unhook = crate::coming::unhook(s, needed);
+    if let Some(w) = unhook.clone() {
         plan.entries.push((w.addr, JMP_LEN as u64));
         plan.writes.push(w);
     }
@@ -126,8 +125,8 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
         }
     };
     s.tr.finishing = true;
-    if let Some(h) = hook {
-        s.record.hook = h.after();
+    if unhook.is_some() {
+        s.record.hook = None;
     }
     crate::fault::point("disable:switched");
     let unloaded = finish(s, true)?;

@@ -168,7 +168,10 @@ impl LoadedObject {
         }
         let path = self.mapped_path()?;
         let mut f = ElfFile::open(&path).map_err(|e| {
-            if path.starts_with("/proc") && !path.exists() && Process::open(self.pid).is_ok() {
+            if path.starts_with(format!("/proc/{}/map_files", self.pid))
+                && e.message.starts_with("cannot open")
+                && Process::open(self.pid).is_ok()
+            {
                 // Gone between reading the maps and opening it: a dlclose.
                 err!(
                     Busy,

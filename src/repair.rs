@@ -58,6 +58,11 @@ pub fn repair(s: &mut Session) -> Result<Vec<String>> {
     }
     s.refresh()?;
     crate::coming::observe_hook(s)?;
+    // A run killed between the record and the runtime's table: the table follows the
+    // record.
+    if crate::coming::in_use(&s.record) {
+        crate::coming::settle(s)?;
+    }
     s.unload_runtime_if_idle()?;
     s.save_record()?;
     Ok(done)

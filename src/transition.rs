@@ -766,13 +766,13 @@ fn write_run(proc: &Process, run: &[&Write], start: u64, end: u64) -> Result<Vec
             if !code_there {
                 bail!(
                     Busy,
-                    "the code at {:#x} was unloaded (a dlclose) while rlivepatch worked; nothing was changed: retry",
+                    "the code at {:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry",
                     w.addr
                 );
             }
             bail!(
                 Mismatch,
-                "the code at {:#x} changed under rlivepatch (found {}, expected {}); another tool is writing the process",
+                "the code at {:#x} changed under rlivepatch (found {}, expected {}); another tool is writing the process, or it loaded and unloaded libraries meanwhile: retry",
                 w.addr,
                 crate::symbols::hex(now),
                 crate::symbols::hex(&w.old)
