@@ -3,7 +3,8 @@
  * patches that match its build from the first call of main on.
  *
  * Its constructor compares the build-ids of the objects the process has loaded with
- * the registry's index (a root-owned file, not writable by others); only on a match does
+ * the registry's index (a root-owned file, not writable by others); only on a match (or
+ * when a patch persisted with --wait waits for libraries in every process) does
  * it start `rlivepatch autoload-apply --pid <self>` and wait for it: that process
  * applies the patches with every check of `rlivepatch apply`. It fails open: whatever
  * goes wrong is one line on stderr, and the program runs unpatched.
@@ -96,8 +97,10 @@ __attribute__((constructor)) static void rlivepatch_autoload(void)
 	size_t n = fread(index_text, 1, sizeof index_text - 1, f);
 	fclose(f);
 	index_text[n] = 0;
-	int found = 0;
-	dl_iterate_phdr(match_one, &found);
+	/* A patch persisted with --wait is for every process: it waits for its libraries. */
+	int found = !strncmp(index_text, "wait ", 5) || strstr(index_text, "\nwait ");
+	if (!found)
+		dl_iterate_phdr(match_one, &found);
 	if (!found)
 		return;
 	/* The tool, as `rlivepatch persist` recorded it. */

@@ -309,6 +309,11 @@ enum Command {
         /// List the persisted patches instead.
         #[arg(long)]
         list: bool,
+        /// Also apply it to processes started without its libraries, which it then waits
+        /// for (they are patched when loaded); every process the autoload library starts
+        /// in is then traced for a moment at its start.
+        #[arg(long, conflicts_with = "list")]
+        wait: bool,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -771,7 +776,12 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 }
             }
         }
-        Command::Persist { patch, list, json } => {
+        Command::Persist {
+            patch,
+            list,
+            wait,
+            json,
+        } => {
             let reg = rlivepatch::persist::registry();
             if list {
                 let entries = rlivepatch::persist::list(&reg)?;
@@ -790,7 +800,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
                     }
                 }
             } else if let Some(patch) = patch {
-                let e = rlivepatch::persist::persist(&patch)?;
+                let e = rlivepatch::persist::persist(&patch, wait)?;
                 if json {
                     print_json(&e);
                 } else {

@@ -29,6 +29,10 @@ pub struct Entry {
     pub build_ids: Vec<(String, String)>,
     /// When it was persisted (seconds since the epoch).
     pub persisted_at: u64,
+    /// Also applied to processes started without its libraries: it waits for them, as
+    /// objects that come later (`persist --wait`).
+    #[serde(default)]
+    pub wait: bool,
 }
 
 /// The registry directory.
@@ -118,13 +122,24 @@ fn write_index(reg: &Path) -> Result<()> {
         for (_, id) in &e.build_ids {
             text.push_str(&format!("{id} {}\n", e.name));
         }
+        // Every process the autoload library starts in is a candidate.
+        if e.wait {
+            text.push_str(&format!("wait {}\n", e.name));
+        }
     }
     write_file(&reg.join("index"), text.as_bytes(), 0o644)
 }
 
 /// Register the patch at `path` for processes started later.
-pub fn persist(path: &Path) -> Result<Entry> {
+pub fn persist(path: &Path, wait: bool) -> Result<Entry> {
     let patch = Patch::load(path)?;
+    if wait && patch.build_ids.iter().any(|(o, _)| o.is_none()) {
+        bail!(
+            Patch,
+            "patch {} is for a main executable, which every process of it has from its start: --wait is for patches of libraries",
+            patch.name
+        );
+    }
     if patch.build_ids.is_empty() {
         bail!(
             Patch,
@@ -157,6 +172,7 @@ pub fn persist(path: &Path) -> Result<Entry> {
             .map(|(o, id)| (o.clone().unwrap_or_else(|| "main".into()), id.clone()))
             .collect(),
         persisted_at: now(),
+        wait,
     };
     let json = serde_json::to_string_pretty(&entry).expect("serializable");
     write_file(
@@ -211,15 +227,16 @@ pub fn autoload_apply(pid: i32, reg: &Path, progress: &mut dyn FnMut(&str)) -> R
     let mut done = Vec::new();
     for e in list(reg)? {
         trusted(&reg.join(format!("{}.json", e.name)))?;
+        // Each object it is for is loaded with that build, or (`--wait`) not loaded yet:
+        // then the patch waits for it.
         let matches = e.build_ids.iter().all(|(o, id)| {
             let name = (o != "main").then_some(o.as_str());
-            objects
-                .by_name(name)
-                .ok()
-                .and_then(|obj| obj.file().ok())
-                .and_then(|f| f.build_id_hex())
-                .as_deref()
-                == Some(id.as_str())
+            match objects.by_name(name) {
+                Ok(obj) => {
+                    obj.file().ok().and_then(|f| f.build_id_hex()).as_deref() == Some(id.as_str())
+                }
+                Err(_) => e.wait && name.is_some(),
+            }
         });
         if !matches {
             continue;

@@ -312,3 +312,83 @@ fn a_watch_daemon_killed_while_it_holds_an_exec_leaves_nothing_stopped() {
         let _ = child.wait();
     }
 }
+
+#[test]
+fn a_persisted_library_patch_waits_in_processes_started_without_the_library() {
+    let r = registry("wait");
+    let dir = r.dir.join("lib");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = dir.join("libcoming.so");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2"])
+        .arg(root().join("fixtures/coming-plugin.c"))
+        .arg("-o")
+        .arg(&lib)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let id = rlp_ok(&[
+        "build-id",
+        lib.to_str().unwrap(),
+        "--object",
+        "libcoming.so",
+    ]);
+    let src = r.dir.join("wait-fix.c");
+    std::fs::write(
+        &src,
+        format!(
+            "#include <rlivepatch.h>\nstatic int f(int x) {{ return x * 7; }}\nRLIVEPATCH_FUNC_IN(\"libcoming.so\", coming_value, f);\nRLIVEPATCH_NAME(\"wait-fix\");\n{id}"
+        ),
+    )
+    .unwrap();
+    let so = r.dir.join("wait-fix.so");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-I"])
+        .arg(root().join("patches/include"))
+        .arg(&src)
+        .arg("-o")
+        .arg(&so)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (code, _, err) = rlp_in(&r, &["persist", "--wait", so.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // A program that loads the library only later, started with the autoload library.
+    let host = fixture("coming-host", "coming-host", &[]);
+    let preload = rlp_in(&r, &["autoload", "--library"]).1.trim().to_string();
+    let mut child = Command::new(&host)
+        .env("LD_PRELOAD", &preload)
+        .env("RLIVEPATCH_REGISTRY", &r.reg)
+        .env("LD_LIBRARY_PATH", &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ready"), "{line}");
+    {
+        use std::io::Write;
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "load libcoming.so").unwrap();
+        stdin.flush().unwrap();
+    }
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    // This test's own process, by pid.
+    let _ = child.kill();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        line.trim(),
+        "loaded ctor=7 value=14",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Without --wait, such a process is not a candidate: it runs the original.
+    let (code, _, err) = rlp_in(&r, &["persist", so.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let index = std::fs::read_to_string(r.reg.join("index")).unwrap();
+    assert!(!index.contains("wait "), "{index}");
+}
