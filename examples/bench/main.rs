@@ -14,6 +14,7 @@
 //! - server impact: latency of a loopback request loop against fixtures/server.c while
 //!   apply/disable cycles run, and without.
 
+mod exec_latency;
 mod patch_build;
 
 use anyhow::{Context, Result, bail};
@@ -73,6 +74,17 @@ fn main() -> Result<()> {
                 print!("{m}");
                 return Ok(());
             }
+            // Only the section on the watch daemon's cost to execs, printed.
+            "--only-exec" => {
+                let r = Report {
+                    exec: exec_latency::measure(&root, &o.rlp, &o.build, o.runs.max(31))?,
+                    ..Default::default()
+                };
+                let mut m = String::new();
+                r.exec_markdown(&mut m);
+                print!("{m}");
+                return Ok(());
+            }
             "--quick" => {
                 // A quick run is a smoke test: the committed numbers stay.
                 o.out = root.join("target/bench/BENCHMARKS-quick.md");
@@ -110,6 +122,8 @@ fn main() -> Result<()> {
     report.server = server_impact(&o, &b)?;
     eprintln!("bench: patches from a diff");
     report.build = patch_build::measure(&root, &o.rlp, &o.build, o.runs.min(5))?;
+    eprintln!("bench: execs under the watch daemon");
+    report.exec = exec_latency::measure(&root, &o.rlp, &o.build, o.runs.max(31))?;
     let md = report.markdown(&o);
     std::fs::write(&o.out, md)?;
     plot(&o, &report)?;
@@ -407,6 +421,7 @@ struct Report {
     calls: Calls,
     server: Server,
     build: patch_build::BuildBench,
+    exec: exec_latency::ExecBench,
 }
 
 fn pause_cases(o: &Opts, b: &Built, idle: usize, r: &mut Report) -> Result<()> {
@@ -941,6 +956,7 @@ impl Report {
             );
         }
         self.build_markdown(&mut m);
+        self.exec_markdown(&mut m);
         m.push_str("\n## Targets\n\n");
         let find = |idle, funcs| {
             self.cases
@@ -1017,6 +1033,25 @@ impl Report {
 
 impl Report {
     /// The section on `rlivepatch build`.
+    fn exec_markdown(&self, m: &mut String) {
+        let cases = &self.exec.cases;
+        if cases.is_empty() || cases[0].1.is_empty() {
+            return;
+        }
+        let base = stat(&cases[0].1).med;
+        let _ = writeln!(
+            m,
+            "\n## Programs started under `rlivepatch watch`\n\nms from `fork` to the first \
+             value line of `main` (fixtures/counter.c), {} starts per case, the daemon's cases \
+             interleaved; ratio to the start without the daemon.\n\n| | ms | ratio |\n|---|---:|---:|",
+            cases[0].1.len()
+        );
+        for (name, v) in cases {
+            let s = stat(v);
+            let _ = writeln!(m, "| {name} | {} | {:.2} |", fmt(s), s.med / base);
+        }
+    }
+
     fn build_markdown(&self, m: &mut String) {
         let b = &self.build;
         if b.plain.is_empty() {
