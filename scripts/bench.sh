@@ -2,7 +2,9 @@
 # Benchmarks: writes BENCHMARKS.md and BENCHMARKS-pause.png (see examples/bench/ for
 # what is measured and how). Arguments go to the benchmark: --runs N, --gdb-runs N,
 # --server-secs N, --quick (a short run that skips the largest cases, written to
-# target/bench/BENCHMARKS-quick.md: the committed BENCHMARKS.md stays as measured).
+# target/bench/BENCHMARKS-quick.md: the committed BENCHMARKS.md stays as measured),
+# --only-build and --only-exec (print one section: `rlivepatch build`, or programs started
+# under `rlivepatch watch`).
 # Installs what it needs (gdb, gnuplot) on a fresh Debian machine, and says so first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
