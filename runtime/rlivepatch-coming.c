@@ -326,7 +326,6 @@ HOOK static void forget_gone(struct rdebug *base)
 HOOK static void scan(struct rdebug *base)
 {
 	long mem = -1;
-	forget_gone(base);
 	uint64_t ns = 0;
 	for (struct rdebug *r = base; r; r = r->r_version >= 2 ? r->r_next : 0, ns++) {
 		if (r->r_state != RT_CONSISTENT)
@@ -386,8 +385,13 @@ HOOK void rlp_dl_event(void)
 	 * away under it. Only a consistent list is read. */
 	__atomic_store_n(&rlp_coming.waiting_delete, 0, __ATOMIC_SEQ_CST);
 	rlp_coming.events++;
-	if (base->r_state == RT_CONSISTENT && rlp_coming.nfuncs)
-		scan(base);
+	/* Copies that went are forgotten even when no patch waits any more: a new copy may
+	 * get the same link_map and address later. */
+	if (base->r_state == RT_CONSISTENT) {
+		forget_gone(base);
+		if (rlp_coming.nfuncs)
+			scan(base);
+	}
 	__atomic_store_n(&rlp_coming.busy, 0, __ATOMIC_SEQ_CST);
 }
 

@@ -158,11 +158,10 @@ fn apply_steps(
     symbols: &[SymbolFill],
     places: &[RelocFill],
 ) -> Result<Applied> {
-    // Functions in objects loaded with dlopen are also patched in their later copies.
-    let adopt = crate::coming::adoptable(&s.objects, resolved);
-    // The runtime holds the hook for objects that come.
-    let preserves =
-        resolved.iter().any(|r| r.contract.preserves()) || !coming.is_empty() || !adopt.is_empty();
+    // The runtime holds the hook for objects that come, and the hold on the loader while
+    // objects it resolved may go (loaded with dlopen, or gone already).
+    let hold = !coming.is_empty() || crate::coming::may_go(&s.objects, resolved);
+    let preserves = resolved.iter().any(|r| r.contract.preserves()) || hold;
     let mut applied = load(s, patch, preserves)?;
     fill_symbols(s, applied.base, symbols)?;
     bind_places(s, &mut applied, places)?;
@@ -177,15 +176,14 @@ fn apply_steps(
     crate::fault::trace("islands");
     // From here to the end, the hook for objects that come waits: the record and its
     // table must agree, and no object may come unseen in between.
-    let mut adopt = adopt;
-    if !applied.coming.is_empty()
-        || !adopt.is_empty()
-        || crate::coming::in_use(&s.record)
-        || crate::coming::may_go(&s.objects, resolved)
-    {
+    let mut adopt = Vec::new();
+    if hold || crate::coming::in_use(&s.record) {
         crate::coming::freeze(s)?;
         s.refresh()?;
         crate::coming::refuse_gone(s, resolved)?;
+        // Functions in objects loaded with dlopen are also patched in their later
+        // copies: the hook takes them over after the switch.
+        adopt = crate::coming::adoptable(&s.objects, resolved);
         for f in crate::coming::arrived(s, &applied.coming)? {
             adopt.push(applied.funcs.len());
             applied.funcs.push(f);

@@ -246,7 +246,7 @@ pub fn object_callbacks(s: &mut Session, p: &AppliedPatch, which: usize) -> Resu
                 "the {} callback of {name} (at {b:#x}) of patch {}",
                 NAMES[which], p.name
             );
-            let rax = s.call(addr, &[b], &what)?;
+            let rax = during_call(s, |s| s.call(addr, &[b], &what))?;
             if which == 0 && rax as u32 != 0 {
                 bail!(
                     Failed,
@@ -512,8 +512,9 @@ pub fn freeze(s: &mut Session) -> Result<()> {
     if s.frozen {
         return Ok(());
     }
-    let tid = s.inj.as_ref().map(|i| i.tid).unwrap_or(0) as u64;
-    s.proc.write(t + FROZEN_TID, &tid.to_le_bytes())?;
+    // No thread passes: the one rlivepatch borrows for its calls runs the program's own
+    // code between them (see `during_call`).
+    s.proc.write(t + FROZEN_TID, &0u64.to_le_bytes())?;
     s.proc
         .write(t + FROZEN, &(std::process::id() as u64).to_le_bytes())?;
     s.frozen = true;
@@ -565,6 +566,24 @@ fn unmapping(s: &Session, t: u64) -> Result<bool> {
         n += 1;
     }
     Ok(false)
+}
+
+/// Run an injected call of a patch's code (a callback) while the hook is held: the
+/// borrowed thread may pass the hook during that call only (a callback may load a
+/// library), and no other thread may.
+pub fn during_call<T>(s: &mut Session, f: impl FnOnce(&mut Session) -> Result<T>) -> Result<T> {
+    let t = match table(&s.record)? {
+        Some(t) if s.frozen => t,
+        _ => return f(s),
+    };
+    s.borrow()?;
+    let tid = s.inj.as_ref().map(|i| i.tid).unwrap_or(0) as u64;
+    s.proc.write(t + FROZEN_TID, &tid.to_le_bytes())?;
+    let r = f(s);
+    let cleared = s.proc.write(t + FROZEN_TID, &0u64.to_le_bytes());
+    let v = r?;
+    cleared?;
+    Ok(v)
 }
 
 /// Let the hook go again.
@@ -628,6 +647,13 @@ pub fn sync(s: &mut Session) -> Result<u64> {
         .filter(|c| c.state == "patched" && c.namespace == 0 && there(c))
         .cloned()
         .collect();
+    // A copy listed as patched whose entry holds the original code was switched back
+    // since (a disable while it stayed loaded): nothing of it is the patches'.
+    let proc = &s.proc;
+    let unpatched = |f: &AppliedFunc| {
+        proc.read(f.old_addr, JMP_LEN)
+            .is_ok_and(|b| b[..] == f.orig[..JMP_LEN])
+    };
     for c in &copies {
         for p in s.record.patches.iter_mut().filter(|p| !p.disabled) {
             let add: Vec<AppliedFunc> = p
@@ -635,6 +661,7 @@ pub fn sync(s: &mut Session) -> Result<u64> {
                 .iter()
                 .filter(|cf| cf.build_id == c.build_id)
                 .map(|cf| at(&cf.func, c.address))
+                .filter(|f| !unpatched(f))
                 .collect();
             p.funcs.extend(add);
         }
@@ -646,18 +673,31 @@ pub fn sync(s: &mut Session) -> Result<u64> {
 /// (`dlclose`): there is nothing left to switch back, and a new object mapped at the same
 /// place must not be taken for them.
 pub fn forget_unloaded(s: &mut Session) -> Result<()> {
-    let gone = |objects: &Objects, f: &AppliedFunc| {
-        f.copy.is_none()
-            && !objects
-                .by_addr(f.old_addr)
-                .is_some_and(|o| o.path == f.object && o.is_code(f.old_addr))
-    };
     // The objects of the session may be older than the last dlclose.
     s.refresh()?;
+    // Gone, or a new copy of the same file at the same place (its entry holds the
+    // original code: no patch is at work there).
+    let (proc, objects) = (&s.proc, &s.objects);
+    let gone = |f: &AppliedFunc| {
+        f.copy.is_none()
+            && (!objects
+                .by_addr(f.old_addr)
+                .is_some_and(|o| o.path == f.object && o.is_code(f.old_addr))
+                || proc
+                    .read(f.old_addr, JMP_LEN)
+                    .is_ok_and(|b| b[..] == f.orig[..JMP_LEN]))
+    };
+    let marks: Vec<Vec<bool>> = s
+        .record
+        .patches
+        .iter()
+        .map(|p| p.funcs.iter().map(|f| !p.disabled && gone(f)).collect())
+        .collect();
     let mut dropped = Vec::new();
-    for p in &mut s.record.patches {
+    for (p, marks) in s.record.patches.iter_mut().zip(marks) {
+        let mut m = marks.into_iter();
         p.funcs.retain(|f| {
-            let g = gone(&s.objects, f);
+            let g = m.next().unwrap_or(false);
             if g {
                 dropped.push(format!("{} of {} ({})", f.symbol, f.object, p.name));
             }

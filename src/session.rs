@@ -656,7 +656,8 @@ pub fn callback(
     patch: &str,
 ) -> Result<Option<i32>> {
     let Some(a) = addr else { return Ok(None) };
-    let rax = s.call(a, &[], &format!("the {what} callback of patch {patch}"))?;
+    let what = format!("the {what} callback of patch {patch}");
+    let rax = crate::coming::during_call(s, |s| s.call(a, &[], &what))?;
     Ok(Some(rax as u32 as i32))
 }
 
