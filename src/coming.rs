@@ -277,6 +277,13 @@ fn is_loaded(objects: &Objects, name: &str) -> bool {
     })
 }
 
+/// Did an operation stop, with nothing changed, because the process loaded or unloaded
+/// a library under it (the errors of this kind all say "(a dlclose")? Then it can
+/// start over from the objects of the moment.
+pub fn is_churn(e: &crate::error::Error) -> bool {
+    e.kind == crate::error::ErrorKind::Busy && e.message.contains("(a dlclose")
+}
+
 /// Read code at `addr`, saying so when the object holding it went away meanwhile, or is
 /// being mapped (the loader maps a new object's whole span from its file first: the pages
 /// past the file's end cannot be read until it is laid out).

@@ -54,8 +54,36 @@ pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     apply_patch(pid, &patch, opts, progress)
 }
 
-/// Apply a loaded patch to process `pid` (a fleet run loads the patch once).
+/// Apply a loaded patch to process `pid` (a fleet run loads the patch once). A run that
+/// a library loaded or unloaded meanwhile stopped with nothing changed starts over, a few
+/// times, from the objects of that moment.
 pub fn apply_patch(
+    pid: i32,
+    patch: &Patch,
+    opts: &Options,
+    progress: ProgressFn,
+) -> Result<ApplyReport> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match apply_once(pid, patch, opts, progress) {
+            Err(e) if attempt < ATTEMPTS && crate::coming::is_churn(&e) => {
+                progress(&format!(
+                    "{}; starting over (attempt {} of {ATTEMPTS})",
+                    e.message
+                        .split("; nothing was changed")
+                        .next()
+                        .unwrap_or(&e.message),
+                    attempt + 1
+                ));
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn apply_once(
     pid: i32,
     patch: &Patch,
     opts: &Options,
