@@ -72,6 +72,18 @@ pub fn executables(given: &[PathBuf], reg: &Path) -> Result<Vec<PathBuf>> {
 /// Watch `exes` until killed, adding the autoload library of registry `reg` to every
 /// program started from them. `progress` gets one line per event.
 pub fn run(exes: &[PathBuf], reg: &Path, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    // rlivepatch blocks these for the signalfd of its operations; the daemon is stopped
+    // with them (systemd's SIGTERM), at any moment (see the module's documentation).
+    let mut stop = nix::sys::signal::SigSet::empty();
+    for s in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGHUP,
+    ] {
+        stop.add(s);
+    }
+    stop.thread_unblock()
+        .map_err(|e| err!(Failed, "unblocking SIGTERM: {}", e.desc()))?;
     crate::persist::trusted(reg)?;
     let lib = crate::persist::library_path(reg);
     crate::persist::trusted(&lib).map_err(|e| {

@@ -203,13 +203,23 @@ fn autoload_writes_the_drop_in_and_the_preload_line() {
     assert_eq!(preload, format!("{lib}\n"), "written once");
 }
 
+/// A daemon this test started: killed, by pid, if the test ends without stopping it.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `rlivepatch watch` in registry `r` for `exe`, with more environment; ready once it
 /// says it watches.
 fn watch(
     r: &Registry,
     exe: &Path,
     env: &[(&str, &str)],
-) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+) -> (Daemon, std::sync::mpsc::Receiver<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rlivepatch"));
     cmd.args(["watch", "--exe", exe.to_str().unwrap()])
         .env("RLIVEPATCH_REGISTRY", &r.reg)
@@ -220,8 +230,9 @@ fn watch(
     }
     let mut child = cmd.spawn().unwrap();
     let rx = lines_of(child.stderr.take().unwrap());
+    let daemon = Daemon(child);
     wait_stderr(&rx, |l| l.contains("watching 1 program"));
-    (child, rx)
+    (daemon, rx)
 }
 
 /// Start `exe` as a program does (no preload of ours); its pid and first value line.
@@ -264,9 +275,17 @@ fn the_watch_daemon_has_every_exec_run_the_patch_from_main_on() {
     assert_eq!(first, "compute(0) = 1");
     let l = wait_stderr(&log, |l| l.contains(&format!("pid {pid}:")));
     assert!(l.contains("left alone"), "{l}");
-    // This test's daemon, by pid.
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    // This test's daemon, by pid: SIGTERM (systemd's stop) ends it.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = daemon.0.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGTERM)
+    );
     let heard: Vec<String> = log.try_iter().collect();
     for pid in others {
         assert!(
@@ -305,7 +324,7 @@ fn a_watch_daemon_killed_while_it_holds_an_exec_leaves_nothing_stopped() {
         assert_eq!(lines[1], "compute(0) = 1", "{point}");
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert!(status.contains("TracerPid:\t0"), "{point}: {status}");
-        let st = daemon.wait().unwrap();
+        let st = daemon.0.wait().unwrap();
         assert!(!st.success(), "{point}: the daemon was killed");
         // This test's own process, by pid.
         let _ = child.kill();
