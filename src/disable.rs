@@ -56,11 +56,7 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
         bail!(
             Mismatch,
             "no patch named {name} is applied to process {pid} (applied: {}); see `rlivepatch list {pid}`",
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
+            crate::report::names_or_none(&names)
         );
     };
     // Copies of objects that came since are patched too: the record learns them while

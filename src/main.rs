@@ -104,6 +104,17 @@ struct OneOrFleet {
     fleet: FleetArgs,
 }
 
+impl OneOrFleet {
+    /// The one process to work on, or (a fleet selection) `op` run over the fleet and
+    /// its exit code.
+    fn single(&self, op: rlivepatch::fleet::Op) -> Result<Result<i32, u8>, Error> {
+        match self.pid.filter(|_| !self.fleet.selection().given()) {
+            Some(pid) => Ok(Ok(pid)),
+            None => run_fleet(&op, &self.fleet, Options::default(), self.json).map(Err),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load a patch into a process and redirect the functions it replaces.
@@ -680,16 +691,11 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 print!("{}", rlivepatch::lookup::text(&views));
             }
         }
-        Command::List {
-            target: OneOrFleet { pid, fleet, json },
-        } => {
-            let Some(pid) = pid.filter(|_| !fleet.selection().given()) else {
-                return run_fleet(
-                    &rlivepatch::fleet::Op::List,
-                    &fleet,
-                    Options::default(),
-                    json,
-                );
+        Command::List { target } => {
+            let json = target.json;
+            let pid = match target.single(rlivepatch::fleet::Op::List)? {
+                Ok(pid) => pid,
+                Err(code) => return Ok(code),
             };
             let (proc, maps, rec) = core::read_record(pid)?;
             let objects = rlivepatch::objects::Objects::new(&proc, &maps, &[])?;
@@ -754,16 +760,11 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 return Ok(ErrorKind::Busy.exit_code() as u8);
             }
         }
-        Command::Repair {
-            target: OneOrFleet { pid, fleet, json },
-        } => {
-            let Some(pid) = pid.filter(|_| !fleet.selection().given()) else {
-                return run_fleet(
-                    &rlivepatch::fleet::Op::Repair,
-                    &fleet,
-                    Options::default(),
-                    json,
-                );
+        Command::Repair { target } => {
+            let json = target.json;
+            let pid = match target.single(rlivepatch::fleet::Op::Repair)? {
+                Ok(pid) => pid,
+                Err(code) => return Ok(code),
             };
             let actions = core::repair(pid, &Options::default(), &mut progress)?;
             if json {

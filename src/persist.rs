@@ -202,11 +202,7 @@ pub fn unpersist(name: &str) -> Result<()> {
         bail!(
             Mismatch,
             "no persisted patch named {name} (persisted: {}); see `rlivepatch persist --list`",
-            if names.is_empty() {
-                "none".into()
-            } else {
-                names.join(", ")
-            }
+            crate::report::names_or_none(&names)
         );
     }
     let _ = std::fs::remove_file(reg.join(format!("{name}.so")));

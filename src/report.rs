@@ -27,6 +27,19 @@ pub fn de_hex<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64
     }
 }
 
+/// Names for a message, or "none".
+pub fn names_or_none<S: AsRef<str>>(names: &[S]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names
+            .iter()
+            .map(|n| n.as_ref())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// `1 thread`, `2 threads`.
 pub fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

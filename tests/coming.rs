@@ -68,8 +68,9 @@ fn copies(pid: &str) -> Vec<serde_json::Value> {
 }
 
 fn loader_hook_bytes(t: &Target) -> Vec<u8> {
-    let at = t.symbol_addr("ld-linux-x86-64.so.2", "_dl_debug_state");
-    t.read_mem(at, 16)
+    t.snapshot_of("ld-linux-x86-64.so.2", "_dl_debug_state")
+        .1
+        .code
 }
 
 #[test]
@@ -133,8 +134,7 @@ fn a_library_loaded_after_the_apply_runs_the_new_code_from_its_constructor_on() 
 #[test]
 fn disabled_while_pending_later_loads_stay_unpatched() {
     let (dir, lib, mut t, pid) = started();
-    let at = t.symbol_addr("ld-linux-x86-64.so.2", "_dl_debug_state");
-    let before = t.snapshot(at);
+    let (at, before) = t.snapshot_of("ld-linux-x86-64.so.2", "_dl_debug_state");
     rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&fix())]);
     rlp_ok(&["disable", &pid, "coming-fix"]);
     t.assert_untouched(&before, at);
@@ -248,8 +248,7 @@ fn eight_threads_loading_and_unloading_during_apply_and_disable_cycles() {
 #[test]
 fn a_failure_leaves_the_process_as_it_was_and_a_killed_run_is_finished_by_repair() {
     let (dir, lib, mut t, pid) = started();
-    let at = t.symbol_addr("ld-linux-x86-64.so.2", "_dl_debug_state");
-    let before = t.snapshot(at);
+    let (at, before) = t.snapshot_of("ld-linux-x86-64.so.2", "_dl_debug_state");
     let fix = fix();
     let apply = ["apply", "--library-path", s(&dir), &pid, s(&fix)];
     // What the hook cannot do is refused before anything is touched.

@@ -11,8 +11,7 @@ fn counter() -> (Target, u64, Snapshot) {
     let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
     let mut t = Target::start(&exe, &["5"]);
     t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
-    let entry = t.symbol_addr("counter-pie", "compute");
-    let snap = t.snapshot(entry);
+    let (entry, snap) = t.snapshot_of("counter-pie", "compute");
     (t, entry, snap)
 }
 

@@ -107,13 +107,20 @@ fn first_line(exe: &Path, env: &[(&str, &str)]) -> (u32, String, String) {
     )
 }
 
-#[test]
-fn a_persisted_patch_runs_from_the_first_call_of_main() {
-    let r = registry("main");
-    let (exe, so) = counter_and_fix(&r, "a");
-    let (other, _) = counter_and_fix(&r, "b");
+/// A registry of its own with a counter build whose patch is persisted: the registry,
+/// the build, and what `persist` printed.
+fn persisted(name: &str, tag: &str) -> (Registry, PathBuf, String) {
+    let r = registry(name);
+    let (exe, so) = counter_and_fix(&r, tag);
     let (code, out, err) = rlp_in(&r, &["persist", so.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
+    (r, exe, out)
+}
+
+#[test]
+fn a_persisted_patch_runs_from_the_first_call_of_main() {
+    let (r, exe, out) = persisted("main", "a");
+    let (other, _) = counter_and_fix(&r, "b");
     assert!(out.contains("persisted patch fix-a"), "{out}");
     let (_, list, _) = rlp_in(&r, &["persist", "--list"]);
     assert!(
@@ -243,11 +250,8 @@ fn first_plain(exe: &Path, env: &[(&str, &str)]) -> (u32, String) {
 
 #[test]
 fn the_watch_daemon_has_every_exec_run_the_patch_from_main_on() {
-    let r = registry("watch");
-    let (exe, so) = counter_and_fix(&r, "w");
+    let (r, exe, _) = persisted("watch", "w");
     let (other, _) = counter_and_fix(&r, "x");
-    let (code, _, err) = rlp_in(&r, &["persist", so.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
     let (mut daemon, log) = watch(&r, &exe, &[]);
     for _ in 0..20 {
         let (pid, first) = first_plain(&exe, &[]);
@@ -297,10 +301,7 @@ fn the_watch_daemon_has_every_exec_run_the_patch_from_main_on() {
 
 #[test]
 fn a_watch_daemon_killed_while_it_holds_an_exec_leaves_nothing_stopped() {
-    let r = registry("watch-kill");
-    let (exe, so) = counter_and_fix(&r, "k");
-    let (code, _, err) = rlp_in(&r, &["persist", so.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
+    let (r, exe, _) = persisted("watch-kill", "k");
     // SIGKILL while the exec waits for the answer, and once the process is seized: the
     // program starts and runs (unpatched), and nothing traces it.
     for point in ["watch:holding", "watch:seized"] {
@@ -352,24 +353,13 @@ fn a_persisted_library_patch_waits_in_processes_started_without_the_library() {
         "--object",
         "libcoming.so",
     ]);
-    let src = r.dir.join("wait-fix.c");
-    std::fs::write(
-        &src,
-        format!(
+    let so = patch_in(
+        &r.dir,
+        "wait-fix",
+        &format!(
             "#include <rlivepatch.h>\nstatic int f(int x) {{ return x * 7; }}\nRLIVEPATCH_FUNC_IN(\"libcoming.so\", coming_value, f);\nRLIVEPATCH_NAME(\"wait-fix\");\n{id}"
         ),
-    )
-    .unwrap();
-    let so = r.dir.join("wait-fix.so");
-    let st = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-I"])
-        .arg(root().join("patches/include"))
-        .arg(&src)
-        .arg("-o")
-        .arg(&so)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    );
     let (code, _, err) = rlp_in(&r, &["persist", "--wait", so.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     // A program that loads the library only later, started with the autoload library.

@@ -274,8 +274,7 @@ fn build_ids_pin_a_patch_to_its_binary() {
     let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
     let t = Target::start(&exe, &["5"]);
     let pid = t.pid.to_string();
-    let entry = t.symbol_addr("counter-pie", "compute");
-    let before = t.snapshot(entry);
+    let (entry, before) = t.snapshot_of("counter-pie", "compute");
     let wrong = patch_src(
         "bid-wrong",
         "#include <rlivepatch.h>\nstatic int f(int x) { return x; }\nRLIVEPATCH_FUNC(compute, f);\nRLIVEPATCH_BUILD_ID(\"main\", \"00112233445566778899aabbccddeeff00112233\");\n",

@@ -421,6 +421,13 @@ impl Target {
         }
     }
 
+    /// The run-time address of `symbol` in `object`, and the snapshot at it: what a
+    /// failure must leave as it was.
+    pub fn snapshot_of(&self, object: &str, symbol: &str) -> (u64, Snapshot) {
+        let at = self.symbol_addr(object, symbol);
+        (at, self.snapshot(at))
+    }
+
     /// After a failed operation: running, untraced, nothing loaded, as before.
     pub fn assert_untouched(&self, before: &Snapshot, addr: u64) {
         self.assert_running();
@@ -669,14 +676,19 @@ impl Target {
 /// `x * 100`, pinned to the build of `exe` (its RLIVEPATCH_BUILD_ID line).
 pub fn counter_patch_for(dir: &Path, name: &str, exe: &Path) -> PathBuf {
     let line = rlp_ok(&["build-id", exe.to_str().unwrap()]);
-    let src = dir.join(format!("{name}.c"));
-    std::fs::write(
-        &src,
-        format!(
+    patch_in(
+        dir,
+        name,
+        &format!(
             "#include <rlivepatch.h>\nstatic int f(int x) {{ return x * 100; }}\nRLIVEPATCH_FUNC(compute, f);\nRLIVEPATCH_NAME(\"{name}\");\n{line}"
         ),
     )
-    .unwrap();
+}
+
+/// A patch NAME.so built in `dir` from `source` (NAME.c there), as the README says.
+pub fn patch_in(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
     let out = dir.join(format!("{name}.so"));
     let st = Command::new("cc")
         .args(["-shared", "-fPIC", "-O2", "-I"])
