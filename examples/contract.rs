@@ -6,7 +6,7 @@
 use rlivepatch::contract::clobber::Analysis;
 use rlivepatch::contract::code::CodeMap;
 use rlivepatch::contract::dwarf::DebugInfo;
-use rlivepatch::symbols::{ElfFile, find_function};
+use rlivepatch::elf::symbols::{ElfFile, find_function};
 use std::path::Path;
 use std::sync::Arc;
 

@@ -7,7 +7,7 @@
 //! mid-operation), or with `tool:<number>` to rlivepatch itself (an operator's Ctrl-C at
 //! that moment). `RLIVEPATCH_TRACE=1` prints each point reached, with the time since the
 //! start, on stderr (what the benchmarks' profile uses). `RLIVEPATCH_FAULT=no-preserve`
-//! turns the preserving path off (see `crate::preserve`), and `narrow-vectors` has it keep
+//! turns the preserving path off (see `crate::remote::preserve`), and `narrow-vectors` has it keep
 //! only the low halves of vector registers, for tests that show the hazards they prevent.
 
 use std::sync::OnceLock;
@@ -62,7 +62,7 @@ pub fn init() {
 
 /// A point: die here if the environment asks for it; print it when tracing.
 pub fn point(name: &str) {
-    crate::pace::point();
+    crate::os::pace::point();
     let c = config();
     trace_line(c, name);
     let Some(i) = c.fault.iter().position(|f| f == name) else {
@@ -99,7 +99,7 @@ pub fn switched_on(name: &str) -> bool {
 
 /// A point that is only traced (a moment worth timing, not a state worth killing in).
 pub fn trace(name: &str) {
-    crate::pace::point();
+    crate::os::pace::point();
     trace_line(config(), name);
 }
 

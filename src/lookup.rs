@@ -3,10 +3,10 @@
 //! debug file its symbols came from, and whether a function can take a patch (and if
 //! not, why). Read from /proc and the object files: the process is not stopped.
 
+use crate::elf::objects::{LoadedObject, Objects};
+use crate::elf::symbols::{ElfFile, SymKind, Symbol};
 use crate::error::Result;
-use crate::objects::{LoadedObject, Objects};
-use crate::process::Process;
-use crate::symbols::{ElfFile, SymKind, Symbol};
+use crate::os::process::Process;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -71,7 +71,7 @@ fn kind_name(k: SymKind) -> &'static str {
 
 /// Can function `s` of `file` (mapped with `bias`) take the jump, and if not, why?
 fn patchable(file: &ElfFile, s: &Symbol, bias: u64) -> (bool, Option<String>) {
-    if let Some(parent) = crate::build::diff::part_parent(&s.name) {
+    if let Some(parent) = crate::generate::diff::part_parent(&s.name) {
         return (
             false,
             Some(format!(
@@ -87,16 +87,20 @@ fn patchable(file: &ElfFile, s: &Symbol, bias: u64) -> (bool, Option<String>) {
     }
     let mut size = s.size;
     if size == 0 {
-        size = crate::unwind::fde_range(file, s.value)
+        size = crate::elf::unwind::fde_range(file, s.value)
             .map(|(a, b)| b.saturating_sub(s.value).min(b - a))
             .unwrap_or(0);
     }
     let Some(code) = file.bytes_at(s.value, size as usize) else {
         return (false, Some("its code is not in the file".into()));
     };
-    let padding = crate::redirect::padding_after(file, s.value, size);
-    match crate::redirect::check_function_padded(&s.name, s.value.wrapping_add(bias), code, padding)
-    {
+    let padding = crate::remote::redirect::padding_after(file, s.value, size);
+    match crate::remote::redirect::check_function_padded(
+        &s.name,
+        s.value.wrapping_add(bias),
+        code,
+        padding,
+    ) {
         Ok(()) => (true, None),
         Err(e) => (false, Some(e.message)),
     }
@@ -115,7 +119,7 @@ fn views_of(o: &LoadedObject, pattern: &str, out: &mut Vec<SymbolView>) -> Resul
         ) {
             continue;
         }
-        let demangled = crate::demangle::demangle(&s.name);
+        let demangled = crate::elf::demangle::demangle(&s.name);
         if !matches(pattern, &s.name) && !demangled.as_deref().is_some_and(|d| matches(pattern, d))
         {
             continue;

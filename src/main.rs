@@ -1,9 +1,9 @@
 //! The `rlivepatch` command line: parses arguments, calls the library, prints.
 
 use clap::{Parser, Subcommand};
-use rlivepatch::core::{self, Options};
 use rlivepatch::error::{Error, ErrorKind};
-use rlivepatch::report::{InfoView, ListView};
+use rlivepatch::ops::report::{InfoView, ListView};
+use rlivepatch::ops::{self, Options};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -508,14 +508,14 @@ fn one_pid(pid: i32, second: &str, more: &[String]) -> Result<(), Error> {
 
 fn main() -> ExitCode {
     // Called as `cc` under `rlivepatch build`: log the call and run the compiler.
-    rlivepatch::build::wrapper::run_if_wrapper();
+    rlivepatch::generate::wrapper::run_if_wrapper();
     rlivepatch::fault::init();
     let cli = Cli::parse();
     // SIGINT, SIGTERM and SIGHUP are read by the tracer between two steps, so that the
     // current step can be undone; until then they wait.
     // rlivepatch's priority follows what it does (see the pace module).
-    rlivepatch::pace::init();
-    if let Err(e) = rlivepatch::ptrace::block_tool_signals() {
+    rlivepatch::os::pace::init();
+    if let Err(e) = rlivepatch::os::ptrace::block_tool_signals() {
         eprintln!("rlivepatch: error: {}", e.message);
         return ExitCode::FAILURE;
     }
@@ -545,7 +545,7 @@ fn main() -> ExitCode {
     let r = run(cli.command);
     rlivepatch::fault::trace(&format!(
         "end (paced {:.1} ms)",
-        rlivepatch::pace::paused_ms()
+        rlivepatch::os::pace::paused_ms()
     ));
     match r {
         Ok(code) => ExitCode::from(code),
@@ -614,7 +614,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 return run_fleet(&rlivepatch::fleet::Op::Apply(patch), &fleet, opts, json);
             }
             let pid = pid.unwrap_or_default();
-            let r = core::apply(pid, &patch, &opts, &mut progress)?;
+            let r = ops::apply(pid, &patch, &opts, &mut progress)?;
             if json {
                 print_json(&r);
             } else {
@@ -657,7 +657,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 force,
                 ..Options::default()
             };
-            let r = core::disable(pid, &name, &opts, &mut progress)?;
+            let r = ops::disable(pid, &name, &opts, &mut progress)?;
             if json {
                 print_json(&r);
             } else if r.unloaded {
@@ -697,11 +697,11 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 Ok(pid) => pid,
                 Err(code) => return Ok(code),
             };
-            let (proc, maps, rec) = core::read_record(pid)?;
-            let objects = rlivepatch::objects::Objects::new(&proc, &maps, &[])?;
+            let (proc, maps, rec) = ops::read_record(pid)?;
+            let objects = rlivepatch::elf::objects::Objects::new(&proc, &maps, &[])?;
             let mut view = ListView::new(pid, &proc.status.name, &rec, &objects);
             view.add_coming(&proc, &rec);
-            let left = rlivepatch::leftovers::scan(&proc, &maps, &rec, None);
+            let left = rlivepatch::livepatch::leftovers::scan(&proc, &maps, &rec, None);
             if !left.is_empty() && view.pending.is_none() {
                 view.pending = Some(format!(
                     "{}; run `rlivepatch repair {pid}`",
@@ -732,7 +732,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
             let Some(pid) = pid else {
                 return run_fleet(&rlivepatch::fleet::Op::Check(patch), &fleet, opts, json);
             };
-            let r = core::check(pid, &patch, &opts, &mut progress)?;
+            let r = ops::check(pid, &patch, &opts, &mut progress)?;
             if json {
                 print_json(&r);
             } else if r.safe {
@@ -740,7 +740,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
                     "patch {}: switching process {} now would be safe ({} checked)",
                     r.patch,
                     r.pid,
-                    rlivepatch::report::plural(r.threads, "thread", "threads")
+                    rlivepatch::ops::report::plural(r.threads, "thread", "threads")
                 );
             } else {
                 println!(
@@ -766,7 +766,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 Ok(pid) => pid,
                 Err(code) => return Ok(code),
             };
-            let actions = core::repair(pid, &Options::default(), &mut progress)?;
+            let actions = ops::repair(pid, &Options::default(), &mut progress)?;
             if json {
                 print_json(&serde_json::json!({ "pid": pid, "actions": actions }));
             } else if actions.is_empty() {
@@ -821,8 +821,8 @@ fn run(cmd: Command) -> Result<u8, Error> {
         }
         Command::Watch { exe } => {
             let reg = rlivepatch::persist::registry();
-            let exes = rlivepatch::watch::executables(&exe, &reg)?;
-            rlivepatch::watch::run(&exes, &reg, &mut progress)?;
+            let exes = rlivepatch::persist::watch::executables(&exe, &reg)?;
+            rlivepatch::persist::watch::run(&exes, &reg, &mut progress)?;
         }
         Command::Autoload {
             unit,
@@ -887,7 +887,10 @@ fn run(cmd: Command) -> Result<u8, Error> {
             print_bytes(&out);
         }
         Command::BuildId { file, object } => {
-            println!("{}", rlivepatch::buildid::line(&file, object.as_deref())?);
+            println!(
+                "{}",
+                rlivepatch::elf::buildid::line(&file, object.as_deref())?
+            );
         }
         Command::Build {
             source,
@@ -902,7 +905,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
             dry_run,
             json,
         } => {
-            let opts = rlivepatch::build::BuildOptions {
+            let opts = rlivepatch::generate::BuildOptions {
                 source,
                 diffs,
                 binaries,
@@ -914,7 +917,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
                 out: output,
                 dry_run,
             };
-            let r = rlivepatch::build::build(&opts, &mut progress)?;
+            let r = rlivepatch::generate::build(&opts, &mut progress)?;
             if json {
                 print_json(&r);
             } else {

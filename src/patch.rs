@@ -6,8 +6,8 @@
 //! functions) are resolved here through the file's dynamic relocations, exactly as the
 //! dynamic loader will resolve them, so `info` shows the truth without running anything.
 
+use crate::elf::symbols::{ElfFile, SymKind};
 use crate::error::Result;
-use crate::symbols::{ElfFile, SymKind};
 use crate::{bail, err};
 use std::path::{Path, PathBuf};
 

@@ -21,7 +21,7 @@ pub fn include_dir() -> Result<PathBuf> {
             return Ok(installed);
         }
     }
-    let dir = crate::build::wrapper::cache_dir()
+    let dir = crate::generate::wrapper::cache_dir()
         .join("sdk")
         .join(env!("CARGO_PKG_VERSION"));
     let header = dir.join("rlivepatch.h");

@@ -28,8 +28,8 @@ fn entry_bytes_of_file(t: &Target, object: &str, symbol: &str) -> Vec<u8> {
         .last()
         .unwrap()
         .to_string();
-    let file = rlivepatch::symbols::ElfFile::open(std::path::Path::new(&path)).unwrap();
-    let sym = rlivepatch::symbols::find_function(&file, symbol, 0).unwrap();
+    let file = rlivepatch::elf::symbols::ElfFile::open(std::path::Path::new(&path)).unwrap();
+    let sym = rlivepatch::elf::symbols::find_function(&file, symbol, 0).unwrap();
     file.bytes_at(sym.value, 5).unwrap().to_vec()
 }
 

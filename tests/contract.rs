@@ -644,7 +644,7 @@ RLIVEPATCH_NAME("llvm-plain");
     let rs = compile("rustc", "nocall", &["-O", "-g", "fixtures/nocall.rs"]);
     let r = Target::start(&rs, &["5"]);
     let rpid = r.pid.to_string();
-    let sym = rlivepatch::symbols::ElfFile::open(&rs)
+    let sym = rlivepatch::elf::symbols::ElfFile::open(&rs)
         .unwrap()
         .symtab
         .iter()

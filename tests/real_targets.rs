@@ -199,9 +199,9 @@ fn an_ifunc_patches_the_implementation_the_resolver_picked() {
         .last()
         .unwrap()
         .to_string();
-    let file = rlivepatch::symbols::ElfFile::open(Path::new(&libc_path)).unwrap();
+    let file = rlivepatch::elf::symbols::ElfFile::open(Path::new(&libc_path)).unwrap();
     let resolver = file.dynsym.iter().find(|s| s.name == "strlen").unwrap();
-    assert_eq!(resolver.kind, rlivepatch::symbols::SymKind::Ifunc);
+    assert_eq!(resolver.kind, rlivepatch::elf::symbols::SymKind::Ifunc);
     let base = t.symbol_base("libc.so.6");
     assert_eq!(
         t.read_mem(base + resolver.value, 5),
@@ -314,7 +314,7 @@ fn stripped_binaries_use_their_debug_file() {
     run("objcopy", &["--only-keep-debug", s(&dbg), s(&debug)]);
     let stripped = dir.join("counter-stripped");
     run("strip", &["--strip-all", "-o", s(&stripped), s(&dbg)]);
-    let id = rlivepatch::symbols::ElfFile::open(&stripped)
+    let id = rlivepatch::elf::symbols::ElfFile::open(&stripped)
         .unwrap()
         .build_id_hex()
         .unwrap();

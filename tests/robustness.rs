@@ -565,7 +565,7 @@ fn every_bad_patch_file_gets_a_one_line_cause() {
         (put("i386.so", &i386_pause_program()), "32-bit ELF file"),
         (
             {
-                let f = rlivepatch::symbols::ElfFile::from_bytes("x", good.clone()).unwrap();
+                let f = rlivepatch::elf::symbols::ElfFile::from_bytes("x", good.clone()).unwrap();
                 let off = f.section(".rlivepatch").unwrap().offset as usize;
                 let mut bad = good.clone();
                 bad[off] ^= 0xff;

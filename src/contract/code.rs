@@ -6,7 +6,7 @@
 //! file; the function names from its symbols file (the object, or its separate debug
 //! file when it is stripped).
 
-use crate::symbols::{ElfFile, SymKind};
+use crate::elf::symbols::{ElfFile, SymKind};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, OpKind, Register};
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -30,14 +30,14 @@ pub struct Func {
 pub struct Part {
     /// First byte.
     #[serde(
-        serialize_with = "crate::report::ser_hex",
-        deserialize_with = "crate::report::de_hex"
+        serialize_with = "crate::ops::report::ser_hex",
+        deserialize_with = "crate::ops::report::de_hex"
     )]
     pub start: u64,
     /// One past the last byte.
     #[serde(
-        serialize_with = "crate::report::ser_hex",
-        deserialize_with = "crate::report::de_hex"
+        serialize_with = "crate::ops::report::ser_hex",
+        deserialize_with = "crate::ops::report::de_hex"
     )]
     pub end: u64,
     /// What it is called (`work.cold`), or `work+0x..` for a part without a symbol.
@@ -89,7 +89,7 @@ impl CodeMap {
             .map(|s| (s.addr, s.addr + s.size))
             .collect();
         CodeMap {
-            fdes: crate::unwind::fde_ranges(&file),
+            fdes: crate::elf::unwind::fde_ranges(&file),
             file,
             funcs,
             plt,

@@ -7,7 +7,7 @@
 //! Sections are read with the `object` crate (Debian's debug files compress them) and
 //! parsed with gimli.
 
-use crate::symbols::ElfFile;
+use crate::elf::symbols::ElfFile;
 use gimli::{AttributeValue, DebugInfoOffset, EndianRcSlice, LittleEndian, Unit, UnitOffset};
 use object::{Object, ObjectSection};
 use std::cell::{OnceCell, RefCell};

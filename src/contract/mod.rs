@@ -18,8 +18,8 @@ pub mod dwarf;
 pub mod regs;
 
 use crate::bail;
+use crate::elf::objects::{LoadedObject, Objects};
 use crate::error::Result;
-use crate::objects::{LoadedObject, Objects};
 use code::{CodeMap, Part, is_clone_of};
 use regs::RegSet;
 use std::collections::HashMap;
@@ -337,7 +337,7 @@ impl Contracts {
         let code = match self.maps.get(&key) {
             Some(o) => o.clone(),
             None => {
-                let file = Arc::new(crate::symbols::ElfFile::open(&patch.path)?);
+                let file = Arc::new(crate::elf::symbols::ElfFile::open(&patch.path)?);
                 let o = Rc::new(ObjectCode {
                     map: CodeMap::new(file.clone(), &file),
                     debug: None,
@@ -408,7 +408,7 @@ fn convention(s: &dwarf::Subprogram) -> Option<String> {
 
 /// The producer of `file` when it is a compiler that changes signatures in place (LLVM:
 /// clang, rustc), from `.comment`.
-fn llvm_producer(file: &crate::symbols::ElfFile) -> Option<String> {
+fn llvm_producer(file: &crate::elf::symbols::ElfFile) -> Option<String> {
     let s = file.section(".comment")?;
     let data = file.section_data(s)?;
     data.split(|&b| b == 0)
@@ -419,7 +419,7 @@ fn llvm_producer(file: &crate::symbols::ElfFile) -> Option<String> {
 
 /// Does the object's code take part in C++ exceptions (it uses the C++ personality
 /// routine or throws)?
-fn uses_exceptions(file: &crate::symbols::ElfFile) -> bool {
+fn uses_exceptions(file: &crate::elf::symbols::ElfFile) -> bool {
     file.undefined
         .iter()
         .any(|n| n == "__gxx_personality_v0" || n == "__cxa_throw")
@@ -427,7 +427,7 @@ fn uses_exceptions(file: &crate::symbols::ElfFile) -> bool {
 
 /// Does the data of a position-dependent executable hold the address `vaddr` (a function
 /// pointer in a table, which needs no relocation there)?
-fn pointed_to(file: &crate::symbols::ElfFile, vaddr: u64) -> bool {
+fn pointed_to(file: &crate::elf::symbols::ElfFile, vaddr: u64) -> bool {
     if file.is_dyn {
         return false;
     }
@@ -446,7 +446,7 @@ fn pointed_to(file: &crate::symbols::ElfFile, vaddr: u64) -> bool {
 
 /// Does a dynamic relocation of the object store the address `vaddr` (a function pointer
 /// in its data)?
-fn relocated(file: &crate::symbols::ElfFile, vaddr: u64) -> bool {
+fn relocated(file: &crate::elf::symbols::ElfFile, vaddr: u64) -> bool {
     file.dyn_relocs.values().any(|r| {
         (r.r_type == 8 && r.addend as u64 == vaddr)
             || (r.sym_value == Some(vaddr) && matches!(r.r_type, 1 | 6 | 7))

@@ -10,8 +10,8 @@
 pub mod report;
 pub mod select;
 
-use crate::core::Options;
 use crate::error::{Error, ErrorKind, Result};
+use crate::ops::Options;
 use crate::patch::Patch;
 use report::{FleetReport, Outcome, ProcessRecord};
 use select::{Candidate, Files, Fit, Selection};
@@ -72,7 +72,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
             ),
         });
     }
-    crate::ptrace::set_concurrent();
+    crate::os::ptrace::set_concurrent();
     let mut files = Files::default();
     let mut records = Vec::new();
     let mut unreadable = 0;
@@ -120,7 +120,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
                 let has_state = c
                     .maps
                     .as_deref()
-                    .is_some_and(|m| crate::state::find_mapping(m).is_some());
+                    .is_some_and(|m| crate::livepatch::record::find_mapping(m).is_some());
                 if has_state {
                     todo.push_back(c);
                 } else if named {
@@ -147,7 +147,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
     if total > 0 {
         progress(&format!(
             "{} to {} with {} worker{}",
-            crate::report::plural(total, "process", "processes"),
+            crate::ops::report::plural(total, "process", "processes"),
             match op {
                 Op::Apply(_) => "patch",
                 Op::Disable(_) => "unpatch",
@@ -222,7 +222,7 @@ fn outcome_of(e: &Error) -> Outcome {
 
 /// The patches a process runs now, from its record (read without stopping it).
 fn applied_names(pid: i32) -> Option<Vec<String>> {
-    let (_, _, rec) = crate::state::read_record(pid).ok()?;
+    let (_, _, rec) = crate::livepatch::record::read_record(pid).ok()?;
     Some(
         rec.patches
             .iter()
@@ -244,7 +244,7 @@ fn one(
     let t0 = Instant::now();
     let ms = |t0: Instant| t0.elapsed().as_secs_f64() * 1000.0;
     // The same process still (a pid reused since discovery is another one).
-    if crate::process::start_time(&format!("/proc/{}/stat", c.pid)) != Some(c.start) {
+    if crate::os::process::start_time(&format!("/proc/{}/stat", c.pid)) != Some(c.start) {
         return record(c, Outcome::Gone, "it exited during the run".into(), 0.0);
     }
     let mut opts = fo.opts.clone();
@@ -266,16 +266,16 @@ fn one(
         Outcome,
         String,
         Vec<String>,
-        Option<crate::transition::Report>,
+        Option<crate::livepatch::transition::Report>,
     )> = match (op, patch) {
         (Op::Apply(_), Some(p)) => {
             if applied_names(pid).is_some_and(|n| n.contains(&p.name)) {
                 Ok((Outcome::AlreadyApplied, String::new(), Vec::new(), None))
             } else {
-                crate::core::apply_patch(pid, p, &opts, &mut say).map(|r| {
+                crate::ops::apply_patch(pid, p, &opts, &mut say).map(|r| {
                     let why = format!(
                         "{} in {:.1} ms",
-                        crate::report::plural(r.functions.len(), "function", "functions"),
+                        crate::ops::report::plural(r.functions.len(), "function", "functions"),
                         r.elapsed_ms
                     );
                     (Outcome::Applied, why, Vec::new(), Some(r.switch))
@@ -295,11 +295,11 @@ fn one(
             if !applied_names(pid).is_some_and(|n| n.contains(name)) {
                 Ok((Outcome::NotApplied, String::new(), Vec::new(), None))
             } else {
-                crate::core::disable(pid, name, &opts, &mut say)
+                crate::ops::disable(pid, name, &opts, &mut say)
                     .map(|r| (Outcome::Disabled, String::new(), Vec::new(), Some(r.switch)))
             }
         }
-        (Op::List, _) => crate::state::read_record(pid).map(|(_, _, rec)| {
+        (Op::List, _) => crate::livepatch::record::read_record(pid).map(|(_, _, rec)| {
             let names: Vec<String> = rec
                 .patches
                 .iter()
@@ -313,7 +313,7 @@ fn one(
             };
             (Outcome::Listed, why, names, None)
         }),
-        (Op::Repair, _) => crate::core::repair(pid, &opts, &mut say).map(|done| {
+        (Op::Repair, _) => crate::ops::repair(pid, &opts, &mut say).map(|done| {
             if done.is_empty() {
                 (Outcome::Clean, String::new(), Vec::new(), None)
             } else {

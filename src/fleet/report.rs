@@ -192,7 +192,7 @@ impl FleetReport {
             let _ = write!(
                 msg,
                 "; {} could not be read ({why})",
-                crate::report::plural(unreadable, "process", "processes")
+                crate::ops::report::plural(unreadable, "process", "processes")
             );
         }
         if !changed && failures == 0 && considered > 0 {

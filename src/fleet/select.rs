@@ -3,9 +3,9 @@
 //! (deduplicated per device and inode; a library replaced or deleted on disk since is
 //! still the one the process runs), and the selectors an operator gave.
 
+use crate::elf::symbols::ElfFile;
+use crate::os::process::{Mapping, parse_maps};
 use crate::patch::Patch;
-use crate::process::{Mapping, parse_maps};
-use crate::symbols::ElfFile;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,10 +75,10 @@ pub fn candidates(sel: &Selection) -> Vec<Candidate> {
     };
     let mut out = Vec::new();
     for pid in pids {
-        if pid == me || sel.exclude.contains(&pid) || crate::process::is_kernel_thread(pid) {
+        if pid == me || sel.exclude.contains(&pid) || crate::os::process::is_kernel_thread(pid) {
             continue;
         }
-        let Some(start) = crate::process::start_time(&format!("/proc/{pid}/stat")) else {
+        let Some(start) = crate::os::process::start_time(&format!("/proc/{pid}/stat")) else {
             if !sel.pids.is_empty() {
                 out.push(Candidate {
                     pid,
@@ -92,7 +92,7 @@ pub fn candidates(sel: &Selection) -> Vec<Candidate> {
             }
             continue;
         };
-        let status = crate::process::read_status(pid).ok();
+        let status = crate::os::process::read_status(pid).ok();
         let (maps, unreadable) = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
             Ok(t) => (Some(parse_maps(&t)), None),
             Err(e) => (None, Some(crate::error::io_text(&e))),

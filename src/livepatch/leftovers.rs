@@ -1,0 +1,132 @@
+//! What an interrupted rlivepatch run left in a process, found by reading `/proc` only:
+//! an operation the record says was under way, patches loaded but not recorded,
+//! rlivepatch's private memory and island pages nothing refers to. `repair` clears them;
+//! messages name them.
+
+use crate::livepatch::record::Record;
+use crate::os::process::{Mapping, Process};
+use crate::remote::inject::{ISLAND_NAME, SCRATCH_NAME};
+
+/// What an interrupted run left, found without changing anything.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Leftovers {
+    /// An operation was interrupted (its rlivepatch is gone).
+    pub interrupted: Option<String>,
+    /// memfds of patches (or the runtime) the record does not know: (fd, name).
+    pub orphan_fds: Vec<(i32, String)>,
+    /// rlivepatch's private memory of a run that is gone: (start, end).
+    pub orphan_scratch: Vec<(u64, u64)>,
+    /// Island pages the record does not know.
+    pub orphan_islands: Vec<u64>,
+}
+
+impl Leftovers {
+    /// Nothing to repair?
+    pub fn is_empty(&self) -> bool {
+        self.interrupted.is_none()
+            && self.orphan_fds.is_empty()
+            && self.orphan_scratch.is_empty()
+            && self.orphan_islands.is_empty()
+    }
+
+    /// One line for messages.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(i) = &self.interrupted {
+            parts.push(i.clone());
+        }
+        for (fd, name) in &self.orphan_fds {
+            parts.push(format!("{name} (fd {fd}) is loaded but not recorded"));
+        }
+        if !self.orphan_scratch.is_empty() {
+            parts.push(format!(
+                "{} of a killed run",
+                crate::ops::report::plural(
+                    self.orphan_scratch.len(),
+                    "private mapping",
+                    "private mappings"
+                )
+            ));
+        }
+        if !self.orphan_islands.is_empty() {
+            parts.push(crate::ops::report::plural(
+                self.orphan_islands.len(),
+                "unused island page",
+                "unused island pages",
+            ));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Find leftovers, reading `/proc` only.
+pub fn scan(
+    proc: &Process,
+    maps: &[Mapping],
+    rec: &Record,
+    ours: Option<crate::remote::inject::Scratch>,
+) -> Leftovers {
+    let mut l = Leftovers::default();
+    if let Some(p) = &rec.pending
+        && !p.tool_alive()
+    {
+        l.interrupted = Some(format!("an interrupted {} of patch {}", p.op, p.patch));
+    }
+    let mut known: Vec<i32> = rec.patches.iter().map(|p| p.fd).collect();
+    known.extend(rec.runtime.iter().map(|r| r.fd));
+    known.extend(
+        rec.pending
+            .iter()
+            .filter_map(|p| p.loading.as_ref().map(|a| a.fd)),
+    );
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", proc.pid)) {
+        for e in dir.flatten() {
+            let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(link) = std::fs::read_link(e.path()) else {
+                continue;
+            };
+            let link = link.to_string_lossy().into_owned();
+            if let Some(name) = link
+                .strip_prefix("/memfd:")
+                .and_then(|n| n.strip_suffix(" (deleted)"))
+                && (name.starts_with("rlp:") || name.starts_with("rlivepatch-"))
+                && !known.contains(&fd)
+            {
+                l.orphan_fds.push((fd, name.to_string()));
+            }
+        }
+    }
+    let scratch = format!("/memfd:{SCRATCH_NAME}");
+    let island = format!("/memfd:{ISLAND_NAME}");
+    let recorded: Vec<u64> = rec.islands.iter().map(|i| i.addr).collect();
+    for m in maps {
+        if m.path == scratch && !ours.is_some_and(|s| s.code == m.start || s.rw == m.start) {
+            l.orphan_scratch.push((m.start, m.end));
+        } else if m.path == island && !recorded.contains(&m.start) {
+            l.orphan_islands.push(m.start);
+        }
+    }
+    l
+}
+
+/// What an operation left in process `pid`, read from `/proc` (for messages): "; left in
+/// process N: ..." or nothing.
+pub fn left_in(pid: i32, alive: bool) -> String {
+    if !alive {
+        return String::new();
+    }
+    let found = crate::livepatch::record::read_record(pid).map(|(proc, maps, rec)| {
+        let mut l = scan(&proc, &maps, &rec, None);
+        // This run is over: what it recorded as in progress is a leftover too.
+        if let Some(p) = &rec.pending {
+            l.interrupted = Some(format!("an unfinished {} of patch {}", p.op, p.patch));
+        }
+        l
+    });
+    match found {
+        Ok(l) if !l.is_empty() => format!("; left in process {pid}: {}", l.describe()),
+        _ => String::new(),
+    }
+}

@@ -1,0 +1,677 @@
+//! A session: one rlivepatch operation on one attached process. Attaching is also the
+//! lock against a second rlivepatch; the session holds the tracer, the process's maps,
+//! objects and record, the unwinder's caches, and the thread borrowed for injected calls,
+//! and gives everything back in [`Session::close`].
+
+use crate::elf::objects::Objects;
+use crate::elf::unwind::Unwinder;
+use crate::error::{Error, Result};
+use crate::livepatch::record::{Record, Stage, Store};
+use crate::livepatch::transition::{self, Plan};
+use crate::os::process::{self, Mapping, Process};
+use crate::os::ptrace::{Stop, Tid, Tracer};
+use crate::remote::inject::{Injector, Libc, Scratch};
+use crate::remote::safepoint::{self, Fitness};
+use crate::{bail, err};
+use std::time::{Duration, Instant};
+
+/// Options of an operation.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long the switch may wait for a safe moment.
+    pub timeout: Duration,
+    /// Switch without the consistency check.
+    pub force: bool,
+    /// How long one injected call may take.
+    pub call_timeout: Duration,
+    /// How long to wait for another rlivepatch working on the same process.
+    pub lock_timeout: Duration,
+    /// More directories to look for separate debug files in (besides /usr/lib/debug).
+    pub debug_dirs: Vec<std::path::PathBuf>,
+    /// More directories to look for objects the process has not loaded yet in (besides
+    /// the loader's own path).
+    pub library_path: Vec<std::path::PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            timeout: Duration::from_secs(15),
+            force: false,
+            call_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(30),
+            debug_dirs: Vec::new(),
+            library_path: Vec::new(),
+        }
+    }
+}
+
+/// Where progress lines go (stderr in the CLI).
+pub type ProgressFn<'a> = &'a mut dyn FnMut(&str);
+
+/// An attached process and what rlivepatch knows of it during one operation.
+pub struct Session<'a> {
+    /// The process.
+    pub proc: Process,
+    /// The tracer (holds every thread).
+    pub tr: Tracer,
+    /// Mappings, refreshed after the address space changes.
+    pub maps: Vec<Mapping>,
+    /// Objects, refreshed with the maps.
+    pub objects: Objects,
+    /// The unwinder with its caches.
+    pub unwinder: Unwinder,
+    /// The borrowed thread, while one is.
+    pub inj: Option<Injector>,
+    /// rlivepatch's memory in the target.
+    pub scratch: Option<Scratch>,
+    /// Where the record lives, once it exists.
+    pub store: Option<Store>,
+    /// The record.
+    pub record: Record,
+    libc: Option<Libc>,
+    /// The thread borrowed last: after a switch it is kept attached for later calls.
+    last_borrowed: Option<Tid>,
+    pub(crate) opts: Options,
+    progress: ProgressFn<'a>,
+    /// The runtime's hook for objects that come is held ([`crate::livepatch::coming::freeze`]).
+    pub frozen: bool,
+    /// Copies of objects patched by this run that the runtime's table must learn, by
+    /// build-id and load bias ([`crate::livepatch::coming::adopt`]).
+    pub adopted: Vec<(String, u64)>,
+}
+
+impl<'a> Session<'a> {
+    /// Attach to every thread and read the record.
+    pub fn attach(proc: Process, opts: &Options, progress: ProgressFn<'a>) -> Result<Session<'a>> {
+        Self::attach_with(proc, opts, progress, None)
+    }
+
+    /// [`Session::attach`], reusing the files parsed before attaching.
+    pub fn attach_with(
+        proc: Process,
+        opts: &Options,
+        progress: ProgressFn<'a>,
+        prior: Option<Objects>,
+    ) -> Result<Session<'a>> {
+        let tr = Tracer::attach(proc.pid, Instant::now() + opts.lock_timeout, progress)?;
+        let maps = proc.maps()?;
+        let mut objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
+        if let Some(p) = prior {
+            objects.adopt(p);
+        }
+        let (store, record) = match Store::load(&proc, &maps)? {
+            Some((s, r)) => (Some(s), r),
+            None => (
+                None,
+                Record {
+                    format: crate::livepatch::record::FORMAT,
+                    ..Default::default()
+                },
+            ),
+        };
+        // Threads may be inside wrappers' trampolines: they unwind with the originals' CFI.
+        let mut unwinder = Unwinder::new();
+        unwinder.relocated = crate::livepatch::func_stack::relocated_code(&record);
+        Ok(Session {
+            proc,
+            tr,
+            maps,
+            objects,
+            unwinder,
+            inj: None,
+            scratch: None,
+            store,
+            record,
+            libc: None,
+            last_borrowed: None,
+            opts: opts.clone(),
+            progress,
+            frozen: false,
+            adopted: Vec::new(),
+        })
+    }
+
+    /// The C library's entry points, when already found before attaching.
+    pub fn set_libc(&mut self, libc: Libc) {
+        self.libc = Some(libc);
+    }
+
+    /// Re-read the mappings and objects (after a load or unload).
+    pub fn refresh(&mut self) -> Result<()> {
+        self.maps = self.proc.maps()?;
+        let mut objects = Objects::new(&self.proc, &self.maps, &self.opts.debug_dirs)?;
+        objects.adopt(std::mem::replace(
+            &mut self.objects,
+            Objects { list: Vec::new() },
+        ));
+        self.objects = objects;
+        Ok(())
+    }
+
+    /// Borrow a thread for injected calls, mapping rlivepatch's memory on first use.
+    /// Only the thread tried is stopped; the others keep running.
+    pub fn borrow(&mut self) -> Result<()> {
+        if self.inj.is_some() {
+            return Ok(());
+        }
+        let libc = match &self.libc {
+            Some(l) => l.clone(),
+            None => {
+                let l = Libc::find(self.proc.pid, &self.objects)?;
+                self.libc = Some(l.clone());
+                l
+            }
+        };
+        crate::fault::trace("borrow");
+        let tid = self.pick_thread()?;
+        crate::fault::trace("borrowed");
+
+        // The others run during the calls: one of them may hold a lock the call needs.
+        self.tr.resume_all_but(&[tid])?;
+        self.last_borrowed = Some(tid);
+        // A system call our interrupt cut short runs again when the thread gets its
+        // context back; one a job-control stop or a signal cut short does not (the
+        // program would have seen that EINTR anyway).
+        let rewind = self
+            .tr
+            .threads
+            .get(&tid)
+            .is_some_and(|t| matches!(t.stop, Some(Stop::Interrupt) | Some(Stop::Syscall)))
+            && crate::os::restart::Signals::of(self.proc.pid, tid)
+                .is_some_and(|s| !s.interrupting());
+        let mut inj = Injector::borrow(&mut self.tr, tid, libc, rewind)?;
+        inj.call_timeout = self.opts.call_timeout;
+        let r = match self.scratch {
+            Some(s) => inj.adopt_scratch(&self.proc, s),
+            None => inj
+                .map_scratch(&mut self.tr, &self.proc, &self.maps)
+                .map(|s| {
+                    self.scratch = Some(s);
+                }),
+        };
+        if let Err(e) = r {
+            let _ = inj.release(&mut self.tr);
+            return Err(e);
+        }
+        self.inj = Some(inj);
+        Ok(())
+    }
+
+    /// Give the borrowed thread back (rlivepatch's memory stays mapped).
+    pub fn unborrow(&mut self) -> Result<()> {
+        if let Some(mut inj) = self.inj.take() {
+            let leaked = inj.leaked;
+            inj.release(&mut self.tr)?;
+            if leaked {
+                // A call still runs on the scratch stack: never unmap it.
+                self.scratch = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Choose a thread to borrow: one asleep in a blocking call if possible, else one
+    /// running its own code; never one inside malloc, the loader, pthread internals or a
+    /// signal handler. Threads are stopped one at a time.
+    fn pick_thread(&mut self) -> Result<Tid> {
+        let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
+        if self.tr.threads.is_empty() {
+            // The thread kept at a switch is gone: attach again.
+            self.tr.reattach()?;
+        }
+        let mut reasons: Vec<String> = Vec::new();
+        for round in 0.. {
+            // Best so far: (rank, tid), kept stopped. The main thread asleep is best: its
+            // allocations go to the main arena, so the loader's mallocs create nothing new.
+            let mut best: Option<(u8, Tid)> = None;
+            reasons.clear();
+            // The threads refused because their seccomp filter would not let the injected
+            // calls through (waiting for another moment cannot help those).
+            let mut filtered: Vec<crate::error::Error> = Vec::new();
+            let mut tids = self.tr.tids();
+            tids.sort_by_key(|t| (*t != self.proc.pid, *t));
+            // Threads on a CPU right now are tried last: stopping one to look at it would
+            // pause work, and a thread asleep is the better choice anyway.
+            let mut deferred = Vec::new();
+            let mut queue = tids.into_iter();
+            let mut second_pass = false;
+            while let Some(tid) = queue.next().or_else(|| {
+                if second_pass {
+                    return None;
+                }
+                second_pass = true;
+                queue = std::mem::take(&mut deferred).into_iter();
+                queue.next()
+            }) {
+                crate::os::pace::point();
+                let was_running = self.tr.threads.get(&tid).is_some_and(|t| t.stop.is_none());
+                if !second_pass
+                    && was_running
+                    && crate::os::process::thread_state(self.proc.pid, tid) == Some('R')
+                {
+                    deferred.push(tid);
+                    continue;
+                }
+                let until = Instant::now() + Duration::from_secs(5);
+                if !self.tr.stop_one(tid, until)? || !self.tr.step_off_entry(tid, until)? {
+                    continue;
+                }
+                let th = &self.tr.threads[&tid];
+                // A thread at a syscall-exit stop (a watched thread stopped in a system call)
+                // or in a job-control stop can run calls too (the latter goes back into the
+                // stop when rlivepatch detaches). At a syscall-entry stop, the call it is
+                // entering would run first: not that one.
+                let borrowable = match th.stop {
+                    Some(Stop::Interrupt) | Some(Stop::Group(_)) => Ok(()),
+                    Some(Stop::Syscall) if !crate::os::ptrace::is_syscall_entry(tid)? => Ok(()),
+                    Some(Stop::Syscall) => Err("entering a system call".to_string()),
+                    Some(Stop::Signal(sig)) => Err(format!(
+                        "stopped for {}",
+                        crate::os::process::signal_name(sig)
+                    )),
+                    _ => Err("stopped for a ptrace event".to_string()),
+                };
+                let verdict = if let Err(why) = borrowable {
+                    Err(why)
+                } else if th.pending_signal.is_some() {
+                    Err("a signal is waiting for it".to_string())
+                } else {
+                    let regs = self.tr.regs(tid)?;
+                    // Before any injected call: a seccomp filter could kill the process
+                    // for one.
+                    match crate::os::seccomp::check(self.proc.pid, tid, regs.rip) {
+                        Ok(()) => safepoint::judge(
+                            &self.proc,
+                            &self.maps,
+                            &self.objects,
+                            &mut self.unwinder,
+                            &regs,
+                            self.opts.force,
+                        ),
+                        Err(e) => {
+                            let why = e.to_string();
+                            filtered.push(e);
+                            Err(why)
+                        }
+                    }
+                };
+                let rank = match verdict {
+                    Ok(Fitness::Sleeping) => Some(if tid == self.proc.pid { 0 } else { 1 }),
+                    Ok(Fitness::Running) => Some(if tid == self.proc.pid { 2 } else { 3 }),
+                    Err(why) => {
+                        reasons.push(format!("thread {tid}: {why}"));
+                        None
+                    }
+                };
+                match (rank, best) {
+                    (Some(r), None) => best = Some((r, tid)),
+                    (Some(r), Some((b, old))) if r < b => {
+                        self.tr.resume(old)?;
+                        best = Some((r, tid));
+                    }
+                    _ => {
+                        if was_running {
+                            self.tr.resume(tid)?;
+                        }
+                    }
+                }
+                // The main thread is tried first: any thread asleep will do after it.
+                if best.is_some_and(|(r, _)| r <= 1) {
+                    break;
+                }
+            }
+            // Every thread judged was refused (each left a reason) for a cause that does
+            // not pass with time: say so now, not after the timeout.
+            if best.is_none() && !reasons.is_empty() {
+                if filtered.len() == reasons.len() {
+                    return Err(filtered.swap_remove(0));
+                }
+                // Stacks that stop at code without unwind information (a program built
+                // without unwind tables): the consistency check could not pass either.
+                let no_cfi = format!("unreliable stack: {}", crate::elf::unwind::NO_UNWIND_INFO);
+                if reasons.iter().all(|r| r.contains(&no_cfi)) {
+                    bail!(
+                        Busy,
+                        "the stacks of process {} cannot be unwound ({}): it was built without unwind tables (-fno-asynchronous-unwind-tables?), so rlivepatch can check neither that the switch is safe nor where to load the patch; rebuild with unwind tables, or use --force to patch without the check",
+                        self.proc.pid,
+                        reasons[0]
+                    );
+                }
+            }
+            // Settle for less than a sleeping thread only after a few tries.
+            match best {
+                Some((r, tid)) if r <= 1 || round >= 4 => return Ok(tid),
+                Some((_, tid)) => self.tr.resume(tid)?,
+                None => {}
+            }
+            self.tr.check_interrupted()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    Busy,
+                    "no thread of process {} is at a point where it can safely run dlopen ({}); retry when the process is less busy",
+                    self.proc.pid,
+                    reasons.join("; ")
+                );
+            }
+            self.tr.resume_all()?;
+            // Only some threads are attached (the one kept at a switch): the others may be
+            // at a better place.
+            if process::task_ids(self.proc.pid).is_ok_and(|t| t.len() > self.tr.threads.len()) {
+                self.tr.reattach()?;
+            }
+            self.tr.pump(Instant::now() + Duration::from_millis(20))?;
+        }
+        unreachable!()
+    }
+
+    /// A system call in the target on the borrowed thread (borrowing one if needed).
+    pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
+        self.borrow()?;
+        self.inj.as_mut().unwrap().syscall(&mut self.tr, nr, args)
+    }
+
+    /// A function call in the target on the borrowed thread.
+    pub fn call(&mut self, func: u64, args: &[u64], what: &str) -> Result<u64> {
+        crate::fault::trace(what);
+        self.borrow()?;
+        self.inj
+            .as_mut()
+            .unwrap()
+            .call(&mut self.tr, func, args, what)
+    }
+
+    /// Load a shared object into the target from `bytes`: a memfd named `name` and
+    /// `dlopen("/proc/PID/fd/N", flags)` ([`Process::fd_path`]). Returns (handle, fd), or dlerror's text. The
+    /// memfd stays open while the object is loaded, which keeps its name unique.
+    pub fn load(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        flags: i32,
+    ) -> Result<std::result::Result<(u64, i32), String>> {
+        self.borrow()?;
+        let inj = self.inj.as_mut().unwrap();
+        let fd = inj.memfd_with(&mut self.tr, &self.proc, name, bytes)?;
+        match inj.dlopen(&mut self.tr, &self.proc, &self.proc.fd_path(fd), flags) {
+            Ok(Ok(h)) => Ok(Ok((h, fd))),
+            Ok(Err(text)) => {
+                inj.syscall(&mut self.tr, libc::SYS_close, &[fd as u64])?;
+                Ok(Err(text))
+            }
+            Err(e) => {
+                if !inj.leaked {
+                    let _ = inj.syscall(&mut self.tr, libc::SYS_close, &[fd as u64]);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The TLS module id of an object (`None`: the executable), from the dynamic loader:
+    /// `dlopen(path, RTLD_NOLOAD)` and `dlinfo(RTLD_DI_TLS_MODID)`.
+    pub fn tls_module(&mut self, object: Option<&str>) -> Result<u64> {
+        const RTLD_DI_TLS_MODID: u64 = 9;
+        self.borrow()?;
+        let dlinfo = self.inj.as_ref().unwrap().libc.dlinfo.ok_or_else(|| {
+            err!(
+                Target,
+                "process {} has no dlinfo to find thread-local variables",
+                self.proc.pid
+            )
+        })?;
+        let path = match object {
+            Some(p) => self.inj.as_mut().unwrap().put_cstr(&self.proc, p)?,
+            None => 0,
+        };
+        let dlopen = self.inj.as_ref().unwrap().libc.dlopen;
+        let flags = (libc::RTLD_LAZY | libc::RTLD_NOLOAD) as u64;
+        let handle = self.call(dlopen, &[path, flags], "dlopen(RTLD_NOLOAD)")?;
+        if handle == 0 {
+            bail!(
+                Failed,
+                "the dynamic loader of process {} does not know {}",
+                self.proc.pid,
+                object.unwrap_or("the executable")
+            );
+        }
+        let out = self.inj.as_mut().unwrap().put_data(&self.proc, &[0u8; 8])?;
+        let r = self.call(dlinfo, &[handle, RTLD_DI_TLS_MODID, out], "dlinfo")?;
+        let module = self.proc.read_u64(out)?;
+        self.inj.as_mut().unwrap().dlclose(&mut self.tr, handle)?;
+        if r as u32 != 0 || module == 0 {
+            bail!(
+                Failed,
+                "{} has no thread-local storage in process {}",
+                object.unwrap_or("the executable"),
+                self.proc.pid
+            );
+        }
+        Ok(module)
+    }
+
+    /// Unload an object loaded with [`Session::load`].
+    pub fn unload(&mut self, handle: u64, fd: i32) -> Result<()> {
+        self.borrow()?;
+        let r = self.inj.as_mut().unwrap().dlclose(&mut self.tr, handle)?;
+        self.syscall(libc::SYS_close, &[fd as u64])?;
+        if r != 0 {
+            self.progress(&format!("warning: dlclose returned {r}"));
+        }
+        Ok(())
+    }
+
+    /// Save the record (creating its mapping if needed) or remove it when empty.
+    pub fn save_record(&mut self) -> Result<()> {
+        if self.record.is_empty() {
+            if let Some(store) = self.store.take() {
+                self.borrow()?;
+                store.remove(self.inj.as_mut().unwrap(), &mut self.tr)?;
+                self.refresh()?;
+            }
+            return Ok(());
+        }
+        if self.store.is_none() {
+            self.borrow()?;
+            self.store = Some(Store::create(
+                self.inj.as_mut().unwrap(),
+                &mut self.tr,
+                &self.proc,
+            )?);
+            self.refresh()?;
+        }
+        self.store.as_mut().unwrap().save(&self.proc, &self.record)
+    }
+
+    /// A progress line.
+    pub fn progress(&mut self, line: &str) {
+        (self.progress)(line)
+    }
+
+    /// Run the switch of `plan` with the consistency model.
+    pub fn switch(&mut self, plan: &Plan) -> Result<transition::Report> {
+        // Return trampolines live in rlivepatch's memory in the target.
+        if self.scratch.is_none() && !self.opts.force && !plan.writes.is_empty() {
+            self.borrow()?;
+        }
+        self.unborrow()?;
+        let opts = transition::Options {
+            timeout: self.opts.timeout,
+            force: self.opts.force,
+        };
+        // What follows a switch needs one thread for injected calls: one stays attached,
+        // every other thread is let go at the switch (without being resumed and stopped
+        // again to detach). Not the leader while other threads are let go, when the
+        // process is known to get signals it ignores (see `Tracer::attach`): then a
+        // thread asleep, or every thread if none is.
+        let leader = self.proc.pid;
+        let keep = match self.last_borrowed {
+            Some(t) if t != leader => Some(vec![t]),
+            _ if self.tr.threads.len() <= 1 => Some(vec![leader]),
+            _ => {
+                match self.tr.threads.keys().copied().find(|&t| {
+                    t != leader && crate::os::process::thread_state(leader, t) == Some('S')
+                }) {
+                    Some(t) => Some(vec![t]),
+                    None if self.tr.watches_all() => None,
+                    None => Some(vec![leader]),
+                }
+            }
+        };
+        let mut w = transition::World {
+            tr: &mut self.tr,
+            proc: &self.proc,
+            objects: &self.objects,
+            maps: &self.maps,
+            unwinder: &mut self.unwinder,
+            scratch: self.scratch,
+            shadow_stack: self.proc.status.shadow_stack,
+            keep,
+        };
+        let progress = &mut self.progress;
+        transition::switch(&mut w, plan, &opts, &mut |p| {
+            let mut s = format!(
+                "waiting for a safe moment to switch (attempt {}, {:.1}s left):",
+                p.attempt,
+                p.left.as_secs_f32()
+            );
+            for b in p.blockers {
+                s.push_str("\n  ");
+                s.push_str(&b.describe());
+            }
+            progress(&s);
+        })
+    }
+
+    /// End the operation whose result is `r`: [`Session::close`], and the result. A
+    /// cleanup that fails is never silent: after a success it is the error (the operation
+    /// is done, its leftovers are not); after a failure it is added to it, with what is
+    /// left in the process and the way to clean it.
+    pub fn conclude<T>(self, r: Result<T>) -> Result<T> {
+        let pid = self.proc.pid;
+        let start = self.proc.start_time;
+        let closed = self.close();
+        let proc_alive = crate::os::process::alive(pid, start);
+        match (r, closed) {
+            (r, Ok(())) => r,
+            // Nothing is left in a process that is gone.
+            (r, Err(_)) if !proc_alive => r,
+            (Ok(_), Err(c)) => Err(crate::err!(
+                Incomplete,
+                "the operation is done, but cleaning up failed: {}{}; run `rlivepatch repair {pid}`",
+                c.message,
+                crate::livepatch::leftovers::left_in(pid, proc_alive)
+            )),
+            (Err(e), Err(c)) => Err(crate::err!(
+                Incomplete,
+                "{}; and cleaning up failed: {}{}; run `rlivepatch repair {pid}`",
+                e.message,
+                c.message,
+                crate::livepatch::leftovers::left_in(pid, proc_alive)
+            )),
+        }
+    }
+
+    /// The error for an operation that failed with `e` and whose undoing (`what`) failed
+    /// with `undo`: what is left in the process, and `repair`.
+    pub fn left_behind(&self, e: &Error, what: &str, undo: &Error) -> Error {
+        let pid = self.proc.pid;
+        if !self.proc.is_alive() {
+            // Nothing is left in a process that is gone.
+            return e.clone();
+        }
+        let cause = match e.kind {
+            crate::error::ErrorKind::Interrupted | crate::error::ErrorKind::Stopped => e
+                .message
+                .split("; the current step was undone")
+                .next()
+                .unwrap_or(&e.message)
+                .to_string(),
+            _ => e.message.clone(),
+        };
+        crate::err!(
+            Incomplete,
+            "{cause}; {what} failed ({}){}; run `rlivepatch repair {pid}`",
+            undo.message,
+            crate::livepatch::leftovers::left_in(pid, self.proc.is_alive())
+        )
+    }
+
+    /// Undo rlivepatch's presence: unmap its memory, give threads back, detach.
+    pub fn close(mut self) -> Result<()> {
+        crate::fault::point("close");
+        // The operation is done or undone; cleaning up must finish even if rlivepatch was
+        // asked to stop meanwhile.
+        self.tr.finishing = true;
+        let mut first: Option<Error> = crate::livepatch::coming::thaw(&mut self).err();
+        if self.scratch.is_some() {
+            if let Err(e) = self.borrow() {
+                first.get_or_insert(e);
+            }
+            if let Some(inj) = self.inj.as_mut() {
+                let maps = self.proc.maps().unwrap_or_default();
+                if let Err(e) = inj.unmap_scratch(&mut self.tr, &self.proc, &maps) {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = self.unborrow() {
+            first.get_or_insert(e);
+        }
+        // Threads at work pause only for their own detach.
+        if !self.tr.exited
+            && let Err(e) = self
+                .tr
+                .detach_gently(Instant::now() + Duration::from_secs(10))
+        {
+            first.get_or_insert(e);
+            if self
+                .tr
+                .stop_all(Instant::now() + Duration::from_secs(10))
+                .is_ok()
+            {
+                self.tr.detach_all();
+            }
+        }
+        self.tr.detach_all();
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// The pending operation.
+pub fn pending<'s>(s: &'s mut Session<'_>) -> &'s mut crate::livepatch::record::Pending {
+    s.record.pending.as_mut().expect("an operation is pending")
+}
+
+/// Record that the pending operation reaches `stage`.
+pub fn set_stage(s: &mut Session, stage: Stage) -> Result<()> {
+    pending(s).stage = stage;
+    s.save_record()
+}
+
+/// Run a callback; `Ok(None)` when the patch has none.
+pub fn callback(
+    s: &mut Session,
+    addr: Option<u64>,
+    what: &str,
+    patch: &str,
+) -> Result<Option<i32>> {
+    let Some(a) = addr else { return Ok(None) };
+    let what = format!("the {what} callback of patch {patch}");
+    let rax = crate::livepatch::coming::during_call(s, |s| s.call(a, &[], &what))?;
+    Ok(Some(rax as u32 as i32))
+}
+
+/// Refuse to start while the record says an earlier run was interrupted.
+pub fn refuse_pending(s: &Session) -> Result<()> {
+    if let Some(p) = &s.record.pending {
+        let pid = s.proc.pid;
+        bail!(
+            Incomplete,
+            "an earlier rlivepatch run ({} {}) on process {pid} was interrupted; run `rlivepatch repair {pid}` first",
+            p.op,
+            p.patch
+        );
+    }
+    Ok(())
+}

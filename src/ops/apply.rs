@@ -1,0 +1,801 @@
+//! Apply: load a patch into an attached process and switch its functions in (the
+//! kernel's `klp_enable_patch`), and what finishes or undoes an apply (also used by
+//! `repair`).
+
+use crate::elf::symbols::{ElfFile, SymKind, hex};
+use crate::error::Result;
+use crate::livepatch::func_stack::{current_impl, expected_entry, installed_states};
+use crate::livepatch::record::{AppliedFunc, AppliedPatch, Island, Record, Stage};
+use crate::livepatch::session::{Session, callback, pending, refuse_pending, set_stage};
+use crate::livepatch::transition::{self, Plan, Write};
+use crate::patch::{Patch, RelocKind};
+use crate::remote::redirect::{self, JMP_LEN};
+use crate::remote::relocate::RelocFill;
+use crate::resolve::{Resolved, SymbolFill, fill_symbols};
+use crate::{bail, err};
+
+/// The kernel's rule: a patch must carry each installed state at the same or a higher
+/// version, and a replace patch must carry all of them.
+pub fn check_states(rec: &Record, patch: &Patch) -> Result<()> {
+    for p in rec.patches.iter().filter(|p| !p.disabled) {
+        for st in &p.states {
+            let why = match patch.states.iter().find(|x| x.id == st.id) {
+                None if patch.replace => format!(
+                    "it replaces every patch but does not carry state {} (installed by {} at version {})",
+                    st.id, p.name, st.version
+                ),
+                Some(x) if x.version < st.version => format!(
+                    "it carries state {} at version {}, lower than version {} installed by {}",
+                    st.id, x.version, st.version, p.name
+                ),
+                _ => continue,
+            };
+            bail!(
+                Mismatch,
+                "patch {} is not compatible with the already installed livepatches: {why}",
+                patch.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What an apply did: the functions redirected, the patches an atomic replace replaced,
+/// and the switch.
+pub type Applied = (
+    Vec<crate::ops::report::FuncView>,
+    Vec<String>,
+    transition::Report,
+);
+
+/// Apply `patch` (resolved) in an attached process whose earlier runs' leftovers were
+/// repaired: the record says what is going on from the first step, so that a failure or
+/// the death of rlivepatch can be undone from it.
+pub fn run(
+    s: &mut Session,
+    patch: &Patch,
+    resolved: &[Resolved],
+    coming: &[crate::livepatch::coming::Pending],
+    symbols: &[SymbolFill],
+    places: &[RelocFill],
+) -> Result<Applied> {
+    refuse_pending(s)?;
+    // Functions in copies of objects that came since the last run are patched: the
+    // record learns them before anything is compared with it.
+    crate::livepatch::coming::forget_unloaded(s)?;
+    if crate::livepatch::coming::in_use(&s.record) {
+        crate::livepatch::coming::sync(s)?;
+    }
+    if s.record
+        .patches
+        .iter()
+        .any(|p| p.name == patch.name && !p.disabled)
+    {
+        bail!(
+            Mismatch,
+            "a patch named {} is already applied to process {}; disable it first, or give this one another name with RLIVEPATCH_NAME",
+            patch.name,
+            s.proc.pid
+        );
+    }
+    check_states(&s.record, patch)?;
+    // Someone else's bytes at an entry (a breakpoint, another tool's jump) mean someone
+    // else owns it.
+    for r in resolved {
+        let expected = expected_entry(&s.record, r.addr, &r.orig);
+        let now = crate::livepatch::coming::read_code(&s.proc, r.addr, JMP_LEN)?;
+        if now != expected {
+            let what = if now[0] == 0xcc {
+                "a breakpoint (int3) of a debugger or uprobe"
+            } else {
+                "code that rlivepatch did not write"
+            };
+            bail!(
+                Mismatch,
+                "the entry of {} at {:#x} holds {} ({}, expected {}); remove it (detach the debugger or tool) and retry",
+                r.symbol,
+                r.addr,
+                what,
+                hex(&now),
+                hex(&expected)
+            );
+        }
+    }
+    // From here on the record says what is going on, so that a failure, or the death of
+    // rlivepatch, can be undone from it.
+    s.borrow()?;
+    let mut pending = crate::livepatch::record::Pending::new("apply", &patch.name);
+    pending.scratch = s.scratch;
+    s.record.pending = Some(pending);
+    s.save_record()?;
+    crate::fault::point("apply:pending");
+    match apply_steps(s, patch, resolved, coming, symbols, places) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let leaked = s.inj.as_ref().is_some_and(|i| i.leaked);
+            if any_write_done(s) {
+                // The switch happened: the patch's code runs. Only finishing is right now;
+                // the record keeps the operation for `repair`.
+                return Err(err!(
+                    Incomplete,
+                    "patch {} was switched in, but finishing the apply failed ({}); run `rlivepatch repair {}`",
+                    patch.name,
+                    e.message,
+                    s.proc.pid
+                ));
+            }
+            if !leaked {
+                // Undoing is not interrupted in turn.
+                s.tr.finishing = true;
+                if let Err(e2) = unwind(s) {
+                    return Err(s.left_behind(&e, "undoing the apply", &e2));
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Did the pending operation write any entry already?
+fn any_write_done(s: &Session) -> bool {
+    let Some(p) = &s.record.pending else {
+        return false;
+    };
+    p.writes.iter().any(|(addr, _, new)| {
+        s.proc
+            .read(*addr, JMP_LEN)
+            .is_ok_and(|now| hex(&now) == *new)
+    })
+}
+
+/// The steps of an apply once the record says it is under way; each step leaves the
+/// record saying how far it got (see `repair`).
+fn apply_steps(
+    s: &mut Session,
+    patch: &Patch,
+    resolved: &[Resolved],
+    coming: &[crate::livepatch::coming::Pending],
+    symbols: &[SymbolFill],
+    places: &[RelocFill],
+) -> Result<Applied> {
+    // The runtime holds the hook for objects that come, and the hold on the loader while
+    // objects it resolved may go (loaded with dlopen, or gone already).
+    let hold = !coming.is_empty() || crate::livepatch::coming::may_go(&s.objects, resolved);
+    let preserves = resolved.iter().any(|r| r.contract.preserves()) || hold;
+    let mut applied = load(s, patch, preserves)?;
+    fill_symbols(s, applied.base, symbols)?;
+    bind_places(s, &mut applied, places)?;
+    crate::fault::trace("symbols filled");
+    applied.funcs = locate(s, patch, resolved, applied.base)?;
+    applied.coming = crate::livepatch::coming::applied(patch, coming, applied.base);
+    let pending_too: Vec<Resolved> = coming.iter().map(|c| c.resolved.clone()).collect();
+    locate(s, patch, &pending_too, applied.base)?;
+    crate::fault::trace("new functions found");
+    wire_wrappers(s, patch, &mut applied, resolved)?;
+    place_islands(s, &mut applied, resolved)?;
+    crate::fault::trace("islands");
+    // From here to the end, the hook for objects that come waits: the record and its
+    // table must agree, and no object may come unseen in between.
+    let mut adopt = Vec::new();
+    if hold || crate::livepatch::coming::in_use(&s.record) {
+        crate::livepatch::coming::freeze(s)?;
+        s.refresh()?;
+        crate::livepatch::coming::refuse_gone(s, resolved)?;
+        // Functions in objects loaded with dlopen are also patched in their later
+        // copies: the hook takes them over after the switch.
+        adopt = crate::livepatch::coming::adoptable(&s.objects, resolved);
+        for f in crate::livepatch::coming::arrived(s, &applied.coming)? {
+            adopt.push(applied.funcs.len());
+            applied.funcs.push(f);
+        }
+        crate::livepatch::coming::sync(s)?;
+        pending(s).loading = Some(applied.clone());
+        s.save_record()?;
+    }
+    let needed = !applied.coming.is_empty()
+        || !adopt.is_empty()
+        || (!applied.replace
+            && s.record
+                .patches
+                .iter()
+                .any(|p| !p.disabled && !p.coming.is_empty()));
+    let unhook = crate::livepatch::coming::unhook(s, needed);
+    let plan = record_plan(s, &applied, unhook.clone())?;
+    pre_patch(s, &applied)?;
+    // The switch. If it fails, the transition is reversed (post_unpatch runs while the
+    // record is undone).
+    crate::fault::point("apply:pre_patched");
+    set_stage(s, Stage::Switching)?;
+    // A switch with nothing to write (every function waits for its object) checks
+    // nothing: an interrupt that came until now still undoes the apply.
+    s.tr.check_interrupted()?;
+    if s.opts.force {
+        s.progress("warning: --force: switching without checking that no thread is inside the changed functions; this patch can never be unloaded");
+    }
+    let report = s.switch(&plan)?;
+    // Past the switch, the apply finishes whatever comes.
+    s.tr.finishing = true;
+    if unhook.is_some() {
+        s.record.hook = None;
+    }
+    crate::fault::point("apply:switched");
+    let views = applied
+        .funcs
+        .iter()
+        .zip(resolved)
+        .map(|(f, r)| {
+            let mut v = crate::ops::report::FuncView::new(f, &s.objects);
+            v.notes = r.notes.clone();
+            v
+        })
+        .collect();
+    crate::livepatch::coming::adopt(s, &mut applied, &adopt)?;
+    // post_patch, the record, and the replaced patches unloaded.
+    let replaced = finish(s, applied, true)?;
+    Ok((views, replaced, report))
+}
+
+/// Load the patch (and first the runtime when the patch uses shadow variables or states,
+/// whose `rlp_*` references must resolve when the patch loads, or when a redirect takes
+/// the preserving path), from a memfd so that the target needs no access to our file. The
+/// record then knows it as loading.
+fn load(s: &mut Session, patch: &Patch, preserves: bool) -> Result<AppliedPatch> {
+    let pid = s.proc.pid;
+    let bytes = std::fs::read(&patch.path)
+        .map_err(|e| err!(Patch, "cannot read {}: {e}", patch.path.display()))?;
+    if (crate::remote::runtime::needed_by(patch) || preserves) && s.record.runtime.is_none() {
+        s.ensure_runtime()?;
+        s.save_record()?;
+    }
+    s.tr.check_interrupted()?;
+    let (handle, fd) = match s.load(&format!("rlp:{}", patch.name), &bytes, libc::RTLD_NOW)? {
+        Ok(v) => v,
+        Err(text) => bail!(
+            Patch,
+            "process {pid} could not load the patch: {text}; build it with cc -shared -fPIC against libraries the process has"
+        ),
+    };
+    let base = s.proc.read_u64(handle)?;
+    let at = |v: Option<u64>| v.map(|v| v + base);
+    let applied = AppliedPatch {
+        name: patch.name.clone(),
+        path: patch.path.display().to_string(),
+        handle,
+        base,
+        fd,
+        forced: s.opts.force,
+        replace: patch.replace,
+        states: patch.states.clone(),
+        callbacks: [
+            at(patch.callbacks.pre_patch),
+            at(patch.callbacks.post_patch),
+            at(patch.callbacks.pre_unpatch),
+            at(patch.callbacks.post_unpatch),
+        ],
+        funcs: Vec::new(),
+        applied_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        disabled: false,
+        state_addrs: patch.states.iter().map(|st| st.vaddr + base).collect(),
+        thunks: Vec::new(),
+        coming: Vec::new(),
+        object_callbacks: patch
+            .object_callbacks
+            .iter()
+            .map(|(o, c)| {
+                (
+                    o.clone(),
+                    [
+                        at(c.pre_patch),
+                        at(c.post_patch),
+                        at(c.pre_unpatch),
+                        at(c.post_unpatch),
+                    ],
+                )
+            })
+            .collect(),
+    };
+    pending(s).loading = Some(applied.clone());
+    set_stage(s, Stage::Loaded)?;
+    crate::fault::point("apply:loaded");
+    s.tr.check_interrupted()?;
+    s.refresh()?;
+    crate::fault::trace("refreshed");
+    Ok(applied)
+}
+
+/// Where the new functions are, as the loader resolved them: each must be the patch's own
+/// code (a global function of the same name elsewhere would have been picked instead).
+fn locate(
+    s: &mut Session,
+    patch: &Patch,
+    resolved: &[Resolved],
+    base: u64,
+) -> Result<Vec<AppliedFunc>> {
+    let mut funcs = Vec::with_capacity(resolved.len());
+    for r in resolved {
+        let f = &patch.funcs[r.index];
+        let stored = s.proc.read_u64(base + f.slot_vaddr)?;
+        let expected = base + f.new_vaddr;
+        if stored != expected {
+            bail!(
+                Patch,
+                "the new function {} resolved to {} instead of the patch's own code (another object exports the same name); make it static",
+                f.new_name,
+                s.objects.symbolize(stored)
+            );
+        }
+        let mut func = r.applied(
+            &f.new_name,
+            expected,
+            new_function_size(&patch.file, f.new_vaddr),
+        );
+        func.new_parts = crate::contract::code::named_parts(&patch.file, &f.new_name)
+            .into_iter()
+            .map(|p| crate::contract::code::Part {
+                start: p.start + base,
+                end: p.end + base,
+                name: p.name,
+            })
+            .collect();
+        funcs.push(func);
+    }
+    Ok(funcs)
+}
+
+/// `RLIVEPATCH_FUNC_WRAP`: each wrapper's pointer gets the code its function replaces,
+/// before any code of the patch runs: the function of the patch below it, or (for the
+/// original, and always for an atomic replace, which replaces every patch below) a
+/// trampoline into the original in an island next to it. The trampolines are recorded
+/// with the loading patch first, so that an undo frees them.
+fn wire_wrappers(
+    s: &mut Session,
+    patch: &Patch,
+    applied: &mut AppliedPatch,
+    resolved: &[Resolved],
+) -> Result<()> {
+    if !patch.funcs.iter().any(|f| f.orig_slot.is_some()) {
+        return Ok(());
+    }
+    let mut pool = redirect::SlotPool::new(&s.record.islands);
+    for (i, r) in resolved.iter().enumerate() {
+        let Some(slot) = patch.funcs[r.index].orig_slot else {
+            continue;
+        };
+        let below = if patch.replace {
+            None
+        } else {
+            s.record.stack_of(r.addr).last().map(|(_, f)| f.new_addr)
+        };
+        let (target, trampoline) = match below {
+            Some(a) => (a, None),
+            None => {
+                let file = s
+                    .objects
+                    .by_addr(r.addr)
+                    .ok_or_else(|| err!(Failed, "{} is in no loaded object", r.symbol))?
+                    .file()?;
+                let code = file
+                    .bytes_at(r.addr.wrapping_sub(r.bias), 32)
+                    .or_else(|| file.bytes_at(r.addr.wrapping_sub(r.bias), 16))
+                    .ok_or_else(|| err!(Failed, "the code of {} is not in its file", r.symbol))?
+                    .to_vec();
+                let at = take(s, &mut pool, r.addr, &r.symbol, true)?;
+                let page = at & !(redirect::PAGE - 1);
+                if let Some(isl) = s.record.islands.iter_mut().find(|i| i.addr == page) {
+                    isl.used.extend([at, at + redirect::SLOT_SIZE]);
+                }
+                applied.funcs[i].wrap = Some(crate::livepatch::record::Wrap {
+                    slot: applied.base + slot,
+                    target: at,
+                    trampoline: Some(at),
+                    points: Vec::new(),
+                });
+                pending(s).loading = Some(applied.clone());
+                s.save_record()?;
+                let (bytes, points) =
+                    crate::remote::relocate::trampoline(&code, r.addr, at, &r.symbol)?;
+                s.proc.write(at, &bytes)?;
+                (at, Some((at, points)))
+            }
+        };
+        s.proc.write(applied.base + slot, &target.to_le_bytes())?;
+        let (trampoline, points) = match trampoline {
+            Some((t, p)) => (Some(t), p),
+            None => (None, Vec::new()),
+        };
+        applied.funcs[i].wrap = Some(crate::livepatch::record::Wrap {
+            slot: applied.base + slot,
+            target,
+            trampoline,
+            points,
+        });
+    }
+    pending(s).loading = Some(applied.clone());
+    s.save_record()
+}
+
+/// Islands: a slot for each new function out of reach of a 32-bit jump, and a stub of
+/// two slots for each redirect through the preserving path (whose table entry is written
+/// first). Slots are recorded as used by the pending patch, and written one page at a
+/// time (a patch of 1000 far functions fills 4 pages).
+fn place_islands(s: &mut Session, applied: &mut AppliedPatch, resolved: &[Resolved]) -> Result<()> {
+    let mut pool = redirect::SlotPool::new(&s.record.islands);
+    let mut slot_writes: Vec<(u64, Vec<u8>)> = Vec::new();
+    let path = match &s.record.runtime {
+        Some(rt) if resolved.iter().any(|r| r.contract.preserves()) => {
+            Some(crate::remote::preserve::Runtime::of(rt, &s.proc)?)
+        }
+        _ => None,
+    };
+    let mut indexes = Vec::new();
+    for (i, r) in resolved.iter().enumerate() {
+        let f = &applied.funcs[i];
+        let (entry, new_addr) = (f.old_addr, f.new_addr);
+        let preserve = path.as_ref().filter(|_| r.contract.preserves());
+        if preserve.is_none() && redirect::jmp(entry, new_addr).is_some() {
+            continue;
+        }
+        let slot = take(s, &mut pool, entry, &f.symbol.clone(), preserve.is_some())?;
+        let mut used = vec![slot];
+        match preserve {
+            Some(rt) => {
+                let index = crate::remote::preserve::free_index(&s.record, &indexes)?;
+                indexes.push(index);
+                s.proc.write(
+                    rt.entry(index),
+                    &crate::remote::preserve::entry_bytes(new_addr, &r.contract, rt.vector_width),
+                )?;
+                slot_writes.push((
+                    slot,
+                    crate::remote::preserve::stub_bytes(index, rt.thunk).to_vec(),
+                ));
+                used.push(slot + redirect::SLOT_SIZE);
+                applied.funcs[i].preserve = Some(crate::livepatch::record::Preserve {
+                    index,
+                    stub: slot,
+                    keeps: r.contract.keeps.names(),
+                    // Up to the call's first byte: a thread stopped at the call is
+                    // about to read the entry; one that returns through the thunk (its
+                    // return address, probed one byte back, is outside) no longer does.
+                    thunk: (rt.thunk, rt.returned - 1),
+                });
+            }
+            None => {
+                slot_writes.push((slot, redirect::slot_bytes(new_addr).to_vec()));
+                applied.funcs[i].island = Some(slot);
+            }
+        }
+        let page = slot & !(redirect::PAGE - 1);
+        s.record
+            .islands
+            .iter_mut()
+            .find(|i| i.addr == page)
+            .unwrap()
+            .used
+            .extend(used);
+    }
+    slot_writes.sort_by_key(|(a, _)| *a);
+    for chunk in
+        slot_writes.chunk_by(|a, b| a.0 & !(redirect::PAGE - 1) == b.0 & !(redirect::PAGE - 1))
+    {
+        let page = chunk[0].0 & !(redirect::PAGE - 1);
+        let mut bytes = s.proc.read(page, redirect::PAGE as usize)?;
+        for (slot, b) in chunk {
+            let off = (slot - page) as usize;
+            bytes[off..off + b.len()].copy_from_slice(b);
+        }
+        s.proc.write(page, &bytes)?;
+    }
+    Ok(())
+}
+
+/// Bind the places of a generated patch (`RLP_KIND_RELOC`) before any of its code can
+/// run: a 64-bit address or a displacement is written in place; an instruction whose
+/// data is out of reach of the patch moves into a thunk in an island next to the data,
+/// and the place jumps to it through the patch's own slot. The thunks' slots are
+/// recorded with the loading patch first, so that an undo frees them.
+fn bind_places(s: &mut Session, applied: &mut AppliedPatch, places: &[RelocFill]) -> Result<()> {
+    let base = applied.base;
+    let mut pool = redirect::SlotPool::new(&s.record.islands);
+    let mut far = Vec::new();
+    for p in places {
+        let at = base + p.site_vaddr;
+        match p.kind {
+            RelocKind::Abs64 => s.proc.write(at, &p.value.to_le_bytes())?,
+            RelocKind::Rel32 { head, len } => {
+                let end = at - head as u64 + len as u64;
+                match crate::remote::relocate::near(p.value, end) {
+                    Some(d) => s.proc.write(at, &d.to_le_bytes())?,
+                    None => far.push((p, at - head as u64, len as usize)),
+                }
+            }
+        }
+    }
+    if far.is_empty() {
+        return Ok(());
+    }
+    for (p, start, len) in &far {
+        let Some(thunk_slot) = p.thunk_slot else {
+            bail!(
+                Patch,
+                "the data {} is out of reach of the patch and the patch has no slot for a thunk; rebuild it with `rlivepatch build`",
+                p.name
+            );
+        };
+        let slot = take(s, &mut pool, p.value, &p.name, true)?;
+        applied.thunks.push(slot);
+        let page = slot & !(redirect::PAGE - 1);
+        if let Some(i) = s.record.islands.iter_mut().find(|i| i.addr == page) {
+            i.used.extend([slot, slot + redirect::SLOT_SIZE]);
+        }
+        pending(s).loading = Some(applied.clone());
+        s.save_record()?;
+        let insn = s.proc.read(*start, *len)?;
+        let code =
+            crate::remote::relocate::thunk(&insn, *start, p.value, slot, start + *len as u64)?;
+        s.proc.write(slot, &code)?;
+        s.proc.write(base + thunk_slot, &slot.to_le_bytes())?;
+        let jump = crate::remote::relocate::site_jump(*start, *len, base + thunk_slot)?;
+        s.proc.write(*start, &jump)?;
+    }
+    Ok(())
+}
+
+/// A free slot (or two, for a stub) within reach of `entry`, in an island page mapped for
+/// it when none has room.
+fn take(
+    s: &mut Session,
+    pool: &mut redirect::SlotPool,
+    entry: u64,
+    name: &str,
+    pair: bool,
+) -> Result<u64> {
+    let got = |pool: &mut redirect::SlotPool| {
+        if pair {
+            pool.take_pair(entry)
+        } else {
+            pool.take(entry)
+        }
+    };
+    if let Some(slot) = got(pool) {
+        return Ok(slot);
+    }
+    let page = map_island(s, entry, name)?;
+    pending(s).new_islands.push(page);
+    s.record.islands.push(Island {
+        addr: page,
+        used: Vec::new(),
+    });
+    pool.add_page(page, &[]);
+    got(pool).ok_or_else(|| redirect::no_island_error(name, entry))
+}
+
+/// The plan of the switch, written into the record with the patch before anything else
+/// happens: an atomic replace also sends every function that only older patches change
+/// back to the original, in the same switch.
+fn record_plan(s: &mut Session, applied: &AppliedPatch, unhook: Option<Write>) -> Result<Plan> {
+    let mut plan = plan(&s.record, applied);
+    if let Some(w) = unhook {
+        plan.entries.push((w.addr, JMP_LEN as u64));
+        plan.writes.push(w);
+    }
+    crate::fault::trace("plan built");
+    pending(s).loading = Some(applied.clone());
+    pending(s).writes = plan
+        .writes
+        .iter()
+        .map(|w| (w.addr, hex(&w.old), hex(&w.new)))
+        .collect();
+    s.save_record()?;
+    crate::fault::point("apply:planned");
+    s.tr.check_interrupted()?;
+    Ok(plan)
+}
+
+/// The pre_patch callback, which may cancel the apply; then no other callback runs.
+fn pre_patch(s: &mut Session, applied: &AppliedPatch) -> Result<()> {
+    set_stage(s, Stage::PrePatching)?;
+    let prev = installed_states(&s.record, None);
+    s.set_states(&applied.state_addrs, &prev)?;
+    if let Some(code) = callback(s, applied.callbacks[0], "pre_patch", &applied.name)?
+        && code != 0
+    {
+        s.set_states(&[], &[])?;
+        pending(s).stage = Stage::Loaded;
+        bail!(
+            Failed,
+            "the pre_patch callback of patch {} returned {code}: the patch refused to apply and was unloaded",
+            applied.name
+        );
+    }
+    // The objects' own, for their loaded copies; one that refuses cancels the apply, and
+    // every callback whose pre_patch ran gets post_unpatch (the kernel's cancelled
+    // transition).
+    if let Err(e) = crate::livepatch::coming::object_callbacks(s, applied, 0) {
+        crate::livepatch::coming::object_callbacks(s, applied, 3)?;
+        callback(s, applied.callbacks[3], "post_unpatch", &applied.name)?;
+        s.set_states(&[], &[])?;
+        pending(s).stage = Stage::Loaded;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// The switch that makes `applied` the newest patch: its functions jump to it; with
+/// atomic replace, functions that only older patches change go back to the original.
+pub fn plan(rec: &Record, applied: &AppliedPatch) -> Plan {
+    let mut plan = Plan::default();
+    for f in &applied.funcs {
+        plan.changed.extend(current_impl(rec, f));
+        plan.entries.push((f.old_addr, JMP_LEN as u64));
+        plan.writes.push(Write {
+            addr: f.old_addr,
+            old: expected_entry(rec, f.old_addr, &f.orig),
+            new: redirect::jmp(f.old_addr, f.target()).unwrap().to_vec(),
+        });
+    }
+    if applied.replace {
+        let mut seen: Vec<u64> = applied.funcs.iter().map(|f| f.old_addr).collect();
+        for p in rec.patches.iter().filter(|p| !p.disabled) {
+            for f in &p.funcs {
+                if seen.contains(&f.old_addr) {
+                    continue;
+                }
+                seen.push(f.old_addr);
+                plan.changed.extend(current_impl(rec, f));
+                plan.entries.push((f.old_addr, JMP_LEN as u64));
+                plan.writes.push(Write {
+                    addr: f.old_addr,
+                    old: expected_entry(rec, f.old_addr, &f.orig),
+                    new: f.orig.clone(),
+                });
+            }
+        }
+    }
+    plan
+}
+
+/// Finish an apply whose switch is done: post_patch (when `run_post_patch`), then the
+/// record, then the patches an atomic replace replaced are unloaded without their
+/// callbacks. Returns their names.
+pub fn finish(s: &mut Session, applied: AppliedPatch, run_post_patch: bool) -> Result<Vec<String>> {
+    if run_post_patch {
+        set_stage(s, Stage::PostPatching)?;
+        let prev = installed_states(&s.record, None);
+        s.set_states(&applied.state_addrs, &prev)?;
+        callback(s, applied.callbacks[1], "post_patch", &applied.name)?;
+        crate::livepatch::coming::object_callbacks(s, &applied, 1)?;
+        s.set_states(&[], &[])?;
+        crate::fault::point("apply:post_patched");
+    }
+    let old_patches = std::mem::take(&mut s.record.patches);
+    let mut to_unload = Vec::new();
+    for p in old_patches {
+        if applied.replace && !p.disabled {
+            if p.forced {
+                // A forced patch's code may still run: it stays loaded, out of the stack.
+                let mut kept = p.clone();
+                kept.disabled = true;
+                s.record.patches.push(kept);
+            }
+            to_unload.push(p);
+        } else {
+            s.record.patches.push(p);
+        }
+    }
+    let freed: Vec<u64> = to_unload.iter().flat_map(|p| p.slots(!p.forced)).collect();
+    let empty_pages = crate::livepatch::record::free_slots(&mut s.record, &freed);
+    s.record.patches.push(applied);
+    s.record.pending = None;
+    s.save_record()?;
+    crate::fault::point("apply:committed");
+    // The hook learns the active patches before any replaced one goes.
+    crate::livepatch::coming::settle(s)?;
+    for p in to_unload.iter().filter(|p| !p.forced) {
+        s.unload(p.handle, p.fd)?;
+    }
+    for page in empty_pages {
+        s.syscall(libc::SYS_munmap, &[page, redirect::PAGE])?;
+    }
+    Ok(to_unload.iter().map(|p| p.name.clone()).collect())
+}
+
+/// Undo an apply that did not switch, from what the record says: post_unpatch if
+/// pre_patch ran (the kernel's reversed transition), unload the patch, free its islands.
+pub fn unwind(s: &mut Session) -> Result<()> {
+    let Some(p) = s.record.pending.clone() else {
+        return Ok(());
+    };
+    // Threads waiting in the hook hold the loader's lock, which unloading needs.
+    crate::livepatch::coming::thaw(s)?;
+    if let Some(applied) = &p.loading {
+        if p.stage >= Stage::Switching {
+            let prev = installed_states(&s.record, None);
+            s.set_states(&applied.state_addrs, &prev)?;
+            if let Err(e) = callback(s, applied.callbacks[3], "post_unpatch", &applied.name) {
+                s.progress(&format!("warning: {}", e.message));
+            }
+            s.set_states(&[], &[])?;
+        }
+        s.unload(applied.handle, applied.fd)?;
+        crate::livepatch::record::free_slots(&mut s.record, &applied.slots(true));
+    }
+    crate::livepatch::coming::release(s)?;
+    // Pages mapped for this apply that nothing uses now.
+    for page in &p.new_islands {
+        if !s.record.islands.iter().any(|i| i.addr == *page)
+            || s.record
+                .islands
+                .iter()
+                .any(|i| i.addr == *page && i.used.is_empty())
+        {
+            s.record.islands.retain(|i| i.addr != *page);
+            s.syscall(libc::SYS_munmap, &[*page, redirect::PAGE])?;
+        }
+    }
+    s.record.pending = None;
+    s.unload_runtime_if_idle()?;
+    s.save_record()
+}
+
+fn new_function_size(file: &ElfFile, vaddr: u64) -> u64 {
+    let from_sym = file
+        .symtab
+        .iter()
+        .chain(&file.dynsym)
+        .find(|s| s.value == vaddr && s.kind == SymKind::Func && s.size > 0)
+        .map(|s| s.size);
+    from_sym
+        .or_else(|| crate::elf::unwind::fde_range(file, vaddr).map(|(a, b)| b - a))
+        .unwrap_or_else(|| {
+            // Unknown: the rest of the patch's code segment, which is conservative.
+            file.segments
+                .iter()
+                .find(|s| s.exec && s.vaddr <= vaddr && vaddr < s.vaddr.saturating_add(s.memsz))
+                .map(|s| s.vaddr.saturating_add(s.memsz) - vaddr)
+                .unwrap_or(1)
+        })
+}
+
+/// Map a new island page within reach of `entry`: a private mapping of a memfd named
+/// `rlivepatch-island`, so that it is recognisable in the maps (and never merged with a
+/// neighbour).
+fn map_island(s: &mut Session, entry: u64, name: &str) -> Result<u64> {
+    let obj_start = s.objects.by_addr(entry).map(|o| o.start).unwrap_or(entry);
+    let min = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(65536);
+    let candidates = redirect::island_candidates(&s.maps, entry, obj_start, min);
+    s.borrow()?;
+    let fd = {
+        let inj = s.inj.as_mut().unwrap();
+        inj.memfd_with(
+            &mut s.tr,
+            &s.proc,
+            crate::remote::inject::ISLAND_NAME,
+            &[0u8; redirect::PAGE as usize],
+        )?
+    } as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE) as u64;
+    let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+    let mut found = None;
+    for hint in candidates {
+        let r = s.syscall(libc::SYS_mmap, &[hint, redirect::PAGE, prot, flags, fd, 0])?;
+        if r == hint as i64 {
+            found = Some(hint);
+            break;
+        }
+        if r > 0 {
+            // An old kernel took the address as a hint only: give it back.
+            s.syscall(libc::SYS_munmap, &[r as u64, redirect::PAGE])?;
+        }
+    }
+    s.syscall(libc::SYS_close, &[fd])?;
+    let page = found.ok_or_else(|| redirect::no_island_error(name, entry))?;
+    s.refresh()?;
+    Ok(page)
+}

@@ -1,0 +1,16 @@
+//! The OS boundary: everything rlivepatch asks of Linux about another process.
+//!
+//! `process` reads `/proc` (maps, tasks, status, memory), `ptrace` is the tracer thread
+//! (seize, interrupt, registers, the stops), `restart` the kernel's syscall-restart rules,
+//! `seccomp` reads a process's filters, `pace` keeps rlivepatch out of the way of the
+//! machine's work, `lock` keeps two rlivepatch runs off one process.
+//!
+//! May use: the crate's base (`error`, `fault`, `fmt`). Nothing here knows ELF, patches
+//! or livepatch.
+
+pub mod lock;
+pub mod pace;
+pub mod process;
+pub mod ptrace;
+pub mod restart;
+pub mod seccomp;

@@ -1,0 +1,876 @@
+//! Calls inside the target, run on one borrowed thread: system calls, `dlopen`,
+//! `dlclose`, callbacks.
+//!
+//! Design for the tool's death. Every call runs with a real `rt_sigreturn` frame beneath
+//! it that holds the thread's own context (registers with the kernel's syscall-restart
+//! adjustment, the XSAVE area, the signal mask): the call's code ends in `rt_sigreturn`,
+//! so if rlivepatch is killed mid-call the thread finishes the call and returns by itself
+//! to exactly where it was. While rlivepatch lives, it catches that `rt_sigreturn` at its
+//! syscall-enter stop (no `int3`, which would kill an untraced process), reads the result
+//! and restores the registers itself, which keeps the kernel's restart block of an
+//! interrupted `nanosleep` intact (a real `rt_sigreturn` would turn it into `EINTR`).
+//!
+//! Before rlivepatch has memory of its own in the target, system calls go through the C
+//! library's `syscall()` with a return address at libc's `__restore_rt` (the sigreturn
+//! trampoline of every signal handler) and the frame on the thread's own stack, below the
+//! red zone. That maps a private stack and a small code page; everything else runs from
+//! there. Both are unmapped before rlivepatch detaches.
+
+use crate::elf::objects::Objects;
+use crate::elf::symbols::{SymKind, find_function};
+use crate::error::{Context, Result};
+use crate::os::process::{Mapping, Process};
+use crate::os::ptrace::{Catch, Regs, Stop, Tid, Tracer};
+use crate::{bail, err};
+use std::time::{Duration, Instant};
+
+/// Size of the private read-write area: data, then the call stack, then the frame.
+pub const RW_SIZE: u64 = 1 << 20;
+/// Bytes at the start of the read-write area for strings and results.
+const DATA_SIZE: u64 = 60 << 10;
+/// Then a page of 8-byte slots where return trampolines save `%rax`.
+const TRAMPOLINE_DATA: u64 = DATA_SIZE;
+/// The code page.
+pub const CODE_SIZE: u64 = 4096;
+/// The first bytes of rlivepatch's read-write area, so that a later run recognises one
+/// left behind by a run that was killed.
+pub const SCRATCH_MAGIC: &[u8; 16] = b"rlivepatch-scr1\0";
+/// The memfd name of rlivepatch's private memory (`/memfd:rlivepatch-scratch` in maps).
+pub const SCRATCH_NAME: &str = "rlivepatch-scratch";
+/// The memfd name of island pages.
+pub const ISLAND_NAME: &str = "rlivepatch-island";
+/// In [`Injector::bootstrap_syscall_data`] arguments: the address of the data.
+pub const BOOT_DATA: u64 = 0xffff_ffff_ffff_ff00;
+const MFD_CLOEXEC: u64 = 1;
+const MFD_EXEC: u64 = 0x10;
+
+/// `call *%rax; mov %rax,%rdi; mov $15,%eax; syscall; ud2` at 0, and
+/// `syscall; mov %rax,%rdi; mov $15,%eax; syscall; ud2` at 0x10.
+pub const STUB: [u8; 0x1e] = [
+    0xff, 0xd0, 0x48, 0x89, 0xc7, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b, 0x90,
+    0x90, //
+    0x0f, 0x05, 0x48, 0x89, 0xc7, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b,
+];
+/// Offset of the function-call entry in the stub.
+const STUB_CALL: u64 = 0;
+/// Instruction pointer at the syscall-enter stop of the call's `rt_sigreturn`.
+const STUB_CALL_DONE: u64 = 0x0c;
+/// Offset of the raw-syscall entry.
+const STUB_SYSCALL: u64 = 0x10;
+/// Instruction pointer at the syscall-enter stop of the raw syscall's `rt_sigreturn`.
+const STUB_SYSCALL_DONE: u64 = 0x1c;
+/// Code page bytes from here on hold the transition's return trampolines.
+const TRAMPOLINES: u64 = 0x20;
+/// Size of one return trampoline.
+pub const TRAMPOLINE_SIZE: u64 = 48;
+/// How many return trampolines fit in the code page.
+pub const MAX_TRAMPOLINES: usize = ((CODE_SIZE - TRAMPOLINES) / TRAMPOLINE_SIZE) as usize;
+/// Offset in a trampoline of the instruction after its marker `syscall`: the
+/// instruction pointer at the marker's syscall-enter stop.
+pub const TRAMPOLINE_STOP: u64 = 17;
+/// The marker system call of a trampoline: harmless if nobody watches (getppid).
+pub const TRAMPOLINE_MARKER: u64 = 110;
+
+const SYS_RT_SIGRETURN: u64 = 15;
+/// `mov $15,%rax; syscall`: glibc's and musl's `__restore_rt`.
+const RESTORE_RT: [u8; 9] = [0x48, 0xc7, 0xc0, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05];
+const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
+const FP_XSTATE_MAGIC2: u32 = 0x4650_5845;
+const UCONTEXT_SIZE: u64 = 304;
+
+/// Addresses in the target's C library.
+#[derive(Debug, Clone)]
+pub struct Libc {
+    /// `syscall(long nr, ...)`.
+    pub syscall_fn: u64,
+    /// `__restore_rt`: `mov $15,%rax; syscall`.
+    pub restore_rt: u64,
+    /// `dlopen`.
+    pub dlopen: u64,
+    /// `dlerror`.
+    pub dlerror: Option<u64>,
+    /// `dlclose`.
+    pub dlclose: u64,
+    /// `dlinfo` (for thread-local variables).
+    pub dlinfo: Option<u64>,
+}
+
+impl Libc {
+    /// Find the functions rlivepatch calls, in glibc (>= 2.34 has dl* in libc.so.6;
+    /// older ones in libdl.so.2).
+    pub fn find(pid: i32, objects: &Objects) -> Result<Libc> {
+        let Some(libc) = objects.libc() else {
+            bail!(
+                Target,
+                "process {pid} has no C library mapped (statically linked, or a Go program): rlivepatch loads patches with glibc's dlopen and cannot patch it"
+            );
+        };
+        let n = libc.file_name();
+        if n.starts_with("ld-musl") || n.starts_with("libc.musl") || n == "libc.so" {
+            bail!(
+                Target,
+                "process {pid} uses musl libc, whose dlclose never unloads code: rlivepatch supports glibc targets only"
+            );
+        }
+        let file = libc.file()?;
+        let bias = libc.bias()?;
+        let func = |name: &str| -> Option<u64> {
+            find_function(&file, name, 0)
+                .ok()
+                .filter(|s| s.kind == SymKind::Func)
+                .map(|s| s.value + bias)
+        };
+        let syscall_fn =
+            func("syscall").ok_or_else(|| err!(Target, "no syscall() in {}", libc.path))?;
+        let restore_rt = match func("__restore_rt") {
+            Some(a) => a,
+            None => find_restore_rt(&file).map(|v| v + bias).ok_or_else(|| {
+                err!(
+                    Target,
+                    "cannot find the signal return trampoline in {}",
+                    libc.path
+                )
+            })?,
+        };
+        let mut dl = (func("dlopen"), func("dlerror"), func("dlclose"));
+        let mut dlinfo = func("dlinfo");
+        if dl.0.is_none()
+            && let Ok(libdl) = objects.by_name(Some("libdl.so.2"))
+        {
+            let f = libdl.file()?;
+            let b = libdl.bias()?;
+            let g = |name: &str| find_function(&f, name, 0).ok().map(|s| s.value + b);
+            dl = (g("dlopen"), g("dlerror"), g("dlclose"));
+            dlinfo = g("dlinfo");
+        }
+        if dl.0.is_none() {
+            dl = (func("__libc_dlopen_mode"), None, func("__libc_dlclose"));
+        }
+        match dl {
+            (Some(dlopen), dlerror, Some(dlclose)) => Ok(Libc {
+                syscall_fn,
+                restore_rt,
+                dlopen,
+                dlerror,
+                dlclose,
+                dlinfo,
+            }),
+            _ => bail!(
+                Target,
+                "process {pid} has no dlopen (glibc older than 2.34 without libdl.so.2 loaded)"
+            ),
+        }
+    }
+}
+
+/// Is the signal a thread is stopped for a fault of its own code (raised by the kernel:
+/// `si_code > 0`), rather than one sent by a process (`kill`, `tgkill`, `sigqueue`)?
+fn is_fault(tid: Tid) -> bool {
+    nix::sys::ptrace::getsiginfo(nix::unistd::Pid::from_raw(tid)).is_ok_and(|si| si.si_code > 0)
+}
+
+fn find_restore_rt(file: &crate::elf::symbols::ElfFile) -> Option<u64> {
+    for seg in file.segments.iter().filter(|s| s.exec) {
+        let bytes = file
+            .data()
+            .get(seg.offset as usize..(seg.offset + seg.filesz) as usize)?;
+        if let Some(i) = bytes
+            .windows(RESTORE_RT.len())
+            .position(|w| w == RESTORE_RT)
+        {
+            return Some(seg.vaddr + i as u64);
+        }
+    }
+    None
+}
+
+/// The private memory rlivepatch maps in the target for one run.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Scratch {
+    /// Read-write area (data, stack, frame).
+    pub rw: u64,
+    /// Read-execute code page (the call stub and return trampolines).
+    pub code: u64,
+}
+
+impl Scratch {
+    /// The code address of return trampoline `i`.
+    pub fn trampoline(&self, i: usize) -> u64 {
+        self.code + TRAMPOLINES + i as u64 * TRAMPOLINE_SIZE
+    }
+
+    /// The 8-byte slot where trampoline `i` saves `%rax`.
+    pub fn trampoline_data(&self, i: usize) -> u64 {
+        self.rw + TRAMPOLINE_DATA + i as u64 * 8
+    }
+
+    /// The bytes of return trampoline `i` returning to `ret`: save `%rax`, make the marker
+    /// system call (a syscall-enter stop for a watching rlivepatch, a harmless getppid
+    /// otherwise), restore `%rax`, jump to `ret`. Only `%rcx` and `%r11`, dead at a return,
+    /// are clobbered.
+    pub fn trampoline_code(&self, i: usize, ret: u64) -> Vec<u8> {
+        let d = self.trampoline_data(i).to_le_bytes();
+        let mut b = vec![0x48, 0xa3];
+        b.extend(d);
+        b.extend([
+            0xb8,
+            TRAMPOLINE_MARKER as u8,
+            0,
+            0,
+            0,
+            0x0f,
+            0x05,
+            0x48,
+            0xa1,
+        ]);
+        b.extend(d);
+        b.extend([0xff, 0x25, 0, 0, 0, 0]);
+        b.extend(ret.to_le_bytes());
+        b.resize(TRAMPOLINE_SIZE as usize, 0xcc);
+        b
+    }
+}
+
+/// A thread borrowed to run calls. Create with [`Injector::borrow`], end with
+/// [`Injector::release`].
+pub struct Injector {
+    /// The borrowed thread.
+    pub tid: Tid,
+    /// Its context to return to: registers as the kernel would resume them.
+    ctx: Regs,
+    xstate: Vec<u8>,
+    mask: u64,
+    /// The C library's functions.
+    pub libc: Libc,
+    /// The private memory, once mapped.
+    pub scratch: Option<Scratch>,
+    frame_at: u64,
+    data_next: u64,
+    ran: bool,
+    /// A call that did not return in time is still running on the private stack: the
+    /// scratch memory must stay mapped.
+    pub leaked: bool,
+    /// Longest time one call may take.
+    pub call_timeout: Duration,
+}
+
+enum Outcome {
+    Caught(Regs),
+    Crashed(i32, Regs),
+}
+
+impl Injector {
+    /// Borrow `tid`, which must be stopped at an interrupt stop (or a job-control stop)
+    /// with no pending signal. Saves its registers, XSAVE area and signal mask. Each call
+    /// runs with every signal blocked (they stay pending and are delivered after it);
+    /// between calls the thread holds its own mask, so that it is exactly itself if
+    /// rlivepatch dies there. With `rewind`, a system call that failed with `EINTR` only
+    /// because of rlivepatch's stop runs again when the thread gets its context back.
+    pub fn borrow(tr: &mut Tracer, tid: Tid, libc: Libc, rewind: bool) -> Result<Injector> {
+        let regs = tr.regs(tid)?;
+        let xstate = tr.xstate(tid)?;
+        let mask = tr.sigmask(tid)?;
+        Ok(Injector {
+            tid,
+            ctx: crate::os::restart::restart_adjusted(&regs, rewind),
+            xstate,
+            mask,
+            libc,
+            scratch: None,
+            frame_at: 0,
+            data_next: 0,
+            ran: false,
+            leaked: false,
+            call_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The borrowed thread's context (registers it will resume with).
+    pub fn context(&self) -> &Regs {
+        &self.ctx
+    }
+
+    /// Give the thread back: its registers, XSAVE area and signal mask as they were. It
+    /// stays stopped.
+    pub fn release(&mut self, tr: &mut Tracer) -> Result<()> {
+        if self.leaked {
+            return Ok(());
+        }
+        if self.ran {
+            tr.set_regs(self.tid, &self.ctx)?;
+            tr.set_xstate(self.tid, &self.xstate)?;
+        }
+        Ok(())
+    }
+
+    /// The signal frame: a ucontext at `uc` holding the thread's context, then the XSAVE
+    /// area (64-byte aligned) with the kernel's end marker.
+    fn frame(&self, uc: u64) -> Vec<u8> {
+        let fp_off = (UCONTEXT_SIZE + 63) & !63;
+        let mut fp = self.xstate.clone();
+        let sw_ok = fp.len() >= 512
+            && u32::from_le_bytes(fp[464..468].try_into().unwrap()) == FP_XSTATE_MAGIC1;
+        let xsize = if sw_ok {
+            u32::from_le_bytes(fp[480..484].try_into().unwrap()) as usize
+        } else {
+            fp.len()
+        };
+        if !sw_ok && fp.len() >= 512 {
+            // Describe the area as the kernel does in its own signal frames.
+            let xfeatures = fp
+                .get(512..520)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                .unwrap_or(3);
+            fp[464..468].copy_from_slice(&FP_XSTATE_MAGIC1.to_le_bytes());
+            fp[468..472].copy_from_slice(&((xsize + 4) as u32).to_le_bytes());
+            fp[472..480].copy_from_slice(&xfeatures.to_le_bytes());
+            fp[480..484].copy_from_slice(&(xsize as u32).to_le_bytes());
+        }
+        fp.resize(xsize, 0);
+        fp.extend_from_slice(&FP_XSTATE_MAGIC2.to_le_bytes());
+        let mut b = vec![0u8; fp_off as usize];
+        let put =
+            |b: &mut Vec<u8>, off: usize, v: u64| b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        let c = &self.ctx;
+        // uc_flags = 0, uc_link = 0. uc_stack with an invalid mode (3): the kernel's
+        // restore_altstack then leaves the thread's alternate signal stack alone.
+        b[24..28].copy_from_slice(&3u32.to_le_bytes());
+        let sc = 40;
+        for (i, v) in [
+            c.r8, c.r9, c.r10, c.r11, c.r12, c.r13, c.r14, c.r15, c.rdi, c.rsi, c.rbp, c.rbx,
+            c.rdx, c.rax, c.rcx, c.rsp, c.rip, c.eflags,
+        ]
+        .iter()
+        .enumerate()
+        {
+            put(&mut b, sc + 8 * i, *v);
+        }
+        b[sc + 144..sc + 146].copy_from_slice(&(c.cs as u16).to_le_bytes());
+        b[sc + 146..sc + 148].copy_from_slice(&(c.gs as u16).to_le_bytes());
+        b[sc + 148..sc + 150].copy_from_slice(&(c.fs as u16).to_le_bytes());
+        b[sc + 150..sc + 152].copy_from_slice(&(c.ss as u16).to_le_bytes());
+        put(&mut b, sc + 184, uc + fp_off);
+        put(&mut b, 296, self.mask);
+        b.extend_from_slice(&fp);
+        b
+    }
+
+    fn frame_len(&self) -> u64 {
+        self.frame(0).len() as u64
+    }
+
+    /// Run the thread from `regs` until a kept syscall stop or a fault.
+    fn run(
+        &mut self,
+        tr: &mut Tracer,
+        regs: Option<&Regs>,
+        catch: Catch,
+        what: &str,
+    ) -> Result<Outcome> {
+        self.ran = true;
+        if let Some(regs) = regs {
+            tr.set_regs(self.tid, regs)?;
+        }
+        // Signals wait while the call runs; the frame's mask (the thread's own) comes
+        // back with rt_sigreturn, or with `end_run`.
+        tr.set_sigmask(self.tid, !0u64)?;
+        {
+            let th = tr
+                .threads
+                .get_mut(&self.tid)
+                .ok_or_else(|| err!(Target, "thread {} exited", self.tid))?;
+            th.syscall_mode = true;
+            th.in_call = true;
+            th.catch = catch;
+        }
+        tr.resume(self.tid)?;
+        crate::fault::point("inject:in_call");
+        let deadline = Instant::now() + self.call_timeout;
+        loop {
+            let Some(th) = tr.threads.get(&self.tid) else {
+                bail!(Target, "thread {} exited during {what}", self.tid);
+            };
+            match th.stop {
+                Some(Stop::Syscall) => {
+                    let r = tr.regs(self.tid)?;
+                    self.end_run(tr);
+                    return Ok(Outcome::Caught(r));
+                }
+                Some(Stop::Signal(sig)) if !is_fault(self.tid) => {
+                    // Not the call's doing: a stop signal sent to the process (the only
+                    // one a blocked mask lets through). It goes on to the process; the
+                    // call goes on too.
+                    let _ = sig;
+                    tr.resume(self.tid)?;
+                }
+                Some(Stop::Signal(sig)) => {
+                    let r = tr.regs(self.tid)?;
+                    self.end_run(tr);
+                    if let Some(th) = tr.threads.get_mut(&self.tid) {
+                        th.pending_signal = None;
+                    }
+                    return Ok(Outcome::Crashed(sig, r));
+                }
+                Some(_) => {
+                    // A stray stop (our earlier interrupt, a group stop): keep going.
+                    tr.resume(self.tid)?;
+                }
+                None => {}
+            }
+            if tr.exec_seen || tr.exited {
+                bail!(
+                    Target,
+                    "process {} exited or called execve during {what}",
+                    tr.pid
+                );
+            }
+            if !tr.pump(deadline)? {
+                // The call is stuck (a lock it waits for, a slow constructor). It cannot be
+                // abandoned safely: let it finish on its own; its rt_sigreturn frame
+                // brings the thread back to where it was.
+                self.end_run(tr);
+                self.leaked = true;
+                bail!(
+                    Incomplete,
+                    "{what} did not return within {}s in thread {}; it was left to finish on its own; run `rlivepatch list {}` later to see the outcome",
+                    self.call_timeout.as_secs(),
+                    self.tid,
+                    tr.pid
+                );
+            }
+        }
+    }
+
+    fn end_run(&self, tr: &mut Tracer) {
+        if !self.leaked {
+            let _ = tr.set_sigmask(self.tid, self.mask);
+        }
+        if let Some(th) = tr.threads.get_mut(&self.tid) {
+            th.syscall_mode = false;
+            th.in_call = false;
+            th.catch = Catch::Nothing;
+        }
+    }
+
+    /// Put the context back after a call (the thread is stopped at a syscall stop).
+    fn restore(&self, tr: &mut Tracer) -> Result<()> {
+        tr.set_regs(self.tid, &self.ctx)?;
+        tr.set_xstate(self.tid, &self.xstate)
+    }
+
+    /// A system call through libc's `syscall()`, with the frame on the thread's own stack.
+    /// Used before rlivepatch has its own memory in the target, and to unmap it.
+    pub fn bootstrap_syscall(
+        &mut self,
+        tr: &mut Tracer,
+        proc: &Process,
+        maps: &[Mapping],
+        nr: i64,
+        args: &[u64],
+    ) -> Result<i64> {
+        self.bootstrap_syscall_data(tr, proc, maps, nr, args, &[])
+    }
+
+    /// [`Injector::bootstrap_syscall`] with `data` copied next to the frame; an argument
+    /// equal to [`BOOT_DATA`] is replaced by its address. A sixth argument goes where
+    /// libc's `syscall()` reads it, the frame's `uc_flags` (whose bits it must not set:
+    /// offsets are page multiples).
+    pub fn bootstrap_syscall_data(
+        &mut self,
+        tr: &mut Tracer,
+        proc: &Process,
+        maps: &[Mapping],
+        nr: i64,
+        args: &[u64],
+        data: &[u8],
+    ) -> Result<i64> {
+        let len = self.frame_len();
+        let top = self.ctx.rsp.wrapping_sub(128 + 256) & !63;
+        let data_at = top.wrapping_sub(data.len() as u64) & !15;
+        let uc = data_at.wrapping_sub(len) & !63;
+        let low = uc - 8;
+        let Some(stack) = crate::os::process::mapping_at(maps, self.ctx.rsp.wrapping_sub(1)) else {
+            bail!(
+                Failed,
+                "thread {} has no mapped stack at {:#x}",
+                self.tid,
+                self.ctx.rsp
+            );
+        };
+        if low < stack.start || !stack.write {
+            bail!(
+                Failed,
+                "thread {} has too little stack left for an injected call",
+                self.tid
+            );
+        }
+        let saved = proc.read(low, (top - low) as usize)?;
+        let mut image = self.libc.restore_rt.to_le_bytes().to_vec();
+        let mut frame = self.frame(uc);
+        frame[..8].copy_from_slice(&args.get(5).copied().unwrap_or(0).to_le_bytes());
+        image.extend(frame);
+        proc.write(low, &image)?;
+        if !data.is_empty() {
+            proc.write(data_at, data)?;
+        }
+        let mut r = self.ctx;
+        r.rip = self.libc.syscall_fn;
+        r.rsp = low;
+        r.rdi = nr as u64;
+        let a = |i: usize| match args.get(i).copied().unwrap_or(0) {
+            BOOT_DATA => data_at,
+            v => v,
+        };
+        (r.rsi, r.rdx, r.rcx, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4));
+        r.rax = 0;
+        r.orig_rax = u64::MAX;
+        r.eflags &= !(0x400 | 0x100); // DF, TF
+        let what = format!("system call {nr}");
+        let result = (|| -> Result<i64> {
+            // The syscall-enter stop of our call, then its syscall-exit stop with the
+            // result. A thread resumed from a syscall-enter stop first reports that
+            // (skipped) syscall's exit: pass it.
+            let mut regs = Some(&r);
+            let mut entered = false;
+            loop {
+                let stop = match self.run(tr, regs.take(), Catch::All, &what)? {
+                    Outcome::Caught(r) => r,
+                    Outcome::Crashed(sig, r) => {
+                        bail!(Failed, "{what} faulted with signal {sig} at {:#x}", r.rip)
+                    }
+                };
+                let entry = crate::os::ptrace::is_syscall_entry(self.tid)?;
+                match (entered, entry) {
+                    (false, true) if stop.orig_rax as i64 == nr => entered = true,
+                    (false, true) => bail!(
+                        Failed,
+                        "{what}: unexpected system call {} at {:#x}",
+                        stop.orig_rax as i64,
+                        stop.rip
+                    ),
+                    (false, false) => {}
+                    (true, false) => return Ok(stop.rax as i64),
+                    (true, true) => bail!(
+                        Failed,
+                        "{what}: a second system call {} at {:#x}",
+                        stop.orig_rax as i64,
+                        stop.rip
+                    ),
+                }
+            }
+        })();
+        if self.leaked {
+            return result;
+        }
+        self.restore(tr)?;
+        proc.write(low, &saved)?;
+        result
+    }
+
+    /// Map the private stack and code page. After this, calls and system calls run from
+    /// rlivepatch's own memory.
+    pub fn map_scratch(
+        &mut self,
+        tr: &mut Tracer,
+        proc: &Process,
+        maps: &[Mapping],
+    ) -> Result<Scratch> {
+        // One memfd holds both: named in the maps from the first moment (a run killed
+        // midway leaves something the next one recognises), and never merged with a
+        // neighbouring anonymous mapping.
+        let name = format!("{SCRATCH_NAME}\0");
+        let mut fd = self.bootstrap_syscall_data(
+            tr,
+            proc,
+            maps,
+            libc::SYS_memfd_create,
+            &[BOOT_DATA, MFD_CLOEXEC | MFD_EXEC],
+            name.as_bytes(),
+        )?;
+        if fd == -(libc::EINVAL as i64) {
+            fd = self.bootstrap_syscall_data(
+                tr,
+                proc,
+                maps,
+                libc::SYS_memfd_create,
+                &[BOOT_DATA, MFD_CLOEXEC],
+                name.as_bytes(),
+            )?;
+        }
+        if fd < 0 {
+            return Err(memfd_error(proc.pid, fd));
+        }
+        let fd = fd as u64;
+        let r = (|| -> Result<Scratch> {
+            let t = self.bootstrap_syscall(
+                tr,
+                proc,
+                maps,
+                libc::SYS_ftruncate,
+                &[fd, CODE_SIZE + RW_SIZE],
+            )?;
+            if t < 0 {
+                bail!(
+                    Failed,
+                    "ftruncate in process {} failed: {}",
+                    proc.pid,
+                    std::io::Error::from_raw_os_error(-t as i32)
+                );
+            }
+            let prot_x = (libc::PROT_READ | libc::PROT_EXEC) as u64;
+            let prot_rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+            let private = libc::MAP_PRIVATE as u64;
+            let code = self.bootstrap_syscall(
+                tr,
+                proc,
+                maps,
+                libc::SYS_mmap,
+                &[0, CODE_SIZE, prot_x, private, fd, 0],
+            )?;
+            if code < 0 {
+                bail!(
+                    Failed,
+                    "mapping rlivepatch's code in process {} failed: {}",
+                    proc.pid,
+                    std::io::Error::from_raw_os_error(-code as i32)
+                );
+            }
+            let rw = self.bootstrap_syscall(
+                tr,
+                proc,
+                maps,
+                libc::SYS_mmap,
+                &[0, RW_SIZE, prot_rw, private, fd, CODE_SIZE],
+            )?;
+            if rw < 0 {
+                let _ = self.bootstrap_syscall(
+                    tr,
+                    proc,
+                    maps,
+                    libc::SYS_munmap,
+                    &[code as u64, CODE_SIZE],
+                );
+                bail!(
+                    Failed,
+                    "mapping rlivepatch's memory in process {} failed: {}",
+                    proc.pid,
+                    std::io::Error::from_raw_os_error(-rw as i32)
+                );
+            }
+            Ok(Scratch {
+                rw: rw as u64,
+                code: code as u64,
+            })
+        })();
+        self.bootstrap_syscall(tr, proc, maps, libc::SYS_close, &[fd])?;
+        let scratch = r?;
+        self.scratch = Some(scratch);
+        self.install(proc)?;
+        Ok(scratch)
+    }
+
+    /// Use scratch memory that is already mapped (left by an earlier step of this run).
+    pub fn adopt_scratch(&mut self, proc: &Process, scratch: Scratch) -> Result<()> {
+        self.scratch = Some(scratch);
+        self.install(proc)
+    }
+
+    fn install(&mut self, proc: &Process) -> Result<()> {
+        let s = self.scratch.unwrap();
+        proc.write(s.code, &STUB)?;
+        let len = self.frame_len();
+        self.frame_at = (s.rw + RW_SIZE - len) & !63;
+        proc.write(self.frame_at, &self.frame(self.frame_at))?;
+        proc.write(s.rw, SCRATCH_MAGIC)?;
+        self.data_next = s.rw + SCRATCH_MAGIC.len() as u64;
+        Ok(())
+    }
+
+    /// Unmap the private memory (unless a call still runs on it).
+    pub fn unmap_scratch(
+        &mut self,
+        tr: &mut Tracer,
+        proc: &Process,
+        maps: &[Mapping],
+    ) -> Result<()> {
+        if self.leaked {
+            return Ok(());
+        }
+        if let Some(s) = self.scratch.take() {
+            self.bootstrap_syscall(tr, proc, maps, libc::SYS_munmap, &[s.code, CODE_SIZE])?;
+            self.bootstrap_syscall(tr, proc, maps, libc::SYS_munmap, &[s.rw, RW_SIZE])?;
+        }
+        Ok(())
+    }
+
+    /// Copy bytes into the data area; returns their address in the target.
+    pub fn put_data(&mut self, proc: &Process, bytes: &[u8]) -> Result<u64> {
+        let s = self
+            .scratch
+            .ok_or_else(|| err!(Failed, "no scratch memory"))?;
+        let at = (self.data_next + 15) & !15;
+        if at + bytes.len() as u64 > s.rw + DATA_SIZE {
+            self.data_next = s.rw + SCRATCH_MAGIC.len() as u64;
+            return self.put_data(proc, bytes);
+        }
+        proc.write(at, bytes)?;
+        self.data_next = at + bytes.len() as u64;
+        Ok(at)
+    }
+
+    /// Copy a C string into the data area.
+    pub fn put_cstr(&mut self, proc: &Process, s: &str) -> Result<u64> {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        self.put_data(proc, &b)
+    }
+
+    /// A system call in the target through the stub. Returns the raw result (negative
+    /// errno on failure).
+    pub fn syscall(&mut self, tr: &mut Tracer, nr: i64, args: &[u64]) -> Result<i64> {
+        let s = self
+            .scratch
+            .ok_or_else(|| err!(Failed, "no scratch memory"))?;
+        let mut r = self.ctx;
+        r.rip = s.code + STUB_SYSCALL;
+        r.rsp = self.frame_at;
+        r.rax = nr as u64;
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
+        r.orig_rax = u64::MAX;
+        r.eflags &= !(0x400 | 0x100);
+        let what = format!("system call {nr}");
+        let out = self.run(
+            tr,
+            Some(&r),
+            Catch::At(vec![s.code + STUB_SYSCALL_DONE]),
+            &what,
+        )?;
+        self.finish(tr, out, &what).map(|v| v as i64)
+    }
+
+    /// Call `func(args...)` in the target; returns `%rax`.
+    pub fn call(&mut self, tr: &mut Tracer, func: u64, args: &[u64], what: &str) -> Result<u64> {
+        let s = self
+            .scratch
+            .ok_or_else(|| err!(Failed, "no scratch memory"))?;
+        let mut r = self.ctx;
+        r.rip = s.code + STUB_CALL;
+        r.rsp = self.frame_at;
+        r.rax = func;
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        (r.rdi, r.rsi, r.rdx, r.rcx, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
+        r.orig_rax = u64::MAX;
+        r.eflags &= !(0x400 | 0x100);
+        let out = self.run(tr, Some(&r), Catch::At(vec![s.code + STUB_CALL_DONE]), what)?;
+        self.finish(tr, out, what)
+    }
+
+    fn finish(&mut self, tr: &mut Tracer, out: Outcome, what: &str) -> Result<u64> {
+        match out {
+            Outcome::Caught(r) => {
+                if r.orig_rax != SYS_RT_SIGRETURN {
+                    self.restore(tr)?;
+                    bail!(
+                        Failed,
+                        "{what}: stopped at an unexpected system call {}",
+                        r.orig_rax as i64
+                    );
+                }
+                self.restore(tr)?;
+                Ok(r.rdi)
+            }
+            Outcome::Crashed(sig, r) => {
+                self.restore(tr)?;
+                bail!(
+                    Failed,
+                    "{what} crashed with signal {sig} ({}) at {:#x}; the call was abandoned and the thread restored",
+                    nix::sys::signal::Signal::try_from(sig)
+                        .map(|s| s.as_str())
+                        .unwrap_or("?"),
+                    r.rip
+                )
+            }
+        }
+    }
+
+    /// `dlopen(path, flags)`; `Ok(Err(text))` carries `dlerror()`'s text when it fails.
+    pub fn dlopen(
+        &mut self,
+        tr: &mut Tracer,
+        proc: &Process,
+        path: &str,
+        flags: i32,
+    ) -> Result<std::result::Result<u64, String>> {
+        let p = self.put_cstr(proc, path)?;
+        let handle = self.call(tr, self.libc.dlopen, &[p, flags as u64], "dlopen")?;
+        if handle != 0 {
+            return Ok(Ok(handle));
+        }
+        let text = match self.libc.dlerror {
+            Some(f) => {
+                let msg = self.call(tr, f, &[], "dlerror")?;
+                if msg == 0 {
+                    "unknown error".to_string()
+                } else {
+                    proc.read_cstr(msg, 4096)?
+                }
+            }
+            None => "dlopen failed (no dlerror in this C library)".to_string(),
+        };
+        Ok(Err(text))
+    }
+
+    /// `dlclose(handle)`.
+    pub fn dlclose(&mut self, tr: &mut Tracer, handle: u64) -> Result<i32> {
+        Ok(self.call(tr, self.libc.dlclose, &[handle], "dlclose")? as i32)
+    }
+
+    /// Open a new memfd in the target holding `bytes`; returns its fd number there.
+    pub fn memfd_with(
+        &mut self,
+        tr: &mut Tracer,
+        proc: &Process,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<i32> {
+        let n = self.put_cstr(proc, name)?;
+        let mut fd = self.syscall(tr, libc::SYS_memfd_create, &[n, MFD_CLOEXEC | MFD_EXEC])?;
+        if fd == -(libc::EINVAL as i64) {
+            // Kernels before 6.3 do not know MFD_EXEC (and their memfds are executable).
+            fd = self.syscall(tr, libc::SYS_memfd_create, &[n, MFD_CLOEXEC])?;
+        }
+        if fd < 0 {
+            return Err(memfd_error(proc.pid, fd));
+        }
+        let fd = fd as i32;
+        let path = format!("/proc/{}/fd/{fd}", proc.pid);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+            .with_context(|| format!("writing the patch into {path}"));
+        if let Err(e) = written {
+            let _ = self.syscall(tr, libc::SYS_close, &[fd as u64]);
+            return Err(e);
+        }
+        Ok(fd)
+    }
+}
+
+/// The error for a failed `memfd_create` in the target (`ret` is its -errno).
+fn memfd_error(pid: i32, ret: i64) -> crate::error::Error {
+    if ret == -(libc::EACCES as i64) {
+        // vm.memfd_noexec = 2 in the target's pid namespace forbids executable memfds,
+        // which is how rlivepatch maps its own code and loads patches.
+        return err!(
+            Target,
+            "process {pid} may not create executable memory files (vm.memfd_noexec is 2 for its pid namespace), which rlivepatch needs for its code and the patch; set it to 1 for that namespace and its parents, then retry"
+        );
+    }
+    err!(
+        Failed,
+        "memfd_create in process {pid} failed: {}",
+        std::io::Error::from_raw_os_error(-ret as i32)
+    )
+}
