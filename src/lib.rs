@@ -6,8 +6,8 @@
 pub mod contract;
 pub mod elf;
 pub mod error;
-pub mod fault;
 pub mod fleet;
+pub mod fmt;
 pub mod generate;
 pub mod livepatch;
 pub mod lookup;
@@ -17,4 +17,3 @@ pub mod patch;
 pub mod persist;
 pub mod remote;
 pub mod resolve;
-pub mod sdk;

@@ -71,7 +71,7 @@ fn kind_name(k: SymKind) -> &'static str {
 
 /// Can function `s` of `file` (mapped with `bias`) take the jump, and if not, why?
 fn patchable(file: &ElfFile, s: &Symbol, bias: u64) -> (bool, Option<String>) {
-    if let Some(parent) = crate::generate::diff::part_parent(&s.name) {
+    if let Some(parent) = crate::contract::code::fragment_parent(&s.name) {
         return (
             false,
             Some(format!(

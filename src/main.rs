@@ -509,7 +509,7 @@ fn one_pid(pid: i32, second: &str, more: &[String]) -> Result<(), Error> {
 fn main() -> ExitCode {
     // Called as `cc` under `rlivepatch build`: log the call and run the compiler.
     rlivepatch::generate::wrapper::run_if_wrapper();
-    rlivepatch::fault::init();
+    rlivepatch::os::fault::init();
     let cli = Cli::parse();
     // SIGINT, SIGTERM and SIGHUP are read by the tracer between two steps, so that the
     // current step can be undone; until then they wait.
@@ -543,7 +543,7 @@ fn main() -> ExitCode {
         | Command::Completions { .. } => false,
     };
     let r = run(cli.command);
-    rlivepatch::fault::trace(&format!(
+    rlivepatch::os::fault::trace(&format!(
         "end (paced {:.1} ms)",
         rlivepatch::os::pace::paused_ms()
     ));
@@ -740,7 +740,7 @@ fn run(cmd: Command) -> Result<u8, Error> {
                     "patch {}: switching process {} now would be safe ({} checked)",
                     r.patch,
                     r.pid,
-                    rlivepatch::ops::report::plural(r.threads, "thread", "threads")
+                    rlivepatch::fmt::plural(r.threads, "thread", "threads")
                 );
             } else {
                 println!(
@@ -859,13 +859,13 @@ fn run(cmd: Command) -> Result<u8, Error> {
         }
         Command::Sdk { cflags, header } => {
             if header {
-                print!("{}", rlivepatch::sdk::HEADER);
+                print!("{}", rlivepatch::patch::sdk::HEADER);
             } else if cflags {
-                println!("{}", rlivepatch::sdk::cflags()?);
+                println!("{}", rlivepatch::patch::sdk::cflags()?);
             } else {
                 println!(
                     "header: {}/rlivepatch.h\nbuild a patch: cc $(rlivepatch sdk --cflags) -o fix.so fix.c",
-                    rlivepatch::sdk::include_dir()?.display()
+                    rlivepatch::patch::sdk::include_dir()?.display()
                 );
             }
         }

@@ -30,14 +30,14 @@ pub struct Func {
 pub struct Part {
     /// First byte.
     #[serde(
-        serialize_with = "crate::ops::report::ser_hex",
-        deserialize_with = "crate::ops::report::de_hex"
+        serialize_with = "crate::fmt::ser_hex",
+        deserialize_with = "crate::fmt::de_hex"
     )]
     pub start: u64,
     /// One past the last byte.
     #[serde(
-        serialize_with = "crate::ops::report::ser_hex",
-        deserialize_with = "crate::ops::report::de_hex"
+        serialize_with = "crate::fmt::ser_hex",
+        deserialize_with = "crate::fmt::de_hex"
     )]
     pub end: u64,
     /// What it is called (`work.cold`), or `work+0x..` for a part without a symbol.
@@ -337,7 +337,21 @@ pub fn named_parts(syms: &ElfFile, name: &str) -> Vec<Part> {
 
 /// Is `name` a part split off from a function (GCC's `work.cold`, `work.cold.1`)?
 pub fn is_fragment_name(name: &str) -> bool {
-    name.split('.').skip(1).any(|s| s == "cold")
+    fragment_parent(name).is_some()
+}
+
+/// The function a split-off part belongs to (`work.cold` → `work`, `work.part.0.cold.1`
+/// → `work.part.0`), or `None` for a name that is no such part.
+pub fn fragment_parent(name: &str) -> Option<&str> {
+    let mut at = name.find('.')?;
+    loop {
+        let rest = &name[at + 1..];
+        let seg = rest.split('.').next().unwrap_or("");
+        if seg == "cold" {
+            return Some(&name[..at]);
+        }
+        at += 1 + rest.find('.')?;
+    }
 }
 
 /// Is `name` a specialised copy of function `base` that GCC or LLVM made
@@ -369,6 +383,10 @@ mod tests {
         assert!(is_fragment_name("work.part.0.cold"));
         assert!(!is_fragment_name("cold"));
         assert!(!is_fragment_name("work.coldness"));
+        assert_eq!(fragment_parent("work.cold"), Some("work"));
+        assert_eq!(fragment_parent("work.part.0.cold.1"), Some("work.part.0"));
+        assert_eq!(fragment_parent("work.coldness"), None);
+        assert_eq!(fragment_parent(".cold"), Some(""));
         assert!(is_clone_of("scale.constprop.0", "scale"));
         assert!(is_clone_of("luaV_concat.part.0", "luaV_concat"));
         assert!(is_clone_of("f.isra.0.constprop.1", "f"));

@@ -256,10 +256,11 @@ impl Contracts {
         let refs = map.refs_to(vaddr);
         c.direct_callers = refs.calls + refs.jumps;
         // The fault switch shows the hazard: callers' whole vector registers kept by halves.
-        c.wide_vectors = map.uses_wide_vectors() && !crate::fault::switched_on("narrow-vectors");
+        c.wide_vectors =
+            map.uses_wide_vectors() && !crate::os::fault::switched_on("narrow-vectors");
         // Only callers that call the entry directly can have been built against its
         // registers; calls through the PLT or a pointer assume the ABI.
-        if c.direct_callers > 0 && !crate::fault::switched_on("no-preserve") {
+        if c.direct_callers > 0 && !crate::os::fault::switched_on("no-preserve") {
             c.relied = RegSet::caller_saved().minus(c.clobbers);
             c.keeps = c.relied;
         }

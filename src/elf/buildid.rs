@@ -1,45 +1,10 @@
-//! Build-ids: a patch built for one binary must not be applied to another.
+//! GNU build-ids of ELF files: the line a patch pins itself with, and where the
+//! bytes are in an image.
 
-use crate::bail;
-use crate::elf::objects::Objects;
 use crate::elf::symbols::ElfFile;
 use crate::err;
 use crate::error::Result;
-use crate::patch::Patch;
 use std::path::Path;
-
-/// Refuse a process whose objects do not have the build-ids the patch names.
-pub fn check(patch: &Patch, objects: &Objects) -> Result<()> {
-    for (object, want) in &patch.build_ids {
-        let obj = match objects.by_name(object.as_deref()) {
-            Ok(o) => o,
-            // Not loaded yet: checked against the file it would load (`coming`).
-            Err(_) if object.as_deref().is_some_and(|o| o != "main") => continue,
-            Err(e) => return Err(e),
-        };
-        let have = obj.file()?.build_id_hex();
-        match have {
-            Some(h) if &h == want => {}
-            Some(h) => bail!(
-                Mismatch,
-                "patch {} was built for a {} with build-id {want}, but {} in this process has build-id {h}: another build; rebuild the patch for this binary",
-                patch.name,
-                match object.as_deref() {
-                    None | Some("main") => "main executable",
-                    Some(o) => o,
-                },
-                obj.display_name()
-            ),
-            None => bail!(
-                Mismatch,
-                "patch {} was built for {} with build-id {want}, but the process's file has no build-id",
-                patch.name,
-                obj.display_name()
-            ),
-        }
-    }
-    Ok(())
-}
 
 /// The `RLIVEPATCH_BUILD_ID(...)` line for the ELF file at `path`. The object is named
 /// `object`, or "main" for an executable, or the library's soname (file name without one).
@@ -63,4 +28,15 @@ pub fn line(path: &Path, object: Option<&str>) -> Result<String> {
         }),
     };
     Ok(format!("RLIVEPATCH_BUILD_ID(\"{name}\", \"{id}\");"))
+}
+
+/// The build-id of `file` and the file address of its bytes.
+pub fn note(file: &crate::elf::symbols::ElfFile) -> Option<(String, u64)> {
+    let id = file.build_id.as_ref()?;
+    let sec = file.section(".note.gnu.build-id")?;
+    if sec.addr == 0 || id.is_empty() || id.len() > 32 {
+        return None;
+    }
+    // Elf64_Nhdr (12 bytes), then "GNU\0", then the id.
+    Some((crate::fmt::hex(id), sec.addr + 16))
 }

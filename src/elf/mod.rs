@@ -3,13 +3,12 @@
 //! `symbols` parses an ELF file (symbols, sections, segments, debug files), `objects`
 //! the objects a process has mapped with their files, `buildid` GNU build-ids,
 //! `unwind` call-frame information and walking a stopped thread's stack with it,
-//! `demangle` C++ and Rust names, `hints` nearest names for messages.
+//! `demangle` C++ and Rust names.
 //!
 //! May use: the base and `os`.
 
 pub mod buildid;
 pub mod demangle;
-pub mod hints;
 pub mod objects;
 pub mod symbols;
 pub mod unwind;

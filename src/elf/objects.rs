@@ -50,6 +50,11 @@ enum Debug {
 }
 
 impl LoadedObject {
+    /// An object a patch may name: not rlivepatch's own code or other patches.
+    pub fn is_patchable(&self) -> bool {
+        !self.path.starts_with("/proc/") && !self.path.contains("memfd:") && self.path != "[vdso]"
+    }
+
     /// The file name (last path component).
     pub fn file_name(&self) -> &str {
         self.path.rsplit('/').next().unwrap_or(&self.path)
@@ -327,6 +332,27 @@ pub struct Objects {
 }
 
 impl Objects {
+    /// The loaded objects whose names look like `name`, for an object that is not loaded.
+    pub fn like(&self, name: &str) -> Vec<String> {
+        let stem = |n: &str| n.split('.').next().unwrap_or(n).to_ascii_lowercase();
+        let want = stem(name.rsplit('/').next().unwrap_or(name));
+        let mut out: Vec<String> = self
+            .list
+            .iter()
+            .filter(|o| o.is_patchable())
+            .map(|o| o.file_name().to_string())
+            .filter(|f| {
+                let s = stem(f);
+                (!want.is_empty() && (s.starts_with(&want) || want.starts_with(&s)) && s.len() > 1)
+                    || crate::fmt::distance(f, name) <= 3
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out.truncate(5);
+        out
+    }
+
     /// Group the file-backed mappings (and the vDSO) of `maps` into objects.
     pub fn new(proc: &Process, maps: &[Mapping], debug_dirs: &[PathBuf]) -> Result<Objects> {
         let debug_dirs: Rc<[PathBuf]> = debug_dirs.into();
@@ -481,7 +507,7 @@ impl Objects {
             1 => Ok(found[0]),
             0 => {
                 let pid = self.list.first().map(|o| o.pid).unwrap_or(0);
-                let like = crate::elf::hints::objects_like(name, self);
+                let like = self.like(name);
                 let alike = if like.is_empty() {
                     String::new()
                 } else {
@@ -547,4 +573,20 @@ impl Objects {
             _ => format!("{addr:#x} ({})", o.file_name()),
         }
     }
+}
+
+/// Read code at `addr`, saying so when the object holding it went away meanwhile, or is
+/// being mapped (the loader maps a new object's whole span from its file first: the pages
+/// past the file's end cannot be read until it is laid out).
+pub fn read_code(proc: &Process, addr: u64, len: usize) -> Result<Vec<u8>> {
+    proc.read(addr, len).map_err(|e| {
+        if !proc.is_alive() {
+            e
+        } else {
+            err!(
+                Busy,
+                "the code at {addr:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry"
+            )
+        }
+    })
 }

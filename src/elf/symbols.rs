@@ -463,7 +463,7 @@ impl ElfFile {
 
     /// The build-id as lowercase hex.
     pub fn build_id_hex(&self) -> Option<String> {
-        self.build_id.as_ref().map(|b| hex(b))
+        self.build_id.as_ref().map(|b| crate::fmt::hex(b))
     }
 
     /// The function symbol whose range contains `vaddr` (file address space), preferring
@@ -521,9 +521,6 @@ impl ElfFile {
 }
 
 /// Lowercase hex of bytes.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 fn collect_syms(
     syms: &sym::Symtab,

@@ -120,7 +120,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
                 let has_state = c
                     .maps
                     .as_deref()
-                    .is_some_and(|m| crate::livepatch::record::find_mapping(m).is_some());
+                    .is_some_and(|m| crate::livepatch::store::find_mapping(m).is_some());
                 if has_state {
                     todo.push_back(c);
                 } else if named {
@@ -147,7 +147,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
     if total > 0 {
         progress(&format!(
             "{} to {} with {} worker{}",
-            crate::ops::report::plural(total, "process", "processes"),
+            crate::fmt::plural(total, "process", "processes"),
             match op {
                 Op::Apply(_) => "patch",
                 Op::Disable(_) => "unpatch",
@@ -222,7 +222,7 @@ fn outcome_of(e: &Error) -> Outcome {
 
 /// The patches a process runs now, from its record (read without stopping it).
 fn applied_names(pid: i32) -> Option<Vec<String>> {
-    let (_, _, rec) = crate::livepatch::record::read_record(pid).ok()?;
+    let (_, _, rec) = crate::livepatch::store::read_record(pid).ok()?;
     Some(
         rec.patches
             .iter()
@@ -275,7 +275,7 @@ fn one(
                 crate::ops::apply_patch(pid, p, &opts, &mut say).map(|r| {
                     let why = format!(
                         "{} in {:.1} ms",
-                        crate::ops::report::plural(r.functions.len(), "function", "functions"),
+                        crate::fmt::plural(r.functions.len(), "function", "functions"),
                         r.elapsed_ms
                     );
                     (Outcome::Applied, why, Vec::new(), Some(r.switch))
@@ -299,7 +299,7 @@ fn one(
                     .map(|r| (Outcome::Disabled, String::new(), Vec::new(), Some(r.switch)))
             }
         }
-        (Op::List, _) => crate::livepatch::record::read_record(pid).map(|(_, _, rec)| {
+        (Op::List, _) => crate::livepatch::store::read_record(pid).map(|(_, _, rec)| {
             let names: Vec<String> = rec
                 .patches
                 .iter()

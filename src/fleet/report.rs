@@ -192,7 +192,7 @@ impl FleetReport {
             let _ = write!(
                 msg,
                 "; {} could not be read ({why})",
-                crate::ops::report::plural(unreadable, "process", "processes")
+                crate::fmt::plural(unreadable, "process", "processes")
             );
         }
         if !changed && failures == 0 && considered > 0 {

@@ -174,7 +174,7 @@ pub fn diff(
         .collect();
     for (q, p, detail) in changed {
         let name = patched.symbols[q].name.clone();
-        let part_of = part_parent(&name);
+        let part_of = crate::contract::code::fragment_parent(&name).map(str::to_string);
         let why = match (&part_of, p) {
             (Some(parent), _) => format!("split off from {parent}"),
             (None, None) => "new".to_string(),
@@ -254,13 +254,6 @@ pub fn moved_to(d: ObjectDiff, q: &RelObj, e: &RelObj, source: &Path) -> Result<
         new: d.new.into_iter().map(find).collect::<Result<_>>()?,
         notes: d.notes,
     })
-}
-
-/// The function a split-off part belongs to (`work.cold` → `work`).
-pub fn part_parent(name: &str) -> Option<String> {
-    let i = name.find(".cold")?;
-    let rest = &name[i + 5..];
-    (rest.is_empty() || rest.starts_with('.')).then(|| name[..i].to_string())
 }
 
 /// Why function `name` changed: the diff changed its lines, it inlines a changed

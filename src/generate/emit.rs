@@ -622,7 +622,7 @@ pub fn link(work: &Path, records: &str, objects: &[std::path::PathBuf], out: &Pa
     let inc = work.join("include");
     std::fs::create_dir_all(&inc)
         .map_err(|e| err!(Build, "cannot create {}: {e}", inc.display()))?;
-    std::fs::write(inc.join("rlivepatch.h"), crate::sdk::HEADER)
+    std::fs::write(inc.join("rlivepatch.h"), crate::patch::sdk::HEADER)
         .map_err(|e| err!(Build, "cannot write the SDK header: {e}"))?;
     let rc = work.join("records.c");
     std::fs::write(&rc, records).map_err(|e| err!(Build, "cannot write {}: {e}", rc.display()))?;

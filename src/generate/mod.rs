@@ -154,7 +154,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         .iter()
         .map(|b| verify::Binary::open(b, &opts.debug_dirs))
         .collect::<Result<_>>()?;
-    let work = Work(wrapper::cache_dir().join("work").join(format!(
+    let work = Work(crate::os::dirs::cache_dir().join("work").join(format!(
         "{}-{}",
         std::process::id(),
         t.elapsed().as_nanos()

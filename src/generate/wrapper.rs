@@ -183,24 +183,6 @@ pub fn from_json(path: &Path) -> Result<Vec<CompileCommand>> {
     Ok(out)
 }
 
-/// Where rlivepatch keeps what it learned of a project's build between runs:
-/// `$RLIVEPATCH_CACHE`, else `$XDG_CACHE_HOME/rlivepatch`, else `~/.cache/rlivepatch`.
-pub fn cache_dir() -> PathBuf {
-    let dir = std::env::var_os("RLIVEPATCH_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("rlivepatch")))
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-            PathBuf::from(home).join(".cache/rlivepatch")
-        });
-    // Compiles run in the project's directories: a relative cache would move with them.
-    if dir.is_relative() {
-        std::env::current_dir().unwrap_or_default().join(dir)
-    } else {
-        dir
-    }
-}
-
 /// The newest modification time and the number of files under `dir`: a build learned
 /// from an older state of the tree is done again.
 fn stamp(dir: &Path) -> (u128, u64) {
@@ -264,7 +246,7 @@ pub fn learn(source: &Path, build: &str, progress: &mut dyn FnMut(&str)) -> Resu
         build.hash(&mut h);
         format!("{:016x}", h.finish())
     };
-    let dir = cache_dir().join("builds").join(key);
+    let dir = crate::os::dirs::cache_dir().join("builds").join(key);
     let tree = dir.join("tree");
     let stamp_path = dir.join("build.json");
     // Two builds of one tree at once learn it once: the second waits, then reads the cache.

@@ -40,9 +40,6 @@ pub fn current_impl(rec: &Record, f: &AppliedFunc) -> Vec<Changed> {
     }
 }
 
-/// How the preserving path is named where it blocks a switch.
-pub const PRESERVING_PATH: &str = "the preserving path";
-
 /// The code of `p`'s new function for `f` (and its island): what a switch away from it
 /// changes.
 pub fn implementation_of(p: &AppliedPatch, f: &AppliedFunc) -> Vec<Changed> {
@@ -81,7 +78,7 @@ pub fn implementation_of(p: &AppliedPatch, f: &AppliedFunc) -> Vec<Changed> {
         v.push(Changed {
             start: p.thunk.0,
             end: p.thunk.1,
-            name: PRESERVING_PATH.to_string(),
+            name: crate::livepatch::transition::PRESERVING_PATH.to_string(),
         });
     }
     v

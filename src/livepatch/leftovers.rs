@@ -41,7 +41,7 @@ impl Leftovers {
         if !self.orphan_scratch.is_empty() {
             parts.push(format!(
                 "{} of a killed run",
-                crate::ops::report::plural(
+                crate::fmt::plural(
                     self.orphan_scratch.len(),
                     "private mapping",
                     "private mappings"
@@ -49,7 +49,7 @@ impl Leftovers {
             ));
         }
         if !self.orphan_islands.is_empty() {
-            parts.push(crate::ops::report::plural(
+            parts.push(crate::fmt::plural(
                 self.orphan_islands.len(),
                 "unused island page",
                 "unused island pages",
@@ -117,7 +117,7 @@ pub fn left_in(pid: i32, alive: bool) -> String {
     if !alive {
         return String::new();
     }
-    let found = crate::livepatch::record::read_record(pid).map(|(proc, maps, rec)| {
+    let found = crate::livepatch::store::read_record(pid).map(|(proc, maps, rec)| {
         let mut l = scan(&proc, &maps, &rec, None);
         // This run is over: what it recorded as in progress is a leftover too.
         if let Some(p) = &rec.pending {

@@ -13,4 +13,5 @@ pub mod func_stack;
 pub mod leftovers;
 pub mod record;
 pub mod session;
+pub mod store;
 pub mod transition;

@@ -1,28 +1,14 @@
-//! The record of applied patches, kept inside the target process.
-//!
-//! It lives in a private mapping of a memfd named `rlivepatch-state`, so that a later
-//! rlivepatch finds it in `/proc/pid/maps`, it dies with the process (a new process that
-//! reuses the pid has none), and a child forked after a patch inherits a private copy
-//! (`list` in the child is true, and changing one process leaves the other's record as it
-//! was). The record is JSON in one of two slots with a generation number and a checksum:
-//! a write that is cut short leaves the other slot valid.
+//! The record of a process's patches, as plain data: the applied patches with their
+//! functions (the stack order), island pages, an operation in progress, the runtime and
+//! the loader hook. [`crate::livepatch::store`] keeps it inside the process.
 
 use crate::contract::code::Part;
-use crate::error::Result;
-use crate::os::process::{Mapping, Process};
-use crate::os::ptrace::Tracer;
 use crate::patch::StateDecl;
-use crate::remote::inject::{Injector, Scratch};
-use crate::{bail, err};
+use crate::remote::inject::Scratch;
+use crate::remote::redirect::Island;
+use crate::resolve::funcs::Resolved;
 use serde::{Deserialize, Serialize};
 
-/// The memfd name; maps shows `/memfd:rlivepatch-state (deleted)`.
-pub const MEMFD_NAME: &str = "rlivepatch-state";
-/// Size of the mapping (pages are only allocated when written).
-pub const STATE_SIZE: u64 = 8 << 20;
-const HEADER: u64 = 4096;
-const SLOT_SIZE: u64 = (STATE_SIZE - HEADER) / 2;
-const MAGIC: &[u8; 8] = b"RLPSTAT1";
 /// Version of the record format.
 pub const FORMAT: u32 = 2;
 
@@ -38,7 +24,7 @@ pub struct AppliedFunc {
     /// The old function's size.
     pub old_size: u64,
     /// The original bytes at the entry (they equal the file's).
-    #[serde(with = "hex_bytes")]
+    #[serde(with = "crate::fmt::hex_bytes")]
     pub orig: Vec<u8>,
     /// The new function's name in the patch.
     pub new_name: String,
@@ -112,6 +98,29 @@ pub struct Preserve {
 }
 
 impl AppliedFunc {
+    /// The record's form of the resolved function `r`, redirected to `new_name` at `new_addr`.
+    pub fn redirected(r: &Resolved, new_name: &str, new_addr: u64, new_size: u64) -> AppliedFunc {
+        AppliedFunc {
+            object: r.object.clone(),
+            symbol: r.symbol.clone(),
+            old_addr: r.addr,
+            old_size: r.size,
+            orig: r.orig.clone(),
+            new_name: new_name.to_string(),
+            new_addr,
+            new_size,
+            island: None,
+            implementation: r.ifunc_implementation.clone(),
+            debug_file: r.debug_file.clone(),
+            parts: r.split_parts(),
+            new_parts: Vec::new(),
+            aliases: r.aliases.clone(),
+            preserve: None,
+            wrap: None,
+            copy: None,
+        }
+    }
+
     /// Where the old entry jumps: the preserving stub, an island slot, or the new function.
     pub fn target(&self) -> u64 {
         match (&self.preserve, self.island) {
@@ -173,7 +182,7 @@ pub struct AppliedPatch {
     /// Its functions in objects the process had not loaded when it was applied, at file
     /// addresses: the runtime's hook patches each copy that comes ([`crate::livepatch::coming`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub coming: Vec<crate::livepatch::coming::ComingFunc>,
+    pub coming: Vec<ComingFunc>,
     /// Callbacks of objects it changes (`RLIVEPATCH_OBJECT_CALLBACKS`), at run-time
     /// addresses: pre_patch, post_patch, pre_unpatch, post_unpatch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -194,13 +203,42 @@ impl AppliedPatch {
     }
 }
 
-/// A page of island slots near some code.
+/// One function of a patch in an object that was not loaded when the patch was applied.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Island {
-    /// Page address.
+pub struct ComingFunc {
+    /// The object as the patch names it.
+    pub name: String,
+    /// Its build-id, by which the hook recognises it.
+    pub build_id: String,
+    /// Where the build-id's bytes are in its image (file address).
+    pub note_vaddr: u64,
+    /// The function at file addresses (the entry, its parts); the new function at its
+    /// run-time address.
+    pub func: AppliedFunc,
+}
+
+/// The jump in the loader's `_dl_debug_state`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hook {
+    /// Where it is written.
     pub addr: u64,
-    /// Slots in use.
-    pub used: Vec<u64>,
+    /// The loader's bytes there.
+    #[serde(with = "crate::fmt::hex_bytes")]
+    pub orig: Vec<u8>,
+    /// The jump.
+    #[serde(with = "crate::fmt::hex_bytes")]
+    pub jump: Vec<u8>,
+}
+
+/// The loaded runtime, as the record keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuntimeRecord {
+    /// `dlopen` handle.
+    pub handle: u64,
+    /// Load bias.
+    pub base: u64,
+    /// Its memfd in the target.
+    pub fd: i32,
 }
 
 /// How far an operation got. Each stage is recorded before its step starts, so that a
@@ -264,11 +302,11 @@ pub struct Record {
     pub pending: Option<Pending>,
     /// The rlivepatch runtime, when loaded.
     #[serde(default)]
-    pub runtime: Option<crate::remote::runtime::RuntimeRecord>,
+    pub runtime: Option<RuntimeRecord>,
     /// The jump written into the loader's debugger notification point, while a patch
     /// waits for objects to come ([`crate::livepatch::coming`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hook: Option<crate::livepatch::coming::Hook>,
+    pub hook: Option<Hook>,
 }
 
 impl Pending {
@@ -324,202 +362,32 @@ impl Record {
     }
 }
 
-/// Where the record lives in one process.
-#[derive(Debug, Clone, Copy)]
-pub struct Store {
-    /// Address of the mapping.
-    pub addr: u64,
-    generation: u64,
-}
-
-fn checksum(b: &[u8]) -> u64 {
-    // FNV-1a: enough to tell a torn write from a whole one.
-    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
-        (h ^ x as u64).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-/// Find the state mapping in `maps`.
-pub fn find_mapping(maps: &[Mapping]) -> Option<u64> {
-    let name = format!("/memfd:{MEMFD_NAME}");
-    maps.iter()
-        .find(|m| m.path == name && m.offset == 0)
-        .map(|m| m.start)
-}
-
-impl Store {
-    /// Read the record of a process: `None` when it has no state mapping.
-    pub fn load(proc: &Process, maps: &[Mapping]) -> Result<Option<(Store, Record)>> {
-        let Some(addr) = find_mapping(maps) else {
-            return Ok(None);
-        };
-        let header = proc.read(addr, 16)?;
-        if &header[..8] != MAGIC {
-            bail!(
-                Failed,
-                "the rlivepatch state of process {} at {addr:#x} is not readable (bad magic)",
-                proc.pid
-            );
-        }
-        let mut best: Option<(u64, Record)> = None;
-        for slot in 0..2 {
-            let base = addr + HEADER + slot * SLOT_SIZE;
-            let head = proc.read(base, 24)?;
-            let generation_no = u64::from_le_bytes(head[0..8].try_into().unwrap());
-            let len = u64::from_le_bytes(head[8..16].try_into().unwrap());
-            let sum = u64::from_le_bytes(head[16..24].try_into().unwrap());
-            if generation_no == 0 || len == 0 || len > SLOT_SIZE - 24 {
-                continue;
-            }
-            let body = proc.read(base + 24, len as usize)?;
-            if checksum(&body) != sum {
-                continue;
-            }
-            let Ok(rec) = serde_json::from_slice::<Record>(&body) else {
-                continue;
-            };
-            if best.as_ref().is_none_or(|(g, _)| generation_no > *g) {
-                best = Some((generation_no, rec));
+impl Record {
+    /// Release island slots; returns the pages left empty (to unmap after the switch).
+    pub fn free_slots(&mut self, slots: &[u64]) -> Vec<u64> {
+        let mut empty = Vec::new();
+        for isl in self.islands.iter_mut() {
+            isl.used.retain(|u| !slots.contains(u));
+            if isl.used.is_empty() {
+                empty.push(isl.addr);
             }
         }
-        match best {
-            Some((generation, rec)) => {
-                if rec.format > FORMAT {
-                    bail!(
-                        Failed,
-                        "process {} was patched by a newer rlivepatch (state format {}); use that version",
-                        proc.pid,
-                        rec.format
-                    );
-                }
-                Ok(Some((Store { addr, generation }, rec)))
-            }
-            None => Ok(Some((
-                Store {
-                    addr,
-                    generation: 0,
-                },
-                Record {
-                    format: FORMAT,
-                    ..Default::default()
-                },
-            ))),
-        }
+        self.islands.retain(|i| !i.used.is_empty());
+        empty
     }
 
-    /// Create the state mapping in the target (through the borrowed thread).
-    pub fn create(inj: &mut Injector, tr: &mut Tracer, proc: &Process) -> Result<Store> {
-        let fd = inj.memfd_with(tr, proc, MEMFD_NAME, MAGIC)?;
-        let r = (|| -> Result<u64> {
-            let t = inj.syscall(tr, libc::SYS_ftruncate, &[fd as u64, STATE_SIZE])?;
-            if t < 0 {
-                bail!(
-                    Failed,
-                    "ftruncate of the state memfd failed: {}",
-                    std::io::Error::from_raw_os_error(-t as i32)
-                );
-            }
-            let a = inj.syscall(
-                tr,
-                libc::SYS_mmap,
-                &[
-                    0,
-                    STATE_SIZE,
-                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                    libc::MAP_PRIVATE as u64,
-                    fd as u64,
-                    0,
-                ],
-            )?;
-            if a < 0 {
-                bail!(
-                    Failed,
-                    "mapping the state memfd failed: {}",
-                    std::io::Error::from_raw_os_error(-a as i32)
-                );
-            }
-            Ok(a as u64)
-        })();
-        inj.syscall(tr, libc::SYS_close, &[fd as u64])?;
-        Ok(Store {
-            addr: r?,
-            generation: 0,
-        })
-    }
-
-    /// Write the record (the slot not holding the newest one).
-    pub fn save(&mut self, proc: &Process, rec: &Record) -> Result<()> {
-        let body = serde_json::to_vec(rec).map_err(|e| err!(Failed, "encoding the state: {e}"))?;
-        if body.len() as u64 > SLOT_SIZE - 24 {
-            bail!(
-                Failed,
-                "the rlivepatch state of process {} outgrew its {} bytes; disable some patches",
-                proc.pid,
-                SLOT_SIZE
-            );
-        }
-        let generation_no = self.generation + 1;
-        let base = self.addr + HEADER + (generation_no % 2) * SLOT_SIZE;
-        // Body first, then the header that makes it valid.
-        proc.write(base + 24, &body)?;
-        let mut head = generation_no.to_le_bytes().to_vec();
-        head.extend((body.len() as u64).to_le_bytes());
-        head.extend(checksum(&body).to_le_bytes());
-        proc.write(base, &head)?;
-        self.generation = generation_no;
-        Ok(())
-    }
-
-    /// Unmap the state (when nothing is left to remember).
-    pub fn remove(self, inj: &mut Injector, tr: &mut Tracer) -> Result<()> {
-        let r = inj.syscall(tr, libc::SYS_munmap, &[self.addr, STATE_SIZE])?;
-        if r < 0 {
-            bail!(
-                Failed,
-                "unmapping the state failed: {}",
-                std::io::Error::from_raw_os_error(-r as i32)
-            );
-        }
-        Ok(())
-    }
-}
-
-pub(crate) mod hex_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::elf::symbols::hex(b))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        (0..s.len())
-            .step_by(2)
-            .map(|i| {
-                u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16)
-                    .map_err(serde::de::Error::custom)
-            })
+    /// The preserving-path table entries the record's redirects use (applied patches
+    /// and the one being loaded).
+    pub fn preserve_indexes(&self) -> Vec<u32> {
+        self.patches
+            .iter()
+            .flat_map(|p| &p.funcs)
+            .chain(
+                self.pending
+                    .iter()
+                    .flat_map(|p| p.loading.iter().flat_map(|a| &a.funcs)),
+            )
+            .filter_map(|f| f.preserve.as_ref().map(|p| p.index))
             .collect()
     }
-}
-
-/// Read the record of a process without attaching to it.
-pub fn read_record(pid: i32) -> Result<(Process, Vec<Mapping>, Record)> {
-    let proc = Process::open(pid)?;
-    let maps = proc.maps()?;
-    let rec = Store::load(&proc, &maps)?
-        .map(|(_, r)| r)
-        .unwrap_or_default();
-    Ok((proc, maps, rec))
-}
-
-/// Release island slots; returns the pages left empty (to unmap after the switch).
-pub fn free_slots(rec: &mut Record, slots: &[u64]) -> Vec<u64> {
-    let mut empty = Vec::new();
-    for isl in rec.islands.iter_mut() {
-        isl.used.retain(|u| !slots.contains(u));
-        if isl.used.is_empty() {
-            empty.push(isl.addr);
-        }
-    }
-    rec.islands.retain(|i| !i.used.is_empty());
-    empty
 }

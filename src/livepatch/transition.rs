@@ -32,6 +32,9 @@ const FIRST_REPORT: Duration = Duration::from_millis(250);
 /// After a thread is caught, how long to wait for more before checking again.
 const BATCH: Duration = Duration::from_millis(5);
 
+/// How the preserving path is named where it blocks a switch.
+pub const PRESERVING_PATH: &str = "the preserving path";
+
 /// Code whose implementation the switch changes.
 #[derive(Debug, Clone)]
 pub struct Changed {
@@ -262,7 +265,7 @@ fn check_some(
         }
         if let Some((i, c)) = hit {
             let name = match inner {
-                Some(n) if c.name == crate::livepatch::func_stack::PRESERVING_PATH => {
+                Some(n) if c.name == PRESERVING_PATH => {
                     format!("{}, which returns through {}", n.name, c.name)
                 }
                 _ => c.name.clone(),
@@ -373,7 +376,7 @@ pub fn switch(
         planted.retain(|tid, _| w.tr.threads.contains_key(tid));
         if blockers.is_empty() {
             let written = write_all(w.proc, &plan.writes);
-            crate::fault::point("switch:written");
+            crate::os::fault::point("switch:written");
             if written.is_ok() {
                 // Trampolines go before anyone runs; then the threads that were at work
                 // run first.
@@ -440,7 +443,7 @@ pub fn switch(
                 }
             }
         }
-        crate::fault::point("switch:planted");
+        crate::os::fault::point("switch:planted");
         if !planted.is_empty()
             && blockers
                 .iter()
@@ -565,7 +568,7 @@ fn stop_and_check(
     held: &BTreeSet<Tid>,
 ) -> Result<Vec<Blocker>> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    crate::fault::trace("find threads on a CPU");
+    crate::os::fault::trace("find threads on a CPU");
     *first = w.tr.on_cpu();
     let asleep: Vec<Tid> =
         w.tr.threads
@@ -574,9 +577,9 @@ fn stop_and_check(
             .map(|t| t.tid)
             .filter(|t| !first.contains(t))
             .collect();
-    crate::fault::trace("stop asleep");
+    crate::os::fault::trace("stop asleep");
     w.tr.stop_these(&asleep, deadline)?;
-    crate::fault::trace("asleep stopped");
+    crate::os::fault::trace("asleep stopped");
     w.tr.check_interrupted()?;
     let checked: BTreeSet<Tid> =
         w.tr.threads
@@ -585,14 +588,14 @@ fn stop_and_check(
             .map(|t| t.tid)
             .collect();
     let mut blockers = check_some(w, plan, changed, force, &|t| checked.contains(&t))?;
-    crate::fault::trace("asleep checked");
+    crate::os::fault::trace("asleep checked");
     // Unsafe already: the rest is checked too, for a complete report, and stopped anyway
     // since trampolines are planted with the world stopped.
     w.tr.stop_all(deadline)?;
     blockers.extend(check_some(w, plan, changed, force, &|t| {
         !checked.contains(&t) && !held.contains(&t)
     })?);
-    crate::fault::trace("checked");
+    crate::os::fault::trace("checked");
     Ok(blockers)
 }
 
@@ -754,7 +757,7 @@ pub fn write_all(proc: &Process, writes: &[Write]) -> Result<()> {
 /// One run: check that each write finds the bytes it expects, write the span, read it
 /// back. Returns the span's bytes before.
 fn write_run(proc: &Process, run: &[&Write], start: u64, end: u64) -> Result<Vec<u8>> {
-    let before = crate::livepatch::coming::read_code(proc, start, (end - start) as usize)?;
+    let before = crate::elf::objects::read_code(proc, start, (end - start) as usize)?;
     let mut after = before.clone();
     for w in run {
         let off = (w.addr - start) as usize;
@@ -774,8 +777,8 @@ fn write_run(proc: &Process, run: &[&Write], start: u64, end: u64) -> Result<Vec
                 Mismatch,
                 "the code at {:#x} changed under rlivepatch (found {}, expected {}); another tool is writing the process, or it loaded and unloaded libraries meanwhile: retry",
                 w.addr,
-                crate::elf::symbols::hex(now),
-                crate::elf::symbols::hex(&w.old)
+                crate::fmt::hex(now),
+                crate::fmt::hex(&w.old)
             );
         }
         after[off..off + w.new.len()].copy_from_slice(&w.new);

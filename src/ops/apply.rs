@@ -2,16 +2,19 @@
 //! kernel's `klp_enable_patch`), and what finishes or undoes an apply (also used by
 //! `repair`).
 
-use crate::elf::symbols::{ElfFile, SymKind, hex};
+use crate::elf::symbols::{ElfFile, SymKind};
 use crate::error::Result;
+use crate::fmt::hex;
 use crate::livepatch::func_stack::{current_impl, expected_entry, installed_states};
-use crate::livepatch::record::{AppliedFunc, AppliedPatch, Island, Record, Stage};
+use crate::livepatch::record::{AppliedFunc, AppliedPatch, Record, Stage};
 use crate::livepatch::session::{Session, callback, pending, refuse_pending, set_stage};
 use crate::livepatch::transition::{self, Plan, Write};
 use crate::patch::{Patch, RelocKind};
+use crate::remote::redirect::Island;
 use crate::remote::redirect::{self, JMP_LEN};
 use crate::remote::relocate::RelocFill;
-use crate::resolve::{Resolved, SymbolFill, fill_symbols};
+use crate::resolve::funcs::Resolved;
+use crate::resolve::symbols::{Fill, SymbolFill};
 use crate::{bail, err};
 
 /// The kernel's rule: a patch must carry each installed state at the same or a higher
@@ -55,7 +58,7 @@ pub fn run(
     s: &mut Session,
     patch: &Patch,
     resolved: &[Resolved],
-    coming: &[crate::livepatch::coming::Pending],
+    coming: &[crate::resolve::coming::Pending],
     symbols: &[SymbolFill],
     places: &[RelocFill],
 ) -> Result<Applied> {
@@ -83,7 +86,7 @@ pub fn run(
     // else owns it.
     for r in resolved {
         let expected = expected_entry(&s.record, r.addr, &r.orig);
-        let now = crate::livepatch::coming::read_code(&s.proc, r.addr, JMP_LEN)?;
+        let now = crate::elf::objects::read_code(&s.proc, r.addr, JMP_LEN)?;
         if now != expected {
             let what = if now[0] == 0xcc {
                 "a breakpoint (int3) of a debugger or uprobe"
@@ -108,7 +111,7 @@ pub fn run(
     pending.scratch = s.scratch;
     s.record.pending = Some(pending);
     s.save_record()?;
-    crate::fault::point("apply:pending");
+    crate::os::fault::point("apply:pending");
     match apply_steps(s, patch, resolved, coming, symbols, places) {
         Ok(v) => Ok(v),
         Err(e) => {
@@ -154,7 +157,7 @@ fn apply_steps(
     s: &mut Session,
     patch: &Patch,
     resolved: &[Resolved],
-    coming: &[crate::livepatch::coming::Pending],
+    coming: &[crate::resolve::coming::Pending],
     symbols: &[SymbolFill],
     places: &[RelocFill],
 ) -> Result<Applied> {
@@ -165,15 +168,15 @@ fn apply_steps(
     let mut applied = load(s, patch, preserves)?;
     fill_symbols(s, applied.base, symbols)?;
     bind_places(s, &mut applied, places)?;
-    crate::fault::trace("symbols filled");
+    crate::os::fault::trace("symbols filled");
     applied.funcs = locate(s, patch, resolved, applied.base)?;
     applied.coming = crate::livepatch::coming::applied(patch, coming, applied.base);
     let pending_too: Vec<Resolved> = coming.iter().map(|c| c.resolved.clone()).collect();
     locate(s, patch, &pending_too, applied.base)?;
-    crate::fault::trace("new functions found");
+    crate::os::fault::trace("new functions found");
     wire_wrappers(s, patch, &mut applied, resolved)?;
     place_islands(s, &mut applied, resolved)?;
-    crate::fault::trace("islands");
+    crate::os::fault::trace("islands");
     // From here to the end, the hook for objects that come waits: the record and its
     // table must agree, and no object may come unseen in between.
     let mut adopt = Vec::new();
@@ -204,7 +207,7 @@ fn apply_steps(
     pre_patch(s, &applied)?;
     // The switch. If it fails, the transition is reversed (post_unpatch runs while the
     // record is undone).
-    crate::fault::point("apply:pre_patched");
+    crate::os::fault::point("apply:pre_patched");
     set_stage(s, Stage::Switching)?;
     // A switch with nothing to write (every function waits for its object) checks
     // nothing: an interrupt that came until now still undoes the apply.
@@ -218,7 +221,7 @@ fn apply_steps(
     if unhook.is_some() {
         s.record.hook = None;
     }
-    crate::fault::point("apply:switched");
+    crate::os::fault::point("apply:switched");
     let views = applied
         .funcs
         .iter()
@@ -299,10 +302,10 @@ fn load(s: &mut Session, patch: &Patch, preserves: bool) -> Result<AppliedPatch>
     };
     pending(s).loading = Some(applied.clone());
     set_stage(s, Stage::Loaded)?;
-    crate::fault::point("apply:loaded");
+    crate::os::fault::point("apply:loaded");
     s.tr.check_interrupted()?;
     s.refresh()?;
-    crate::fault::trace("refreshed");
+    crate::os::fault::trace("refreshed");
     Ok(applied)
 }
 
@@ -327,7 +330,8 @@ fn locate(
                 s.objects.symbolize(stored)
             );
         }
-        let mut func = r.applied(
+        let mut func = crate::livepatch::record::AppliedFunc::redirected(
+            r,
             &f.new_name,
             expected,
             new_function_size(&patch.file, f.new_vaddr),
@@ -426,7 +430,7 @@ fn place_islands(s: &mut Session, applied: &mut AppliedPatch, resolved: &[Resolv
     let mut slot_writes: Vec<(u64, Vec<u8>)> = Vec::new();
     let path = match &s.record.runtime {
         Some(rt) if resolved.iter().any(|r| r.contract.preserves()) => {
-            Some(crate::remote::preserve::Runtime::of(rt, &s.proc)?)
+            Some(crate::remote::preserve::Runtime::of(rt.base, &s.proc)?)
         }
         _ => None,
     };
@@ -442,7 +446,9 @@ fn place_islands(s: &mut Session, applied: &mut AppliedPatch, resolved: &[Resolv
         let mut used = vec![slot];
         match preserve {
             Some(rt) => {
-                let index = crate::remote::preserve::free_index(&s.record, &indexes)?;
+                let mut taken = s.record.preserve_indexes();
+                taken.extend(&indexes);
+                let index = crate::remote::preserve::free_index(&taken)?;
                 indexes.push(index);
                 s.proc.write(
                     rt.entry(index),
@@ -582,7 +588,7 @@ fn record_plan(s: &mut Session, applied: &AppliedPatch, unhook: Option<Write>) -
         plan.entries.push((w.addr, JMP_LEN as u64));
         plan.writes.push(w);
     }
-    crate::fault::trace("plan built");
+    crate::os::fault::trace("plan built");
     pending(s).loading = Some(applied.clone());
     pending(s).writes = plan
         .writes
@@ -590,7 +596,7 @@ fn record_plan(s: &mut Session, applied: &AppliedPatch, unhook: Option<Write>) -
         .map(|w| (w.addr, hex(&w.old), hex(&w.new)))
         .collect();
     s.save_record()?;
-    crate::fault::point("apply:planned");
+    crate::os::fault::point("apply:planned");
     s.tr.check_interrupted()?;
     Ok(plan)
 }
@@ -669,7 +675,7 @@ pub fn finish(s: &mut Session, applied: AppliedPatch, run_post_patch: bool) -> R
         callback(s, applied.callbacks[1], "post_patch", &applied.name)?;
         crate::livepatch::coming::object_callbacks(s, &applied, 1)?;
         s.set_states(&[], &[])?;
-        crate::fault::point("apply:post_patched");
+        crate::os::fault::point("apply:post_patched");
     }
     let old_patches = std::mem::take(&mut s.record.patches);
     let mut to_unload = Vec::new();
@@ -687,11 +693,11 @@ pub fn finish(s: &mut Session, applied: AppliedPatch, run_post_patch: bool) -> R
         }
     }
     let freed: Vec<u64> = to_unload.iter().flat_map(|p| p.slots(!p.forced)).collect();
-    let empty_pages = crate::livepatch::record::free_slots(&mut s.record, &freed);
+    let empty_pages = s.record.free_slots(&freed);
     s.record.patches.push(applied);
     s.record.pending = None;
     s.save_record()?;
-    crate::fault::point("apply:committed");
+    crate::os::fault::point("apply:committed");
     // The hook learns the active patches before any replaced one goes.
     crate::livepatch::coming::settle(s)?;
     for p in to_unload.iter().filter(|p| !p.forced) {
@@ -710,7 +716,7 @@ pub fn unwind(s: &mut Session) -> Result<()> {
         return Ok(());
     };
     // Threads waiting in the hook hold the loader's lock, which unloading needs.
-    crate::livepatch::coming::thaw(s)?;
+    s.thaw()?;
     if let Some(applied) = &p.loading {
         if p.stage >= Stage::Switching {
             let prev = installed_states(&s.record, None);
@@ -721,7 +727,7 @@ pub fn unwind(s: &mut Session) -> Result<()> {
             s.set_states(&[], &[])?;
         }
         s.unload(applied.handle, applied.fd)?;
-        crate::livepatch::record::free_slots(&mut s.record, &applied.slots(true));
+        s.record.free_slots(&applied.slots(true));
     }
     crate::livepatch::coming::release(s)?;
     // Pages mapped for this apply that nothing uses now.
@@ -798,4 +804,20 @@ fn map_island(s: &mut Session, entry: u64, name: &str) -> Result<u64> {
     let page = found.ok_or_else(|| redirect::no_island_error(name, entry))?;
     s.refresh()?;
     Ok(page)
+}
+
+/// Fill the patch's symbol slots (the patch is loaded at `base`).
+pub fn fill_symbols(s: &mut Session, base: u64, symbols: &[SymbolFill]) -> Result<()> {
+    for f in symbols {
+        match &f.value {
+            Fill::Addr(a) => s.proc.write(base + f.slot_vaddr, &a.to_le_bytes())?,
+            Fill::Tls(object, offset) => {
+                let module = s.tls_module(object.as_deref())?;
+                let mut b = module.to_le_bytes().to_vec();
+                b.extend(offset.to_le_bytes());
+                s.proc.write(base + f.slot_vaddr, &b)?;
+            }
+        }
+    }
+    Ok(())
 }

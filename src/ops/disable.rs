@@ -3,8 +3,8 @@
 //! (also used by `repair`).
 
 use crate::bail;
-use crate::elf::symbols::hex;
 use crate::error::Result;
+use crate::fmt::hex;
 use crate::livepatch::func_stack::{expected_entry, implementation_of, installed_states};
 use crate::livepatch::record::{AppliedPatch, Record, Stage};
 use crate::livepatch::session::{Session, callback, refuse_pending, set_stage};
@@ -56,7 +56,7 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
         bail!(
             Mismatch,
             "no patch named {name} is applied to process {pid} (applied: {}); see `rlivepatch list {pid}`",
-            crate::ops::report::names_or_none(&names)
+            crate::fmt::names_or_none(&names)
         );
     };
     // Copies of objects that came since are patched too: the record learns them while
@@ -80,7 +80,7 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
         plan.writes.push(w);
     }
     for w in &plan.writes {
-        let now = crate::livepatch::coming::read_code(&s.proc, w.addr, JMP_LEN)?;
+        let now = crate::elf::objects::read_code(&s.proc, w.addr, JMP_LEN)?;
         if now != w.old {
             bail!(
                 Mismatch,
@@ -101,14 +101,14 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
     pending.scratch = s.scratch;
     s.record.pending = Some(pending);
     s.save_record()?;
-    crate::fault::point("disable:pending");
+    crate::os::fault::point("disable:pending");
     // pre_unpatch, the switch, post_unpatch. A switch that fails is reversed: the patch
     // stays, and post_patch runs (the kernel's reversed transition).
     let prev = installed_states(&s.record, Some(idx));
     s.set_states(&p.state_addrs, &prev)?;
     callback(s, p.callbacks[2], "pre_unpatch", &p.name)?;
     crate::livepatch::coming::object_callbacks(s, &p, 2)?;
-    crate::fault::point("disable:pre_unpatched");
+    crate::os::fault::point("disable:pre_unpatched");
     set_stage(s, Stage::Switching)?;
     let report = match s.switch(&plan) {
         Ok(r) => r,
@@ -124,7 +124,7 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
     if unhook.is_some() {
         s.record.hook = None;
     }
-    crate::fault::point("disable:switched");
+    crate::os::fault::point("disable:switched");
     let unloaded = finish(s, true)?;
     Ok((unloaded, report))
 }
@@ -163,7 +163,7 @@ pub fn plan(rec: &Record, p: &AppliedPatch) -> Plan {
         plan.changed.push(transition::Changed {
             start: rt.base + l.preserve,
             end: rt.base + l.preserve_end,
-            name: crate::livepatch::func_stack::PRESERVING_PATH.to_string(),
+            name: crate::livepatch::transition::PRESERVING_PATH.to_string(),
         });
     }
     plan
@@ -198,7 +198,7 @@ pub fn finish(s: &mut Session, run_post_unpatch: bool) -> Result<bool> {
         s.set_states(&[], &[])?;
     }
     let unload = !p.forced;
-    let empty_pages = crate::livepatch::record::free_slots(&mut s.record, &p.slots(unload));
+    let empty_pages = s.record.free_slots(&p.slots(unload));
     if unload {
         s.record.patches.remove(idx);
     } else {
@@ -206,7 +206,7 @@ pub fn finish(s: &mut Session, run_post_unpatch: bool) -> Result<bool> {
     }
     s.record.pending = None;
     s.save_record()?;
-    crate::fault::point("disable:committed");
+    crate::os::fault::point("disable:committed");
     // The hook forgets the patch before its code goes.
     crate::livepatch::coming::settle(s)?;
     for page in empty_pages {

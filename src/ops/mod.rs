@@ -9,8 +9,8 @@ pub mod repair;
 pub mod report;
 
 use crate::elf::objects::Objects;
-use crate::elf::symbols::hex;
 use crate::error::Result;
+use crate::fmt::hex;
 use crate::livepatch::func_stack::{current_impl, expected_entry};
 use crate::livepatch::session::Session;
 use crate::livepatch::transition::{self, Plan};
@@ -18,13 +18,15 @@ use crate::os::process::Process;
 use crate::patch::Patch;
 use crate::remote::inject::Libc;
 use crate::remote::redirect::JMP_LEN;
-use crate::resolve::{Resolved, preflight, resolve, resolve_ifuncs, resolve_symbols};
+use crate::resolve::funcs::{Resolved, resolve_ifuncs};
+use crate::resolve::symbols::resolve_symbols;
+use crate::resolve::target::preflight;
 use crate::{bail, err};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub use crate::livepatch::record::read_record;
 pub use crate::livepatch::session::{Options, ProgressFn};
+pub use crate::livepatch::store::read_record;
 
 /// What `apply` did.
 #[derive(Debug, serde::Serialize)]
@@ -37,7 +39,7 @@ pub struct ApplyReport {
     pub functions: Vec<crate::ops::report::FuncView>,
     /// Objects the process has not loaded: patched when they come.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pending: Vec<crate::livepatch::coming::PendingView>,
+    pub pending: Vec<crate::resolve::coming::PendingView>,
     /// Patches it replaced (atomic replace).
     pub replaced: Vec<String>,
     /// The switch.
@@ -99,22 +101,29 @@ fn apply_once(
     preflight(&proc)?;
     let maps = proc.maps()?;
     let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
-    crate::elf::buildid::check(patch, &objects)?;
+    crate::resolve::target::check_build_ids(patch, &objects)?;
     crate::resolve::linkage::check(patch, &objects)?;
     let mut contracts = crate::contract::Contracts::new();
-    let coming = crate::livepatch::coming::resolve(patch, &objects, pid, opts, &mut contracts)?;
-    let resolved = resolve(patch, &objects, &mut contracts, &coming)?;
+    let coming = crate::resolve::coming::resolve(
+        patch,
+        &objects,
+        pid,
+        &opts.library_path,
+        &opts.debug_dirs,
+        &mut contracts,
+    )?;
+    let resolved = crate::resolve::coming::loaded(patch, &objects, &mut contracts, &coming)?;
     tell_contracts(&resolved, progress);
     let symbols = resolve_symbols(patch, &objects)?;
-    crate::resolve::refuse_self_calls(patch, &resolved, &symbols)?;
+    crate::resolve::symbols::refuse_self_calls(patch, &resolved, &symbols)?;
     let places = crate::remote::relocate::resolve(patch, &objects)?;
     let libc = Libc::find(pid, &objects)?;
-    crate::fault::trace("resolved");
+    crate::os::fault::trace("resolved");
     let mut s = Session::attach_with(proc, opts, progress, Some(objects))?;
     s.set_libc(libc);
-    crate::fault::point("apply:attached");
+    crate::os::fault::point("apply:attached");
     let mut resolved = resolved;
-    let r = resolve_ifuncs(&mut s, patch, &mut contracts, &mut resolved)
+    let r = ifuncs(&mut s, patch, &mut contracts, &mut resolved)
         .and_then(|()| crate::ops::repair::repair_if_needed(&mut s))
         .and_then(|()| {
             crate::ops::apply::run(&mut s, patch, &resolved, &coming, &symbols, &places)
@@ -127,7 +136,7 @@ fn apply_once(
     Ok(ApplyReport {
         pid,
         patch: patch.name.clone(),
-        pending: crate::livepatch::coming::PendingView::of(&coming),
+        pending: crate::resolve::coming::PendingView::of(&coming),
         functions,
         replaced,
         switch: report,
@@ -199,7 +208,7 @@ pub fn disable(
     let t0 = Instant::now();
     let proc = Process::open(pid)?;
     if let Ok(maps) = proc.maps()
-        && crate::livepatch::record::find_mapping(&maps).is_none()
+        && crate::livepatch::store::find_mapping(&maps).is_none()
     {
         bail!(Mismatch, "no patch is applied to process {pid}");
     }
@@ -240,7 +249,7 @@ pub struct CheckReport {
     pub functions: Vec<Resolved>,
     /// Objects the process has not loaded: the patch would wait for them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pending: Vec<crate::livepatch::coming::PendingView>,
+    pub pending: Vec<crate::resolve::coming::PendingView>,
     /// Who blocks, and where.
     pub blockers: Vec<transition::Blocker>,
     /// Threads checked.
@@ -255,19 +264,26 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     preflight(&proc)?;
     let maps = proc.maps()?;
     let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
-    crate::elf::buildid::check(&patch, &objects)?;
+    crate::resolve::target::check_build_ids(&patch, &objects)?;
     crate::resolve::linkage::check(&patch, &objects)?;
     let mut contracts = crate::contract::Contracts::new();
-    let coming = crate::livepatch::coming::resolve(&patch, &objects, pid, opts, &mut contracts)?;
-    let mut resolved = resolve(&patch, &objects, &mut contracts, &coming)?;
+    let coming = crate::resolve::coming::resolve(
+        &patch,
+        &objects,
+        pid,
+        &opts.library_path,
+        &opts.debug_dirs,
+        &mut contracts,
+    )?;
+    let mut resolved = crate::resolve::coming::loaded(&patch, &objects, &mut contracts, &coming)?;
     tell_contracts(&resolved, progress);
     // What apply resolves before it touches the process, check resolves too.
     let symbols = resolve_symbols(&patch, &objects)?;
-    crate::resolve::refuse_self_calls(&patch, &resolved, &symbols)?;
+    crate::resolve::symbols::refuse_self_calls(&patch, &resolved, &symbols)?;
     crate::remote::relocate::resolve(&patch, &objects)?;
     let mut s = Session::attach_with(proc, opts, progress, Some(objects))?;
     let r = (|| -> Result<CheckReport> {
-        resolve_ifuncs(&mut s, &patch, &mut contracts, &mut resolved)?;
+        ifuncs(&mut s, &patch, &mut contracts, &mut resolved)?;
         s.unborrow()?;
         if s.record
             .patches
@@ -295,7 +311,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
                     hex(&expected)
                 );
             }
-            let f = r.applied("", 0, 0);
+            let f = crate::livepatch::record::AppliedFunc::redirected(r, "", 0, 0);
             plan.changed.extend(current_impl(&s.record, &f));
             plan.entries.push((r.addr, JMP_LEN as u64));
         }
@@ -314,7 +330,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
         Ok(CheckReport {
             pid,
             patch: patch.name.clone(),
-            pending: crate::livepatch::coming::PendingView::of(&coming),
+            pending: crate::resolve::coming::PendingView::of(&coming),
             safe: blockers.is_empty(),
             functions: resolved.clone(),
             threads: s.tr.threads.len(),
@@ -322,4 +338,22 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
         })
     })();
     s.conclude(r)
+}
+
+/// Resolve the IFUNCs among `resolved`: each resolver is called in the process, on the
+/// borrowed thread, and the implementation it returns is what gets patched.
+fn ifuncs(
+    s: &mut Session,
+    patch: &Patch,
+    contracts: &mut crate::contract::Contracts,
+    resolved: &mut Vec<Resolved>,
+) -> Result<()> {
+    let mut called = Vec::with_capacity(resolved.len());
+    for r in resolved.iter() {
+        called.push(match r.resolver {
+            Some(a) => Some(s.call(a, &[], &format!("the IFUNC resolver of {}", r.symbol))?),
+            None => None,
+        });
+    }
+    resolve_ifuncs(&s.objects, patch, contracts, resolved, &called)
 }

@@ -10,9 +10,9 @@
 //! same for a disable; leftovers nothing refers to are unloaded or unmapped; return
 //! trampolines left on threads' stacks are taken off.
 
-use crate::elf::symbols::hex;
 use crate::elf::unwind::StackMem;
 use crate::error::Result;
+use crate::fmt::hex;
 use crate::livepatch::record::Stage;
 use crate::livepatch::session::Session;
 use crate::livepatch::transition::Plan;
@@ -179,7 +179,7 @@ fn repair_orphan_fd(s: &mut Session, fd: i32, name: &str) -> Result<String> {
     if name == "rlp:runtime" && handle != 0 && s.record.runtime.is_none() {
         s.inj.as_mut().unwrap().dlclose(&mut s.tr, handle)?;
         let base = s.proc.read_u64(handle)?;
-        s.record.runtime = Some(crate::remote::runtime::RuntimeRecord { handle, base, fd });
+        s.record.runtime = Some(crate::livepatch::record::RuntimeRecord { handle, base, fd });
         return Ok(format!(
             "recorded the rlivepatch runtime (fd {fd}) an interrupted run loaded"
         ));

@@ -7,47 +7,7 @@ use crate::patch::{Patch, StateDecl};
 use serde::Serialize;
 use std::fmt::Write as _;
 
-/// An address as JSON shows every address: a `"0x..."` string, as in the text.
-pub fn ser_hex<S: serde::Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&hx(*v))
-}
-
-/// An address as [`ser_hex`] writes it, or as a number (records written before).
-pub fn de_hex<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Addr {
-        Num(u64),
-        Text(String),
-    }
-    match <Addr as serde::Deserialize>::deserialize(d)? {
-        Addr::Num(n) => Ok(n),
-        Addr::Text(t) => u64::from_str_radix(t.trim_start_matches("0x"), 16)
-            .map_err(|_| serde::de::Error::custom(format!("bad address {t}"))),
-    }
-}
-
-/// Names for a message, or "none".
-pub fn names_or_none<S: AsRef<str>>(names: &[S]) -> String {
-    if names.is_empty() {
-        "none".to_string()
-    } else {
-        names
-            .iter()
-            .map(|n| n.as_ref())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-/// `1 thread`, `2 threads`.
-pub fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
-fn hx(v: u64) -> String {
-    format!("{v:#x}")
-}
+use crate::fmt::{hx, plural};
 
 /// One redirected function.
 #[derive(Debug, Clone, Serialize)]
@@ -231,7 +191,7 @@ pub struct ComingView {
     /// The functions that change in it.
     pub functions: Vec<String>,
     /// The copies the process loaded since (none: still pending).
-    pub copies: Vec<crate::livepatch::coming::Copy>,
+    pub copies: Vec<crate::livepatch::coming::table::Copy>,
 }
 
 /// The result of `list`.
@@ -418,7 +378,7 @@ impl ListView {
         if !crate::livepatch::coming::in_use(rec) {
             return;
         }
-        let Ok(Some(view)) = crate::livepatch::coming::read(proc, rec) else {
+        let Ok(Some(view)) = crate::livepatch::coming::table::read(proc, rec) else {
             return;
         };
         for p in &mut self.patches {

@@ -8,6 +8,8 @@
 //! May use: the crate's base (`error`, `fault`, `fmt`). Nothing here knows ELF, patches
 //! or livepatch.
 
+pub mod dirs;
+pub mod fault;
 pub mod lock;
 pub mod pace;
 pub mod process;

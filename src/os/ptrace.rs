@@ -264,7 +264,7 @@ impl Tracer {
             gone: Default::default(),
             lock: None,
         };
-        crate::fault::set_target(pid);
+        crate::os::fault::set_target(pid);
         // One rlivepatch at a time: wait for another one working on this process.
         let start = process::start_time(&format!("/proc/{pid}/stat"))
             .ok_or_else(|| err!(Target, "process {pid} exited"))?;
@@ -456,7 +456,7 @@ impl Tracer {
     /// Stop every thread (`PTRACE_INTERRUPT`) and wait until all are stopped, including
     /// threads created meanwhile. Threads already stopped stay as they are.
     pub fn stop_all(&mut self, deadline: Instant) -> Result<()> {
-        crate::fault::trace("stop all");
+        crate::os::fault::trace("stop all");
         self.world_stopped = true;
         crate::os::pace::world_stopped(true);
         loop {
@@ -491,7 +491,7 @@ impl Tracer {
                     }
                 }
                 if !new {
-                    crate::fault::trace("all stopped");
+                    crate::os::fault::trace("all stopped");
                     return Ok(());
                 }
                 continue;
@@ -584,7 +584,7 @@ impl Tracer {
 
     /// Resume every stopped thread.
     pub fn resume_all(&mut self) -> Result<()> {
-        crate::fault::trace("resume all");
+        crate::os::fault::trace("resume all");
         self.world_stopped = false;
         crate::os::pace::world_stopped(false);
         let tids: Vec<Tid> = self.threads.keys().copied().collect();
@@ -874,7 +874,7 @@ impl Tracer {
             libc::PTRACE_EVENT_STOP => Stop::Interrupt,
             e => {
                 if !matches!(e, libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_EXEC) {
-                    crate::fault::trace(&format!("ptrace event {e} on thread {tid}"));
+                    crate::os::fault::trace(&format!("ptrace event {e} on thread {tid}"));
                 }
                 Stop::Event(e)
             }
@@ -919,7 +919,7 @@ impl Tracer {
     /// Detach from every thread, delivering pending signals. Threads must be stopped
     /// (call [`Tracer::stop_all`] first); threads already gone are skipped.
     pub fn detach_all(&mut self) {
-        crate::fault::trace("detach all");
+        crate::os::fault::trace("detach all");
         let tids: Vec<Tid> = self.threads.keys().copied().collect();
         for tid in tids {
             self.detach_one(tid);
@@ -930,7 +930,7 @@ impl Tracer {
     /// once, threads asleep together (stopping them costs the process nothing), threads
     /// on a CPU one at a time, so that each pauses only for its own stop and detach.
     pub fn detach_gently(&mut self, deadline: Instant) -> Result<()> {
-        crate::fault::trace("detach gently");
+        crate::os::fault::trace("detach gently");
         self.world_stopped = false;
         crate::os::pace::world_stopped(false);
         // The leader first (see `attach`): from then on the kernel drops the signals the
@@ -974,7 +974,7 @@ impl Tracer {
             }
         }
         self.threads.clear();
-        crate::fault::trace("detached");
+        crate::os::fault::trace("detached");
         Ok(())
     }
 
@@ -999,7 +999,7 @@ impl Tracer {
         };
         prepare_resume(self.pid, &mut th);
         let sig = th.pending_signal.unwrap_or(0);
-        crate::fault::trace(&format!("detach thread {tid} from {:?}", th.stop));
+        crate::os::fault::trace(&format!("detach thread {tid} from {:?}", th.stop));
         let _ = ptrace_sig(libc::PTRACE_DETACH, th.tid, sig);
     }
 
@@ -1035,7 +1035,7 @@ impl Tracer {
     /// Detach every stopped thread but `keep`, `first` before the others (detaching lets
     /// a thread run); then resume the kept ones.
     pub fn detach_all_but(&mut self, keep: &[Tid], first: &[Tid]) -> Result<()> {
-        crate::fault::trace("detach all but");
+        crate::os::fault::trace("detach all but");
         self.world_stopped = false;
         crate::os::pace::world_stopped(false);
         // The leader before any other (see `attach`).
@@ -1043,7 +1043,7 @@ impl Tracer {
         let rest: Vec<Tid> = self.threads.keys().copied().collect();
         for (i, &tid) in leader.iter().chain(first).chain(&rest).enumerate() {
             if i == first.len() + 1 {
-                crate::fault::trace("busy resumed");
+                crate::os::fault::trace("busy resumed");
             }
             if keep.contains(&tid) {
                 continue;
@@ -1061,25 +1061,25 @@ impl Tracer {
         }
         // Threads not stopped (listening in a group-stop) stay attached; the rest are
         // detached at the end like any other.
-        crate::fault::trace("resumed");
+        crate::os::fault::trace("resumed");
         Ok(())
     }
 
     /// Resume every stopped thread, `first` before the others (the threads whose work
     /// waits: they were running when the world was stopped).
     pub fn resume_all_first(&mut self, first: &[Tid]) -> Result<()> {
-        crate::fault::trace("resume all");
+        crate::os::fault::trace("resume all");
         self.world_stopped = false;
         crate::os::pace::world_stopped(false);
         for &tid in first {
             self.resume(tid)?;
         }
-        crate::fault::trace("busy resumed");
+        crate::os::fault::trace("busy resumed");
         let tids: Vec<Tid> = self.threads.keys().copied().collect();
         for tid in tids {
             self.resume(tid)?;
         }
-        crate::fault::trace("resumed");
+        crate::os::fault::trace("resumed");
         Ok(())
     }
 
@@ -1292,7 +1292,7 @@ fn prepare_resume(pid: i32, th: &mut Thread) {
         Some(Stop::Signal(sig)) => signals.ignores(sig) && !signals.interrupting(),
         _ => !signals.interrupting(),
     };
-    crate::fault::trace(&format!(
+    crate::os::fault::trace(&format!(
         "thread {} stopped ({:?}) after an EINTR of system call {}: {}",
         th.tid,
         th.stop,

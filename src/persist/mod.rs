@@ -204,7 +204,7 @@ pub fn unpersist(name: &str) -> Result<()> {
         bail!(
             Mismatch,
             "no persisted patch named {name} (persisted: {}); see `rlivepatch persist --list`",
-            crate::ops::report::names_or_none(&names)
+            crate::fmt::names_or_none(&names)
         );
     }
     let _ = std::fs::remove_file(reg.join(format!("{name}.so")));

@@ -130,7 +130,7 @@ pub fn run(exes: &[PathBuf], reg: &Path, progress: &mut dyn FnMut(&str)) -> Resu
     let names: Vec<String> = exes.iter().map(|e| e.display().to_string()).collect();
     progress(&format!(
         "watching {} for execs: {}",
-        crate::ops::report::plural(exes.len(), "program", "programs"),
+        crate::fmt::plural(exes.len(), "program", "programs"),
         names.join(", ")
     ));
     let env = Preload::new(&lib, reg);
@@ -146,7 +146,7 @@ pub fn run(exes: &[PathBuf], reg: &Path, progress: &mut dyn FnMut(&str)) -> Resu
             }
             let Some(fd) = ev.fd() else { continue };
             let pid = ev.pid();
-            crate::fault::point("watch:holding");
+            crate::os::fault::point("watch:holding");
             // Seized while the exec waits: the new program stops before its first
             // instruction. A process that cannot be seized runs unpatched.
             let seized = pid != std::process::id() as i32
@@ -165,7 +165,7 @@ pub fn run(exes: &[PathBuf], reg: &Path, progress: &mut dyn FnMut(&str)) -> Resu
                 ));
                 continue;
             }
-            crate::fault::point("watch:seized");
+            crate::os::fault::point("watch:seized");
             match at_exec(pid, &env) {
                 Ok(line) => progress(&format!("pid {pid}: {line}")),
                 Err(e) => progress(&format!("pid {pid}: {}", e.message)),
@@ -198,7 +198,7 @@ fn at_exec(pid: i32, env: &Preload) -> Result<String> {
         match waitpid(p, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::PtraceEvent(_, _, ev)) if ev == libc::PTRACE_EVENT_EXEC => {
                 let r = add_preload(pid, env);
-                crate::fault::point("watch:injected");
+                crate::os::fault::point("watch:injected");
                 let _ = ptrace::detach(p, None);
                 return r;
             }

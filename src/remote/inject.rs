@@ -384,7 +384,7 @@ impl Injector {
             th.catch = catch;
         }
         tr.resume(self.tid)?;
-        crate::fault::point("inject:in_call");
+        crate::os::fault::point("inject:in_call");
         let deadline = Instant::now() + self.call_timeout;
         loop {
             let Some(th) = tr.threads.get(&self.tid) else {

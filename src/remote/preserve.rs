@@ -10,8 +10,6 @@ use crate::contract::Contract;
 use crate::contract::regs::RegSet;
 use crate::err;
 use crate::error::Result;
-use crate::livepatch::record::Record;
-use crate::remote::runtime::RuntimeRecord;
 
 /// Bytes of a stub: two island slots.
 pub const STUB_SIZE: u64 = 2 * crate::remote::redirect::SLOT_SIZE;
@@ -102,14 +100,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// The path of the loaded runtime `rt`; `vector_width` is read from the process.
-    pub fn of(rt: &RuntimeRecord, proc: &crate::os::process::Process) -> Result<Runtime> {
+    /// The path of the runtime loaded at `base`; `vector_width` is read from the process.
+    pub fn of(base: u64, proc: &crate::os::process::Process) -> Result<Runtime> {
         let l = crate::remote::runtime::layout()?;
         Ok(Runtime {
-            table: rt.base + l.preserve_table,
-            thunk: rt.base + l.preserve,
-            returned: rt.base + l.preserve_returned,
-            vector_width: proc.read_u64(rt.base + l.vector_width)?,
+            table: base + l.preserve_table,
+            thunk: base + l.preserve,
+            returned: base + l.preserve_returned,
+            vector_width: proc.read_u64(base + l.vector_width)?,
         })
     }
 
@@ -119,25 +117,12 @@ impl Runtime {
     }
 }
 
-/// A table entry no redirect of the record (nor `taken`) uses.
-pub fn free_index(rec: &Record, taken: &[u32]) -> Result<u32> {
-    let used: Vec<u32> = rec
-        .patches
-        .iter()
-        .flat_map(|p| &p.funcs)
-        .chain(
-            rec.pending
-                .iter()
-                .flat_map(|p| p.loading.iter().flat_map(|a| &a.funcs)),
-        )
-        .filter_map(|f| f.preserve.as_ref().map(|p| p.index))
-        .chain(taken.iter().copied())
-        .collect();
+/// A table entry that none of `used` is.
+pub fn free_index(used: &[u32]) -> Result<u32> {
     (0..TABLE_ENTRIES)
         .find(|i| !used.contains(i))
         .ok_or_else(|| err!(Failed, "every one of the {TABLE_ENTRIES} preserving paths of the rlivepatch runtime is in use; disable some patches"))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,10 +3,10 @@
 //! functions more than 2 GiB away.
 
 use crate::error::Result;
-use crate::livepatch::record::Island;
 use crate::os::process::Mapping;
 use crate::{bail, err};
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
+use serde::{Deserialize, Serialize};
 
 /// Length of the jump written at an entry.
 pub const JMP_LEN: usize = 5;
@@ -167,6 +167,15 @@ pub fn check_function_padded(name: &str, addr: u64, code: &[u8], padding: usize)
 pub fn reachable(entry: u64, slot: u64) -> bool {
     let d = slot as i64 - (entry as i64 + JMP_LEN as i64);
     (-REACH..=REACH - SLOT_SIZE as i64).contains(&d)
+}
+
+/// A page of island slots near some code.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Island {
+    /// Page address.
+    pub addr: u64,
+    /// Slots in use.
+    pub used: Vec<u64>,
 }
 
 /// The free slots of the island pages, handed out lowest first.

@@ -10,31 +10,20 @@
 use crate::elf::symbols::ElfFile;
 use crate::err;
 use crate::error::Result;
-use crate::livepatch::session::Session;
-use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
 /// The runtime's image.
 pub const IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/librlivepatch-runtime.so"));
 
 /// Most states in each half of the registry (`RLP_MAX_STATES` in the C source).
-const MAX_STATES: usize = 256;
-
-/// The loaded runtime, as the record keeps it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RuntimeRecord {
-    /// `dlopen` handle.
-    pub handle: u64,
-    /// Load bias.
-    pub base: u64,
-    /// Its memfd in the target.
-    pub fd: i32,
-}
+pub const MAX_STATES: usize = 256;
 
 /// Where the runtime's symbols are, relative to its load address.
 pub struct Layout {
-    registry: u64,
-    count: u64,
+    /// The registry of system states (`rlp_registry`).
+    pub registry: u64,
+    /// The count of live shadow variables (`rlp_shadow_count`).
+    pub count: u64,
     /// The preserving path's table (`rlp_preserve_table`).
     pub preserve_table: u64,
     /// The preserving path's thunk (`rlp_preserve`).
@@ -86,68 +75,18 @@ pub fn needed_by(patch: &crate::patch::Patch) -> bool {
     !patch.states.is_empty() || patch.file.undefined.iter().any(|n| n.starts_with("rlp_"))
 }
 
-impl Session<'_> {
-    /// Load the runtime if it is not loaded yet.
-    pub fn ensure_runtime(&mut self) -> Result<RuntimeRecord> {
-        if let Some(r) = &self.record.runtime {
-            return Ok(r.clone());
-        }
-        layout()?;
-        let (handle, fd) =
-            match self.load("rlp:runtime", IMAGE, libc::RTLD_NOW | libc::RTLD_GLOBAL)? {
-                Ok(v) => v,
-                Err(text) => {
-                    return Err(err!(
-                        Failed,
-                        "process {} could not load the rlivepatch runtime: {text}",
-                        self.proc.pid
-                    ));
-                }
-            };
-        let base = self.proc.read_u64(handle)?;
-        let r = RuntimeRecord { handle, base, fd };
-        self.record.runtime = Some(r.clone());
-        Ok(r)
+/// Is `pc` in the hook's code (the thread holds the loader's lock and may be changing
+/// the table)?
+pub fn in_hook(objects: &crate::elf::objects::Objects, pc: u64) -> bool {
+    let Some(o) = objects.by_addr(pc) else {
+        return false;
+    };
+    if !o.path.contains("rlp:runtime") {
+        return false;
     }
-
-    /// Tell the runtime which states belong to the patch whose callbacks run next
-    /// (`current`) and to the patches installed before it (`prev`, oldest first).
-    pub fn set_states(&mut self, current: &[u64], prev: &[u64]) -> Result<()> {
-        let Some(rt) = &self.record.runtime else {
-            return Ok(());
-        };
-        let at = rt.base + layout()?.registry;
-        let mut b = Vec::with_capacity(8 + 8 * (2 + 2 * MAX_STATES));
-        let mut half = |list: &[u64]| {
-            let list = &list[..list.len().min(MAX_STATES)];
-            b.extend((list.len() as u64).to_le_bytes());
-            for i in 0..MAX_STATES {
-                b.extend(list.get(i).copied().unwrap_or(0).to_le_bytes());
-            }
-        };
-        half(current);
-        half(prev);
-        self.proc.write(at + 8, &b)
-    }
-
-    /// Live shadow variables in the process.
-    pub fn shadow_count(&self) -> Result<u64> {
-        match &self.record.runtime {
-            Some(rt) => self.proc.read_u64(rt.base + layout()?.count),
-            None => Ok(0),
-        }
-    }
-
-    /// Unload the runtime when no patch is left and no shadow variable lives.
-    pub fn unload_runtime_if_idle(&mut self) -> Result<()> {
-        let idle = self.record.patches.is_empty()
-            && self.record.hook.is_none()
-            && self.record.runtime.is_some()
-            && self.shadow_count()? == 0;
-        if idle {
-            let rt = self.record.runtime.take().unwrap();
-            self.unload(rt.handle, rt.fd)?;
-        }
-        Ok(())
-    }
+    let (Ok(f), Ok(bias)) = (o.file(), o.bias()) else {
+        return false;
+    };
+    f.section("rlp_hook_text")
+        .is_some_and(|sec| (sec.addr..sec.addr + sec.size).contains(&pc.wrapping_sub(bias)))
 }

@@ -178,7 +178,7 @@ pub fn judge(
     if stack
         .frames
         .iter()
-        .any(|f| crate::livepatch::coming::in_hook(objects, f.pc))
+        .any(|f| crate::remote::runtime::in_hook(objects, f.pc))
     {
         return Err("inside rlivepatch's hook for objects that come (in a dlopen)".into());
     }

@@ -8,61 +8,12 @@ use crate::elf::symbols::{ElfFile, SymKind};
 use crate::err;
 use crate::error::Error;
 
-/// Edit distance between `a` and `b`: insertions, deletions, substitutions, and two
-/// neighbours swapped (the commonest typo) each count one.
-fn distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let w = b.len() + 1;
-    let mut d = vec![0usize; (a.len() + 1) * w];
-    for i in 0..=a.len() {
-        for j in 0..=b.len() {
-            d[i * w + j] = if i == 0 || j == 0 {
-                i + j
-            } else {
-                let mut v = (d[(i - 1) * w + j - 1] + usize::from(a[i - 1] != b[j - 1]))
-                    .min(d[(i - 1) * w + j] + 1)
-                    .min(d[i * w + j - 1] + 1);
-                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                    v = v.min(d[(i - 2) * w + j - 2] + 1);
-                }
-                v
-            };
-        }
-    }
-    d[a.len() * w + b.len()]
-}
-
-/// Up to three of `candidates` nearest to `name`, close enough to be a typo of it.
-pub fn nearest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let limit = (name.chars().count() / 4).clamp(1, 3);
-    let mut found: Vec<(usize, &str)> = candidates
-        .filter(|c| c.len().abs_diff(name.len()) <= limit && *c != name)
-        .map(|c| (distance(name, c), c))
-        .filter(|(d, _)| *d <= limit)
-        .collect();
-    found.sort();
-    found.dedup_by(|a, b| a.1 == b.1);
-    // The closest only: a typo is one or two keys away, not three.
-    let best = found.first().map(|f| f.0).unwrap_or(0);
-    found
-        .into_iter()
-        .take_while(|f| f.0 == best)
-        .take(3)
-        .map(|(_, c)| c.to_string())
-        .collect()
-}
-
 fn quoted(names: &[String]) -> String {
     names
         .iter()
         .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Objects a patch may name: not rlivepatch's own code or other patches.
-fn patchable(o: &LoadedObject) -> bool {
-    !o.path.starts_with("/proc/") && !o.path.contains("memfd:") && o.path != "[vdso]"
 }
 
 /// Why function `name` is not in `obj` (whose symbols are `syms`), and what to do.
@@ -92,7 +43,7 @@ pub fn function_not_found(
     let elsewhere: Vec<&LoadedObject> = objects
         .list
         .iter()
-        .filter(|o| o.path != obj.path && patchable(o))
+        .filter(|o| o.path != obj.path && o.is_patchable())
         .filter(|o| {
             o.file().is_ok_and(|f| {
                 f.symtab
@@ -122,7 +73,7 @@ pub fn function_not_found(
             o.file_name()
         );
     }
-    let near = nearest(
+    let near = crate::fmt::nearest(
         name,
         all()
             .filter(|s| matches!(s.kind, SymKind::Func | SymKind::Ifunc))
@@ -170,30 +121,9 @@ pub fn function_not_found(
     }
 }
 
-/// The loaded objects whose names look like `name`, for an object that is not loaded.
-pub fn objects_like(name: &str, objects: &Objects) -> Vec<String> {
-    let stem = |n: &str| n.split('.').next().unwrap_or(n).to_ascii_lowercase();
-    let want = stem(name.rsplit('/').next().unwrap_or(name));
-    let mut out: Vec<String> = objects
-        .list
-        .iter()
-        .filter(|o| patchable(o))
-        .map(|o| o.file_name().to_string())
-        .filter(|f| {
-            let s = stem(f);
-            (!want.is_empty() && (s.starts_with(&want) || want.starts_with(&s)) && s.len() > 1)
-                || distance(f, name) <= 3
-        })
-        .collect();
-    out.sort();
-    out.dedup();
-    out.truncate(5);
-    out
-}
-
 /// Why symbol `name` (a `RLIVEPATCH_SYMBOL`) is not in `syms`: the nearest names.
 pub fn symbol_suggestions(name: &str, syms: &ElfFile) -> String {
-    let near = nearest(
+    let near = crate::fmt::nearest(
         name,
         syms.symtab
             .iter()
@@ -204,23 +134,5 @@ pub fn symbol_suggestions(name: &str, syms: &ElfFile) -> String {
         String::new()
     } else {
         format!("; did you mean {}?", quoted(&near))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn typos_find_their_names() {
-        assert_eq!(distance("ngx_http_tme", "ngx_http_time"), 1);
-        assert_eq!(distance("abc", "abc"), 0);
-        assert_eq!(distance("stpe", "step"), 1);
-        let names = ["ngx_http_time", "ngx_http_init", "main", "ngx_time_update"];
-        assert_eq!(
-            nearest("ngx_http_tmie", names.iter().copied()),
-            ["ngx_http_time"]
-        );
-        assert!(nearest("zzz", names.iter().copied()).is_empty());
     }
 }

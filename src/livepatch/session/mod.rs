@@ -5,8 +5,11 @@
 
 use crate::elf::objects::Objects;
 use crate::elf::unwind::Unwinder;
+mod runtime;
+
 use crate::error::{Error, Result};
-use crate::livepatch::record::{Record, Stage, Store};
+use crate::livepatch::record::{Record, Stage};
+use crate::livepatch::store::Store;
 use crate::livepatch::transition::{self, Plan};
 use crate::os::process::{self, Mapping, Process};
 use crate::os::ptrace::{Stop, Tid, Tracer};
@@ -163,9 +166,9 @@ impl<'a> Session<'a> {
                 l
             }
         };
-        crate::fault::trace("borrow");
+        crate::os::fault::trace("borrow");
         let tid = self.pick_thread()?;
-        crate::fault::trace("borrowed");
+        crate::os::fault::trace("borrowed");
 
         // The others run during the calls: one of them may hold a lock the call needs.
         self.tr.resume_all_but(&[tid])?;
@@ -371,9 +374,39 @@ impl<'a> Session<'a> {
         self.inj.as_mut().unwrap().syscall(&mut self.tr, nr, args)
     }
 
+    /// [`Session::call`] of a patch's code (a callback) while the hook for objects that
+    /// come may be held: the borrowed thread may pass the hook during that call only (a
+    /// callback may load a library), and no other thread may.
+    pub fn call_held(&mut self, func: u64, args: &[u64], what: &str) -> Result<u64> {
+        let t = match crate::livepatch::coming::table::table(&self.record)? {
+            Some(t) if self.frozen => t,
+            _ => return self.call(func, args, what),
+        };
+        self.borrow()?;
+        let tid = self.inj.as_ref().map(|i| i.tid).unwrap_or(0) as u64;
+        crate::livepatch::coming::table::let_through(&self.proc, t, tid)?;
+        let r = self.call(func, args, what);
+        let cleared = crate::livepatch::coming::table::let_through(&self.proc, t, 0);
+        let v = r?;
+        cleared?;
+        Ok(v)
+    }
+
+    /// Let the hook for objects that come go again, when this session holds it.
+    pub fn thaw(&mut self) -> Result<()> {
+        if !self.frozen {
+            return Ok(());
+        }
+        self.frozen = false;
+        if let Some(t) = crate::livepatch::coming::table::table(&self.record)? {
+            crate::livepatch::coming::table::unhold(&self.proc, t)?;
+        }
+        Ok(())
+    }
+
     /// A function call in the target on the borrowed thread.
     pub fn call(&mut self, func: u64, args: &[u64], what: &str) -> Result<u64> {
-        crate::fault::trace(what);
+        crate::os::fault::trace(what);
         self.borrow()?;
         self.inj
             .as_mut()
@@ -599,11 +632,11 @@ impl<'a> Session<'a> {
 
     /// Undo rlivepatch's presence: unmap its memory, give threads back, detach.
     pub fn close(mut self) -> Result<()> {
-        crate::fault::point("close");
+        crate::os::fault::point("close");
         // The operation is done or undone; cleaning up must finish even if rlivepatch was
         // asked to stop meanwhile.
         self.tr.finishing = true;
-        let mut first: Option<Error> = crate::livepatch::coming::thaw(&mut self).err();
+        let mut first: Option<Error> = self.thaw().err();
         if self.scratch.is_some() {
             if let Err(e) = self.borrow() {
                 first.get_or_insert(e);
@@ -658,7 +691,7 @@ pub fn callback(
 ) -> Result<Option<i32>> {
     let Some(a) = addr else { return Ok(None) };
     let what = format!("the {what} callback of patch {patch}");
-    let rax = crate::livepatch::coming::during_call(s, |s| s.call(a, &[], &what))?;
+    let rax = s.call_held(a, &[], &what)?;
     Ok(Some(rax as u32 as i32))
 }
 

@@ -16,199 +16,20 @@
 //! patches want ([`commit`]) before letting it go.
 
 use crate::elf::objects::Objects;
-use crate::elf::symbols::{ElfFile, hex};
 use crate::error::Result;
-use crate::livepatch::record::{AppliedFunc, AppliedPatch, Record};
+use crate::fmt::hex;
+use crate::livepatch::record::{AppliedFunc, AppliedPatch, ComingFunc, Hook, Record};
 use crate::livepatch::session::Session;
 use crate::livepatch::transition::Write;
-use crate::os::process::Process;
 use crate::patch::Patch;
 use crate::remote::redirect::{self, JMP_LEN};
-use crate::resolve::Resolved;
+use crate::resolve::funcs::Resolved;
 use crate::{bail, err};
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+
+pub mod table;
+
 use std::time::{Duration, Instant};
-
-// The table's layout (`struct rlp_coming`; the C source asserts the same offsets).
-const BUSY: u64 = 8;
-const FROZEN: u64 = 16;
-const FROZEN_TID: u64 = 24;
-const GENERATION: u64 = 32;
-const R_DEBUG: u64 = 40;
-const EVENTS: u64 = 64;
-const NOBJS: u64 = 72;
-const NFUNCS: u64 = 80;
-const NCOPIES: u64 = 88;
-const LAST_FAILURE: u64 = 96;
-const WAITING_DELETE: u64 = 240;
-const NCBS: u64 = 248;
-const OBJS: u64 = 256;
-const OBJ_SIZE: u64 = 112;
-const MAX_OBJS: usize = 64;
-const FUNCS: u64 = 7424;
-const FUNC_SIZE: u64 = 32;
-const MAX_FUNCS: usize = 1024;
-const COPIES: u64 = 40192;
-const COPY_SIZE: u64 = 32;
-const MAX_COPIES: u64 = 256;
-const CBS: u64 = 48384;
-const CB_SIZE: u64 = 40;
-const MAX_CBS: usize = 64;
-
-/// One function of a patch in an object that was not loaded when the patch was applied.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ComingFunc {
-    /// The object as the patch names it.
-    pub name: String,
-    /// Its build-id, by which the hook recognises it.
-    pub build_id: String,
-    /// Where the build-id's bytes are in its image (file address).
-    pub note_vaddr: u64,
-    /// The function at file addresses (the entry, its parts); the new function at its
-    /// run-time address.
-    pub func: AppliedFunc,
-}
-
-/// The jump in the loader's `_dl_debug_state`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Hook {
-    /// Where it is written.
-    pub addr: u64,
-    /// The loader's bytes there.
-    #[serde(with = "crate::livepatch::record::hex_bytes")]
-    pub orig: Vec<u8>,
-    /// The jump.
-    #[serde(with = "crate::livepatch::record::hex_bytes")]
-    pub jump: Vec<u8>,
-}
-
-/// A function of a patch whose object the process has not loaded: resolved in the
-/// object's file, at file addresses.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    /// Resolved as if the object were loaded at its file addresses.
-    pub resolved: Resolved,
-    /// The object as the patch names it.
-    pub name: String,
-    /// Its build-id.
-    pub build_id: String,
-    /// Where its build-id lies.
-    pub note_vaddr: u64,
-}
-
-/// The functions of `patch` whose objects the process has not loaded: each object found
-/// where the loader would find it, recognisable by a build-id, and each function fit for
-/// a plain jump. Functions of loaded objects are left to [`crate::resolve::resolve`].
-pub fn resolve(
-    patch: &Patch,
-    objects: &Objects,
-    pid: i32,
-    opts: &crate::livepatch::session::Options,
-    contracts: &mut crate::contract::Contracts,
-) -> Result<Vec<Pending>> {
-    let mut out = Vec::new();
-    let mut names: Vec<&str> = patch
-        .funcs
-        .iter()
-        .filter_map(|f| f.object.as_deref())
-        .filter(|n| *n != "main" && !is_loaded(objects, n))
-        .collect();
-    names.sort();
-    names.dedup();
-    for name in names {
-        // Not loaded, and not on the loader's path either: the answer is the usual one.
-        let Some(path) = locate(pid, name, objects, &opts.library_path) else {
-            let e = objects.by_name(Some(name)).err().unwrap();
-            bail!(
-                Mismatch,
-                "{}; it is not on the process's library path either, so it cannot be patched when it comes; give its directory with --library-path DIR",
-                e.message
-                    .split("; check the name")
-                    .next()
-                    .unwrap_or(&e.message)
-            );
-        };
-        let virt = Objects::unloaded(pid, &path, &opts.debug_dirs)?;
-        let file = virt.list[0].file()?;
-        let (build_id, note_vaddr) = build_id_of(&file).ok_or_else(|| {
-            err!(
-                Mismatch,
-                "{path} is not loaded in process {pid}, and it has no build-id by which rlivepatch could recognise it when it comes; load it first, or link it with -Wl,--build-id"
-            )
-        })?;
-        if let Some((_, want)) = patch
-            .build_ids
-            .iter()
-            .find(|(o, _)| o.as_deref() == Some(name))
-            && *want != build_id
-        {
-            bail!(
-                Mismatch,
-                "patch {} was built for a {name} with build-id {want}, but the one process {pid} would load ({path}) has build-id {build_id}: another build; rebuild the patch for it",
-                patch.name
-            );
-        }
-        let only: Vec<usize> = patch
-            .funcs
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.object.as_deref() == Some(name))
-            .map(|(i, _)| i)
-            .collect();
-        for r in crate::resolve::resolve_some(patch, &virt, contracts, &only)? {
-            refuse_unfit(patch, &r, name)?;
-            out.push(Pending {
-                resolved: r,
-                name: name.to_string(),
-                build_id: build_id.clone(),
-                note_vaddr,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// An object a patch waits for, for reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct PendingView {
-    /// The object as the patch names it.
-    pub object: String,
-    /// The file the process would load.
-    pub file: String,
-    /// Its build-id.
-    pub build_id: String,
-    /// The functions that change in it.
-    pub functions: Vec<String>,
-}
-
-impl PendingView {
-    /// One view per object.
-    pub fn of(pending: &[Pending]) -> Vec<PendingView> {
-        let mut out: Vec<PendingView> = Vec::new();
-        for p in pending {
-            match out.iter_mut().find(|v| v.object == p.name) {
-                Some(v) => v.functions.push(p.resolved.symbol.clone()),
-                None => out.push(PendingView {
-                    object: p.name.clone(),
-                    file: p.resolved.object.clone(),
-                    build_id: p.build_id.clone(),
-                    functions: vec![p.resolved.symbol.clone()],
-                }),
-            }
-        }
-        out
-    }
-
-    /// One line for text reports.
-    pub fn line(&self) -> String {
-        format!(
-            "pending: {} is not loaded; when it is, before any of its code runs: {}",
-            self.object,
-            self.functions.join(", ")
-        )
-    }
-}
+use table::*;
 
 /// Run callback `which` (0 pre_patch, 1 post_patch, 2 pre_unpatch, 3 post_unpatch) of
 /// each object of `p` with callbacks, for each loaded copy the patch changes, in the
@@ -246,7 +67,7 @@ pub fn object_callbacks(s: &mut Session, p: &AppliedPatch, which: usize) -> Resu
                 "the {} callback of {name} (at {b:#x}) of patch {}",
                 NAMES[which], p.name
             );
-            let rax = during_call(s, |s| s.call(addr, &[b], &what))?;
+            let rax = s.call_held(addr, &[b], &what)?;
             if which == 0 && rax as u32 != 0 {
                 bail!(
                     Failed,
@@ -266,17 +87,6 @@ fn answers_to(o: &crate::elf::objects::LoadedObject, name: &str) -> bool {
             && (o.file_name() == name || o.soname().as_deref() == Some(name)))
 }
 
-/// Does any loaded object answer to `name` (a path, a file name or a soname)?
-fn is_loaded(objects: &Objects, name: &str) -> bool {
-    let canon = std::fs::canonicalize(name).ok();
-    objects.list.iter().any(|o| {
-        o.path == name
-            || canon.as_deref().is_some_and(|c| Path::new(&o.path) == c)
-            || (!name.starts_with('/')
-                && (o.file_name() == name || o.soname().as_deref() == Some(name)))
-    })
-}
-
 /// Did an operation stop, with nothing changed, because the process loaded or unloaded
 /// a library under it (the errors of this kind all say "(a dlclose")? Then it can
 /// start over from the objects of the moment.
@@ -284,125 +94,12 @@ pub fn is_churn(e: &crate::error::Error) -> bool {
     e.kind == crate::error::ErrorKind::Busy && e.message.contains("(a dlclose")
 }
 
-/// Read code at `addr`, saying so when the object holding it went away meanwhile, or is
-/// being mapped (the loader maps a new object's whole span from its file first: the pages
-/// past the file's end cannot be read until it is laid out).
-pub fn read_code(proc: &Process, addr: u64, len: usize) -> Result<Vec<u8>> {
-    proc.read(addr, len).map_err(|e| {
-        if !proc.is_alive() {
-            e
-        } else {
-            err!(
-                Busy,
-                "the code at {addr:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry"
-            )
-        }
-    })
-}
-
-/// What the hook cannot do for an object that comes: it writes plain jumps.
-fn refuse_unfit(patch: &Patch, r: &Resolved, name: &str) -> Result<()> {
-    let f = &patch.funcs[r.index];
-    let why = if r.resolver.is_some() {
-        Some("it is an IFUNC, whose implementation is only known once the object is loaded")
-    } else if f.orig_slot.is_some() {
-        Some("RLIVEPATCH_FUNC_WRAP needs a trampoline made next to the loaded code")
-    } else if r.contract.preserves() {
-        Some(
-            "its callers rely on registers it leaves alone, and the path that keeps them is only set up for loaded objects",
-        )
-    } else {
-        None
-    };
-    match why {
-        Some(why) => bail!(
-            Mismatch,
-            "{} in {name} cannot be patched while {name} is not loaded: {why}; apply the patch once the process has loaded {name}",
-            r.symbol
-        ),
-        None => Ok(()),
-    }
-}
-
-/// Where the loader would find `name` for process `pid`: a path as the process sees it.
-fn locate(pid: i32, name: &str, objects: &Objects, extra: &[PathBuf]) -> Option<String> {
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    // A shared object, as the loader would take it (libc.so is a linker script).
-    let exists = |p: &Path| {
-        let rel = p.strip_prefix("/").unwrap_or(p);
-        let mut head = [0u8; 18];
-        std::fs::File::open(root.join(rel))
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-            .is_ok_and(|()| head[..4] == *b"\x7fELF" && head[16] == 3)
-    };
-    if name.starts_with('/') {
-        return exists(Path::new(name)).then(|| name.to_string());
-    }
-    let mut dirs: Vec<PathBuf> = extra.to_vec();
-    if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-        for var in env.split(|&b| b == 0) {
-            if let Some(v) = var.strip_prefix(b"LD_LIBRARY_PATH=") {
-                dirs.extend(
-                    String::from_utf8_lossy(v)
-                        .split([':', ';'])
-                        .filter(|d| d.starts_with('/'))
-                        .map(PathBuf::from),
-                );
-            }
-        }
-    }
-    // Next to what the process loaded already (plugins often are), then the loader's
-    // configured and default directories, then glibc's gconv modules.
-    for o in &objects.list {
-        if let Some(d) = Path::new(&o.path).parent()
-            && o.path.starts_with('/')
-        {
-            dirs.push(d.to_path_buf());
-        }
-    }
-    if let Ok(conf) = std::fs::read_dir(root.join("etc/ld.so.conf.d")) {
-        for e in conf.flatten() {
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            dirs.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| l.starts_with('/'))
-                    .map(PathBuf::from),
-            );
-        }
-    }
-    dirs.extend(
-        [
-            "/lib/x86_64-linux-gnu",
-            "/usr/lib/x86_64-linux-gnu",
-            "/lib64",
-            "/usr/lib64",
-            "/lib",
-            "/usr/lib",
-            "/usr/lib/x86_64-linux-gnu/gconv",
-            "/usr/lib64/gconv",
-        ]
-        .map(PathBuf::from),
-    );
-    dirs.into_iter()
-        .map(|d| d.join(name))
-        .find(|p| exists(p))
-        .map(|p| p.display().to_string())
-}
-
-/// The build-id of `file` and the file address of its bytes.
-fn build_id_of(file: &ElfFile) -> Option<(String, u64)> {
-    let id = file.build_id.as_ref()?;
-    let sec = file.section(".note.gnu.build-id")?;
-    if sec.addr == 0 || id.is_empty() || id.len() > 32 {
-        return None;
-    }
-    // Elf64_Nhdr (12 bytes), then "GNU\0", then the id.
-    Some((hex(id), sec.addr + 16))
-}
-
 /// The record's form of pending functions once the patch is loaded at `base`.
-pub fn applied(patch: &Patch, pending: &[Pending], base: u64) -> Vec<ComingFunc> {
+pub fn applied(
+    patch: &Patch,
+    pending: &[crate::resolve::coming::Pending],
+    base: u64,
+) -> Vec<ComingFunc> {
     pending
         .iter()
         .map(|p| {
@@ -412,100 +109,20 @@ pub fn applied(patch: &Patch, pending: &[Pending], base: u64) -> Vec<ComingFunc>
                 name: p.name.clone(),
                 build_id: p.build_id.clone(),
                 note_vaddr: p.note_vaddr,
-                func: r.applied(&f.new_name, base + f.new_vaddr, 0),
+                func: crate::livepatch::record::AppliedFunc::redirected(
+                    r,
+                    &f.new_name,
+                    base + f.new_vaddr,
+                    0,
+                ),
             }
         })
         .collect()
 }
 
-/// The table in a process whose runtime is loaded.
-fn table(rec: &Record) -> Result<Option<u64>> {
-    Ok(match &rec.runtime {
-        Some(rt) => Some(rt.base + crate::remote::runtime::layout()?.coming),
-        None => None,
-    })
-}
-
 /// Is anything waiting for objects to come, or patched in one that came?
 pub fn in_use(rec: &Record) -> bool {
     rec.hook.is_some() || rec.patches.iter().any(|p| !p.coming.is_empty())
-}
-
-/// A copy of a pending object, as the hook recorded it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Copy {
-    /// Its load bias (`l_addr`).
-    #[serde(serialize_with = "crate::ops::report::ser_hex")]
-    pub address: u64,
-    /// Its build-id.
-    pub build_id: String,
-    /// `patched`, `unpatched` (see the table's last failure) or `other-namespace`.
-    pub state: &'static str,
-    /// The link-map namespace (0 is the program's; others come from `dlmopen`).
-    pub namespace: u64,
-}
-
-/// What the table says now.
-#[derive(Debug, Clone, Serialize)]
-pub struct View {
-    /// Copies of pending objects in the process.
-    pub copies: Vec<Copy>,
-    /// Why the hook last left a copy unpatched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_failure: Option<String>,
-    /// Loader events the hook has seen.
-    pub events: u64,
-    #[serde(skip)]
-    generation: u64,
-    #[serde(skip)]
-    objs: Vec<String>,
-}
-
-/// Read the table of a process (`None` without a runtime).
-pub fn read(proc: &Process, rec: &Record) -> Result<Option<View>> {
-    let Some(t) = table(rec)? else {
-        return Ok(None);
-    };
-    let head = proc.read(t, OBJS as usize)?;
-    let u = |off: u64| u64::from_le_bytes(head[off as usize..off as usize + 8].try_into().unwrap());
-    let nobjs = (u(NOBJS) as usize).min(MAX_OBJS);
-    let ncopies = u(NCOPIES).min(MAX_COPIES);
-    let objs_raw = proc.read(t + OBJS, nobjs * OBJ_SIZE as usize)?;
-    let objs: Vec<String> = objs_raw
-        .chunks(OBJ_SIZE as usize)
-        .map(|o| {
-            let len = (u32::from_le_bytes(o[32..36].try_into().unwrap()) as usize).min(32);
-            hex(&o[..len])
-        })
-        .collect();
-    let raw = proc.read(t + COPIES, (ncopies * COPY_SIZE) as usize)?;
-    let copies = raw
-        .chunks(COPY_SIZE as usize)
-        .map(|c| {
-            let q = |o: usize| u64::from_le_bytes(c[o..o + 8].try_into().unwrap());
-            let obj = u32::from_le_bytes(c[16..20].try_into().unwrap()) as usize;
-            Copy {
-                address: q(0),
-                build_id: objs.get(obj).cloned().unwrap_or_default(),
-                state: match u32::from_le_bytes(c[20..24].try_into().unwrap()) {
-                    1 => "patched",
-                    3 => "other-namespace",
-                    _ => "unpatched",
-                },
-                namespace: q(24),
-            }
-        })
-        .collect();
-    let fail = &head[LAST_FAILURE as usize..WAITING_DELETE as usize];
-    let fail = String::from_utf8_lossy(&fail[..fail.iter().position(|&b| b == 0).unwrap_or(0)])
-        .into_owned();
-    Ok(Some(View {
-        copies,
-        last_failure: (!fail.is_empty()).then_some(fail),
-        events: u(EVENTS),
-        generation: u(GENERATION),
-        objs,
-    }))
 }
 
 /// Hold the hook: a `dlopen` that reaches it waits until [`thaw`] (or until this
@@ -575,40 +192,10 @@ fn unmapping(s: &Session, t: u64) -> Result<bool> {
     Ok(false)
 }
 
-/// Run an injected call of a patch's code (a callback) while the hook is held: the
-/// borrowed thread may pass the hook during that call only (a callback may load a
-/// library), and no other thread may.
-pub fn during_call<T>(s: &mut Session, f: impl FnOnce(&mut Session) -> Result<T>) -> Result<T> {
-    let t = match table(&s.record)? {
-        Some(t) if s.frozen => t,
-        _ => return f(s),
-    };
-    s.borrow()?;
-    let tid = s.inj.as_ref().map(|i| i.tid).unwrap_or(0) as u64;
-    s.proc.write(t + FROZEN_TID, &tid.to_le_bytes())?;
-    let r = f(s);
-    let cleared = s.proc.write(t + FROZEN_TID, &0u64.to_le_bytes());
-    let v = r?;
-    cleared?;
-    Ok(v)
-}
-
-/// Let the hook go again.
-pub fn thaw(s: &mut Session) -> Result<()> {
-    if !s.frozen {
-        return Ok(());
-    }
-    s.frozen = false;
-    if let Some(t) = table(&s.record)? {
-        s.proc.write(t + FROZEN, &0u64.to_le_bytes())?;
-    }
-    Ok(())
-}
-
 /// After an operation that was undone: let the hook go, and take it out of the loader
 /// when no patch waits for objects (an apply that installed it failed).
 pub fn release(s: &mut Session) -> Result<()> {
-    thaw(s)?;
+    s.thaw()?;
     if let Some(h) = s.record.hook.clone()
         && !s
             .record
@@ -1051,7 +638,7 @@ pub fn adopt(s: &mut Session, applied: &mut AppliedPatch, which: &[usize]) -> Re
             .flatten()
             .and_then(|o| Some((o.file().ok()?, o.file_name().to_string(), o.bias().ok()?)))
             .and_then(|(file, name, bias)| {
-                build_id_of(&file).map(|(id, note)| (id, note, name, bias))
+                crate::elf::buildid::note(&file).map(|(id, note)| (id, note, name, bias))
             });
         let Some((build_id, note_vaddr, name, bias)) = ids else {
             keep.push(f);
@@ -1158,7 +745,7 @@ pub fn settle(s: &mut Session) -> Result<()> {
         freeze(s)?;
         commit(s)?;
     }
-    thaw(s)
+    s.thaw()
 }
 
 /// Objects pending at resolution that a thread loaded meanwhile, before the hook was
@@ -1203,22 +790,6 @@ pub fn refuse_gone(s: &Session, resolved: &[Resolved]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Is `pc` in the hook's code (the thread holds the loader's lock and may be changing
-/// the table)?
-pub fn in_hook(objects: &Objects, pc: u64) -> bool {
-    let Some(o) = objects.by_addr(pc) else {
-        return false;
-    };
-    if !o.path.contains("rlp:runtime") {
-        return false;
-    }
-    let (Ok(f), Ok(bias)) = (o.file(), o.bias()) else {
-        return false;
-    };
-    f.section("rlp_hook_text")
-        .is_some_and(|sec| (sec.addr..sec.addr + sec.size).contains(&pc.wrapping_sub(bias)))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use crate::error::Result;
 use std::path::{Path, PathBuf};
 
 /// `patches/include/rlivepatch.h`.
-pub const HEADER: &str = include_str!("../patches/include/rlivepatch.h");
+pub const HEADER: &str = include_str!("../../patches/include/rlivepatch.h");
 
 /// The directory holding `rlivepatch.h` for this rlivepatch: the installed one next to
 /// the binary (`PREFIX/bin/rlivepatch` → `PREFIX/include`) when it is this version's,
@@ -21,7 +21,7 @@ pub fn include_dir() -> Result<PathBuf> {
             return Ok(installed);
         }
     }
-    let dir = crate::generate::wrapper::cache_dir()
+    let dir = crate::os::dirs::cache_dir()
         .join("sdk")
         .join(env!("CARGO_PKG_VERSION"));
     let header = dir.join("rlivepatch.h");

@@ -6,6 +6,8 @@
 //! functions) are resolved here through the file's dynamic relocations, exactly as the
 //! dynamic loader will resolve them, so `info` shows the truth without running anything.
 
+pub mod sdk;
+
 use crate::elf::symbols::{ElfFile, SymKind};
 use crate::error::Result;
 use crate::{bail, err};

@@ -1,0 +1,78 @@
+//! Loading and unloading rlivepatch's runtime in the process of a session, and talking
+//! to it (see [`crate::remote::runtime`]).
+
+use super::Session;
+use crate::err;
+use crate::error::Result;
+use crate::livepatch::record::RuntimeRecord;
+
+impl Session<'_> {
+    /// Load the runtime if it is not loaded yet.
+    pub fn ensure_runtime(&mut self) -> Result<RuntimeRecord> {
+        if let Some(r) = &self.record.runtime {
+            return Ok(r.clone());
+        }
+        crate::remote::runtime::layout()?;
+        let (handle, fd) = match self.load(
+            "rlp:runtime",
+            crate::remote::runtime::IMAGE,
+            libc::RTLD_NOW | libc::RTLD_GLOBAL,
+        )? {
+            Ok(v) => v,
+            Err(text) => {
+                return Err(err!(
+                    Failed,
+                    "process {} could not load the rlivepatch runtime: {text}",
+                    self.proc.pid
+                ));
+            }
+        };
+        let base = self.proc.read_u64(handle)?;
+        let r = RuntimeRecord { handle, base, fd };
+        self.record.runtime = Some(r.clone());
+        Ok(r)
+    }
+
+    /// Tell the runtime which states belong to the patch whose callbacks run next
+    /// (`current`) and to the patches installed before it (`prev`, oldest first).
+    pub fn set_states(&mut self, current: &[u64], prev: &[u64]) -> Result<()> {
+        let Some(rt) = &self.record.runtime else {
+            return Ok(());
+        };
+        let at = rt.base + crate::remote::runtime::layout()?.registry;
+        let mut b = Vec::with_capacity(8 + 8 * (2 + 2 * crate::remote::runtime::MAX_STATES));
+        let mut half = |list: &[u64]| {
+            let list = &list[..list.len().min(crate::remote::runtime::MAX_STATES)];
+            b.extend((list.len() as u64).to_le_bytes());
+            for i in 0..crate::remote::runtime::MAX_STATES {
+                b.extend(list.get(i).copied().unwrap_or(0).to_le_bytes());
+            }
+        };
+        half(current);
+        half(prev);
+        self.proc.write(at + 8, &b)
+    }
+
+    /// Live shadow variables in the process.
+    pub fn shadow_count(&self) -> Result<u64> {
+        match &self.record.runtime {
+            Some(rt) => self
+                .proc
+                .read_u64(rt.base + crate::remote::runtime::layout()?.count),
+            None => Ok(0),
+        }
+    }
+
+    /// Unload the runtime when no patch is left and no shadow variable lives.
+    pub fn unload_runtime_if_idle(&mut self) -> Result<()> {
+        let idle = self.record.patches.is_empty()
+            && self.record.hook.is_none()
+            && self.record.runtime.is_some()
+            && self.shadow_count()? == 0;
+        if idle {
+            let rt = self.record.runtime.take().unwrap();
+            self.unload(rt.handle, rt.fd)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! The record kept inside the target process.
+//!
+//! It lives in a private mapping of a memfd named `rlivepatch-state`, so that a later
+//! rlivepatch finds it in `/proc/pid/maps`, it dies with the process (a new process that
+//! reuses the pid has none), and a child forked after a patch inherits a private copy
+//! (`list` in the child is true, and changing one process leaves the other's record as it
+//! was). The record is JSON in one of two slots with a generation number and a checksum:
+//! a write that is cut short leaves the other slot valid.
+
+use crate::error::Result;
+use crate::livepatch::record::{FORMAT, Record};
+use crate::os::process::{Mapping, Process};
+use crate::os::ptrace::Tracer;
+use crate::remote::inject::Injector;
+use crate::{bail, err};
+
+/// The memfd name; maps shows `/memfd:rlivepatch-state (deleted)`.
+pub const MEMFD_NAME: &str = "rlivepatch-state";
+/// Size of the mapping (pages are only allocated when written).
+pub const STATE_SIZE: u64 = 8 << 20;
+const HEADER: u64 = 4096;
+const SLOT_SIZE: u64 = (STATE_SIZE - HEADER) / 2;
+const MAGIC: &[u8; 8] = b"RLPSTAT1";
+/// Where the record lives in one process.
+#[derive(Debug, Clone, Copy)]
+pub struct Store {
+    /// Address of the mapping.
+    pub addr: u64,
+    generation: u64,
+}
+
+fn checksum(b: &[u8]) -> u64 {
+    // FNV-1a: enough to tell a torn write from a whole one.
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Find the state mapping in `maps`.
+pub fn find_mapping(maps: &[Mapping]) -> Option<u64> {
+    let name = format!("/memfd:{MEMFD_NAME}");
+    maps.iter()
+        .find(|m| m.path == name && m.offset == 0)
+        .map(|m| m.start)
+}
+
+impl Store {
+    /// Read the record of a process: `None` when it has no state mapping.
+    pub fn load(proc: &Process, maps: &[Mapping]) -> Result<Option<(Store, Record)>> {
+        let Some(addr) = find_mapping(maps) else {
+            return Ok(None);
+        };
+        let header = proc.read(addr, 16)?;
+        if &header[..8] != MAGIC {
+            bail!(
+                Failed,
+                "the rlivepatch state of process {} at {addr:#x} is not readable (bad magic)",
+                proc.pid
+            );
+        }
+        let mut best: Option<(u64, Record)> = None;
+        for slot in 0..2 {
+            let base = addr + HEADER + slot * SLOT_SIZE;
+            let head = proc.read(base, 24)?;
+            let generation_no = u64::from_le_bytes(head[0..8].try_into().unwrap());
+            let len = u64::from_le_bytes(head[8..16].try_into().unwrap());
+            let sum = u64::from_le_bytes(head[16..24].try_into().unwrap());
+            if generation_no == 0 || len == 0 || len > SLOT_SIZE - 24 {
+                continue;
+            }
+            let body = proc.read(base + 24, len as usize)?;
+            if checksum(&body) != sum {
+                continue;
+            }
+            let Ok(rec) = serde_json::from_slice::<Record>(&body) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(g, _)| generation_no > *g) {
+                best = Some((generation_no, rec));
+            }
+        }
+        match best {
+            Some((generation, rec)) => {
+                if rec.format > FORMAT {
+                    bail!(
+                        Failed,
+                        "process {} was patched by a newer rlivepatch (state format {}); use that version",
+                        proc.pid,
+                        rec.format
+                    );
+                }
+                Ok(Some((Store { addr, generation }, rec)))
+            }
+            None => Ok(Some((
+                Store {
+                    addr,
+                    generation: 0,
+                },
+                Record {
+                    format: FORMAT,
+                    ..Default::default()
+                },
+            ))),
+        }
+    }
+
+    /// Create the state mapping in the target (through the borrowed thread).
+    pub fn create(inj: &mut Injector, tr: &mut Tracer, proc: &Process) -> Result<Store> {
+        let fd = inj.memfd_with(tr, proc, MEMFD_NAME, MAGIC)?;
+        let r = (|| -> Result<u64> {
+            let t = inj.syscall(tr, libc::SYS_ftruncate, &[fd as u64, STATE_SIZE])?;
+            if t < 0 {
+                bail!(
+                    Failed,
+                    "ftruncate of the state memfd failed: {}",
+                    std::io::Error::from_raw_os_error(-t as i32)
+                );
+            }
+            let a = inj.syscall(
+                tr,
+                libc::SYS_mmap,
+                &[
+                    0,
+                    STATE_SIZE,
+                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                    libc::MAP_PRIVATE as u64,
+                    fd as u64,
+                    0,
+                ],
+            )?;
+            if a < 0 {
+                bail!(
+                    Failed,
+                    "mapping the state memfd failed: {}",
+                    std::io::Error::from_raw_os_error(-a as i32)
+                );
+            }
+            Ok(a as u64)
+        })();
+        inj.syscall(tr, libc::SYS_close, &[fd as u64])?;
+        Ok(Store {
+            addr: r?,
+            generation: 0,
+        })
+    }
+
+    /// Write the record (the slot not holding the newest one).
+    pub fn save(&mut self, proc: &Process, rec: &Record) -> Result<()> {
+        let body = serde_json::to_vec(rec).map_err(|e| err!(Failed, "encoding the state: {e}"))?;
+        if body.len() as u64 > SLOT_SIZE - 24 {
+            bail!(
+                Failed,
+                "the rlivepatch state of process {} outgrew its {} bytes; disable some patches",
+                proc.pid,
+                SLOT_SIZE
+            );
+        }
+        let generation_no = self.generation + 1;
+        let base = self.addr + HEADER + (generation_no % 2) * SLOT_SIZE;
+        // Body first, then the header that makes it valid.
+        proc.write(base + 24, &body)?;
+        let mut head = generation_no.to_le_bytes().to_vec();
+        head.extend((body.len() as u64).to_le_bytes());
+        head.extend(checksum(&body).to_le_bytes());
+        proc.write(base, &head)?;
+        self.generation = generation_no;
+        Ok(())
+    }
+
+    /// Unmap the state (when nothing is left to remember).
+    pub fn remove(self, inj: &mut Injector, tr: &mut Tracer) -> Result<()> {
+        let r = inj.syscall(tr, libc::SYS_munmap, &[self.addr, STATE_SIZE])?;
+        if r < 0 {
+            bail!(
+                Failed,
+                "unmapping the state failed: {}",
+                std::io::Error::from_raw_os_error(-r as i32)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Read the record of a process without attaching to it.
+pub fn read_record(pid: i32) -> Result<(Process, Vec<Mapping>, Record)> {
+    let proc = Process::open(pid)?;
+    let maps = proc.maps()?;
+    let rec = Store::load(&proc, &maps)?
+        .map(|(_, r)| r)
+        .unwrap_or_default();
+    Ok((proc, maps, rec))
+}
