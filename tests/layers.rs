@@ -1,0 +1,166 @@
+//! The layers of ARCHITECTURE.md, checked on the source: a module uses only modules of
+//! its own layer or below, and no modules reach each other in a circle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The layers, lowest first: a top-level module of `src/` and its rank.
+const LAYERS: &[(&str, u32)] = &[
+    ("error", 0),
+    ("fmt", 0),
+    ("os", 1),
+    ("elf", 2),
+    ("patch", 3),
+    ("contract", 4),
+    ("remote", 5),
+    ("resolve", 6),
+    ("livepatch", 7),
+    ("ops", 8),
+    ("fleet", 9),
+    ("persist", 9),
+    ("lookup", 9),
+    ("generate", 9),
+    ("cli", 10),
+];
+
+/// Every `.rs` file under `dir`, as its module path (`livepatch::record`).
+fn modules(dir: &Path, prefix: &[String], out: &mut BTreeMap<Vec<String>, PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        let name = p.file_stem().unwrap().to_string_lossy().to_string();
+        if p.is_dir() {
+            let mut sub = prefix.to_vec();
+            sub.push(name);
+            modules(&p, &sub, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            let mut m = prefix.to_vec();
+            if !(name == "mod" || (prefix.is_empty() && (name == "lib" || name == "main"))) {
+                m.push(name);
+            }
+            out.insert(m, p);
+        }
+    }
+}
+
+/// The text of a file without comments and without its unit tests.
+fn code(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let text = match text.find("#[cfg(test)]\nmod tests") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    text.lines()
+        .map(|l| match l.find("//") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The modules `text` names through `crate::` paths, brace groups included.
+fn uses(text: &str, all: &BTreeMap<Vec<String>, PathBuf>) -> BTreeSet<Vec<String>> {
+    let mut out = BTreeSet::new();
+    let owner = |path: &[&str]| -> Option<Vec<String>> {
+        (1..=path.len()).rev().find_map(|n| {
+            let k: Vec<String> = path[..n].iter().map(|s| s.to_string()).collect();
+            all.contains_key(&k).then_some(k)
+        })
+    };
+    let word = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+            .collect()
+    };
+    for (i, _) in text.match_indices("crate::") {
+        let rest = &text[i + 7..];
+        let path = word(rest);
+        let segs: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+        if rest[path.len()..].starts_with('{') {
+            let group = &rest[path.len() + 1..rest.find('}').unwrap_or(rest.len())];
+            for item in group.split(',') {
+                let mut full = segs.clone();
+                full.extend(item.trim().split("::").filter(|s| !s.is_empty()));
+                out.extend(owner(&full));
+            }
+        }
+        out.extend(owner(&segs));
+    }
+    out
+}
+
+fn rank(m: &[String]) -> Option<u32> {
+    let top = m.first()?;
+    LAYERS.iter().find(|(n, _)| n == top).map(|(_, r)| *r)
+}
+
+#[test]
+fn modules_use_only_their_layer_and_below_and_form_no_circle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = BTreeMap::new();
+    modules(&src, &[], &mut all);
+    let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for (m, path) in &all {
+        if m.is_empty() {
+            continue; // lib.rs and main.rs
+        }
+        let r =
+            rank(m).unwrap_or_else(|| panic!("{} is in no layer of tests/layers.rs", m.join("::")));
+        let mut to = uses(&code(path), &all);
+        to.remove(m);
+        to.retain(|t| !t.is_empty());
+        for t in &to {
+            let rt = rank(t).unwrap();
+            if rt > r || (rt == r && t[0] != m[0]) {
+                wrong.push(format!("{} uses {}", m.join("::"), t.join("::")));
+            }
+        }
+        edges.insert(m.clone(), to);
+    }
+    assert!(
+        wrong.is_empty(),
+        "uses across layers:\n  {}",
+        wrong.join("\n  ")
+    );
+    // No circle: repeatedly drop modules that use nothing left.
+    let mut left = edges.clone();
+    loop {
+        let free: Vec<Vec<String>> = left
+            .iter()
+            .filter(|(_, to)| to.iter().all(|t| !left.contains_key(t)))
+            .map(|(m, _)| m.clone())
+            .collect();
+        if free.is_empty() {
+            break;
+        }
+        for m in free {
+            left.remove(&m);
+        }
+    }
+    let circle: Vec<String> = left.keys().map(|m| m.join("::")).collect();
+    assert!(
+        circle.is_empty(),
+        "modules that reach each other in a circle: {}",
+        circle.join(", ")
+    );
+}
+
+#[test]
+fn the_check_sees_a_use_across_layers() {
+    let mut all = BTreeMap::new();
+    for m in [
+        &["os", "process"][..],
+        &["livepatch", "record"],
+        &["ops", "apply"],
+    ] {
+        all.insert(m.iter().map(|s| s.to_string()).collect(), PathBuf::new());
+    }
+    let found = uses(
+        "use crate::livepatch::record::Record;\nuse crate::{ops::apply, os::process::{self, Process}};\n",
+        &all,
+    );
+    let names: Vec<String> = found.iter().map(|m| m.join("::")).collect();
+    assert_eq!(names, ["livepatch::record", "ops::apply", "os::process"]);
+    assert!(rank(&["os".into()]) < rank(&["livepatch".into()]));
+}
