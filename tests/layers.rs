@@ -58,8 +58,9 @@ fn code(path: &Path) -> String {
         .join("\n")
 }
 
-/// The modules `text` names through `crate::` paths, brace groups included.
-fn uses(text: &str, all: &BTreeMap<Vec<String>, PathBuf>) -> BTreeSet<Vec<String>> {
+/// The modules `text` (the code of module `me`) names: through `crate::` and `super::`
+/// paths, brace groups included, and a folder's `mod.rs` through its children's names.
+fn uses(me: &[String], text: &str, all: &BTreeMap<Vec<String>, PathBuf>) -> BTreeSet<Vec<String>> {
     let mut out = BTreeSet::new();
     let owner = |path: &[&str]| -> Option<Vec<String>> {
         (1..=path.len()).rev().find_map(|n| {
@@ -72,10 +73,38 @@ fn uses(text: &str, all: &BTreeMap<Vec<String>, PathBuf>) -> BTreeSet<Vec<String
             .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
             .collect()
     };
+    let parent: Vec<&str> = me[..me.len().saturating_sub(1)]
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let children: Vec<&str> = all
+        .keys()
+        .filter(|k| k.len() == me.len() + 1 && k.starts_with(me))
+        .map(|k| k[me.len()].as_str())
+        .collect();
+    let mut starts: Vec<(usize, usize, Vec<&str>)> = Vec::new();
     for (i, _) in text.match_indices("crate::") {
-        let rest = &text[i + 7..];
+        starts.push((i, 7, Vec::new()));
+    }
+    for (i, _) in text.match_indices("super::") {
+        starts.push((i, 7, parent.clone()));
+    }
+    for child in &children {
+        let pat = format!("{child}::");
+        for (i, _) in text.match_indices(&pat) {
+            let before = text[..i].chars().last();
+            if !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+                let mut base: Vec<&str> = me.iter().map(|s| s.as_str()).collect();
+                base.push(child);
+                starts.push((i, pat.len(), base));
+            }
+        }
+    }
+    for (i, skip, base) in starts {
+        let rest = &text[i + skip..];
         let path = word(rest);
-        let segs: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+        let mut segs = base.clone();
+        segs.extend(path.split("::").filter(|s| !s.is_empty()));
         if rest[path.len()..].starts_with('{') {
             let group = &rest[path.len() + 1..rest.find('}').unwrap_or(rest.len())];
             for item in group.split(',') {
@@ -107,7 +136,7 @@ fn modules_use_only_their_layer_and_below_and_form_no_circle() {
         }
         let r =
             rank(m).unwrap_or_else(|| panic!("{} is in no layer of tests/layers.rs", m.join("::")));
-        let mut to = uses(&code(path), &all);
+        let mut to = uses(m, &code(path), &all);
         to.remove(m);
         to.retain(|t| !t.is_empty());
         for t in &to {
@@ -153,14 +182,24 @@ fn the_check_sees_a_use_across_layers() {
         &["os", "process"][..],
         &["livepatch", "record"],
         &["ops", "apply"],
+        &["ops", "report"],
     ] {
         all.insert(m.iter().map(|s| s.to_string()).collect(), PathBuf::new());
     }
     let found = uses(
-        "use crate::livepatch::record::Record;\nuse crate::{ops::apply, os::process::{self, Process}};\n",
+        &["ops".to_string(), "apply".to_string()],
+        "use crate::livepatch::record::Record;\nuse crate::{ops::apply, os::process::{self, Process}};\nuse super::report::View;\n",
         &all,
     );
     let names: Vec<String> = found.iter().map(|m| m.join("::")).collect();
-    assert_eq!(names, ["livepatch::record", "ops::apply", "os::process"]);
+    assert_eq!(
+        names,
+        [
+            "livepatch::record",
+            "ops::apply",
+            "ops::report",
+            "os::process"
+        ]
+    );
     assert!(rank(&["os".into()]) < rank(&["livepatch".into()]));
 }

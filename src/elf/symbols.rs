@@ -520,8 +520,6 @@ impl ElfFile {
     }
 }
 
-/// Lowercase hex of bytes.
-
 fn collect_syms(
     syms: &sym::Symtab,
     strtab: &goblin::strtab::Strtab,
