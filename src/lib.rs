@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod contract;
 pub mod elf;
 pub mod error;

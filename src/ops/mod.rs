@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod disable;
+pub mod list;
 pub mod repair;
 pub mod report;
 
