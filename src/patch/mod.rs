@@ -13,6 +13,28 @@ use crate::error::Result;
 use crate::{bail, err};
 use std::path::{Path, PathBuf};
 
+/// One record of `.rlivepatch` as it is in the file: `struct rlp_record` of
+/// rlivepatch.h (magic, kind, string pointers, pointers, numbers).
+struct Raw {
+    /// Its index, for messages.
+    i: u64,
+    /// Its address in the patch.
+    at: u64,
+    raw: Vec<u8>,
+    kind: u32,
+}
+
+impl Raw {
+    fn u32_at(&self, o: usize) -> u32 {
+        u32::from_le_bytes(self.raw[o..o + 4].try_into().unwrap())
+    }
+
+    /// Number field `k`.
+    fn n(&self, k: usize) -> u64 {
+        u64::from_le_bytes(self.raw[64 + 8 * k..72 + 8 * k].try_into().unwrap())
+    }
+}
+
 /// Size of one `struct rlp_record`.
 pub const RECORD_SIZE: u64 = 80;
 /// "RLP1".
@@ -293,227 +315,274 @@ impl Patch {
         }
         let mut named = false;
         for i in 0..sec.size / RECORD_SIZE {
-            let at = sec.addr.checked_add(i * RECORD_SIZE).ok_or_else(|| {
-                err!(
-                    Patch,
-                    "corrupt metadata: record {i} is outside the address space"
-                )
-            })?;
-            let raw = self
-                .file
-                .bytes_at(at, RECORD_SIZE as usize)
-                .ok_or_else(|| err!(Patch, "corrupt metadata: record {i} is outside the file"))?
-                .to_vec();
-            let u32_at = |o: usize| u32::from_le_bytes(raw[o..o + 4].try_into().unwrap());
-            let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().unwrap());
-            if u32_at(0) != RECORD_MAGIC {
-                bail!(
-                    Patch,
-                    "corrupt metadata: record {i} has a bad magic number; rebuild with the rlivepatch.h of this version"
-                );
-            }
-            let kind = u32_at(4);
-            let s = |k: u64| self.string_field(at.wrapping_add(8 + 8 * k), i);
-            let p = |k: u64| self.pointer_field(at.wrapping_add(RECORD_PTR0 + 8 * k), i);
-            let n = |k: usize| u64_at(64 + 8 * k);
-            match kind {
+            let r = self.raw_record(sec.addr, i)?;
+            match r.kind {
                 KIND_NAME => {
-                    let name = s(0)?.ok_or_else(|| {
-                        err!(Patch, "corrupt metadata: RLIVEPATCH_NAME without a name")
-                    })?;
-                    check_name(&name)?;
                     if named {
                         bail!(Patch, "RLIVEPATCH_NAME is given twice");
                     }
                     named = true;
-                    self.name = name;
+                    self.record_name(&r)?
                 }
-                KIND_FUNC => {
-                    let old = s(1)?.ok_or_else(|| {
-                        err!(
-                            Patch,
-                            "corrupt metadata: function record {i} has no old name"
-                        )
-                    })?;
-                    let new_name = s(2)?.unwrap_or_else(|| "?".into());
-                    let new_vaddr = p(0)?.ok_or_else(|| {
-                        err!(
-                            Patch,
-                            "corrupt metadata: function record for {old} has no new function"
-                        )
-                    })?;
-                    if !self.is_code(new_vaddr) {
-                        bail!(
-                            Patch,
-                            "the new function {new_name} for {old} is not code of the patch; give a function defined in the patch"
-                        );
-                    }
-                    self.funcs.push(PatchFunc {
-                        object: s(0)?,
-                        old,
-                        sympos: n(0),
-                        new_name,
-                        new_vaddr,
-                        slot_vaddr: at.wrapping_add(RECORD_PTR0),
-                        orig_slot: p(1)?,
-                    });
-                }
+                KIND_FUNC => self.record_func(&r)?,
                 KIND_REPLACE => self.replace = true,
-                KIND_CALLBACKS => {
-                    let mut cbs = [None; 4];
-                    for (k, cb) in cbs.iter_mut().enumerate() {
-                        *cb = p(k as u64)?;
-                        if let Some(v) = *cb
-                            && !self.is_code(v)
-                        {
-                            bail!(Patch, "callback {k} is not code of the patch");
-                        }
-                    }
-                    if self.callbacks.pre_patch.is_some()
-                        || self.callbacks.post_patch.is_some()
-                        || self.callbacks.pre_unpatch.is_some()
-                        || self.callbacks.post_unpatch.is_some()
-                    {
-                        bail!(Patch, "RLIVEPATCH_CALLBACKS is given twice");
-                    }
-                    self.callbacks = Callbacks {
-                        pre_patch: cbs[0],
-                        post_patch: cbs[1],
-                        pre_unpatch: cbs[2],
-                        post_unpatch: cbs[3],
-                    };
-                }
-                KIND_OBJECT_CALLBACKS => {
-                    let object = s(0)?.ok_or_else(|| {
-                        err!(Patch, "RLIVEPATCH_OBJECT_CALLBACKS names no object")
-                    })?;
-                    let mut cbs = [None; 4];
-                    for (k, cb) in cbs.iter_mut().enumerate() {
-                        *cb = p(k as u64)?;
-                        if let Some(v) = *cb
-                            && !self.is_code(v)
-                        {
-                            bail!(Patch, "callback {k} of {object} is not code of the patch");
-                        }
-                    }
-                    if self.object_callbacks.iter().any(|(o, _)| *o == object) {
-                        bail!(
-                            Patch,
-                            "RLIVEPATCH_OBJECT_CALLBACKS is given twice for {object}"
-                        );
-                    }
-                    self.object_callbacks.push((
-                        object,
-                        Callbacks {
-                            pre_patch: cbs[0],
-                            post_patch: cbs[1],
-                            pre_unpatch: cbs[2],
-                            post_unpatch: cbs[3],
-                        },
-                    ));
-                }
-                KIND_STATE => {
-                    let vaddr = p(0)?.ok_or_else(|| {
-                        err!(
-                            Patch,
-                            "corrupt metadata: state {} has no struct rlp_state",
-                            n(0)
-                        )
-                    })?;
-                    let st = StateDecl {
-                        id: n(0),
-                        version: n(1),
-                        vaddr,
-                    };
-                    if self.states.iter().any(|x| x.id == st.id) {
-                        bail!(Patch, "state {} is declared twice", st.id);
-                    }
-                    self.states.push(st);
-                }
-                KIND_BUILD_ID => {
-                    let hex = s(1)?.ok_or_else(|| {
-                        err!(
-                            Patch,
-                            "corrupt metadata: RLIVEPATCH_BUILD_ID without a build-id"
-                        )
-                    })?;
-                    let hex = hex.to_ascii_lowercase();
-                    if hex.is_empty()
-                        || hex.len() % 2 != 0
-                        || !hex.chars().all(|c| c.is_ascii_hexdigit())
-                    {
-                        bail!(
-                            Patch,
-                            "RLIVEPATCH_BUILD_ID: \"{hex}\" is not a hex build-id"
-                        );
-                    }
-                    self.build_ids.push((s(0)?, hex));
-                }
-                KIND_SYMBOL | KIND_TLS => {
-                    let symbol = s(1)?.ok_or_else(|| {
-                        err!(
-                            Patch,
-                            "corrupt metadata: RLIVEPATCH_SYMBOL without a symbol"
-                        )
-                    })?;
-                    let slot = p(0)?.ok_or_else(|| {
-                        err!(
-                            Patch,
-                            "corrupt metadata: RLIVEPATCH_SYMBOL {symbol} has no pointer"
-                        )
-                    })?;
-                    self.symbols.push(SymbolRef {
-                        tls: kind == KIND_TLS,
-                        object: s(0)?,
-                        symbol,
-                        local: s(2)?.unwrap_or_default(),
-                        slot_vaddr: slot,
-                        addend: n(0) as i64,
-                    });
-                }
-                KIND_RELOC => {
-                    let symbol = s(1)?.ok_or_else(|| {
-                        err!(Patch, "corrupt metadata: bound place {i} has no symbol")
-                    })?;
-                    let site = p(0)?.ok_or_else(|| {
-                        err!(Patch, "corrupt metadata: bound place {symbol} has no place")
-                    })?;
-                    let class = n(1);
-                    let kind = match class & 0xff {
-                        1 => RelocKind::Abs64,
-                        2 => RelocKind::Rel32 {
-                            head: (class >> 8) as u8,
-                            len: (class >> 16) as u8,
-                        },
-                        c => bail!(
-                            Patch,
-                            "corrupt metadata: bound place {symbol} has unknown class {c}; rebuild the patch with this rlivepatch"
-                        ),
-                    };
-                    if let RelocKind::Rel32 { head, len } = kind
-                        && (len < 6 || head as u64 + 4 > len as u64)
-                    {
-                        bail!(
-                            Patch,
-                            "corrupt metadata: bound place {symbol} has a bad instruction shape"
-                        );
-                    }
-                    self.relocs.push(RelocRef {
-                        object: s(0)?,
-                        symbol,
-                        local: s(2)?.unwrap_or_default(),
-                        site_vaddr: site,
-                        thunk_slot: p(1)?,
-                        addend: n(0) as i64,
-                        kind,
-                    });
-                }
+                KIND_CALLBACKS => self.record_callbacks(&r)?,
+                KIND_OBJECT_CALLBACKS => self.record_object_callbacks(&r)?,
+                KIND_STATE => self.record_state(&r)?,
+                KIND_BUILD_ID => self.record_build_id(&r)?,
+                KIND_SYMBOL | KIND_TLS => self.record_symbol(&r)?,
+                KIND_RELOC => self.record_reloc(&r)?,
                 other => bail!(
                     Patch,
                     "corrupt metadata: record {i} has unknown kind {other}; rebuild with the rlivepatch.h of this version"
                 ),
             }
         }
+        self.check_records()
+    }
+
+    /// Record `i` of the section at `addr`, its magic checked.
+    fn raw_record(&self, addr: u64, i: u64) -> Result<Raw> {
+        let at = addr.checked_add(i * RECORD_SIZE).ok_or_else(|| {
+            err!(
+                Patch,
+                "corrupt metadata: record {i} is outside the address space"
+            )
+        })?;
+        let raw = self
+            .file
+            .bytes_at(at, RECORD_SIZE as usize)
+            .ok_or_else(|| err!(Patch, "corrupt metadata: record {i} is outside the file"))?
+            .to_vec();
+        let r = Raw {
+            i,
+            at,
+            raw,
+            kind: 0,
+        };
+        if r.u32_at(0) != RECORD_MAGIC {
+            bail!(
+                Patch,
+                "corrupt metadata: record {i} has a bad magic number; rebuild with the rlivepatch.h of this version"
+            );
+        }
+        Ok(Raw {
+            kind: r.u32_at(4),
+            ..r
+        })
+    }
+
+    /// `RLIVEPATCH_NAME`.
+    fn record_name(&mut self, r: &Raw) -> Result<()> {
+        let name = self
+            .s(r, 0)?
+            .ok_or_else(|| err!(Patch, "corrupt metadata: RLIVEPATCH_NAME without a name"))?;
+        check_name(&name)?;
+        self.name = name;
+        Ok(())
+    }
+
+    /// `RLIVEPATCH_FUNC` and its forms.
+    fn record_func(&mut self, r: &Raw) -> Result<()> {
+        let old = self.s(r, 1)?.ok_or_else(|| {
+            err!(
+                Patch,
+                "corrupt metadata: function record {} has no old name",
+                r.i
+            )
+        })?;
+        let new_name = self.s(r, 2)?.unwrap_or_else(|| "?".into());
+        let new_vaddr = self.p(r, 0)?.ok_or_else(|| {
+            err!(
+                Patch,
+                "corrupt metadata: function record for {old} has no new function"
+            )
+        })?;
+        if !self.is_code(new_vaddr) {
+            bail!(
+                Patch,
+                "the new function {new_name} for {old} is not code of the patch; give a function defined in the patch"
+            );
+        }
+        self.funcs.push(PatchFunc {
+            object: self.s(r, 0)?,
+            old,
+            sympos: r.n(0),
+            new_name,
+            new_vaddr,
+            slot_vaddr: r.at.wrapping_add(RECORD_PTR0),
+            orig_slot: self.p(r, 1)?,
+        });
+        Ok(())
+    }
+
+    /// `RLIVEPATCH_CALLBACKS`.
+    fn record_callbacks(&mut self, r: &Raw) -> Result<()> {
+        let mut cbs = [None; 4];
+        for (k, cb) in cbs.iter_mut().enumerate() {
+            *cb = self.p(r, k as u64)?;
+            if let Some(v) = *cb
+                && !self.is_code(v)
+            {
+                bail!(Patch, "callback {k} is not code of the patch");
+            }
+        }
+        if self.callbacks.pre_patch.is_some()
+            || self.callbacks.post_patch.is_some()
+            || self.callbacks.pre_unpatch.is_some()
+            || self.callbacks.post_unpatch.is_some()
+        {
+            bail!(Patch, "RLIVEPATCH_CALLBACKS is given twice");
+        }
+        self.callbacks = Callbacks {
+            pre_patch: cbs[0],
+            post_patch: cbs[1],
+            pre_unpatch: cbs[2],
+            post_unpatch: cbs[3],
+        };
+        Ok(())
+    }
+
+    /// `RLIVEPATCH_OBJECT_CALLBACKS`.
+    fn record_object_callbacks(&mut self, r: &Raw) -> Result<()> {
+        let object = self
+            .s(r, 0)?
+            .ok_or_else(|| err!(Patch, "RLIVEPATCH_OBJECT_CALLBACKS names no object"))?;
+        let mut cbs = [None; 4];
+        for (k, cb) in cbs.iter_mut().enumerate() {
+            *cb = self.p(r, k as u64)?;
+            if let Some(v) = *cb
+                && !self.is_code(v)
+            {
+                bail!(Patch, "callback {k} of {object} is not code of the patch");
+            }
+        }
+        if self.object_callbacks.iter().any(|(o, _)| *o == object) {
+            bail!(
+                Patch,
+                "RLIVEPATCH_OBJECT_CALLBACKS is given twice for {object}"
+            );
+        }
+        self.object_callbacks.push((
+            object,
+            Callbacks {
+                pre_patch: cbs[0],
+                post_patch: cbs[1],
+                pre_unpatch: cbs[2],
+                post_unpatch: cbs[3],
+            },
+        ));
+        Ok(())
+    }
+
+    /// `RLIVEPATCH_STATE`.
+    fn record_state(&mut self, r: &Raw) -> Result<()> {
+        let vaddr = self.p(r, 0)?.ok_or_else(|| {
+            err!(
+                Patch,
+                "corrupt metadata: state {} has no struct rlp_state",
+                r.n(0)
+            )
+        })?;
+        let st = StateDecl {
+            id: r.n(0),
+            version: r.n(1),
+            vaddr,
+        };
+        if self.states.iter().any(|x| x.id == st.id) {
+            bail!(Patch, "state {} is declared twice", st.id);
+        }
+        self.states.push(st);
+        Ok(())
+    }
+
+    /// `RLIVEPATCH_BUILD_ID`.
+    fn record_build_id(&mut self, r: &Raw) -> Result<()> {
+        let hex = self.s(r, 1)?.ok_or_else(|| {
+            err!(
+                Patch,
+                "corrupt metadata: RLIVEPATCH_BUILD_ID without a build-id"
+            )
+        })?;
+        let hex = hex.to_ascii_lowercase();
+        if hex.is_empty() || hex.len() % 2 != 0 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            bail!(
+                Patch,
+                "RLIVEPATCH_BUILD_ID: \"{hex}\" is not a hex build-id"
+            );
+        }
+        self.build_ids.push((self.s(r, 0)?, hex));
+        Ok(())
+    }
+
+    /// `RLIVEPATCH_SYMBOL` and `RLIVEPATCH_TLS`.
+    fn record_symbol(&mut self, r: &Raw) -> Result<()> {
+        let symbol = self.s(r, 1)?.ok_or_else(|| {
+            err!(
+                Patch,
+                "corrupt metadata: RLIVEPATCH_SYMBOL without a symbol"
+            )
+        })?;
+        let slot = self.p(r, 0)?.ok_or_else(|| {
+            err!(
+                Patch,
+                "corrupt metadata: RLIVEPATCH_SYMBOL {symbol} has no pointer"
+            )
+        })?;
+        self.symbols.push(SymbolRef {
+            tls: r.kind == KIND_TLS,
+            object: self.s(r, 0)?,
+            symbol,
+            local: self.s(r, 2)?.unwrap_or_default(),
+            slot_vaddr: slot,
+            addend: r.n(0) as i64,
+        });
+        Ok(())
+    }
+
+    /// A place bound at apply time (`RLP_KIND_RELOC`, written by `rlivepatch build`).
+    fn record_reloc(&mut self, r: &Raw) -> Result<()> {
+        let symbol = self
+            .s(r, 1)?
+            .ok_or_else(|| err!(Patch, "corrupt metadata: bound place {} has no symbol", r.i))?;
+        let site = self
+            .p(r, 0)?
+            .ok_or_else(|| err!(Patch, "corrupt metadata: bound place {symbol} has no place"))?;
+        let class = r.n(1);
+        let kind = match class & 0xff {
+            1 => RelocKind::Abs64,
+            2 => RelocKind::Rel32 {
+                head: (class >> 8) as u8,
+                len: (class >> 16) as u8,
+            },
+            c => bail!(
+                Patch,
+                "corrupt metadata: bound place {symbol} has unknown class {c}; rebuild the patch with this rlivepatch"
+            ),
+        };
+        if let RelocKind::Rel32 { head, len } = kind
+            && (len < 6 || head as u64 + 4 > len as u64)
+        {
+            bail!(
+                Patch,
+                "corrupt metadata: bound place {symbol} has a bad instruction shape"
+            );
+        }
+        self.relocs.push(RelocRef {
+            object: self.s(r, 0)?,
+            symbol,
+            local: self.s(r, 2)?.unwrap_or_default(),
+            site_vaddr: site,
+            thunk_slot: self.p(r, 1)?,
+            addend: r.n(0) as i64,
+            kind,
+        });
+        Ok(())
+    }
+
+    /// What the records say as a whole: something to do, callbacks of objects it
+    /// changes, no function twice.
+    fn check_records(&self) -> Result<()> {
         let has_callbacks = self.callbacks.pre_patch.is_some()
             || self.callbacks.post_patch.is_some()
             || self.callbacks.pre_unpatch.is_some()
@@ -545,6 +614,16 @@ impl Patch {
             }
         }
         Ok(())
+    }
+
+    /// String field `k` of record `r`.
+    fn s(&self, r: &Raw, k: u64) -> Result<Option<String>> {
+        self.string_field(r.at.wrapping_add(8 + 8 * k), r.i)
+    }
+
+    /// Pointer field `k` of record `r`.
+    fn p(&self, r: &Raw, k: u64) -> Result<Option<u64>> {
+        self.pointer_field(r.at.wrapping_add(RECORD_PTR0 + 8 * k), r.i)
     }
 
     fn string_field(&self, vaddr: u64, rec: u64) -> Result<Option<String>> {
