@@ -13,8 +13,7 @@ use super::relobj::c;
 use super::relobj::{Kind, RelObj, Target, base_name, instructions};
 use crate::bail;
 use crate::error::Result;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What a relocation stands for, comparable across the two objects.
 #[derive(Debug, PartialEq, Eq)]
@@ -143,7 +142,7 @@ pub fn diff(
     pristine: &RelObj,
     patched: &RelObj,
     pairing: &Pairing,
-    lines: &HashMap<PathBuf, Vec<u64>>,
+    lines: &super::lines::Changed,
 ) -> Result<ObjectDiff> {
     let mut out = ObjectDiff::default();
     let pd = objdwarf::read(pristine);
@@ -264,7 +263,7 @@ fn reason(
     source: &Path,
     name: &str,
     dw: &ObjDwarf,
-    lines: &HashMap<PathBuf, Vec<u64>>,
+    lines: &super::lines::Changed,
     patched: &RelObj,
     q: usize,
     changed: &[String],

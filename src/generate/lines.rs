@@ -171,14 +171,13 @@ fn is_c(path: &Path) -> bool {
     )
 }
 
+/// Per changed file, the pristine line numbers of the lines a diff changed.
+pub type Changed = HashMap<PathBuf, Vec<u64>>;
+
 /// For each of `files` (relative to the trees) that the diffs changed: insert the
 /// directives into the patched copy, and return the pristine numbers of the lines that
 /// changed (a line removed or replaced, or the line after an insertion).
-pub fn keep(
-    pristine: &Path,
-    patched: &Path,
-    files: &[PathBuf],
-) -> Result<HashMap<PathBuf, Vec<u64>>> {
+pub fn keep(pristine: &Path, patched: &Path, files: &[PathBuf]) -> Result<Changed> {
     let mut changed = HashMap::new();
     for f in files {
         let (a, b) = (pristine.join(f), patched.join(f));

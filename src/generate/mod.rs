@@ -129,105 +129,27 @@ fn default_name(diffs: &[PathBuf]) -> String {
 
 /// Build a patch as `opts` says.
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<BuildReport> {
-    let mut phases: Vec<(String, f64)> = Vec::new();
-    let mut t = Instant::now();
-    let phase = |phases: &mut Vec<(String, f64)>, name: &str, t: &mut Instant| {
-        phases.push((name.to_string(), t.elapsed().as_secs_f64() * 1000.0));
-        *t = Instant::now();
-    };
-    if opts.binaries.is_empty() {
-        bail!(Build, "give the binary the patch is for with --binary FILE");
-    }
-    if opts.diffs.is_empty() {
-        bail!(Build, "give the fix with --diff FILE");
-    }
-    let name = opts
-        .name
-        .clone()
-        .unwrap_or_else(|| default_name(&opts.diffs));
-    let source = opts
-        .source
-        .canonicalize()
-        .map_err(|e| err!(Build, "--source {}: {e}", opts.source.display()))?;
-    let binaries: Vec<verify::Binary> = opts
-        .binaries
-        .iter()
-        .map(|b| verify::Binary::open(b, &opts.debug_dirs))
-        .collect::<Result<_>>()?;
-    let work = Work(crate::os::dirs::cache_dir().join("work").join(format!(
-        "{}-{}",
-        std::process::id(),
-        t.elapsed().as_nanos()
-    )));
-    std::fs::create_dir_all(&work.0)
-        .map_err(|e| err!(Build, "cannot create {}: {e}", work.0.display()))?;
+    let mut run = Run::start(opts)?;
     // 1. How the project compiles, and the pristine tree.
     let (pristine, commands) = match &opts.compile_commands {
-        Some(db) => (source.clone(), wrapper::from_json(db)?),
+        Some(db) => (run.source.clone(), wrapper::from_json(db)?),
         None => {
-            let b = wrapper::learn(&source, opts.build.as_deref().unwrap_or("make"), progress)?;
+            let b = wrapper::learn(
+                &run.source,
+                opts.build.as_deref().unwrap_or("make"),
+                progress,
+            )?;
             (b.tree, b.commands)
         }
     };
-    phase(&mut phases, "compile commands", &mut t);
+    run.phase("compile commands");
     // 2. The diffs, applied to a copy.
-    let diffs: Vec<tree::Diff> = opts
-        .diffs
-        .iter()
-        .map(|d| tree::read(d, &pristine))
-        .collect::<Result<_>>()?;
-    for d in &diffs {
-        for f in &d.files {
-            let ext = f
-                .extension()
-                .map(|e| e.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if matches!(ext.as_str(), "s" | "S" | "asm" | "sx") {
-                bail!(
-                    Refused,
-                    "the diff {} changes assembly ({}): not supported; only C code compiled by the project's compiler can be diffed",
-                    d.path.display(),
-                    f.display()
-                );
-            }
-        }
-    }
-    let patched = work.0.join("patched");
-    tree::copy(&pristine, &patched)?;
-    for d in &diffs {
-        tree::run_patch(d, &patched, false)?;
-    }
-    let touched: Vec<PathBuf> = diffs.iter().flat_map(|d| d.files.iter().cloned()).collect();
-    let lines = lines::keep(&pristine, &patched, &touched)?;
-    phase(&mut phases, "diff applied", &mut t);
-    // 3. The units the diffs touch.
-    let (units, mut ignored) = select_units(&diffs, &pristine, &commands)?;
-    let mut notes = Vec::new();
-    let mut placed: Vec<((PathBuf, wrapper::CompileCommand), usize)> = Vec::new();
-    for (rel, cmd) in units {
-        let base = rel
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match binaries.iter().position(|b| b.blocks.contains(&base)) {
-            Some(bi) => placed.push(((rel, cmd), bi)),
-            None => ignored.push(format!("{} (in no --binary)", rel.display())),
-        }
-    }
-    if placed.is_empty() {
-        bail!(
-            Refused,
-            "the diffs change no file compiled into {}{}",
-            paths_of(&binaries),
-            if ignored.is_empty() {
-                String::new()
-            } else {
-                format!(" (they touch {})", ignored.join(", "))
-            }
-        );
-    }
+    let (diffs, patched, lines) = run.apply_diffs(&pristine)?;
+    run.phase("diff applied");
+    // 3. The units the diffs touch, compiled from both trees.
     // A source built more than once (a PIE and a non-PIE program, a static and a shared
     // library) is compiled with each command; the one whose code is the binary's wins.
+    let placed = run.place_units(&diffs, &pristine, &commands)?;
     let mut names: Vec<String> = Vec::new();
     for ((r, _), _) in &placed {
         let n = r.display().to_string();
@@ -241,26 +163,189 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
         placed.len(),
         names.join(", ")
     ));
-    let list: Vec<(PathBuf, wrapper::CompileCommand)> =
-        placed.iter().map(|(u, _)| u.clone()).collect();
-    let built = compile::compile_all(&list, &pristine, &patched, &source, &work.0)?;
-    phase(&mut phases, "compile", &mut t);
+    let list: Vec<Unit> = placed.iter().map(|(u, _)| u.clone()).collect();
+    let built = compile::compile_all(&list, &pristine, &patched, &run.source, &run.work.0)?;
+    run.phase("compile");
     // 4-7. Per unit: diff, verify, bind, emit.
-    let mut records = emit::Records::default();
-    let mut report_funcs = Vec::new();
-    let mut objects = Vec::new();
-    let mut counts: HashMap<&'static str, usize> = HashMap::new();
-    let mut used_binaries: Vec<usize> = Vec::new();
-    let (mut t_diff, mut t_verify, mut t_emit) = (0.0, 0.0, 0.0);
-    let mut done_sources: Vec<(PathBuf, usize)> = Vec::new();
     let mut first_error: HashMap<(PathBuf, usize), crate::error::Error> = HashMap::new();
+    let mut done_sources: Vec<(PathBuf, usize)> = Vec::new();
     for (k, (unit, (_, bi))) in built.iter().zip(&placed).enumerate() {
-        let bin = &binaries[*bi];
         if done_sources.contains(&(unit.source.clone(), *bi)) {
             continue;
         }
         // The same file compiled by several commands (a PIE and a non-PIE build, say):
-        // the one whose code is in the binary is the one that verifies.
+        // the one whose code is in the binary is the one that verifies; the first
+        // command's error is the one to show.
+        match run.unit(k, unit, *bi, &pristine, &patched, &lines) {
+            Ok(()) => done_sources.push((unit.source.clone(), *bi)),
+            Err(e) => {
+                let another = built[k + 1..]
+                    .iter()
+                    .zip(&placed[k + 1..])
+                    .any(|(u, (_, b))| u.source == unit.source && b == bi);
+                let first = first_error.entry((unit.source.clone(), *bi)).or_insert(e);
+                if !another {
+                    return Err(first.clone());
+                }
+            }
+        }
+    }
+    run.phases.push(("diff".into(), run.t_diff));
+    run.phases.push(("verify".into(), run.t_verify));
+    run.phases.push(("bind and emit".into(), run.t_emit));
+    run.finish()
+}
+
+/// One run of `rlivepatch build`: what it was asked, where it works, and what it has
+/// found so far.
+struct Run<'o> {
+    opts: &'o BuildOptions,
+    name: String,
+    source: PathBuf,
+    binaries: Vec<verify::Binary>,
+    work: Work,
+    phases: Vec<(String, f64)>,
+    t: Instant,
+    t_diff: f64,
+    t_verify: f64,
+    t_emit: f64,
+    records: emit::Records,
+    functions: Vec<FuncReport>,
+    objects: Vec<PathBuf>,
+    counts: HashMap<&'static str, usize>,
+    used_binaries: Vec<usize>,
+    notes: Vec<String>,
+    ignored: Vec<String>,
+}
+
+impl<'o> Run<'o> {
+    /// Check what was asked, open the binaries, make the work directory.
+    fn start(opts: &'o BuildOptions) -> Result<Self> {
+        if opts.binaries.is_empty() {
+            bail!(Build, "give the binary the patch is for with --binary FILE");
+        }
+        if opts.diffs.is_empty() {
+            bail!(Build, "give the fix with --diff FILE");
+        }
+        let t = Instant::now();
+        let source = opts
+            .source
+            .canonicalize()
+            .map_err(|e| err!(Build, "--source {}: {e}", opts.source.display()))?;
+        let binaries: Vec<verify::Binary> = opts
+            .binaries
+            .iter()
+            .map(|b| verify::Binary::open(b, &opts.debug_dirs))
+            .collect::<Result<_>>()?;
+        let work = Work(crate::os::dirs::cache_dir().join("work").join(format!(
+            "{}-{}",
+            std::process::id(),
+            t.elapsed().as_nanos()
+        )));
+        std::fs::create_dir_all(&work.0)
+            .map_err(|e| err!(Build, "cannot create {}: {e}", work.0.display()))?;
+        Ok(Run {
+            opts,
+            name: opts
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name(&opts.diffs)),
+            source,
+            binaries,
+            work,
+            phases: Vec::new(),
+            t,
+            t_diff: 0.0,
+            t_verify: 0.0,
+            t_emit: 0.0,
+            records: emit::Records::default(),
+            functions: Vec::new(),
+            objects: Vec::new(),
+            counts: HashMap::new(),
+            used_binaries: Vec::new(),
+            notes: Vec::new(),
+            ignored: Vec::new(),
+        })
+    }
+
+    /// Close a phase of the report's timing.
+    fn phase(&mut self, name: &str) {
+        self.phases
+            .push((name.to_string(), self.t.elapsed().as_secs_f64() * 1000.0));
+        self.t = Instant::now();
+    }
+
+    /// The diffs read and applied to a copy of the pristine tree, whose line numbers the
+    /// changed files keep ([`lines`]).
+    fn apply_diffs(&self, pristine: &Path) -> Result<(Vec<tree::Diff>, PathBuf, lines::Changed)> {
+        let diffs: Vec<tree::Diff> = self
+            .opts
+            .diffs
+            .iter()
+            .map(|d| tree::read(d, pristine))
+            .collect::<Result<_>>()?;
+        for d in &diffs {
+            refuse_assembly(d)?;
+        }
+        let patched = self.work.0.join("patched");
+        tree::copy(pristine, &patched)?;
+        for d in &diffs {
+            tree::run_patch(d, &patched, false)?;
+        }
+        let touched: Vec<PathBuf> = diffs.iter().flat_map(|d| d.files.iter().cloned()).collect();
+        let lines = lines::keep(pristine, &patched, &touched)?;
+        Ok((diffs, patched, lines))
+    }
+
+    /// The units the diffs touch, each with the binary it is built into.
+    fn place_units(
+        &mut self,
+        diffs: &[tree::Diff],
+        pristine: &Path,
+        commands: &[wrapper::CompileCommand],
+    ) -> Result<Vec<(Unit, usize)>> {
+        let (units, ignored) = select_units(diffs, pristine, commands)?;
+        self.ignored = ignored;
+        let mut placed: Vec<(Unit, usize)> = Vec::new();
+        for (rel, cmd) in units {
+            let base = rel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match self.binaries.iter().position(|b| b.blocks.contains(&base)) {
+                Some(bi) => placed.push(((rel, cmd), bi)),
+                None => self
+                    .ignored
+                    .push(format!("{} (in no --binary)", rel.display())),
+            }
+        }
+        if placed.is_empty() {
+            bail!(
+                Refused,
+                "the diffs change no file compiled into {}{}",
+                paths_of(&self.binaries),
+                if self.ignored.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (they touch {})", self.ignored.join(", "))
+                }
+            );
+        }
+        Ok(placed)
+    }
+
+    /// Passes 4 to 7 for unit `k`, built into binary `bi`: verify the pristine object
+    /// against the binary, diff, bind and emit what changed.
+    fn unit(
+        &mut self,
+        k: usize,
+        unit: &compile::Unit,
+        bi: usize,
+        pristine: &Path,
+        patched: &Path,
+        lines: &lines::Changed,
+    ) -> Result<()> {
+        let bin = &self.binaries[bi];
         let t1 = Instant::now();
         let p = relobj::RelObj::open(&unit.pristine)?;
         relobj::check_plain(&p)?;
@@ -269,37 +354,20 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let checked = verify::check_compiler(&p, &file_name, bin)
+        let (bindings, block) = verify::check_compiler(&p, &file_name, bin)
             .and_then(|()| verify::verify(&p, &file_name, bin))
-            .map_err(|e| verify::explain(e, &p, &objdwarf::read(&p).producer, bin));
-        let (bindings, block) = match checked {
-            Ok(v) => v,
-            Err(e) => {
-                let another = built[k + 1..]
-                    .iter()
-                    .zip(&placed[k + 1..])
-                    .any(|(u, (_, b))| u.source == unit.source && b == bi);
-                // The first command's error is the one to show: later ones are the
-                // project's other builds of the file.
-                let first = first_error.entry((unit.source.clone(), *bi)).or_insert(e);
-                if another {
-                    continue;
-                }
-                return Err(first.clone());
-            }
-        };
-        done_sources.push((unit.source.clone(), *bi));
-        t_verify += t1.elapsed().as_secs_f64() * 1000.0;
+            .map_err(|e| verify::explain(e, &p, &objdwarf::read(&p).producer, bin))?;
+        self.t_verify += t1.elapsed().as_secs_f64() * 1000.0;
         let t0 = Instant::now();
         let q = relobj::RelObj::open(&unit.patched)?;
         let pairing = correlate::correlate(&p, &q);
-        let d = diff::diff(&unit.source, &p, &q, &pairing, &lines)?;
+        let d = diff::diff(&unit.source, &p, &q, &pairing, lines)?;
         // The changed functions' code, from a position-independent compile when the
         // binary's flags make code that cannot move.
         let (q, pairing, d) =
             if q.absolute_code_refs() && !(d.changed.is_empty() && d.new.is_empty()) {
-                let out = work.0.join(format!("{k}-pic.o"));
-                compile::compile_pic(unit, &pristine, &patched, &source, &out)?;
+                let out = self.work.0.join(format!("{k}-pic.o"));
+                compile::compile_pic(unit, pristine, patched, &self.source, &out)?;
                 let e = relobj::RelObj::open(&out)?;
                 let pe = correlate::correlate(&p, &e);
                 let d = diff::moved_to(d, &q, &e, &unit.source)?;
@@ -307,11 +375,12 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
             } else {
                 (q, pairing, d)
             };
-        notes.extend(d.notes.iter().cloned());
-        t_diff += t0.elapsed().as_secs_f64() * 1000.0;
+        self.notes.extend(d.notes.iter().cloned());
+        self.t_diff += t0.elapsed().as_secs_f64() * 1000.0;
         if d.changed.is_empty() && d.new.is_empty() {
-            notes.push(format!("{}: no function changed", unit.source.display()));
-            continue;
+            self.notes
+                .push(format!("{}: no function changed", unit.source.display()));
+            return Ok(());
         }
         let t2 = Instant::now();
         let carried: Vec<&diff::Change> = d.changed.iter().chain(&d.new).collect();
@@ -328,13 +397,56 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
                 block,
             )
         };
-        let roots: Vec<usize> = d.changed.iter().map(|c| c.sym).collect();
-        let need = bind::needed(&q, &roots, &homes);
+        let need = bind::needed(&q, &changed_syms, &homes);
         let plan = bind::plan(&q, &unit.source, &homes, &changed_syms, &need)?;
-        *counts.entry("stubs").or_default() += plan.stubs.len();
-        *counts.entry("slots").or_default() += plan.slots.len();
-        *counts.entry("sites").or_default() += plan.sites.len();
-        // The records: every changed function that is an entry (not a part) of the binary.
+        *self.counts.entry("stubs").or_default() += plan.stubs.len();
+        *self.counts.entry("slots").or_default() += plan.slots.len();
+        *self.counts.entry("sites").or_default() += plan.sites.len();
+        let exported = Self::record_functions(
+            &mut self.records,
+            &mut self.functions,
+            &mut self.notes,
+            k,
+            bin,
+            unit,
+            &d,
+            &homes,
+        );
+        if !self.used_binaries.contains(&bi) {
+            self.used_binaries.push(bi);
+        }
+        if !self.opts.dry_run {
+            let out = self.work.0.join(format!("{k}-emitted.o"));
+            let object = self.binaries[bi].object.clone();
+            emit::write_object(
+                &q,
+                &plan,
+                k,
+                &exported,
+                object.as_deref(),
+                &mut self.records,
+                &out,
+            )?;
+            self.objects.push(out);
+        }
+        self.t_emit += t2.elapsed().as_secs_f64() * 1000.0;
+        Ok(())
+    }
+
+    /// The records and the report of unit `k`'s functions: every changed function that
+    /// is an entry (not a part) of the binary gets a record. Returns the symbols the
+    /// emitted object exports for them.
+    #[allow(clippy::too_many_arguments)]
+    fn record_functions(
+        records: &mut emit::Records,
+        functions: &mut Vec<FuncReport>,
+        notes: &mut Vec<String>,
+        k: usize,
+        bin: &verify::Binary,
+        unit: &compile::Unit,
+        d: &diff::ObjectDiff,
+        homes: &dyn Fn(usize, bool) -> bind::Home,
+    ) -> HashMap<usize, String> {
         let mut exported = HashMap::new();
         for c in &d.changed {
             let old = match (&c.part_of, homes(c.sym, true)) {
@@ -359,21 +471,22 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
                 }
                 (Some(_), _) => None,
             };
-            report_funcs.push(FuncReport {
+            let kind = if c.part_of.is_some() {
+                "part"
+            } else {
+                "changed"
+            };
+            functions.push(FuncReport {
                 name: c.name.clone(),
                 binary: file_label(bin),
                 unit: unit.source.display().to_string(),
-                kind: if c.part_of.is_some() {
-                    "part"
-                } else {
-                    "changed"
-                },
+                kind,
                 why: c.why.clone(),
                 old,
             });
         }
         for c in &d.new {
-            report_funcs.push(FuncReport {
+            functions.push(FuncReport {
                 name: c.name.clone(),
                 binary: file_label(bin),
                 unit: unit.source.display().to_string(),
@@ -382,74 +495,80 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
                 old: None,
             });
         }
-        if !used_binaries.contains(bi) {
-            used_binaries.push(*bi);
+        exported
+    }
+
+    /// The build-ids, the link, and the report.
+    fn finish(mut self) -> Result<BuildReport> {
+        self.t = Instant::now();
+        if !self
+            .functions
+            .iter()
+            .any(|f| f.kind == "changed" && f.old.is_some())
+        {
+            bail!(
+                Refused,
+                "the diffs change no function that has an entry in {}: nothing to patch",
+                paths_of(&self.binaries)
+            );
         }
-        if !opts.dry_run {
-            let out = work.0.join(format!("{k}-emitted.o"));
-            emit::write_object(
-                &q,
-                &plan,
-                k,
-                &exported,
-                bin.object.as_deref(),
-                &mut records,
-                &out,
-            )?;
-            objects.push(out);
+        for &bi in &self.used_binaries {
+            let b = &self.binaries[bi];
+            match &b.build_id {
+                Some(id) => self.records.build_ids.push((
+                    b.object.clone().unwrap_or_else(|| "main".into()),
+                    id.clone(),
+                )),
+                None => self.notes.push(format!(
+                    "{} has no build-id: the patch cannot check that a process runs this very build",
+                    b.path.display()
+                )),
+            }
         }
-        t_emit += t2.elapsed().as_secs_f64() * 1000.0;
+        let mut output = None;
+        if !self.opts.dry_run {
+            let out = self
+                .opts
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.so", self.name)));
+            let rc = emit::records_c(&self.records, &self.name, self.opts.replace);
+            emit::link(&self.work.0, &rc, &self.objects, &out)?;
+            // The patch must read back as one.
+            crate::patch::Patch::load(&out)
+                .map_err(|e| e.context("the generated patch does not read back"))?;
+            output = Some(out.display().to_string());
+            self.phase("link");
+        }
+        Ok(BuildReport {
+            name: self.name,
+            output,
+            functions: self.functions,
+            ignored: self.ignored,
+            bindings: self.counts,
+            notes: self.notes,
+            phases: self.phases,
+        })
     }
-    phases.push(("diff".into(), t_diff));
-    phases.push(("verify".into(), t_verify));
-    phases.push(("bind and emit".into(), t_emit));
-    t = Instant::now();
-    if !report_funcs
-        .iter()
-        .any(|f| f.kind == "changed" && f.old.is_some())
-    {
-        bail!(
-            Refused,
-            "the diffs change no function that has an entry in {}: nothing to patch",
-            paths_of(&binaries)
-        );
-    }
-    for &bi in &used_binaries {
-        let b = &binaries[bi];
-        match &b.build_id {
-            Some(id) => records.build_ids.push((
-                b.object.clone().unwrap_or_else(|| "main".into()),
-                id.clone(),
-            )),
-            None => notes.push(format!(
-                "{} has no build-id: the patch cannot check that a process runs this very build",
-                b.path.display()
-            )),
+}
+
+/// Assembly cannot be diffed as compiled C: refused.
+fn refuse_assembly(d: &tree::Diff) -> Result<()> {
+    for f in &d.files {
+        let ext = f
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if matches!(ext.as_str(), "s" | "S" | "asm" | "sx") {
+            bail!(
+                Refused,
+                "the diff {} changes assembly ({}): not supported; only C code compiled by the project's compiler can be diffed",
+                d.path.display(),
+                f.display()
+            );
         }
     }
-    let mut output = None;
-    if !opts.dry_run {
-        let out = opts
-            .out
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("{name}.so")));
-        let rc = emit::records_c(&records, &name, opts.replace);
-        emit::link(&work.0, &rc, &objects, &out)?;
-        // The patch must read back as one.
-        crate::patch::Patch::load(&out)
-            .map_err(|e| e.context("the generated patch does not read back"))?;
-        output = Some(out.display().to_string());
-        phase(&mut phases, "link", &mut t);
-    }
-    Ok(BuildReport {
-        name,
-        output,
-        functions: report_funcs,
-        ignored,
-        bindings: counts,
-        notes,
-        phases,
-    })
+    Ok(())
 }
 
 impl BuildReport {
