@@ -105,137 +105,200 @@ pub fn write_object(
     records: &mut Records,
     out: &Path,
 ) -> Result<()> {
-    let mut o = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
-    let mut secs: HashMap<usize, SectionId> = HashMap::new();
-    let mut data: Vec<Vec<u8>> = q.sections.iter().map(|s| s.data.clone()).collect();
-    let mut eh_relocs: Option<(usize, Vec<super::relobj::Reloc>)> = None;
-    if let Some(eh) = q.sections.iter().position(|s| s.name == ".eh_frame")
-        && plan.need[eh]
-    {
-        let keep = |sec: usize| plan.need[sec] && q.sections[sec].is_text();
-        let (d, r) = filter_eh_frame(q, eh, &keep);
-        data[eh] = d;
-        eh_relocs = Some((eh, r));
-    }
-    // Code rewrites first: `lea` becomes `mov` from a slot.
-    for (si, acts) in plan.actions.iter().enumerate() {
-        for (r, a) in q.sections[si].relocs.iter().zip(acts) {
-            if let Action::LeaToSlot(_) = a {
-                data[si][r.offset as usize - 2] = 0x8b;
+    let mut e = Emitter::new(q, plan, tag);
+    e.sections();
+    e.symbols();
+    e.exported(exported)?;
+    e.slots(records, object);
+    e.stubs()?;
+    e.sites(records, object);
+    e.relocations()?;
+    let bytes =
+        e.o.write()
+            .map_err(|e| err!(Build, "writing {}: {e}", out.display()))?;
+    std::fs::write(out, bytes).map_err(|e| err!(Build, "writing {}: {e}", out.display()))?;
+    Ok(())
+}
+
+/// The object being written for one unit: the carried sections and symbols, then what
+/// the bindings add (slots, stubs, sites), then the relocations.
+struct Emitter<'q> {
+    q: &'q RelObj,
+    plan: &'q Plan,
+    /// The unit's number: it makes the generated names unique in the patch.
+    tag: usize,
+    o: Object<'static>,
+    /// The unit's section data, rewritten where the plan says.
+    data: Vec<Vec<u8>>,
+    /// `.eh_frame`'s relocations once filtered to the carried code.
+    eh_relocs: Option<(usize, Vec<super::relobj::Reloc>)>,
+    /// The unit's sections and symbols as written.
+    secs: HashMap<usize, SectionId>,
+    syms: HashMap<usize, SymbolId>,
+    slot_sec: Option<SectionId>,
+    slot_syms: Vec<SymbolId>,
+    stub_syms: Vec<SymbolId>,
+}
+
+impl<'q> Emitter<'q> {
+    /// A new object, with the unit's code rewritten: `.eh_frame` filtered to the
+    /// carried code, and each `lea` that becomes a load from a slot.
+    fn new(q: &'q RelObj, plan: &'q Plan, tag: usize) -> Self {
+        let mut data: Vec<Vec<u8>> = q.sections.iter().map(|s| s.data.clone()).collect();
+        let mut eh_relocs: Option<(usize, Vec<super::relobj::Reloc>)> = None;
+        if let Some(eh) = q.sections.iter().position(|s| s.name == ".eh_frame")
+            && plan.need[eh]
+        {
+            let keep = |sec: usize| plan.need[sec] && q.sections[sec].is_text();
+            let (d, r) = filter_eh_frame(q, eh, &keep);
+            data[eh] = d;
+            eh_relocs = Some((eh, r));
+        }
+        // Code rewrites first: `lea` becomes `mov` from a slot.
+        for (si, acts) in plan.actions.iter().enumerate() {
+            for (r, a) in q.sections[si].relocs.iter().zip(acts) {
+                if let Action::LeaToSlot(_) = a {
+                    data[si][r.offset as usize - 2] = 0x8b;
+                }
             }
         }
+        Emitter {
+            q,
+            plan,
+            tag,
+            o: Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little),
+            data,
+            eh_relocs,
+            secs: HashMap::new(),
+            syms: HashMap::new(),
+            slot_sec: None,
+            slot_syms: Vec::new(),
+            stub_syms: Vec::new(),
+        }
     }
-    for (i, s) in q.sections.iter().enumerate() {
-        if !plan.need[i] {
-            continue;
-        }
-        let kind = section_kind(s);
-        let id = o.add_section(Vec::new(), s.name.as_bytes().to_vec(), kind);
-        let align = s.align.max(1);
-        if s.sh_type == c::SHT_NOBITS {
-            o.append_section_bss(id, s.size, align);
-        } else {
-            o.set_section_data(id, std::mem::take(&mut data[i]), align);
-        }
-        let mut flags = s.flags & !(c::SHF_MERGE) & !(c::SHF_GROUP);
-        if kind == SectionKind::ReadOnlyString {
-            flags |= c::SHF_MERGE;
-        }
-        let sh_type = if s.sh_type == c::SHT_X86_64_UNWIND {
-            c::SHT_PROGBITS
-        } else {
-            s.sh_type
-        };
-        o.section_mut(id).flags = SectionFlags::Elf {
-            sh_type: elf::SectionType(sh_type),
-            sh_flags: elf::SectionFlags(flags as _),
-        };
-        secs.insert(i, id);
-    }
-    // No executable stack.
-    let stack = o.add_section(
-        Vec::new(),
-        b".note.GNU-stack".to_vec(),
-        SectionKind::ReadOnlyData,
-    );
-    o.section_mut(stack).flags = SectionFlags::Elf {
-        sh_type: elf::SectionType(c::SHT_PROGBITS),
-        sh_flags: elf::SectionFlags(0),
-    };
-    // Symbols: locals stay local, globals become hidden (the patch exports nothing the
-    // dynamic loader could bind the process to).
-    let mut syms: HashMap<usize, SymbolId> = HashMap::new();
-    for (i, s) in q.symbols.iter().enumerate().skip(1) {
-        if matches!(s.kind, Kind::Section | Kind::File) || s.name.is_empty() {
-            continue;
-        }
-        let section = match s.section {
-            Some(sec) => match secs.get(&sec) {
-                Some(id) => SymbolSection::Section(*id),
-                None => continue,
-            },
-            None if s.undefined => SymbolSection::Undefined,
-            None => continue,
-        };
-        let kind = match s.kind {
-            Kind::Func | Kind::Ifunc => SymbolKind::Text,
-            Kind::Object => SymbolKind::Data,
-            Kind::Tls => SymbolKind::Tls,
-            _ => SymbolKind::Unknown,
-        };
-        let (st_type, st_bind) = (
-            match s.kind {
-                Kind::Func => elf::STT_FUNC,
-                Kind::Ifunc => elf::STT_GNU_IFUNC,
-                Kind::Object => elf::STT_OBJECT,
-                Kind::Tls => elf::STT_TLS,
-                _ => elf::STT_NOTYPE,
-            },
-            if s.weak {
-                elf::STB_WEAK
-            } else if s.global {
-                elf::STB_GLOBAL
+
+    /// The carried sections, and a note that the stack is not executable.
+    fn sections(&mut self) {
+        for (i, s) in self.q.sections.iter().enumerate() {
+            if !self.plan.need[i] {
+                continue;
+            }
+            let kind = section_kind(s);
+            let id = self
+                .o
+                .add_section(Vec::new(), s.name.as_bytes().to_vec(), kind);
+            let align = s.align.max(1);
+            if s.sh_type == c::SHT_NOBITS {
+                self.o.append_section_bss(id, s.size, align);
             } else {
-                elf::STB_LOCAL
-            },
+                self.o
+                    .set_section_data(id, std::mem::take(&mut self.data[i]), align);
+            }
+            let mut flags = s.flags & !(c::SHF_MERGE) & !(c::SHF_GROUP);
+            if kind == SectionKind::ReadOnlyString {
+                flags |= c::SHF_MERGE;
+            }
+            let sh_type = if s.sh_type == c::SHT_X86_64_UNWIND {
+                c::SHT_PROGBITS
+            } else {
+                s.sh_type
+            };
+            self.o.section_mut(id).flags = SectionFlags::Elf {
+                sh_type: elf::SectionType(sh_type),
+                sh_flags: elf::SectionFlags(flags as _),
+            };
+            self.secs.insert(i, id);
+        }
+        // No executable stack.
+        let stack = self.o.add_section(
+            Vec::new(),
+            b".note.GNU-stack".to_vec(),
+            SectionKind::ReadOnlyData,
         );
-        let st_other = if s.global && !s.undefined {
-            elf::SymbolOther(elf::STV_HIDDEN.0)
-        } else {
-            elf::SymbolOther(s.other)
+        self.o.section_mut(stack).flags = SectionFlags::Elf {
+            sh_type: elf::SectionType(c::SHT_PROGBITS),
+            sh_flags: elf::SectionFlags(0),
         };
-        let id = o.add_symbol(Symbol {
-            name: s.name.as_bytes().to_vec(),
-            value: s.value,
-            size: s.size,
-            kind,
-            scope: if s.global {
-                SymbolScope::Linkage
-            } else {
-                SymbolScope::Compilation
-            },
-            weak: s.weak,
-            section,
-            flags: SymbolFlags::Elf {
-                st_info: elf::SymbolInfo::new(st_bind, st_type),
-                st_other,
-            },
-        });
-        syms.insert(i, id);
     }
-    let hidden = |o: &mut Object,
-                  name: String,
-                  section: SymbolSection,
-                  value: u64,
-                  size: u64,
-                  kind: SymbolKind|
-     -> SymbolId {
+
+    /// The unit's symbols in carried sections: locals stay local, globals become hidden
+    /// (the patch exports nothing the dynamic loader could bind the process to).
+    fn symbols(&mut self) {
+        for (i, s) in self.q.symbols.iter().enumerate().skip(1) {
+            if matches!(s.kind, Kind::Section | Kind::File) || s.name.is_empty() {
+                continue;
+            }
+            let section = match s.section {
+                Some(sec) => match self.secs.get(&sec) {
+                    Some(id) => SymbolSection::Section(*id),
+                    None => continue,
+                },
+                None if s.undefined => SymbolSection::Undefined,
+                None => continue,
+            };
+            let kind = match s.kind {
+                Kind::Func | Kind::Ifunc => SymbolKind::Text,
+                Kind::Object => SymbolKind::Data,
+                Kind::Tls => SymbolKind::Tls,
+                _ => SymbolKind::Unknown,
+            };
+            let (st_type, st_bind) = (
+                match s.kind {
+                    Kind::Func => elf::STT_FUNC,
+                    Kind::Ifunc => elf::STT_GNU_IFUNC,
+                    Kind::Object => elf::STT_OBJECT,
+                    Kind::Tls => elf::STT_TLS,
+                    _ => elf::STT_NOTYPE,
+                },
+                if s.weak {
+                    elf::STB_WEAK
+                } else if s.global {
+                    elf::STB_GLOBAL
+                } else {
+                    elf::STB_LOCAL
+                },
+            );
+            let st_other = if s.global && !s.undefined {
+                elf::SymbolOther(elf::STV_HIDDEN.0)
+            } else {
+                elf::SymbolOther(s.other)
+            };
+            let id = self.o.add_symbol(Symbol {
+                name: s.name.as_bytes().to_vec(),
+                value: s.value,
+                size: s.size,
+                kind,
+                scope: if s.global {
+                    SymbolScope::Linkage
+                } else {
+                    SymbolScope::Compilation
+                },
+                weak: s.weak,
+                section,
+                flags: SymbolFlags::Elf {
+                    st_info: elf::SymbolInfo::new(st_bind, st_type),
+                    st_other,
+                },
+            });
+            self.syms.insert(i, id);
+        }
+    }
+
+    /// A hidden global symbol of the patch's own.
+    fn hidden(
+        &mut self,
+        name: String,
+        section: SymbolSection,
+        value: u64,
+        size: u64,
+        kind: SymbolKind,
+    ) -> SymbolId {
         let st_type = match kind {
             SymbolKind::Text => elf::STT_FUNC,
             SymbolKind::Data => elf::STT_OBJECT,
             _ => elf::STT_NOTYPE,
         };
-        o.add_symbol(Symbol {
+        self.o.add_symbol(Symbol {
             name: name.into_bytes(),
             value,
             size,
@@ -248,205 +311,219 @@ pub fn write_object(
                 st_other: elf::SymbolOther(elf::STV_HIDDEN.0),
             },
         })
-    };
-    // The functions the records point at, under names of their own.
-    for (&i, name) in exported {
-        let s = &q.symbols[i];
-        let Some(id) = s.section.and_then(|x| secs.get(&x)) else {
-            bail!(Build, "the new code of {} is not in the patch", s.name);
-        };
-        hidden(
-            &mut o,
-            name.clone(),
-            SymbolSection::Section(*id),
-            s.value,
-            s.size,
-            SymbolKind::Text,
-        );
     }
-    // Slots: pointers the apply fills.
-    let slot_sec = o.add_section(
-        Vec::new(),
-        format!(".data.rlp_slots.{tag}").into_bytes(),
-        SectionKind::Data,
-    );
-    o.set_section_data(
-        slot_sec,
-        vec![0u8; 8 * (plan.slots.len() + plan.sites.len()).max(1)],
-        8,
-    );
-    let mut slot_syms = Vec::new();
-    for (k, w) in plan.slots.iter().enumerate() {
-        let name = format!("rlp_slot_{tag}_{k}");
-        slot_syms.push(hidden(
-            &mut o,
-            name.clone(),
-            SymbolSection::Section(slot_sec),
-            8 * k as u64,
-            8,
-            SymbolKind::Data,
-        ));
-        records.slots.push((
-            object.map(String::from),
-            format!("{}#{:#x}", w.name, w.vaddr),
-            w.name.clone(),
-            name,
-            w.x,
-        ));
-    }
-    // Stubs: `jmp *slot(%rip)`.
-    let stub_sec = o.add_section(
-        Vec::new(),
-        format!(".text.rlp_stubs.{tag}").into_bytes(),
-        SectionKind::Text,
-    );
-    let mut stub_code = Vec::new();
-    for _ in &plan.stubs {
-        stub_code.extend([0xff, 0x25, 0, 0, 0, 0, 0xcc, 0xcc]);
-    }
-    if stub_code.is_empty() {
-        stub_code.push(0xcc);
-    }
-    o.set_section_data(stub_sec, stub_code, 16);
-    let mut stub_syms = Vec::new();
-    for (k, &slot) in plan.stubs.iter().enumerate() {
-        let id = o.add_symbol(Symbol {
-            name: format!("rlp_stub_{tag}_{k}").into_bytes(),
-            value: 8 * k as u64,
-            size: 6,
-            kind: SymbolKind::Text,
-            scope: SymbolScope::Compilation,
-            weak: false,
-            section: SymbolSection::Section(stub_sec),
-            flags: SymbolFlags::None,
-        });
-        stub_syms.push(id);
-        o.add_relocation(
-            stub_sec,
-            Relocation {
-                offset: 8 * k as u64 + 2,
-                symbol: slot_syms[slot],
-                addend: -4,
-                flags: RelocationFlags::Elf {
-                    r_type: elf::RelocationType(c::R_PC32),
-                },
-            },
-        )
-        .map_err(|e| err!(Build, "emitting a stub: {e}"))?;
-    }
-    // Sites: the apply writes them; a RIP-relative one has a slot for its thunk.
-    for (k, site) in plan.sites.iter().enumerate() {
-        let Some(sec) = secs.get(&site.section) else {
-            continue;
-        };
-        let name = format!("rlp_site_{tag}_{k}");
-        hidden(
-            &mut o,
-            name.clone(),
-            SymbolSection::Section(*sec),
-            site.offset,
-            0,
-            SymbolKind::Unknown,
-        );
-        let (thunk, class) = match site.insn {
-            Some((head, len)) => {
-                let t = format!("rlp_tslot_{tag}_{k}");
-                hidden(
-                    &mut o,
-                    t.clone(),
-                    SymbolSection::Section(slot_sec),
-                    8 * (plan.slots.len() + k) as u64,
-                    8,
-                    SymbolKind::Data,
-                );
-                (Some(t), RELOC_REL32 | (head << 8) | (len << 16))
-            }
-            None => (None, RELOC_ABS64),
-        };
-        records.sites.push(SiteRecord {
-            object: object.map(String::from),
-            spec: format!("{}#{:#x}", site.want.name, site.want.vaddr),
-            local: site.want.name.clone(),
-            site: name,
-            thunk,
-            addend: site.want.x,
-            class,
-        });
-    }
-    // Relocations, as decided (`.eh_frame`'s as filtered).
-    for (si, acts) in plan.actions.iter().enumerate() {
-        let Some(&sec) = secs.get(&si) else { continue };
-        let relocs: Vec<super::relobj::Reloc> = match &eh_relocs {
-            Some((eh, r)) if *eh == si => r.clone(),
-            _ => q.sections[si].relocs.clone(),
-        };
-        let keep_all = vec![Action::Keep; relocs.len()];
-        let acts = if relocs.len() == acts.len() {
-            acts
-        } else {
-            &keep_all
-        };
-        for (r, a) in relocs.iter().zip(acts) {
-            let (symbol, addend, r_type) = match a {
-                Action::Keep => {
-                    let s = &q.symbols[r.sym];
-                    let symbol = if s.kind == Kind::Section {
-                        match s.section.and_then(|x| secs.get(&x)) {
-                            Some(id) => o.section_symbol(*id),
-                            None => bail!(
-                                Build,
-                                "a reference of {} into a section the patch does not carry",
-                                q.sections[si].name
-                            ),
-                        }
-                    } else {
-                        match syms.get(&r.sym) {
-                            Some(id) => *id,
-                            None => bail!(
-                                Build,
-                                "a reference of {} to {}, which the patch does not carry",
-                                q.sections[si].name,
-                                s.name
-                            ),
-                        }
-                    };
-                    (symbol, r.addend, r.r_type)
-                }
-                Action::Stub(k) => (stub_syms[*k], r.addend, c::R_PC32),
-                Action::LeaToSlot(k) | Action::GotToSlot(k) => {
-                    // From the field to the end of the instruction, as the original addend
-                    // counted it for a reference with no offset.
-                    let insns = super::relobj::instructions(&q.sections[si]);
-                    let tail = q.tail(si, &insns, r);
-                    (slot_syms[*k], -tail, c::R_PC32)
-                }
-                Action::DataRel32(_) | Action::Abs64(_) => continue,
+
+    /// The functions the records point at, under names of their own.
+    fn exported(&mut self, exported: &HashMap<usize, String>) -> Result<()> {
+        for (&i, name) in exported {
+            let s = &self.q.symbols[i];
+            let Some(id) = s.section.and_then(|x| self.secs.get(&x)) else {
+                bail!(Build, "the new code of {} is not in the patch", s.name);
             };
-            o.add_relocation(
-                sec,
-                Relocation {
-                    offset: r.offset,
-                    symbol,
-                    addend,
-                    flags: RelocationFlags::Elf {
-                        r_type: elf::RelocationType(r_type),
+            self.hidden(
+                name.clone(),
+                SymbolSection::Section(*id),
+                s.value,
+                s.size,
+                SymbolKind::Text,
+            );
+        }
+        Ok(())
+    }
+
+    /// Slots: pointers the apply fills.
+    fn slots(&mut self, records: &mut Records, object: Option<&str>) {
+        let slot_sec = self.o.add_section(
+            Vec::new(),
+            format!(".data.rlp_slots.{}", self.tag).into_bytes(),
+            SectionKind::Data,
+        );
+        self.o.set_section_data(
+            slot_sec,
+            vec![0u8; 8 * (self.plan.slots.len() + self.plan.sites.len()).max(1)],
+            8,
+        );
+        for (k, w) in self.plan.slots.iter().enumerate() {
+            let name = format!("rlp_slot_{}_{k}", self.tag);
+            let id = self.hidden(
+                name.clone(),
+                SymbolSection::Section(slot_sec),
+                8 * k as u64,
+                8,
+                SymbolKind::Data,
+            );
+            self.slot_syms.push(id);
+            records.slots.push((
+                object.map(String::from),
+                format!("{}#{:#x}", w.name, w.vaddr),
+                w.name.clone(),
+                name,
+                w.x,
+            ));
+        }
+        self.slot_sec = Some(slot_sec);
+    }
+
+    /// Stubs: `jmp *slot(%rip)`.
+    fn stubs(&mut self) -> Result<()> {
+        let stub_sec = self.o.add_section(
+            Vec::new(),
+            format!(".text.rlp_stubs.{}", self.tag).into_bytes(),
+            SectionKind::Text,
+        );
+        let mut stub_code = Vec::new();
+        for _ in &self.plan.stubs {
+            stub_code.extend([0xff, 0x25, 0, 0, 0, 0, 0xcc, 0xcc]);
+        }
+        if stub_code.is_empty() {
+            stub_code.push(0xcc);
+        }
+        self.o.set_section_data(stub_sec, stub_code, 16);
+        for (k, &slot) in self.plan.stubs.iter().enumerate() {
+            let id = self.o.add_symbol(Symbol {
+                name: format!("rlp_stub_{}_{k}", self.tag).into_bytes(),
+                value: 8 * k as u64,
+                size: 6,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Compilation,
+                weak: false,
+                section: SymbolSection::Section(stub_sec),
+                flags: SymbolFlags::None,
+            });
+            self.stub_syms.push(id);
+            self.o
+                .add_relocation(
+                    stub_sec,
+                    Relocation {
+                        offset: 8 * k as u64 + 2,
+                        symbol: self.slot_syms[slot],
+                        addend: -4,
+                        flags: RelocationFlags::Elf {
+                            r_type: elf::RelocationType(c::R_PC32),
+                        },
                     },
-                },
-            )
-            .map_err(|e| {
-                err!(
-                    Build,
-                    "emitting a relocation of {}: {e}",
-                    q.sections[si].name
                 )
-            })?;
+                .map_err(|e| err!(Build, "emitting a stub: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Sites: the apply writes them; a RIP-relative one has a slot for its thunk.
+    fn sites(&mut self, records: &mut Records, object: Option<&str>) {
+        let slot_sec = self.slot_sec.expect("slots before sites");
+        for (k, site) in self.plan.sites.iter().enumerate() {
+            let Some(sec) = self.secs.get(&site.section) else {
+                continue;
+            };
+            let name = format!("rlp_site_{}_{k}", self.tag);
+            self.hidden(
+                name.clone(),
+                SymbolSection::Section(*sec),
+                site.offset,
+                0,
+                SymbolKind::Unknown,
+            );
+            let (thunk, class) = match site.insn {
+                Some((head, len)) => {
+                    let t = format!("rlp_tslot_{}_{k}", self.tag);
+                    self.hidden(
+                        t.clone(),
+                        SymbolSection::Section(slot_sec),
+                        8 * (self.plan.slots.len() + k) as u64,
+                        8,
+                        SymbolKind::Data,
+                    );
+                    (Some(t), RELOC_REL32 | (head << 8) | (len << 16))
+                }
+                None => (None, RELOC_ABS64),
+            };
+            records.sites.push(SiteRecord {
+                object: object.map(String::from),
+                spec: format!("{}#{:#x}", site.want.name, site.want.vaddr),
+                local: site.want.name.clone(),
+                site: name,
+                thunk,
+                addend: site.want.x,
+                class,
+            });
         }
     }
-    let bytes = o
-        .write()
-        .map_err(|e| err!(Build, "writing {}: {e}", out.display()))?;
-    std::fs::write(out, bytes).map_err(|e| err!(Build, "writing {}: {e}", out.display()))?;
-    Ok(())
+
+    /// The relocations, as decided (`.eh_frame`'s as filtered).
+    fn relocations(&mut self) -> Result<()> {
+        for (si, acts) in self.plan.actions.iter().enumerate() {
+            let Some(&sec) = self.secs.get(&si) else {
+                continue;
+            };
+            let relocs: Vec<super::relobj::Reloc> = match &self.eh_relocs {
+                Some((eh, r)) if *eh == si => r.clone(),
+                _ => self.q.sections[si].relocs.clone(),
+            };
+            let keep_all = vec![Action::Keep; relocs.len()];
+            let acts = if relocs.len() == acts.len() {
+                acts
+            } else {
+                &keep_all
+            };
+            for (r, a) in relocs.iter().zip(acts) {
+                let (symbol, addend, r_type) = match a {
+                    Action::Keep => {
+                        let s = &self.q.symbols[r.sym];
+                        let symbol = if s.kind == Kind::Section {
+                            match s.section.and_then(|x| self.secs.get(&x)) {
+                                Some(id) => self.o.section_symbol(*id),
+                                None => bail!(
+                                    Build,
+                                    "a reference of {} into a section the patch does not carry",
+                                    self.q.sections[si].name
+                                ),
+                            }
+                        } else {
+                            match self.syms.get(&r.sym) {
+                                Some(id) => *id,
+                                None => bail!(
+                                    Build,
+                                    "a reference of {} to {}, which the patch does not carry",
+                                    self.q.sections[si].name,
+                                    s.name
+                                ),
+                            }
+                        };
+                        (symbol, r.addend, r.r_type)
+                    }
+                    Action::Stub(k) => (self.stub_syms[*k], r.addend, c::R_PC32),
+                    Action::LeaToSlot(k) | Action::GotToSlot(k) => {
+                        // From the field to the end of the instruction, as the original addend
+                        // counted it for a reference with no offset.
+                        let insns = super::relobj::instructions(&self.q.sections[si]);
+                        let tail = self.q.tail(si, &insns, r);
+                        (self.slot_syms[*k], -tail, c::R_PC32)
+                    }
+                    Action::DataRel32(_) | Action::Abs64(_) => continue,
+                };
+                self.o
+                    .add_relocation(
+                        sec,
+                        Relocation {
+                            offset: r.offset,
+                            symbol,
+                            addend,
+                            flags: RelocationFlags::Elf {
+                                r_type: elf::RelocationType(r_type),
+                            },
+                        },
+                    )
+                    .map_err(|e| {
+                        err!(
+                            Build,
+                            "emitting a relocation of {}: {e}",
+                            self.q.sections[si].name
+                        )
+                    })?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `.eh_frame` with only the entries of carried code: every CIE, and the FDEs whose
