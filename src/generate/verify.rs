@@ -422,22 +422,7 @@ fn compare(
     let (mut pi, mut bi) = (Instruction::default(), Instruction::default());
     let mut offsets: HashMap<u64, u64> = HashMap::new();
     let mut intra: Vec<(u64, u64, u64)> = Vec::new();
-    let tie =
-        |bind: &mut Bindings, t: Target, addr: u64, at: u64| -> std::result::Result<(), String> {
-            if let Target::Sym { index, x } = t {
-                let base = addr.wrapping_sub(x as u64);
-                match bind.insert(index, base) {
-                    Some(old) if old != base => {
-                        return Err(format!(
-                            "+{at:#x}: {} is at {old:#x} by one reference and {base:#x} by another",
-                            o.symbols[index].name
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-            Ok(())
-        };
+    let tie = |bind: &mut Bindings, t: Target, addr: u64, at: u64| tie(o, bind, t, addr, at);
     // Padding differs where a jump got shorter (the binary's assembler saw its target in
     // the same section): no-ops are skipped on both sides.
     loop {
@@ -490,56 +475,15 @@ fn compare(
             .any(|r| matches!(r.r_type, c::R_GOTPCRELX | c::R_REX_GOTPCRELX))
             && pi.len() == bi.len()
             && (bi.mnemonic() == Mnemonic::Lea || is_near_branch(&bi));
-        if !relaxed {
-            let mut masked_p = code[(pi.ip() - s.value) as usize..][..pi.len()].to_vec();
-            let mut masked_b = bcode[(bi.ip() - b.value) as usize..][..bi.len()].to_vec();
-            if masked_p.len() != masked_b.len() {
-                return Err(differ());
-            }
-            for r in &rels {
-                let k = (r.offset - pi.ip()) as usize;
-                let n = if r.r_type == c::R_64 { 8 } else { 4 };
-                for j in k..(k + n).min(masked_p.len()) {
-                    masked_p[j] = 0;
-                    masked_b[j] = 0;
-                }
-            }
-            if masked_p != masked_b {
-                return Err(differ());
-            }
+        let p_bytes = &code[(pi.ip() - s.value) as usize..][..pi.len()];
+        let b_bytes = &bcode[(bi.ip() - b.value) as usize..][..bi.len()];
+        if !relaxed && !same_but_relocated(p_bytes, b_bytes, pi.ip(), &rels) {
+            return Err(differ());
         }
         for r in &rels {
             let t = o.target(r, o.tail(sec, &insns, r));
-            let k = (r.offset - pi.ip()) as usize;
-            let raw = |n: usize| -> u64 {
-                let bytes = &bcode[(bi.ip() - b.value) as usize + k..][..n];
-                let mut v = [0u8; 8];
-                v[..n].copy_from_slice(bytes);
-                u64::from_le_bytes(v)
-            };
-            let addr = if bi.is_ip_rel_memory_operand() {
-                let a = bi.ip_rel_memory_address();
-                match (relaxed || bi.mnemonic() == Mnemonic::Lea, r.r_type) {
-                    // A load from the GOT: what the GOT entry holds.
-                    (false, c::R_GOTPCREL | c::R_GOTPCRELX | c::R_REX_GOTPCRELX) => {
-                        match bin.file.dyn_relocs.get(&a) {
-                            Some(d) if d.r_type == c::R_RELATIVE => Some(d.addend as u64),
-                            Some(d) => d.sym_value,
-                            None => bin.file.read_u64(a),
-                        }
-                    }
-                    _ => Some(a),
-                }
-            } else if is_near_branch(&bi) {
-                Some(bi.near_branch_target())
-            } else {
-                match r.r_type {
-                    c::R_32 | c::R_32S => Some(raw(4)),
-                    c::R_64 => Some(raw(8)),
-                    _ => None,
-                }
-            };
-            if let Some(addr) = addr {
+            let field = &b_bytes[(r.offset - pi.ip()) as usize..];
+            if let Some(addr) = referenced(bin, &bi, field, r.r_type, relaxed) {
                 tie(bind, t, addr, at)?;
             }
         }
@@ -553,6 +497,86 @@ fn compare(
     }
     let _ = insn_at;
     Ok(())
+}
+
+/// Tie symbol target `t` of the pristine object to `addr` in the binary: one symbol has
+/// one address, whichever reference says it.
+fn tie(
+    o: &RelObj,
+    bind: &mut Bindings,
+    t: Target,
+    addr: u64,
+    at: u64,
+) -> std::result::Result<(), String> {
+    if let Target::Sym { index, x } = t {
+        let base = addr.wrapping_sub(x as u64);
+        match bind.insert(index, base) {
+            Some(old) if old != base => {
+                return Err(format!(
+                    "+{at:#x}: {} is at {old:#x} by one reference and {base:#x} by another",
+                    o.symbols[index].name
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Are the instruction bytes `p` (at `ip` in the object, with relocations `rels`) and `b`
+/// (in the binary) the same, the relocated fields aside?
+fn same_but_relocated(p: &[u8], b: &[u8], ip: u64, rels: &[&super::relobj::Reloc]) -> bool {
+    if p.len() != b.len() {
+        return false;
+    }
+    let (mut p, mut b) = (p.to_vec(), b.to_vec());
+    for r in rels {
+        let k = (r.offset - ip) as usize;
+        let n = if r.r_type == c::R_64 { 8 } else { 4 };
+        for j in k..(k + n).min(p.len()) {
+            p[j] = 0;
+            b[j] = 0;
+        }
+    }
+    p == b
+}
+
+/// The address the binary's instruction `bi` refers to where the object has a relocation
+/// of type `r_type`, whose field starts `field` (the binary's bytes from there on).
+fn referenced(
+    bin: &Binary,
+    bi: &Instruction,
+    field: &[u8],
+    r_type: u32,
+    relaxed: bool,
+) -> Option<u64> {
+    let raw = |n: usize| -> u64 {
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(&field[..n]);
+        u64::from_le_bytes(v)
+    };
+    if bi.is_ip_rel_memory_operand() {
+        let a = bi.ip_rel_memory_address();
+        match (relaxed || bi.mnemonic() == Mnemonic::Lea, r_type) {
+            // A load from the GOT: what the GOT entry holds.
+            (false, c::R_GOTPCREL | c::R_GOTPCRELX | c::R_REX_GOTPCRELX) => {
+                match bin.file.dyn_relocs.get(&a) {
+                    Some(d) if d.r_type == c::R_RELATIVE => Some(d.addend as u64),
+                    Some(d) => d.sym_value,
+                    None => bin.file.read_u64(a),
+                }
+            }
+            _ => Some(a),
+        }
+    } else if is_near_branch(bi) {
+        Some(bi.near_branch_target())
+    } else {
+        match r_type {
+            c::R_32 | c::R_32S => Some(raw(4)),
+            c::R_64 => Some(raw(8)),
+            _ => None,
+        }
+    }
 }
 
 /// Prove the pristine unit `o` (compiled from `file_name`) against `bin`: every function
