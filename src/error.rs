@@ -58,6 +58,24 @@ impl ErrorKind {
     }
 }
 
+/// What callers decide by, beyond the kind: the few causes some code acts on (starting
+/// over, reporting a process as gone), so that no decision reads the message's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cause {
+    /// Nothing a caller acts on.
+    #[default]
+    Other,
+    /// The process loaded or unloaded a library under the operation, which changed
+    /// nothing: it can start over from the objects of the moment.
+    Churn,
+    /// The process does not exist (any more).
+    Gone,
+    /// The operating system refused access (ptrace rules, file modes).
+    Permission,
+    /// A file, object or symbol that was named does not exist.
+    NotFound,
+}
+
 /// An error with its kind and its one-line message.
 #[derive(Debug, Clone)]
 pub struct Error {
@@ -65,6 +83,8 @@ pub struct Error {
     pub kind: ErrorKind,
     /// One line: the cause and, where there is one, the fix.
     pub message: String,
+    /// What a caller may decide by.
+    pub cause: Cause,
 }
 
 impl Error {
@@ -73,7 +93,14 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            cause: Cause::Other,
         }
+    }
+
+    /// The same error, with `cause`.
+    pub fn because(mut self, cause: Cause) -> Self {
+        self.cause = cause;
+        self
     }
 
     /// Prefix the message with what was being done, keeping the kind.

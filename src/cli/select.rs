@@ -15,10 +15,7 @@ pub fn targets(
     more: &[String],
     what: &str,
 ) -> Result<(Option<i32>, String)> {
-    let usage = |m: String| Error {
-        kind: ErrorKind::Usage,
-        message: m,
-    };
+    let usage = |m: String| Error::new(ErrorKind::Usage, m);
     if fleet.selection().given() {
         return match (first, second) {
             (Some(x), None) if more.is_empty() => Ok((None, x)),
@@ -94,20 +91,20 @@ fn one_pid(pid: i32, second: &str, more: &[String]) -> Result<()> {
             .take_while(|w| w.parse::<i32>().is_ok()),
     );
     if pids.len() > 1 {
-        return Err(Error {
-            kind: ErrorKind::Usage,
-            message: format!(
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!(
                 "{} process ids given ({}); rlivepatch takes one per run: for p in {}; do rlivepatch ... \"$p\" ...; done",
                 pids.len(),
                 pids.join(" "),
                 pids.join(" ")
             ),
-        });
+        ));
     }
-    Err(Error {
-        kind: ErrorKind::Usage,
-        message: format!("unexpected argument '{}'", more[0]),
-    })
+    Err(Error::new(
+        ErrorKind::Usage,
+        format!("unexpected argument '{}'", more[0]),
+    ))
 }
 
 impl OneOrFleet {

@@ -174,7 +174,7 @@ impl LoadedObject {
         let path = self.mapped_path()?;
         let mut f = ElfFile::open(&path).map_err(|e| {
             if path.starts_with(format!("/proc/{}/map_files", self.pid))
-                && e.message.starts_with("cannot open")
+                && e.cause == crate::error::Cause::NotFound
                 && Process::open(self.pid).is_ok()
             {
                 // Gone between reading the maps and opening it: a dlclose.
@@ -184,6 +184,7 @@ impl LoadedObject {
                     self.pid,
                     self.path
                 )
+                .because(crate::error::Cause::Churn)
             } else {
                 e
             }
@@ -332,6 +333,19 @@ pub struct Objects {
 }
 
 impl Objects {
+    /// "object NAME is not loaded in process PID", with the loaded objects that look
+    /// alike.
+    pub fn not_loaded(&self, name: &str) -> String {
+        let pid = self.list.first().map(|o| o.pid).unwrap_or(0);
+        let like = self.like(name);
+        let alike = if like.is_empty() {
+            String::new()
+        } else {
+            format!("; loaded objects that look alike: {}", like.join(", "))
+        };
+        format!("object {name} is not loaded in process {pid}{alike}")
+    }
+
     /// The loaded objects whose names look like `name`, for an object that is not loaded.
     pub fn like(&self, name: &str) -> Vec<String> {
         let stem = |n: &str| n.split('.').next().unwrap_or(n).to_ascii_lowercase();
@@ -507,16 +521,12 @@ impl Objects {
             1 => Ok(found[0]),
             0 => {
                 let pid = self.list.first().map(|o| o.pid).unwrap_or(0);
-                let like = self.like(name);
-                let alike = if like.is_empty() {
-                    String::new()
-                } else {
-                    format!("; loaded objects that look alike: {}", like.join(", "))
-                };
-                bail!(
+                Err(err!(
                     Mismatch,
-                    "object {name} is not loaded in process {pid}{alike}; check the name with `grep {name} /proc/{pid}/maps` (a library opened later with dlopen must be loaded first)"
+                    "{}; check the name with `grep {name} /proc/{pid}/maps` (a library opened later with dlopen must be loaded first)",
+                    self.not_loaded(name)
                 )
+                .because(crate::error::Cause::NotFound))
             }
             _ => {
                 let paths: Vec<String> = found
@@ -587,6 +597,7 @@ pub fn read_code(proc: &Process, addr: u64, len: usize) -> Result<Vec<u8>> {
                 Busy,
                 "the code at {addr:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry"
             )
+            .because(crate::error::Cause::Churn)
         }
     })
 }

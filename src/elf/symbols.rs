@@ -212,12 +212,18 @@ impl ElfFile {
     pub fn open(path: &Path) -> Result<ElfFile> {
         crate::os::pace::point();
         let file = std::fs::File::open(path).map_err(|e| {
+            let cause = match e.kind() {
+                std::io::ErrorKind::NotFound => crate::error::Cause::NotFound,
+                std::io::ErrorKind::PermissionDenied => crate::error::Cause::Permission,
+                _ => crate::error::Cause::Other,
+            };
             err!(
                 Failed,
                 "cannot open {}: {}",
                 path.display(),
                 crate::error::io_text(&e)
             )
+            .because(cause)
         })?;
         // SAFETY: the mapping is read-only and private; if the file is truncated while
         // mapped, reads fault, which is the same hazard every ELF tool accepts.
@@ -704,11 +710,12 @@ pub fn find_function<'a>(file: &'a ElfFile, name: &str, pos: u64) -> Result<&'a 
         found.dedup_by_key(|s| s.value);
     }
     if found.is_empty() {
-        bail!(
+        return Err(err!(
             Mismatch,
             "symbol {name} not found in {}",
             file.path.display()
-        );
+        )
+        .because(crate::error::Cause::NotFound));
     }
     match pos {
         0 if found.len() == 1 => Ok(found[0]),

@@ -61,7 +61,54 @@ pub struct Stack {
     /// Innermost first.
     pub frames: Vec<Frame>,
     /// `None` when the unwind reached the base; otherwise why it is unreliable.
-    pub unreliable: Option<String>,
+    pub unreliable: Option<Unreliable>,
+}
+
+/// Why a stack could not be unwound to its base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreliable {
+    /// A frame without call-frame information (a program built without unwind tables,
+    /// hand-written assembly, start-up code), as opposed to anything else (no code
+    /// mapped, a loop, an unreadable stack, bad tables).
+    pub no_unwind_info: bool,
+    /// What stopped the walk, and where, in words.
+    pub text: String,
+}
+
+impl Unreliable {
+    fn other(text: impl Into<String>) -> Option<Unreliable> {
+        Some(Unreliable {
+            no_unwind_info: false,
+            text: text.into(),
+        })
+    }
+
+    fn no_info(text: String) -> Option<Unreliable> {
+        Some(Unreliable {
+            no_unwind_info: true,
+            text,
+        })
+    }
+}
+
+impl std::fmt::Display for Unreliable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Why one step of an unwind failed.
+enum StepError {
+    /// No call-frame information covers the pc.
+    NoUnwindInfo,
+    /// Anything else, in words.
+    Bad(String),
+}
+
+impl From<String> for StepError {
+    fn from(s: String) -> Self {
+        StepError::Bad(s)
+    }
 }
 
 /// A pc range to be treated as another address: a return trampoline standing for the
@@ -163,7 +210,7 @@ impl Default for Unwinder {
 }
 
 /// How an unwind that found no CFI for a frame says so (a program built without unwind
-/// tables, hand-written assembly); callers tell this cause from others by it.
+/// tables, hand-written assembly).
 pub const NO_UNWIND_INFO: &str = "no unwind information";
 
 /// Is `addr` in the entry code of the dynamic loader (`_start`, then `_dl_start_user`,
@@ -262,7 +309,7 @@ impl Unwinder {
         let mut exact = true;
         let unreliable = loop {
             if frames.len() >= 1024 {
-                break Some("more than 1024 frames".to_string());
+                break Unreliable::other("more than 1024 frames");
             }
             if let Some(a) = self.aliases.iter().find(|a| a.start <= pc && pc < a.end) {
                 pc = a.target;
@@ -280,11 +327,11 @@ impl Unwinder {
             };
             let Some(obj) = objects.by_addr(lookup).filter(|o| o.is_code(lookup)) else {
                 frames.push(Frame::outermost(pc, exact));
-                break Some(format!("no code mapped at {pc:#x}"));
+                break Unreliable::other(format!("no code mapped at {pc:#x}"));
             };
             let Some(tables) = self.tables(obj) else {
                 frames.push(Frame::outermost(pc, exact));
-                break Some(format!("{NO_UNWIND_INFO} in {}", obj.file_name()));
+                break Unreliable::no_info(format!("{NO_UNWIND_INFO} in {}", obj.file_name()));
             };
             let step = self.step(&tables, lookup, &mut r, mem);
             match step {
@@ -300,7 +347,10 @@ impl Unwinder {
                     let slot = regs.rsp;
                     let Some(ra) = mem.u64_at(slot).filter(|_| returns_straight(mem, pc)) else {
                         frames.push(Frame::outermost(pc, exact));
-                        break Some(format!("{NO_UNWIND_INFO} at {}", objects.symbolize(pc)));
+                        break Unreliable::no_info(format!(
+                            "{NO_UNWIND_INFO} at {}",
+                            objects.symbolize(pc)
+                        ));
                     };
                     frames.push(Frame {
                         pc,
@@ -320,9 +370,16 @@ impl Unwinder {
                     frames.push(Frame::outermost(pc, exact));
                     break None;
                 }
-                Err(why) => {
+                Err(StepError::NoUnwindInfo) => {
                     frames.push(Frame::outermost(pc, exact));
-                    break Some(format!("{why} at {}", objects.symbolize(pc)));
+                    break Unreliable::no_info(format!(
+                        "{NO_UNWIND_INFO} at {}",
+                        objects.symbolize(pc)
+                    ));
+                }
+                Err(StepError::Bad(why)) => {
+                    frames.push(Frame::outermost(pc, exact));
+                    break Unreliable::other(format!("{why} at {}", objects.symbolize(pc)));
                 }
                 Ok(None) => {
                     frames.push(Frame::outermost(pc, exact));
@@ -336,7 +393,10 @@ impl Unwinder {
                         signal,
                     });
                     if ra == 0 {
-                        break Some(format!("return address 0 above {}", objects.symbolize(pc)));
+                        break Unreliable::other(format!(
+                            "return address 0 above {}",
+                            objects.symbolize(pc)
+                        ));
                     }
                     if frames.len() > 1
                         && frames
@@ -345,7 +405,7 @@ impl Unwinder {
                             .skip(1)
                             .any(|f| f.pc == ra && f.ra_slot == slot)
                     {
-                        break Some("the stack loops".to_string());
+                        break Unreliable::other("the stack loops");
                     }
                     pc = ra;
                     exact = signal;
@@ -363,10 +423,10 @@ impl Unwinder {
         lookup: u64,
         regs: &mut [Option<u64>; NREGS],
         mem: &StackMem,
-    ) -> Result<Option<(u64, Option<u64>, bool)>, String> {
+    ) -> Result<Option<(u64, Option<u64>, bool)>, StepError> {
         if let Some(Some(row)) = self.rows.get(&lookup) {
             let row = row.clone();
-            return apply_simple(&row, regs, mem);
+            return Ok(apply_simple(&row, regs, mem)?);
         }
         let v = lookup.wrapping_sub(t.bias);
         let data = t.file.data();
@@ -396,7 +456,7 @@ impl Unwinder {
                     .unwind_info_for_address(&eh, &t.bases, &mut self.ctx, v)
                     .map_err(|e| format!("bad unwind information ({e})"))?
                     .clone();
-                return self.finish_row(&eh, enc, &row, signal, lookup, regs, mem);
+                return Ok(self.finish_row(&eh, enc, &row, signal, lookup, regs, mem)?);
             }
         }
         if let (Some((off, len)), Some(idx)) = (t.debug_frame, &t.debug_index) {
@@ -413,10 +473,10 @@ impl Unwinder {
                     .unwind_info_for_address(&df, &t.bases, &mut self.ctx, v)
                     .map_err(|e| format!("bad unwind information ({e})"))?
                     .clone();
-                return self.finish_row(&df, enc, &row, false, lookup, regs, mem);
+                return Ok(self.finish_row(&df, enc, &row, false, lookup, regs, mem)?);
             }
         }
-        Err(NO_UNWIND_INFO.to_string())
+        Err(StepError::NoUnwindInfo)
     }
 
     #[allow(clippy::too_many_arguments)]

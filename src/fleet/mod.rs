@@ -10,7 +10,7 @@
 pub mod report;
 pub mod select;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Cause, Error, ErrorKind, Result};
 use crate::ops::Options;
 use crate::patch::Patch;
 use report::{FleetReport, Outcome, ProcessRecord};
@@ -64,13 +64,13 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
         && sel.exe.is_none()
         && sel.pids.is_empty()
     {
-        return Err(Error {
-            kind: ErrorKind::Refused,
-            message: format!(
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!(
                 "patch {} replaces functions of a main executable but carries no RLIVEPATCH_BUILD_ID, so nothing tells which program it is for: name it with --exe PATH, or build the patch with its build-id (rlivepatch build-id PROGRAM)",
                 p.name
             ),
-        });
+        ));
     }
     crate::os::ptrace::set_concurrent();
     let mut files = Files::default();
@@ -80,15 +80,14 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
     let mut other_main: Vec<(Candidate, String)> = Vec::new();
     for c in select::candidates(sel) {
         let named = sel.pids.contains(&c.pid);
-        if c.unreadable.as_deref() == Some("gone") {
-            records.push(record(&c, Outcome::Gone, "it does not exist".into(), 0.0));
+        if c.unreadable == Some(select::Unreadable::Gone) {
+            // Exited between the listing and the reading: nothing to say, unless named.
+            if named {
+                records.push(record(&c, Outcome::Gone, "it does not exist".into(), 0.0));
+            }
             continue;
         }
-        if let Some(why) = &c.unreadable {
-            // Exited between the listing and the reading: nothing to say.
-            if why.contains("No such file") && !named {
-                continue;
-            }
+        if let Some(select::Unreadable::Denied(why)) = &c.unreadable {
             if named {
                 records.push(record(
                     &c,
@@ -209,10 +208,9 @@ fn record(c: &Candidate, result: Outcome, reason: String, ms: f64) -> ProcessRec
 
 /// The outcome of an engine error.
 fn outcome_of(e: &Error) -> Outcome {
-    let m = e.message.as_str();
     match e.kind {
-        ErrorKind::Target if m.contains("exited") || m.contains("no such process") => Outcome::Gone,
-        ErrorKind::Target if m.contains("no permission") => Outcome::Permission,
+        ErrorKind::Target if e.cause == Cause::Gone => Outcome::Gone,
+        ErrorKind::Target if e.cause == Cause::Permission => Outcome::Permission,
         ErrorKind::Target => Outcome::Blocked,
         ErrorKind::Patch | ErrorKind::Mismatch | ErrorKind::Refused => Outcome::Refused,
         ErrorKind::Stopped => Outcome::Blocked,
@@ -320,10 +318,7 @@ fn one(
                 (Outcome::Repaired, done.join("; "), Vec::new(), None)
             }
         }),
-        _ => Err(Error {
-            kind: ErrorKind::Failed,
-            message: "no patch".into(),
-        }),
+        _ => Err(Error::new(ErrorKind::Failed, "no patch")),
     };
     match result {
         Ok((o, why, patches, switch)) => {

@@ -55,7 +55,16 @@ pub struct Candidate {
     /// Its mappings; `None` when they cannot be read (permission).
     pub maps: Option<Vec<Mapping>>,
     /// Why its maps could not be read.
-    pub unreadable: Option<String>,
+    pub unreadable: Option<Unreadable>,
+}
+
+/// Why a process's maps could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreadable {
+    /// It does not exist (any more).
+    Gone,
+    /// Anything else (a permission refused), in words.
+    Denied(String),
 }
 
 /// Every process of the host but rlivepatch itself (or the `--pid` ones), as /proc
@@ -87,7 +96,7 @@ pub fn candidates(sel: &Selection) -> Vec<Candidate> {
                     comm: String::new(),
                     exe: String::new(),
                     maps: None,
-                    unreadable: Some("gone".into()),
+                    unreadable: Some(Unreadable::Gone),
                 });
             }
             continue;
@@ -95,7 +104,8 @@ pub fn candidates(sel: &Selection) -> Vec<Candidate> {
         let status = crate::os::process::read_status(pid).ok();
         let (maps, unreadable) = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
             Ok(t) => (Some(parse_maps(&t)), None),
-            Err(e) => (None, Some(crate::error::io_text(&e))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, Some(Unreadable::Gone)),
+            Err(e) => (None, Some(Unreadable::Denied(crate::error::io_text(&e)))),
         };
         out.push(Candidate {
             pid,

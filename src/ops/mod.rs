@@ -75,13 +75,9 @@ pub fn apply_patch(
     let mut attempt = 1;
     loop {
         match apply_once(pid, patch, opts, progress) {
-            Err(e) if attempt < ATTEMPTS && crate::livepatch::coming::is_churn(&e) => {
+            Err(e) if attempt < ATTEMPTS && e.cause == crate::error::Cause::Churn => {
                 progress(&format!(
-                    "{}; starting over (attempt {} of {ATTEMPTS})",
-                    e.message
-                        .split("; nothing was changed")
-                        .next()
-                        .unwrap_or(&e.message),
+                    "process {pid} loaded or unloaded a library under the apply, which changed nothing; starting over (attempt {} of {ATTEMPTS})",
                     attempt + 1
                 ));
                 attempt += 1;

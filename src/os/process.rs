@@ -176,6 +176,7 @@ fn not_found_or(pid: i32, e: std::io::Error) -> crate::error::Error {
             Target,
             "no process with pid {pid}; check the pid (ps -p {pid})"
         )
+        .because(crate::error::Cause::Gone)
     } else {
         err!(Target, "cannot read /proc/{pid}: {e}")
     }
@@ -337,8 +338,9 @@ impl Process {
                 status.tgid
             );
         }
-        let start_time = start_time(&format!("/proc/{pid}/stat"))
-            .ok_or_else(|| err!(Target, "process {pid} exited"))?;
+        let start_time = start_time(&format!("/proc/{pid}/stat")).ok_or_else(|| {
+            err!(Target, "process {pid} exited").because(crate::error::Cause::Gone)
+        })?;
         if matches!(status.state, 'Z' | 'X') {
             bail!(
                 Target,
@@ -522,7 +524,8 @@ pub fn permission_error(pid: i32, status: &Status, e: std::io::Error) -> crate::
                     Target,
                     "no permission to trace process {pid} ({}) although rlivepatch runs as root: {why}",
                     status.name
-                );
+                )
+                .because(crate::error::Cause::Permission);
             }
             err!(
                 Target,
@@ -530,8 +533,11 @@ pub fn permission_error(pid: i32, status: &Status, e: std::io::Error) -> crate::
                 status.name,
                 status.uid
             )
+            .because(crate::error::Cause::Permission)
         }
-        Some(libc::ENOENT) | Some(libc::ESRCH) => err!(Target, "process {pid} exited"),
+        Some(libc::ENOENT) | Some(libc::ESRCH) => {
+            err!(Target, "process {pid} exited").because(crate::error::Cause::Gone)
+        }
         _ => err!(Target, "cannot access process {pid}: {e}"),
     }
 }

@@ -266,8 +266,9 @@ impl Tracer {
         };
         crate::os::fault::set_target(pid);
         // One rlivepatch at a time: wait for another one working on this process.
-        let start = process::start_time(&format!("/proc/{pid}/stat"))
-            .ok_or_else(|| err!(Target, "process {pid} exited"))?;
+        let start = process::start_time(&format!("/proc/{pid}/stat")).ok_or_else(|| {
+            err!(Target, "process {pid} exited").because(crate::error::Cause::Gone)
+        })?;
         let mut announced = false;
         t.lock = Some(loop {
             if let Some(lock) = crate::os::lock::Lock::try_acquire(pid, start)? {
@@ -319,7 +320,9 @@ impl Tracer {
                 if seized {
                     new = true;
                 } else if tid == pid {
-                    bail!(Target, "process {pid} exited");
+                    return Err(
+                        err!(Target, "process {pid} exited").because(crate::error::Cause::Gone)
+                    );
                 }
             }
             // Drain clone events so threads created meanwhile are known.
@@ -497,7 +500,9 @@ impl Tracer {
                 continue;
             }
             if self.exited {
-                bail!(Target, "process {} exited", self.pid);
+                return Err(
+                    err!(Target, "process {} exited", self.pid).because(crate::error::Cause::Gone)
+                );
             }
             let step = (Instant::now() + Duration::from_millis(100)).min(deadline);
             if !self.pump(step)? && Instant::now() < deadline {
@@ -686,7 +691,9 @@ impl Tracer {
                 }
             }
             if self.exited {
-                bail!(Target, "process {} exited", self.pid);
+                return Err(
+                    err!(Target, "process {} exited", self.pid).because(crate::error::Cause::Gone)
+                );
             }
             // Signals first, so that a SIGCHLD arriving after the waitpid below wakes the
             // poll.

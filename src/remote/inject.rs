@@ -418,11 +418,12 @@ impl Injector {
                 None => {}
             }
             if tr.exec_seen || tr.exited {
-                bail!(
+                return Err(err!(
                     Target,
                     "process {} exited or called execve during {what}",
                     tr.pid
-                );
+                )
+                .because(crate::error::Cause::Gone));
             }
             if !tr.pump(deadline)? {
                 // The call is stuck (a lock it waits for, a slow constructor). It cannot be

@@ -148,6 +148,33 @@ pub enum Fitness {
     Running,
 }
 
+/// Why a thread is not fit to be borrowed.
+#[derive(Debug, Clone)]
+pub struct Unfit {
+    /// In words, for messages.
+    pub why: String,
+    /// Its stack stops at code without unwind information.
+    pub no_unwind_info: bool,
+}
+
+impl From<&str> for Unfit {
+    fn from(why: &str) -> Unfit {
+        Unfit {
+            why: why.to_string(),
+            no_unwind_info: false,
+        }
+    }
+}
+
+impl From<String> for Unfit {
+    fn from(why: String) -> Unfit {
+        Unfit {
+            why,
+            no_unwind_info: false,
+        }
+    }
+}
+
 /// Judge one stopped thread. Returns the fitness or why it is unfit. With `partial`
 /// (the operator forced the operation), a stack that cannot be unwound past a frame of
 /// the program's own code that has no unwind information (a program built without unwind
@@ -159,7 +186,7 @@ pub fn judge(
     unwinder: &mut Unwinder,
     regs: &Regs,
     partial: bool,
-) -> Result<Fitness, String> {
+) -> Result<Fitness, Unfit> {
     let mem = StackMem::of_thread(proc, maps, regs.rsp);
     let stack = unwinder.unwind(objects, &mem, regs);
     let libc = objects.libc();
@@ -171,8 +198,11 @@ pub fn judge(
             .frames
             .last()
             .is_some_and(|f| !in_obj(libc, f.pc) && !in_obj(loader, f.pc));
-        if !(partial && in_program && why.starts_with(crate::elf::unwind::NO_UNWIND_INFO)) {
-            return Err(format!("unreliable stack: {why}"));
+        if !(partial && in_program && why.no_unwind_info) {
+            return Err(Unfit {
+                why: format!("unreliable stack: {why}"),
+                no_unwind_info: why.no_unwind_info,
+            });
         }
     }
     if stack
@@ -244,7 +274,7 @@ pub fn judge(
                     .map(|n| n.clone().unwrap_or_else(|| "?".into()))
                     .collect::<Vec<_>>()
                     .join(" < ");
-                return Err(format!("inside the C library ({shown})"));
+                return Err(format!("inside the C library ({shown})").into());
             }
         }
     }
@@ -263,7 +293,7 @@ pub fn judge(
                 || frames[i + 1..]
                     .iter()
                     .any(|g| name(g.pc - 1).is_some_and(|x| BASE.contains(&x.as_str()))) => {}
-            Some(nm) => return Err(format!("called back from {nm} in the C library")),
+            Some(nm) => return Err(format!("called back from {nm} in the C library").into()),
             None => return Err("called back from inside the C library".into()),
         }
     }

@@ -49,14 +49,10 @@ pub fn resolve(
     for name in names {
         // Not loaded, and not on the loader's path either: the answer is the usual one.
         let Some(path) = locate(pid, name, objects, library_path) else {
-            let e = objects.by_name(Some(name)).err().unwrap();
             bail!(
                 Mismatch,
                 "{}; it is not on the process's library path either, so it cannot be patched when it comes; give its directory with --library-path DIR",
-                e.message
-                    .split("; check the name")
-                    .next()
-                    .unwrap_or(&e.message)
+                objects.not_loaded(name)
             );
         };
         let virt = Objects::unloaded(pid, &path, debug_dirs)?;

@@ -92,7 +92,7 @@ pub fn resolve_some(
         };
         let bias = obj.bias()?;
         let sym = find_function(&syms, &f.old, f.sympos).map_err(|e| {
-            if !e.message.contains("not found") {
+            if e.cause != crate::error::Cause::NotFound {
                 return e;
             }
             let mut copies: Vec<&str> = syms

@@ -87,13 +87,6 @@ fn answers_to(o: &crate::elf::objects::LoadedObject, name: &str) -> bool {
             && (o.file_name() == name || o.soname().as_deref() == Some(name)))
 }
 
-/// Did an operation stop, with nothing changed, because the process loaded or unloaded
-/// a library under it (the errors of this kind all say "(a dlclose")? Then it can
-/// start over from the objects of the moment.
-pub fn is_churn(e: &crate::error::Error) -> bool {
-    e.kind == crate::error::ErrorKind::Busy && e.message.contains("(a dlclose")
-}
-
 /// The record's form of pending functions once the patch is loaded at `base`.
 pub fn applied(
     patch: &Patch,
@@ -780,13 +773,14 @@ pub fn refuse_gone(s: &Session, resolved: &[Resolved]) -> Result<()> {
             .by_addr(r.addr)
             .is_some_and(|o| o.path == r.object && o.bias().ok() == Some(r.bias));
         if !same {
-            bail!(
+            return Err(err!(
                 Busy,
                 "{} ({}) was unloaded by process {} (a dlclose) while the patch was being applied; nothing was changed: retry",
                 r.symbol,
                 r.object,
                 s.proc.pid
-            );
+            )
+            .because(crate::error::Cause::Churn));
         }
     }
     Ok(())

@@ -5,16 +5,16 @@
 
 use crate::elf::objects::Objects;
 use crate::elf::unwind::Unwinder;
+mod pick;
 mod runtime;
 
 use crate::error::{Error, Result};
 use crate::livepatch::record::{Record, Stage};
 use crate::livepatch::store::Store;
 use crate::livepatch::transition::{self, Plan};
-use crate::os::process::{self, Mapping, Process};
+use crate::os::process::{Mapping, Process};
 use crate::os::ptrace::{Stop, Tid, Tracer};
 use crate::remote::inject::{Injector, Libc, Scratch};
-use crate::remote::safepoint::{self, Fitness};
 use crate::{bail, err};
 use std::time::{Duration, Instant};
 
@@ -212,160 +212,6 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
-    }
-
-    /// Choose a thread to borrow: one asleep in a blocking call if possible, else one
-    /// running its own code; never one inside malloc, the loader, pthread internals or a
-    /// signal handler. Threads are stopped one at a time.
-    fn pick_thread(&mut self) -> Result<Tid> {
-        let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
-        if self.tr.threads.is_empty() {
-            // The thread kept at a switch is gone: attach again.
-            self.tr.reattach()?;
-        }
-        let mut reasons: Vec<String> = Vec::new();
-        for round in 0.. {
-            // Best so far: (rank, tid), kept stopped. The main thread asleep is best: its
-            // allocations go to the main arena, so the loader's mallocs create nothing new.
-            let mut best: Option<(u8, Tid)> = None;
-            reasons.clear();
-            // The threads refused because their seccomp filter would not let the injected
-            // calls through (waiting for another moment cannot help those).
-            let mut filtered: Vec<crate::error::Error> = Vec::new();
-            let mut tids = self.tr.tids();
-            tids.sort_by_key(|t| (*t != self.proc.pid, *t));
-            // Threads on a CPU right now are tried last: stopping one to look at it would
-            // pause work, and a thread asleep is the better choice anyway.
-            let mut deferred = Vec::new();
-            let mut queue = tids.into_iter();
-            let mut second_pass = false;
-            while let Some(tid) = queue.next().or_else(|| {
-                if second_pass {
-                    return None;
-                }
-                second_pass = true;
-                queue = std::mem::take(&mut deferred).into_iter();
-                queue.next()
-            }) {
-                crate::os::pace::point();
-                let was_running = self.tr.threads.get(&tid).is_some_and(|t| t.stop.is_none());
-                if !second_pass
-                    && was_running
-                    && crate::os::process::thread_state(self.proc.pid, tid) == Some('R')
-                {
-                    deferred.push(tid);
-                    continue;
-                }
-                let until = Instant::now() + Duration::from_secs(5);
-                if !self.tr.stop_one(tid, until)? || !self.tr.step_off_entry(tid, until)? {
-                    continue;
-                }
-                let th = &self.tr.threads[&tid];
-                // A thread at a syscall-exit stop (a watched thread stopped in a system call)
-                // or in a job-control stop can run calls too (the latter goes back into the
-                // stop when rlivepatch detaches). At a syscall-entry stop, the call it is
-                // entering would run first: not that one.
-                let borrowable = match th.stop {
-                    Some(Stop::Interrupt) | Some(Stop::Group(_)) => Ok(()),
-                    Some(Stop::Syscall) if !crate::os::ptrace::is_syscall_entry(tid)? => Ok(()),
-                    Some(Stop::Syscall) => Err("entering a system call".to_string()),
-                    Some(Stop::Signal(sig)) => Err(format!(
-                        "stopped for {}",
-                        crate::os::process::signal_name(sig)
-                    )),
-                    _ => Err("stopped for a ptrace event".to_string()),
-                };
-                let verdict = if let Err(why) = borrowable {
-                    Err(why)
-                } else if th.pending_signal.is_some() {
-                    Err("a signal is waiting for it".to_string())
-                } else {
-                    let regs = self.tr.regs(tid)?;
-                    // Before any injected call: a seccomp filter could kill the process
-                    // for one.
-                    match crate::os::seccomp::check(self.proc.pid, tid, regs.rip) {
-                        Ok(()) => safepoint::judge(
-                            &self.proc,
-                            &self.maps,
-                            &self.objects,
-                            &mut self.unwinder,
-                            &regs,
-                            self.opts.force,
-                        ),
-                        Err(e) => {
-                            let why = e.to_string();
-                            filtered.push(e);
-                            Err(why)
-                        }
-                    }
-                };
-                let rank = match verdict {
-                    Ok(Fitness::Sleeping) => Some(if tid == self.proc.pid { 0 } else { 1 }),
-                    Ok(Fitness::Running) => Some(if tid == self.proc.pid { 2 } else { 3 }),
-                    Err(why) => {
-                        reasons.push(format!("thread {tid}: {why}"));
-                        None
-                    }
-                };
-                match (rank, best) {
-                    (Some(r), None) => best = Some((r, tid)),
-                    (Some(r), Some((b, old))) if r < b => {
-                        self.tr.resume(old)?;
-                        best = Some((r, tid));
-                    }
-                    _ => {
-                        if was_running {
-                            self.tr.resume(tid)?;
-                        }
-                    }
-                }
-                // The main thread is tried first: any thread asleep will do after it.
-                if best.is_some_and(|(r, _)| r <= 1) {
-                    break;
-                }
-            }
-            // Every thread judged was refused (each left a reason) for a cause that does
-            // not pass with time: say so now, not after the timeout.
-            if best.is_none() && !reasons.is_empty() {
-                if filtered.len() == reasons.len() {
-                    return Err(filtered.swap_remove(0));
-                }
-                // Stacks that stop at code without unwind information (a program built
-                // without unwind tables): the consistency check could not pass either.
-                let no_cfi = format!("unreliable stack: {}", crate::elf::unwind::NO_UNWIND_INFO);
-                if reasons.iter().all(|r| r.contains(&no_cfi)) {
-                    bail!(
-                        Busy,
-                        "the stacks of process {} cannot be unwound ({}): it was built without unwind tables (-fno-asynchronous-unwind-tables?), so rlivepatch can check neither that the switch is safe nor where to load the patch; rebuild with unwind tables, or use --force to patch without the check",
-                        self.proc.pid,
-                        reasons[0]
-                    );
-                }
-            }
-            // Settle for less than a sleeping thread only after a few tries.
-            match best {
-                Some((r, tid)) if r <= 1 || round >= 4 => return Ok(tid),
-                Some((_, tid)) => self.tr.resume(tid)?,
-                None => {}
-            }
-            self.tr.check_interrupted()?;
-            if Instant::now() >= deadline {
-                bail!(
-                    Busy,
-                    "no thread of process {} is at a point where it can safely run dlopen ({}); retry when the process is less busy",
-                    self.proc.pid,
-                    reasons.join("; ")
-                );
-            }
-            self.tr.resume_all()?;
-            // Only some threads are attached (the one kept at a switch): the others may be
-            // at a better place.
-            if process::task_ids(self.proc.pid).is_ok_and(|t| t.len() > self.tr.threads.len()) {
-                self.tr.reattach()?;
-            }
-            self.tr.pump(Instant::now() + Duration::from_millis(20))?;
-        }
-        unreachable!()
     }
 
     /// A system call in the target on the borrowed thread (borrowing one if needed).

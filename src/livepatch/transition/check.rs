@@ -179,7 +179,7 @@ pub(super) fn check_some(
                 function: None,
                 frame,
                 depth: stack.frames.len(),
-                unreliable: Some(why),
+                unreliable: Some(why.text),
                 plant: None,
             });
         }

@@ -330,11 +330,14 @@ impl<'s, 'a> Switch<'s, 'a> {
             self.round.end = Some(Instant::now() + self.round.len);
         }
         if self.w.tr.exited {
-            return Err(Ended::Undo(err!(
-                Target,
-                "process {} exited during the switch",
-                self.w.proc.pid
-            )));
+            return Err(Ended::Undo(
+                err!(
+                    Target,
+                    "process {} exited during the switch",
+                    self.w.proc.pid
+                )
+                .because(crate::error::Cause::Gone),
+            ));
         }
         let round_over = self.round.end.is_some_and(|e| Instant::now() >= e)
             || Instant::now() >= round_start + PARK_LIMIT;

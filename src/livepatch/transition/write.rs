@@ -2,9 +2,9 @@
 //! back, a page at a time; all or none.
 
 use super::plan::Write;
-use crate::bail;
 use crate::error::Result;
 use crate::os::process::Process;
+use crate::{bail, err};
 
 /// Do the writes; on a failure, put back the ones done. Writes that share a page go in
 /// one read, one write and one read-back of the bytes they span: a patch of 1000
@@ -59,11 +59,12 @@ fn write_run(proc: &Process, run: &[&Write], start: u64, end: u64) -> Result<Vec
                 .maps()
                 .is_ok_and(|m| m.iter().any(|m| m.exec && m.contains(w.addr)));
             if !code_there {
-                bail!(
+                return Err(err!(
                     Busy,
                     "the code at {:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry",
                     w.addr
-                );
+                )
+                .because(crate::error::Cause::Churn));
             }
             bail!(
                 Mismatch,

@@ -1,0 +1,255 @@
+//! Choosing the thread to borrow for injected calls ([`Session::borrow`]): one asleep in
+//! a blocking call if possible, else one running its own code; never one inside malloc,
+//! the loader, pthread internals or a signal handler, nor one whose seccomp filter would
+//! refuse the calls.
+
+use super::Session;
+use crate::bail;
+use crate::error::{Error, Result};
+use crate::os::process;
+use crate::os::ptrace::{Stop, Tid};
+use crate::remote::safepoint::{self, Fitness, Unfit};
+use std::time::{Duration, Instant};
+
+/// How good a thread is to borrow, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    /// The main thread asleep in a blocking call: its allocations go to the main arena,
+    /// so the loader's mallocs create nothing new.
+    MainAsleep,
+    /// Another thread asleep in a blocking call.
+    Asleep,
+    /// The main thread running its own code.
+    MainRunning,
+    /// Another thread running its own code.
+    Running,
+}
+
+impl Rank {
+    fn of(fitness: Fitness, main: bool) -> Rank {
+        match (fitness, main) {
+            (Fitness::Sleeping, true) => Rank::MainAsleep,
+            (Fitness::Sleeping, false) => Rank::Asleep,
+            (Fitness::Running, true) => Rank::MainRunning,
+            (Fitness::Running, false) => Rank::Running,
+        }
+    }
+
+    fn asleep(self) -> bool {
+        self <= Rank::Asleep
+    }
+}
+
+/// Why a thread was not taken.
+enum Refusal {
+    /// Where it is makes it unfit (it may be fit later).
+    Unfit(Unfit),
+    /// Its seccomp filter would not let the injected calls through (for good).
+    Filtered(Error),
+}
+
+impl Refusal {
+    fn why(&self) -> String {
+        match self {
+            Refusal::Unfit(u) => u.why.clone(),
+            Refusal::Filtered(e) => e.message.clone(),
+        }
+    }
+}
+
+/// The threads in the order they are tried: the main thread first, then the others by
+/// tid. Threads on a CPU right now go to a second pass: stopping one to look at it would
+/// pause work, and a thread asleep is the better choice anyway.
+struct Order {
+    queue: std::vec::IntoIter<Tid>,
+    deferred: Vec<Tid>,
+    second_pass: bool,
+}
+
+impl Order {
+    fn new(mut tids: Vec<Tid>, main: Tid) -> Order {
+        tids.sort_by_key(|t| (*t != main, *t));
+        Order {
+            queue: tids.into_iter(),
+            deferred: Vec::new(),
+            second_pass: false,
+        }
+    }
+
+    /// The next thread to try.
+    fn next(&mut self) -> Option<Tid> {
+        if let Some(t) = self.queue.next() {
+            return Some(t);
+        }
+        if self.second_pass {
+            return None;
+        }
+        self.second_pass = true;
+        self.queue = std::mem::take(&mut self.deferred).into_iter();
+        self.queue.next()
+    }
+
+    /// Try `tid` again in the second pass.
+    fn defer(&mut self, tid: Tid) {
+        self.deferred.push(tid);
+    }
+}
+
+impl Session<'_> {
+    /// Choose a thread to borrow (see the module's doc). Threads are stopped one at a
+    /// time; the chosen one stays stopped.
+    pub(super) fn pick_thread(&mut self) -> Result<Tid> {
+        let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
+        if self.tr.threads.is_empty() {
+            // The thread kept at a switch is gone: attach again.
+            self.tr.reattach()?;
+        }
+        for round in 0.. {
+            let (best, refusals) = self.pick_round()?;
+            if best.is_none() {
+                self.refused_for_good(refusals.as_slice())?;
+            }
+            // Settle for less than a sleeping thread only after a few tries.
+            match best {
+                Some((r, tid)) if r.asleep() || round >= 4 => return Ok(tid),
+                Some((_, tid)) => self.tr.resume(tid)?,
+                None => {}
+            }
+            self.tr.check_interrupted()?;
+            if Instant::now() >= deadline {
+                let reasons: Vec<String> = refusals
+                    .iter()
+                    .map(|(tid, r)| format!("thread {tid}: {}", r.why()))
+                    .collect();
+                bail!(
+                    Busy,
+                    "no thread of process {} is at a point where it can safely run dlopen ({}); retry when the process is less busy",
+                    self.proc.pid,
+                    reasons.join("; ")
+                );
+            }
+            self.tr.resume_all()?;
+            // Only some threads are attached (the one kept at a switch): the others may be
+            // at a better place.
+            if process::task_ids(self.proc.pid).is_ok_and(|t| t.len() > self.tr.threads.len()) {
+                self.tr.reattach()?;
+            }
+            self.tr.pump(Instant::now() + Duration::from_millis(20))?;
+        }
+        unreachable!()
+    }
+
+    /// One pass over the threads: the best found (kept stopped), and why the others
+    /// were refused.
+    #[allow(clippy::type_complexity)]
+    fn pick_round(&mut self) -> Result<(Option<(Rank, Tid)>, Vec<(Tid, Refusal)>)> {
+        let mut best: Option<(Rank, Tid)> = None;
+        let mut refusals = Vec::new();
+        let mut order = Order::new(self.tr.tids(), self.proc.pid);
+        while let Some(tid) = order.next() {
+            crate::os::pace::point();
+            let was_running = self.tr.threads.get(&tid).is_some_and(|t| t.stop.is_none());
+            if !order.second_pass
+                && was_running
+                && process::thread_state(self.proc.pid, tid) == Some('R')
+            {
+                order.defer(tid);
+                continue;
+            }
+            let until = Instant::now() + Duration::from_secs(5);
+            if !self.tr.stop_one(tid, until)? || !self.tr.step_off_entry(tid, until)? {
+                continue;
+            }
+            let rank = match self.judge_thread(tid)? {
+                Ok(f) => Some(Rank::of(f, tid == self.proc.pid)),
+                Err(r) => {
+                    refusals.push((tid, r));
+                    None
+                }
+            };
+            match (rank, best) {
+                (Some(r), None) => best = Some((r, tid)),
+                (Some(r), Some((b, old))) if r < b => {
+                    self.tr.resume(old)?;
+                    best = Some((r, tid));
+                }
+                _ => {
+                    if was_running {
+                        self.tr.resume(tid)?;
+                    }
+                }
+            }
+            // The main thread is tried first: any thread asleep will do after it.
+            if best.is_some_and(|(r, _)| r.asleep()) {
+                break;
+            }
+        }
+        Ok((best, refusals))
+    }
+
+    /// Judge a stopped thread: fit (how), or why not.
+    fn judge_thread(&mut self, tid: Tid) -> Result<std::result::Result<Fitness, Refusal>> {
+        let th = &self.tr.threads[&tid];
+        // A thread at a syscall-exit stop (a watched thread stopped in a system call) or
+        // in a job-control stop can run calls too (the latter goes back into the stop
+        // when rlivepatch detaches). At a syscall-entry stop, the call it is entering
+        // would run first: not that one.
+        let unfit = |why: String| Ok(Err(Refusal::Unfit(why.into())));
+        match th.stop {
+            Some(Stop::Interrupt) | Some(Stop::Group(_)) => {}
+            Some(Stop::Syscall) if !crate::os::ptrace::is_syscall_entry(tid)? => {}
+            Some(Stop::Syscall) => return unfit("entering a system call".into()),
+            Some(Stop::Signal(sig)) => {
+                return unfit(format!("stopped for {}", process::signal_name(sig)));
+            }
+            _ => return unfit("stopped for a ptrace event".into()),
+        }
+        if th.pending_signal.is_some() {
+            return unfit("a signal is waiting for it".into());
+        }
+        let regs = self.tr.regs(tid)?;
+        // Before any injected call: a seccomp filter could kill the process for one.
+        if let Err(e) = crate::os::seccomp::check(self.proc.pid, tid, regs.rip) {
+            return Ok(Err(Refusal::Filtered(e)));
+        }
+        Ok(safepoint::judge(
+            &self.proc,
+            &self.maps,
+            &self.objects,
+            &mut self.unwinder,
+            &regs,
+            self.opts.force,
+        )
+        .map_err(Refusal::Unfit))
+    }
+
+    /// Every thread judged was refused for a cause that does not pass with time: say
+    /// so now, not after the timeout.
+    fn refused_for_good(&self, refusals: &[(Tid, Refusal)]) -> Result<()> {
+        if refusals.is_empty() {
+            return Ok(());
+        }
+        if let Some((_, Refusal::Filtered(e))) = refusals.first()
+            && refusals
+                .iter()
+                .all(|(_, r)| matches!(r, Refusal::Filtered(_)))
+        {
+            return Err(e.clone());
+        }
+        // Stacks that stop at code without unwind information (a program built without
+        // unwind tables): the consistency check could not pass either.
+        if refusals
+            .iter()
+            .all(|(_, r)| matches!(r, Refusal::Unfit(u) if u.no_unwind_info))
+        {
+            bail!(
+                Busy,
+                "the stacks of process {} cannot be unwound (thread {}: {}): it was built without unwind tables (-fno-asynchronous-unwind-tables?), so rlivepatch can check neither that the switch is safe nor where to load the patch; rebuild with unwind tables, or use --force to patch without the check",
+                self.proc.pid,
+                refusals[0].0,
+                refusals[0].1.why()
+            );
+        }
+        Ok(())
+    }
+}
