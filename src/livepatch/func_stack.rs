@@ -84,15 +84,6 @@ pub fn implementation_of(p: &AppliedPatch, f: &AppliedFunc) -> Vec<Changed> {
     v
 }
 
-/// States of the enabled patches, oldest first (the registry's "previous" half).
-pub fn installed_states(rec: &Record, until: Option<usize>) -> Vec<u64> {
-    rec.patches[..until.unwrap_or(rec.patches.len())]
-        .iter()
-        .filter(|p| !p.disabled)
-        .flat_map(|p| p.state_addrs.iter().copied())
-        .collect()
-}
-
 /// The wrappers' trampolines of the applied patches, for the unwinder: a thread stopped
 /// in one unwinds with the original's CFI.
 pub fn relocated_code(rec: &Record) -> Vec<crate::elf::unwind::Relocated> {

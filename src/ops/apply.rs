@@ -5,9 +5,10 @@
 use crate::elf::symbols::{ElfFile, SymKind};
 use crate::error::Result;
 use crate::fmt::hex;
-use crate::livepatch::func_stack::{current_impl, expected_entry, installed_states};
+use crate::livepatch::func_stack::{current_impl, expected_entry};
 use crate::livepatch::record::{AppliedFunc, AppliedPatch, Record, Stage};
 use crate::livepatch::session::{Session, callback, pending, refuse_pending, set_stage};
+use crate::livepatch::states;
 use crate::livepatch::transition::{self, Plan, Write};
 use crate::patch::{Patch, RelocKind};
 use crate::remote::redirect::Island;
@@ -16,32 +17,6 @@ use crate::remote::relocate::RelocFill;
 use crate::resolve::funcs::Resolved;
 use crate::resolve::symbols::{Fill, SymbolFill};
 use crate::{bail, err};
-
-/// The kernel's rule: a patch must carry each installed state at the same or a higher
-/// version, and a replace patch must carry all of them.
-pub fn check_states(rec: &Record, patch: &Patch) -> Result<()> {
-    for p in rec.patches.iter().filter(|p| !p.disabled) {
-        for st in &p.states {
-            let why = match patch.states.iter().find(|x| x.id == st.id) {
-                None if patch.replace => format!(
-                    "it replaces every patch but does not carry state {} (installed by {} at version {})",
-                    st.id, p.name, st.version
-                ),
-                Some(x) if x.version < st.version => format!(
-                    "it carries state {} at version {}, lower than version {} installed by {}",
-                    st.id, x.version, st.version, p.name
-                ),
-                _ => continue,
-            };
-            bail!(
-                Mismatch,
-                "patch {} is not compatible with the already installed livepatches: {why}",
-                patch.name
-            );
-        }
-    }
-    Ok(())
-}
 
 /// What an apply did: the functions redirected, the patches an atomic replace replaced,
 /// and the switch.
@@ -81,7 +56,7 @@ pub fn run(
             s.proc.pid
         );
     }
-    check_states(&s.record, patch)?;
+    crate::livepatch::states::check(&s.record, patch)?;
     // Someone else's bytes at an entry (a breakpoint, another tool's jump) mean someone
     // else owns it.
     for r in resolved {
@@ -604,7 +579,7 @@ fn record_plan(s: &mut Session, applied: &AppliedPatch, unhook: Option<Write>) -
 /// The pre_patch callback, which may cancel the apply; then no other callback runs.
 fn pre_patch(s: &mut Session, applied: &AppliedPatch) -> Result<()> {
     set_stage(s, Stage::PrePatching)?;
-    let prev = installed_states(&s.record, None);
+    let prev = states::installed(&s.record, None);
     s.set_states(&applied.state_addrs, &prev)?;
     if let Some(code) = callback(s, applied.callbacks[0], "pre_patch", &applied.name)?
         && code != 0
@@ -670,7 +645,7 @@ pub fn plan(rec: &Record, applied: &AppliedPatch) -> Plan {
 pub fn finish(s: &mut Session, applied: AppliedPatch, run_post_patch: bool) -> Result<Vec<String>> {
     if run_post_patch {
         set_stage(s, Stage::PostPatching)?;
-        let prev = installed_states(&s.record, None);
+        let prev = states::installed(&s.record, None);
         s.set_states(&applied.state_addrs, &prev)?;
         callback(s, applied.callbacks[1], "post_patch", &applied.name)?;
         crate::livepatch::coming::object_callbacks(s, &applied, 1)?;
@@ -719,7 +694,7 @@ pub fn unwind(s: &mut Session) -> Result<()> {
     s.thaw()?;
     if let Some(applied) = &p.loading {
         if p.stage >= Stage::Switching {
-            let prev = installed_states(&s.record, None);
+            let prev = states::installed(&s.record, None);
             s.set_states(&applied.state_addrs, &prev)?;
             if let Err(e) = callback(s, applied.callbacks[3], "post_unpatch", &applied.name) {
                 s.progress(&format!("warning: {}", e.message));

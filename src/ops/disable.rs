@@ -5,9 +5,10 @@
 use crate::bail;
 use crate::error::Result;
 use crate::fmt::hex;
-use crate::livepatch::func_stack::{expected_entry, implementation_of, installed_states};
+use crate::livepatch::func_stack::{expected_entry, implementation_of};
 use crate::livepatch::record::{AppliedPatch, Record, Stage};
 use crate::livepatch::session::{Session, callback, refuse_pending, set_stage};
+use crate::livepatch::states;
 use crate::livepatch::transition::{self, Plan, Write};
 use crate::remote::redirect::{self, JMP_LEN};
 
@@ -104,7 +105,7 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
     crate::os::fault::point("disable:pending");
     // pre_unpatch, the switch, post_unpatch. A switch that fails is reversed: the patch
     // stays, and post_patch runs (the kernel's reversed transition).
-    let prev = installed_states(&s.record, Some(idx));
+    let prev = states::installed(&s.record, Some(idx));
     s.set_states(&p.state_addrs, &prev)?;
     callback(s, p.callbacks[2], "pre_unpatch", &p.name)?;
     crate::livepatch::coming::object_callbacks(s, &p, 2)?;
@@ -191,7 +192,7 @@ pub fn finish(s: &mut Session, run_post_unpatch: bool) -> Result<bool> {
     let p = s.record.patches[idx].clone();
     if run_post_unpatch {
         set_stage(s, Stage::PostUnpatching)?;
-        let prev = installed_states(&s.record, Some(idx));
+        let prev = states::installed(&s.record, Some(idx));
         s.set_states(&p.state_addrs, &prev)?;
         callback(s, p.callbacks[3], "post_unpatch", &p.name)?;
         crate::livepatch::coming::object_callbacks(s, &p, 3)?;
@@ -237,7 +238,7 @@ pub fn unwind(s: &mut Session) -> Result<()> {
         .position(|p| p.name == pend.patch && !p.disabled)
     {
         let p = s.record.patches[idx].clone();
-        let prev = installed_states(&s.record, Some(idx));
+        let prev = states::installed(&s.record, Some(idx));
         s.set_states(&p.state_addrs, &prev)?;
         if let Err(e) = callback(s, p.callbacks[1], "post_patch", &p.name) {
             s.progress(&format!("warning: {}", e.message));

@@ -293,7 +293,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
                 patch.name
             );
         }
-        crate::ops::apply::check_states(&s.record, &patch)?;
+        crate::livepatch::states::check(&s.record, &patch)?;
         let mut plan = Plan::default();
         for r in &resolved {
             let now = s.proc.read(r.addr, JMP_LEN)?;
