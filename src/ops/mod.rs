@@ -1,33 +1,29 @@
-//! The operations: apply, disable, check, repair. Each runs in a `Session`: the process
+//! The operations: apply, disable, check, repair, list. Each runs in a `Session`: the process
 //! attached (under the lock against a second rlivepatch), its record read, a thread
 //! borrowed for injected calls when one is needed; and each operation either completes or
 //! undoes every step it made, so that a failure leaves the target as it was.
 
 pub mod apply;
+pub mod check;
 pub mod disable;
 pub mod list;
+pub mod prepare;
 pub mod repair;
 pub mod report;
 
-use crate::elf::objects::Objects;
 use crate::error::Result;
-use crate::fmt::hex;
-use crate::livepatch::func_stack::{current_impl, expected_entry};
 use crate::livepatch::session::Session;
-use crate::livepatch::transition::{self, Plan};
+use crate::livepatch::transition::{self};
 use crate::os::process::Process;
 use crate::patch::Patch;
 use crate::remote::inject::Libc;
-use crate::remote::redirect::JMP_LEN;
-use crate::resolve::funcs::{Resolved, resolve_ifuncs};
-use crate::resolve::symbols::resolve_symbols;
-use crate::resolve::target::preflight;
 use crate::{bail, err};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use crate::livepatch::session::{Options, ProgressFn};
 pub use crate::livepatch::store::read_record;
+pub use check::{CheckReport, check};
 
 /// What `apply` did.
 #[derive(Debug, serde::Serialize)]
@@ -94,36 +90,17 @@ fn apply_once(
     progress: ProgressFn,
 ) -> Result<ApplyReport> {
     let t0 = Instant::now();
-    let proc = Process::open(pid)?;
-    preflight(&proc)?;
-    let maps = proc.maps()?;
-    let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
-    crate::resolve::target::check_build_ids(patch, &objects)?;
-    crate::resolve::linkage::check(patch, &objects)?;
-    let mut contracts = crate::contract::Contracts::new();
-    let coming = crate::resolve::coming::resolve(
-        patch,
-        &objects,
-        pid,
-        &opts.library_path,
-        &opts.debug_dirs,
-        &mut contracts,
-    )?;
-    let resolved = crate::resolve::coming::loaded(patch, &objects, &mut contracts, &coming)?;
-    tell_contracts(&resolved, progress);
-    let symbols = resolve_symbols(patch, &objects)?;
-    crate::resolve::symbols::refuse_self_calls(patch, &resolved, &symbols)?;
-    let places = crate::remote::relocate::resolve(patch, &objects)?;
-    let libc = Libc::find(pid, &objects)?;
+    let mut p = prepare::prepare(pid, patch, opts, progress)?;
+    let libc = Libc::find(pid, &p.objects)?;
     crate::os::fault::trace("resolved");
-    let mut s = Session::attach_with(proc, opts, progress, Some(objects))?;
+    let mut s = Session::attach_with(p.proc, opts, progress, Some(p.objects))?;
     s.set_libc(libc);
     crate::os::fault::point("apply:attached");
-    let mut resolved = resolved;
-    let r = ifuncs(&mut s, patch, &mut contracts, &mut resolved)
+    let coming = p.coming;
+    let r = prepare::ifuncs(&mut s, patch, &mut p.contracts, &mut p.resolved)
         .and_then(|()| crate::ops::repair::repair_if_needed(&mut s))
         .and_then(|()| {
-            crate::ops::apply::run(&mut s, patch, &resolved, &coming, &symbols, &places)
+            crate::ops::apply::run(&mut s, patch, &p.resolved, &coming, &p.symbols, &p.places)
         });
     let (functions, replaced, report) = s.conclude(r).map_err(|e| continued(e, pid))?;
     let children = crate::os::process::same_program_children(pid);
@@ -160,16 +137,6 @@ pub struct DisableReport {
     /// stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
-}
-
-/// What callers of each function rely on and what rlivepatch does or only warns of, on
-/// stderr, before anything is touched.
-fn tell_contracts(resolved: &[Resolved], progress: ProgressFn) {
-    for r in resolved {
-        for n in &r.notes {
-            progress(n);
-        }
-    }
 }
 
 /// After an operation that completed: if job control stopped the process meanwhile (it
@@ -231,126 +198,4 @@ pub fn repair(pid: i32, opts: &Options, progress: ProgressFn) -> Result<Vec<Stri
     s.tr.finishing = true;
     let r = crate::ops::repair::repair(&mut s);
     s.conclude(r)
-}
-
-/// What `check` found.
-#[derive(Debug, serde::Serialize)]
-pub struct CheckReport {
-    /// Process id.
-    pub pid: i32,
-    /// Patch name.
-    pub patch: String,
-    /// The switch would be safe now.
-    pub safe: bool,
-    /// The functions, resolved.
-    pub functions: Vec<Resolved>,
-    /// Objects the process has not loaded: the patch would wait for them.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pending: Vec<crate::resolve::coming::PendingView>,
-    /// Who blocks, and where.
-    pub blockers: Vec<transition::Blocker>,
-    /// Threads checked.
-    pub threads: usize,
-}
-
-/// Dry run of `apply`: resolve everything, stop the threads once, and report whether the
-/// switch would be safe now. Nothing is loaded or written.
-pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Result<CheckReport> {
-    let patch = Patch::load(path)?;
-    let proc = Process::open(pid)?;
-    preflight(&proc)?;
-    let maps = proc.maps()?;
-    let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
-    crate::resolve::target::check_build_ids(&patch, &objects)?;
-    crate::resolve::linkage::check(&patch, &objects)?;
-    let mut contracts = crate::contract::Contracts::new();
-    let coming = crate::resolve::coming::resolve(
-        &patch,
-        &objects,
-        pid,
-        &opts.library_path,
-        &opts.debug_dirs,
-        &mut contracts,
-    )?;
-    let mut resolved = crate::resolve::coming::loaded(&patch, &objects, &mut contracts, &coming)?;
-    tell_contracts(&resolved, progress);
-    // What apply resolves before it touches the process, check resolves too.
-    let symbols = resolve_symbols(&patch, &objects)?;
-    crate::resolve::symbols::refuse_self_calls(&patch, &resolved, &symbols)?;
-    crate::remote::relocate::resolve(&patch, &objects)?;
-    let mut s = Session::attach_with(proc, opts, progress, Some(objects))?;
-    let r = (|| -> Result<CheckReport> {
-        ifuncs(&mut s, &patch, &mut contracts, &mut resolved)?;
-        s.unborrow()?;
-        if s.record
-            .patches
-            .iter()
-            .any(|p| p.name == patch.name && !p.disabled)
-        {
-            bail!(
-                Mismatch,
-                "a patch named {} is already applied to process {pid}",
-                patch.name
-            );
-        }
-        crate::livepatch::states::check(&s.record, &patch)?;
-        let mut plan = Plan::default();
-        for r in &resolved {
-            let now = s.proc.read(r.addr, JMP_LEN)?;
-            let expected = expected_entry(&s.record, r.addr, &r.orig);
-            if now != expected {
-                bail!(
-                    Mismatch,
-                    "the entry of {} at {:#x} holds {} (expected {}); something else owns it",
-                    r.symbol,
-                    r.addr,
-                    hex(&now),
-                    hex(&expected)
-                );
-            }
-            let f = crate::livepatch::record::AppliedFunc::redirected(r, "", 0, 0);
-            plan.changed.extend(current_impl(&s.record, &f));
-            plan.entries.push((r.addr, JMP_LEN as u64));
-        }
-        s.tr.stop_all(Instant::now() + Duration::from_secs(10))?;
-        let mut w = transition::World {
-            tr: &mut s.tr,
-            proc: &s.proc,
-            objects: &s.objects,
-            maps: &s.maps,
-            unwinder: &mut s.unwinder,
-            scratch: None,
-            shadow_stack: false,
-            keep: None,
-        };
-        let blockers = transition::check_all(&mut w, &plan, false)?;
-        Ok(CheckReport {
-            pid,
-            patch: patch.name.clone(),
-            pending: crate::resolve::coming::PendingView::of(&coming),
-            safe: blockers.is_empty(),
-            functions: resolved.clone(),
-            threads: s.tr.threads.len(),
-            blockers,
-        })
-    })();
-    s.conclude(r)
-}
-
-/// Resolve the IFUNCs among `resolved`: each resolver is called in the process, on the
-/// borrowed thread, and the implementation it returns is what gets patched.
-fn ifuncs(
-    s: &mut Session,
-    patch: &Patch,
-    contracts: &mut crate::contract::Contracts,
-    resolved: &mut Vec<Resolved>,
-) -> Result<()> {
-    let mut called = Vec::with_capacity(resolved.len());
-    for r in resolved.iter() {
-        called.push(match r.resolver {
-            Some(a) => Some(s.call(a, &[], &format!("the IFUNC resolver of {}", r.symbol))?),
-            None => None,
-        });
-    }
-    resolve_ifuncs(&s.objects, patch, contracts, resolved, &called)
 }
