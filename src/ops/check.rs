@@ -2,12 +2,12 @@
 //! stopped once, and the report says whether the switch would be safe now.
 
 use super::prepare::{ifuncs, prepare};
-use super::{Options, ProgressFn};
 use crate::bail;
 use crate::error::Result;
 use crate::fmt::hex;
 use crate::livepatch::func_stack::{current_impl, expected_entry};
 use crate::livepatch::session::Session;
+use crate::livepatch::session::{Options, ProgressFn};
 use crate::livepatch::transition::{self, Plan};
 use crate::patch::Patch;
 use crate::remote::redirect::JMP_LEN;

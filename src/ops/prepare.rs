@@ -1,10 +1,10 @@
 //! What apply and check do before they touch the process: the target checked, the
 //! patch's functions, symbols and bound places resolved, what callers rely on told.
 
-use super::ProgressFn;
 use crate::contract::Contracts;
 use crate::elf::objects::Objects;
 use crate::error::Result;
+use crate::livepatch::session::ProgressFn;
 use crate::livepatch::session::{Options, Session};
 use crate::os::process::Process;
 use crate::patch::Patch;
