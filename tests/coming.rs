@@ -8,10 +8,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
-fn s(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn host() -> std::path::PathBuf {
     fixture("coming-host", "coming-host", &[])
 }

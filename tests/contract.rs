@@ -177,8 +177,9 @@ fn callers_after(t: &mut Target, patch: &std::path::Path, fault: &str) -> Vec<St
 fn whole_vector_registers_are_kept_for_code_built_for_avx() {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap();
     if !cpu.split_whitespace().any(|f| f == "avx2") {
-        eprintln!(
-            "SKIPPED whole_vector_registers_are_kept_for_code_built_for_avx: this CPU has no AVX2"
+        skip(
+            "whole_vector_registers_are_kept_for_code_built_for_avx",
+            "this CPU has no AVX2",
         );
         return;
     }

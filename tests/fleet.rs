@@ -7,9 +7,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
-
-const T: Duration = Duration::from_secs(10);
 
 /// The counter built twice (other flags, other build-id) at one path: the first build's
 /// processes keep running after the file was replaced by the second.
@@ -62,22 +59,28 @@ fn fix_for(b: &Builds, name: &str) -> PathBuf {
     counter_patch_for(&b.dir, name, &b.path)
 }
 
-fn patched(t: &mut Target) -> bool {
-    t.wait_line(
+/// The process prints the patched values (compute(i) = i * 100) from now on.
+fn patched(t: &mut Target) {
+    t.assert_settled(
+        2,
         |l| {
             let (i, v) = value(l);
             i > 0 && v == i * 100
         },
-        T,
+        "patched",
     );
-    true
 }
 
+/// The process prints the original values (compute(i) = i + 1) from now on.
 fn still_original(t: &mut Target) {
-    for l in t.next_lines(2) {
-        let (i, v) = value(&l);
-        assert_eq!(v, i + 1, "{l}");
-    }
+    t.assert_settled(
+        2,
+        |l| {
+            let (i, v) = value(l);
+            v == i + 1
+        },
+        "original",
+    );
 }
 
 /// The rlivepatch state mapping appears only in a process rlivepatch attached to.
@@ -120,7 +123,7 @@ fn apply_all_patches_every_process_of_the_build_once() {
     // The old build, still running from the replaced file: another build, untouched.
     assert_eq!(pids(&v, "mismatch"), sorted(&b.old), "{v}");
     for t in b.new.iter_mut() {
-        assert!(patched(t));
+        patched(t);
     }
     for t in b.old.iter_mut() {
         still_original(t);
@@ -303,7 +306,7 @@ fn a_process_in_other_namespaces_is_found_and_patched() {
         .clone();
     assert_eq!(r["result"], "applied", "{r}");
     assert_eq!(r["ns_pid"], 1);
-    assert!(patched(&mut t));
+    patched(&mut t);
     let text = rlp_ok(&["list", "--all"]);
     assert!(
         text.contains(&format!("pid {child} (counter, pid 1 in its namespace)")),
@@ -352,7 +355,7 @@ fn the_ansible_playbook_rolls_out_then_reports_ok() {
         "{first}"
     );
     for t in b.new.iter_mut() {
-        assert!(patched(t));
+        patched(t);
     }
     let second = play(&b);
     assert!(

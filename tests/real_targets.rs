@@ -10,10 +10,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn funcs(pid: i32) -> Vec<serde_json::Value> {
     let v = json(&rlp_ok(&["list", &pid.to_string(), "--json"]));
     v["patches"]

@@ -5,15 +5,11 @@
 
 mod common;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A patch of `tick()` (the fixtures' function for this), returning x + 2.
 fn tick_patch() -> PathBuf {
@@ -21,15 +17,6 @@ fn tick_patch() -> PathBuf {
         "tick",
         "#include <rlivepatch.h>\nstatic int new_tick(int x) { return x + 2; }\nRLIVEPATCH_FUNC(tick, new_tick);\nRLIVEPATCH_NAME(\"tick\");\n",
     )
-}
-
-/// The numbers of a status line "name a=1 b=2 ..." by key.
-fn field(line: &str, key: &str) -> i64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
-        .parse()
-        .unwrap()
 }
 
 /// apply and disable `n` times, each must succeed, and the target shows tick=2 between.
@@ -391,10 +378,10 @@ fn killed_at(
         .iter()
         .any(|p| p["name"] == name);
     if applied {
-        t.wait_line(|l| patched(l), T);
+        t.assert_settled(2, patched, "patched, as the record says");
         rlp_ok(&["disable", &pid, name]);
     }
-    t.wait_line(|l| original(l), T);
+    t.assert_settled(2, original, "original, as the record says");
     assert!(
         rlp_ok(&["list", &pid]).contains("no patches applied"),
         "{point}: {listed} {repaired}"

@@ -69,10 +69,6 @@ fn p(name: &str) -> PathBuf {
     patch(name)
 }
 
-fn s(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
-
 // ---- test-livepatch.sh ----
 
 #[test]

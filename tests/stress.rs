@@ -7,14 +7,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-fn field(line: &str, key: &str) -> i64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn random_apply_disable_and_replace_on_a_busy_target() {
     let ops = env_count("STRESS_OPS", 30);

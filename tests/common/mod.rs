@@ -208,6 +208,26 @@ impl Target {
             .collect()
     }
 
+    /// The lines after an operation, as the code now in place prints them: the lines
+    /// received so far are dropped, then the one iteration that may have been under way
+    /// in the old code, and the next `n` are returned.
+    pub fn settled_lines(&mut self, n: usize) -> Vec<String> {
+        let mut v = self.next_lines(n + 1);
+        v.remove(0);
+        v
+    }
+
+    /// Every one of the next `n` settled lines (see [`Target::settled_lines`]) satisfies
+    /// `pred`; `what` names the state they show.
+    pub fn assert_settled(&mut self, n: usize, pred: impl Fn(&str) -> bool, what: &str) {
+        let lines = self.settled_lines(n);
+        assert!(
+            lines.iter().all(|l| pred(l)),
+            "pid {}: the lines after the operation are not all {what}: {lines:?}",
+            self.pid
+        );
+    }
+
     fn tail(&self) -> Vec<String> {
         self.seen.iter().rev().take(5).rev().cloned().collect()
     }
@@ -361,6 +381,27 @@ pub fn rlp_fails(args: &[&str], code: i32) -> String {
 }
 
 /// Parse JSON.
+/// A path as the `&str` an argument list wants.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The number after `key=` in a fixture's line (`rounds=12`); panics naming the key.
+pub fn field(line: &str, key: &str) -> i64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        .parse()
+        .unwrap()
+}
+
+/// Say on the test run's own stderr (not captured) that a test skipped its checks, and
+/// why: a skip is never silent.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("bad JSON ({e}): {s}"))
 }
