@@ -76,6 +76,41 @@ pub enum Cause {
     NotFound,
 }
 
+/// Why `rlivepatch build` refused a change ([`ErrorKind::Refused`]): the class of the
+/// reason, for scripts and reports (`"class"` in the JSON error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refusal {
+    /// A struct or union the running code uses changes layout.
+    Layout,
+    /// A variable changes size.
+    Size,
+    /// A variable changes its initial value.
+    Initializer,
+    /// Code that runs only at start-up (main, constructors, IFUNC resolvers) changes.
+    Startup,
+    /// Thread-local storage is added or used by changed code.
+    ThreadLocal,
+    /// Code built without -fPIC or -fPIE, which cannot move into a patch.
+    NotPic,
+    /// Link-time optimisation.
+    Lto,
+    /// Assembly sources.
+    Assembly,
+    /// A construct the generator does not handle (named in the message).
+    Unsupported,
+    /// The diffs change no file compiled into the binaries.
+    NotCompiled,
+    /// The diffs change no code of the binaries (nothing to patch).
+    NoCode,
+    /// The binary was built by another compiler.
+    Compiler,
+    /// The rebuilt original differs from the binary (other flags, other sources).
+    Differs,
+    /// The binary has no symbols and no debug file was found.
+    NoSymbols,
+}
+
 /// An error with its kind and its one-line message.
 #[derive(Debug, Clone)]
 pub struct Error {
@@ -85,6 +120,8 @@ pub struct Error {
     pub message: String,
     /// What a caller may decide by.
     pub cause: Cause,
+    /// For a refused build, the class of the reason.
+    pub refusal: Option<Refusal>,
 }
 
 impl Error {
@@ -94,6 +131,15 @@ impl Error {
             kind,
             message: message.into(),
             cause: Cause::Other,
+            refusal: None,
+        }
+    }
+
+    /// A refused build: the change cannot be made into a livepatch, for reason `class`.
+    pub fn refused(class: Refusal, message: impl Into<String>) -> Self {
+        Error {
+            refusal: Some(class),
+            ..Error::new(ErrorKind::Refused, message)
         }
     }
 
@@ -146,6 +192,17 @@ macro_rules! err {
 macro_rules! bail {
     ($kind:ident, $($arg:tt)*) => {
         return Err($crate::err!($kind, $($arg)*))
+    };
+}
+
+/// Return early with a refused build ([`Error::refused`]) of a class and a format string.
+#[macro_export]
+macro_rules! refuse {
+    ($class:ident, $($arg:tt)*) => {
+        return Err($crate::error::Error::refused(
+            $crate::error::Refusal::$class,
+            format!($($arg)*),
+        ))
     };
 }
 

@@ -448,3 +448,168 @@ fn functions_called_through_a_table_a_new_function_and_new_data() {
     rlp_ok(&["disable", &t.pid.to_string(), "ops"]);
     assert_eq!(ask(&mut t, "op 0 5"), "op 0 5 = 6");
 }
+
+/// A changed function with a switch the compiler made into a jump table (in its own
+/// `.rodata.route` with `-fdata-sections`, entries relative to its code): the table goes
+/// with the patch's copy of the function, for the PIE program and the one without PIE.
+#[test]
+fn a_jump_table_goes_with_its_function() {
+    let src = project("jump-table", &[]);
+    for (binary, name) in [("app", "jump-table"), ("app-nopie", "jump-table-nopie")] {
+        let (out, report) = made_with(&src, &["jump-table"], binary, &["--name", name]);
+        assert_eq!(why(&report, "route"), "the diff changed it");
+        let mut t = Target::start_with_stdin(&src.join(binary), &[]);
+        assert_eq!(ask(&mut t, "route 2 5"), "route 2 5 = 6");
+        rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+        assert_eq!(ask(&mut t, "route 2 5"), "route 2 5 = 105");
+        // Every other case lands where it did, through the patch's table.
+        assert_eq!(ask(&mut t, "route 0 5"), "route 0 5 = 15");
+        assert_eq!(ask(&mut t, "route 4 5"), "route 4 5 = 10");
+        assert_eq!(ask(&mut t, "route 6 5"), "route 6 5 = 50");
+        assert_eq!(ask(&mut t, "route 9 5"), "route 9 5 = -1000");
+        rlp_ok(&["disable", &t.pid.to_string(), name]);
+        assert_eq!(ask(&mut t, "route 2 5"), "route 2 5 = 6");
+    }
+}
+
+/// A series of diffs is applied in order, as `patch` would: the second needs the first.
+/// Alone, the second does not apply, and the message names the diff and the tree as the
+/// operator gave them, not rlivepatch's copies.
+#[test]
+fn a_series_of_diffs_applies_in_order() {
+    let src = project("series", &[]);
+    let (out, _) = made_with(
+        &src,
+        &["jump-table", "jump-table-2"],
+        "app",
+        &["--name", "series"],
+    );
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    assert_eq!(ask(&mut t, "route 2 5"), "route 2 5 = 205");
+    let app = src.join("app").display().to_string();
+    let second = diff("jump-table-2");
+    let (code, _, err) = build(&src, &["--diff", &second, "--binary", &app]);
+    assert_eq!(code, 11, "{err}");
+    let line = err.lines().find(|l| l.contains("error:")).unwrap();
+    assert!(
+        line.contains(&second) && line.contains(&src.display().to_string()),
+        "{line}"
+    );
+    assert!(!line.contains(".cache"), "{line}");
+}
+
+/// A fix that adds a variable with a string: the strings of the unit's initializers move
+/// in the merged string section, which changes no variable's initial value (compared by
+/// what they point to, as code references are).
+#[test]
+fn a_new_string_changes_no_initializer() {
+    let src = project("new-string", &[]);
+    let (out, report) = made(&src, &["new-string"], "app");
+    assert_eq!(why(&report, "reason"), "the diff changed it");
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    assert_eq!(ask(&mut t, "reason 410"), "reason 410 = ok");
+    rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    assert_eq!(ask(&mut t, "reason 410"), "reason 410 = gone for good");
+    assert_eq!(ask(&mut t, "reason 503"), "reason 503 = busy, try later");
+}
+
+/// Hunks of a file that is no code (a test, notes) that do not apply are left out and
+/// listed; code that does not apply is an error.
+#[test]
+fn hunks_of_files_no_build_reads_may_not_apply() {
+    let src = project("notes", &[]);
+    std::fs::write(src.join("NOTES"), "the notes\n").unwrap();
+    let app = src.join("app").display().to_string();
+    let fix =
+        std::fs::read_to_string(root().join("fixtures/project/diffs/jump-table.diff")).unwrap();
+    let d = src.with_extension("with-notes.diff");
+    std::fs::write(
+        &d,
+        format!("{fix}--- a/NOTES\n+++ b/NOTES\n@@ -1 +1 @@\n-other notes\n+new notes\n"),
+    )
+    .unwrap();
+    let out = src.with_extension("so");
+    let report = build_ok(
+        &src,
+        &[
+            "--diff",
+            d.to_str().unwrap(),
+            "--binary",
+            &app,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    let ignored = report["ignored"].to_string();
+    assert!(ignored.contains("NOTES"), "{report}");
+    assert_eq!(why(&report, "route"), "the diff changed it");
+}
+
+/// A --source that is no project is refused before anything is copied (a cache directory
+/// such as cargo's target/ is never copied either), and a build that fails says how, with
+/// its last lines; nothing is left in the cache.
+#[test]
+fn a_wrong_source_or_a_failing_build_leaves_nothing() {
+    let src = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("not-a-project");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(src.join("target")).unwrap();
+    std::fs::write(
+        src.join("target/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("target/big"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(src.join("x.c"), "int x;\n").unwrap();
+    let cache = src.with_extension("cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let d = src.with_extension("diff");
+    std::fs::write(
+        &d,
+        "--- a/x.c\n+++ b/x.c\n@@ -1 +1 @@\n-int x;\n+int x = 1;\n",
+    )
+    .unwrap();
+    let proj = project("failing-build", &[]);
+    let app = proj.join("app").display().to_string();
+    let (code, _, err) = build(&src, &["--diff", d.to_str().unwrap(), "--binary", &app]);
+    assert_eq!(code, 11, "{err}");
+    assert!(
+        err.contains("no entry point") && err.contains("Makefile"),
+        "{err}"
+    );
+    let builds = cache.join("builds");
+    let left: Vec<_> = std::fs::read_dir(&builds)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "copies left in the cache: {left:?}");
+    // A build that fails: its last lines; one that fails silently: "no output".
+    for (cmd, says) in [
+        (
+            "echo compiling; echo 'x.c:1: broken on purpose' >&2; false",
+            "broken on purpose",
+        ),
+        ("false", "no output"),
+    ] {
+        let (code, _, err) = build(
+            &proj,
+            &["--diff", &diff("handle"), "--binary", &app, "--build", cmd],
+        );
+        assert_eq!(code, 11, "{err}");
+        assert!(err.contains(says), "{cmd}: {err}");
+        let builds = proj.with_extension("cache").join("builds");
+        let left: Vec<_> = std::fs::read_dir(&builds)
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{cmd}: copies left in the cache: {left:?}");
+    }
+}

@@ -31,6 +31,10 @@ pub fn json<T: serde::Serialize>(v: &T) {
 pub fn error(e: &Error, as_json: bool) {
     let _ = writeln!(std::io::stderr(), "rlivepatch: error: {}", e.message);
     if as_json {
-        json(&serde_json::json!({ "error": { "kind": e.kind, "message": e.message } }));
+        let mut err = serde_json::json!({ "kind": e.kind, "message": e.message });
+        if let Some(class) = e.refusal {
+            err["class"] = serde_json::json!(class);
+        }
+        json(&serde_json::json!({ "error": err }));
     }
 }

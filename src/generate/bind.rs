@@ -264,10 +264,15 @@ pub fn plan(
             let code_ref = matches!(r.r_type, c::R_PLT32 | c::R_PC32)
                 && sec.is_text()
                 && is_branch(sec, r.offset);
-            // The address of a changed function names the original entry.
+            // The address of a changed function names the original entry. A place inside
+            // it (a jump table's entry, a label's address) is the patch's own code: the
+            // table goes with the function it belongs to.
             let home = match homes(index, false) {
                 Home::Patch
-                    if !code_ref && sym.kind == Kind::Func && changed_funcs.contains(&index) =>
+                    if !code_ref
+                        && x == 0
+                        && sym.kind == Kind::Func
+                        && changed_funcs.contains(&index) =>
                 {
                     homes(index, true)
                 }
@@ -275,8 +280,8 @@ pub fn plan(
             };
             let Home::Process { name, vaddr } = home else {
                 if matches!(r.r_type, c::R_32 | c::R_32S) {
-                    bail!(
-                        Refused,
+                    crate::refuse!(
+                        NotPic,
                         "{} was compiled without -fPIC or -fPIE (a 32-bit absolute reference in {}): its code cannot move into a shared object",
                         source.display(),
                         sec.name
@@ -286,8 +291,8 @@ pub fn plan(
                 continue;
             };
             if sym.kind == Kind::Tls || is_tls(r.r_type) {
-                bail!(
-                    Refused,
+                crate::refuse!(
+                    ThreadLocal,
                     "the changed code of {} uses the thread-local variable {name} of the process: not supported yet",
                     source.display()
                 );
@@ -337,14 +342,14 @@ pub fn plan(
                     });
                     Action::Abs64(plan.sites.len() - 1)
                 }
-                c::R_32 | c::R_32S => bail!(
-                    Refused,
+                c::R_32 | c::R_32S => crate::refuse!(
+                    NotPic,
                     "{} was compiled without -fPIC or -fPIE (a 32-bit absolute reference to {}): its code cannot move into a shared object",
                     source.display(),
                     want.name
                 ),
-                other => bail!(
-                    Refused,
+                other => crate::refuse!(
+                    Unsupported,
                     "{}: a reference of type {other} to {} in {} is not supported",
                     source.display(),
                     want.name,

@@ -57,8 +57,8 @@ pub fn command_for(
             continue;
         }
         if a.starts_with("-flto") {
-            bail!(
-                Refused,
+            crate::refuse!(
+                Lto,
                 "{} is compiled with {a} (link-time optimisation): not supported; the binary must be built without -flto",
                 cmd.file.display()
             );

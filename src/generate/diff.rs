@@ -11,7 +11,6 @@ use super::correlate::{Pairing, is_special};
 use super::objdwarf::{self, ObjDwarf};
 use super::relobj::c;
 use super::relobj::{Kind, RelObj, Target, base_name, instructions};
-use crate::bail;
 use crate::error::Result;
 use std::path::Path;
 
@@ -240,8 +239,8 @@ pub fn moved_to(d: ObjectDiff, q: &RelObj, e: &RelObj, source: &Path) -> Result<
             .iter()
             .position(|s| s.name == *name && s.kind == Kind::Func && s.section.is_some())
         else {
-            bail!(
-                Refused,
+            crate::refuse!(
+                Unsupported,
                 "{name} ({}) has no counterpart when compiled position-independent (-fPIE), as a patch's code must be: the compiler made other choices for it; not supported for this binary",
                 source.display()
             );
@@ -316,8 +315,8 @@ fn check_layouts(source: &Path, old: &ObjDwarf, new: &ObjDwarf) -> Result<()> {
         if let Some(n) = new.layouts.get(name)
             && n != o
         {
-            bail!(
-                Refused,
+            crate::refuse!(
+                Layout,
                 "{name} changes layout in {} ({}): objects in the running process have the old layout, and unchanged code uses it; a livepatch cannot change it (use a shadow variable for new fields)",
                 source.display(),
                 objdwarf::layout_change(o, n)
@@ -340,8 +339,8 @@ fn check_data(
         let qs = &patched.symbols[q];
         let Some(p) = p else {
             if qs.kind == Kind::Tls {
-                bail!(
-                    Refused,
+                crate::refuse!(
+                    ThreadLocal,
                     "the diff adds thread-local variable {} in {}: threads already running have no copy of it; not supported",
                     qs.name,
                     source.display()
@@ -370,8 +369,8 @@ fn check_data(
             "variable"
         };
         if ps.size != qs.size {
-            bail!(
-                Refused,
+            crate::refuse!(
+                Size,
                 "{what} {} ({}) changes size ({} → {} bytes): the running process keeps the old one; a livepatch cannot resize it (use a shadow variable)",
                 qs.name,
                 source.display(),
@@ -379,7 +378,10 @@ fn check_data(
                 qs.size
             );
         }
-        let relocs = |o: &RelObj, s: &super::relobj::Sym| -> Vec<(u64, u32, String)> {
+        // What each pointer of the initializer points to, compared as code references
+        // are: a string by its bytes (a new string elsewhere in the unit moves it in the
+        // merged section), a symbol by its name.
+        let relocs = |o: &RelObj, s: &super::relobj::Sym| -> Vec<(u64, u32, Key)> {
             let Some(sec) = s.section else {
                 return Vec::new();
             };
@@ -387,13 +389,13 @@ fn check_data(
                 .relocs
                 .iter()
                 .filter(|r| r.offset >= s.value && r.offset < s.value + s.size)
-                .map(|r| (r.offset - s.value, r.r_type, light(o, o.target(r, 0))))
+                .map(|r| (r.offset - s.value, r.r_type, key(o, sec, &[], r)))
                 .collect()
         };
         if bytes(pristine, ps) != bytes(patched, qs) || relocs(pristine, ps) != relocs(patched, qs)
         {
-            bail!(
-                Refused,
+            crate::refuse!(
+                Initializer,
                 "{what} {} ({}) changes its initial value: the running process keeps the value it has; set it in a pre_patch callback of a hand-written patch instead",
                 qs.name,
                 source.display()
@@ -426,8 +428,8 @@ fn check_startup(source: &Path, patched: &RelObj, d: &ObjectDiff) -> Result<()> 
             .map(|i| patched.sections[i].name.as_str())
             .unwrap_or("");
         if c.name == "main" {
-            bail!(
-                Refused,
+            crate::refuse!(
+                Startup,
                 "the diff changes main() ({}): it runs once, and stays on the stack for the life of the process; move the fix into a function main calls",
                 source.display()
             );
@@ -437,8 +439,8 @@ fn check_startup(source: &Path, patched: &RelObj, d: &ObjectDiff) -> Result<()> 
                 .iter()
                 .any(|t| t.split('+').next() == Some(base_name(&c.name).as_str()))
         {
-            bail!(
-                Refused,
+            crate::refuse!(
+                Startup,
                 "the diff changes {} ({}), which runs only at start-up and has already run: write a pre_patch callback that brings the state up to date instead",
                 c.name,
                 source.display()
@@ -449,8 +451,8 @@ fn check_startup(source: &Path, patched: &RelObj, d: &ObjectDiff) -> Result<()> 
             .iter()
             .any(|i| i.kind == Kind::Ifunc && i.section == s.section && i.value == s.value)
         {
-            bail!(
-                Refused,
+            crate::refuse!(
+                Startup,
                 "the diff changes the IFUNC resolver {} ({}), which ran at start-up: patch the implementation it picks",
                 c.name,
                 source.display()

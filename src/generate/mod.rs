@@ -216,6 +216,8 @@ struct Run<'o> {
     used_binaries: Vec<usize>,
     notes: Vec<String>,
     ignored: Vec<String>,
+    /// Files no code whose hunks did not apply.
+    skipped: Vec<String>,
 }
 
 impl<'o> Run<'o> {
@@ -265,6 +267,7 @@ impl<'o> Run<'o> {
             used_binaries: Vec::new(),
             notes: Vec::new(),
             ignored: Vec::new(),
+            skipped: Vec::new(),
         })
     }
 
@@ -275,26 +278,26 @@ impl<'o> Run<'o> {
         self.t = Instant::now();
     }
 
-    /// The diffs read and applied to a copy of the pristine tree, whose line numbers the
-    /// changed files keep ([`lines`]).
-    fn apply_diffs(&self, pristine: &Path) -> Result<(Vec<tree::Diff>, PathBuf, lines::Changed)> {
-        let diffs: Vec<tree::Diff> = self
-            .opts
-            .diffs
-            .iter()
-            .map(|d| tree::read(d, pristine))
-            .collect::<Result<_>>()?;
-        for d in &diffs {
-            refuse_assembly(d)?;
-        }
+    /// The diffs applied in order to a copy of the pristine tree, whose line numbers
+    /// the changed files keep ([`lines`]).
+    fn apply_diffs(
+        &mut self,
+        pristine: &Path,
+    ) -> Result<(Vec<tree::Diff>, PathBuf, lines::Changed)> {
         let patched = self.work.0.join("patched");
         tree::copy(pristine, &patched)?;
-        for d in &diffs {
-            tree::run_patch(d, &patched, false)?;
+        let applied = tree::apply_series(&self.opts.diffs, &patched, &self.opts.source)?;
+        for d in &applied.diffs {
+            refuse_assembly(d)?;
         }
-        let touched: Vec<PathBuf> = diffs.iter().flat_map(|d| d.files.iter().cloned()).collect();
+        self.skipped = applied.skipped;
+        let touched: Vec<PathBuf> = applied
+            .diffs
+            .iter()
+            .flat_map(|d| d.files.iter().cloned())
+            .collect();
         let lines = lines::keep(pristine, &patched, &touched)?;
-        Ok((diffs, patched, lines))
+        Ok((applied.diffs, patched, lines))
     }
 
     /// The units the diffs touch, each with the binary it is built into.
@@ -306,6 +309,7 @@ impl<'o> Run<'o> {
     ) -> Result<Vec<(Unit, usize)>> {
         let (units, ignored) = select_units(diffs, pristine, commands)?;
         self.ignored = ignored;
+        self.ignored.append(&mut self.skipped);
         let mut placed: Vec<(Unit, usize)> = Vec::new();
         for (rel, cmd) in units {
             let base = rel
@@ -320,8 +324,8 @@ impl<'o> Run<'o> {
             }
         }
         if placed.is_empty() {
-            bail!(
-                Refused,
+            crate::refuse!(
+                NotCompiled,
                 "the diffs change no file compiled into {}{}",
                 paths_of(&self.binaries),
                 if self.ignored.is_empty() {
@@ -506,8 +510,8 @@ impl<'o> Run<'o> {
             .iter()
             .any(|f| f.kind == "changed" && f.old.is_some())
         {
-            bail!(
-                Refused,
+            crate::refuse!(
+                NoCode,
                 "the diffs change no function that has an entry in {}: nothing to patch",
                 paths_of(&self.binaries)
             );
@@ -560,8 +564,8 @@ fn refuse_assembly(d: &tree::Diff) -> Result<()> {
             .map(|e| e.to_string_lossy().into_owned())
             .unwrap_or_default();
         if matches!(ext.as_str(), "s" | "S" | "asm" | "sx") {
-            bail!(
-                Refused,
+            crate::refuse!(
+                Assembly,
                 "the diff {} changes assembly ({}): not supported; only C code compiled by the project's compiler can be diffed",
                 d.path.display(),
                 f.display()

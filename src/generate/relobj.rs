@@ -1,7 +1,6 @@
 //! A relocatable object (`.o`) as the passes see it: its sections with their bytes and
 //! relocations, and its symbols, indexed as in the file.
 
-use crate::bail;
 use crate::error::Result;
 use object::elf;
 use object::read::elf::{FileHeader, Rela as _, SectionHeader as _, Sym as _};
@@ -261,8 +260,8 @@ pub fn check_plain(o: &RelObj) -> Result<()> {
         .iter()
         .any(|s| s.name.starts_with(".gnu.lto_") || s.name == ".gnu.lto_.opts")
     {
-        bail!(
-            Refused,
+        crate::refuse!(
+            Lto,
             "{} holds LTO bytecode (built with -flto): link-time optimised programs are not supported; rebuild without -flto",
             o.path.display()
         );

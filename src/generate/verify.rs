@@ -126,8 +126,8 @@ impl Binary {
                 p.to_path_buf()
             }) {
                 Ok(d) => (d.path.clone(), std::fs::read(&d.path).unwrap_or_default()),
-                Err(tried) => bail!(
-                    Refused,
+                Err(tried) => crate::refuse!(
+                    NoSymbols,
                     "{} has no symbol table and no debug file was found (looked at {}); install its debug symbols or pass --debug-dir DIR",
                     path.display(),
                     tried
@@ -287,8 +287,8 @@ pub fn check_compiler(o: &RelObj, file_name: &str, bin: &Binary) -> Result<()> {
     let theirs: Vec<&str> = bin.comment.split("; ").collect();
     for c in compilers(o) {
         if !theirs.contains(&c.as_str()) {
-            bail!(
-                Refused,
+            crate::refuse!(
+                Compiler,
                 "{file_name} was rebuilt by {c}, but {} was built by {}: build the patch with that compiler (first on PATH, or as CC in --build)",
                 bin.path.display(),
                 bin.comment
@@ -345,20 +345,22 @@ pub fn explain(
     if only_bin.is_empty() && only_obj.is_empty() {
         return e;
     }
-    err!(
-        Refused,
-        "{}; the binary's unit was compiled with `{}`, the rebuild with `{}` (from DW_AT_producer)",
-        e.message,
-        if only_bin.is_empty() {
-            "-".to_string()
-        } else {
-            only_bin.join(" ")
-        },
-        if only_obj.is_empty() {
-            "-".to_string()
-        } else {
-            only_obj.join(" ")
-        }
+    crate::error::Error::refused(
+        e.refusal.unwrap_or(crate::error::Refusal::Differs),
+        format!(
+            "{}; the binary's unit was compiled with `{}`, the rebuild with `{}` (from DW_AT_producer)",
+            e.message,
+            if only_bin.is_empty() {
+                "-".to_string()
+            } else {
+                only_bin.join(" ")
+            },
+            if only_obj.is_empty() {
+                "-".to_string()
+            } else {
+                only_obj.join(" ")
+            }
+        ),
     )
 }
 
@@ -606,13 +608,12 @@ pub fn verify(o: &RelObj, file_name: &str, bin: &Binary) -> Result<(Bindings, Op
             continue;
         }
         compare(o, i, bin, b, &mut bind).map_err(|why| {
-            err!(
-                Refused,
+            crate::error::Error::refused(crate::error::Refusal::Differs, format!(
                 "the rebuilt {} ({file_name}) differs from {} at {why}: the binary was built by another compiler or with other flags (binary: {}); build with the same compiler and the project's own command",
                 s.name,
                 bin.path.display(),
                 if bin.comment.is_empty() { "no .comment" } else { &bin.comment }
-            )
+            ))
         })?;
         bind.insert(i, b.value);
         compared += 1;

@@ -196,7 +196,8 @@ fn stamp(dir: &Path) -> (u128, u64) {
         for e in rd.flatten() {
             let Ok(m) = e.metadata() else { continue };
             if m.is_dir() {
-                if e.file_name() != ".git" {
+                // What the copy leaves out (see `tree::copy`) does not count either.
+                if e.file_name() != ".git" && !e.path().join("CACHEDIR.TAG").exists() {
                     stack.push(e.path());
                 }
                 continue;
@@ -250,8 +251,9 @@ pub fn learn(source: &Path, build: &str, progress: &mut dyn FnMut(&str)) -> Resu
     let tree = dir.join("tree");
     let stamp_path = dir.join("build.json");
     // Two builds of one tree at once learn it once: the second waits, then reads the cache.
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| err!(Build, "cannot create {}: {e}", dir.display()))?;
+    let parent = dir.parent().unwrap_or(&dir);
+    std::fs::create_dir_all(parent)
+        .map_err(|e| err!(Build, "cannot create {}: {e}", parent.display()))?;
     let lock = std::fs::File::create(dir.with_extension("lock"))
         .map_err(|e| err!(Build, "cannot create a lock next to {}: {e}", dir.display()))?;
     lock.lock()
@@ -271,6 +273,7 @@ pub fn learn(source: &Path, build: &str, progress: &mut dyn FnMut(&str)) -> Resu
             cached: true,
         });
     }
+    check_entry(&source, build)?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)
         .map_err(|e| err!(Build, "cannot create {}: {e}", dir.display()))?;
@@ -279,11 +282,65 @@ pub fn learn(source: &Path, build: &str, progress: &mut dyn FnMut(&str)) -> Resu
         source.display(),
         dir.display()
     ));
-    super::tree::copy(&source, &tree)?;
-    super::tree::drop_build_dirs(&tree);
+    // Nothing half-made stays in the cache: a failed learning leaves no copy behind.
+    let commands = run_wrapped(&source, build, &dir, &tree).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
+    })?;
+    let s = Stamp {
+        source: source.clone(),
+        build: build.to_string(),
+        newest,
+        files,
+        commands: commands.clone(),
+    };
+    std::fs::write(&stamp_path, serde_json::to_string(&s).unwrap_or_default())
+        .map_err(|e| err!(Build, "cannot write {}: {e}", stamp_path.display()))?;
+    Ok(LearnedBuild {
+        tree,
+        commands,
+        cached: false,
+    })
+}
+
+/// The build's entry point must be in `source` before anything is copied: a Makefile for
+/// `make`, the script a command runs, or any build system's file for other commands.
+fn check_entry(source: &Path, build: &str) -> Result<()> {
+    let words = shlex::split(build).unwrap_or_default();
+    let first = words.first().map(String::as_str).unwrap_or("");
+    let has = |n: &str| source.join(n).exists();
+    let ok = match first {
+        "make" | "gmake" => {
+            ["GNUmakefile", "makefile", "Makefile"]
+                .iter()
+                .any(|n| has(n))
+                || words
+                    .iter()
+                    .any(|w| w == "-C" || w == "-f" || w.starts_with("--directory"))
+        }
+        "ninja" => has("build.ninja") || words.iter().any(|w| w == "-C"),
+        "cmake" => has("CMakeLists.txt") || words.iter().any(|w| w == "-S" || w == "--build"),
+        "meson" => has("meson.build"),
+        _ if first.contains('/') => has(first.trim_start_matches("./")),
+        _ => true,
+    };
+    if !ok {
+        bail!(
+            Build,
+            "{} has no entry point for `{build}` (no Makefile, CMakeLists.txt, meson.build or build.ninja there); give --source the project's tree, or --build the command that builds it",
+            source.display()
+        );
+    }
+    Ok(())
+}
+
+/// Copy `source` to `tree` and run `build` there under the wrapper; the compile commands
+/// it logged.
+fn run_wrapped(source: &Path, build: &str, dir: &Path, tree: &Path) -> Result<Vec<CompileCommand>> {
+    super::tree::copy(source, tree)?;
+    super::tree::drop_build_dirs(tree);
     // A tree already built has nothing left to compile: its sources are made newer
     // than what was built from them, so that the build compiles every unit again.
-    super::tree::touch_sources(&tree);
+    super::tree::touch_sources(tree);
     let wrap = dir.join("wrap");
     std::fs::create_dir_all(&wrap)
         .map_err(|e| err!(Build, "cannot create {}: {e}", wrap.display()))?;
@@ -297,8 +354,8 @@ pub fn learn(source: &Path, build: &str, progress: &mut dyn FnMut(&str)) -> Resu
     let path = std::env::var("PATH").unwrap_or_default();
     let out = Command::new("sh")
         .arg("-c")
-        .arg(build)
-        .current_dir(&tree)
+        .arg(format!("exec 2>&1; {build}"))
+        .current_dir(tree)
         .env(LOG_ENV, &log)
         .env(PATH_ENV, &path)
         .env("PATH", format!("{}:{path}", wrap.display()))
@@ -307,15 +364,16 @@ pub fn learn(source: &Path, build: &str, progress: &mut dyn FnMut(&str)) -> Resu
         .output()
         .map_err(|e| err!(Build, "cannot run the build `{build}`: {e}"))?;
     if !out.status.success() {
-        let err_text = String::from_utf8_lossy(&out.stderr);
-        let last = err_text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = if tail.is_empty() {
+            "no output".to_string()
+        } else {
+            tail[tail.len().saturating_sub(3)..].join(" / ")
+        };
         bail!(
             Build,
-            "the build `{build}` failed in a copy of {} ({}): {last}; check that it builds there with this command",
+            "the build `{build}` failed in a copy of {} ({}; its last lines: {tail}); check that it builds there with this command",
             source.display(),
             out.status
         );
@@ -334,20 +392,7 @@ pub fn learn(source: &Path, build: &str, progress: &mut dyn FnMut(&str)) -> Resu
             source.display()
         );
     }
-    let s = Stamp {
-        source: source.clone(),
-        build: build.to_string(),
-        newest,
-        files,
-        commands: commands.clone(),
-    };
-    std::fs::write(&stamp_path, serde_json::to_string(&s).unwrap_or_default())
-        .map_err(|e| err!(Build, "cannot write {}: {e}", stamp_path.display()))?;
-    Ok(LearnedBuild {
-        tree,
-        commands,
-        cached: false,
-    })
+    Ok(commands)
 }
 
 #[derive(Serialize, Deserialize)]
