@@ -613,3 +613,23 @@ fn a_wrong_source_or_a_failing_build_leaves_nothing() {
         assert!(left.is_empty(), "{cmd}: copies left in the cache: {left:?}");
     }
 }
+
+/// A recursive global function of a library: GCC calls it through a local alias at the
+/// same address (`depth.localalias`), so the diff finds two changed names for one entry;
+/// one redirect covers both.
+#[test]
+fn a_function_and_its_local_alias_are_one_redirect() {
+    let src = project("localalias", &[]);
+    let (out, report) = made(&src, &["depth"], "libcalc.so");
+    assert_eq!(why(&report, "depth"), "the diff changed it");
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    assert_eq!(ask(&mut t, "depth 3"), "depth 3 = 7");
+    rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    assert_eq!(ask(&mut t, "depth 3"), "depth 3 = 2");
+    let list = rlp_ok(&["list", &t.pid.to_string(), "--json"]);
+    let funcs = json(&list)["patches"][0]["functions"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(funcs, 1, "{list}");
+}

@@ -29,6 +29,8 @@ pub const RELOC_REL32: u64 = 2;
 pub struct FuncRecord {
     /// The object as records name it (`None`: the executable).
     pub object: Option<String>,
+    /// Its file address in the binary.
+    pub vaddr: u64,
     /// `name#0xADDR` in the binary.
     pub old: String,
     /// The new function's name (for messages).

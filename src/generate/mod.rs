@@ -454,11 +454,24 @@ impl<'o> Run<'o> {
         let mut exported = HashMap::new();
         for c in &d.changed {
             let old = match (&c.part_of, homes(c.sym, true)) {
+                (None, bind::Home::Process { vaddr, .. })
+                    if records
+                        .funcs
+                        .iter()
+                        .any(|r| r.object == bin.object && r.vaddr == vaddr) =>
+                {
+                    // Another name of a function already recorded (GCC's `.localalias`
+                    // of a global function, a C++ constructor's complete and base
+                    // objects): one redirect covers both.
+                    None
+                }
                 (None, bind::Home::Process { name, vaddr }) => {
+                    let name = plain_name(bin, name, vaddr);
                     let sym = format!("rlp_fn_{k}_{}", exported.len());
                     exported.insert(c.sym, sym.clone());
                     records.funcs.push(emit::FuncRecord {
                         object: bin.object.clone(),
+                        vaddr,
                         old: format!("{name}#{vaddr:#x}"),
                         new_name: c.name.clone(),
                         new_symbol: sym,
@@ -553,6 +566,15 @@ impl<'o> Run<'o> {
             notes: self.notes,
             phases: self.phases,
         })
+    }
+}
+
+/// The name to record for the function at `vaddr` of `bin` found as `name`: a global
+/// name at the same address rather than GCC's local alias of it.
+fn plain_name(bin: &verify::Binary, name: String, vaddr: u64) -> String {
+    match name.strip_suffix(".localalias") {
+        Some(base) if bin.lookup(base, None).is_some_and(|b| b.value == vaddr) => base.to_string(),
+        _ => name,
     }
 }
 
