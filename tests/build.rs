@@ -633,3 +633,18 @@ fn a_function_and_its_local_alias_are_one_redirect() {
         .len();
     assert_eq!(funcs, 1, "{list}");
 }
+
+/// A fix whose code is the same as before (a cast that changes nothing on x86_64): the
+/// refusal says which functions the diff changed and that their code is the same.
+#[test]
+fn a_fix_that_compiles_to_the_same_code_says_so() {
+    let src = project("same-code", &[]);
+    let lib = src.join("libcalc.so").display().to_string();
+    let (code, _, err) = build(&src, &["--diff", &diff("same-code"), "--binary", &lib]);
+    assert_eq!(code, 10, "{err}");
+    let line = err.lines().find(|l| l.contains("error:")).unwrap();
+    assert!(
+        line.contains("the source of weigh") && line.contains("same code"),
+        "{line}"
+    );
+}

@@ -218,6 +218,9 @@ struct Run<'o> {
     ignored: Vec<String>,
     /// Files no code whose hunks did not apply.
     skipped: Vec<String>,
+    /// Functions whose source the diffs change but whose code stays the same, and
+    /// where their code is.
+    same_code: Vec<String>,
 }
 
 impl<'o> Run<'o> {
@@ -268,6 +271,7 @@ impl<'o> Run<'o> {
             notes: Vec::new(),
             ignored: Vec::new(),
             skipped: Vec::new(),
+            same_code: Vec::new(),
         })
     }
 
@@ -382,8 +386,20 @@ impl<'o> Run<'o> {
         self.notes.extend(d.notes.iter().cloned());
         self.t_diff += t0.elapsed().as_secs_f64() * 1000.0;
         if d.changed.is_empty() && d.new.is_empty() {
-            self.notes
-                .push(format!("{}: no function changed", unit.source.display()));
+            let same = same_code(&objdwarf::read(&p), lines);
+            self.notes.push(format!(
+                "{}: no function changed{}",
+                unit.source.display(),
+                if same.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (the diff changes {}, which compile to the same code)",
+                        same.join(", ")
+                    )
+                }
+            ));
+            self.same_code.extend(same);
             return Ok(());
         }
         let t2 = Instant::now();
@@ -523,10 +539,32 @@ impl<'o> Run<'o> {
             .iter()
             .any(|f| f.kind == "changed" && f.old.is_some())
         {
+            if !self.same_code.is_empty() {
+                crate::refuse!(
+                    NoCode,
+                    "the diffs change the source of {}, but the compiler makes the same code of it for {} (with these flags, on this architecture): nothing to patch",
+                    self.same_code.join(", "),
+                    paths_of(&self.binaries)
+                );
+            }
+            let without: Vec<&str> = self
+                .functions
+                .iter()
+                .filter(|f| f.kind == "changed")
+                .map(|f| f.name.as_str())
+                .collect();
             crate::refuse!(
                 NoCode,
-                "the diffs change no function that has an entry in {}: nothing to patch",
-                paths_of(&self.binaries)
+                "the diffs change no function that has an entry in {}{}: nothing to patch",
+                paths_of(&self.binaries),
+                if without.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (they change {}, whose code is inlined everywhere)",
+                        without.join(", ")
+                    )
+                }
             );
         }
         for &bi in &self.used_binaries {
@@ -567,6 +605,33 @@ impl<'o> Run<'o> {
             phases: self.phases,
         })
     }
+}
+
+/// The functions whose definitions the changed `lines` fall in, each with where its code
+/// is: its own, or inlined into others.
+fn same_code(dw: &objdwarf::ObjDwarf, lines: &lines::Changed) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in dw.decls.iter().filter(|f| dw.touched(&f.name, lines)) {
+        if out
+            .iter()
+            .any(|o: &String| o.split(' ').next() == Some(&f.name))
+        {
+            continue;
+        }
+        let into: Vec<&str> = dw
+            .functions
+            .iter()
+            .filter(|g| g.inlined.contains(&f.name))
+            .map(|g| g.name.as_str())
+            .collect();
+        let own = dw.functions.iter().any(|g| g.name == f.name);
+        out.push(match (own, into.is_empty()) {
+            (true, _) => f.name.clone(),
+            (false, false) => format!("{} (inlined into {})", f.name, into.join(", ")),
+            (false, true) => format!("{} (no code: nothing calls it)", f.name),
+        });
+    }
+    out
 }
 
 /// The name to record for the function at `vaddr` of `bin` found as `name`: a global

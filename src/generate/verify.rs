@@ -594,10 +594,12 @@ pub fn verify(o: &RelObj, file_name: &str, bin: &Binary) -> Result<(Bindings, Op
     let block = bin.block_for(file_name, &locals);
     let mut bind = Bindings::new();
     let mut compared = 0;
+    let mut functions = 0;
     for (i, s) in o.symbols.iter().enumerate() {
         if s.kind != Kind::Func || s.section.is_none() || s.size == 0 {
             continue;
         }
+        functions += 1;
         let found = if s.global {
             bin.lookup(&s.name, None)
         } else {
@@ -607,18 +609,48 @@ pub fn verify(o: &RelObj, file_name: &str, bin: &Binary) -> Result<(Bindings, Op
         if !b.func {
             continue;
         }
-        compare(o, i, bin, b, &mut bind).map_err(|why| {
-            crate::error::Error::refused(crate::error::Refusal::Differs, format!(
-                "the rebuilt {} ({file_name}) differs from {} at {why}: the binary was built by another compiler or with other flags (binary: {}); build with the same compiler and the project's own command",
-                s.name,
-                bin.path.display(),
-                if bin.comment.is_empty() { "no .comment" } else { &bin.comment }
-            ))
-        })?;
+        // A function of a COMDAT group (a C++ template or inline function emitted in
+        // every unit that uses it) or a weak one: the linker kept one copy, perhaps
+        // another unit's, compiled in other surroundings. This unit's copy is no proof
+        // either way; references to it go to the binary's copy.
+        let shared = s.weak
+            || s.section
+                .is_some_and(|x| o.sections[x].flags & c::SHF_GROUP != 0);
+        match compare(o, i, bin, b, &mut bind) {
+            Ok(()) => {}
+            Err(_) if shared => continue,
+            Err(why) => {
+                return Err(crate::error::Error::refused(
+                    crate::error::Refusal::Differs,
+                    format!(
+                        "the rebuilt {} ({file_name}) differs from {} at {why}: the binary was built by another compiler or with other flags (binary: {}); build with the same compiler and the project's own command",
+                        s.name,
+                        bin.path.display(),
+                        if bin.comment.is_empty() {
+                            "no .comment"
+                        } else {
+                            &bin.comment
+                        }
+                    ),
+                ));
+            }
+        }
         bind.insert(i, b.value);
         compared += 1;
     }
-    if compared == 0 {
+    // A unit of data only (a table of options) is in the binary when its data is.
+    let data_there = || {
+        o.symbols.iter().any(|s| {
+            s.kind == Kind::Object
+                && s.section.is_some()
+                && if s.global {
+                    bin.lookup(&s.name, None).is_some()
+                } else {
+                    block.and_then(|b| bin.lookup(&s.name, Some(b))).is_some()
+                }
+        })
+    };
+    if compared == 0 && (functions > 0 || !data_there()) {
         bail!(
             Build,
             "{file_name} is not compiled into {} (none of its functions is there); give the --binary it is part of",
