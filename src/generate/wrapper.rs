@@ -392,7 +392,41 @@ fn run_wrapped(source: &Path, build: &str, dir: &Path, tree: &Path) -> Result<Ve
             source.display()
         );
     }
-    Ok(commands)
+    // A build that recorded the tree's absolute path (autotools' srcdir, a generator's
+    // output) compiles the original's files from the copy: they are the copy's.
+    Ok(commands.iter().map(|c| rebase(c, source, tree)).collect())
+}
+
+/// `cmd` with every path under `from` (as a whole path component) under `to` instead.
+fn rebase(cmd: &CompileCommand, from: &Path, to: &Path) -> CompileCommand {
+    let f = from.display().to_string();
+    let t = to.display().to_string();
+    let swap = |s: &str| -> String {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(i) = rest.find(&f) {
+            let after = &rest[i + f.len()..];
+            let whole = after.is_empty() || after.starts_with(['/', ':', ',', ' ', '"', '\'']);
+            // Not the tail of a longer path (`/x/src/p`): what precedes it in its
+            // argument (`-I`, `--sysroot=`) holds no `/`.
+            let prefix = format!("{out}{}", &rest[..i]);
+            let starts = !prefix
+                .rsplit(['=', ':', ',', ' '])
+                .next()
+                .unwrap_or("")
+                .contains('/');
+            out.push_str(&rest[..i]);
+            out.push_str(if whole && starts { &t } else { &f });
+            rest = after;
+        }
+        out.push_str(rest);
+        out
+    };
+    CompileCommand {
+        directory: PathBuf::from(swap(&cmd.directory.display().to_string())),
+        arguments: cmd.arguments.iter().map(|a| swap(a)).collect(),
+        file: PathBuf::from(swap(&cmd.file.display().to_string())),
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -457,6 +491,38 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn paths_of_the_original_tree_become_the_copys() {
+        let c = CompileCommand {
+            directory: PathBuf::from("/src/p/build"),
+            arguments: s(&[
+                "cc",
+                "-I/src/p/include",
+                "-I/src/p2/x",
+                "-I/x/src/p",
+                "-DP=/src/p:/src/p/y",
+                "-c",
+                "/src/p/a.c",
+            ]),
+            file: PathBuf::from("/src/p/a.c"),
+        };
+        let r = rebase(&c, Path::new("/src/p"), Path::new("/cache/tree"));
+        assert_eq!(r.directory, PathBuf::from("/cache/tree/build"));
+        assert_eq!(
+            r.arguments,
+            s(&[
+                "cc",
+                "-I/cache/tree/include",
+                "-I/src/p2/x",
+                "-I/x/src/p",
+                "-DP=/cache/tree:/cache/tree/y",
+                "-c",
+                "/cache/tree/a.c"
+            ])
+        );
+        assert_eq!(r.file, PathBuf::from("/cache/tree/a.c"));
     }
 
     #[test]
