@@ -153,7 +153,8 @@ def build_patch(name, proj, fix, tree, patches):
         cmd += ["--compile-commands", str(tree / proj["compile_commands"])]
     else:
         cmd += ["--build", proj.get("rebuild", "make -j2")]
-    env = dict(os.environ, RLIVEPATCH_CACHE=str(CACHE / "rlivepatch-cache"))
+    # The rebuild runs in the environment the pristine build ran in.
+    env = dict(tools_env(), RLIVEPATCH_CACHE=str(CACHE / "rlivepatch-cache"))
     t0 = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     secs = time.time() - t0

@@ -1,0 +1,3 @@
+# libpng 1.6.39: the release tarball's configure (no autoreconf), shared library only.
+./configure --prefix=/usr --disable-static
+make -j2
