@@ -524,9 +524,12 @@ fn hunks_of_files_no_build_reads_may_not_apply() {
     let fix =
         std::fs::read_to_string(root().join("fixtures/project/diffs/jump-table.diff")).unwrap();
     let d = src.with_extension("with-notes.diff");
+    // A test the fix adds, in a directory of its own.
     std::fs::write(
         &d,
-        format!("{fix}--- a/NOTES\n+++ b/NOTES\n@@ -1 +1 @@\n-other notes\n+new notes\n"),
+        format!(
+            "{fix}--- a/NOTES\n+++ b/NOTES\n@@ -1 +1 @@\n-other notes\n+new notes\n--- /dev/null\n+++ b/tests/cases/route.test\n@@ -0,0 +1 @@\n+route 2 5 = 105\n"
+        ),
     )
     .unwrap();
     let out = src.with_extension("so");

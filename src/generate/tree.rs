@@ -134,6 +134,24 @@ fn named_paths(text: &str) -> Vec<String> {
     out
 }
 
+/// The paths of the files a diff creates (`--- /dev/null`), as `+++ ` names them.
+fn created_paths(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut from_null = false;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("--- ") {
+            from_null = rest.split('\t').next().unwrap_or(rest).trim_end() == "/dev/null";
+        } else if let Some(rest) = line.strip_prefix("+++ ") {
+            if from_null {
+                let p = rest.split('\t').next().unwrap_or(rest).trim_end();
+                out.push(p.trim_matches('"').to_string());
+            }
+            from_null = false;
+        }
+    }
+    out
+}
+
 fn strip_components(p: &str, n: usize) -> Option<PathBuf> {
     let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
     (parts.len() > n).then(|| parts[n..].iter().collect())
@@ -233,7 +251,7 @@ pub fn apply_series(diffs: &[PathBuf], tree: &Path, shown: &Path) -> Result<Appl
                 path.display()
             );
         }
-        let strip = strip_level(&names, tree).ok_or_else(|| {
+        let strip = strip_level(&names, &created_paths(&text), tree).ok_or_else(|| {
             err!(
                 Build,
                 "the diff {} names files that are not in {}{after} ({}); check --source (the tree the binary was built from)",
@@ -319,18 +337,22 @@ pub fn apply_series(diffs: &[PathBuf], tree: &Path, shown: &Path) -> Result<Appl
     Ok(out)
 }
 
-/// The strip level (`patch -pN`) whose paths name files of `tree`; for a diff that only
-/// adds files, one that puts them in directories of the tree.
-fn strip_level(names: &[String], tree: &Path) -> Option<usize> {
+/// The strip level (`patch -pN`) whose paths name files of `tree`: every file the diff
+/// changes exists there (or, for a diff that only adds files, their directories do);
+/// files it creates may come with directories of their own.
+fn strip_level(names: &[String], created: &[String], tree: &Path) -> Option<usize> {
     for need_existing in [true, false] {
         for strip in [1, 0, 2, 3, 4] {
-            let files: Option<Vec<PathBuf>> =
-                names.iter().map(|n| strip_components(n, strip)).collect();
+            let files: Option<Vec<(PathBuf, bool)>> = names
+                .iter()
+                .map(|n| strip_components(n, strip).map(|p| (p, created.contains(n))))
+                .collect();
             let Some(files) = files else { continue };
-            let fits = files.iter().all(|f| {
+            // A file the diff creates fits anywhere (patch makes its directories).
+            let fits = files.iter().all(|(f, new)| {
                 let p = tree.join(f);
-                p.exists() || p.parent().is_some_and(|d| d.is_dir())
-            }) && (!need_existing || files.iter().any(|f| tree.join(f).exists()));
+                *new || p.exists() || p.parent().is_some_and(|d| d.is_dir())
+            }) && (!need_existing || files.iter().any(|(f, _)| tree.join(f).exists()));
             if fits {
                 return Some(strip);
             }

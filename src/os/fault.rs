@@ -9,6 +9,8 @@
 //! start, on stderr (what the benchmarks' profile uses). `RLIVEPATCH_FAULT=no-preserve`
 //! turns the preserving path off (see `crate::remote::preserve`), and `narrow-vectors` has it keep
 //! only the low halves of vector registers, for tests that show the hazards they prevent.
+//! `RLIVEPATCH_FAULT=fail:<step>` makes that step fail once, as a refusing system would
+//! ([`fails`]).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -88,6 +90,24 @@ pub fn point(name: &str) {
             libc::raise(libc::SIGKILL);
         },
     }
+}
+
+/// Should the step at point `name` fail, as if the system had refused it
+/// (`RLIVEPATCH_FAULT=fail:<name>`)? True the first time only: the test proves what a
+/// failure leaves, and that what comes after it (undoing, cleaning up) still works.
+pub fn fails(name: &str) -> bool {
+    static FAILED: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
+    let c = config();
+    if !c.fault.iter().any(|f| f.strip_prefix("fail:") == Some(name)) {
+        return false;
+    }
+    let mut done = FAILED.get_or_init(Default::default).lock().unwrap();
+    if done.iter().any(|d| d == name) {
+        return false;
+    }
+    done.push(name.to_string());
+    trace_line(c, &format!("failing {name}"));
+    true
 }
 
 /// Is the test switch `name` on (`RLIVEPATCH_FAULT` names it)? `no-preserve` turns the
