@@ -261,8 +261,12 @@ impl<'a> StackMem<'a> {
         Self::read(proc, sp, end)
     }
 
+    /// The 8 bytes at `addr`. A frame of garbage may give any address at all: one whose
+    /// 8 bytes would wrap around the address space is none.
     fn u64_at(&self, addr: u64) -> Option<u64> {
-        if addr >= self.base && addr + 8 <= self.base + self.bytes.len() as u64 {
+        let end = addr.checked_add(8)?;
+        let have = self.base.saturating_add(self.bytes.len() as u64);
+        if addr >= self.base && end <= have {
             let o = (addr - self.base) as usize;
             return Some(u64::from_le_bytes(self.bytes[o..o + 8].try_into().unwrap()));
         }
@@ -358,7 +362,7 @@ impl Unwinder {
                         ra_slot: Some(slot),
                         signal: false,
                     });
-                    r[RSP as usize] = Some(slot + 8);
+                    r[RSP as usize] = slot.checked_add(8);
                     pc = ra;
                     exact = false;
                     continue;
@@ -845,4 +849,30 @@ pub fn fde_range(file: &ElfFile, vaddr: u64) -> Option<(u64, u64)> {
     let i = idx.partition_point(|e| e.0 <= vaddr);
     let e = idx.get(i.checked_sub(1)?)?;
     (vaddr < e.1).then_some((e.0, e.1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_garbage_frame_reads_nothing_near_the_ends_of_the_address_space() {
+        let proc = Process::open(std::process::id() as i32).unwrap();
+        let mem = StackMem {
+            base: 0x1000,
+            bytes: vec![7u8; 64],
+            proc: &proc,
+        };
+        assert_eq!(mem.u64_at(0x1000), Some(0x0707_0707_0707_0707));
+        for addr in [u64::MAX, u64::MAX - 3, u64::MAX - 7, 0, 8] {
+            assert_eq!(mem.u64_at(addr), None, "{addr:#x}");
+        }
+        let high = StackMem {
+            base: u64::MAX - 15,
+            bytes: vec![1u8; 16],
+            proc: &proc,
+        };
+        assert_eq!(high.u64_at(u64::MAX - 15), Some(0x0101_0101_0101_0101));
+        assert_eq!(high.u64_at(u64::MAX - 3), None);
+    }
 }

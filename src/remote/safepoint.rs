@@ -253,7 +253,7 @@ pub fn judge(
     if !top.is_empty() {
         let names: Vec<Option<String>> = top
             .iter()
-            .map(|f| name(if f.exact { f.pc } else { f.pc - 1 }))
+            .map(|f| name(if f.exact { f.pc } else { f.pc.wrapping_sub(1) }))
             .collect();
         let blocking = names
             .iter()
@@ -287,12 +287,12 @@ pub fn judge(
         if !in_obj(libc, f.pc) {
             continue;
         }
-        match name(f.pc - 1) {
+        match name(f.pc.wrapping_sub(1)) {
             Some(nm) if BASE.contains(&nm.as_str()) => {}
             None if i + 2 >= n
                 || frames[i + 1..]
                     .iter()
-                    .any(|g| name(g.pc - 1).is_some_and(|x| BASE.contains(&x.as_str()))) => {}
+                    .any(|g| name(g.pc.wrapping_sub(1)).is_some_and(|x| BASE.contains(&x.as_str()))) => {}
             Some(nm) => return Err(format!("called back from {nm} in the C library").into()),
             None => return Err("called back from inside the C library".into()),
         }
