@@ -74,6 +74,9 @@ pub enum Cause {
     Permission,
     /// A file, object or symbol that was named does not exist.
     NotFound,
+    /// Threads may still run code in rlivepatch's memory in the target (a return
+    /// trampoline that could not be taken away): it must stay mapped.
+    ScratchInUse,
 }
 
 /// Why `rlivepatch build` refused a change ([`ErrorKind::Refused`]): the class of the

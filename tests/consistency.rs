@@ -360,3 +360,30 @@ fn a_program_without_unwind_tables_is_refused_at_once_and_forced() {
     }
     assert_eq!(t.read_mem(entry, 16), before.code);
 }
+
+/// A switch that gives up while one thread it caught at a return is held and another is
+/// still inside the function, and taking a trampoline away fails: every other thread's
+/// trampoline is still taken away before rlivepatch's memory goes (a thread returning
+/// into memory that is gone would crash).
+#[test]
+fn a_failed_release_of_a_caught_thread_leaves_no_thread_returning_into_nothing() {
+    let p = fix("handler", "long ms", sleep_body());
+    let mut t = Target::start(&cons(), &["loop2", "3000"]);
+    let pid = t.pid.to_string();
+    t.wait_line(|l| l.ends_with("ms=3000"), T);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &pid, p.to_str().unwrap(), "--timeout", "2"])
+        .env("RLIVEPATCH_FAULT", "fail:catch:release")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    // The long sleeper returns from the call it was in when the switch gave up, and goes
+    // on: twice, so that its return went through its own code.
+    t.next_lines(0);
+    t.wait_line(|l| l.ends_with("ms=3000"), T);
+    t.wait_line(|l| l.ends_with("ms=3000"), T);
+    t.assert_running();
+    assert!(t.rlivepatch_maps().is_empty(), "{:?}", t.rlivepatch_maps());
+    assert!(rlp_ok(&["list", &pid]).contains("no patches applied"));
+}

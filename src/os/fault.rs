@@ -98,7 +98,11 @@ pub fn point(name: &str) {
 pub fn fails(name: &str) -> bool {
     static FAILED: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
     let c = config();
-    if !c.fault.iter().any(|f| f.strip_prefix("fail:") == Some(name)) {
+    if !c
+        .fault
+        .iter()
+        .any(|f| f.strip_prefix("fail:") == Some(name))
+    {
         return false;
     }
     let mut done = FAILED.get_or_init(Default::default).lock().unwrap();

@@ -252,6 +252,9 @@ pub struct Injector {
     pub leaked: bool,
     /// Longest time one call may take.
     pub call_timeout: Duration,
+    /// The thread was judged at a safe point for the loader and the C library (else it
+    /// runs system calls only).
+    pub safe: bool,
 }
 
 enum Outcome {
@@ -282,6 +285,7 @@ impl Injector {
             ran: false,
             leaked: false,
             call_timeout: Duration::from_secs(10),
+            safe: false,
         })
     }
 

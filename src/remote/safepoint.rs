@@ -290,9 +290,9 @@ pub fn judge(
         match name(f.pc.wrapping_sub(1)) {
             Some(nm) if BASE.contains(&nm.as_str()) => {}
             None if i + 2 >= n
-                || frames[i + 1..]
-                    .iter()
-                    .any(|g| name(g.pc.wrapping_sub(1)).is_some_and(|x| BASE.contains(&x.as_str()))) => {}
+                || frames[i + 1..].iter().any(|g| {
+                    name(g.pc.wrapping_sub(1)).is_some_and(|x| BASE.contains(&x.as_str()))
+                }) => {}
             Some(nm) => return Err(format!("called back from {nm} in the C library").into()),
             None => return Err("called back from inside the C library".into()),
         }

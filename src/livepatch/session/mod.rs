@@ -155,9 +155,30 @@ impl<'a> Session<'a> {
     /// Borrow a thread for injected calls, mapping rlivepatch's memory on first use.
     /// Only the thread tried is stopped; the others keep running.
     pub fn borrow(&mut self) -> Result<()> {
+        if self.inj.as_ref().is_some_and(|i| i.safe) {
+            return Ok(());
+        }
+        // A thread borrowed for system calls only is given back for one at a safe point.
+        self.unborrow()?;
+        crate::os::fault::trace("borrow");
+        let tid = self.pick_thread()?;
+        crate::os::fault::trace("borrowed");
+        self.borrow_tid(tid, true)
+    }
+
+    /// Borrow a thread for system calls only (mapping and unmapping, closing, writing the
+    /// record): any stopped thread will do, wherever it is, since a raw system call takes
+    /// no lock of the C library or the loader. What undoes and cleans up needs no more.
+    pub fn borrow_for_syscalls(&mut self) -> Result<()> {
         if self.inj.is_some() {
             return Ok(());
         }
+        let tid = self.pick_any_thread()?;
+        self.borrow_tid(tid, false)
+    }
+
+    /// Borrow the stopped thread `tid` (`safe`: it is at a safe point for the loader).
+    fn borrow_tid(&mut self, tid: Tid, safe: bool) -> Result<()> {
         let libc = match &self.libc {
             Some(l) => l.clone(),
             None => {
@@ -166,10 +187,6 @@ impl<'a> Session<'a> {
                 l
             }
         };
-        crate::os::fault::trace("borrow");
-        let tid = self.pick_thread()?;
-        crate::os::fault::trace("borrowed");
-
         // The others run during the calls: one of them may hold a lock the call needs.
         self.tr.resume_all_but(&[tid])?;
         self.last_borrowed = Some(tid);
@@ -185,6 +202,7 @@ impl<'a> Session<'a> {
                 .is_some_and(|s| !s.interrupting());
         let mut inj = Injector::borrow(&mut self.tr, tid, libc, rewind)?;
         inj.call_timeout = self.opts.call_timeout;
+        inj.safe = safe;
         let r = match self.scratch {
             Some(s) => inj.adopt_scratch(&self.proc, s),
             None => inj
@@ -216,7 +234,7 @@ impl<'a> Session<'a> {
 
     /// A system call in the target on the borrowed thread (borrowing one if needed).
     pub fn syscall(&mut self, nr: i64, args: &[u64]) -> Result<i64> {
-        self.borrow()?;
+        self.borrow_for_syscalls()?;
         self.inj.as_mut().unwrap().syscall(&mut self.tr, nr, args)
     }
 
@@ -371,7 +389,7 @@ impl<'a> Session<'a> {
     pub fn switch(&mut self, plan: &Plan) -> Result<transition::Report> {
         // Return trampolines live in rlivepatch's memory in the target.
         if self.scratch.is_none() && !self.opts.force && !plan.writes.is_empty() {
-            self.borrow()?;
+            self.borrow_for_syscalls()?;
         }
         self.unborrow()?;
         let opts = transition::Options {
@@ -408,7 +426,7 @@ impl<'a> Session<'a> {
             keep,
         };
         let progress = &mut self.progress;
-        transition::switch(&mut w, plan, &opts, &mut |p| {
+        let r = transition::switch(&mut w, plan, &opts, &mut |p| {
             let mut s = format!(
                 "waiting for a safe moment to switch (attempt {}, {:.1}s left):",
                 p.attempt,
@@ -419,7 +437,17 @@ impl<'a> Session<'a> {
                 s.push_str(&b.describe());
             }
             progress(&s);
-        })
+        });
+        if r.as_ref()
+            .is_err_and(|e| e.cause == crate::error::Cause::ScratchInUse)
+        {
+            // Threads return through trampolines there: it stays, for `repair`.
+            self.scratch = None;
+            if let Some(inj) = self.inj.as_mut() {
+                inj.scratch = None;
+            }
+        }
+        r
     }
 
     /// End the operation whose result is `r`: [`Session::close`], and the result. A
@@ -484,7 +512,7 @@ impl<'a> Session<'a> {
         self.tr.finishing = true;
         let mut first: Option<Error> = self.thaw().err();
         if self.scratch.is_some() {
-            if let Err(e) = self.borrow() {
+            if let Err(e) = self.borrow_for_syscalls() {
                 first.get_or_insert(e);
             }
             if let Some(inj) = self.inj.as_mut() {

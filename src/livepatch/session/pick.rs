@@ -42,6 +42,8 @@ impl Rank {
 
 /// Why a thread was not taken.
 enum Refusal {
+    /// It could not be looked at: gone, or it did not stop in time.
+    Unseen(String),
     /// Where it is makes it unfit (it may be fit later).
     Unfit(Unfit),
     /// Its seccomp filter would not let the injected calls through (for good).
@@ -51,6 +53,7 @@ enum Refusal {
 impl Refusal {
     fn why(&self) -> String {
         match self {
+            Refusal::Unseen(w) => w.clone(),
             Refusal::Unfit(u) => u.why.clone(),
             Refusal::Filtered(e) => e.message.clone(),
         }
@@ -104,10 +107,10 @@ impl Session<'_> {
             // The thread kept at a switch is gone: attach again.
             self.tr.reattach()?;
         }
-        for round in 0.. {
+        for round in 0u32.. {
             let (best, refusals) = self.pick_round()?;
             if best.is_none() {
-                self.refused_for_good(refusals.as_slice())?;
+                self.refused_for_good(refusals.as_slice(), round)?;
             }
             // Settle for less than a sleeping thread only after a few tries.
             match best {
@@ -139,6 +142,89 @@ impl Session<'_> {
         unreachable!()
     }
 
+    /// Choose a thread for system calls only ([`Session::borrow_for_syscalls`]): any
+    /// thread that is stopped where a call may begin (not entering a system call, no
+    /// signal waiting for it) and whose seccomp filter lets the calls through. Threads
+    /// stopped already come first, then threads asleep.
+    pub(super) fn pick_any_thread(&mut self) -> Result<Tid> {
+        let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
+        if self.tr.threads.is_empty() {
+            self.tr.reattach()?;
+        }
+        loop {
+            let mut refusals: Vec<(Tid, String)> = Vec::new();
+            let mut tids = self.tr.tids();
+            let pid = self.proc.pid;
+            let rank = |tr: &crate::os::ptrace::Tracer, t: Tid| {
+                let stopped = tr.threads.get(&t).is_some_and(|x| x.stop.is_some());
+                (
+                    !stopped,
+                    process::thread_state(pid, t) != Some('S'),
+                    t != pid,
+                    t,
+                )
+            };
+            tids.sort_by_key(|&t| rank(&self.tr, t));
+            for tid in tids {
+                let until = Instant::now() + Duration::from_secs(5);
+                let stopped = self.tr.stop_one(tid, until);
+                match stopped.and_then(|ok| Ok(ok && self.tr.step_off_entry(tid, until)?)) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        refusals.push((tid, "exited".into()));
+                        continue;
+                    }
+                    Err(e) => {
+                        refusals.push((tid, e.message));
+                        continue;
+                    }
+                }
+                match self.judge_thread_for_syscalls(tid)? {
+                    Ok(()) => return Ok(tid),
+                    Err(why) => {
+                        refusals.push((tid, why));
+                        let _ = self.tr.resume(tid);
+                    }
+                }
+            }
+            self.tr.check_interrupted()?;
+            if Instant::now() >= deadline {
+                let reasons: Vec<String> = refusals
+                    .iter()
+                    .map(|(t, w)| format!("thread {t}: {w}"))
+                    .collect();
+                bail!(
+                    Busy,
+                    "no thread of process {pid} can run a system call for rlivepatch ({}); retry",
+                    crate::fmt::names_or_none(&reasons)
+                );
+            }
+            if process::task_ids(pid).is_ok_and(|t| t.len() > self.tr.threads.len()) {
+                self.tr.reattach()?;
+            }
+            self.tr.pump(Instant::now() + Duration::from_millis(20))?;
+        }
+    }
+
+    /// Can the stopped thread `tid` run a system call for rlivepatch now?
+    fn judge_thread_for_syscalls(&mut self, tid: Tid) -> Result<std::result::Result<(), String>> {
+        let th = &self.tr.threads[&tid];
+        match th.stop {
+            Some(Stop::Interrupt) | Some(Stop::Group(_)) => {}
+            Some(Stop::Syscall) if !crate::os::ptrace::is_syscall_entry(tid)? => {}
+            Some(Stop::Syscall) => return Ok(Err("entering a system call".into())),
+            Some(Stop::Signal(sig)) => {
+                return Ok(Err(format!("stopped for {}", process::signal_name(sig))));
+            }
+            _ => return Ok(Err("stopped for a ptrace event".into())),
+        }
+        if th.pending_signal.is_some() {
+            return Ok(Err("a signal is waiting for it".into()));
+        }
+        let regs = self.tr.regs(tid)?;
+        Ok(crate::os::seccomp::check(self.proc.pid, tid, regs.rip).map_err(|e| e.message))
+    }
+
     /// One pass over the threads: the best found (kept stopped), and why the others
     /// were refused.
     #[allow(clippy::type_complexity)]
@@ -157,8 +243,18 @@ impl Session<'_> {
                 continue;
             }
             let until = Instant::now() + Duration::from_secs(5);
-            if !self.tr.stop_one(tid, until)? || !self.tr.step_off_entry(tid, until)? {
-                continue;
+            let stopped = self.tr.stop_one(tid, until);
+            match stopped.and_then(|ok| Ok(ok && self.tr.step_off_entry(tid, until)?)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    refusals.push((tid, Refusal::Unseen("exited".into())));
+                    continue;
+                }
+                // Not stopped in time (a busy machine): the others may be better.
+                Err(e) => {
+                    refusals.push((tid, Refusal::Unseen(e.message)));
+                    continue;
+                }
             }
             let rank = match self.judge_thread(tid)? {
                 Ok(f) => Some(Rank::of(f, tid == self.proc.pid)),
@@ -225,11 +321,15 @@ impl Session<'_> {
 
     /// Every thread judged was refused for a cause that does not pass with time: say
     /// so now, not after the timeout.
-    fn refused_for_good(&self, refusals: &[(Tid, Refusal)]) -> Result<()> {
+    fn refused_for_good(&self, refusals: &[(Tid, Refusal)], round: u32) -> Result<()> {
+        let refusals: Vec<&(Tid, Refusal)> = refusals
+            .iter()
+            .filter(|(_, r)| !matches!(r, Refusal::Unseen(_)))
+            .collect();
         if refusals.is_empty() {
             return Ok(());
         }
-        if let Some((_, Refusal::Filtered(e))) = refusals.first()
+        if let Some((_, Refusal::Filtered(e))) = refusals.first().copied()
             && refusals
                 .iter()
                 .all(|(_, r)| matches!(r, Refusal::Filtered(_)))
@@ -237,10 +337,12 @@ impl Session<'_> {
             return Err(e.clone());
         }
         // Stacks that stop at code without unwind information (a program built without
-        // unwind tables): the consistency check could not pass either.
-        if refusals
-            .iter()
-            .all(|(_, r)| matches!(r, Refusal::Unfit(u) if u.no_unwind_info))
+        // unwind tables): the consistency check could not pass either. Not at once: a
+        // thread may pass through code without it (a library's _init while it loads).
+        if round >= 3
+            && refusals
+                .iter()
+                .all(|(_, r)| matches!(r, Refusal::Unfit(u) if u.no_unwind_info))
         {
             bail!(
                 Busy,

@@ -80,14 +80,30 @@ pub(super) fn quick_catch(
     }
 }
 
+/// Give up with `e`: the world stopped, every trampoline taken away. Threads that keep a
+/// trampoline (one could not be taken away) still return through rlivepatch's memory:
+/// the error then says so, and that memory stays mapped.
 pub(super) fn finish_err<T>(
     w: &mut World,
     planted: &mut BTreeMap<Tid, Planted>,
     e: Error,
 ) -> Result<T> {
-    w.tr.stop_all(Instant::now() + Duration::from_secs(10))?;
-    release_all(w, planted)?;
-    Err(e)
+    let kept: Vec<Tid> = planted.keys().copied().collect();
+    let cleared =
+        w.tr.stop_all(Instant::now() + Duration::from_secs(10))
+            .and_then(|()| release_all(w, planted));
+    match cleared {
+        Ok(()) => Err(e),
+        Err(r) => Err(crate::err!(
+            Incomplete,
+            "{}; and taking the return trampolines away from threads {} failed ({}): rlivepatch's memory stays mapped until they have returned; run `rlivepatch repair {}` later",
+            e.message,
+            kept.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "),
+            r.message,
+            w.proc.pid
+        )
+        .because(crate::error::Cause::ScratchInUse)),
+    }
 }
 
 /// Remove every trampoline. The world must be stopped.
@@ -128,6 +144,12 @@ pub(super) fn plant(
 /// at the marker, or anywhere in it) continues at the real return address with its
 /// `%rax`; a thread that has not gets its return address back.
 pub(super) fn release(w: &mut World, s: &Scratch, tid: Tid, p: &Planted) -> Result<()> {
+    if crate::os::fault::fails("catch:release") {
+        bail!(
+            Failed,
+            "taking the return trampoline away from thread {tid} failed"
+        );
+    }
     let Some(th) = w.tr.threads.get_mut(&tid) else {
         return Ok(());
     };

@@ -75,10 +75,8 @@ pub fn switch(
 enum Ended {
     /// Switched.
     Done(Report),
-    /// Given up: the trampolines are taken away, then the error.
+    /// Given up: every trampoline is taken away (with the world stopped), then the error.
     Undo(Error),
-    /// Given up while taking a trampoline away: the error as it is.
-    Raw(Error),
 }
 
 /// A round of waiting: it goes on while threads keep being caught, the caught ones held
@@ -152,7 +150,7 @@ impl<'s, 'a> Switch<'s, 'a> {
             }
             self.tell(now, &blockers, progress);
             if let Err(e) = self.plant_returns(&blockers) {
-                return Ended::Raw(e);
+                return Ended::Undo(e);
             }
             crate::os::fault::point("switch:planted");
             match self.try_quick_catch(&first, &blockers) {
@@ -266,8 +264,9 @@ impl<'s, 'a> Switch<'s, 'a> {
             if self.planted.get(&b.tid).is_some_and(|p| p.slot == slot) {
                 continue;
             }
-            if let Some(old) = self.planted.remove(&b.tid) {
-                catch::release(self.w, &s, b.tid, &old)?;
+            if let Some(old) = self.planted.get(&b.tid) {
+                catch::release(self.w, &s, b.tid, old)?;
+                self.planted.remove(&b.tid);
             }
             let Some(index) =
                 (0..MAX_TRAMPOLINES).find(|i| !self.planted.values().any(|p| p.index == *i))
@@ -349,11 +348,13 @@ impl<'s, 'a> Switch<'s, 'a> {
                 .tr
                 .stop_all(Instant::now() + Duration::from_secs(10))
                 .map_err(Ended::Undo)?;
+            // A thread leaves the planted set only once its trampoline is gone: the end
+            // of a switch given up takes away those that are left.
             for tid in self.parked() {
-                let p = self.planted.remove(&tid).unwrap();
                 if let Some(s) = self.w.scratch {
-                    catch::release(self.w, &s, tid, &p).map_err(Ended::Raw)?;
+                    catch::release(self.w, &s, tid, &self.planted[&tid]).map_err(Ended::Undo)?;
                 }
+                self.planted.remove(&tid);
             }
         }
         Ok(())
@@ -403,7 +404,6 @@ impl<'s, 'a> Switch<'s, 'a> {
                 Ok(r)
             }
             Ended::Undo(e) => catch::finish_err(self.w, &mut self.planted, e),
-            Ended::Raw(e) => Err(e),
         }
     }
 }
