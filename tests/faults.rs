@@ -115,3 +115,27 @@ fn sigkill_at_random_moments() {
     );
     assert!(failures.is_empty(), "seed {seed}: {failures:#?}");
 }
+
+/// A write of the switch that fails after some of its bytes landed (one across a page it
+/// may not write): those bytes go back too, with every write before it; the process runs
+/// its original code.
+#[test]
+fn a_write_cut_short_leaves_the_entry_as_it_was() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let fix = patch("counter-fix");
+    let mut t = Target::start(&exe, &["2"]);
+    let pid = t.pid.to_string();
+    let (at, before) = t.snapshot_of("counter-pie", "compute");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &pid, fix.to_str().unwrap()])
+        .env("RLIVEPATCH_FAULT", "fail:switch:write")
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    t.assert_untouched(&before, at);
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 + 1,
+        "original",
+    );
+}

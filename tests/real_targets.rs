@@ -640,3 +640,46 @@ fn debians_python_built_with_lto_and_pgo() {
     assert_eq!(t.stable_maps(), before);
     t.assert_running();
 }
+
+/// The reference to a library rlivepatch takes to find its thread-local storage
+/// (`dlopen(RTLD_NOLOAD)`) is given back even when the next step fails: the program can
+/// still unload the library.
+#[test]
+fn a_failed_lookup_of_thread_local_storage_keeps_no_reference_to_the_library() {
+    let host = cc(
+        "plugin-host",
+        &[
+            "-O2",
+            "-fomit-frame-pointer",
+            "fixtures/plugin-host.c",
+            "-pthread",
+            "-ldl",
+        ],
+    );
+    let lib = cc(
+        "libplugin.so",
+        &["-shared", "-fPIC", "-O2", "fixtures/plugin.c"],
+    );
+    let fix = patch_src(
+        "plugin-tls",
+        "#include <rlivepatch.h>\nRLIVEPATCH_TLS(long, calls, \"plugin_calls\", \"libplugin.so\");\nstatic int f(int x) { (*calls())++; return 7 * x; }\nRLIVEPATCH_FUNC_IN(\"libplugin.so\", plugin_value, f);\n",
+    );
+    let mut t = Target::start_with_stdin(&host, &["5"]);
+    let pid = t.pid.to_string();
+    t.send(&format!("load {}", lib.display()));
+    t.wait_line(|l| l.starts_with("loaded"), T);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &pid, s(&fix)])
+        .env("RLIVEPATCH_FAULT", "fail:tls:dlinfo")
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(t.rlivepatch_maps().is_empty(), "{:?}", t.rlivepatch_maps());
+    t.send("unload");
+    t.wait_line(|l| l == "unloaded", T);
+    assert!(
+        !t.maps().contains("libplugin.so"),
+        "the library stayed loaded"
+    );
+    t.assert_running();
+}

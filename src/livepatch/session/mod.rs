@@ -332,10 +332,18 @@ impl<'a> Session<'a> {
                 object.unwrap_or("the executable")
             );
         }
-        let out = self.inj.as_mut().unwrap().put_data(&self.proc, &[0u8; 8])?;
-        let r = self.call(dlinfo, &[handle, RTLD_DI_TLS_MODID, out], "dlinfo")?;
-        let module = self.proc.read_u64(out)?;
-        self.inj.as_mut().unwrap().dlclose(&mut self.tr, handle)?;
+        // The reference dlopen took is given back whatever happens next.
+        let asked = (|| -> Result<(u64, u64)> {
+            let out = self.inj.as_mut().unwrap().put_data(&self.proc, &[0u8; 8])?;
+            if crate::os::fault::fails("tls:dlinfo") {
+                bail!(Failed, "dlinfo in process {} failed", self.proc.pid);
+            }
+            let r = self.call(dlinfo, &[handle, RTLD_DI_TLS_MODID, out], "dlinfo")?;
+            Ok((r, self.proc.read_u64(out)?))
+        })();
+        let closed = self.inj.as_mut().unwrap().dlclose(&mut self.tr, handle);
+        let (r, module) = asked?;
+        closed?;
         if r as u32 != 0 || module == 0 {
             bail!(
                 Failed,

@@ -32,23 +32,38 @@ pub fn write_all(proc: &Process, writes: &[Write]) -> Result<()> {
     for run in &runs {
         let start = run[0].addr;
         let end = run.iter().map(|w| w.addr + len(w)).max().unwrap();
-        let r = write_run(proc, run, start, end);
-        match r {
-            Ok(before) => done.push((start, before)),
-            Err(e) => {
-                for (addr, bytes) in done.iter().rev() {
-                    let _ = proc.write(*addr, bytes);
-                }
-                return Err(e);
+        let written = prepare_run(proc, run, start, end).and_then(|(before, after)| {
+            // A write can fail after some of its bytes landed (one that crosses into a
+            // page it may not write): the run's own bytes go back too.
+            done.push((start, before));
+            write_span(proc, start, &after)
+        });
+        if let Err(e) = written {
+            for (addr, bytes) in done.iter().rev() {
+                let _ = proc.write(*addr, bytes);
             }
+            return Err(e);
         }
     }
     Ok(())
 }
 
-/// One run: check that each write finds the bytes it expects, write the span, read it
-/// back. Returns the span's bytes before.
-fn write_run(proc: &Process, run: &[&Write], start: u64, end: u64) -> Result<Vec<u8>> {
+/// Write `bytes` at `start`.
+fn write_span(proc: &Process, start: u64, bytes: &[u8]) -> Result<()> {
+    if crate::os::fault::fails("switch:write") {
+        // As a write cut short: its first byte landed.
+        proc.write(start, &bytes[..1])?;
+        bail!(
+            Failed,
+            "writing the entry at {start:#x} failed after its first byte"
+        );
+    }
+    proc.write(start, bytes)
+}
+
+/// One run: check that each write finds the bytes it expects. Returns the span's bytes
+/// before and after the writes.
+fn prepare_run(proc: &Process, run: &[&Write], start: u64, end: u64) -> Result<(Vec<u8>, Vec<u8>)> {
     let before = crate::elf::objects::read_code(proc, start, (end - start) as usize)?;
     let mut after = before.clone();
     for w in run {
@@ -76,6 +91,5 @@ fn write_run(proc: &Process, run: &[&Write], start: u64, end: u64) -> Result<Vec
         }
         after[off..off + w.new.len()].copy_from_slice(&w.new);
     }
-    proc.write(start, &after)?;
-    Ok(before)
+    Ok((before, after))
 }
