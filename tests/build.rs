@@ -651,3 +651,21 @@ fn a_fix_that_compiles_to_the_same_code_says_so() {
         "{line}"
     );
 }
+
+/// A changed function that calls another changed one of the library through the GOT (a
+/// build with -fno-plt): the call reaches the patch's new code, as a direct call does.
+#[test]
+fn a_call_through_the_got_to_a_changed_function_reaches_its_new_code() {
+    let src = project("got-call", &["CFLAGS=-O2 -g -Wall -fno-plt"]);
+    let (out, report) = made_with(
+        &src,
+        &["calls-calc"],
+        "libcalc.so",
+        &["--build", "make CFLAGS='-O2 -g -Wall -fno-plt'"],
+    );
+    assert_eq!(why(&report, "calc_twice"), "the diff changed it");
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    assert_eq!(ask(&mut t, "twice 1"), "twice 1 = 21");
+    rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    assert_eq!(ask(&mut t, "twice 1"), "twice 1 = 42");
+}

@@ -261,9 +261,12 @@ pub fn plan(
                 }
             };
             let sym = &q.symbols[index];
-            let code_ref = matches!(r.r_type, c::R_PLT32 | c::R_PC32)
-                && sec.is_text()
-                && is_branch(sec, r.offset);
+            // A call or jump, direct or through the GOT (`call *f@GOTPCREL(%rip)`, as
+            // -fno-plt builds make): it reaches the function's code, not its address.
+            let code_ref = sec.is_text()
+                && ((matches!(r.r_type, c::R_PLT32 | c::R_PC32) && is_branch(sec, r.offset))
+                    || (matches!(r.r_type, c::R_GOTPCRELX | c::R_GOTPCREL)
+                        && is_indirect_branch(sec, r.offset)));
             // The address of a changed function names the original entry. A place inside
             // it (a jump table's entry, a label's address) is the patch's own code: the
             // table goes with the function it belongs to.
@@ -384,6 +387,14 @@ fn is_branch(sec: &super::relobj::Sec, off: u64) -> bool {
     let o = off as usize;
     (o >= 1 && matches!(d[o - 1], 0xe8 | 0xe9))
         || (o >= 2 && d[o - 2] == 0x0f && (0x80..=0x8f).contains(&d[o - 1]))
+}
+
+/// Is the relocated field at `off` the displacement of `call *disp32(%rip)` or
+/// `jmp *disp32(%rip)`?
+fn is_indirect_branch(sec: &super::relobj::Sec, off: u64) -> bool {
+    let d = &sec.data;
+    let o = off as usize;
+    o >= 2 && d[o - 2] == 0xff && matches!(d[o - 1], 0x15 | 0x25)
 }
 
 /// Is the relocated field at `off` the displacement of `lea disp32(%rip), %reg`?
