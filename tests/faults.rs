@@ -139,3 +139,26 @@ fn a_write_cut_short_leaves_the_entry_as_it_was() {
         "original",
     );
 }
+
+/// A read of the code that fails while the code is mapped as it was is that failure: not
+/// taken for a library unloaded meanwhile, and not retried as one.
+#[test]
+fn a_failed_read_of_mapped_code_is_no_dlclose() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let fix = patch("counter-fix");
+    let t = Target::start(&exe, &["2"]);
+    let (at, before) = t.snapshot_of("counter-pie", "compute");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &t.pid.to_string(), fix.to_str().unwrap()])
+        .env("RLIVEPATCH_FAULT", "fail:read_code")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        !err.contains("dlclose") && !err.contains("starting over"),
+        "{err}"
+    );
+    assert!(err.contains("Input/output error"), "{err}");
+    t.assert_untouched(&before, at);
+}

@@ -587,17 +587,36 @@ impl Objects {
 
 /// Read code at `addr`, saying so when the object holding it went away meanwhile, or is
 /// being mapped (the loader maps a new object's whole span from its file first: the pages
-/// past the file's end cannot be read until it is laid out).
+/// past the file's end cannot be read until it is laid out). A read that fails while the
+/// code is mapped as it was is that failure, not a dlclose.
 pub fn read_code(proc: &Process, addr: u64, len: usize) -> Result<Vec<u8>> {
-    proc.read(addr, len).map_err(|e| {
+    let read = if crate::os::fault::fails("read_code") {
+        Err(err!(
+            Failed,
+            "reading the memory of process {} at {addr:#x}: Input/output error",
+            proc.pid
+        ))
+    } else {
+        proc.read(addr, len)
+    };
+    read.map_err(|e| {
         if !proc.is_alive() {
-            e
-        } else {
-            err!(
-                Busy,
-                "the code at {addr:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry"
-            )
-            .because(crate::error::Cause::Churn)
+            return e;
         }
+        // Code that is there, mapped from a file and readable as code is: nothing came
+        // or went.
+        let laid_out = proc.maps().is_ok_and(|m| {
+            crate::os::process::mapping_at(&m, addr).is_some_and(|m| {
+                m.exec && m.path.starts_with('/') && addr + len as u64 <= m.end
+            })
+        });
+        if laid_out {
+            return e.context(format!("reading the code at {addr:#x}"));
+        }
+        err!(
+            Busy,
+            "the code at {addr:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry"
+        )
+        .because(crate::error::Cause::Churn)
     })
 }
