@@ -757,3 +757,42 @@ fn seccomp_filters_are_checked_before_any_injected_call() {
     assert!(e.contains("seccomp strict mode"), "{e}");
     t.assert_untouched(&snap, entry);
 }
+
+/// The only thread at a safe point for the loader is a worker that never allocated (the
+/// main thread sorts in the C library): the loader's allocations on it come from the main
+/// arena, and no malloc arena of its own is left behind.
+#[test]
+fn a_borrowed_thread_without_an_arena_leaves_no_arena() {
+    let exe = fixture("arena", "arena", &[]);
+    let fix = patch_src(
+        "arena-fix",
+        "#include <rlivepatch.h>\nstatic int v(int x) { return x + 1000; }\nRLIVEPATCH_FUNC(value, v);\nRLIVEPATCH_NAME(\"arena-fix\");\n",
+    );
+    let mut t = Target::start(&exe, &[]);
+    let pid = t.pid.to_string();
+    let arenas = |t: &Target| {
+        t.maps()
+            .lines()
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (a, b) = f[0].split_once('-').unwrap();
+                let size =
+                    u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap();
+                f.len() == 5 && size >= 16 << 20
+            })
+            .count()
+    };
+    let before = arenas(&t);
+    for _ in 0..3 {
+        rlp_ok(&["apply", &pid, s(&fix)]);
+        t.assert_settled(1, |l| field(l, "value") == field(l, "k") + 1000, "patched");
+        rlp_ok(&["disable", &pid, "arena-fix"]);
+        t.assert_settled(1, |l| field(l, "value") == field(l, "k") + 1, "original");
+    }
+    assert_eq!(
+        arenas(&t),
+        before,
+        "a malloc arena was left behind:\n{}",
+        t.maps()
+    );
+}

@@ -93,6 +93,9 @@ pub struct Libc {
     pub dlclose: u64,
     /// `dlinfo` (for thread-local variables).
     pub dlinfo: Option<u64>,
+    /// The GOT slot holding the thread-pointer offset of malloc's `thread_arena` (the
+    /// arena a thread allocates from), when rlivepatch recognised it in `malloc`'s code.
+    pub thread_arena_slot: Option<u64>,
 }
 
 impl Libc {
@@ -146,6 +149,14 @@ impl Libc {
         if dl.0.is_none() {
             dl = (func("__libc_dlopen_mode"), None, func("__libc_dlclose"));
         }
+        let thread_arena_slot = ["__libc_malloc", "malloc"]
+            .iter()
+            .find_map(|n| find_function(&file, n, 0).ok())
+            .and_then(|s| {
+                let code = file.bytes_at(s.value, s.size.min(1024) as usize)?;
+                thread_arena_slot(code, s.value)
+            })
+            .map(|v| v + bias);
         match dl {
             (Some(dlopen), dlerror, Some(dlclose)) => Ok(Libc {
                 syscall_fn,
@@ -154,6 +165,7 @@ impl Libc {
                 dlerror,
                 dlclose,
                 dlinfo,
+                thread_arena_slot,
             }),
             _ => bail!(
                 Target,
@@ -161,6 +173,42 @@ impl Libc {
             ),
         }
     }
+}
+
+/// In glibc's `malloc` code (at file address `ip`), the GOT slot of `thread_arena`'s
+/// thread-pointer offset: the initial-exec load `mov slot(%rip), %a; mov %fs:(%a), %b`
+/// whose value is tested and then locked (`lock cmpxchg` on `0(%b)`: an arena's first
+/// field is its mutex). `None` when the code does not have that shape.
+fn thread_arena_slot(code: &[u8], ip: u64) -> Option<u64> {
+    use iced_x86::{Code, Decoder, DecoderOptions, Register};
+    let insns: Vec<iced_x86::Instruction> = Decoder::with_ip(64, code, ip, DecoderOptions::NONE)
+        .into_iter()
+        .collect();
+    for (i, w) in insns.windows(2).enumerate() {
+        let (load, tls) = (&w[0], &w[1]);
+        if load.code() != Code::Mov_r64_rm64 || !load.is_ip_rel_memory_operand() {
+            continue;
+        }
+        let a = load.op0_register();
+        if tls.code() != Code::Mov_r64_rm64
+            || tls.segment_prefix() != Register::FS
+            || tls.memory_base() != a
+            || tls.memory_displacement64() != 0
+        {
+            continue;
+        }
+        let b = tls.op0_register();
+        let locked = insns[i + 2..].iter().take(6).any(|x| {
+            x.has_lock_prefix()
+                && x.mnemonic() == iced_x86::Mnemonic::Cmpxchg
+                && x.memory_base() == b
+                && x.memory_displacement64() == 0
+        });
+        if locked {
+            return Some(load.ip_rel_memory_address());
+        }
+    }
+    None
 }
 
 /// Is the signal a thread is stopped for a fault of its own code (raised by the kernel:
@@ -255,6 +303,9 @@ pub struct Injector {
     /// The thread was judged at a safe point for the loader and the C library (else it
     /// runs system calls only).
     pub safe: bool,
+    /// The thread's `thread_arena` slot, set to the main arena while it is borrowed
+    /// because it had none: reset to none when it is given back.
+    pub lent_arena: Option<u64>,
 }
 
 enum Outcome {
@@ -286,6 +337,7 @@ impl Injector {
             leaked: false,
             call_timeout: Duration::from_secs(10),
             safe: false,
+            lent_arena: None,
         })
     }
 
@@ -296,9 +348,12 @@ impl Injector {
 
     /// Give the thread back: its registers, XSAVE area and signal mask as they were. It
     /// stays stopped.
-    pub fn release(&mut self, tr: &mut Tracer) -> Result<()> {
+    pub fn release(&mut self, tr: &mut Tracer, proc: &Process) -> Result<()> {
         if self.leaked {
             return Ok(());
+        }
+        if let Some(slot) = self.lent_arena.take() {
+            proc.write(slot, &0u64.to_le_bytes())?;
         }
         if self.ran {
             tr.set_regs(self.tid, &self.ctx)?;

@@ -82,6 +82,8 @@ pub struct Session<'a> {
     /// Copies of objects patched by this run that the runtime's table must learn, by
     /// build-id and load bias ([`crate::livepatch::coming::adopt`]).
     pub adopted: Vec<(String, u64)>,
+    /// The main thread's malloc arena, once read.
+    main_arena: Option<u64>,
 }
 
 impl<'a> Session<'a> {
@@ -132,6 +134,7 @@ impl<'a> Session<'a> {
             progress,
             frozen: false,
             adopted: Vec::new(),
+            main_arena: None,
         })
     }
 
@@ -177,6 +180,44 @@ impl<'a> Session<'a> {
         self.borrow_tid(tid, false)
     }
 
+    /// A thread that never allocated has no malloc arena yet: the loader's allocations
+    /// on it would make glibc create one, which stays for the life of the process. Such a
+    /// thread allocates from the main arena while it is borrowed (glibc's `thread_arena`
+    /// set to the main thread's, and set back to none when it is given back). Returns the
+    /// slot it set.
+    fn lend_main_arena(&mut self, tid: Tid, libc: &Libc) -> Result<Option<u64>> {
+        let main = self.proc.pid;
+        let Some(slot) = libc.thread_arena_slot.filter(|_| tid != main) else {
+            return Ok(None);
+        };
+        let tpoff = self.proc.read_u64(slot)?;
+        let at = |regs: &crate::os::ptrace::Regs| regs.fs_base.wrapping_add(tpoff);
+        let mine = at(&self.tr.regs(tid)?);
+        if self.proc.read_u64(mine)? != 0 {
+            return Ok(None);
+        }
+        if self.main_arena.is_none() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let was_running = self.tr.threads.get(&main).is_some_and(|t| t.stop.is_none());
+            if self.tr.stop_one(main, deadline).unwrap_or(false) {
+                let regs = self.tr.regs(main);
+                if was_running {
+                    self.tr.resume(main)?;
+                }
+                if let Ok(r) = regs {
+                    self.main_arena = self.proc.read_u64(at(&r)).ok().filter(|a| *a != 0);
+                }
+            }
+        }
+        match self.main_arena {
+            Some(arena) => {
+                self.proc.write(mine, &arena.to_le_bytes())?;
+                Ok(Some(mine))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Borrow the stopped thread `tid` (`safe`: it is at a safe point for the loader).
     fn borrow_tid(&mut self, tid: Tid, safe: bool) -> Result<()> {
         let libc = match &self.libc {
@@ -203,6 +244,9 @@ impl<'a> Session<'a> {
         let mut inj = Injector::borrow(&mut self.tr, tid, libc, rewind)?;
         inj.call_timeout = self.opts.call_timeout;
         inj.safe = safe;
+        if safe {
+            inj.lent_arena = self.lend_main_arena(tid, &inj.libc)?;
+        }
         let r = match self.scratch {
             Some(s) => inj.adopt_scratch(&self.proc, s),
             None => inj
@@ -212,7 +256,7 @@ impl<'a> Session<'a> {
                 }),
         };
         if let Err(e) = r {
-            let _ = inj.release(&mut self.tr);
+            let _ = inj.release(&mut self.tr, &self.proc);
             return Err(e);
         }
         self.inj = Some(inj);
@@ -223,7 +267,7 @@ impl<'a> Session<'a> {
     pub fn unborrow(&mut self) -> Result<()> {
         if let Some(mut inj) = self.inj.take() {
             let leaked = inj.leaked;
-            inj.release(&mut self.tr)?;
+            inj.release(&mut self.tr, &self.proc)?;
             if leaked {
                 // A call still runs on the scratch stack: never unmap it.
                 self.scratch = None;
