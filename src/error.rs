@@ -125,6 +125,9 @@ pub struct Error {
     pub cause: Cause,
     /// For a refused build, the class of the reason.
     pub refusal: Option<Refusal>,
+    /// The cause alone, when the message also says what became of the process ("...;
+    /// the current step was undone"): for a message that has to say otherwise.
+    pub bare: Option<String>,
 }
 
 impl Error {
@@ -135,6 +138,7 @@ impl Error {
             message: message.into(),
             cause: Cause::Other,
             refusal: None,
+            bare: None,
         }
     }
 
@@ -150,6 +154,17 @@ impl Error {
     pub fn because(mut self, cause: Cause) -> Self {
         self.cause = cause;
         self
+    }
+
+    /// The same error, whose cause alone reads `bare`.
+    pub fn bare_cause(mut self, bare: impl Into<String>) -> Self {
+        self.bare = Some(bare.into());
+        self
+    }
+
+    /// The cause alone: the message without what it says became of the process.
+    pub fn cause_alone(&self) -> &str {
+        self.bare.as_deref().unwrap_or(&self.message)
     }
 
     /// Prefix the message with what was being done, keeping the kind.

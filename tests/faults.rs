@@ -162,3 +162,92 @@ fn a_failed_read_of_mapped_code_is_no_dlclose() {
     assert!(err.contains("Input/output error"), "{err}");
     t.assert_untouched(&before, at);
 }
+
+/// Run rlivepatch with `RLIVEPATCH_FAULT=fail:<step>` and `--json`.
+fn rlp_failing(step: &str, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(args)
+        .arg("--json")
+        .env("RLIVEPATCH_FAULT", format!("fail:{step}"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let json = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    (
+        o.status.code(),
+        json,
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+/// A disable whose switch happened but whose unload then fails is a disable: exit 0, the
+/// process runs its original code, the report names what stayed loaded; `repair` clears
+/// it, and the maps and fds are back where they were before the apply.
+#[test]
+fn a_failed_unload_after_the_switch_is_a_disable_with_a_leftover() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let fix = patch("counter-fix");
+    let mut t = Target::start(&exe, &["2"]);
+    let pid = t.pid.to_string();
+    let base = (t.stable_maps(), t.fd_count());
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
+        "patched",
+    );
+    let (code, json, err) = rlp_failing("unload", &["disable", &pid, "counter-fix"]);
+    assert_eq!(code, Some(0), "{err}");
+    let left = json["leftovers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(left.len(), 1, "{json}");
+    assert!(left[0].as_str().unwrap().contains("still loaded"), "{json}");
+    assert!(err.contains("rlivepatch repair"), "{err}");
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 + 1,
+        "original",
+    );
+    assert!(
+        t.maps().contains("rlp:counter-fix"),
+        "the leftover is not there to clear"
+    );
+    rlp_ok(&["repair", &pid]);
+    assert_eq!((t.stable_maps(), t.fd_count()), base);
+}
+
+/// An apply whose clean-up (unmapping rlivepatch's working memory) fails is an apply:
+/// exit 0 with the patch live, the mapping named as left; `repair` then clears it.
+#[test]
+fn a_failed_cleanup_after_an_apply_is_an_apply_with_a_leftover() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let fix = patch("counter-fix");
+    let mut t = Target::start(&exe, &["2"]);
+    let pid = t.pid.to_string();
+    let (code, json, err) = rlp_failing("unmap_scratch", &["apply", &pid, fix.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let left = json["leftovers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(left.len(), 1, "{json}");
+    assert!(
+        left[0].as_str().unwrap().contains("private mapping"),
+        "{json}"
+    );
+    assert!(!err.contains("killed"), "{err}");
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
+        "patched",
+    );
+    let with_patch = t.fd_count();
+    let scratch_maps = |t: &Target| {
+        t.maps()
+            .lines()
+            .filter(|l| l.contains("rlivepatch-scratch"))
+            .count()
+    };
+    let before_repair = scratch_maps(&t);
+    let o = rlp_ok(&["repair", &pid]);
+    assert!(o.contains("unmapped") || o.contains("mapping"), "{o}");
+    assert!(scratch_maps(&t) < before_repair, "repair left the mapping");
+    assert_eq!(t.fd_count(), with_patch);
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+}

@@ -202,6 +202,7 @@ fn record(c: &Candidate, result: Outcome, reason: String, ms: f64) -> ProcessRec
         patches: Vec::new(),
         switch_wait_ms: None,
         pause_ms: None,
+        leftovers: Vec::new(),
         duration_ms: ms,
     }
 }
@@ -260,6 +261,7 @@ fn one(
     }
     let pid = c.pid;
     let mut say = |line: &str| progress(&format!("pid {pid}: {line}"));
+    let mut leftovers = Vec::new();
     let result: Result<(
         Outcome,
         String,
@@ -276,6 +278,7 @@ fn one(
                         crate::fmt::plural(r.functions.len(), "function", "functions"),
                         r.elapsed_ms
                     );
+                    leftovers = r.leftovers;
                     (Outcome::Applied, why, Vec::new(), Some(r.switch))
                 })
             }
@@ -293,8 +296,10 @@ fn one(
             if !applied_names(pid).is_some_and(|n| n.contains(name)) {
                 Ok((Outcome::NotApplied, String::new(), Vec::new(), None))
             } else {
-                crate::ops::disable(pid, name, &opts, &mut say)
-                    .map(|r| (Outcome::Disabled, String::new(), Vec::new(), Some(r.switch)))
+                crate::ops::disable(pid, name, &opts, &mut say).map(|r| {
+                    leftovers = r.leftovers;
+                    (Outcome::Disabled, String::new(), Vec::new(), Some(r.switch))
+                })
             }
         }
         (Op::List, _) => crate::livepatch::store::read_record(pid).map(|(_, _, rec)| {
@@ -326,6 +331,7 @@ fn one(
             r.patches = patches;
             r.switch_wait_ms = switch.as_ref().map(|s| s.waited_ms);
             r.pause_ms = switch.map(|s| s.stopped_ms);
+            r.leftovers = leftovers;
             r
         }
         Err(e) => record(c, outcome_of(&e), e.message, ms(t0)),

@@ -112,6 +112,10 @@ pub struct ProcessRecord {
     /// How long the switch held the process's threads stopped, in ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause_ms: Option<f64>,
+    /// What tidying up after the operation left there (it took effect; `repair` clears
+    /// these).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<String>,
     /// How long its operation took, in ms.
     pub duration_ms: f64,
 }

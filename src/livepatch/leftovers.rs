@@ -40,7 +40,7 @@ impl Leftovers {
         }
         if !self.orphan_scratch.is_empty() {
             parts.push(format!(
-                "{} of a killed run",
+                "{} of rlivepatch that no run uses",
                 crate::fmt::plural(
                     self.orphan_scratch.len(),
                     "private mapping",

@@ -98,5 +98,5 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
             blockers,
         })
     })();
-    s.conclude(r)
+    s.conclude(r).map(|c| c.value)
 }

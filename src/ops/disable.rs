@@ -126,7 +126,15 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
         s.record.hook = None;
     }
     crate::os::fault::point("disable:switched");
-    let unloaded = finish(s, true)?;
+    // The patch is disabled now: what fails from here is left for `repair`, named in the
+    // report, and does not make the disable a failure.
+    let unloaded = finish(s, true).unwrap_or_else(|e| {
+        s.left(format!(
+            "finishing the disable after its switch failed ({}), so the record still says it is under way",
+            e.message
+        ));
+        false
+    });
     Ok((unloaded, report))
 }
 
@@ -208,15 +216,30 @@ pub fn finish(s: &mut Session, run_post_unpatch: bool) -> Result<bool> {
     s.record.pending = None;
     s.save_record()?;
     crate::os::fault::point("disable:committed");
-    // The hook forgets the patch before its code goes.
-    crate::livepatch::coming::settle(s)?;
-    for page in empty_pages {
-        s.syscall(libc::SYS_munmap, &[page, redirect::PAGE])?;
+    // The hook forgets the patch before its code goes; while it may still run it, the
+    // code stays loaded.
+    if let Err(e) = crate::livepatch::coming::settle(s) {
+        s.left(format!(
+            "the hook for objects that come was not told that {name} is gone ({}), so its code stays loaded",
+            e.message
+        ));
+        return Ok(false);
     }
+    crate::ops::apply::unmap_pages(s, &empty_pages);
     if unload {
-        s.unload(p.handle, p.fd)?;
-        s.unload_runtime_if_idle()?;
-        s.save_record()?;
+        if let Err(e) = s.unload(p.handle, p.fd) {
+            s.left(format!(
+                "patch {name} is disabled but its code is still loaded ({})",
+                e.message
+            ));
+            return Ok(false);
+        }
+        if let Err(e) = s.unload_runtime_if_idle().and_then(|()| s.save_record()) {
+            s.left(format!(
+                "the runtime is out of use but still loaded ({})",
+                e.message
+            ));
+        }
     } else {
         s.progress(&format!(
             "patch {name} was forced: its functions are restored, but its code stays loaded because a thread may still be inside it"

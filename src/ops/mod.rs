@@ -47,6 +47,10 @@ pub struct ApplyReport {
     /// stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
+    /// What tidying up after the switch left behind (the patch is applied); `repair`
+    /// clears it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<String>,
     /// Child processes running the same program, which this apply did not patch.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<i32>,
@@ -102,7 +106,8 @@ fn apply_once(
         .and_then(|()| {
             crate::ops::apply::run(&mut s, patch, &p.resolved, &coming, &p.symbols, &p.places)
         });
-    let (functions, replaced, report) = s.conclude(r).map_err(|e| continued(e, pid))?;
+    let done = s.conclude(r).map_err(|e| continued(e, pid))?;
+    let (functions, replaced, report) = done.value;
     let children = crate::os::process::same_program_children(pid);
     if let Some(n) = crate::os::process::children_note(pid, &children, "still run the old code") {
         progress(&n);
@@ -117,6 +122,7 @@ fn apply_once(
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
         stopped_by: stopped_note(pid, progress),
         children,
+        leftovers: done.leftovers,
     })
 }
 
@@ -137,6 +143,10 @@ pub struct DisableReport {
     /// stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_by: Option<String>,
+    /// What this run could not clean up after the patch was disabled (each a sentence
+    /// naming the thing and how to clear it); empty when nothing was left.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<String>,
 }
 
 /// After an operation that completed: if job control stopped the process meanwhile (it
@@ -179,7 +189,8 @@ pub fn disable(
     let mut s = Session::attach(proc, opts, progress)?;
     let r = crate::ops::repair::repair_if_needed(&mut s)
         .and_then(|()| crate::ops::disable::run(&mut s, name));
-    let (unloaded, report) = s.conclude(r).map_err(|e| continued(e, pid))?;
+    let done = s.conclude(r).map_err(|e| continued(e, pid))?;
+    let (unloaded, report) = done.value;
     Ok(DisableReport {
         pid,
         patch: name.to_string(),
@@ -187,6 +198,7 @@ pub fn disable(
         switch: report,
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
         stopped_by: stopped_note(pid, progress),
+        leftovers: done.leftovers,
     })
 }
 
@@ -197,5 +209,8 @@ pub fn repair(pid: i32, opts: &Options, progress: ProgressFn) -> Result<Vec<Stri
     // A repair brings the process to a consistent state: it is not interrupted midway.
     s.tr.finishing = true;
     let r = crate::ops::repair::repair(&mut s);
-    s.conclude(r)
+    let done = s.conclude(r)?;
+    let mut actions = done.value;
+    actions.extend(done.leftovers.into_iter().map(|l| format!("left: {l}")));
+    Ok(actions)
 }

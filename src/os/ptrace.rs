@@ -764,19 +764,22 @@ impl Tracer {
         // A request that came since the last wait is read now, not after the next one.
         self.read_signals();
         if let Some(sig) = self.interrupted {
-            bail!(
-                Interrupted,
-                "interrupted by {}; the current step was undone",
-                process::signal_name(sig)
+            let why = format!("interrupted by {}", process::signal_name(sig));
+            return Err(
+                crate::err!(Interrupted, "{why}; the current step was undone").bare_cause(why),
             );
         }
         if let Some(sig) = self.job_stop {
             let pid = self.pid;
-            bail!(
-                Stopped,
-                "process {pid} was stopped by {} (job control) while rlivepatch worked; the current step was undone and the process stays stopped, as job control asked; continue it (kill -CONT {pid}) and retry",
+            let why = format!(
+                "process {pid} was stopped by {} (job control) while rlivepatch worked",
                 process::signal_name(sig)
             );
+            return Err(crate::err!(
+                Stopped,
+                "{why}; the current step was undone and the process stays stopped, as job control asked; continue it (kill -CONT {pid}) and retry"
+            )
+            .bare_cause(why));
         }
         Ok(())
     }

@@ -84,6 +84,16 @@ pub struct Session<'a> {
     pub adopted: Vec<(String, u64)>,
     /// The main thread's malloc arena, once read.
     main_arena: Option<u64>,
+    /// What tidying up after the operation took effect left behind ([`Session::left`]).
+    leftovers: Vec<String>,
+}
+
+/// An operation's result, and what tidying up after it left behind.
+pub struct Concluded<T> {
+    /// The result.
+    pub value: T,
+    /// Leftovers, named (`repair` clears them).
+    pub leftovers: Vec<String>,
 }
 
 impl<'a> Session<'a> {
@@ -135,6 +145,7 @@ impl<'a> Session<'a> {
             frozen: false,
             adopted: Vec::new(),
             main_arena: None,
+            leftovers: Vec::new(),
         })
     }
 
@@ -401,6 +412,9 @@ impl<'a> Session<'a> {
 
     /// Unload an object loaded with [`Session::load`].
     pub fn unload(&mut self, handle: u64, fd: i32) -> Result<()> {
+        if crate::os::fault::fails("unload") {
+            bail!(Failed, "dlclose: Input/output error");
+        }
         self.borrow()?;
         let r = self.inj.as_mut().unwrap().dlclose(&mut self.tr, handle)?;
         self.syscall(libc::SYS_close, &[fd as u64])?;
@@ -502,25 +516,46 @@ impl<'a> Session<'a> {
         r
     }
 
-    /// End the operation whose result is `r`: [`Session::close`], and the result. A
-    /// cleanup that fails is never silent: after a success it is the error (the operation
-    /// is done, its leftovers are not); after a failure it is added to it, with what is
-    /// left in the process and the way to clean it.
-    pub fn conclude<T>(self, r: Result<T>) -> Result<T> {
+    /// Something left behind by a step that tidies up after the operation took effect
+    /// (an unload, an unmap): the operation stands; the leftover is named in its report
+    /// and `repair` clears it.
+    pub fn left(&mut self, what: String) {
+        (self.progress)(&format!(
+            "warning: {what}; run `rlivepatch repair {}` to clear it",
+            self.proc.pid
+        ));
+        self.leftovers.push(what);
+    }
+
+    /// End the operation whose result is `r`: [`Session::close`], and the result with
+    /// what was left behind. A clean-up that fails after a success does not make the
+    /// operation a failure (the process is as it says): its leftover is named; after a
+    /// failure it is added to the error, with what is left and the way to clean it.
+    pub fn conclude<T>(mut self, r: Result<T>) -> Result<Concluded<T>> {
         let pid = self.proc.pid;
         let start = self.proc.start_time;
-        let closed = self.close();
+        let mut leftovers = std::mem::take(&mut self.leftovers);
+        let closed = self.close_keeping_progress();
+        let (closed, say) = closed;
         let proc_alive = crate::os::process::alive(pid, start);
         match (r, closed) {
-            (r, Ok(())) => r,
+            (Ok(value), Ok(())) => Ok(Concluded { value, leftovers }),
             // Nothing is left in a process that is gone.
-            (r, Err(_)) if !proc_alive => r,
-            (Ok(_), Err(c)) => Err(crate::err!(
-                Incomplete,
-                "the operation is done, but cleaning up failed: {}{}; run `rlivepatch repair {pid}`",
-                c.message,
-                crate::livepatch::leftovers::left_in(pid, proc_alive)
-            )),
+            (Ok(value), Err(_)) if !proc_alive => Ok(Concluded { value, leftovers }),
+            (Err(e), Err(_)) if !proc_alive => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            (Ok(value), Err(c)) => {
+                let what = format!(
+                    "cleaning up failed ({}){}",
+                    c.message,
+                    crate::livepatch::leftovers::left_in(pid, proc_alive)
+                );
+                say(&format!(
+                    "warning: the operation is done, but {what}; run `rlivepatch repair {pid}` to clear it"
+                ));
+                leftovers.push(what);
+                Ok(Concluded { value, leftovers })
+            }
             (Err(e), Err(c)) => Err(crate::err!(
                 Incomplete,
                 "{}; and cleaning up failed: {}{}; run `rlivepatch repair {pid}`",
@@ -539,15 +574,7 @@ impl<'a> Session<'a> {
             // Nothing is left in a process that is gone.
             return e.clone();
         }
-        let cause = match e.kind {
-            crate::error::ErrorKind::Interrupted | crate::error::ErrorKind::Stopped => e
-                .message
-                .split("; the current step was undone")
-                .next()
-                .unwrap_or(&e.message)
-                .to_string(),
-            _ => e.message.clone(),
-        };
+        let cause = e.cause_alone();
         crate::err!(
             Incomplete,
             "{cause}; {what} failed ({}){}; run `rlivepatch repair {pid}`",
@@ -556,8 +583,18 @@ impl<'a> Session<'a> {
         )
     }
 
+    /// [`Session::close`], giving back where progress lines go.
+    fn close_keeping_progress(mut self) -> (Result<()>, ProgressFn<'a>) {
+        let r = self.close_inner();
+        (r, self.progress)
+    }
+
     /// Undo rlivepatch's presence: unmap its memory, give threads back, detach.
     pub fn close(mut self) -> Result<()> {
+        self.close_inner()
+    }
+
+    fn close_inner(&mut self) -> Result<()> {
         crate::os::fault::point("close");
         // The operation is done or undone; cleaning up must finish even if rlivepatch was
         // asked to stop meanwhile.
@@ -569,7 +606,12 @@ impl<'a> Session<'a> {
             }
             if let Some(inj) = self.inj.as_mut() {
                 let maps = self.proc.maps().unwrap_or_default();
-                if let Err(e) = inj.unmap_scratch(&mut self.tr, &self.proc, &maps) {
+                let r = if crate::os::fault::fails("unmap_scratch") {
+                    Err(crate::err!(Failed, "munmap: Input/output error"))
+                } else {
+                    inj.unmap_scratch(&mut self.tr, &self.proc, &maps)
+                };
+                if let Err(e) = r {
                     first.get_or_insert(e);
                 }
             }

@@ -208,9 +208,18 @@ fn apply_steps(
             v
         })
         .collect();
-    crate::livepatch::coming::adopt(s, &mut applied, &adopt)?;
-    // post_patch, the record, and the replaced patches unloaded.
-    let replaced = finish(s, applied, true)?;
+    // post_patch, the record, and the replaced patches unloaded. The patch is applied
+    // now: what fails from here is left for `repair`, named in the report, and does not
+    // make the apply a failure.
+    let replaced = crate::livepatch::coming::adopt(s, &mut applied, &adopt)
+        .and_then(|()| finish(s, applied, true))
+        .unwrap_or_else(|e| {
+            s.left(format!(
+                "finishing the apply after its switch failed ({}), so the record still says it is under way",
+                e.message
+            ));
+            Vec::new()
+        });
     Ok((views, replaced, report))
 }
 
@@ -444,15 +453,37 @@ pub fn finish(s: &mut Session, applied: AppliedPatch, run_post_patch: bool) -> R
     s.record.pending = None;
     s.save_record()?;
     crate::os::fault::point("apply:committed");
-    // The hook learns the active patches before any replaced one goes.
-    crate::livepatch::coming::settle(s)?;
+    // The hook learns the active patches before any replaced one goes; a replaced patch
+    // it may still run stays loaded.
+    if let Err(e) = crate::livepatch::coming::settle(s) {
+        s.left(format!(
+            "the hook for objects that come was not told the active patches ({}), so the replaced patches stay loaded",
+            e.message
+        ));
+        return Ok(to_unload.iter().map(|p| p.name.clone()).collect());
+    }
     for p in to_unload.iter().filter(|p| !p.forced) {
-        s.unload(p.handle, p.fd)?;
+        if let Err(e) = s.unload(p.handle, p.fd) {
+            s.left(format!(
+                "the replaced patch {} is out of use but still loaded ({})",
+                p.name, e.message
+            ));
+        }
     }
-    for page in empty_pages {
-        s.syscall(libc::SYS_munmap, &[page, redirect::PAGE])?;
-    }
+    unmap_pages(s, &empty_pages);
     Ok(to_unload.iter().map(|p| p.name.clone()).collect())
+}
+
+/// Unmap island pages nothing uses any more; one that stays is named as left behind.
+pub fn unmap_pages(s: &mut Session, pages: &[u64]) {
+    for &page in pages {
+        if let Err(e) = s.syscall(libc::SYS_munmap, &[page, redirect::PAGE]) {
+            s.left(format!(
+                "an unused island page at {page:#x} stays mapped ({})",
+                e.message
+            ));
+        }
+    }
 }
 
 /// Undo an apply that did not switch, from what the record says: post_unpatch if
