@@ -192,21 +192,50 @@ def judge(fix, result):
     return "failed"
 
 
-def live_check(name, proj, fix, tree, so):
-    """Apply the patch to a running process of the project, show the fixed behaviour,
-    disable it. Returns a short text, and whether it passed."""
+def live_context(name, fix, tree):
+    """The project's live module and a fresh context for `fix`, or None without one."""
     path = ROOT / "corpus" / "live" / f"{name}.py"
+    if not path.exists():
+        return None, None
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(f"live_{name.replace('-', '_')}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    check = mod.CHECKS[fix["live"]]
     work = CACHE / "live" / name / fix["id"]
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    ctx = mod.Context(tree=tree, work=work, rlivepatch=rlivepatch(), root=ROOT)
+    return mod, mod.Context(tree=tree, work=work, rlivepatch=rlivepatch(), root=ROOT)
+
+
+def applies_check(name, fix, tree, so):
+    """For a built fix without an input that shows its bug: the patch applied to a running
+    process of the project and disabled again, the process alive throughout. Returns a
+    short text and whether it passed, or None when the project has no live module."""
+    mod, ctx = live_context(name, fix, tree)
+    if ctx is None:
+        return None
+    try:
+        ctx.start()
+        ctx.apply(so)
+        if not ctx.alive():
+            return "the process died once patched", False
+        ctx.disable(fix["id"].lower())
+        if not ctx.alive():
+            return "the process died once the patch was disabled", False
+        return "applied to a running process and disabled (no input shows the bug here)", True
+    except Exception as e:  # noqa: BLE001 - the row says what went wrong
+        return f"{type(e).__name__}: {e}", False
+    finally:
+        ctx.stop()
+
+
+def live_check(name, proj, fix, tree, so):
+    """Apply the patch to a running process of the project, show the fixed behaviour,
+    disable it. Returns a short text, and whether it passed."""
+    mod, ctx = live_context(name, fix, tree)
+    check = mod.CHECKS[fix["live"]]
     try:
         ctx.start()
         before = check.ask(ctx)
@@ -291,6 +320,13 @@ def main():
                 live = {"text": text, "ok": ok}
                 if not ok:
                     verdict = "failed"
+            elif so and not a.no_live:
+                done = applies_check(name, f, tree, so)
+                if done is not None:
+                    say(f"{name} {f['id']}: applied and disabled in a running process")
+                    live = {"text": done[0], "ok": done[1], "applies_only": True}
+                    if not done[1]:
+                        verdict = "failed"
             rows.append({"fix": f, "project": name, "verdict": verdict, "result": result,
                          "live": live})
             say(f"{name} {f['id']}: {verdict} ({result['seconds']} s)"
@@ -332,7 +368,10 @@ def write(rows, projects, output):
         funcs = ", ".join(res.get("functions", []))[:200]
         live = "" if not r["live"] else (("yes: " if r["live"]["ok"] else "FAILED: ")
                                          + r["live"]["text"].replace("|", "\\|"))
-        if not live and f.get("note"):
+        if r["live"] and r["live"].get("applies_only") and r["live"]["ok"]:
+            live = "applies and disables in a running process" + (
+                f"; {f['note']}" if f.get("note") else "")
+        elif not live and f.get("note"):
             live = f["note"]
         lines.append(f"| {r['project']} | {p['version']} | {f['id']} | "
                      f"{', '.join(f['diffs'])} | {f['expect']} | {outcome} | {funcs} | "

@@ -243,6 +243,11 @@ fn refusals_name_the_reason_and_write_nothing() {
     let cases = [
         ("limit-value", "limit", "initial value"),
         ("stats-layout", "struct stats", "layout"),
+        // A bit-field inserted first in a structure known only by its typedef: the
+        // others move by one bit, within the same byte.
+        ("verdict-bit", "verdict_t", "layout"),
+        // A new file the build does not compile: the patch would not load.
+        ("new-file", "extra_weight", "configured again"),
         ("main", "main()", "stays on the stack"),
     ];
     for (d, what, reason) in cases {
@@ -668,4 +673,21 @@ fn a_call_through_the_got_to_a_changed_function_reaches_its_new_code() {
     assert_eq!(ask(&mut t, "twice 1"), "twice 1 = 21");
     rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
     assert_eq!(ask(&mut t, "twice 1"), "twice 1 = 42");
+}
+
+/// A changed function that hands the address of another changed function to a callee (a
+/// callback, as `png_safe_execute` takes): the address is the original entry, which the
+/// patch redirects, so the callback runs the new code while the patch is applied and the
+/// old code after it is disabled; apply does not take it for a wrapper calling itself.
+#[test]
+fn the_address_of_a_changed_function_runs_its_new_code() {
+    let src = project("hands-calc", &[]);
+    let (out, _) = made_with(&src, &["hands-calc"], "libcalc.so", &[]);
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    assert_eq!(ask(&mut t, "handed 1"), "handed 1 = 6");
+    let pid = t.pid.to_string();
+    rlp_ok(&["apply", &pid, out.to_str().unwrap()]);
+    assert_eq!(ask(&mut t, "handed 1"), "handed 1 = 16");
+    rlp_ok(&["disable", &pid, "hands-calc"]);
+    assert_eq!(ask(&mut t, "handed 1"), "handed 1 = 6");
 }

@@ -26,10 +26,22 @@ CHECKS = {
                           lambda a: a == "swrite16 64x16 extra=33000: rows differing 0",
                           "writing a 16-bit image whose row stride is over 65535 bytes: rows "
                           "come back wrong before, right after"),
+    "convert-8bit": Check(cmd("swrite8 16 16"),
+                          lambda a: a.startswith("swrite8: write failed")
+                          or a.startswith("CRASH")
+                          or ("rows differing" in a and not a.endswith(" 0")),
+                          lambda a: a == "swrite8 16x16 convert_to_8bit: rows differing 0",
+                          "writing an 8-bit image with convert_to_8bit: it is read as 16-bit "
+                          "(past its end) and the write fails before, it round-trips after"),
     "getter-setter": Check(cmd("plte"),
                            lambda a: a == "plte roundtrip: PLTE CORRUPTED, tRNS CORRUPTED, "
                            "hIST CORRUPTED",
                            lambda a: a == "plte roundtrip: PLTE ok, tRNS ok, hIST ok",
                            "png_set_PLTE/tRNS/hIST given the pointer their getter returned: the "
                            "freed buffer is read before, the data is kept after"),
+    "getter-setter-text": Check(cmd("text"),
+                                lambda a: a.startswith("text: libpng error") or a.startswith("CRASH"),
+                                lambda a: a == "text roundtrip: 10 chunks, 10 as set",
+                                "png_set_text given the array png_get_text returned, which must "
+                                "grow: the freed array is read (an error) before, 10 chunks after"),
 }

@@ -1,8 +1,10 @@
 """poppler: one probe process (poppler/probe.cc, C++, compiled against the tree's headers and
 linked to its libpoppler.so) reads a request per line: a PDF's path (open it, walk its pages,
 annotations, outline, structure tree and Type 4 functions, read its PDF/A conformance), or
-`save PATH` (the same, then pdfseparate's savePageAs of page 1). It answers one line, with
-the errors poppler reported. The PDFs are written by hand by poppler/mkinputs.py."""
+`save PATH` (the same, then pdfseparate's savePageAs of page 1), or `sig PATH` (the same,
+then every signature validated). It answers one line, with the errors poppler reported. The
+PDFs are written by hand by poppler/mkinputs.py (the signed ones with openssl). HOME is the
+work directory, so that NSS finds no certificate database and runs without one."""
 import os
 import subprocess
 import sys
@@ -39,7 +41,8 @@ class Context(Driver):
         if not (self.inputs / "ok.pdf").exists():
             subprocess.run([sys.executable, str(HERE / "mkinputs.py"), str(self.inputs)],
                            check=True, capture_output=True)
-        self.start_driver([self.probe_binary()])
+        env = dict(os.environ, HOME=str(self.work))
+        self.start_driver([self.probe_binary()], env=env)
         base = self.ask(str(self.inputs / "ok.pdf"))
         if not base.startswith("pages=1 annots=[1] outline=2"):
             raise RuntimeError(f"the probe's baseline answer is {base!r}")
@@ -80,6 +83,12 @@ CHECKS = {
         lambda a: " save=0 " in a,
         "saving a page whose /Annots refers back to itself through a plain dict: unbounded "
         "recursion before, saved after"),
+    "forged-signature": Check(
+        probe("signed-forged.pdf", "sig"),
+        lambda a: " sig=[VALID] " in a,
+        lambda a: " sig=[INVALID] " in a,
+        "an adbe.pkcs7.sha1 signature whose RSA signature is corrupt but whose encapsulated "
+        "digest matches: VALID before, INVALID after"),
     "annots-limit": Check(
         probe("annots-many.pdf"),
         lambda a: a.startswith("pages=1 annots=[10001] "),

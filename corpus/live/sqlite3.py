@@ -1,9 +1,9 @@
 """sqlite3: one driver process (sqlite3/sqldrv.c, linked to the tree's libsqlite3.so) holds
 one in-memory database and answers a line of SQL, or `.changeset HEX` (the sessions
 extension iterating a changeset), with one line."""
-from common import Check, Driver
-
 from pathlib import Path
+
+from common import Check, Driver
 
 HERE = Path(__file__).resolve().parent / "sqlite3"
 

@@ -67,9 +67,6 @@ class Context(Driver):
         lzw_no_eoi_tiff(self.work / "lzw-no-eoi.tif", 8, 4, 12)
         self.start_driver([exe])
 
-    def file(self, name):
-        return self.work / name
-
 
 def cmd(fmt):
     return lambda ctx: ctx.ask(fmt.format(w=ctx.work))

@@ -20,6 +20,7 @@ pub mod compile;
 pub mod correlate;
 pub mod diff;
 pub mod emit;
+pub mod imports;
 pub mod lines;
 pub mod objdwarf;
 pub mod relobj;
@@ -589,9 +590,22 @@ impl<'o> Run<'o> {
                 .unwrap_or_else(|| PathBuf::from(format!("{}.so", self.name)));
             let rc = emit::records_c(&self.records, &self.name, self.opts.replace);
             emit::link(&self.work.0, &rc, &self.objects, &out)?;
-            // The patch must read back as one.
-            crate::patch::Patch::load(&out)
-                .map_err(|e| e.context("the generated patch does not read back"))?;
+            // The patch must load in the process, and read back as one; a refused one
+            // is not left behind.
+            let used: Vec<PathBuf> = self
+                .used_binaries
+                .iter()
+                .map(|&bi| self.binaries[bi].path.clone())
+                .collect();
+            imports::check(&out, &used)
+                .and_then(|()| {
+                    crate::patch::Patch::load(&out)
+                        .map(|_| ())
+                        .map_err(|e| e.context("the generated patch does not read back"))
+                })
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&out);
+                })?;
             output = Some(out.display().to_string());
             self.phase("link");
         }
@@ -751,10 +765,9 @@ fn select_units(
                 for c in matching {
                     add(&mut units, f.clone(), c);
                 }
-            } else if matches!(
-                f.extension().and_then(|e| e.to_str()),
-                Some("h" | "hh" | "hpp" | "hxx" | "inc" | "def")
-            ) {
+            } else if is_includable(f) {
+                // A header, or a source another unit includes (FreeType's and SQLite's
+                // one-unit-per-module builds): the units that include it change.
                 headers.push((f.clone(), abs));
             } else {
                 ignored.push(f.display().to_string());
@@ -784,4 +797,32 @@ fn select_units(
         }
     }
     Ok((units, ignored))
+}
+
+/// Can `f` be `#include`d into a compiled unit (a header, or a C or C++ source that a
+/// unit includes)? Other files (documentation, build scripts) are never looked for.
+fn is_includable(f: &Path) -> bool {
+    matches!(
+        f.extension().and_then(|e| e.to_str()),
+        Some(
+            "h" | "hh"
+                | "hpp"
+                | "hxx"
+                | "h++"
+                | "inc"
+                | "def"
+                | "inl"
+                | "ipp"
+                | "tcc"
+                | "tpp"
+                | "c"
+                | "cc"
+                | "cpp"
+                | "cxx"
+                | "c++"
+                | "C"
+                | "tbl"
+                | "x"
+        )
+    )
 }

@@ -229,57 +229,78 @@ fn read_unit(info: &DebugInfo, unit: &Rc<Unit<R>>, out: &mut ObjDwarf) {
                 }
             }
             gimli::DW_TAG_structure_type | gimli::DW_TAG_union_type | gimli::DW_TAG_class_type => {
-                if e.has_attr(gimli::DW_AT_declaration) {
-                    continue;
+                if let Some(name) = info.name_of(unit, e.offset())
+                    && let Some((kind, l)) = layout_of(info, unit, e.offset())
+                {
+                    out.layouts.insert(format!("{kind} {name}"), l);
                 }
-                let Some(name) = info.name_of(unit, e.offset()) else {
-                    continue;
-                };
-                let size = e
-                    .attr_value(gimli::DW_AT_byte_size)
-                    .and_then(|v| v.udata_value())
-                    .unwrap_or(0);
-                let mut members = Vec::new();
-                if let Ok(mut c) = unit.entries_at_offset(e.offset()) {
-                    let top = c.next_dfs().ok().flatten().map(|t| t.depth()).unwrap_or(0);
-                    while let Ok(Some(m)) = c.next_dfs() {
-                        if m.depth() <= top {
-                            break;
-                        }
-                        if m.depth() != top + 1 || m.tag() != gimli::DW_TAG_member {
-                            continue;
-                        }
-                        let at = m
-                            .attr_value(gimli::DW_AT_data_member_location)
-                            .and_then(|v| v.udata_value())
-                            .or_else(|| {
-                                m.attr_value(gimli::DW_AT_data_bit_offset)
-                                    .and_then(|v| v.udata_value())
-                                    .map(|b| b / 8)
-                            })
-                            .unwrap_or(0);
-                        let t = match m.attr_value(gimli::DW_AT_type) {
-                            Some(AttributeValue::UnitRef(t)) => Some(t),
-                            _ => None,
-                        };
-                        members.push((
-                            info.name_of(unit, m.offset()).unwrap_or_default(),
-                            at,
-                            type_name(info, unit, t, 0),
-                        ));
-                    }
+            }
+            // `typedef struct { ... } name_t;`: the structure is known by its typedef.
+            gimli::DW_TAG_typedef => {
+                if let (Some(name), Some(AttributeValue::UnitRef(t))) = (
+                    info.name_of(unit, e.offset()),
+                    e.attr_value(gimli::DW_AT_type),
+                ) && info.name_of(unit, t).is_none()
+                    && let Some((_, l)) = layout_of(info, unit, t)
+                {
+                    out.layouts.insert(name, l);
                 }
-                let kind = if e.tag() == gimli::DW_TAG_union_type {
-                    "union"
-                } else {
-                    "struct"
-                };
-                out.layouts
-                    .insert(format!("{kind} {name}"), (size, members));
             }
             _ => {}
         }
     }
+}
+
+/// The layout of the structure or union at `off` (not a declaration), with its kind:
+/// each member's byte offset and type; a bit-field's type also says its width and the bit
+/// it starts at, so that a bit-field that moves within its byte is a change.
+fn layout_of(
+    info: &DebugInfo,
+    unit: &Rc<Unit<R>>,
+    off: gimli::UnitOffset,
+) -> Option<(&'static str, Layout)> {
+    let e = unit.entry(off).ok()?;
+    let kind = match e.tag() {
+        gimli::DW_TAG_union_type => "union",
+        gimli::DW_TAG_structure_type | gimli::DW_TAG_class_type => "struct",
+        _ => return None,
+    };
+    if e.has_attr(gimli::DW_AT_declaration) {
+        return None;
+    }
+    let size = e
+        .attr_value(gimli::DW_AT_byte_size)
+        .and_then(|v| v.udata_value())
+        .unwrap_or(0);
+    let mut members = Vec::new();
+    let mut c = unit.entries_at_offset(off).ok()?;
+    let top = c.next_dfs().ok().flatten().map(|t| t.depth()).unwrap_or(0);
+    while let Ok(Some(m)) = c.next_dfs() {
+        if m.depth() <= top {
+            break;
+        }
+        if m.depth() != top + 1 || m.tag() != gimli::DW_TAG_member {
+            continue;
+        }
+        let udata = |a| m.attr_value(a).and_then(|v| v.udata_value());
+        // DWARF 5 gives a bit-field's offset in bits from the start; DWARF 4 a byte
+        // location and a bit offset in its storage unit.
+        let bit_offset = udata(gimli::DW_AT_data_bit_offset);
+        let at = udata(gimli::DW_AT_data_member_location)
+            .or(bit_offset.map(|b| b / 8))
+            .unwrap_or(0);
+        let t = match m.attr_value(gimli::DW_AT_type) {
+            Some(AttributeValue::UnitRef(t)) => Some(t),
+            _ => None,
+        };
+        let mut ty = type_name(info, unit, t, 0);
+        if let Some(bits) = udata(gimli::DW_AT_bit_size) {
+            let bit = bit_offset.or(udata(gimli::DW_AT_bit_offset)).unwrap_or(0);
+            ty = format!("{ty}:{bits} (bit {bit})");
+        }
+        members.push((info.name_of(unit, m.offset()).unwrap_or_default(), at, ty));
+    }
+    Some((kind, (size, members)))
 }
 
 impl ObjDwarf {

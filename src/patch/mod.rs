@@ -96,6 +96,15 @@ pub struct SymbolRef {
     pub addend: i64,
 }
 
+impl SymbolRef {
+    /// Written by `rlivepatch build` (the symbol names its file address, `name#0xADDR`):
+    /// the slot holds an address the program's code takes (a callback it hands on, a
+    /// pointer it stores), not the code a wrapper means to call.
+    pub fn generated(&self) -> bool {
+        self.symbol.contains('#')
+    }
+}
+
 fn is_zero(v: &i64) -> bool {
     *v == 0
 }

@@ -5,9 +5,13 @@
  *   swrite16 W H EXTRA   png_image_write_to_memory of a 16-bit linear RGBA WxH image whose
  *                        row_stride has EXTRA more components than the row, then read back
  *                        and compare (CVE-2026-22801)
+ *   swrite8 W H          png_image_write_to_memory of an 8-bit RGBA WxH image with
+ *                        convert_to_8bit set, then read back and compare (CVE-2025-64506)
  *   plte                 getter-to-setter round trip: png_get_PLTE, then png_set_PLTE with
  *                        the pointer it returned, and compare (likewise tRNS and hIST;
  *                        CVE-2026-34757)
+ *   text                 the same for text chunks: png_get_text, then png_set_text with
+ *                        the array it returned, which must grow (CVE-2026-34757 part 2)
  * The first line is "ready". */
 #include <png.h>
 #include <stdint.h>
@@ -53,6 +57,41 @@ static void swrite16(int w, int h, int extra)
     printf("swrite16 %dx%d extra=%d: rows differing %d\n", w, h, extra, bad);
 }
 
+static void swrite8(int w, int h)
+{
+    png_image im;
+    memset(&im, 0, sizeof im);
+    im.version = PNG_IMAGE_VERSION;
+    im.width = w;
+    im.height = h;
+    im.format = PNG_FORMAT_RGBA;
+    png_byte *pix = malloc((size_t)w * 4 * h);
+    for (size_t i = 0; i < (size_t)w * 4 * h; i++)
+        pix[i] = (png_byte)(i * 7 + i / 13);
+    png_alloc_size_t len = 0;
+    if (!png_image_write_to_memory(&im, NULL, &len, 1, pix, 0, NULL)) {
+        printf("swrite8: size failed: %s\n", im.message);
+        return;
+    }
+    void *mem = malloc(len);
+    if (!png_image_write_to_memory(&im, mem, &len, 1, pix, 0, NULL)) {
+        printf("swrite8: write failed (warning_or_error=%u) [%s]\n", im.warning_or_error,
+               im.message);
+        return;
+    }
+    png_image in;
+    memset(&in, 0, sizeof in);
+    in.version = PNG_IMAGE_VERSION;
+    png_image_begin_read_from_memory(&in, mem, len);
+    in.format = PNG_FORMAT_RGBA;
+    png_byte *back = calloc((size_t)w * 4 * h, 1);
+    png_image_finish_read(&in, NULL, back, 0, NULL);
+    int bad = 0;
+    for (int y = 0; y < h; y++)
+        bad += memcmp(back + (size_t)y * w * 4, pix + (size_t)y * w * 4, (size_t)w * 4) != 0;
+    printf("swrite8 %dx%d convert_to_8bit: rows differing %d\n", w, h, bad);
+}
+
 static void plte(void)
 {
     png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
@@ -94,6 +133,43 @@ static void plte(void)
     png_destroy_write_struct(&p, &info);
 }
 
+static char lasterr[256];
+static void on_error(png_structp p, png_const_charp msg)
+{
+    snprintf(lasterr, sizeof lasterr, "%s", msg);
+    png_longjmp(p, 1);
+}
+
+static void text(void)
+{
+    png_structp p = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, on_error, NULL);
+    png_infop info = png_create_info_struct(p);
+    if (setjmp(png_jmpbuf(p))) {
+        printf("text: libpng error: %s\n", lasterr);
+        return;
+    }
+    png_text t[5];
+    char keys[5][16], vals[5][32];
+    memset(t, 0, sizeof t);
+    for (int i = 0; i < 5; i++) {
+        snprintf(keys[i], sizeof keys[i], "Key%d", i);
+        snprintf(vals[i], sizeof vals[i], "value number %d", i);
+        t[i].compression = PNG_TEXT_COMPRESSION_NONE;
+        t[i].key = keys[i];
+        t[i].text = vals[i];
+    }
+    png_set_text(p, info, t, 5);
+    png_textp got;
+    int n = png_get_text(p, info, &got, NULL);
+    png_set_text(p, info, got, n);
+    n = png_get_text(p, info, &got, NULL);
+    int good = 0;
+    for (int i = 0; i < n; i++)
+        good += !strcmp(got[i].key, keys[i % 5]) && !strcmp(got[i].text, vals[i % 5]);
+    printf("text roundtrip: %d chunks, %d as set\n", n, good);
+    png_destroy_write_struct(&p, &info);
+}
+
 int main(void)
 {
     char line[1024], cmd[32];
@@ -116,8 +192,12 @@ int main(void)
         int w = 0, h = 0, e = 0;
         if (!strcmp(cmd, "swrite16") && sscanf(line, "%*s %d %d %d", &w, &h, &e) == 3)
             swrite16(w, h, e);
+        else if (!strcmp(cmd, "swrite8") && sscanf(line, "%*s %d %d", &w, &h) == 2)
+            swrite8(w, h);
         else if (!strcmp(cmd, "plte"))
             plte();
+        else if (!strcmp(cmd, "text"))
+            text();
         else
             printf("? %s", line);
         fflush(stdout);

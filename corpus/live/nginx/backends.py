@@ -4,7 +4,8 @@
 usage: backends.py AUTH_LOG split=PORT bytes=PORT auth=PORT
 
 split: answers any request with a first line that is no status line, split across two
-       writes ("HTTP/1.1 2", a pause, "xx broken status\\r\\n..."): CVE-2026-42946.
+       writes ("HTTP/1.1 2", a pause, "xx broken status\\r\\n..."; for a path with
+       "/headers", the second write is header lines): CVE-2026-42946.
 bytes: `GET /<prefix>/<hex>`: an HTTP/1.0 response whose UTF-8 body (the hex bytes) is
        written one byte per send, so that nginx's charset filter gets 1-byte buffers:
        CVE-2026-42934, CVE-2026-48142.
@@ -36,11 +37,14 @@ def read_head(c):
 
 
 def split(c):
-    read_head(c)
+    head = read_head(c)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     c.sendall(b"HTTP/1.1 2")
     time.sleep(0.3)
-    c.sendall(b"xx broken status\r\nContent-Type: text/plain\r\n\r\nbody-line\n")
+    if b"/headers" in head:
+        c.sendall(b"X-Rest: headers\r\nContent-Type: text/plain\r\n\r\nbody-line\n")
+    else:
+        c.sendall(b"xx broken status\r\nContent-Type: text/plain\r\n\r\nbody-line\n")
 
 
 def onebyte(c):

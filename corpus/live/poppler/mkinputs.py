@@ -4,8 +4,11 @@
 Each PDF is written by hand: objects, a classic xref table with correct offsets (unless a
 check needs a broken one), trailer. See cpp.md for what each one shows.
 """
+import hashlib
 import os
+import subprocess
 import sys
+import tempfile
 
 out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "inputs")
 os.makedirs(out, exist_ok=True)
@@ -130,5 +133,51 @@ pdf("annots-recursive.pdf", {
     3: PAGE % "/Annots 5 0 R",
     5: "[ << /X << /Annots 5 0 R >> >> ]",
 })
+
+
+def signed(name, forge):
+    """CVE-2025-43903: an adbe.pkcs7.sha1 signature (the CMS SignedData encapsulates the SHA-1
+    of the signed byte ranges) made by openssl with a throw-away self-signed key; `forge`
+    flips the last byte of the DER, which is the last byte of the signer's RSA signature.
+    Pristine poppler only compares the encapsulated digest (VALID either way); the fix also
+    verifies the signature (INVALID when forged)."""
+    n_hex = 8192
+    objs = {
+        1: "<< /Type /Catalog /Pages 2 0 R /AcroForm << /Fields [4 0 R] /SigFlags 3 >> >>",
+        2: PAGES1,
+        3: PAGE % "/Annots [4 0 R]",
+        4: "<< /Type /Annot /Subtype /Widget /FT /Sig /T (Sig1) /Rect [0 0 0 0] /F 132 /P 3 0 R /V 5 0 R >>",
+        5: "<< /Type /Sig /Filter /Adobe.PPKLite /SubFilter /adbe.pkcs7.sha1 "
+           "/ByteRange [0 @A@@@@@@@ @B@@@@@@@ @C@@@@@@@] /Contents <" + "0" * n_hex + "> >>",
+    }
+    pdf(name, objs)
+    path = os.path.join(out, name)
+    body = bytearray(open(path, "rb").read())
+    a = body.index(b"/Contents <") + len(b"/Contents ")
+    b = a + n_hex + 2
+    for tag, v in ((b"@A@@@@@@@", a), (b"@B@@@@@@@", b), (b"@C@@@@@@@", len(body) - b)):
+        i = body.index(tag)
+        body[i:i + len(tag)] = b"%09d" % v
+    digest = hashlib.sha1(bytes(body[:a]) + bytes(body[b:])).digest()
+    with tempfile.TemporaryDirectory() as t:
+        run = lambda *c: subprocess.run(c, cwd=t, check=True, capture_output=True)
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=corpus",
+            "-days", "3650", "-keyout", "key.pem", "-out", "cert.pem")
+        open(os.path.join(t, "digest"), "wb").write(digest)
+        run("openssl", "cms", "-sign", "-binary", "-nodetach", "-md", "sha1", "-nosmimecap",
+            "-in", "digest", "-signer", "cert.pem", "-inkey", "key.pem", "-outform", "DER",
+            "-out", "sig.der")
+        der = bytearray(open(os.path.join(t, "sig.der"), "rb").read())
+    if forge:
+        der[-1] ^= 0xff
+    hx = der.hex().encode()
+    assert len(hx) <= n_hex
+    body[a + 1:a + 1 + len(hx)] = hx
+    with open(path, "wb") as f:
+        f.write(body)
+
+
+signed("signed.pdf", forge=False)
+signed("signed-forged.pdf", forge=True)
 
 print("written to", out)

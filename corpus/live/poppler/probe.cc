@@ -8,6 +8,8 @@
 //                  (tilingPatternFill)
 //   save PATH      the same, and page 1 written with savePageAs to /dev/null
 //                  (PDFDoc::markAnnotations)
+//   sig PATH       the same, and every signature field's signature validated (without
+//                  the certificate): sig=[status,...] (SignatureHandler::validateSignature)
 // A crash kills the process (the corpus runner reports "CRASH signal N"); it prints "ready"
 // first.
 // poppler's error() messages during a request are counted and the distinct ones printed,
@@ -31,6 +33,8 @@
 #include "Error.h"
 #include "SplashOutputDev.h"
 #include "splash/SplashBitmap.h"
+#include "Form.h"
+#include "SignatureInfo.h"
 
 
 static std::vector<std::string> errs;
@@ -139,6 +143,17 @@ static void probe(const std::string &mode, const std::string &path)
             SplashBitmap *bm = dev.getBitmap();
             out += " render=" + std::to_string(bm->getWidth()) + "x" + std::to_string(bm->getHeight());
         }
+        if (mode == "sig") {
+            static const char *names[] = { "VALID", "INVALID", "DIGEST_MISMATCH", "DECODING_ERROR", "GENERIC_ERROR", "NOT_FOUND", "NOT_VERIFIED" };
+            std::string sigs;
+            for (FormFieldSignature *f : doc->getSignatureFields()) {
+                SignatureInfo *si = f->validateSignature(false, true, -1, false, false);
+                int st = si ? si->getSignatureValStatus() : -1;
+                sigs += (sigs.empty() ? "" : ",");
+                sigs += st >= 0 && st <= 6 ? names[st] : "none";
+            }
+            out += " sig=[" + sigs + "]";
+        }
         if (mode == "save" && n >= 1) {
             int r = doc->savePageAs(GooString("/dev/null"), 1);
             out += " save=" + std::to_string(r);
@@ -164,7 +179,7 @@ int main()
             continue;
         std::string mode, path = line;
         auto sp = line.find(' ');
-        if (sp != std::string::npos && (line.compare(0, sp, "render") == 0 || line.compare(0, sp, "save") == 0)) {
+        if (sp != std::string::npos && (line.compare(0, sp, "render") == 0 || line.compare(0, sp, "save") == 0 || line.compare(0, sp, "sig") == 0)) {
             mode = line.substr(0, sp);
             path = line.substr(sp + 1);
         }
