@@ -479,8 +479,8 @@ impl<'o> Run<'o> {
                 {
                     // Another name of a function already recorded (GCC's `.localalias`
                     // of a global function, a C++ constructor's complete and base
-                    // objects): one redirect covers both.
-                    None
+                    // objects): one redirect, and one line of the report, cover both.
+                    continue;
                 }
                 (None, bind::Home::Process { name, vaddr }) => {
                     let name = plain_name(bin, name, vaddr);
@@ -511,7 +511,12 @@ impl<'o> Run<'o> {
                 "changed"
             };
             functions.push(FuncReport {
-                name: c.name.clone(),
+                // The name the source gives it, not GCC's alias of it.
+                name: c
+                    .name
+                    .strip_suffix(".localalias")
+                    .unwrap_or(&c.name)
+                    .to_string(),
                 binary: file_label(bin),
                 unit: unit.source.display().to_string(),
                 kind,
