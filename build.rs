@@ -33,9 +33,15 @@ fn main() {
     shared_library(
         "runtime/rlivepatch-runtime.c",
         "librlivepatch-runtime.so",
-        &["-Wl,-z,now", "runtime/rlivepatch-coming.c"],
+        &[
+            "-Wl,-z,now",
+            "runtime/rlivepatch-coming.c",
+            "runtime/rlivepatch-keeper.c",
+            "-pthread",
+        ],
     );
     println!("cargo:rerun-if-changed=runtime/rlivepatch-coming.c");
+    println!("cargo:rerun-if-changed=runtime/rlivepatch-keeper.c");
     shared_library(
         "runtime/rlivepatch-autoload.c",
         "librlivepatch-autoload.so",

@@ -69,9 +69,12 @@ fn a_replacement_that_follows_the_abi_without_the_preserving_path_corrupts_calle
         .status()
         .unwrap();
     assert!(st.success());
-    // Either a wrong result or a crash: the fixture's own output shows which.
+    // Either a wrong result or a crash: the fixture's own output shows which. Lines
+    // printed while the apply ran come first (many, on a loaded machine); the count of
+    // wrong results is cumulative, so every line after the switch shows it.
     let mut corrupted = false;
-    for _ in 0..50 {
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while std::time::Instant::now() < until {
         match t.lines_or_exit(Duration::from_secs(10)) {
             Some(l) if is_callers_line(&l) && bad(&l) > 0 => {
                 corrupted = true;
@@ -231,7 +234,7 @@ fn without_debug_information_the_stack_copy_is_a_safe_bound() {
 #[test]
 fn a_replacement_that_leaves_the_registers_alone_takes_the_direct_path() {
     // The same callees replaced by leaves that write only what the old ones wrote: no
-    // caller can tell, so no preserving path (and no runtime) is needed.
+    // caller can tell, so no preserving path is needed.
     let exe = callers(true);
     let lean = patch_src(
         "callers-lean",
@@ -246,12 +249,6 @@ RLIVEPATCH_NAME("callers-lean");
     rlp_ok(&["apply", &pid, lean.to_str().unwrap()]);
     let f = &listed(t.pid)[0];
     assert_ne!(f["via"], "preserving", "{f}");
-    assert!(
-        !t.rlivepatch_maps()
-            .iter()
-            .any(|m| m.contains("rlp:runtime")),
-        "no runtime for a direct jump"
-    );
     assert_callers_right(&mut t);
     rlp_ok(&["disable", &pid, "callers-lean"]);
     t.assert_running();

@@ -140,8 +140,8 @@ fn a_write_cut_short_leaves_the_entry_as_it_was() {
     );
 }
 
-/// A read of the code that fails while the code is mapped as it was is that failure: not
-/// taken for a library unloaded meanwhile, and not retried as one.
+/// A read of the code that fails, and fails again, while the code is mapped as it was is
+/// that failure: not taken for a library unloaded meanwhile, and not retried as one.
 #[test]
 fn a_failed_read_of_mapped_code_is_no_dlclose() {
     let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
@@ -150,7 +150,7 @@ fn a_failed_read_of_mapped_code_is_no_dlclose() {
     let (at, before) = t.snapshot_of("counter-pie", "compute");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
         .args(["apply", &t.pid.to_string(), fix.to_str().unwrap()])
-        .env("RLIVEPATCH_FAULT", "fail:read_code")
+        .env("RLIVEPATCH_FAULT", "fail:read_code,fail:read_code:again")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -250,4 +250,27 @@ fn a_failed_cleanup_after_an_apply_is_an_apply_with_a_leftover() {
     assert!(scratch_maps(&t) < before_repair, "repair left the mapping");
     assert_eq!(t.fd_count(), with_patch);
     rlp_ok(&["disable", &pid, "counter-fix"]);
+}
+
+/// A read of the code that fails once and works when read again saw the code go and come
+/// back (a library unloaded and another mapped at the same place, as in a dlopen/dlclose
+/// loop): the apply starts over from the objects of the moment, and goes through.
+#[test]
+fn a_read_that_fails_once_is_churn_and_starts_over() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let fix = patch("counter-fix");
+    let mut t = Target::start(&exe, &["2"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &t.pid.to_string(), fix.to_str().unwrap()])
+        .env("RLIVEPATCH_FAULT", "fail:read_code")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("starting over"), "{err}");
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
+        "patched",
+    );
 }

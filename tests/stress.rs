@@ -71,11 +71,12 @@ fn random_apply_disable_and_replace_on_a_busy_target() {
     }
     let secs = start.elapsed().as_secs_f64();
     // The clean-up: a switch that finds no safe moment in time (64 threads in the changed
-    // functions all the time) is a clean refusal (exit 6); it is tried again.
+    // functions all the time) is a clean refusal (exit 6); it is tried again, with time
+    // for a loaded machine.
     for &x in applied.clone().iter().rev() {
         let mut tries = 0;
         loop {
-            let o = rlp(&["disable", &pid, names[x]]);
+            let o = rlp(&["disable", &pid, names[x], "--timeout", "120"]);
             match o.status.code() {
                 Some(0) => break,
                 Some(6) if tries < 5 => tries += 1,

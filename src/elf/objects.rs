@@ -587,8 +587,10 @@ impl Objects {
 
 /// Read code at `addr`, saying so when the object holding it went away meanwhile, or is
 /// being mapped (the loader maps a new object's whole span from its file first: the pages
-/// past the file's end cannot be read until it is laid out). A read that fails while the
-/// code is mapped as it was is that failure, not a dlclose.
+/// past the file's end cannot be read until it is laid out), or when objects come and go
+/// around it (a library loaded and unloaded in a loop: reads of a mapping the kernel is
+/// taking down fail too). A read that fails, and fails again, while the code is mapped
+/// as it was and no object comes or goes, is that failure, not a dlclose.
 pub fn read_code(proc: &Process, addr: u64, len: usize) -> Result<Vec<u8>> {
     let read = if crate::os::fault::fails("read_code") {
         Err(err!(
@@ -603,20 +605,45 @@ pub fn read_code(proc: &Process, addr: u64, len: usize) -> Result<Vec<u8>> {
         if !proc.is_alive() {
             return e;
         }
-        // Code that is there, mapped from a file and readable as code is: nothing came
-        // or went.
-        let laid_out = proc.maps().is_ok_and(|m| {
-            crate::os::process::mapping_at(&m, addr).is_some_and(|m| {
-                m.exec && m.path.starts_with('/') && addr + len as u64 <= m.end
+        let churn = || {
+            err!(
+                Busy,
+                "the code at {addr:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry"
+            )
+            .because(crate::error::Cause::Churn)
+        };
+        // The objects mapped now, and whether the code is among them as code is.
+        let objects = || {
+            proc.maps().map(|m| {
+                let laid_out = crate::os::process::mapping_at(&m, addr).is_some_and(|m| {
+                    m.exec && m.path.starts_with('/') && addr + len as u64 <= m.end
+                });
+                let files: Vec<(u64, u64, u64, u64)> = m
+                    .iter()
+                    .filter(|m| m.path.starts_with('/'))
+                    .map(|m| (m.start, m.end, m.inode, m.offset))
+                    .collect();
+                (laid_out, files)
             })
-        });
-        if laid_out {
-            return e.context(format!("reading the code at {addr:#x}"));
+        };
+        let Ok((laid_out, first)) = objects() else {
+            return e;
+        };
+        if !laid_out {
+            return churn();
         }
-        err!(
-            Busy,
-            "the code at {addr:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry"
-        )
-        .because(crate::error::Cause::Churn)
+        let again = if crate::os::fault::fails("read_code:again") {
+            Err(err!(Failed, "Input/output error"))
+        } else {
+            proc.read(addr, len)
+        };
+        match (again, objects()) {
+            // It reads now: it went and came back in between.
+            (Ok(_), _) => churn(),
+            (Err(_), Ok((true, now))) if now == first => {
+                e.context(format!("reading the code at {addr:#x}"))
+            }
+            _ => churn(),
+        }
     })
 }

@@ -241,6 +241,21 @@ pub struct RuntimeRecord {
     pub fd: i32,
 }
 
+/// The keeper thread the runtime started (see `crate::livepatch::session::keeper`): what
+/// ends it and what is unmapped after it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeeperRecord {
+    /// Its mapping: guard page, semaphore, stack.
+    pub mapping: u64,
+    /// The mapping's size.
+    pub size: u64,
+    /// The semaphore it waits on.
+    pub sem: u64,
+    /// Its thread id, once found (0 before).
+    #[serde(default)]
+    pub tid: i32,
+}
+
 /// How far an operation got. Each stage is recorded before its step starts, so that a
 /// run killed midway leaves enough for the next one to finish or undo it, running each
 /// callback at most once.
@@ -303,6 +318,9 @@ pub struct Record {
     /// The rlivepatch runtime, when loaded.
     #[serde(default)]
     pub runtime: Option<RuntimeRecord>,
+    /// The keeper thread, while there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeper: Option<KeeperRecord>,
     /// The jump written into the loader's debugger notification point, while a patch
     /// waits for objects to come ([`crate::livepatch::coming`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -358,6 +376,7 @@ impl Record {
             && self.islands.is_empty()
             && self.pending.is_none()
             && self.runtime.is_none()
+            && self.keeper.is_none()
             && self.hook.is_none()
     }
 }

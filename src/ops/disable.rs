@@ -92,6 +92,9 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
             );
         }
     }
+    // The unload after the switch needs a thread at a safe point for the loader: one is
+    // found first, so that a process without one is left as it is, not half-done.
+    s.borrow()?;
     let mut pending = crate::livepatch::record::Pending::new("disable", name);
     pending.stage = Stage::PreUnpatching;
     pending.writes = plan

@@ -205,6 +205,12 @@ fn repair_mappings(
     let mut done = Vec::new();
     s.unborrow()?;
     s.tr.stop_all(Instant::now() + Duration::from_secs(10))?;
+    // A thread the killed run borrowed may still hold the malloc arena lent to it.
+    for &(rw, _) in &found.orphan_scratch {
+        if crate::remote::inject::restore_lent_arena(&s.proc, rw).unwrap_or(false) {
+            done.push("gave back the malloc arena a killed run lent a thread".to_string());
+        }
+    }
     let ranges: Vec<(u64, u64)> = found
         .orphan_scratch
         .iter()

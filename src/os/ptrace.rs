@@ -112,6 +112,8 @@ pub struct Tracer {
     pub exec_seen: bool,
     /// The process exited.
     pub exited: bool,
+    /// Threads created while traced: (creating thread, new thread), oldest first.
+    pub clones: Vec<(Tid, Tid)>,
     /// A job-control stop is in effect (the stop signal): the process was stopped by
     /// `SIGSTOP`, `SIGTSTP`, `SIGTTIN` or `SIGTTOU` while traced, and not continued since.
     pub job_stop: Option<i32>,
@@ -257,6 +259,7 @@ impl Tracer {
             sigfd,
             interrupted: None,
             exec_seen: false,
+            clones: Vec::new(),
             exited: false,
             job_stop: None,
             finishing: false,
@@ -545,6 +548,10 @@ impl Tracer {
                 Err(e) => bail!(Failed, "PTRACE_INTERRUPT on thread {tid}: {}", e.desc()),
             }
         }
+        // A thread that has not stopped a while after its interrupt is sent another: on
+        // a saturated machine the first one's stop can be taken by an event handled in
+        // between (a syscall stop, a signal) and the thread resumed with it.
+        let mut sent = Instant::now();
         loop {
             match self.threads.get(&tid) {
                 None => return Ok(false),
@@ -554,8 +561,20 @@ impl Tracer {
             if self.exited {
                 return Ok(false);
             }
-            if !self.pump(deadline)? {
-                bail!(Failed, "thread {tid} of process {} did not stop", self.pid);
+            let again = sent + Duration::from_millis(500);
+            if !self.pump(deadline.min(again))? {
+                if Instant::now() >= deadline {
+                    bail!(Failed, "thread {tid} of process {} did not stop", self.pid);
+                }
+                match ptrace::interrupt(Pid::from_raw(tid)) {
+                    Ok(()) => {}
+                    Err(nix::Error::ESRCH) => return Ok(false),
+                    Err(e) => bail!(Failed, "PTRACE_INTERRUPT on thread {tid}: {}", e.desc()),
+                }
+                if let Some(th) = self.threads.get_mut(&tid) {
+                    th.interrupt_sent = true;
+                }
+                sent = Instant::now();
             }
         }
     }
@@ -795,8 +814,13 @@ impl Tracer {
                 if tid == self.pid {
                     self.exited = !process::task_ids(self.pid).is_ok_and(|t| !t.is_empty());
                 }
+                // The last thread followed ended: the process is gone unless a thread
+                // other than a dead leader is left in it (others may run detached).
                 if self.threads.is_empty() {
-                    self.exited = true;
+                    let pid = self.pid;
+                    let living =
+                        |t: &Tid| !matches!(process::thread_state(pid, *t), None | Some('Z' | 'X'));
+                    self.exited = !process::task_ids(pid).is_ok_and(|t| t.iter().any(living));
                 }
             }
             Report::Syscall => {
@@ -864,6 +888,7 @@ impl Tracer {
             && let Ok(child) = ptrace::getevent(Pid::from_raw(tid))
         {
             let child = child as Tid;
+            self.clones.push((tid, child));
             // A child that already exited (its exit was reaped first) stays gone.
             if !self.gone.contains(&child) {
                 self.threads.entry(child).or_insert_with(|| {

@@ -34,7 +34,12 @@ const TRAMPOLINE_DATA: u64 = DATA_SIZE;
 pub const CODE_SIZE: u64 = 4096;
 /// The first bytes of rlivepatch's read-write area, so that a later run recognises one
 /// left behind by a run that was killed.
-pub const SCRATCH_MAGIC: &[u8; 16] = b"rlivepatch-scr1\0";
+pub const SCRATCH_MAGIC: &[u8; 16] = b"rlivepatch-scr2\0";
+/// After the magic: the thread whose malloc arena is lent while borrowed (the arena
+/// slot, the main arena, the thread id), or zeros; a run killed while borrowing leaves it
+/// for `repair` to give back ([`restore_lent_arena`]).
+const LENT_NOTE: u64 = 16;
+const LENT_NOTE_LEN: u64 = 24;
 /// The memfd name of rlivepatch's private memory (`/memfd:rlivepatch-scratch` in maps).
 pub const SCRATCH_NAME: &str = "rlivepatch-scratch";
 /// The memfd name of island pages.
@@ -96,6 +101,8 @@ pub struct Libc {
     /// The GOT slot holding the thread-pointer offset of malloc's `thread_arena` (the
     /// arena a thread allocates from), when rlivepatch recognised it in `malloc`'s code.
     pub thread_arena_slot: Option<u64>,
+    /// `sem_post` (ends the keeper thread, which waits in `sem_wait`).
+    pub sem_post: Option<u64>,
 }
 
 impl Libc {
@@ -166,6 +173,7 @@ impl Libc {
                 dlclose,
                 dlinfo,
                 thread_arena_slot,
+                sem_post: func("sem_post"),
             }),
             _ => bail!(
                 Target,
@@ -173,6 +181,27 @@ impl Libc {
             ),
         }
     }
+}
+
+/// Give back the arena a killed run lent, as the note in its scratch memory at `rw`
+/// says: the thread's `thread_arena` goes back to none if it still holds the lent arena
+/// and the thread still runs. Returns whether one was given back.
+pub fn restore_lent_arena(proc: &Process, rw: u64) -> Result<bool> {
+    let note = proc.read(rw, (LENT_NOTE + LENT_NOTE_LEN) as usize)?;
+    if &note[..16] != SCRATCH_MAGIC {
+        return Ok(false);
+    }
+    let word = |i: usize| u64::from_le_bytes(note[i..i + 8].try_into().unwrap());
+    let (slot, arena, tid) = (word(16), word(24), word(32) as i32);
+    if slot == 0 || !std::path::Path::new(&format!("/proc/{}/task/{tid}", proc.pid)).exists() {
+        return Ok(false);
+    }
+    if proc.read_u64(slot)? != arena {
+        return Ok(false);
+    }
+    proc.write(slot, &0u64.to_le_bytes())?;
+    proc.write(rw + LENT_NOTE, &[0u8; LENT_NOTE_LEN as usize])?;
+    Ok(true)
 }
 
 /// In glibc's `malloc` code (at file address `ip`), the GOT slot of `thread_arena`'s
@@ -354,6 +383,9 @@ impl Injector {
         }
         if let Some(slot) = self.lent_arena.take() {
             proc.write(slot, &0u64.to_le_bytes())?;
+            if let Some(s) = self.scratch {
+                proc.write(s.rw + LENT_NOTE, &[0u8; LENT_NOTE_LEN as usize])?;
+            }
         }
         if self.ran {
             tr.set_regs(self.tid, &self.ctx)?;
@@ -741,8 +773,26 @@ impl Injector {
         let len = self.frame_len();
         self.frame_at = (s.rw + RW_SIZE - len) & !63;
         proc.write(self.frame_at, &self.frame(self.frame_at))?;
-        proc.write(s.rw, SCRATCH_MAGIC)?;
-        self.data_next = s.rw + SCRATCH_MAGIC.len() as u64;
+        let mut head = SCRATCH_MAGIC.to_vec();
+        head.resize((LENT_NOTE + LENT_NOTE_LEN) as usize, 0);
+        proc.write(s.rw, &head)?;
+        self.data_next = s.rw + LENT_NOTE + LENT_NOTE_LEN;
+        Ok(())
+    }
+
+    /// Lend the main arena `arena` to the borrowed thread through its `thread_arena`
+    /// `slot`: noted in the scratch memory first, so that a run killed meanwhile leaves
+    /// what `repair` needs to give it back.
+    pub fn lend_arena(&mut self, proc: &Process, slot: u64, arena: u64) -> Result<()> {
+        let s = self
+            .scratch
+            .ok_or_else(|| err!(Failed, "no scratch memory"))?;
+        let mut note = slot.to_le_bytes().to_vec();
+        note.extend(arena.to_le_bytes());
+        note.extend((self.tid as u64).to_le_bytes());
+        proc.write(s.rw + LENT_NOTE, &note)?;
+        proc.write(slot, &arena.to_le_bytes())?;
+        self.lent_arena = Some(slot);
         Ok(())
     }
 

@@ -4,8 +4,9 @@
 //! Both must outlive any one patch, so they live in a small shared object of their own
 //! (`runtime/rlivepatch-runtime.c`, built by `build.rs` and embedded in rlivepatch),
 //! loaded once with `RTLD_GLOBAL` so that patches' `rlp_*` calls bind to it. It is loaded
-//! when a patch first needs it and unloaded when no patch is left and no shadow variable
-//! is alive.
+//! with the first patch and unloaded when no patch is left and no shadow variable is
+//! alive. It also keeps a thread parked for rlivepatch ([`Keeper`], and
+//! `crate::livepatch::session::keeper`).
 
 use crate::elf::symbols::ElfFile;
 use crate::err;
@@ -39,6 +40,17 @@ pub struct Layout {
     pub coming: u64,
     /// The hook the loader's debugger notification jumps to (`rlp_dl_hook`).
     pub dl_hook: u64,
+    /// The keeper thread ([`Keeper`]).
+    pub keeper: Keeper,
+}
+
+/// Where the keeper's parts are in the runtime (`runtime/rlivepatch-keeper.c`).
+pub struct Keeper {
+    /// `rlp_keeper_start`, which starts it.
+    pub start: u64,
+    /// `rlp_keeper_mapping`, `rlp_keeper_mapping_size` and `rlp_keeper_sem`: what it
+    /// left to end and unmap it (`u64` each).
+    pub vars: (u64, u64, u64),
 }
 
 /// The runtime's layout.
@@ -64,15 +76,18 @@ pub fn layout() -> Result<&'static Layout> {
             vector_width: sym("rlp_vector_width")?,
             coming: sym("rlp_coming")?,
             dl_hook: sym("rlp_dl_hook")?,
+            keeper: Keeper {
+                start: sym("rlp_keeper_start")?,
+                vars: (
+                    sym("rlp_keeper_mapping")?,
+                    sym("rlp_keeper_mapping_size")?,
+                    sym("rlp_keeper_sem")?,
+                ),
+            },
         })
     })
     .as_ref()
     .map_err(|e| err!(Failed, "{e}"))
-}
-
-/// Does a patch need the runtime? (It declares states or calls `rlp_*` functions.)
-pub fn needed_by(patch: &crate::patch::Patch) -> bool {
-    !patch.states.is_empty() || patch.file.undefined.iter().any(|n| n.starts_with("rlp_"))
 }
 
 /// Is `pc` in the hook's code (the thread holds the loader's lock and may be changing

@@ -5,6 +5,7 @@
 
 use crate::elf::objects::Objects;
 use crate::elf::unwind::Unwinder;
+mod keeper;
 mod pick;
 mod runtime;
 
@@ -195,8 +196,8 @@ impl<'a> Session<'a> {
     /// on it would make glibc create one, which stays for the life of the process. Such a
     /// thread allocates from the main arena while it is borrowed (glibc's `thread_arena`
     /// set to the main thread's, and set back to none when it is given back). Returns the
-    /// slot it set.
-    fn lend_main_arena(&mut self, tid: Tid, libc: &Libc) -> Result<Option<u64>> {
+    /// slot to set and the main arena.
+    fn arena_to_lend(&mut self, tid: Tid, libc: &Libc) -> Result<Option<(u64, u64)>> {
         let main = self.proc.pid;
         let Some(slot) = libc.thread_arena_slot.filter(|_| tid != main) else {
             return Ok(None);
@@ -220,13 +221,7 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        match self.main_arena {
-            Some(arena) => {
-                self.proc.write(mine, &arena.to_le_bytes())?;
-                Ok(Some(mine))
-            }
-            None => Ok(None),
-        }
+        Ok(self.main_arena.map(|arena| (mine, arena)))
     }
 
     /// Borrow the stopped thread `tid` (`safe`: it is at a safe point for the loader).
@@ -255,9 +250,11 @@ impl<'a> Session<'a> {
         let mut inj = Injector::borrow(&mut self.tr, tid, libc, rewind)?;
         inj.call_timeout = self.opts.call_timeout;
         inj.safe = safe;
-        if safe {
-            inj.lent_arena = self.lend_main_arena(tid, &inj.libc)?;
-        }
+        let lend = if safe {
+            self.arena_to_lend(tid, &inj.libc)?
+        } else {
+            None
+        };
         let r = match self.scratch {
             Some(s) => inj.adopt_scratch(&self.proc, s),
             None => inj
@@ -265,7 +262,11 @@ impl<'a> Session<'a> {
                 .map(|s| {
                     self.scratch = Some(s);
                 }),
-        };
+        }
+        .and_then(|()| match lend {
+            Some((slot, arena)) => inj.lend_arena(&self.proc, slot, arena),
+            None => Ok(()),
+        });
         if let Err(e) = r {
             let _ = inj.release(&mut self.tr, &self.proc);
             return Err(e);
@@ -427,15 +428,16 @@ impl<'a> Session<'a> {
     /// Save the record (creating its mapping if needed) or remove it when empty.
     pub fn save_record(&mut self) -> Result<()> {
         if self.record.is_empty() {
+            // Raw system calls (munmap; memfd_create, mmap): any stopped thread will do.
             if let Some(store) = self.store.take() {
-                self.borrow()?;
+                self.borrow_for_syscalls()?;
                 store.remove(self.inj.as_mut().unwrap(), &mut self.tr)?;
                 self.refresh()?;
             }
             return Ok(());
         }
         if self.store.is_none() {
-            self.borrow()?;
+            self.borrow_for_syscalls()?;
             self.store = Some(Store::create(
                 self.inj.as_mut().unwrap(),
                 &mut self.tr,
@@ -625,13 +627,16 @@ impl<'a> Session<'a> {
                 .tr
                 .detach_gently(Instant::now() + Duration::from_secs(10))
         {
-            first.get_or_insert(e);
+            // Stopping them all, then detaching, is the way left; when it works, nothing
+            // was left behind and the failed gentle way is no error.
             if self
                 .tr
                 .stop_all(Instant::now() + Duration::from_secs(10))
                 .is_ok()
             {
                 self.tr.detach_all();
+            } else {
+                first.get_or_insert(e);
             }
         }
         self.tr.detach_all();

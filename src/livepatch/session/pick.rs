@@ -107,6 +107,10 @@ impl Session<'_> {
             // The thread kept at a switch is gone: attach again.
             self.tr.reattach()?;
         }
+        // The keeper, parked for this, first: borrowing it costs the program nothing.
+        if let Some(tid) = self.borrowable_keeper()? {
+            return Ok(tid);
+        }
         for round in 0u32.. {
             let (best, refusals) = self.pick_round()?;
             if best.is_none() {
@@ -207,7 +211,10 @@ impl Session<'_> {
     }
 
     /// Can the stopped thread `tid` run a system call for rlivepatch now?
-    fn judge_thread_for_syscalls(&mut self, tid: Tid) -> Result<std::result::Result<(), String>> {
+    pub(super) fn judge_thread_for_syscalls(
+        &mut self,
+        tid: Tid,
+    ) -> Result<std::result::Result<(), String>> {
         let th = &self.tr.threads[&tid];
         match th.stop {
             Some(Stop::Interrupt) | Some(Stop::Group(_)) => {}

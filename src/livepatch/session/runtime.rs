@@ -30,6 +30,7 @@ impl Session<'_> {
         let base = self.proc.read_u64(handle)?;
         let r = RuntimeRecord { handle, base, fd };
         self.record.runtime = Some(r.clone());
+        self.start_keeper(base)?;
         Ok(r)
     }
 
@@ -63,16 +64,21 @@ impl Session<'_> {
         }
     }
 
-    /// Unload the runtime when no patch is left and no shadow variable lives.
+    /// Unload the runtime when no patch is left and no shadow variable lives, then end
+    /// the keeper (the last dlclose may need it). Either failing leaves it recorded.
     pub fn unload_runtime_if_idle(&mut self) -> Result<()> {
         let idle = self.record.patches.is_empty()
             && self.record.hook.is_none()
-            && self.record.runtime.is_some()
             && self.shadow_count()? == 0;
-        if idle {
-            let rt = self.record.runtime.take().unwrap();
-            self.unload(rt.handle, rt.fd)?;
+        if !idle {
+            return Ok(());
         }
-        Ok(())
+        if let Some(rt) = self.record.runtime.take()
+            && let Err(e) = self.unload(rt.handle, rt.fd)
+        {
+            self.record.runtime = Some(rt);
+            return Err(e);
+        }
+        self.stop_keeper()
     }
 }

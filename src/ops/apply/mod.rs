@@ -140,8 +140,7 @@ fn apply_steps(
     // The runtime holds the hook for objects that come, and the hold on the loader while
     // objects it resolved may go (loaded with dlopen, or gone already).
     let hold = !coming.is_empty() || crate::livepatch::coming::may_go(&s.objects, resolved);
-    let preserves = resolved.iter().any(|r| r.contract.preserves()) || hold;
-    let mut applied = load(s, patch, preserves)?;
+    let mut applied = load(s, patch)?;
     fill_symbols(s, applied.base, symbols)?;
     bind_places(s, &mut applied, places)?;
     crate::os::fault::trace("symbols filled");
@@ -223,15 +222,17 @@ fn apply_steps(
     Ok((views, replaced, report))
 }
 
-/// Load the patch (and first the runtime when the patch uses shadow variables or states,
-/// whose `rlp_*` references must resolve when the patch loads, or when a redirect takes
-/// the preserving path), from a memfd so that the target needs no access to our file. The
-/// record then knows it as loading.
-fn load(s: &mut Session, patch: &Patch, preserves: bool) -> Result<AppliedPatch> {
+/// Load the patch (and first the runtime, with the first patch: a patch's `rlp_*`
+/// references must resolve when it loads, redirects may take the preserving path, and
+/// the runtime's keeper thread serves later operations), from a memfd so that the target
+/// needs no access to our file. The record then knows it as loading.
+fn load(s: &mut Session, patch: &Patch) -> Result<AppliedPatch> {
     let pid = s.proc.pid;
     let bytes = std::fs::read(&patch.path)
         .map_err(|e| err!(Patch, "cannot read {}: {e}", patch.path.display()))?;
-    if (crate::remote::runtime::needed_by(patch) || preserves) && s.record.runtime.is_none() {
+    // The runtime comes with the first patch: besides what patches call in it, it keeps
+    // a thread parked for later operations (see `crate::livepatch::session::keeper`).
+    if s.record.runtime.is_none() {
         s.ensure_runtime()?;
         s.save_record()?;
     }

@@ -1,0 +1,179 @@
+//! The keeper: a thread rlivepatch's runtime starts, at a safe moment, when it is loaded
+//! with the first patch, and that waits parked in the C library's `sem_wait` until the
+//! runtime is unloaded with the last patch (`runtime/rlivepatch-keeper.c`). Operations
+//! borrow it first: it is always at a safe point for the loader, however busy the
+//! program's own threads are (all inside malloc, in signal handlers, on code without
+//! unwind information). It runs no code of the runtime, so the last `dlclose` of the
+//! runtime can run on it too; then a `sem_post` ends it.
+//!
+//! Why it is safe:
+//! - **signals**: it blocks every signal from its first instruction, so process-directed
+//!   signals go to the program's threads as before; it runs no handler.
+//! - **fork**: a child has only the forking thread, never the keeper; an operation on the
+//!   child finds none (its thread id, seen when the runtime created it, is not one of the
+//!   child's), borrows the program's threads as before, and unmaps the inherited mapping
+//!   with the runtime.
+//! - **seccomp**: a filter that refuses `clone` makes `pthread_create` fail: then there
+//!   is no keeper, and nothing else changes. Calls on the keeper pass the same seccomp
+//!   check as on any thread.
+//! - **thread-per-request servers**: it is one thread more, asleep; it takes no requests
+//!   and no CPU.
+//! - **processes that count their threads** (`/proc/self/status`, a watchdog): they see
+//!   one thread more while a patch is applied, with the program's name. Its allocations
+//!   (the loader's, while borrowed) go to the main malloc arena, as a borrowed thread's
+//!   do, so it leaves no arena behind.
+//! - **ending it**: glibc ends it as any detached thread whose start routine returned (no
+//!   unwinding, nothing loaded); once the kernel has reaped it, its mapping (the
+//!   runtime's own, never in glibc's stack cache) is unmapped: an apply/disable cycle
+//!   leaves no mapping, thread or fd.
+
+use super::Session;
+use crate::error::Result;
+use crate::livepatch::record::KeeperRecord;
+use crate::os::process;
+use crate::os::ptrace::Tid;
+use std::time::{Duration, Instant};
+
+impl Session<'_> {
+    /// Start the keeper, once the runtime is loaded at `base` (on the thread borrowed to
+    /// load it, which is at a safe point). A refusal (`clone` filtered, no memory) leaves
+    /// the process without one, as before: noted, not an error.
+    pub(super) fn start_keeper(&mut self, base: u64) -> Result<()> {
+        // For the tests that show what the keeper prevents.
+        if crate::os::fault::switched_on("no-keeper") || self.record.keeper.is_some() {
+            return Ok(());
+        }
+        let k = &crate::remote::runtime::layout()?.keeper;
+        let clones = self.tr.clones.len();
+        let r = self.call(base + k.start, &[], "starting the keeper thread")? as u32 as i32;
+        if r != 0 {
+            self.progress(&format!(
+                "note: process {} refused the keeper thread (error {r}); later operations borrow its own threads",
+                self.proc.pid
+            ));
+            return Ok(());
+        }
+        // The thread the call created is the keeper: the borrowed thread ran nothing else.
+        let by = self.inj.as_ref().map(|i| i.tid);
+        let tid = self.tr.clones[clones..]
+            .iter()
+            .find(|(parent, _)| Some(*parent) == by)
+            .map(|(_, child)| *child)
+            .unwrap_or(0);
+        self.record.keeper = Some(KeeperRecord {
+            mapping: self.proc.read_u64(base + k.vars.0)?,
+            size: self.proc.read_u64(base + k.vars.1)?,
+            sem: self.proc.read_u64(base + k.vars.2)?,
+            tid,
+        });
+        Ok(())
+    }
+
+    /// The keeper's thread id, if it runs in this process (a child after a fork has the
+    /// record, not the thread).
+    fn keeper_tid(&self) -> Option<Tid> {
+        let tid = self.record.keeper.as_ref()?.tid;
+        (tid > 0 && process::task_ids(self.proc.pid).ok()?.contains(&tid)).then_some(tid)
+    }
+
+    /// Is the keeper asleep in its `sem_wait`, or stopped there (on its own stack:
+    /// `/proc/PID/task/TID/syscall` ends with the stack pointer and the program counter)?
+    /// Not yet, just started.
+    fn keeper_asleep(&self, tid: Tid) -> bool {
+        let (Some(k), pid) = (self.record.keeper.as_ref(), self.proc.pid) else {
+            return false;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) else {
+            return false;
+        };
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        // "NR ARGS... SP PC" asleep in a call, "-1 SP PC" stopped by rlivepatch out of
+        // one, "running" on a CPU.
+        fields.len() >= 3
+            && fields
+                .get(fields.len() - 2)
+                .and_then(|sp| u64::from_str_radix(sp.trim_start_matches("0x"), 16).ok())
+                .is_some_and(|sp| (k.mapping..k.mapping + k.size).contains(&sp))
+    }
+
+    /// The keeper, stopped and fit for calls; `None` when there is none or it is not
+    /// usable now (then the program's threads are tried).
+    pub(super) fn borrowable_keeper(&mut self) -> Result<Option<Tid>> {
+        let Some(tid) = self.keeper_tid() else {
+            return Ok(None);
+        };
+        let borrowed = self.inj.as_ref().is_some_and(|i| i.tid == tid);
+        if !borrowed && !self.keeper_asleep(tid) {
+            return Ok(None);
+        }
+        if !self.tr.threads.contains_key(&tid) {
+            self.tr.reattach()?;
+        }
+        let was_running = self.tr.threads.get(&tid).is_some_and(|t| t.stop.is_none());
+        let until = Instant::now() + Duration::from_secs(5);
+        let stopped = self.tr.stop_one(tid, until);
+        if !matches!(stopped, Ok(true)) || !self.tr.step_off_entry(tid, until).unwrap_or(false) {
+            return Ok(None);
+        }
+        // Found asleep in a system call on its own stack, it is in its sem_wait: a safe
+        // point by construction (the general rule would refuse a stack of C-library
+        // frames only). What remains to check is how it stopped, and seccomp.
+        if self.judge_thread_for_syscalls(tid)?.is_ok() {
+            return Ok(Some(tid));
+        }
+        if was_running {
+            self.tr.resume(tid)?;
+        }
+        Ok(None)
+    }
+
+    /// End the keeper (after the runtime is unloaded, on it if need be) and unmap its
+    /// mapping. When it cannot be ended now, it stays, recorded, for `repair`: an error.
+    pub(super) fn stop_keeper(&mut self) -> Result<()> {
+        let Some(k) = self.record.keeper.clone() else {
+            return Ok(());
+        };
+        if let Some(tid) = self.keeper_tid() {
+            let pid = self.proc.pid;
+            let sem_post = self.libc.as_ref().and_then(|l| l.sem_post).ok_or_else(|| {
+                crate::err!(Failed, "no sem_post in the C library of process {pid}")
+            })?;
+            // The post runs on the keeper itself: it is at a safe point, and its own
+            // sem_wait, which the call interrupted, takes the post when it resumes.
+            if self.inj.as_ref().is_none_or(|i| i.tid != tid) {
+                self.unborrow()?;
+                // Just started, it may not be asleep yet: it gets there soon.
+                let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
+                while self.borrowable_keeper()? != Some(tid) {
+                    if Instant::now() >= deadline {
+                        crate::bail!(
+                            Busy,
+                            "the keeper thread {tid} of process {pid} could not be stopped to end it"
+                        );
+                    }
+                    self.tr.pump(Instant::now() + Duration::from_millis(20))?;
+                }
+                self.borrow_tid(tid, true)?;
+            }
+            self.call(sem_post, &[k.sem], "ending the keeper thread")?;
+            self.unborrow()?;
+            self.tr.resume(tid)?;
+            let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
+            // Gone from the process, and from the tracer's threads (its exit reaped).
+            while self.tr.threads.contains_key(&tid)
+                || process::task_ids(pid).is_ok_and(|t| t.contains(&tid))
+            {
+                if Instant::now() >= deadline {
+                    crate::bail!(
+                        Busy,
+                        "the keeper thread {tid} of process {pid} did not end in time"
+                    );
+                }
+                self.tr.pump(Instant::now() + Duration::from_millis(20))?;
+            }
+        }
+        self.syscall(libc::SYS_munmap, &[k.mapping, k.size])?;
+        self.record.keeper = None;
+        Ok(())
+    }
+}

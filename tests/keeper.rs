@@ -1,0 +1,112 @@
+//! The keeper thread: later operations always find a thread at a safe point for the
+//! loader, even when every thread of the program is where dlopen may not run.
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn threads(pid: i32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap()
+}
+
+fn rlp_env(args: &[&str], fault: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(args)
+        .env("RLIVEPATCH_FAULT", fault)
+        .output()
+        .unwrap()
+}
+
+fn patched(l: &str) -> bool {
+    l.starts_with("compute(") && value(l).1 == value(l).0 * 100
+}
+
+fn original(l: &str) -> bool {
+    l.starts_with("compute(") && value(l).1 == value(l).0 + 1
+}
+
+/// The only thread of the process runs inside a signal handler for good. Without the
+/// keeper (`RLIVEPATCH_FAULT=no-keeper`) the disable has no thread to run dlclose on: it
+/// refuses, naming the thread and why, and the process runs on, patched, its maps as they
+/// were. With the keeper the disable goes through, and the process is left with its own
+/// threads and maps, as before the apply.
+#[test]
+fn a_process_stuck_in_a_signal_handler_can_still_be_unpatched() {
+    let exe = fixture("handled", "handled", &[]);
+    let fix = patch("counter-fix");
+    let fix = fix.to_str().unwrap();
+
+    let mut t = Target::start(&exe, &["2"]);
+    let pid = t.pid.to_string();
+    let o = rlp_env(&["apply", &pid, fix], "no-keeper");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(threads(t.pid), 1, "a keeper despite no-keeper");
+    t.assert_settled(2, patched, "patched");
+    unsafe { libc::kill(t.pid, libc::SIGUSR1) };
+    t.wait_line(|l| l == "in handler", Duration::from_secs(20));
+    let maps = t.maps();
+    let o = rlp_env(
+        &["disable", &pid, "counter-fix", "--timeout", "2"],
+        "no-keeper",
+    );
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(6), "{err}");
+    assert!(err.contains("inside a signal handler"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    t.assert_settled(2, patched, "still patched");
+    assert_eq!(t.maps(), maps);
+
+    let mut t = Target::start(&exe, &["2"]);
+    let pid = t.pid.to_string();
+    let (maps, fds) = (t.stable_maps(), t.fd_count());
+    rlp_ok(&["apply", &pid, fix]);
+    assert_eq!(threads(t.pid), 2, "no keeper thread while patched");
+    t.assert_settled(2, patched, "patched");
+    unsafe { libc::kill(t.pid, libc::SIGUSR1) };
+    t.wait_line(|l| l == "in handler", Duration::from_secs(20));
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    t.assert_settled(2, original, "original");
+    assert_eq!(threads(t.pid), 1, "the keeper stayed");
+    assert_eq!((t.stable_maps(), t.fd_count()), (maps, fds));
+}
+
+/// rlivepatch killed while the keeper runs a call for it (the keeper, which never
+/// allocated, has the main malloc arena lent while borrowed) leaves a note in its private
+/// memory by which `repair` gives the arena back. Without it, every keeper ended after
+/// such a kill would detach from the main arena once more than it attached, and glibc
+/// aborts the process at the second ("malloc assertion failure in
+/// __malloc_arena_thread_freeres"): the cycles below would kill it.
+#[test]
+fn a_run_killed_in_a_call_on_the_keeper_is_repaired_without_a_trace() {
+    use std::os::unix::process::ExitStatusExt;
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let fix = patch("counter-fix");
+    let fix = fix.to_str().unwrap();
+    let mut t = Target::start(&exe, &["2"]);
+    let pid = t.pid.to_string();
+    let (maps, fds) = (t.stable_maps(), t.fd_count());
+    for _ in 0..3 {
+        rlp_ok(&["apply", &pid, fix]);
+        t.assert_settled(2, patched, "patched");
+        let o = rlp_env(&["disable", &pid, "counter-fix"], "inject:in_call");
+        assert_eq!(
+            o.status.signal(),
+            Some(9),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        rlp_ok(&["repair", &pid]);
+        if rlp_ok(&["list", &pid, "--json"]).contains("counter-fix") {
+            rlp_ok(&["disable", &pid, "counter-fix"]);
+        }
+        t.assert_settled(2, original, "original");
+        assert_eq!(threads(t.pid), 1, "the keeper stayed");
+    }
+    assert_eq!((t.stable_maps(), t.fd_count()), (maps, fds));
+}
