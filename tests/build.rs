@@ -248,6 +248,12 @@ fn refusals_name_the_reason_and_write_nothing() {
         ("verdict-bit", "verdict_t", "layout"),
         // A new file the build does not compile: the patch would not load.
         ("new-file", "extra_weight", "configured again"),
+        // A file the build compiles to nothing (all of it under an #ifdef).
+        (
+            "ifdef-out",
+            "tls.c (compiles to nothing",
+            "no file compiled into",
+        ),
         ("main", "main()", "stays on the stack"),
     ];
     for (d, what, reason) in cases {
@@ -690,4 +696,27 @@ fn the_address_of_a_changed_function_runs_its_new_code() {
     assert_eq!(ask(&mut t, "handed 1"), "handed 1 = 16");
     rlp_ok(&["disable", &pid, "hands-calc"]);
     assert_eq!(ask(&mut t, "handed 1"), "handed 1 = 6");
+}
+
+/// A change inside a function GCC specialised for its callers (`scaled.constprop.0`, its
+/// constant parameter gone): the patch replaces the specialised copy with the same copy
+/// of the new code, which apply accepts; a change that makes the compiler specialise it
+/// differently (another constant) is refused at build, since the old copy's callers
+/// pass what the old specialisation expects.
+#[test]
+fn a_specialised_copy_is_replaced_by_the_same_copy_of_the_new_code() {
+    let src = project("constprop", &[]);
+    let (out, report) = made_with(&src, &["constprop"], "libcalc.so", &[]);
+    assert_eq!(why(&report, "scaled.constprop.0"), "the diff changed it");
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    assert_eq!(ask(&mut t, "scaled 16"), "scaled 16 = 235");
+    rlp_ok(&["apply", &t.pid.to_string(), out.to_str().unwrap()]);
+    assert_eq!(ask(&mut t, "scaled 16"), "scaled 16 = 239");
+    let lib = src.join("libcalc.so").display().to_string();
+    let (code, _, err) = build(&src, &["--diff", &diff("constprop-k"), "--binary", &lib]);
+    assert_eq!(code, 10, "{err}");
+    assert!(
+        err.contains("specialised the new code differently"),
+        "{err}"
+    );
 }

@@ -231,8 +231,9 @@ impl Contracts {
     /// What callers rely on for the function `sym` of `obj` at file address `vaddr`,
     /// `size` bytes. `patched` names every function the same patch replaces in `obj` (a
     /// folded function patched along with it is fine). Refuses (before anything is
-    /// touched) a function folded with another that is not patched too, and one whose
-    /// calling convention the compiler changed.
+    /// touched) a function folded with another that is not patched too; one whose calling
+    /// convention the compiler changed is for the caller to judge
+    /// ([`Contracts::refuse_changed_convention`]).
     pub fn analyse(
         &mut self,
         obj: &LoadedObject,
@@ -304,6 +305,12 @@ impl Contracts {
                 c.folded.join(", ")
             );
         }
+        Ok(c)
+    }
+
+    /// Refuse a replacement with the source prototype of a function `sym` of `obj` whose
+    /// calling convention the compiler changed ([`Contract::convention_changed`]).
+    pub fn refuse_changed_convention(c: &Contract, sym: &str, obj: &LoadedObject) -> Result<()> {
         if let Some(why) = &c.convention_changed {
             let callers = if c.inlined_into.is_empty() {
                 "its callers".to_string()
@@ -316,7 +323,7 @@ impl Contracts {
                 obj.display_name()
             );
         }
-        Ok(c)
+        Ok(())
     }
 
     /// Narrow `c.keeps` to the registers the replacement at file address `vaddr` of

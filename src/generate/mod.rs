@@ -222,6 +222,8 @@ struct Run<'o> {
     /// Functions whose source the diffs change but whose code stays the same, and
     /// where their code is.
     same_code: Vec<String>,
+    /// Units that had code or data in this build (others compile to nothing: `#if`).
+    units_with_code: usize,
 }
 
 impl<'o> Run<'o> {
@@ -273,6 +275,7 @@ impl<'o> Run<'o> {
             ignored: Vec::new(),
             skipped: Vec::new(),
             same_code: Vec::new(),
+            units_with_code: 0,
         })
     }
 
@@ -363,6 +366,24 @@ impl<'o> Run<'o> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // A unit whose code this build's configuration leaves out (`#ifdef USE_NSS`
+        // around all of it), before and after the diffs: nothing of it is in the binary.
+        let has_code = |o: &relobj::RelObj| {
+            o.symbols.iter().any(|s| {
+                s.section.is_some() && matches!(s.kind, relobj::Kind::Func | relobj::Kind::Object)
+            })
+        };
+        if !has_code(&p) && !has_code(&relobj::RelObj::open(&unit.patched)?) {
+            let shown = format!(
+                "{} (compiles to nothing in this build)",
+                unit.source.display()
+            );
+            if !self.ignored.contains(&shown) {
+                self.ignored.push(shown);
+            }
+            return Ok(());
+        }
+        self.units_with_code += 1;
         let (bindings, block) = verify::check_compiler(&p, &file_name, bin)
             .and_then(|()| verify::verify(&p, &file_name, bin))
             .map_err(|e| verify::explain(e, &p, &objdwarf::read(&p).producer, bin))?;
@@ -403,6 +424,12 @@ impl<'o> Run<'o> {
             self.same_code.extend(same);
             return Ok(());
         }
+        objdwarf::check_clones(
+            &unit.source,
+            &p,
+            &q,
+            d.changed.iter().map(|c| (c.name.as_str(), c.sym, c.twin)),
+        )?;
         let t2 = Instant::now();
         let carried: Vec<&diff::Change> = d.changed.iter().chain(&d.new).collect();
         let changed_syms: Vec<usize> = d.changed.iter().map(|c| c.sym).collect();
@@ -540,6 +567,14 @@ impl<'o> Run<'o> {
     /// The build-ids, the link, and the report.
     fn finish(mut self) -> Result<BuildReport> {
         self.t = Instant::now();
+        if self.units_with_code == 0 {
+            crate::refuse!(
+                NotCompiled,
+                "the diffs change no file compiled into {} (they touch {})",
+                paths_of(&self.binaries),
+                self.ignored.join(", ")
+            );
+        }
         if !self
             .functions
             .iter()

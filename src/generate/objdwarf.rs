@@ -71,8 +71,8 @@ fn relocated(o: &RelObj, idx: usize) -> Vec<u8> {
     data
 }
 
-/// Read the debug information of `o` (empty when it has none).
-pub fn read(o: &RelObj) -> ObjDwarf {
+/// The debug information of `o`, its relocations applied.
+fn debug_info(o: &RelObj) -> Option<DebugInfo> {
     let load = |id: gimli::SectionId| -> Result<R, ()> {
         let data = o
             .sections
@@ -82,10 +82,14 @@ pub fn read(o: &RelObj) -> ObjDwarf {
             .unwrap_or_default();
         Ok(R::new(Rc::from(data.into_boxed_slice()), LittleEndian))
     };
-    let Ok(dwarf) = gimli::Dwarf::load(load) else {
+    gimli::Dwarf::load(load).ok().map(DebugInfo::from_dwarf)
+}
+
+/// Read the debug information of `o` (empty when it has none).
+pub fn read(o: &RelObj) -> ObjDwarf {
+    let Some(info) = debug_info(o) else {
         return ObjDwarf::default();
     };
-    let info = DebugInfo::from_dwarf(dwarf);
     let mut out = ObjDwarf::default();
     for unit in info.units() {
         read_unit(&info, &unit, &mut out);
@@ -356,4 +360,54 @@ pub fn layout_change(old: &Layout, new: &Layout) -> String {
         parts.push(format!("{more} more changes"));
     }
     parts.join("; ")
+}
+
+/// How the compiler calls the copy of a function at symbol `sym` of `o` that it
+/// specialised (`f.constprop.0`, `f.isra.0`): the parameters it made constants and those
+/// it removed; `None` when the debug information does not say.
+fn clone_convention(o: &RelObj, sym: usize) -> Option<(Vec<String>, Vec<String>, bool)> {
+    let s = o.symbols.get(sym)?;
+    let addr = ((s.section? as u64) << SECTION_SHIFT) + s.value;
+    let sub = debug_info(o)?.subprogram_at(addr)?;
+    Some((sub.const_params, sub.removed_params, sub.nocall))
+}
+
+/// A changed function that is a copy the compiler specialised for its callers replaces
+/// the old copy, whose callers were built against its convention: the new copy must be
+/// specialised the same way (the same parameters made constants, with the same values,
+/// the same ones removed). Refused otherwise: its callers must change instead.
+/// `changed`: each changed function's name, symbol in `q` and symbol in `p` (if any).
+pub fn check_clones<'n>(
+    source: &std::path::Path,
+    p: &RelObj,
+    q: &RelObj,
+    changed: impl IntoIterator<Item = (&'n str, usize, Option<usize>)>,
+) -> crate::error::Result<()> {
+    for (name, sym, twin) in changed {
+        let is_clone = [".constprop.", ".isra.", ".part.", ".specialized."]
+            .iter()
+            .any(|k| name.contains(k));
+        let Some(twin) = twin.filter(|_| is_clone) else {
+            continue;
+        };
+        let (old, new) = (clone_convention(p, twin), clone_convention(q, sym));
+        if old != new {
+            let show = |v: &Option<(Vec<String>, Vec<String>, bool)>| match v {
+                Some((k, r, _)) if !k.is_empty() || !r.is_empty() => {
+                    k.iter().chain(r).cloned().collect::<Vec<_>>().join(", ")
+                }
+                Some(_) => "none".to_string(),
+                None => "unknown".to_string(),
+            };
+            crate::refuse!(
+                Unsupported,
+                "{} in {}: the compiler specialised the new code differently from the old (parameters fixed or removed before: {}; after: {}), so the old copy's callers cannot call it; a livepatch of this change would have to replace its callers",
+                name,
+                source.display(),
+                show(&old),
+                show(&new)
+            );
+        }
+    }
+    Ok(())
 }

@@ -162,6 +162,7 @@ pub fn resolve_some(
                 sym.value.wrapping_add(bias),
                 sym.size,
                 patched,
+                f.old.contains('#') && f.new_name == sym.name && sym.name.contains('.'),
             )?;
             contracts.narrow_to_replacement(&mut r.contract, patch, f.new_vaddr)?;
             r.notes = r.contract.notes(&r.symbol);
@@ -195,6 +196,7 @@ fn resolve_code(
     addr: u64,
     sym_size: u64,
     patched: &[&str],
+    same_clone: bool,
 ) -> Result<()> {
     let obj = objects.by_addr(addr).ok_or_else(|| {
         err!(
@@ -251,6 +253,12 @@ fn resolve_code(
         _ => own.to_string(),
     };
     r.contract = contracts.analyse(obj, objects, &name, vaddr, size, patched)?;
+    // A generated patch replaces a specialised copy (`f.constprop.0`) with the same copy
+    // of the new code, which `rlivepatch build` checked the compiler specialised the same
+    // way: it is called as the old one is. Any other replacement has the source prototype.
+    if !same_clone {
+        crate::contract::Contracts::refuse_changed_convention(&r.contract, &name, obj)?;
+    }
     r.object = obj.path.clone();
     r.addr = addr;
     r.size = size;
@@ -283,7 +291,7 @@ pub fn resolve_ifuncs(
         let patched = path
             .map(|p| patched_in(patch, &p, objects))
             .unwrap_or_default();
-        resolve_code(objects, contracts, r, implementation, 0, &patched).map_err(|e| {
+        resolve_code(objects, contracts, r, implementation, 0, &patched, false).map_err(|e| {
             e.context(format!(
                 "{} is an IFUNC; its implementation in this process is {name}",
                 r.symbol
