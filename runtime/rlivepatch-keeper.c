@@ -12,7 +12,10 @@
  * unwinding. Its stack is that same mapping (not one of glibc's cached thread stacks), so
  * that once the kernel has reaped it rlivepatch unmaps it and the process keeps no trace.
  *
- * Layout of the mapping: a guard page, a page whose start holds the semaphore, the stack.
+ * Layout of the mapping: a guard page, a page whose start holds the semaphore and, at
+ * RLP_KEEPER_MARK, a mark (a magic string and the mapping's own address), the stack. The
+ * mark lets a later run tell the mapping from memory the program mapped at the same
+ * address after a killed run unmapped it: only a marked mapping is ever unmapped.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -32,6 +35,8 @@ EXPORT uint64_t rlp_keeper_sem;
 #define PAGE 4096
 #define STACK_SIZE (64 * 1024)
 #define SIZE (PAGE + PAGE + STACK_SIZE)
+#define RLP_KEEPER_MARK 128
+static const char MAGIC[16] = "rlivepatch-keepr";
 
 /* Start the keeper (rlivepatch calls this from a thread at a safe point). Returns 0, or
  * the error of mmap or pthread_create (a seccomp filter may refuse clone: then there is
@@ -50,6 +55,9 @@ EXPORT int rlp_keeper_start(void)
 	}
 	sem_t *sem = (sem_t *)(m + PAGE);
 	sem_init(sem, 0, 0);
+	char *mark = m + PAGE + RLP_KEEPER_MARK;
+	__builtin_memcpy(mark, MAGIC, sizeof MAGIC);
+	*(uint64_t *)(mark + sizeof MAGIC) = (uint64_t)m;
 	pthread_attr_t a;
 	pthread_attr_init(&a);
 	pthread_attr_setstack(&a, m + 2 * PAGE, STACK_SIZE);

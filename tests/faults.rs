@@ -140,8 +140,9 @@ fn a_write_cut_short_leaves_the_entry_as_it_was() {
     );
 }
 
-/// A read of the code that fails, and fails again, while the code is mapped as it was is
-/// that failure: not taken for a library unloaded meanwhile, and not retried as one.
+/// A read of mapped code that fails because its file no longer holds that page (a file
+/// truncated under the program; the fault stands for it) is that failure: not taken for
+/// a library unloaded meanwhile, and not retried as one.
 #[test]
 fn a_failed_read_of_mapped_code_is_no_dlclose() {
     let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
@@ -150,7 +151,7 @@ fn a_failed_read_of_mapped_code_is_no_dlclose() {
     let (at, before) = t.snapshot_of("counter-pie", "compute");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
         .args(["apply", &t.pid.to_string(), fix.to_str().unwrap()])
-        .env("RLIVEPATCH_FAULT", "fail:read_code,fail:read_code:again")
+        .env("RLIVEPATCH_FAULT", "fail:read_code,fail:read_code:short")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -159,7 +160,10 @@ fn a_failed_read_of_mapped_code_is_no_dlclose() {
         !err.contains("dlclose") && !err.contains("starting over"),
         "{err}"
     );
-    assert!(err.contains("Input/output error"), "{err}");
+    assert!(
+        err.contains("Input/output error") && err.contains("truncated"),
+        "{err}"
+    );
     t.assert_untouched(&before, at);
 }
 

@@ -110,3 +110,44 @@ fn a_run_killed_in_a_call_on_the_keeper_is_repaired_without_a_trace() {
     }
     assert_eq!((t.stable_maps(), t.fd_count()), (maps, fds));
 }
+
+/// A disable killed at each step of unloading the runtime with its last patch (after the
+/// runtime's last dlclose, after the keeper was told to end, after its mapping was
+/// unmapped; each before the record says so): `repair` ends what is left (the keeper, its
+/// mapping, the runtime's memfd) from what it finds, never reads or unmaps memory the
+/// record no longer describes, and the process is left as it was before the apply.
+#[test]
+fn a_run_killed_while_unloading_the_runtime_is_repaired_without_a_trace() {
+    use std::os::unix::process::ExitStatusExt;
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let fix = patch("counter-fix");
+    let fix = fix.to_str().unwrap();
+    let mut t = Target::start(&exe, &["2"]);
+    let pid = t.pid.to_string();
+    let (maps, fds) = (t.stable_maps(), t.fd_count());
+    for point in ["runtime:unloaded", "keeper:posted", "keeper:unmapped"] {
+        rlp_ok(&["apply", &pid, fix]);
+        t.assert_settled(2, patched, "patched");
+        assert_eq!(threads(t.pid), 2, "no keeper thread while patched");
+        let o = rlp_env(&["disable", &pid, "counter-fix"], point);
+        assert_eq!(
+            o.status.signal(),
+            Some(9),
+            "{point}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        t.assert_settled(2, original, "original");
+        let out = rlp_ok(&["repair", &pid]);
+        assert!(
+            out.contains("repaired") || out.contains("keeper"),
+            "{point}: {out}"
+        );
+        assert_eq!(threads(t.pid), 1, "{point}: the keeper stayed");
+        assert_eq!(
+            (t.stable_maps(), t.fd_count()),
+            (maps.clone(), fds),
+            "{point}: something stayed"
+        );
+        assert!(!rlp_ok(&["list", &pid, "--json"]).contains("counter-fix"));
+    }
+}

@@ -48,6 +48,13 @@ fn random_apply_disable_and_replace_on_a_busy_target() {
             }
             o
         };
+        // A thread stopped at an island's jump stands at the function's entry: its stack
+        // unwinds (it once was "unreliable", and a switch on this target never came).
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("unreliable stack"),
+            "operation {i} (seed {seed}): {err}"
+        );
         match out.status.code() {
             Some(0) => done += 1,
             // A switch that found no safe moment in time is a clean refusal.
@@ -77,6 +84,8 @@ fn random_apply_disable_and_replace_on_a_busy_target() {
         let mut tries = 0;
         loop {
             let o = rlp(&["disable", &pid, names[x], "--timeout", "120"]);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!err.contains("unreliable stack"), "seed {seed}: {err}");
             match o.status.code() {
                 Some(0) => break,
                 Some(6) if tries < 5 => tries += 1,

@@ -589,8 +589,12 @@ impl Objects {
 /// being mapped (the loader maps a new object's whole span from its file first: the pages
 /// past the file's end cannot be read until it is laid out), or when objects come and go
 /// around it (a library loaded and unloaded in a loop: reads of a mapping the kernel is
-/// taking down fail too). A read that fails, and fails again, while the code is mapped
-/// as it was and no object comes or goes, is that failure, not a dlclose.
+/// taking down fail too, and a copy unloaded and loaded again at the same address looks
+/// the same in two looks at the maps around the read).
+///
+/// A page of a laid-out code mapping that its file holds reads unless the mapping
+/// changed under the read, so that is churn; only a page past the file's end (a file
+/// truncated or rewritten in place under a running program) is a failure of its own.
 pub fn read_code(proc: &Process, addr: u64, len: usize) -> Result<Vec<u8>> {
     let read = if crate::os::fault::fails("read_code") {
         Err(err!(
@@ -605,45 +609,39 @@ pub fn read_code(proc: &Process, addr: u64, len: usize) -> Result<Vec<u8>> {
         if !proc.is_alive() {
             return e;
         }
-        let churn = || {
-            err!(
-                Busy,
-                "the code at {addr:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry"
-            )
-            .because(crate::error::Cause::Churn)
-        };
-        // The objects mapped now, and whether the code is among them as code is.
-        let objects = || {
-            proc.maps().map(|m| {
-                let laid_out = crate::os::process::mapping_at(&m, addr).is_some_and(|m| {
-                    m.exec && m.path.starts_with('/') && addr + len as u64 <= m.end
-                });
-                let files: Vec<(u64, u64, u64, u64)> = m
-                    .iter()
-                    .filter(|m| m.path.starts_with('/'))
-                    .map(|m| (m.start, m.end, m.inode, m.offset))
-                    .collect();
-                (laid_out, files)
-            })
-        };
-        let Ok((laid_out, first)) = objects() else {
+        let churn = err!(
+            Busy,
+            "the code at {addr:#x} was unloaded or replaced (a dlclose or dlopen) while rlivepatch worked; nothing was changed: retry"
+        )
+        .because(crate::error::Cause::Churn);
+        let Ok(maps) = proc.maps() else {
             return e;
         };
-        if !laid_out {
-            return churn();
-        }
-        let again = if crate::os::fault::fails("read_code:again") {
-            Err(err!(Failed, "Input/output error"))
-        } else {
-            proc.read(addr, len)
+        let Some(m) = crate::os::process::mapping_at(&maps, addr)
+            .filter(|m| m.exec && m.path.starts_with('/') && addr + len as u64 <= m.end)
+        else {
+            return churn;
         };
-        match (again, objects()) {
-            // It reads now: it went and came back in between.
-            (Ok(_), _) => churn(),
-            (Err(_), Ok((true, now))) if now == first => {
-                e.context(format!("reading the code at {addr:#x}"))
-            }
-            _ => churn(),
+        let needed = m.offset + (addr - m.start) + len as u64;
+        match mapped_file_size(proc, m) {
+            // (The fault stands for a file that shrank under the program.)
+            Some(size) if size < needed || crate::os::fault::fails("read_code:short") => e
+                .context(format!(
+                    "reading the code at {addr:#x}: {} is {size} bytes, shorter than its mapping (truncated or rewritten in place while it runs); restart the program",
+                    m.path
+                )),
+            Some(_) => churn,
+            None => e.context(format!("reading the code at {addr:#x}")),
         }
     })
+}
+
+/// The size of the file a mapping maps, through the mapping itself (the path may name
+/// another file by now), or by its path when the mapping's entry cannot be read.
+fn mapped_file_size(proc: &Process, m: &crate::os::process::Mapping) -> Option<u64> {
+    let entry = format!("/proc/{}/map_files/{:x}-{:x}", proc.pid, m.start, m.end);
+    std::fs::metadata(entry)
+        .or_else(|_| std::fs::metadata(&m.path))
+        .ok()
+        .map(|md| md.len())
 }

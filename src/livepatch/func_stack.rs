@@ -86,19 +86,31 @@ pub fn implementation_of(p: &AppliedPatch, f: &AppliedFunc) -> Vec<Changed> {
 
 /// The wrappers' trampolines of the applied patches, for the unwinder: a thread stopped
 /// in one unwinds with the original's CFI.
+///
+/// An island slot is one too: a thread stopped at its `jmp *0(%rip)` came from the jump
+/// at the function's entry with nothing pushed, so it stands at the original's first
+/// instruction (without this, a busy function's island made its stack unreliable, and
+/// a switch on a process whose threads call it all the time never found its moment).
 pub fn relocated_code(rec: &Record) -> Vec<crate::elf::unwind::Relocated> {
-    rec.patches
-        .iter()
-        .flat_map(|p| &p.funcs)
-        .filter_map(|f| {
-            let w = f.wrap.as_ref()?;
-            let t = w.trampoline?;
-            Some(crate::elf::unwind::Relocated {
-                start: t,
-                end: t + 2 * redirect::SLOT_SIZE,
-                orig: f.old_addr,
-                points: w.points.clone(),
-            })
+    let funcs = || rec.patches.iter().flat_map(|p| &p.funcs);
+    let trampolines = funcs().filter_map(|f| {
+        let w = f.wrap.as_ref()?;
+        let t = w.trampoline?;
+        Some(crate::elf::unwind::Relocated {
+            start: t,
+            end: t + 2 * redirect::SLOT_SIZE,
+            orig: f.old_addr,
+            points: w.points.clone(),
         })
-        .collect()
+    });
+    let islands = funcs().filter_map(|f| {
+        let s = f.island?;
+        Some(crate::elf::unwind::Relocated {
+            start: s,
+            end: s + redirect::SLOT_SIZE,
+            orig: f.old_addr,
+            points: vec![(0, 0)],
+        })
+    });
+    trampolines.chain(islands).collect()
 }

@@ -18,6 +18,8 @@ pub struct Leftovers {
     pub orphan_scratch: Vec<(u64, u64)>,
     /// Island pages the record does not know.
     pub orphan_islands: Vec<u64>,
+    /// The keeper thread of a runtime a killed run unloaded.
+    pub orphan_keeper: bool,
 }
 
 impl Leftovers {
@@ -27,6 +29,7 @@ impl Leftovers {
             && self.orphan_fds.is_empty()
             && self.orphan_scratch.is_empty()
             && self.orphan_islands.is_empty()
+            && !self.orphan_keeper
     }
 
     /// One line for messages.
@@ -55,6 +58,9 @@ impl Leftovers {
                 "unused island pages",
             ));
         }
+        if self.orphan_keeper {
+            parts.push("the keeper thread of an unloaded runtime".to_string());
+        }
         parts.join("; ")
     }
 }
@@ -72,6 +78,9 @@ pub fn scan(
     {
         l.interrupted = Some(format!("an interrupted {} of patch {}", p.op, p.patch));
     }
+    // The runtime starts the keeper and is unloaded before it ends: a keeper without a
+    // runtime (see `Session::open`) is a run's unfinished unload.
+    l.orphan_keeper = rec.keeper.is_some() && rec.runtime.is_none();
     let mut known: Vec<i32> = rec.patches.iter().map(|p| p.fd).collect();
     known.extend(rec.runtime.iter().map(|r| r.fd));
     known.extend(
@@ -128,5 +137,22 @@ pub fn left_in(pid: i32, alive: bool) -> String {
     match found {
         Ok(l) if !l.is_empty() => format!("; left in process {pid}: {}", l.describe()),
         _ => String::new(),
+    }
+}
+
+/// A runtime the record names but that is not loaded where it says (a run was killed
+/// after its last `dlclose`, before it saved the record): the record forgets it, so that
+/// nothing reads the memory it had; its keeper, if the record still has one, is then a
+/// leftover that `repair` ends (see [`scan`]).
+pub fn forget_unloaded_runtime(
+    maps: &[crate::os::process::Mapping],
+    record: &mut crate::livepatch::record::Record,
+) {
+    let loaded = record.runtime.as_ref().is_none_or(|rt| {
+        crate::os::process::mapping_at(maps, rt.base)
+            .is_some_and(|m| m.start == rt.base && m.path == "/memfd:rlp:runtime")
+    });
+    if !loaded {
+        record.runtime = None;
     }
 }

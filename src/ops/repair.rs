@@ -64,6 +64,9 @@ pub fn repair(s: &mut Session) -> Result<Vec<String>> {
         crate::livepatch::coming::settle(s)?;
     }
     s.unload_runtime_if_idle()?;
+    if found.orphan_keeper && s.record.keeper.is_none() {
+        done.push("ended the keeper thread of the runtime an interrupted run unloaded".into());
+    }
     s.save_record()?;
     Ok(done)
 }

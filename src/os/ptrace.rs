@@ -402,6 +402,16 @@ impl Tracer {
         self.seize_all(deadline, &mut false, &mut |_| {})
     }
 
+    /// Attach one more thread (it keeps running), when one is all that is needed after
+    /// the threads were let go at a switch: attaching every thread again costs a
+    /// thousand-thread process a stop of each at the detach. `Ok(false)` when it is gone.
+    pub fn attach_one(&mut self, tid: Tid) -> Result<bool> {
+        if self.threads.contains_key(&tid) {
+            return Ok(true);
+        }
+        self.seize(tid)
+    }
+
     /// Seize one thread. `Ok(false)` when it is gone (or a zombie).
     fn seize(&mut self, tid: Tid) -> Result<bool> {
         // A zombie or exiting thread refuses the seize (EPERM) and is looked at then:

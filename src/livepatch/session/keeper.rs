@@ -72,28 +72,38 @@ impl Session<'_> {
     /// The keeper's thread id, if it runs in this process (a child after a fork has the
     /// record, not the thread).
     fn keeper_tid(&self) -> Option<Tid> {
-        let tid = self.record.keeper.as_ref()?.tid;
-        (tid > 0 && process::task_ids(self.proc.pid).ok()?.contains(&tid)).then_some(tid)
+        let k = self.record.keeper.as_ref()?;
+        let tid = k.tid;
+        if tid <= 0 || !process::task_ids(self.proc.pid).ok()?.contains(&tid) {
+            return None;
+        }
+        // A thread seen off the keeper's stack is another one with its id (the keeper
+        // ended after a killed run posted it, and the program reused the id).
+        match stack_pointer(self.proc.pid, tid) {
+            Some(sp) if !(k.mapping..k.mapping + k.size).contains(&sp) => None,
+            _ => Some(tid),
+        }
+    }
+
+    /// Is the keeper's mapping still the one the runtime made (its mark is there)? After
+    /// a killed run unmapped it, the program may have mapped memory at the same address.
+    fn keeper_mapping_is_ours(&self, k: &KeeperRecord) -> bool {
+        const PAGE: u64 = 4096;
+        let Ok(mark) = self.proc.read(k.mapping + PAGE + KEEPER_MARK, 24) else {
+            return false;
+        };
+        mark[..16] == KEEPER_MAGIC[..] && mark[16..] == k.mapping.to_le_bytes()
     }
 
     /// Is the keeper asleep in its `sem_wait`, or stopped there (on its own stack:
     /// `/proc/PID/task/TID/syscall` ends with the stack pointer and the program counter)?
     /// Not yet, just started.
     fn keeper_asleep(&self, tid: Tid) -> bool {
-        let (Some(k), pid) = (self.record.keeper.as_ref(), self.proc.pid) else {
+        let Some(k) = self.record.keeper.as_ref() else {
             return false;
         };
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) else {
-            return false;
-        };
-        let fields: Vec<&str> = text.split_whitespace().collect();
-        // "NR ARGS... SP PC" asleep in a call, "-1 SP PC" stopped by rlivepatch out of
-        // one, "running" on a CPU.
-        fields.len() >= 3
-            && fields
-                .get(fields.len() - 2)
-                .and_then(|sp| u64::from_str_radix(sp.trim_start_matches("0x"), 16).ok())
-                .is_some_and(|sp| (k.mapping..k.mapping + k.size).contains(&sp))
+        stack_pointer(self.proc.pid, tid)
+            .is_some_and(|sp| (k.mapping..k.mapping + k.size).contains(&sp))
     }
 
     /// The keeper, stopped and fit for calls; `None` when there is none or it is not
@@ -106,8 +116,8 @@ impl Session<'_> {
         if !borrowed && !self.keeper_asleep(tid) {
             return Ok(None);
         }
-        if !self.tr.threads.contains_key(&tid) {
-            self.tr.reattach()?;
+        if !self.tr.attach_one(tid)? {
+            return Ok(None);
         }
         let was_running = self.tr.threads.get(&tid).is_some_and(|t| t.stop.is_none());
         let until = Instant::now() + Duration::from_secs(5);
@@ -156,6 +166,7 @@ impl Session<'_> {
                 self.borrow_tid(tid, true)?;
             }
             self.call(sem_post, &[k.sem], "ending the keeper thread")?;
+            crate::os::fault::point("keeper:posted");
             self.unborrow()?;
             self.tr.resume(tid)?;
             let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
@@ -172,8 +183,29 @@ impl Session<'_> {
                 self.tr.pump(Instant::now() + Duration::from_millis(20))?;
             }
         }
-        self.syscall(libc::SYS_munmap, &[k.mapping, k.size])?;
+        if self.keeper_mapping_is_ours(&k) {
+            self.syscall(libc::SYS_munmap, &[k.mapping, k.size])?;
+            crate::os::fault::point("keeper:unmapped");
+        }
         self.record.keeper = None;
         Ok(())
     }
+}
+
+/// Where `runtime/rlivepatch-keeper.c` marks the keeper's mapping: past the semaphore, in
+/// the page after the guard page.
+const KEEPER_MARK: u64 = 128;
+const KEEPER_MAGIC: &[u8; 16] = b"rlivepatch-keepr";
+
+/// A thread's stack pointer, when it is in a system call or stopped out of one
+/// (`/proc/PID/task/TID/syscall` ends with the stack pointer and the program counter;
+/// it says `running` on a CPU).
+fn stack_pointer(pid: i32, tid: Tid) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    if fields.len() < 3 {
+        return None;
+    }
+    let sp = fields[fields.len() - 2];
+    u64::from_str_radix(sp.trim_start_matches("0x"), 16).ok()
 }

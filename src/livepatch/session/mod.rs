@@ -116,7 +116,7 @@ impl<'a> Session<'a> {
         if let Some(p) = prior {
             objects.adopt(p);
         }
-        let (store, record) = match Store::load(&proc, &maps)? {
+        let (store, mut record) = match Store::load(&proc, &maps)? {
             Some((s, r)) => (Some(s), r),
             None => (
                 None,
@@ -126,6 +126,7 @@ impl<'a> Session<'a> {
                 },
             ),
         };
+        crate::livepatch::leftovers::forget_unloaded_runtime(&maps, &mut record);
         // Threads may be inside wrappers' trampolines: they unwind with the originals' CFI.
         let mut unwinder = Unwinder::new();
         unwinder.relocated = crate::livepatch::func_stack::relocated_code(&record);

@@ -103,13 +103,15 @@ impl Session<'_> {
     /// time; the chosen one stays stopped.
     pub(super) fn pick_thread(&mut self) -> Result<Tid> {
         let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
-        if self.tr.threads.is_empty() {
-            // The thread kept at a switch is gone: attach again.
-            self.tr.reattach()?;
-        }
-        // The keeper, parked for this, first: borrowing it costs the program nothing.
+        // The keeper, parked for this, first: borrowing it costs the program nothing (and
+        // attaches it alone when the threads were let go at a switch).
         if let Some(tid) = self.borrowable_keeper()? {
             return Ok(tid);
+        }
+        let keeper = self.record.keeper.as_ref().map(|k| k.tid);
+        if self.tr.threads.keys().all(|&t| Some(t) == keeper) {
+            // The thread kept at a switch is gone: attach again.
+            self.tr.reattach()?;
         }
         for round in 0u32.. {
             let (best, refusals) = self.pick_round()?;
@@ -153,7 +155,8 @@ impl Session<'_> {
     pub(super) fn pick_any_thread(&mut self) -> Result<Tid> {
         let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
         if self.tr.threads.is_empty() {
-            self.tr.reattach()?;
+            // Any thread will do: one asleep, attached alone, before all of them.
+            self.attach_one_asleep()?;
         }
         loop {
             let mut refusals: Vec<(Tid, String)> = Vec::new();
@@ -208,6 +211,21 @@ impl Session<'_> {
             }
             self.tr.pump(Instant::now() + Duration::from_millis(20))?;
         }
+    }
+
+    /// Attach one thread: one asleep (stopping it costs the program nothing) before one
+    /// at work, and another before the leader (see `Tracer::attach`: a traced leader
+    /// makes the kernel queue signals the program ignores); all of them when none can be.
+    fn attach_one_asleep(&mut self) -> Result<()> {
+        let pid = self.proc.pid;
+        let mut tids: Vec<Tid> = process::task_ids(pid)?.into_iter().collect();
+        tids.sort_by_key(|&t| (process::thread_state(pid, t) != Some('S'), t == pid));
+        for t in tids {
+            if self.tr.attach_one(t)? {
+                return Ok(());
+            }
+        }
+        self.tr.reattach()
     }
 
     /// Can the stopped thread `tid` run a system call for rlivepatch now?

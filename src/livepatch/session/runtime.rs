@@ -79,6 +79,7 @@ impl Session<'_> {
             self.record.runtime = Some(rt);
             return Err(e);
         }
+        crate::os::fault::point("runtime:unloaded");
         self.stop_keeper()
     }
 }
