@@ -241,15 +241,15 @@ fn exit_codes_say_what_happened() {
     std::fs::write(&exe, "").unwrap();
     let (code, _, _) = rlp_full(&[
         "apply",
-        "--exe",
-        exe.to_str().unwrap(),
+        "--object",
+        "libnothing-maps-this.so.9",
         fix.to_str().unwrap(),
     ]);
     assert_eq!(code, 0);
     let (code, _, _) = rlp_full(&[
         "apply",
-        "--exe",
-        exe.to_str().unwrap(),
+        "--object",
+        "libnothing-maps-this.so.9",
         "--require-match",
         fix.to_str().unwrap(),
     ]);
@@ -362,4 +362,65 @@ fn the_ansible_playbook_rolls_out_then_reports_ok() {
         second.contains("changed=0") && second.contains("failed=0"),
         "{second}"
     );
+}
+
+/// `--exe` as an operator types it: a relative path is a path (resolved from the working
+/// directory), a bare name selects programs of that name and says so, a path where no
+/// file is is refused (exit 14), and a program no process runs is "nothing matched"
+/// (exit 15) naming the processes of another build of it that do run. Before, each of
+/// these printed "no process matched" and exited 0.
+#[test]
+fn exe_selects_as_typed_and_an_empty_match_says_why() {
+    let b = builds("exe", 1, 1);
+    let fix = fix_for(&b, "exe-fix");
+    let fix = fix.to_str().unwrap();
+    let in_dir = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+            .args(args)
+            .current_dir(&b.dir)
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    // A relative path: the new build's process is patched, the old one is a mismatch.
+    let (code, out, err) = in_dir(&["apply", "--exe", "./counter", fix, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        pids(&json(&out), "applied"),
+        vec![b.new[0].pid as i64],
+        "{out}"
+    );
+    let (code, _, err) = in_dir(&["disable", "--exe", "./counter", "exe-fix"]);
+    assert_eq!(code, 0, "{err}");
+    // A bare name selects the programs of that name, and says so.
+    let (code, out, err) = in_dir(&["apply", "--exe", "counter", fix, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("is a name, not a path"), "{err}");
+    assert_eq!(
+        pids(&json(&out), "applied"),
+        vec![b.new[0].pid as i64],
+        "{out}"
+    );
+    rlp_ok(&["disable", "--exe", b.path.to_str().unwrap(), "exe-fix"]);
+    // A path where no file is.
+    let (code, _, err) = in_dir(&["apply", "--exe", "sbin/counter", fix]);
+    assert_eq!(code, 14, "{err}");
+    assert!(err.contains("no such file"), "{err}");
+    // A copy of the program that no process runs: nothing matched, and why.
+    let copy = b.dir.join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(&b.path, copy.join("counter")).unwrap();
+    let (code, out, err) = in_dir(&["apply", "--exe", "copy/counter", fix]);
+    let err = format!("{out}{err}");
+    assert_eq!(code, 15, "{err}");
+    assert!(err.contains("no process runs"), "{err}");
+    assert!(
+        err.contains(&b.old[0].pid.to_string()) && err.contains(&b.new[0].pid.to_string()),
+        "the processes of the other builds are named: {err}"
+    );
+    still_original(&mut b.new.into_iter().next().unwrap());
 }

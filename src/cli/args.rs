@@ -37,8 +37,8 @@ pub const EXIT_CODES: &str = "Exit codes:
  11  build: the project's build, a diff, a compile or the link failed
  12  fleet run (--all, --exe...): some processes failed
  13  fleet run: every selected process failed
- 14  fleet run refused before touching any process
- 15  fleet run selected nothing, with --require-match";
+ 14  fleet run refused before touching any process (also: --exe names no file)
+ 15  fleet run selected nothing, with --require-match or --exe";
 
 /// Selectors and limits of a run over many processes.
 #[derive(clap::Args, Debug, Clone, Default)]

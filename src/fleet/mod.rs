@@ -54,6 +54,13 @@ pub type Progress<'a> = &'a (dyn Fn(&str) + Sync);
 /// Run `op` over the processes `sel` selects.
 pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> Result<FleetReport> {
     let started = Instant::now();
+    let given_exe = sel.exe.clone();
+    let sel = &sel.clone().resolve_exe();
+    if let Some(name) = sel.exe_name() {
+        progress(&format!(
+            "--exe {name} is a name, not a path: selecting the programs named {name} (give a path, such as ./{name}, for a file in this directory)"
+        ));
+    }
     let patch = match op {
         Op::Apply(p) | Op::Check(p) => Some(Patch::load(p)?),
         _ => None,
@@ -78,6 +85,8 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
     let mut unreadable = 0;
     let mut todo: VecDeque<Candidate> = VecDeque::new();
     let mut other_main: Vec<(Candidate, String)> = Vec::new();
+    let mut same_name: Vec<String> = Vec::new();
+    let mut selected = 0;
     for c in select::candidates(sel) {
         let named = sel.pids.contains(&c.pid);
         if c.unreadable == Some(select::Unreadable::Gone) {
@@ -101,8 +110,17 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
             continue;
         }
         if !select::selected(&mut files, &c, sel) {
+            // Another file of the program `--exe` names (an older build, another copy):
+            // said when nothing matched.
+            if let Some(name) = sel.exe.as_ref().and_then(|e| e.file_name())
+                && c.exe.trim_end_matches(" (deleted)").rsplit('/').next()
+                    == Some(&*name.to_string_lossy())
+            {
+                same_name.push(format!("{} ({})", c.pid, c.exe));
+            }
             continue;
         }
+        selected += 1;
         match &wants {
             Some(w) => match select::fit(&mut files, &c, w, sel.exe.is_some() || named) {
                 Fit::Target => todo.push_back(c),
@@ -132,6 +150,16 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
                 }
             }
         }
+    }
+    if let Some(exe) = &sel.exe
+        && (selected == 0 || todo.is_empty() && records.is_empty() && !other_main.is_empty())
+    {
+        same_name.extend(
+            other_main
+                .iter()
+                .map(|(c, _)| format!("{} ({})", c.pid, c.exe)),
+        );
+        return no_exe_match(exe, given_exe.as_deref(), sel, &same_name, unreadable);
     }
     // Another build of the program the patch is for (an old binary still running after
     // an update): the executable at the same path as a target's.
@@ -188,6 +216,47 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
     });
     records.extend(done.into_inner().unwrap_or_else(|e| e.into_inner()));
     Ok(FleetReport::new(records, unreadable, fo.require_match))
+}
+
+/// `--exe` named a program that no selected process runs: a path where no file is is
+/// refused (exit 14); otherwise nothing matched (exit 15), saying why, never an empty
+/// success a rollout script would read as done.
+fn no_exe_match(
+    exe: &std::path::Path,
+    given: Option<&std::path::Path>,
+    sel: &Selection,
+    others: &[String],
+    unreadable: usize,
+) -> Result<FleetReport> {
+    let typed = given.unwrap_or(exe).display().to_string();
+    if sel.exe_missing() {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            format!(
+                "--exe {typed}: no such file ({}); give the path of the program's file, as /proc/PID/exe shows it, or its name alone (--exe {}) to select programs by name",
+                exe.display(),
+                exe.file_name()
+                    .map_or(typed.clone(), |n| n.to_string_lossy().into_owned())
+            ),
+        ));
+    }
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut why = format!("--exe {typed}: no process runs {}", exe.display());
+    if !others.is_empty() {
+        why.push_str(&format!(
+            "; processes of another build of {name} run: {}",
+            others.join(", ")
+        ));
+    }
+    // Naming a program says it is expected to run: nothing matched is exit 15, as with
+    // --require-match.
+    let mut report = FleetReport::new(Vec::new(), unreadable, true);
+    report.msg = format!("{why}; {}", report.msg);
+    report.comment = report.msg.clone();
+    Ok(report)
 }
 
 fn record(c: &Candidate, result: Outcome, reason: String, ms: f64) -> ProcessRecord {

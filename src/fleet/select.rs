@@ -29,6 +29,35 @@ pub struct Selection {
 }
 
 impl Selection {
+    /// `--exe` as typed, made what the run compares: a relative path resolved from the
+    /// working directory (as any path is), a bare name kept as a name (programs of that
+    /// name are selected; the caller says so). A path that does not exist stays, since a
+    /// process may still run a deleted file; [`Selection::exe_missing`] tells.
+    pub fn resolve_exe(mut self) -> Selection {
+        if let Some(exe) = &self.exe
+            && !exe_is_name(exe)
+            && let Ok(abs) = std::path::absolute(exe)
+        {
+            self.exe = Some(abs);
+        }
+        self
+    }
+
+    /// `--exe` names a program by its name alone (`nginx`), not by a path.
+    pub fn exe_name(&self) -> Option<String> {
+        self.exe
+            .as_ref()
+            .filter(|e| exe_is_name(e))
+            .map(|e| e.display().to_string())
+    }
+
+    /// `--exe` names a path where no file is.
+    pub fn exe_missing(&self) -> bool {
+        self.exe
+            .as_ref()
+            .is_some_and(|e| !exe_is_name(e) && std::fs::symlink_metadata(e).is_err())
+    }
+
     /// Does the operator select processes this way (rather than by one pid)?
     pub fn given(&self) -> bool {
         self.all
@@ -291,8 +320,13 @@ pub fn selected(files: &mut Files, c: &Candidate, sel: &Selection) -> bool {
             let b = std::fs::metadata(exe).ok()?;
             Some(a.dev() == b.dev() && a.ino() == b.ino())
         };
-        let by_path = c.exe.trim_end_matches(" (deleted)") == exe.display().to_string();
-        if !by_path && same_file() != Some(true) {
+        let running = c.exe.trim_end_matches(" (deleted)");
+        let matched = if exe_is_name(exe) {
+            running.rsplit('/').next() == exe.to_str()
+        } else {
+            running == exe.display().to_string() || same_file() == Some(true)
+        };
+        if !matched {
             return false;
         }
     }
@@ -315,4 +349,9 @@ pub fn selected(files: &mut Files, c: &Candidate, sel: &Selection) -> bool {
         }
     }
     true
+}
+
+/// A `--exe` with no slash is a program's name, not a path in the working directory.
+fn exe_is_name(exe: &std::path::Path) -> bool {
+    !exe.as_os_str().is_empty() && !exe.to_string_lossy().contains('/')
 }
