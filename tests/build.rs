@@ -139,6 +139,9 @@ fn a_fix_becomes_a_patch_the_running_program_runs() {
     let before = listing(&src);
     let (out, report) = made(&src, &["handle"], "app");
     assert_eq!(why(&report, "handle"), "the diff changed it");
+    // Without --name, the patch is named after its file (-o project-fix.so), which is
+    // what an operator types to disable it; not after the diff.
+    assert_eq!(report["name"], "project-fix", "{report}");
     assert_eq!(listing(&src), before, "the source tree was modified");
     let info = rlp_ok(&["info", out.to_str().unwrap()]);
     assert!(info.contains("handle"), "{info}");
@@ -153,7 +156,7 @@ fn a_fix_becomes_a_patch_the_running_program_runs() {
     assert_eq!(ask(&mut t, "handle 3"), "handle 3 = 6");
     assert_eq!(ask(&mut t, "handle 500"), "handle 500 = -1");
     assert_eq!(ask(&mut t, "stats"), "stats calls 4 over 2 limit 100");
-    rlp_ok(&["disable", &t.pid.to_string(), "handle"]);
+    rlp_ok(&["disable", &t.pid.to_string(), "project-fix"]);
     assert_eq!(ask(&mut t, "handle -5"), "handle -5 = 0");
     assert!(t.rlivepatch_maps().is_empty());
 
@@ -456,7 +459,7 @@ fn functions_called_through_a_table_a_new_function_and_new_data() {
     assert_eq!(ask(&mut t, "op 0 5"), "op 0 5 = 1006");
     assert_eq!(ask(&mut t, "op 0 5"), "op 0 5 = 2006");
     assert_eq!(ask(&mut t, "op 1 5"), "op 1 5 = -6");
-    rlp_ok(&["disable", &t.pid.to_string(), "ops"]);
+    rlp_ok(&["disable", &t.pid.to_string(), "project-table"]);
     assert_eq!(ask(&mut t, "op 0 5"), "op 0 5 = 6");
 }
 
@@ -694,7 +697,7 @@ fn the_address_of_a_changed_function_runs_its_new_code() {
     let pid = t.pid.to_string();
     rlp_ok(&["apply", &pid, out.to_str().unwrap()]);
     assert_eq!(ask(&mut t, "handed 1"), "handed 1 = 16");
-    rlp_ok(&["disable", &pid, "hands-calc"]);
+    rlp_ok(&["disable", &pid, "project-hands-calc"]);
     assert_eq!(ask(&mut t, "handed 1"), "handed 1 = 6");
 }
 

@@ -444,6 +444,23 @@ fn children_running_the_same_program_are_named() {
         list.contains(&format!("for p in {child}; do rlivepatch apply")),
         "{list}"
     );
+    // Patched too, the child is no longer worth a note.
+    rlp_ok(&["apply", &child, fix.to_str().unwrap()]);
+    let list = rlp_ok(&["list", &pid]);
+    assert!(!list.contains("child process"), "{list}");
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    rlp_ok(&["disable", &child, "counter-fix"]);
+    // A fleet run that patches both says nothing of children; one that leaves the child
+    // out says so once, naming it.
+    let (code, _, err) = rlp_full(&["apply", "--exe", &e, fix.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("child process"), "{err}");
+    rlp_ok(&["disable", "--exe", &e, "counter-fix"]);
+    let (code, _, err) = rlp_full(&["apply", "--pid", &pid, fix.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("child process").count(), 1, "{err}");
+    assert!(err.contains(&format!("{child} (child of {pid})")), "{err}");
+    rlp_ok(&["disable", &pid, "counter-fix"]);
     // The child, started by this test's shell, by pid.
     let _ = std::process::Command::new("kill").arg(&child).status();
     drop(t);
@@ -593,4 +610,57 @@ fn small_things_read_well() {
         "{e}"
     );
     assert_eq!(e.matches("small.c").count(), 1, "{e}");
+}
+
+/// Run rlivepatch with its stdout a pipe whose reader is gone (`| head -1` that ended,
+/// `| true`): the operation happens and its exit code stands; printing stops quietly.
+fn closed_stdout(args: &[&str]) -> std::process::Output {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two descriptors of a new pipe; both are ours.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fds[0] and fds[1] were just created and are owned here only.
+    let (reader, writer) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(args)
+        .stdout(std::process::Stdio::from(writer))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_closed_stdout_changes_no_exit_code() {
+    let (mut t, _, _) = counter();
+    let pid = t.pid.to_string();
+    let fix = patch("counter-fix");
+    for args in [
+        vec!["apply", pid.as_str(), fix.to_str().unwrap()],
+        vec!["list", pid.as_str()],
+        vec!["symbols", pid.as_str(), "*"],
+        vec!["list", pid.as_str(), "--json"],
+        vec!["disable", pid.as_str(), "counter-fix", "--json"],
+    ] {
+        let o = closed_stdout(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        if args[0] == "apply" {
+            assert!(rlp_ok(&["list", &pid, "--json"]).contains("counter-fix"));
+        }
+    }
+    still_original(&mut t);
+    // A failure keeps its own code.
+    let o = closed_stdout(&["disable", &pid, "counter-fix"]);
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -313,7 +313,7 @@ pub struct BuildArgs {
     /// Also look for the binary's separate debug file in DIR.
     #[arg(long, value_name = "DIR")]
     pub debug_dir: Vec<PathBuf>,
-    /// The patch's name (default: the first diff's file name).
+    /// The patch's name (default: the output file's name without `.so`, else the first diff's).
     #[arg(long)]
     pub name: Option<String>,
     /// Make it an atomic-replace patch (it replaces every patch applied before it).

@@ -215,7 +215,36 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
         }
     });
     records.extend(done.into_inner().unwrap_or_else(|e| e.into_inner()));
+    if matches!(op, Op::Apply(_))
+        && let Some(n) = uncovered_children(&records)
+    {
+        progress(&n);
+    }
     Ok(FleetReport::new(records, unreadable, fo.require_match))
+}
+
+/// The children of patched processes, running the same program, that the run did not
+/// patch (a pool of workers of a master selected by --pid): one note for the run.
+fn uncovered_children(records: &[ProcessRecord]) -> Option<String> {
+    let covered: std::collections::HashSet<i32> = records
+        .iter()
+        .filter(|r| !r.result.failed())
+        .map(|r| r.pid)
+        .collect();
+    let mut left: Vec<String> = Vec::new();
+    for r in records.iter().filter(|r| r.result.changed()) {
+        for c in crate::os::process::same_program_children(r.pid) {
+            if !covered.contains(&c) {
+                left.push(format!("{c} (child of {})", r.pid));
+            }
+        }
+    }
+    (!left.is_empty()).then(|| {
+        format!(
+            "note: child processes running the same program were not in this run and still run the old code: {}; add them (--pid) or select by --exe",
+            left.join(", ")
+        )
+    })
 }
 
 /// `--exe` named a program that no selected process runs: a path where no file is is
@@ -316,6 +345,8 @@ fn one(
         return record(c, Outcome::Gone, "it exited during the run".into(), 0.0);
     }
     let mut opts = fo.opts.clone();
+    // The run says once which children it did not cover (see `uncovered_children`).
+    opts.note_children = false;
     if let Some(d) = deadline {
         let left = d.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -109,11 +109,21 @@ impl Drop for Work {
     }
 }
 
-fn default_name(diffs: &[PathBuf]) -> String {
-    let stem = diffs
-        .first()
-        .and_then(|d| d.file_stem())
-        .map(|s| s.to_string_lossy().into_owned())
+/// The patch's name without `--name`: the output file's (`-o fix-1234.so` is patch
+/// `fix-1234`, what the operator will type to disable it), else the first diff's.
+fn default_name(out: Option<&Path>, diffs: &[PathBuf]) -> String {
+    let stem = out
+        .and_then(|o| o.file_name())
+        .map(|n| {
+            let n = n.to_string_lossy();
+            n.strip_suffix(".so").unwrap_or(&n).to_string()
+        })
+        .or_else(|| {
+            diffs
+                .first()
+                .and_then(|d| d.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "fix".into());
     let n: String = stem
         .chars()
@@ -257,7 +267,7 @@ impl<'o> Run<'o> {
             name: opts
                 .name
                 .clone()
-                .unwrap_or_else(|| default_name(&opts.diffs)),
+                .unwrap_or_else(|| default_name(opts.out.as_deref(), &opts.diffs)),
             source,
             binaries,
             work,

@@ -108,7 +108,11 @@ fn apply_once(
         });
     let done = s.conclude(r).map_err(|e| continued(e, pid))?;
     let (functions, replaced, report) = done.value;
-    let children = crate::os::process::same_program_children(pid);
+    let children = if opts.note_children {
+        crate::os::process::same_program_children(pid)
+    } else {
+        Vec::new()
+    };
     if let Some(n) = crate::os::process::children_note(pid, &children, "still run the old code") {
         progress(&n);
     }

@@ -35,6 +35,9 @@ pub struct Options {
     /// More directories to look for objects the process has not loaded yet in (besides
     /// the loader's own path).
     pub library_path: Vec<std::path::PathBuf>,
+    /// Say which child processes of the same program an apply did not cover (off in a
+    /// fleet run, which says it once for the whole run).
+    pub note_children: bool,
 }
 
 impl Default for Options {
@@ -46,6 +49,7 @@ impl Default for Options {
             lock_timeout: Duration::from_secs(30),
             debug_dirs: Vec::new(),
             library_path: Vec::new(),
+            note_children: true,
         }
     }
 }
