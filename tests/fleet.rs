@@ -389,11 +389,29 @@ fn exe_selects_as_typed_and_an_empty_match_says_why() {
     // A relative path: the new build's process is patched, the old one is a mismatch.
     let (code, out, err) = in_dir(&["apply", "--exe", "./counter", fix, "--json"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        pids(&json(&out), "applied"),
-        vec![b.new[0].pid as i64],
-        "{out}"
+    let v = json(&out);
+    assert_eq!(pids(&v, "applied"), vec![b.new[0].pid as i64], "{out}");
+    // The notes printed for a process are in its record too, for a tool reading JSON.
+    let printed: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split_once(": note: ").map(|(_, n)| n))
+        .collect();
+    assert!(
+        !printed.is_empty(),
+        "the counter's compute gets a note: {err}"
     );
+    let rec = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["result"] == "applied")
+        .unwrap();
+    for n in &printed {
+        assert!(
+            rec["notes"].to_string().contains(&n[..n.len().min(40)]),
+            "{n}: {rec}"
+        );
+    }
     let (code, _, err) = in_dir(&["disable", "--exe", "./counter", "exe-fix"]);
     assert_eq!(code, 0, "{err}");
     // A bare name selects the programs of that name, and says so.

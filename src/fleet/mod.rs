@@ -301,6 +301,7 @@ fn record(c: &Candidate, result: Outcome, reason: String, ms: f64) -> ProcessRec
         switch_wait_ms: None,
         pause_ms: None,
         leftovers: Vec::new(),
+        notes: Vec::new(),
         duration_ms: ms,
     }
 }
@@ -360,7 +361,13 @@ fn one(
         opts.timeout = opts.timeout.min(left);
     }
     let pid = c.pid;
-    let mut say = |line: &str| progress(&format!("pid {pid}: {line}"));
+    let notes = std::cell::RefCell::new(Vec::new());
+    let mut say = |line: &str| {
+        if line.starts_with("note: ") || line.starts_with("warning: ") {
+            notes.borrow_mut().push(line.to_string());
+        }
+        progress(&format!("pid {pid}: {line}"))
+    };
     let mut leftovers = Vec::new();
     let result: Result<(
         Outcome,
@@ -425,7 +432,7 @@ fn one(
         }),
         _ => Err(Error::new(ErrorKind::Failed, "no patch")),
     };
-    match result {
+    let mut r = match result {
         Ok((o, why, patches, switch)) => {
             let mut r = record(c, o, why, ms(t0));
             r.patches = patches;
@@ -435,5 +442,7 @@ fn one(
             r
         }
         Err(e) => record(c, outcome_of(&e), e.message, ms(t0)),
-    }
+    };
+    r.notes = notes.into_inner();
+    r
 }

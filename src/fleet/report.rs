@@ -116,6 +116,10 @@ pub struct ProcessRecord {
     /// these).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub leftovers: Vec<String>,
+    /// The warnings and notes its operation printed (on stderr, prefixed with the pid),
+    /// for a fleet tool reading the JSON only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// How long its operation took, in ms.
     pub duration_ms: f64,
 }
