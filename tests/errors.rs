@@ -493,6 +493,23 @@ fn installed_rlivepatch_builds_and_applies_a_patch() {
         man.contains(".TH rlivepatch 1") && man.contains("apply"),
         "{man}"
     );
+    // Every page the main page refers to is installed (rlivepatch-apply(1)...).
+    let referred: Vec<&str> = man
+        .split("rlivepatch\\-")
+        .skip(1)
+        .filter_map(|r| r.split_once("(1)").map(|(name, _)| name))
+        .filter(|n| {
+            n.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '-' || c == '\\')
+        })
+        .collect();
+    assert!(referred.len() >= 10, "{man}");
+    for n in referred {
+        let page = format!("share/man/man1/rlivepatch-{}.1", n.replace("\\-", "-"));
+        assert!(prefix.join(&page).is_file(), "{page} not installed");
+    }
+    // The exit codes keep their lines (not filled into a paragraph).
+    assert!(man.contains(".SH \"EXIT STATUS\"\n.nf\n"), "{man}");
     let installed = prefix.join("bin/rlivepatch");
     let out = std::process::Command::new(&installed)
         .args(["sdk", "--cflags"])

@@ -149,9 +149,10 @@ pub enum Command {
     Symbols(SymbolsArgs),
     /// The C SDK for writing patches: `cc $(rlivepatch sdk --cflags) -o fix.so fix.c`.
     Sdk(SdkArgs),
-    /// Print the man page (roff), generated from this command line's definitions.
+    /// Print the man page (roff), generated from this command line's definitions; with
+    /// --dir, write it and a page per command there.
     #[command(hide = true)]
-    Manpage,
+    Manpage(ManpageArgs),
     /// Print shell completions for SHELL (bash, zsh, fish, elvish, powershell).
     #[command(hide = true)]
     Completions(CompletionsArgs),
@@ -478,4 +479,12 @@ pub fn seconds(s: &str) -> std::result::Result<Duration, String> {
             "'{s}' is not a number of seconds (a finite number, 0 or more)"
         )),
     }
+}
+
+/// `rlivepatch manpage`.
+#[derive(clap::Args, Debug)]
+pub struct ManpageArgs {
+    /// Write rlivepatch.1 and rlivepatch-COMMAND.1 for each command into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }

@@ -7,6 +7,7 @@ use crate::err;
 use crate::error::Result;
 use crate::ops::report::InfoView;
 use clap::CommandFactory;
+use std::path::PathBuf;
 
 /// `rlivepatch build`: the report goes to stderr as text (the patch is the output), or
 /// to stdout as JSON.
@@ -67,14 +68,54 @@ pub fn sdk(a: SdkArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// `rlivepatch manpage`: the man page (roff).
-pub fn manpage() -> Result<u8> {
-    let mut buf = Vec::new();
-    clap_mangen::Man::new(Cli::command())
-        .render(&mut buf)
-        .map_err(|e| err!(Failed, "writing the man page: {e}"))?;
-    out::bytes(&buf);
+/// `rlivepatch manpage`: the man page (roff) on stdout; with `--dir DIR`, it and a page
+/// per command (`rlivepatch-apply.1`...) written in DIR, as `rlivepatch(1)` refers to them.
+pub fn manpage(dir: Option<PathBuf>) -> Result<u8> {
+    let failed = |e: std::io::Error| err!(Failed, "writing the man pages: {e}");
+    let main = main_page().map_err(failed)?;
+    let Some(dir) = dir else {
+        out::bytes(&main);
+        return Ok(0);
+    };
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        clap_mangen::Man::new(sub.clone())
+            .generate_to(&dir)
+            .map_err(failed)?;
+    }
+    std::fs::write(dir.join("rlivepatch.1"), main).map_err(failed)?;
     Ok(0)
+}
+
+/// The main page: clap's sections, and the exit codes as a table that keeps its lines
+/// (filled as a paragraph, man reflowed it across its columns).
+fn main_page() -> std::io::Result<Vec<u8>> {
+    let man = clap_mangen::Man::new(Cli::command().after_help("").disable_help_subcommand(true));
+    let mut buf = Vec::new();
+    man.render_title(&mut buf)?;
+    man.render_name_section(&mut buf)?;
+    man.render_synopsis_section(&mut buf)?;
+    man.render_description_section(&mut buf)?;
+    man.render_options_section(&mut buf)?;
+    man.render_subcommands_section(&mut buf)?;
+    let table = crate::cli::args::EXIT_CODES
+        .lines()
+        .skip(1)
+        .map(|l| l.replace('\\', "\\e").replace('-', "\\-"))
+        .map(|l| {
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    buf.extend_from_slice(format!(".SH \"EXIT STATUS\"\n.nf\n{table}\n.fi\n").as_bytes());
+    man.render_version_section(&mut buf)?;
+    Ok(buf)
 }
 
 /// `rlivepatch completions SHELL`.

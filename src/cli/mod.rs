@@ -58,7 +58,7 @@ fn run(cmd: Command) -> crate::error::Result<u8> {
         Command::BuildId(a) => files::build_id(a),
         Command::Info(a) => files::info(a),
         Command::Sdk(a) => files::sdk(a),
-        Command::Manpage => files::manpage(),
+        Command::Manpage(a) => files::manpage(a.dir),
         Command::Completions(a) => files::completions(a),
         Command::Persist(a) => later::persist(a),
         Command::Unpersist(a) => later::unpersist(a),
@@ -86,7 +86,7 @@ impl Command {
             | Command::Autoload(_)
             | Command::AutoloadApply(_)
             | Command::Watch(_)
-            | Command::Manpage
+            | Command::Manpage(_)
             | Command::Completions(_) => false,
         }
     }
