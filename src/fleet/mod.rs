@@ -82,7 +82,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
     crate::os::ptrace::set_concurrent();
     let mut files = Files::default();
     let mut records = Vec::new();
-    let mut unreadable = 0;
+    let mut unreadable: Vec<(i32, String)> = Vec::new();
     let mut todo: VecDeque<Candidate> = VecDeque::new();
     let mut other_main: Vec<(Candidate, String)> = Vec::new();
     let mut same_name: Vec<String> = Vec::new();
@@ -97,7 +97,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
             continue;
         }
         if let Some(select::Unreadable::Denied(why)) = &c.unreadable {
-            if named {
+            if named || may_run(&c, sel) {
                 records.push(record(
                     &c,
                     Outcome::Permission,
@@ -105,7 +105,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
                     0.0,
                 ));
             } else {
-                unreadable += 1;
+                unreadable.push((c.pid, c.comm.clone()));
             }
             continue;
         }
@@ -152,14 +152,16 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
         }
     }
     if let Some(exe) = &sel.exe
-        && (selected == 0 || todo.is_empty() && records.is_empty() && !other_main.is_empty())
+        && todo.is_empty()
+        && records.is_empty()
+        && (selected == 0 || !other_main.is_empty())
     {
         same_name.extend(
             other_main
                 .iter()
                 .map(|(c, _)| format!("{} ({})", c.pid, c.exe)),
         );
-        return no_exe_match(exe, given_exe.as_deref(), sel, &same_name, unreadable);
+        return no_exe_match(exe, given_exe.as_deref(), sel, &same_name, &unreadable);
     }
     // Another build of the program the patch is for (an old binary still running after
     // an update): the executable at the same path as a target's.
@@ -255,7 +257,7 @@ fn no_exe_match(
     given: Option<&std::path::Path>,
     sel: &Selection,
     others: &[String],
-    unreadable: usize,
+    unreadable: &[(i32, String)],
 ) -> Result<FleetReport> {
     let typed = given.unwrap_or(exe).display().to_string();
     if sel.exe_missing() {
@@ -282,10 +284,21 @@ fn no_exe_match(
     }
     // Naming a program says it is expected to run: nothing matched is exit 15, as with
     // --require-match.
-    let mut report = FleetReport::new(Vec::new(), unreadable, true);
+    let mut report = FleetReport::new(Vec::new(), unreadable.to_vec(), true);
     report.msg = format!("{why}; {}", report.msg);
     report.comment = report.msg.clone();
     Ok(report)
+}
+
+/// Could process `c`, whose maps cannot be read, be one `--exe` selects? Its name
+/// (`comm`, readable by anyone) is the program's file name, cut at 15 bytes.
+fn may_run(c: &Candidate, sel: &Selection) -> bool {
+    let Some(name) = sel.exe.as_ref().and_then(|e| e.file_name()) else {
+        return false;
+    };
+    let name = name.to_string_lossy();
+    let cut = &name.as_bytes()[..name.len().min(15)];
+    !c.comm.is_empty() && c.comm.as_bytes() == cut
 }
 
 fn record(c: &Candidate, result: Outcome, reason: String, ms: f64) -> ProcessRecord {

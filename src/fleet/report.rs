@@ -139,6 +139,9 @@ pub struct FleetReport {
     pub counts: BTreeMap<&'static str, usize>,
     /// Processes whose maps rlivepatch could not read (another user's, without root).
     pub unreadable: usize,
+    /// Those processes: pid and name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_processes: Vec<(i32, String)>,
     /// Each process concerned, by pid.
     pub processes: Vec<ProcessRecord>,
     /// The exit code.
@@ -159,7 +162,7 @@ impl FleetReport {
     /// The report of `records`, with the exit code.
     pub fn new(
         mut records: Vec<ProcessRecord>,
-        unreadable: usize,
+        unreadable: Vec<(i32, String)>,
         require_match: bool,
     ) -> FleetReport {
         records.sort_by_key(|r| r.pid);
@@ -191,16 +194,27 @@ impl FleetReport {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        if unreadable > 0 {
+        if !unreadable.is_empty() {
             let why = if nix::unistd::geteuid().is_root() {
                 "permission denied even to root: protected from tracing"
             } else {
                 "permission denied: another user's; run as root to see them"
             };
+            // Named, the first few: an operator can look at them.
+            const SHOWN: usize = 8;
+            let mut names: Vec<String> = unreadable
+                .iter()
+                .take(SHOWN)
+                .map(|(pid, comm)| format!("{pid} ({comm})"))
+                .collect();
+            if unreadable.len() > SHOWN {
+                names.push(format!("{} more", unreadable.len() - SHOWN));
+            }
             let _ = write!(
                 msg,
-                "; {} could not be read ({why})",
-                crate::fmt::plural(unreadable, "process", "processes")
+                "; {} could not be read ({why}): {}",
+                crate::fmt::plural(unreadable.len(), "process", "processes"),
+                names.join(", ")
             );
         }
         if !changed && failures == 0 && considered > 0 {
@@ -212,7 +226,8 @@ impl FleetReport {
             comment: msg.clone(),
             msg,
             counts,
-            unreadable,
+            unreadable: unreadable.len(),
+            unreadable_processes: unreadable,
             processes: records,
             exit,
         }
