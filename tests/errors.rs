@@ -186,7 +186,13 @@ fn same_name_twice_and_disabling_unknown_names() {
         let (i, v) = value(&l);
         assert_eq!(v, i * 100);
     }
-    rlp_ok(&["disable", &pid, "counter-fix"]);
+    // A name that differs only in case: the one meant is named.
+    let e = rlp_fails(&["disable", &pid, "Counter-Fix"], 5);
+    assert!(e.contains("did you mean counter-fix?"), "{e}");
+    // The file it was applied from names it too: its path, or its file name.
+    rlp_ok(&["disable", &pid, fix.to_str().unwrap()]);
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    rlp_ok(&["disable", &pid, "counter-fix.so"]);
     let e = rlp_fails(&["disable", &pid, "counter-fix"], 5);
     assert!(e.contains("no patch"), "{e}");
     still_original(&mut t);

@@ -143,6 +143,21 @@ fn apply_all_patches_every_process_of_the_build_once() {
         .find(|r| r["result"] == "applied")
         .unwrap();
     assert!(applied["pause_ms"].as_f64().unwrap() > 0.0, "{applied}");
+    // A note that holds for every process is printed once for the run, and is in the
+    // record of each process it concerns.
+    let notes: Vec<&str> = err.lines().filter(|l| l.contains(": note: ")).collect();
+    let mut once: Vec<&str> = notes
+        .iter()
+        .map(|l| l.split_once(": note: ").unwrap().1)
+        .collect();
+    once.sort();
+    once.dedup();
+    assert!(!notes.is_empty() && notes.len() == once.len(), "{err}");
+    for r in v["processes"].as_array().unwrap() {
+        if r["result"] == "applied" {
+            assert!(r["notes"].to_string().contains(once[0]), "{r}");
+        }
+    }
 
     // Again: nothing to do, and it says so.
     let (code, out, _) = rlp_full(&["apply", "--all", fix.to_str().unwrap(), "--json"]);

@@ -189,6 +189,9 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
         ));
     }
     let queue = Mutex::new(todo);
+    // Notes that are the same for every process (a library without debug information)
+    // are printed once per run; each record keeps its own.
+    let said: Mutex<std::collections::HashSet<String>> = Mutex::default();
     let done = Mutex::new(Vec::new());
     let deadline = fo.deadline.map(|d| started + d);
     std::thread::scope(|scope| {
@@ -199,7 +202,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
                     else {
                         break;
                     };
-                    let r = one(op, patch.as_ref(), &c, fo, deadline, progress);
+                    let r = one(op, patch.as_ref(), &c, fo, deadline, progress, &said);
                     progress(&format!(
                         "pid {} ({}): {}{}",
                         c.pid,
@@ -351,6 +354,7 @@ fn one(
     fo: &FleetOptions,
     deadline: Option<Instant>,
     progress: Progress,
+    said: &Mutex<std::collections::HashSet<String>>,
 ) -> ProcessRecord {
     let t0 = Instant::now();
     let ms = |t0: Instant| t0.elapsed().as_secs_f64() * 1000.0;
@@ -378,6 +382,13 @@ fn one(
     let mut say = |line: &str| {
         if line.starts_with("note: ") || line.starts_with("warning: ") {
             notes.borrow_mut().push(line.to_string());
+            let first = said
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(line.to_string());
+            if !first && line.starts_with("note: ") {
+                return;
+            }
         }
         progress(&format!("pid {pid}: {line}"))
     };
@@ -412,8 +423,13 @@ fn one(
                 None,
             ),
         }),
-        (Op::Disable(name), _) => {
-            if !applied_names(pid).is_some_and(|n| n.contains(name)) {
+        (Op::Disable(given), _) => {
+            // By its name, or the file it was applied from, as in this process's record.
+            let named = crate::livepatch::store::read_record(pid)
+                .ok()
+                .and_then(|(_, _, r)| r.enabled_named(given).map(|p| p.name.clone()));
+            let name = named.as_deref().unwrap_or(given);
+            if !applied_names(pid).is_some_and(|n| n.iter().any(|x| x == name)) {
                 Ok((Outcome::NotApplied, String::new(), Vec::new(), None))
             } else {
                 crate::ops::disable(pid, name, &opts, &mut say).map(|r| {

@@ -356,6 +356,37 @@ impl Record {
         self.patches.iter().find(|p| p.name == name)
     }
 
+    /// The enabled patch an operator names: by its name, or by the file it was applied
+    /// from (the path as given then, or its file name when one patch has it).
+    pub fn enabled_named(&self, given: &str) -> Option<&AppliedPatch> {
+        let enabled = || self.patches.iter().filter(|p| !p.disabled);
+        if let Some(p) = enabled().find(|p| p.name == given) {
+            return Some(p);
+        }
+        let abs = std::path::absolute(given)
+            .map(|a| a.display().to_string())
+            .unwrap_or_default();
+        if let Some(p) = enabled().find(|p| p.path == given || p.path == abs) {
+            return Some(p);
+        }
+        let file = |p: &str| std::path::Path::new(p).file_name().map(|f| f.to_owned());
+        let by_file: Vec<&AppliedPatch> = enabled()
+            .filter(|p| given.ends_with(".so") && file(&p.path) == file(given))
+            .collect();
+        match by_file.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// A patch whose name differs from `given` only in case: what the operator meant.
+    pub fn name_like(&self, given: &str) -> Option<&str> {
+        self.patches
+            .iter()
+            .find(|p| !p.disabled && p.name.eq_ignore_ascii_case(given))
+            .map(|p| p.name.as_str())
+    }
+
     /// The patches active on the function at `old_addr`, oldest first.
     pub fn stack_of(&self, old_addr: u64) -> Vec<(&AppliedPatch, &AppliedFunc)> {
         self.patches

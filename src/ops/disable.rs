@@ -41,6 +41,12 @@ fn refuse_if_wrapped(rec: &Record, idx: usize) -> Result<()> {
 pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
     let pid = s.proc.pid;
     refuse_pending(s)?;
+    // By its name, or the file it was applied from.
+    let name = match s.record.enabled_named(name) {
+        Some(p) => p.name.clone(),
+        None => name.to_string(),
+    };
+    let name = name.as_str();
     let idx = s
         .record
         .patches
@@ -51,6 +57,12 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
             bail!(
                 Mismatch,
                 "patch {name} is already disabled; it was forced, so its code stays loaded in process {pid}"
+            );
+        }
+        if let Some(like) = s.record.name_like(name) {
+            bail!(
+                Mismatch,
+                "no patch named {name} is applied to process {pid}; did you mean {like}? (names are case-sensitive)"
             );
         }
         let names: Vec<&str> = s.record.patches.iter().map(|p| p.name.as_str()).collect();
