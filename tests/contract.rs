@@ -676,3 +676,35 @@ fn value_of(line: &str, key: &str) -> i64 {
         .parse()
         .unwrap()
 }
+
+/// A function whose body GCC split off and inlined back into it (its DWARF holds an
+/// inlined copy of itself, inside its own code: nginx's ngx_http_header_filter) is
+/// patched whole; that copy is not reported as a copy in a caller that keeps old code.
+#[test]
+fn a_copy_of_a_function_inside_its_own_code_is_no_inlined_caller() {
+    let exe = fixture("selfsplit", "selfsplit", &[]);
+    // The shape under test, as the compiler made it here.
+    let info = std::process::Command::new("readelf")
+        .args(["--debug-dump=info"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    if !info.contains("DW_TAG_inlined_subroutine") {
+        println!("SKIPPED: this compiler did not inline header_filter's part back into it");
+        return;
+    }
+    let mut t = Target::start(&exe, &[]);
+    t.wait_line(|l| l.starts_with("filter "), Duration::from_secs(10));
+    let p = patch_src(
+        "selfsplit-fix",
+        "#include <rlivepatch.h>\nstatic long f(void *r) { (void)r; return 7; }\nRLIVEPATCH_FUNC(header_filter, f);\n",
+    );
+    let pid = t.pid.to_string();
+    let (code, out, err) = rlp_full(&["apply", &pid, p.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("is inlined into header_filter"), "{err}");
+    assert!(!out.contains("\"inlined_into\": [\n"), "{out}");
+    t.wait_line(|l| l == "filter 7", Duration::from_secs(10));
+    rlp_ok(&["disable", &pid, "selfsplit-fix"]);
+}

@@ -40,8 +40,8 @@ struct UnitIndex {
     /// The names of every subprogram of the unit.
     names: Rc<HashSet<String>>,
     /// Each inlined copy: the global offsets of its origin chain, and the outermost
-    /// concrete function that holds it.
-    inlined: Vec<(Vec<DebugInfoOffset>, String)>,
+    /// concrete function that holds it (its name and its DIE).
+    inlined: Vec<(Vec<DebugInfoOffset>, String, Option<DebugInfoOffset>)>,
 }
 
 /// A DIE, in its unit.
@@ -219,11 +219,11 @@ impl DebugInfo {
         let mut index = UnitIndex::default();
         let mut names = HashSet::new();
         // The enclosing concrete functions by depth, innermost last.
-        let mut holders: Vec<(isize, String)> = Vec::new();
+        let mut holders: Vec<(isize, String, Option<DebugInfoOffset>)> = Vec::new();
         let mut entries = unit.entries();
         while let Ok(Some(e)) = entries.next_dfs() {
             let depth = e.depth();
-            while holders.last().is_some_and(|(d, _)| *d >= depth) {
+            while holders.last().is_some_and(|(d, _, _)| *d >= depth) {
                 holders.pop();
             }
             match e.tag() {
@@ -234,17 +234,18 @@ impl DebugInfo {
                     }
                     let starts = self.starts(unit, e);
                     if !starts.is_empty() {
-                        holders.push((depth, name.unwrap_or_default()));
+                        let own = e.offset().to_debug_info_offset(&unit.header);
+                        holders.push((depth, name.unwrap_or_default(), own));
                     }
                     for a in starts {
                         index.starts.entry(a).or_insert(e.offset());
                     }
                 }
                 gimli::DW_TAG_inlined_subroutine => {
-                    if let Some((_, h)) = holders.first() {
+                    if let Some((_, h, own)) = holders.first() {
                         let chain = self.origin_chain(unit, e);
                         if !chain.is_empty() {
-                            index.inlined.push((chain, h.clone()));
+                            index.inlined.push((chain, h.clone(), *own));
                         }
                     }
                 }
@@ -491,7 +492,13 @@ impl DebugInfo {
             if !sub.lto && unit.header.debug_info_offset() != sub.unit {
                 continue;
             }
-            for (chain, holder) in &self.index(&unit).inlined {
+            for (chain, holder, own) in &self.index(&unit).inlined {
+                // A copy inside the function's own code (GCC splits a function and
+                // inlines the part back into it: nginx's ngx_http_header_filter) is
+                // replaced with it, not a copy elsewhere.
+                if own.is_some_and(|o| sub.origins.contains(&o)) {
+                    continue;
+                }
                 if chain.iter().any(|g| sub.origins.contains(g)) && !out.contains(holder) {
                     out.push(holder.clone());
                 }
