@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -184,6 +185,11 @@ def judge(fix, result):
             return "wrongly refused"
         return "failed"
     want = exp.split(":", 1)[1].strip() if ":" in exp else ""
+    # A diff that does not compile in this build of the project (a Debian patch written
+    # for Debian's configuration): the build stops with the compiler's error (exit 11).
+    if want == "compile":
+        return "correctly refused" if code == 11 else ("wrongly built" if code == 0
+                                                        else "failed")
     if code == 10:
         return "correctly refused" if (not want or result.get("class") == want) \
             else "wrongly refused"
@@ -218,6 +224,9 @@ def applies_check(name, fix, tree, so):
         return None
     try:
         ctx.start()
+        other = other_program(so, ctx.pids)
+        if other:
+            return f"not applied: {other}", True
         ctx.apply(so)
         if not ctx.alive():
             return "the process died once patched", False
@@ -229,6 +238,27 @@ def applies_check(name, fix, tree, so):
         return f"{type(e).__name__}: {e}", False
     finally:
         ctx.stop()
+
+
+def other_program(so, pids):
+    """Why the patch is for another program than the live processes run (a fix in a tool
+    that runs once per input, such as tiffcp, while the live process is the project's
+    driver of its library), or None."""
+    info = json.loads(subprocess.run([rlivepatch(), "info", str(so), "--json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    want = {b["build_id"] for b in info.get("build_ids", []) if b["object"] == "main"}
+    if not want:
+        return None
+    for pid in pids:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        out = subprocess.run([rlivepatch(), "build-id", exe], capture_output=True,
+                             text=True).stdout
+        got = re.findall(r"[0-9a-f]{16,}", out)
+        if not want.intersection(got):
+            funcs = ", ".join(sorted({f["new"] for f in info.get("functions", [])}))
+            return (f"the fix ({funcs}) is in another program than the project's live "
+                    f"process ({Path(exe).name}), one that does not keep running")
+    return None
 
 
 def live_check(name, proj, fix, tree, so):
@@ -320,10 +350,10 @@ def main():
                 live = {"text": text, "ok": ok}
                 if not ok:
                     verdict = "failed"
-            elif so and not a.no_live:
+            elif so and not a.no_live and f.get("applies", True):
                 done = applies_check(name, f, tree, so)
                 if done is not None:
-                    say(f"{name} {f['id']}: applied and disabled in a running process")
+                    say(f"{name} {f['id']}: {done[0]}")
                     live = {"text": done[0], "ok": done[1], "applies_only": True}
                     if not done[1]:
                         verdict = "failed"
@@ -338,6 +368,16 @@ def main():
         Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
     bad = [r for r in rows if r["verdict"] not in ("built", "correctly refused")]
     return 1 if bad else 0
+
+
+def commit():
+    """The commit of the rlivepatch tree that ran, and whether it had local changes."""
+    try:
+        c = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+        return f"`{c}`"
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
 
 
 def write(rows, projects, output):
@@ -357,6 +397,9 @@ def write(rows, projects, output):
         "live checks (the patch applied to a running process, an input from the fix's",
         "regression test or advisory showing the fixed behaviour, then disabled).",
         "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+        f"{os.cpu_count()} CPUs, rlivepatch at {commit()}.",
+        "",
         "| project | version | fix | diffs | expected | outcome | functions changed | build s | live check |",
         "|---|---|---|---|---|---|---|---:|---|",
     ]
@@ -369,7 +412,9 @@ def write(rows, projects, output):
         live = "" if not r["live"] else (("yes: " if r["live"]["ok"] else "FAILED: ")
                                          + r["live"]["text"].replace("|", "\\|"))
         if r["live"] and r["live"].get("applies_only") and r["live"]["ok"]:
-            live = "applies and disables in a running process" + (
+            done = r["live"]["text"]
+            live = (done if done.startswith("not applied")
+                    else "applies and disables in a running process") + (
                 f"; {f['note']}" if f.get("note") else "")
         elif not live and f.get("note"):
             live = f["note"]
@@ -392,7 +437,7 @@ def write(rows, projects, output):
         sys.stdout.write(text)
     else:
         Path(output).write_text(text)
-    say(lines[-2].strip("*"))
+    say(lines[-2].replace("**", ""))
 
 
 if __name__ == "__main__":

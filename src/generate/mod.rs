@@ -342,6 +342,7 @@ impl<'o> Run<'o> {
             }
         }
         if placed.is_empty() {
+            refuse_generated(pristine, &self.ignored)?;
             crate::refuse!(
                 NotCompiled,
                 "the diffs change no file compiled into {}{}",
@@ -875,4 +876,41 @@ fn is_includable(f: &Path) -> bool {
                 | "x"
         )
     )
+}
+
+/// A changed source that no compile command names, but that the project's build files
+/// do (SQLite's ext/fts5/*.c, concatenated into a generated fts5.c and the amalgamation):
+/// the build generates compiled code from it. Saying the diffs change nothing compiled
+/// would be false; rlivepatch does not follow generated sources, and says that.
+fn refuse_generated(tree: &Path, touched: &[String]) -> Result<()> {
+    const BUILD_FILES: [&str; 7] = [
+        "Makefile",
+        "Makefile.in",
+        "Makefile.am",
+        "main.mk",
+        "CMakeLists.txt",
+        "meson.build",
+        "GNUmakefile",
+    ];
+    // Files some command compiles (into another binary, or to nothing) are listed with
+    // a note in parentheses: not inputs of a generator.
+    let sources = touched.iter().filter(|t| !t.contains(" (")).filter(|t| {
+        [".c", ".h", ".cc", ".cpp", ".cxx"]
+            .iter()
+            .any(|x| t.ends_with(x))
+    });
+    for src in sources {
+        for b in BUILD_FILES {
+            let Ok(text) = std::fs::read_to_string(tree.join(b)) else {
+                continue;
+            };
+            if text.contains(src) {
+                crate::refuse!(
+                    Unsupported,
+                    "{src} is compiled into no unit itself, but {b} names it: the build generates compiled code from it (a concatenated or generated source), which rlivepatch does not follow; make the same change in the generated file the build compiles, or write the patch by hand"
+                );
+            }
+        }
+    }
+    Ok(())
 }
