@@ -4,7 +4,6 @@
 mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 fn counter() -> (Target, u64, Snapshot) {
@@ -36,26 +35,8 @@ fn no_such_process() {
 fn no_permission_explains_ptrace() {
     let (mut t, entry, snap) = counter();
     let fix = patch("counter-fix");
-    // Run rlivepatch as nobody against a root process. nobody may not enter the checkout
-    // (a clone in a 0700 directory): the binary and the patch are copied where it can.
-    let dir = std::env::temp_dir().join(format!("rlivepatch-perm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = dir.join("counter-fix.so");
-    std::fs::copy(&fix, &copy).unwrap();
-    let exe = dir.join("rlivepatch");
-    std::fs::copy(env!("CARGO_BIN_EXE_rlivepatch"), &exe).unwrap();
-    for f in [&copy, &exe] {
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let o = std::process::Command::new(&exe)
-        .args(["apply", &t.pid.to_string(), copy.to_str().unwrap()])
-        .current_dir(&dir)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    // Run rlivepatch as nobody against a root process.
+    let o = rlp_as_nobody(&fix, &["apply", &t.pid.to_string(), "PATCH"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -458,10 +439,12 @@ fn children_running_the_same_program_are_named() {
     rlp_ok(&["disable", &child, "counter-fix"]);
     // A fleet run that patches both says nothing of children; one that leaves the child
     // out says so once, naming it.
-    let (code, _, err) = rlp_full(&["apply", "--exe", &e, fix.to_str().unwrap()]);
+    // (By pid: other tests run this program too, and are not this test's to patch.)
+    let both = ["--pid", pid.as_str(), "--pid", child.as_str()];
+    let (code, _, err) = rlp_full(&[&["apply"], &both[..], &[fix.to_str().unwrap()]].concat());
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("child process"), "{err}");
-    rlp_ok(&["disable", "--exe", &e, "counter-fix"]);
+    rlp_ok(&[&["disable"], &both[..], &["counter-fix"]].concat());
     let (code, _, err) = rlp_full(&["apply", "--pid", &pid, fix.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(err.matches("child process").count(), 1, "{err}");

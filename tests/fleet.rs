@@ -463,35 +463,18 @@ fn exe_selects_as_typed_and_an_empty_match_says_why() {
 /// is a failure of the run (exit 13 here, the only one), not a silent skip with exit 0.
 #[test]
 fn processes_that_cannot_be_read_are_named_and_count() {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let b = builds("unreadable", 0, 1);
     let fix = fix_for(&b, "unreadable-fix");
-    // nobody may not enter the checkout: the binary and the patch go where it can.
-    let dir = std::env::temp_dir().join(format!("rlivepatch-fleet-perm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let copy = dir.join("fix.so");
-    std::fs::copy(&fix, &copy).unwrap();
-    let exe = dir.join("rlivepatch");
-    std::fs::copy(env!("CARGO_BIN_EXE_rlivepatch"), &exe).unwrap();
-    for f in [&copy, &exe] {
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let o = Command::new(&exe)
-        .args([
+    let o = rlp_as_nobody(
+        &fix,
+        &[
             "apply",
             "--exe",
             b.path.to_str().unwrap(),
-            copy.to_str().unwrap(),
-        ])
-        .args(["--json"])
-        .current_dir(&dir)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+            "PATCH",
+            "--json",
+        ],
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(13), "{out}{err}");

@@ -23,6 +23,15 @@ fn rlp_env(args: &[&str], fault: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// The counter (PIE), its patch, and its mappings and fd count before anything.
+fn counter() -> (Target, String, std::path::PathBuf, Vec<String>, usize) {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let t = Target::start(&exe, &["2"]);
+    let pid = t.pid.to_string();
+    let (maps, fds) = (t.stable_maps(), t.fd_count());
+    (t, pid, patch("counter-fix"), maps, fds)
+}
+
 fn patched(l: &str) -> bool {
     l.starts_with("compute(") && value(l).1 == value(l).0 * 100
 }
@@ -85,12 +94,8 @@ fn a_process_stuck_in_a_signal_handler_can_still_be_unpatched() {
 #[test]
 fn a_run_killed_in_a_call_on_the_keeper_is_repaired_without_a_trace() {
     use std::os::unix::process::ExitStatusExt;
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let fix = patch("counter-fix");
+    let (mut t, pid, fix, maps, fds) = counter();
     let fix = fix.to_str().unwrap();
-    let mut t = Target::start(&exe, &["2"]);
-    let pid = t.pid.to_string();
-    let (maps, fds) = (t.stable_maps(), t.fd_count());
     for _ in 0..3 {
         rlp_ok(&["apply", &pid, fix]);
         t.assert_settled(2, patched, "patched");
@@ -119,12 +124,8 @@ fn a_run_killed_in_a_call_on_the_keeper_is_repaired_without_a_trace() {
 #[test]
 fn a_run_killed_while_unloading_the_runtime_is_repaired_without_a_trace() {
     use std::os::unix::process::ExitStatusExt;
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let fix = patch("counter-fix");
+    let (mut t, pid, fix, maps, fds) = counter();
     let fix = fix.to_str().unwrap();
-    let mut t = Target::start(&exe, &["2"]);
-    let pid = t.pid.to_string();
-    let (maps, fds) = (t.stable_maps(), t.fd_count());
     for point in ["runtime:unloaded", "keeper:posted", "keeper:unmapped"] {
         rlp_ok(&["apply", &pid, fix]);
         t.assert_settled(2, patched, "patched");

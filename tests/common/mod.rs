@@ -742,3 +742,38 @@ pub fn patch_in(dir: &Path, name: &str, source: &str) -> PathBuf {
     assert!(st.success());
     out
 }
+
+/// Run rlivepatch as user nobody with `args`, where `PATCH` stands for a copy of `patch`:
+/// the binary and the patch are copied where nobody may read and run them (the checkout
+/// may be in a 0700 directory), and removed after.
+pub fn rlp_as_nobody(patch: &Path, args: &[&str]) -> Output {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = std::env::temp_dir().join(format!(
+        "rlivepatch-nobody-{}-{}",
+        std::process::id(),
+        patch.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join(patch.file_name().unwrap());
+    std::fs::copy(patch, &copy).unwrap();
+    let exe = dir.join("rlivepatch");
+    std::fs::copy(env!("CARGO_BIN_EXE_rlivepatch"), &exe).unwrap();
+    for f in [&copy, &exe] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let copy = copy.display().to_string();
+    let o = Command::new(&exe)
+        .args(
+            args.iter()
+                .map(|a| if *a == "PATCH" { copy.as_str() } else { a }),
+        )
+        .current_dir(&dir)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    o
+}
