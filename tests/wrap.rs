@@ -111,7 +111,7 @@ fn a_wrapper_calls_the_original_and_a_thread_in_the_trampoline_holds_the_disable
 }
 
 #[test]
-fn wrappers_stack_replace_and_disable_in_order() {
+fn wrappers_stack_replace_and_disable_in_any_order() {
     let mut t = target();
     let pid = t.pid.to_string();
     let plus = twice_wrapper("wrap-plus-one", "orig(x) + 1", false);
@@ -125,12 +125,34 @@ fn wrappers_stack_replace_and_disable_in_order() {
     assert_eq!(twice(&mut t, 3), "twice 3 = 70");
     let list = rlp_ok(&["list", &pid]);
     assert!(list.contains("it calls w"), "{list}");
-    // The first cannot go while the second calls it.
-    let err = rlp_fails(&["disable", &pid, "wrap-plus-one"], 5);
-    assert!(err.contains("disable wrap-times-ten first"), "{err}");
-    assert_eq!(twice(&mut t, 3), "twice 3 = 70");
+    // Any order: the first goes while the second stays, which then calls the original
+    // (through the first's trampoline, which it takes over).
+    rlp_ok(&["disable", &pid, "wrap-plus-one"]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 60");
+    let list = rlp_ok(&["list", &pid]);
+    assert!(!list.contains("wrap-plus-one"), "{list}");
+    // And back: the first on top of the second, then the second goes from under it.
+    rlp_ok(&["apply", &pid, plus.to_str().unwrap()]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 61");
     rlp_ok(&["disable", &pid, "wrap-times-ten"]);
     assert_eq!(twice(&mut t, 3), "twice 3 = 7");
+    // A plain replacement below a wrapper: the wrapper would need a trampoline into the
+    // original that nobody made; that stays refused, saying why.
+    let plain = patch_src(
+        "wrap-plain",
+        "#include <rlivepatch.h>\nstatic int p(int x) { return x * 3; }\nRLIVEPATCH_FUNC(twice, p);\n",
+    );
+    rlp_ok(&["disable", &pid, "wrap-plus-one"]);
+    rlp_ok(&["apply", &pid, plain.to_str().unwrap()]);
+    rlp_ok(&["apply", &pid, plus.to_str().unwrap()]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 10");
+    let err = rlp_fails(&["disable", &pid, "wrap-plain"], 5);
+    assert!(err.contains("without a trampoline"), "{err}");
+    assert_eq!(twice(&mut t, 3), "twice 3 = 10");
+    rlp_ok(&["disable", &pid, "wrap-plus-one"]);
+    rlp_ok(&["disable", &pid, "wrap-plain"]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 6");
+    rlp_ok(&["apply", &pid, plus.to_str().unwrap()]);
     rlp_ok(&["apply", &pid, times.to_str().unwrap()]);
     // An atomic replace calls the original, whatever was below.
     rlp_ok(&["apply", &pid, hundred.to_str().unwrap()]);
@@ -206,4 +228,42 @@ fn a_thread_in_a_trampoline_does_not_hold_other_patches() {
     assert_eq!(twice(&mut t, 3), "twice 3 = 7");
     t.send("feed q");
     assert_eq!(t.wait_line(|l| l.starts_with("got"), T), "got Q 1");
+}
+
+/// A disable of a patch under a wrapper killed before its switch and after it: `repair`
+/// undoes the first (the wrapper calls the patch again) and finishes the second (the
+/// wrapper calls the original, through the trampoline it took over), and the process
+/// computes accordingly.
+#[test]
+fn a_killed_disable_under_a_wrapper_is_repaired() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut t = target();
+    let pid = t.pid.to_string();
+    let plus = twice_wrapper("wrap-k-plus-one", "orig(x) + 1", false);
+    let times = twice_wrapper("wrap-k-times-ten", "orig(x) * 10", false);
+    rlp_ok(&["apply", &pid, plus.to_str().unwrap()]);
+    rlp_ok(&["apply", &pid, times.to_str().unwrap()]);
+    for (point, after) in [
+        ("disable:pending", "twice 3 = 70"),
+        ("switch:written", "twice 3 = 60"),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+            .args(["disable", &pid, "wrap-k-plus-one"])
+            .env("RLIVEPATCH_FAULT", point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.signal(),
+            Some(9),
+            "{point}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        rlp_ok(&["repair", &pid]);
+        assert_eq!(twice(&mut t, 3), after, "{point}");
+    }
+    let list = rlp_ok(&["list", &pid]);
+    assert!(!list.contains("wrap-k-plus-one"), "{list}");
+    rlp_ok(&["disable", &pid, "wrap-k-times-ten"]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 6");
+    assert!(t.rlivepatch_maps().iter().all(|m| !m.contains("rlp:")));
 }

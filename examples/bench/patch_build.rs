@@ -169,8 +169,9 @@ fn bindings(root: &Path, rlp: &Path, dir: &Path, runs: usize, b: &mut BuildBench
         let (h, c) = ask(&mut stdin, &mut out, b.calls)?;
         b.far[1].push(h);
         b.near[1].push(c);
-        for name in ["handle", "calc"] {
-            run(Command::new(rlp).args(["disable", &pid, name]))?;
+        // By the files they were applied from (their names come from them too).
+        for p in [&handle, &calc] {
+            run(Command::new(rlp).arg("disable").arg(&pid).arg(p))?;
         }
     }
     let _ = child.kill();

@@ -12,28 +12,99 @@ use crate::livepatch::states;
 use crate::livepatch::transition::{self, Plan, Write};
 use crate::remote::redirect::{self, JMP_LEN};
 
-/// A patch applied later whose replacement calls this patch's function through
-/// `RLIVEPATCH_FUNC_WRAP` needs it: it goes first (the kernel disables stacked patches
-/// from the top, too).
-fn refuse_if_wrapped(rec: &Record, idx: usize) -> Result<()> {
+/// A wrapper of a patch applied later (`RLIVEPATCH_FUNC_WRAP`) that calls a function
+/// of the patch being disabled as the code it replaces, and what its `orig` pointer gets
+/// in the same switch: what lies below that patch for the function (the kernel disables
+/// patches in any order; the wrapper then calls what is left).
+pub struct Rewire {
+    /// The upper patch and its function, by index in the record.
+    pub upper: (usize, usize),
+    /// The wrapper's pointer.
+    pub slot: u64,
+    /// What it holds now (the disabled patch's function) and what it gets.
+    pub old: u64,
+    /// What it gets.
+    pub new: u64,
+    /// The disabled patch's trampoline into the original, which the wrapper takes over.
+    pub trampoline: Option<(u64, Vec<(u32, u32)>)>,
+}
+
+/// The wrappers above `rec.patches[idx]` that call into it, each with its new target;
+/// `Err` names the first one that cannot be re-pointed.
+fn rewires_of(rec: &Record, idx: usize) -> std::result::Result<Vec<Rewire>, String> {
     let p = &rec.patches[idx];
-    for q in rec.patches[idx + 1..].iter().filter(|q| !q.disabled) {
-        for g in &q.funcs {
+    let mut out = Vec::new();
+    for (qi, q) in rec.patches.iter().enumerate().skip(idx + 1) {
+        if q.disabled {
+            continue;
+        }
+        for (gi, g) in q.funcs.iter().enumerate() {
             let Some(w) = &g.wrap else { continue };
-            if let Some(f) = p.funcs.iter().find(|f| f.new_addr == w.target) {
-                bail!(
-                    Mismatch,
-                    "patch {}'s {} calls {} of patch {} as the code it replaces (RLIVEPATCH_FUNC_WRAP); disable {} first, or apply an atomic replace",
-                    q.name,
-                    g.new_name,
-                    f.new_name,
-                    p.name,
-                    q.name
-                );
-            }
+            let Some(f) = p.funcs.iter().find(|f| f.new_addr == w.target) else {
+                continue;
+            };
+            let stack = rec.stack_of(f.old_addr);
+            let below = stack
+                .iter()
+                .position(|(s, _)| s.name == p.name)
+                .and_then(|i| i.checked_sub(1))
+                .map(|i| stack[i].1);
+            let (new, trampoline) = match (below, &f.wrap) {
+                (Some(b), _) => (b.new_addr, None),
+                (None, Some(fw)) if fw.trampoline.is_some() => {
+                    (fw.target, fw.trampoline.map(|t| (t, fw.points.clone())))
+                }
+                _ => {
+                    return Err(format!(
+                        "patch {}'s {} calls {} of patch {} as the code it replaces (RLIVEPATCH_FUNC_WRAP), and below {} is the original, which {} replaces without a trampoline into it that {} could take over; disable {} first, or apply an atomic replace",
+                        q.name, g.new_name, f.new_name, p.name, p.name, f.new_name, q.name, q.name
+                    ));
+                }
+            };
+            out.push(Rewire {
+                upper: (qi, gi),
+                slot: w.slot,
+                old: w.target,
+                new,
+                trampoline,
+            });
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+/// The rewires of the patch named `name`, those that can be made.
+fn rewires(rec: &Record, name: &str) -> Vec<Rewire> {
+    rec.patches
+        .iter()
+        .position(|p| p.name == name && !p.disabled)
+        .and_then(|i| rewires_of(rec, i).ok())
+        .unwrap_or_default()
+}
+
+/// The record after the switch: each re-pointed wrapper calls its new target, and takes
+/// over the trampoline of the patch below it (so that unloading that patch frees none).
+fn rewire_record(rec: &mut Record, name: &str) {
+    for r in rewires(rec, name) {
+        let (qi, gi) = r.upper;
+        if let Some((t, points)) = &r.trampoline
+            && let Some(p) = rec.patches.iter_mut().find(|p| p.name == name)
+            && let Some(fw) = p
+                .funcs
+                .iter_mut()
+                .filter_map(|f| f.wrap.as_mut())
+                .find(|fw| fw.trampoline == Some(*t))
+        {
+            fw.trampoline = None;
+            fw.points = Vec::new();
+            let w = rec.patches[qi].funcs[gi].wrap.as_mut().unwrap();
+            w.trampoline = Some(*t);
+            w.points = points.clone();
+        }
+        if let Some(w) = rec.patches[qi].funcs[gi].wrap.as_mut() {
+            w.target = r.new;
+        }
+    }
 }
 
 /// Disable the patch `name` in an attached process whose earlier runs' leftovers were
@@ -80,7 +151,9 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
     }
     crate::livepatch::coming::forget_unloaded(s)?;
     let p = s.record.patches[idx].clone();
-    refuse_if_wrapped(&s.record, idx)?;
+    if let Err(why) = rewires_of(&s.record, idx) {
+        bail!(Mismatch, "{why}");
+    }
     let mut plan = plan(&s.record, &p);
     let needed = s
         .record
@@ -93,7 +166,7 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
         plan.writes.push(w);
     }
     for w in &plan.writes {
-        let now = crate::elf::objects::read_code(&s.proc, w.addr, JMP_LEN)?;
+        let now = crate::elf::objects::read_code(&s.proc, w.addr, w.old.len())?;
         if now != w.old {
             bail!(
                 Mismatch,
@@ -180,6 +253,20 @@ pub fn plan(rec: &Record, p: &AppliedPatch) -> Plan {
             new,
         });
     }
+    // Wrappers above that call into `p` call what lies below it, in the same switch; a
+    // thread inside one may hold the old pointer, so they are code the switch changes.
+    for r in rewires(rec, &p.name) {
+        let (qi, gi) = r.upper;
+        plan.changed.extend(implementation_of(
+            &rec.patches[qi],
+            &rec.patches[qi].funcs[gi],
+        ));
+        plan.writes.push(Write {
+            addr: r.slot,
+            old: r.old.to_le_bytes().to_vec(),
+            new: r.new.to_le_bytes().to_vec(),
+        });
+    }
     // With the last patch the runtime may be unloaded: a thread still in the thunk, back
     // from a new function, must have left it.
     let last = rec.patches.iter().all(|q| q.name == p.name);
@@ -212,6 +299,7 @@ pub fn finish(s: &mut Session, run_post_unpatch: bool) -> Result<bool> {
         s.record.pending = None;
         return s.save_record().map(|()| false);
     };
+    rewire_record(&mut s.record, &name);
     let p = s.record.patches[idx].clone();
     if run_post_unpatch {
         set_stage(s, Stage::PostUnpatching)?;

@@ -81,7 +81,8 @@ enum Switched {
 fn switched(s: &Session, writes: &[(u64, String, String)]) -> Result<Switched> {
     let (mut old, mut new) = (0, 0);
     for (addr, o, n) in writes {
-        let now = hex(&s.proc.read(*addr, crate::remote::redirect::JMP_LEN)?);
+        // An entry's jump, or a wrapper's 8-byte pointer (a disable's rewire).
+        let now = hex(&s.proc.read(*addr, o.len() / 2)?);
         if &now == n {
             new += 1;
         } else if &now == o {
