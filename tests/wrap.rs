@@ -136,8 +136,8 @@ fn wrappers_stack_replace_and_disable_in_any_order() {
     assert_eq!(twice(&mut t, 3), "twice 3 = 61");
     rlp_ok(&["disable", &pid, "wrap-times-ten"]);
     assert_eq!(twice(&mut t, 3), "twice 3 = 7");
-    // A plain replacement below a wrapper: the wrapper would need a trampoline into the
-    // original that nobody made; that stays refused, saying why.
+    // A plain replacement below a wrapper: the wrapper then calls the original through
+    // a trampoline the disable makes, which is the wrapper's from then on.
     let plain = patch_src(
         "wrap-plain",
         "#include <rlivepatch.h>\nstatic int p(int x) { return x * 3; }\nRLIVEPATCH_FUNC(twice, p);\n",
@@ -146,12 +146,15 @@ fn wrappers_stack_replace_and_disable_in_any_order() {
     rlp_ok(&["apply", &pid, plain.to_str().unwrap()]);
     rlp_ok(&["apply", &pid, plus.to_str().unwrap()]);
     assert_eq!(twice(&mut t, 3), "twice 3 = 10");
-    let err = rlp_fails(&["disable", &pid, "wrap-plain"], 5);
-    assert!(err.contains("without a trampoline"), "{err}");
-    assert_eq!(twice(&mut t, 3), "twice 3 = 10");
-    rlp_ok(&["disable", &pid, "wrap-plus-one"]);
     rlp_ok(&["disable", &pid, "wrap-plain"]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 7");
+    rlp_ok(&["disable", &pid, "wrap-plus-one"]);
     assert_eq!(twice(&mut t, 3), "twice 3 = 6");
+    assert!(
+        t.rlivepatch_maps().iter().all(|m| !m.contains("island")),
+        "the trampoline's island stayed: {:?}",
+        t.rlivepatch_maps()
+    );
     rlp_ok(&["apply", &pid, plus.to_str().unwrap()]);
     rlp_ok(&["apply", &pid, times.to_str().unwrap()]);
     // An atomic replace calls the original, whatever was below.
@@ -266,4 +269,43 @@ fn a_killed_disable_under_a_wrapper_is_repaired() {
     rlp_ok(&["disable", &pid, "wrap-k-times-ten"]);
     assert_eq!(twice(&mut t, 3), "twice 3 = 6");
     assert!(t.rlivepatch_maps().iter().all(|m| !m.contains("rlp:")));
+}
+
+/// The same with a plain replacement under the wrapper, for which the disable makes a
+/// trampoline into the original: killed before the switch, repair frees it (and its
+/// island page); killed after, the wrapper has it and calls the original.
+#[test]
+fn a_killed_disable_that_made_a_trampoline_is_repaired() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut t = target();
+    let pid = t.pid.to_string();
+    let maps = t.stable_maps();
+    let plain = patch_src(
+        "wrap-k-plain",
+        "#include <rlivepatch.h>\nstatic int p(int x) { return x * 3; }\nRLIVEPATCH_FUNC(twice, p);\n",
+    );
+    let plus = twice_wrapper("wrap-k2-plus-one", "orig(x) + 1", false);
+    rlp_ok(&["apply", &pid, plain.to_str().unwrap()]);
+    rlp_ok(&["apply", &pid, plus.to_str().unwrap()]);
+    for (point, after) in [
+        ("disable:pending", "twice 3 = 10"),
+        ("switch:written", "twice 3 = 7"),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+            .args(["disable", &pid, "wrap-k-plain"])
+            .env("RLIVEPATCH_FAULT", point)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.signal(),
+            Some(9),
+            "{point}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        rlp_ok(&["repair", &pid]);
+        assert_eq!(twice(&mut t, 3), after, "{point}");
+    }
+    rlp_ok(&["disable", &pid, "wrap-k2-plus-one"]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 6");
+    assert_eq!(t.stable_maps(), maps, "something stayed mapped");
 }

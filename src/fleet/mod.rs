@@ -172,6 +172,25 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
             records.push(record(&c, Outcome::Mismatch, why, 0.0));
         }
     }
+    records.extend(work(op, patch.as_ref(), todo, fo, started, progress));
+    if matches!(op, Op::Apply(_))
+        && let Some(n) = uncovered_children(&records)
+    {
+        progress(&n);
+    }
+    Ok(FleetReport::new(records, unreadable, fo.require_match))
+}
+
+/// The worker pool: `op` on each process of `todo`, `fo.jobs` at a time, within the
+/// run's deadline.
+fn work(
+    op: &Op,
+    patch: Option<&Patch>,
+    todo: VecDeque<Candidate>,
+    fo: &FleetOptions,
+    started: Instant,
+    progress: Progress,
+) -> Vec<ProcessRecord> {
     let total = todo.len();
     if total > 0 {
         progress(&format!(
@@ -202,7 +221,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
                     else {
                         break;
                     };
-                    let r = one(op, patch.as_ref(), &c, fo, deadline, progress, &said);
+                    let r = one(op, patch, &c, fo, deadline, progress, &said);
                     progress(&format!(
                         "pid {} ({}): {}{}",
                         c.pid,
@@ -219,13 +238,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
             });
         }
     });
-    records.extend(done.into_inner().unwrap_or_else(|e| e.into_inner()));
-    if matches!(op, Op::Apply(_))
-        && let Some(n) = uncovered_children(&records)
-    {
-        progress(&n);
-    }
-    Ok(FleetReport::new(records, unreadable, fo.require_match))
+    done.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The children of patched processes, running the same program, that the run did not

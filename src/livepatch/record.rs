@@ -302,6 +302,22 @@ pub struct Pending {
     pub scratch: Option<Scratch>,
     /// Island pages mapped by this run.
     pub new_islands: Vec<u64>,
+    /// Trampolines into originals a disable made for the wrappers above the patch it
+    /// takes away (freed if it is undone, handed to the wrappers once it switched).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trampolines: Vec<MadeTrampoline>,
+}
+
+/// A trampoline into an original function made by a disable (see
+/// [`Pending::trampolines`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MadeTrampoline {
+    /// The original function's entry.
+    pub orig: u64,
+    /// The trampoline (two island slots).
+    pub at: u64,
+    /// Its instructions' offsets and the original's (see [`Wrap::points`]).
+    pub points: Vec<(u32, u32)>,
 }
 
 /// The whole record.
@@ -340,6 +356,7 @@ impl Pending {
             writes: Vec::new(),
             scratch: None,
             new_islands: Vec::new(),
+            trampolines: Vec::new(),
         }
     }
 

@@ -29,10 +29,12 @@ pub struct Rewire {
     pub trampoline: Option<(u64, Vec<(u32, u32)>)>,
 }
 
-/// The wrappers above `rec.patches[idx]` that call into it, each with its new target;
-/// `Err` names the first one that cannot be re-pointed.
-fn rewires_of(rec: &Record, idx: usize) -> std::result::Result<Vec<Rewire>, String> {
+/// The wrappers above `rec.patches[idx]` that call into it, each with its new target,
+/// or (`Err`) the original function a trampoline must be made for first (its entry and
+/// symbol): nothing made one, since the patch replaces it without calling it.
+fn rewires_of(rec: &Record, idx: usize) -> Vec<std::result::Result<Rewire, (u64, String)>> {
     let p = &rec.patches[idx];
+    let made = rec.pending.iter().flat_map(|x| &x.trampolines);
     let mut out = Vec::new();
     for (qi, q) in rec.patches.iter().enumerate().skip(idx + 1) {
         if q.disabled {
@@ -54,32 +56,81 @@ fn rewires_of(rec: &Record, idx: usize) -> std::result::Result<Vec<Rewire>, Stri
                 (None, Some(fw)) if fw.trampoline.is_some() => {
                     (fw.target, fw.trampoline.map(|t| (t, fw.points.clone())))
                 }
-                _ => {
-                    return Err(format!(
-                        "patch {}'s {} calls {} of patch {} as the code it replaces (RLIVEPATCH_FUNC_WRAP), and below {} is the original, which {} replaces without a trampoline into it that {} could take over; disable {} first, or apply an atomic replace",
-                        q.name, g.new_name, f.new_name, p.name, p.name, f.new_name, q.name, q.name
-                    ));
-                }
+                _ => match made.clone().find(|t| t.orig == f.old_addr) {
+                    Some(t) => (t.at, Some((t.at, t.points.clone()))),
+                    None => {
+                        out.push(Err((f.old_addr, f.symbol.clone())));
+                        continue;
+                    }
+                },
             };
-            out.push(Rewire {
+            out.push(Ok(Rewire {
                 upper: (qi, gi),
                 slot: w.slot,
                 old: w.target,
                 new,
                 trampoline,
-            });
+            }));
         }
     }
-    Ok(out)
+    out
 }
 
-/// The rewires of the patch named `name`, those that can be made.
+/// The rewires of the patch named `name` that can be made now.
 fn rewires(rec: &Record, name: &str) -> Vec<Rewire> {
     rec.patches
         .iter()
         .position(|p| p.name == name && !p.disabled)
-        .and_then(|i| rewires_of(rec, i).ok())
+        .map(|i| rewires_of(rec, i).into_iter().flatten().collect())
         .unwrap_or_default()
+}
+
+/// Trampolines into the originals that wrappers above `rec.patches[idx]` will call once
+/// it is gone, where nothing made one (a plain replacement right above the original):
+/// made before the switch, each recorded in the pending operation before its bytes are
+/// written, so that an undo or `repair` frees it and the switch hands it to the wrapper.
+fn make_trampolines(s: &mut Session, idx: usize) -> Result<()> {
+    let needed: Vec<(u64, String)> = rewires_of(&s.record, idx)
+        .into_iter()
+        .filter_map(|r| r.err())
+        .collect();
+    let mut pool = redirect::SlotPool::new(&s.record.islands);
+    for (addr, symbol) in needed {
+        if s.record
+            .pending
+            .iter()
+            .flat_map(|p| &p.trampolines)
+            .any(|t| t.orig == addr)
+        {
+            continue;
+        }
+        let o = s
+            .objects
+            .by_addr(addr)
+            .ok_or_else(|| crate::err!(Failed, "{symbol} is in no loaded object"))?;
+        let (bias, file) = (o.bias()?, o.file()?);
+        let code = file
+            .bytes_at(addr.wrapping_sub(bias), 32)
+            .or_else(|| file.bytes_at(addr.wrapping_sub(bias), 16))
+            .ok_or_else(|| crate::err!(Failed, "the code of {symbol} is not in its file"))?
+            .to_vec();
+        let at = crate::ops::apply::islands::take(s, &mut pool, addr, &symbol, true)?;
+        let (bytes, points) = crate::remote::relocate::trampoline(&code, addr, at, &symbol)?;
+        let page = at & !(redirect::PAGE - 1);
+        if let Some(isl) = s.record.islands.iter_mut().find(|i| i.addr == page) {
+            isl.used.extend([at, at + redirect::SLOT_SIZE]);
+        }
+        crate::livepatch::session::pending(s).trampolines.push(
+            crate::livepatch::record::MadeTrampoline {
+                orig: addr,
+                at,
+                points,
+            },
+        );
+        s.save_record()?;
+        s.proc.write(at, &bytes)?;
+    }
+    Ok(())
 }
 
 /// The record after the switch: each re-pointed wrapper calls its new target, and takes
@@ -87,19 +138,22 @@ fn rewires(rec: &Record, name: &str) -> Vec<Rewire> {
 fn rewire_record(rec: &mut Record, name: &str) {
     for r in rewires(rec, name) {
         let (qi, gi) = r.upper;
-        if let Some((t, points)) = &r.trampoline
-            && let Some(p) = rec.patches.iter_mut().find(|p| p.name == name)
-            && let Some(fw) = p
-                .funcs
-                .iter_mut()
-                .filter_map(|f| f.wrap.as_mut())
-                .find(|fw| fw.trampoline == Some(*t))
-        {
-            fw.trampoline = None;
-            fw.points = Vec::new();
-            let w = rec.patches[qi].funcs[gi].wrap.as_mut().unwrap();
-            w.trampoline = Some(*t);
-            w.points = points.clone();
+        if let Some((t, points)) = &r.trampoline {
+            // The disabled wrapper's own, or one this disable made.
+            if let Some(p) = rec.patches.iter_mut().find(|p| p.name == name)
+                && let Some(fw) = p
+                    .funcs
+                    .iter_mut()
+                    .filter_map(|f| f.wrap.as_mut())
+                    .find(|fw| fw.trampoline == Some(*t))
+            {
+                fw.trampoline = None;
+                fw.points = Vec::new();
+            }
+            if let Some(w) = rec.patches[qi].funcs[gi].wrap.as_mut() {
+                w.trampoline = Some(*t);
+                w.points = points.clone();
+            }
         }
         if let Some(w) = rec.patches[qi].funcs[gi].wrap.as_mut() {
             w.target = r.new;
@@ -151,9 +205,6 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
     }
     crate::livepatch::coming::forget_unloaded(s)?;
     let p = s.record.patches[idx].clone();
-    if let Err(why) = rewires_of(&s.record, idx) {
-        bail!(Mismatch, "{why}");
-    }
     let mut plan = plan(&s.record, &p);
     let needed = s
         .record
@@ -190,6 +241,18 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
     pending.scratch = s.scratch;
     s.record.pending = Some(pending);
     s.save_record()?;
+    // Wrappers above that will call the original need a trampoline into it: made now,
+    // and the switch re-planned with their pointers.
+    if rewires_of(&s.record, idx).iter().any(|r| r.is_err()) {
+        if let Err(e) = make_trampolines(s, idx) {
+            s.tr.finishing = true;
+            if let Err(e2) = unwind(s) {
+                return Err(s.left_behind(&e, "undoing the disable", &e2));
+            }
+            return Err(e);
+        }
+        plan = replan(s, &p, unhook.clone())?;
+    }
     crate::os::fault::point("disable:pending");
     // pre_unpatch, the switch, post_unpatch. A switch that fails is reversed: the patch
     // stays, and post_patch runs (the kernel's reversed transition).
@@ -224,6 +287,23 @@ pub fn run(s: &mut Session, name: &str) -> Result<(bool, transition::Report)> {
         false
     });
     Ok((unloaded, report))
+}
+
+/// The plan again, once trampolines were made: with the wrappers' pointers, recorded as
+/// the pending operation's writes.
+fn replan(s: &mut Session, p: &AppliedPatch, unhook: Option<Write>) -> Result<Plan> {
+    let mut plan = plan(&s.record, p);
+    if let Some(w) = unhook {
+        plan.entries.push((w.addr, JMP_LEN as u64));
+        plan.writes.push(w);
+    }
+    crate::livepatch::session::pending(s).writes = plan
+        .writes
+        .iter()
+        .map(|w| (w.addr, hex(&w.old), hex(&w.new)))
+        .collect();
+    s.save_record()?;
+    Ok(plan)
 }
 
 /// The switch that takes `p` away: each function whose newest implementation is `p`'s
@@ -371,6 +451,19 @@ pub fn unwind(s: &mut Session) -> Result<()> {
         }
         s.set_states(&[], &[])?;
     }
+    // Trampolines it made for wrappers, and island pages left empty by that.
+    let slots: Vec<u64> = pend
+        .trampolines
+        .iter()
+        .flat_map(|t| [t.at, t.at + redirect::SLOT_SIZE])
+        .collect();
+    let empty = if slots.is_empty() {
+        Vec::new()
+    } else {
+        s.record.free_slots(&slots)
+    };
     s.record.pending = None;
-    s.save_record()
+    s.save_record()?;
+    crate::ops::apply::unmap_pages(s, &empty);
+    Ok(())
 }

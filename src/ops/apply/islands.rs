@@ -223,7 +223,7 @@ pub(super) fn bind_places(
 
 /// A free slot (or two, for a stub) within reach of `entry`, in an island page mapped for
 /// it when none has room.
-fn take(
+pub(crate) fn take(
     s: &mut Session,
     pool: &mut redirect::SlotPool,
     entry: u64,

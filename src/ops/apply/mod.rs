@@ -17,7 +17,7 @@ use crate::resolve::funcs::Resolved;
 use crate::resolve::symbols::{Fill, SymbolFill};
 use crate::{bail, err};
 
-mod islands;
+pub(crate) mod islands;
 use islands::{bind_places, place_islands, wire_wrappers};
 /// What an apply did: the functions redirected, the patches an atomic replace replaced,
 /// and the switch.
