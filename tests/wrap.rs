@@ -239,31 +239,20 @@ fn a_thread_in_a_trampoline_does_not_hold_other_patches() {
 /// computes accordingly.
 #[test]
 fn a_killed_disable_under_a_wrapper_is_repaired() {
-    use std::os::unix::process::ExitStatusExt;
     let mut t = target();
     let pid = t.pid.to_string();
     let plus = twice_wrapper("wrap-k-plus-one", "orig(x) + 1", false);
     let times = twice_wrapper("wrap-k-times-ten", "orig(x) * 10", false);
     rlp_ok(&["apply", &pid, plus.to_str().unwrap()]);
     rlp_ok(&["apply", &pid, times.to_str().unwrap()]);
-    for (point, after) in [
-        ("disable:pending", "twice 3 = 70"),
-        ("switch:written", "twice 3 = 60"),
-    ] {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
-            .args(["disable", &pid, "wrap-k-plus-one"])
-            .env("RLIVEPATCH_FAULT", point)
-            .output()
-            .unwrap();
-        assert_eq!(
-            o.status.signal(),
-            Some(9),
-            "{point}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        rlp_ok(&["repair", &pid]);
-        assert_eq!(twice(&mut t, 3), after, "{point}");
-    }
+    killed_then_repaired(
+        &mut t,
+        "wrap-k-plus-one",
+        [
+            ("disable:pending", "twice 3 = 70"),
+            ("switch:written", "twice 3 = 60"),
+        ],
+    );
     let list = rlp_ok(&["list", &pid]);
     assert!(!list.contains("wrap-k-plus-one"), "{list}");
     rlp_ok(&["disable", &pid, "wrap-k-times-ten"]);
@@ -276,7 +265,6 @@ fn a_killed_disable_under_a_wrapper_is_repaired() {
 /// island page); killed after, the wrapper has it and calls the original.
 #[test]
 fn a_killed_disable_that_made_a_trampoline_is_repaired() {
-    use std::os::unix::process::ExitStatusExt;
     let mut t = target();
     let pid = t.pid.to_string();
     let maps = t.stable_maps();
@@ -287,12 +275,27 @@ fn a_killed_disable_that_made_a_trampoline_is_repaired() {
     let plus = twice_wrapper("wrap-k2-plus-one", "orig(x) + 1", false);
     rlp_ok(&["apply", &pid, plain.to_str().unwrap()]);
     rlp_ok(&["apply", &pid, plus.to_str().unwrap()]);
-    for (point, after) in [
-        ("disable:pending", "twice 3 = 10"),
-        ("switch:written", "twice 3 = 7"),
-    ] {
+    killed_then_repaired(
+        &mut t,
+        "wrap-k-plain",
+        [
+            ("disable:pending", "twice 3 = 10"),
+            ("switch:written", "twice 3 = 7"),
+        ],
+    );
+    rlp_ok(&["disable", &pid, "wrap-k2-plus-one"]);
+    assert_eq!(twice(&mut t, 3), "twice 3 = 6");
+    assert_eq!(t.stable_maps(), maps, "something stayed mapped");
+}
+
+/// Disable patch `name`, killed at each point, then repair: `twice 3` is then what each
+/// point says (undone before the switch, finished after).
+fn killed_then_repaired(t: &mut Target, name: &str, cases: [(&str, &str); 2]) {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = t.pid.to_string();
+    for (point, after) in cases {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
-            .args(["disable", &pid, "wrap-k-plain"])
+            .args(["disable", &pid, name])
             .env("RLIVEPATCH_FAULT", point)
             .output()
             .unwrap();
@@ -303,9 +306,6 @@ fn a_killed_disable_that_made_a_trampoline_is_repaired() {
             String::from_utf8_lossy(&o.stderr)
         );
         rlp_ok(&["repair", &pid]);
-        assert_eq!(twice(&mut t, 3), after, "{point}");
+        assert_eq!(twice(t, 3), after, "{point}");
     }
-    rlp_ok(&["disable", &pid, "wrap-k2-plus-one"]);
-    assert_eq!(twice(&mut t, 3), "twice 3 = 6");
-    assert_eq!(t.stable_maps(), maps, "something stayed mapped");
 }
