@@ -426,6 +426,17 @@ fn children_running_the_same_program_are_named() {
         json(&out)["children"][0].as_i64().unwrap().to_string(),
         child
     );
+    // Every note printed is in the JSON report too.
+    let printed: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("rlivepatch: "))
+        .filter(|l| l.starts_with("note: "))
+        .collect();
+    assert!(!printed.is_empty(), "{err}");
+    let notes = json(&out)["notes"].to_string();
+    for n in printed {
+        assert!(notes.contains(&n[..n.len().min(60)]), "{n}: {notes}");
+    }
     let list = rlp_ok(&["list", &pid]);
     assert!(
         list.contains(&format!("for p in {child}; do rlivepatch apply")),

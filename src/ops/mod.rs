@@ -54,6 +54,9 @@ pub struct ApplyReport {
     /// Child processes running the same program, which this apply did not patch.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<i32>,
+    /// The notes and warnings printed on stderr during the apply.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Apply the patch file at `path` to process `pid`.
@@ -73,18 +76,31 @@ pub fn apply_patch(
 ) -> Result<ApplyReport> {
     const ATTEMPTS: usize = 5;
     let mut attempt = 1;
-    loop {
-        match apply_once(pid, patch, opts, progress) {
+    // The notes and warnings printed are in the report too (JSON readers see them).
+    let mut notes: Vec<String> = Vec::new();
+    let mut say = |l: &str| {
+        if l.starts_with("note: ") || l.starts_with("warning: ") {
+            notes.push(l.to_string());
+        }
+        progress(l)
+    };
+    let r = loop {
+        match apply_once(pid, patch, opts, &mut say) {
             Err(e) if attempt < ATTEMPTS && e.cause == crate::error::Cause::Churn => {
-                progress(&format!(
+                say(&format!(
                     "process {pid} loaded or unloaded a library under the apply, which changed nothing; starting over (attempt {} of {ATTEMPTS})",
                     attempt + 1
                 ));
                 attempt += 1;
             }
-            r => return r,
+            r => break r,
         }
-    }
+    };
+    r.map(|mut rep| {
+        notes.dedup();
+        rep.notes = notes;
+        rep
+    })
 }
 
 fn apply_once(
@@ -126,6 +142,7 @@ fn apply_once(
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
         stopped_by: stopped_note(pid, progress),
         children,
+        notes: Vec::new(),
         leftovers: done.leftovers,
     })
 }
