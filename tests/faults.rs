@@ -272,6 +272,12 @@ fn a_read_that_fails_once_is_churn_and_starts_over() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("starting over"), "{err}");
+    // The notes of the resolution, made again by the second attempt, are said once.
+    let notes: Vec<&str> = err.lines().filter(|l| l.contains(": note: ")).collect();
+    let mut once = notes.clone();
+    once.sort();
+    once.dedup();
+    assert!(!notes.is_empty() && once.len() == notes.len(), "{err}");
     t.assert_settled(
         2,
         |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,

@@ -80,6 +80,10 @@ pub fn apply_patch(
     let mut notes: Vec<String> = Vec::new();
     let mut say = |l: &str| {
         if l.starts_with("note: ") || l.starts_with("warning: ") {
+            // Once per run, though an apply that starts over resolves again.
+            if notes.iter().any(|n| n == l) {
+                return;
+            }
             notes.push(l.to_string());
         }
         progress(l)
@@ -97,7 +101,6 @@ pub fn apply_patch(
         }
     };
     r.map(|mut rep| {
-        notes.dedup();
         rep.notes = notes;
         rep
     })
