@@ -681,3 +681,54 @@ fn a_closed_stdout_changes_no_exit_code() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A patch file others may change is not loaded into a process by root (exit 4, the
+/// target untouched): writable by others or the group, owned by another user, or in a
+/// directory others may write without the sticky bit; a sticky one (/tmp) is fine, and
+/// --allow-untrusted loads it, saying what it let through.
+#[test]
+fn patch_files_others_may_change_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (mut t, entry, snap) = counter();
+    let pid = t.pid.to_string();
+    let fix = patch("counter-fix");
+    let dir = build_dir().join("untrusted");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("fix.so");
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let refused = |why: &str| {
+        for cmd in ["apply", "check"] {
+            let e = rlp_fails(&[cmd, &pid, copy.to_str().unwrap()], 4);
+            assert!(
+                e.contains(why) && e.contains("--allow-untrusted"),
+                "{cmd}: {e}"
+            );
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+        t.assert_untouched(&snap, entry);
+    };
+    std::fs::copy(&fix, &copy).unwrap();
+    mode(&copy, 0o666);
+    refused("writable by others");
+    mode(&copy, 0o664);
+    refused("writable by its group");
+    mode(&copy, 0o644);
+    std::os::unix::fs::chown(&copy, Some(65534), None).unwrap();
+    refused("owned by uid 65534");
+    std::os::unix::fs::chown(&copy, Some(0), None).unwrap();
+    mode(&dir, 0o777);
+    refused("which others may write");
+    // With the sticky bit, others cannot replace root's file there.
+    mode(&dir, 0o1777);
+    rlp_ok(&["check", &pid, copy.to_str().unwrap()]);
+    mode(&dir, 0o777);
+    let (code, _, err) = rlp_full(&["apply", &pid, copy.to_str().unwrap(), "--allow-untrusted"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: --allow-untrusted: loading"), "{err}");
+    mode(&dir, 0o755);
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    still_original(&mut t);
+}

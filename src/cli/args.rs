@@ -24,7 +24,8 @@ pub const EXIT_CODES: &str = "Exit codes:
   1  failed (the target is left as it was)
   2  bad command line
   3  target problem: no such process, no permission, unsupported or traced by another tool
-  4  patch file problem: missing, not an x86_64 shared object, bad metadata, cannot be loaded
+  4  patch file problem: missing, not an x86_64 shared object, bad metadata, cannot be loaded,
+     or others may change it (run as root)
   5  the patch does not fit the process: object or symbol missing, entry owned by someone
      else, already applied, not applied
   6  no safe moment to switch before the timeout (threads inside changed functions)
@@ -200,6 +201,12 @@ pub struct ApplyArgs {
     /// patch can never be unloaded.
     #[arg(long)]
     pub force: bool,
+    /// Load a patch file other users may change (writable by group or others, owned by
+    /// another user than root, or in a directory others may write without the sticky
+    /// bit): for development only. Refused otherwise, since whoever can change the file
+    /// decides what runs in the process.
+    #[arg(long)]
+    pub allow_untrusted: bool,
     /// Also look for separate debug files (for stripped objects) in DIR: by build-id
     /// (DIR/.build-id/xx/yyyy.debug) and by .gnu_debuglink. /usr/lib/debug is always
     /// searched.
@@ -267,6 +274,12 @@ pub struct CheckArgs {
     /// Also look for objects the process has not loaded yet in DIR (see apply).
     #[arg(long, value_name = "DIR")]
     pub library_path: Vec<PathBuf>,
+    /// Load a patch file other users may change (writable by group or others, owned by
+    /// another user than root, or in a directory others may write without the sticky
+    /// bit): for development only. Refused otherwise, since whoever can change the file
+    /// decides what runs in the process.
+    #[arg(long)]
+    pub allow_untrusted: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -387,6 +400,12 @@ pub struct PersistArgs {
     /// in is then traced for a moment at its start.
     #[arg(long, conflicts_with = "list")]
     pub wait: bool,
+    /// Load a patch file other users may change (writable by group or others, owned by
+    /// another user than root, or in a directory others may write without the sticky
+    /// bit): for development only. Refused otherwise, since whoever can change the file
+    /// decides what runs in the process.
+    #[arg(long)]
+    pub allow_untrusted: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,

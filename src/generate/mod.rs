@@ -650,7 +650,7 @@ impl<'o> Run<'o> {
                 .collect();
             imports::check(&out, &used)
                 .and_then(|()| {
-                    crate::patch::Patch::load(&out)
+                    crate::patch::Patch::load_with(&out, true, &mut |_| {})
                         .map(|_| ())
                         .map_err(|e| e.context("the generated patch does not read back"))
                 })

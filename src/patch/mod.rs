@@ -7,6 +7,7 @@
 //! dynamic loader will resolve them, so `info` shows the truth without running anything.
 
 pub mod sdk;
+pub mod trust;
 
 use crate::elf::symbols::{ElfFile, SymKind};
 use crate::error::Result;
@@ -198,15 +199,34 @@ pub struct Patch {
 }
 
 impl Patch {
-    /// Read and check a patch file.
+    /// Read and check a patch file (refusing one others may change: see [`trust`]).
     pub fn load(path: &Path) -> Result<Patch> {
+        Self::load_with(path, false, &mut |_| {})
+    }
+
+    /// Read and check a patch file: opened once, its owner, mode and directories checked
+    /// on that open file (unless `allow_untrusted`, which `say`s what it lets through),
+    /// and the bytes read through it are the patch, loaded as they are (no second open
+    /// that a swapped file could answer).
+    pub fn load_with(
+        path: &Path,
+        allow_untrusted: bool,
+        say: &mut dyn FnMut(&str),
+    ) -> Result<Patch> {
         let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        let not_read = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => {
                 err!(Patch, "patch file {shown} does not exist; check the path")
             }
             _ => err!(Patch, "cannot read patch file {shown}: {e}"),
-        })?;
+        };
+        let abs = std::fs::canonicalize(path).map_err(not_read)?;
+        // (Not opened unless a regular file: opening a FIFO would wait for a writer.)
+        if !std::fs::metadata(&abs).map_err(not_read)?.is_file() {
+            bail!(Patch, "patch file {shown} is not a regular file");
+        }
+        let mut f = std::fs::File::open(&abs).map_err(not_read)?;
+        let meta = f.metadata().map_err(not_read)?;
         if !meta.is_file() {
             bail!(Patch, "patch file {shown} is not a regular file");
         }
@@ -216,21 +236,29 @@ impl Patch {
                 "patch file {shown} is empty; rebuild it with cc -shared -fPIC"
             );
         }
-        let abs =
-            std::fs::canonicalize(path).map_err(|e| err!(Patch, "cannot resolve {shown}: {e}"))?;
-        let mut magic = [0u8; 4];
-        {
-            use std::io::Read;
-            let mut f = std::fs::File::open(&abs)
-                .map_err(|e| err!(Patch, "cannot read patch file {shown}: {e}"))?;
-            if f.read_exact(&mut magic).is_err() || &magic != b"\x7fELF" {
+        if let Some(why) = trust::untrusted(&abs, &meta) {
+            if !allow_untrusted {
                 bail!(
                     Patch,
-                    "{shown} is not an ELF file; a patch is a shared object built with cc -shared -fPIC"
+                    "refusing patch file {why} (whoever can change it decides what runs in the process); or pass --allow-untrusted for development"
                 );
             }
+            say(&format!(
+                "warning: --allow-untrusted: loading {shown} although {why}"
+            ));
         }
-        let file = ElfFile::open(&abs).map_err(|e| {
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        {
+            use std::io::Read;
+            f.read_to_end(&mut bytes).map_err(not_read)?;
+        }
+        if !bytes.starts_with(b"\x7fELF") {
+            bail!(
+                Patch,
+                "{shown} is not an ELF file; a patch is a shared object built with cc -shared -fPIC"
+            );
+        }
+        let file = ElfFile::from_bytes(&abs.display().to_string(), bytes).map_err(|e| {
             err!(
                 Patch,
                 "{shown} is not a valid ELF shared object ({}); rebuild it with cc -shared -fPIC",

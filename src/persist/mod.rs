@@ -133,8 +133,11 @@ fn write_index(reg: &Path) -> Result<()> {
 }
 
 /// Register the patch at `path` for processes started later.
-pub fn persist(path: &Path, wait: bool) -> Result<Entry> {
-    let patch = Patch::load(path)?;
+pub fn persist(path: &Path, wait: bool, allow_untrusted: bool) -> Result<Entry> {
+    let patch = Patch::load_with(path, allow_untrusted, &mut |l| {
+        let _ =
+            std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("rlivepatch: {l}\n"));
+    })?;
     if wait && patch.build_ids.iter().any(|(o, _)| o.is_none()) {
         bail!(
             Patch,

@@ -38,6 +38,8 @@ pub struct Options {
     /// Say which child processes of the same program an apply did not cover (off in a
     /// fleet run, which says it once for the whole run).
     pub note_children: bool,
+    /// Load a patch file others may change (see `crate::patch::trust`).
+    pub allow_untrusted: bool,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             debug_dirs: Vec::new(),
             library_path: Vec::new(),
             note_children: true,
+            allow_untrusted: false,
         }
     }
 }

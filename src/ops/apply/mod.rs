@@ -228,8 +228,9 @@ fn apply_steps(
 /// needs no access to our file. The record then knows it as loading.
 fn load(s: &mut Session, patch: &Patch) -> Result<AppliedPatch> {
     let pid = s.proc.pid;
-    let bytes = std::fs::read(&patch.path)
-        .map_err(|e| err!(Patch, "cannot read {}: {e}", patch.path.display()))?;
+    // The bytes read (and checked) when the patch was loaded, not the path again: a
+    // file swapped since is not what runs.
+    let bytes = patch.file.data().to_vec();
     // The runtime comes with the first patch: besides what patches call in it, it keeps
     // a thread parked for later operations (see `crate::livepatch::session::keeper`).
     if s.record.runtime.is_none() {
