@@ -25,7 +25,7 @@ pub const EXIT_CODES: &str = "Exit codes:
   2  bad command line
   3  target problem: no such process, no permission, unsupported or traced by another tool
   4  patch file problem: missing, not an x86_64 shared object, bad metadata, cannot be loaded,
-     or others may change it (run as root)
+     others may change it (run as root), or not signed as required
   5  the patch does not fit the process: object or symbol missing, entry owned by someone
      else, already applied, not applied
   6  no safe moment to switch before the timeout (threads inside changed functions)
@@ -180,6 +180,12 @@ pub enum Command {
     AutoloadApply(AutoloadApplyArgs),
     /// Show what a patch file replaces, without loading it.
     Info(InfoArgs),
+    /// Make a signing key: PATH.key (private, mode 0600) and PATH.pub (put it in a
+    /// keyring directory: --keyring DIR, or /etc/rlivepatch/keys).
+    Keygen(KeygenArgs),
+    /// Sign a patch in place with a key of `keygen`: apply, check and persist then name
+    /// the signer, and accept it where signatures are required.
+    Sign(SignArgs),
 }
 
 /// Load a patch into a process and redirect the functions it replaces.
@@ -201,12 +207,10 @@ pub struct ApplyArgs {
     /// patch can never be unloaded.
     #[arg(long)]
     pub force: bool,
-    /// Load a patch file other users may change (writable by group or others, owned by
-    /// another user than root, or in a directory others may write without the sticky
-    /// bit): for development only. Refused otherwise, since whoever can change the file
-    /// decides what runs in the process.
-    #[arg(long)]
-    pub allow_untrusted: bool,
+    // Trust and signatures (documented on TrustArgs).
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Also look for separate debug files (for stripped objects) in DIR: by build-id
     /// (DIR/.build-id/xx/yyyy.debug) and by .gnu_debuglink. /usr/lib/debug is always
     /// searched.
@@ -274,12 +278,10 @@ pub struct CheckArgs {
     /// Also look for objects the process has not loaded yet in DIR (see apply).
     #[arg(long, value_name = "DIR")]
     pub library_path: Vec<PathBuf>,
-    /// Load a patch file other users may change (writable by group or others, owned by
-    /// another user than root, or in a directory others may write without the sticky
-    /// bit): for development only. Refused otherwise, since whoever can change the file
-    /// decides what runs in the process.
-    #[arg(long)]
-    pub allow_untrusted: bool,
+    // Trust and signatures (documented on TrustArgs).
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -400,12 +402,10 @@ pub struct PersistArgs {
     /// in is then traced for a moment at its start.
     #[arg(long, conflicts_with = "list")]
     pub wait: bool,
-    /// Load a patch file other users may change (writable by group or others, owned by
-    /// another user than root, or in a directory others may write without the sticky
-    /// bit): for development only. Refused otherwise, since whoever can change the file
-    /// decides what runs in the process.
-    #[arg(long)]
-    pub allow_untrusted: bool,
+    // Trust and signatures (documented on TrustArgs).
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -467,6 +467,9 @@ pub struct AutoloadApplyArgs {
 pub struct InfoArgs {
     /// The patch (.so).
     pub patch: PathBuf,
+    /// Name signers by the keys in DIR (besides /etc/rlivepatch/keys).
+    #[arg(long, value_name = "DIR")]
+    pub keyring: Vec<PathBuf>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -506,4 +509,55 @@ pub struct ManpageArgs {
     /// Write rlivepatch.1 and rlivepatch-COMMAND.1 for each command into DIR.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+}
+
+/// Which patch files are accepted.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrustArgs {
+    /// Load a patch file other users may change (writable by group or others, owned by
+    /// another user than root, or in a directory others may write without the sticky
+    /// bit): for development only. Refused otherwise, since whoever can change the file
+    /// decides what runs in the process; refused always where the host's policy requires
+    /// signed patches.
+    #[arg(long)]
+    pub allow_untrusted: bool,
+    /// Public keys (NAME.pub, from `rlivepatch keygen`) whose signatures are accepted,
+    /// besides /etc/rlivepatch/keys.
+    #[arg(long, value_name = "DIR")]
+    pub keyring: Vec<PathBuf>,
+    /// Refuse a patch that is not signed by a key of the keyring (/etc/rlivepatch/policy
+    /// can require this for every run; nothing turns that off).
+    #[arg(long)]
+    pub require_signature: bool,
+}
+
+impl TrustArgs {
+    /// The engine's form.
+    pub fn acceptance(&self) -> crate::patch::Acceptance {
+        crate::patch::Acceptance {
+            allow_untrusted: self.allow_untrusted,
+            keyring: self.keyring.clone(),
+            require_signature: self.require_signature,
+            any_file: false,
+        }
+    }
+}
+
+/// `rlivepatch keygen`.
+#[derive(clap::Args, Debug)]
+pub struct KeygenArgs {
+    /// Writes PATH.key (the private key, mode 0600) and PATH.pub (for keyrings).
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+}
+
+/// `rlivepatch sign`.
+#[derive(clap::Args, Debug)]
+pub struct SignArgs {
+    /// The private key (PATH.key of `rlivepatch keygen`).
+    #[arg(long, value_name = "KEY")]
+    pub key: PathBuf,
+    /// The patch, signed in place (the signature travels at its end).
+    #[arg(value_name = "PATCH")]
+    pub patch: PathBuf,
 }

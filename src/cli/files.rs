@@ -1,7 +1,9 @@
 //! The commands that work on files, not processes: build, build-id, info, sdk, and the
 //! man page and completions generated from the command line's definitions.
 
-use super::args::{BuildArgs, BuildIdArgs, Cli, CompletionsArgs, InfoArgs, SdkArgs};
+use super::args::{
+    BuildArgs, BuildIdArgs, Cli, CompletionsArgs, InfoArgs, KeygenArgs, SdkArgs, SignArgs,
+};
 use super::out;
 use crate::err;
 use crate::error::Result;
@@ -43,7 +45,15 @@ pub fn build_id(a: BuildIdArgs) -> Result<u8> {
 /// `rlivepatch info`.
 pub fn info(a: InfoArgs) -> Result<u8> {
     // Only read: a file anyone may change can be looked at.
-    let p = crate::patch::Patch::load_with(&a.patch, true, &mut |_| {})?;
+    let p = crate::patch::Patch::load_with(
+        &a.patch,
+        &crate::patch::Acceptance {
+            any_file: true,
+            keyring: a.keyring.clone(),
+            ..Default::default()
+        },
+        &mut |_| {},
+    )?;
     let view = InfoView::new(&p);
     if a.json {
         out::json(&view);
@@ -124,5 +134,24 @@ pub fn completions(a: CompletionsArgs) -> Result<u8> {
     let mut buf = Vec::new();
     clap_complete::generate(a.shell, &mut Cli::command(), "rlivepatch", &mut buf);
     out::bytes(&buf);
+    Ok(0)
+}
+
+/// `rlivepatch keygen PATH`.
+pub fn keygen(a: KeygenArgs) -> Result<u8> {
+    let (private, public) = crate::patch::sign::keygen(&a.path)?;
+    out::text(&format!(
+        "private key: {} (keep it; mode 0600)\npublic key: {} (put it in a keyring directory)\n",
+        private.display(),
+        public.display()
+    ));
+    Ok(0)
+}
+
+/// `rlivepatch sign --key KEY PATCH`.
+pub fn sign(a: SignArgs) -> Result<u8> {
+    let key = crate::patch::sign::sign(&a.key, &a.patch)?;
+    let id: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
+    out::text(&format!("signed {} with key {id}\n", a.patch.display()));
     Ok(0)
 }

@@ -35,7 +35,7 @@ pub fn persist(a: PersistArgs) -> Result<u8> {
             out::text(&t);
         }
     } else if let Some(patch) = a.patch {
-        let e = persist::persist(&patch, a.wait, a.allow_untrusted)?;
+        let e = persist::persist(&patch, a.wait, &a.trust.acceptance())?;
         if a.json {
             out::json(&e);
         } else {

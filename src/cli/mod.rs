@@ -57,6 +57,8 @@ fn run(cmd: Command) -> crate::error::Result<u8> {
         Command::Build(a) => files::build(a),
         Command::BuildId(a) => files::build_id(a),
         Command::Info(a) => files::info(a),
+        Command::Keygen(a) => files::keygen(a),
+        Command::Sign(a) => files::sign(a),
         Command::Sdk(a) => files::sdk(a),
         Command::Manpage(a) => files::manpage(a.dir),
         Command::Completions(a) => files::completions(a),
@@ -87,6 +89,8 @@ impl Command {
             | Command::AutoloadApply(_)
             | Command::Watch(_)
             | Command::Manpage(_)
+            | Command::Keygen(_)
+            | Command::Sign(_)
             | Command::Completions(_) => false,
         }
     }

@@ -19,7 +19,7 @@ pub fn apply(a: ApplyArgs) -> Result<u8> {
         force: a.force,
         debug_dirs: a.debug_dir,
         library_path: a.library_path,
-        allow_untrusted: a.allow_untrusted,
+        acceptance: a.trust.acceptance(),
         ..Options::default()
     };
     let Some(pid) = pid else {
@@ -82,7 +82,7 @@ pub fn check(a: CheckArgs) -> Result<u8> {
     let opts = Options {
         debug_dirs: a.debug_dir,
         library_path: a.library_path,
-        allow_untrusted: a.allow_untrusted,
+        acceptance: a.trust.acceptance(),
         ..Options::default()
     };
     let Some(pid) = pid else {

@@ -62,11 +62,9 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
         ));
     }
     let patch = match op {
-        Op::Apply(p) | Op::Check(p) => {
-            Some(Patch::load_with(p, fo.opts.allow_untrusted, &mut |l| {
-                progress(l)
-            })?)
-        }
+        Op::Apply(p) | Op::Check(p) => Some(Patch::load_with(p, &fo.opts.acceptance, &mut |l| {
+            progress(l)
+        })?),
         _ => None,
     };
     let wants = patch.as_ref().map(select::wants);

@@ -650,9 +650,16 @@ impl<'o> Run<'o> {
                 .collect();
             imports::check(&out, &used)
                 .and_then(|()| {
-                    crate::patch::Patch::load_with(&out, true, &mut |_| {})
-                        .map(|_| ())
-                        .map_err(|e| e.context("the generated patch does not read back"))
+                    crate::patch::Patch::load_with(
+                        &out,
+                        &crate::patch::Acceptance {
+                            any_file: true,
+                            ..Default::default()
+                        },
+                        &mut |_| {},
+                    )
+                    .map(|_| ())
+                    .map_err(|e| e.context("the generated patch does not read back"))
                 })
                 .inspect_err(|_| {
                     let _ = std::fs::remove_file(&out);

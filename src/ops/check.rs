@@ -38,7 +38,7 @@ pub struct CheckReport {
 /// Dry run of `apply`: resolve everything, stop the threads once, and report whether the
 /// switch would be safe now. Nothing is loaded or written.
 pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Result<CheckReport> {
-    let patch = Patch::load_with(path, opts.allow_untrusted, progress)?;
+    let patch = Patch::load_with(path, &opts.acceptance, progress)?;
     // What apply resolves before it touches the process, check resolves too.
     let p = prepare(pid, &patch, opts, progress)?;
     let (mut contracts, mut resolved, coming) = (p.contracts, p.resolved, p.coming);

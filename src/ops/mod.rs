@@ -61,7 +61,7 @@ pub struct ApplyReport {
 
 /// Apply the patch file at `path` to process `pid`.
 pub fn apply(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Result<ApplyReport> {
-    let patch = Patch::load_with(path, opts.allow_untrusted, progress)?;
+    let patch = Patch::load_with(path, &opts.acceptance, progress)?;
     apply_patch(pid, &patch, opts, progress)
 }
 

@@ -414,6 +414,9 @@ pub struct InfoView {
     pub build_ids: Vec<InfoBuildId>,
     /// Target symbols it uses.
     pub symbols: Vec<crate::patch::SymbolRef>,
+    /// Who signed it (the key's name in the keyring, or its id); the signature verified
+    /// (one that does not is refused even here).
+    pub signer: Option<String>,
 }
 
 /// A function in `info`.
@@ -484,6 +487,7 @@ impl InfoView {
                 })
                 .collect(),
             symbols: p.symbols.clone(),
+            signer: p.signer.clone(),
         }
     }
 
@@ -491,6 +495,13 @@ impl InfoView {
     pub fn text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "patch {} ({})", self.name, self.path);
+        let _ = writeln!(
+            s,
+            "  signed: {}",
+            self.signer.as_deref().map_or("no".to_string(), |k| format!(
+                "yes, by {k}; the signature verifies"
+            ))
+        );
         if self.replace {
             let _ = writeln!(
                 s,

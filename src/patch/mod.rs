@@ -7,6 +7,7 @@
 //! dynamic loader will resolve them, so `info` shows the truth without running anything.
 
 pub mod sdk;
+pub mod sign;
 pub mod trust;
 
 use crate::elf::symbols::{ElfFile, SymKind};
@@ -196,24 +197,36 @@ pub struct Patch {
     pub symbols: Vec<SymbolRef>,
     /// Places bound to the process at apply time (generated patches).
     pub relocs: Vec<RelocRef>,
+    /// Who signed it: the name of its key in the keyring, or the key's id.
+    pub signer: Option<String>,
 }
 
 impl Patch {
-    /// Read and check a patch file (refusing one others may change: see [`trust`]).
+    /// Read and check a patch file (refusing one others may change: see [`trust`]),
+    /// under the host's policy (see [`sign::Policy`]).
     pub fn load(path: &Path) -> Result<Patch> {
-        Self::load_with(path, false, &mut |_| {})
+        Self::load_with(path, &Acceptance::default(), &mut |_| {})
     }
 
     /// Read and check a patch file: opened once, its owner, mode and directories checked
     /// on that open file (unless `allow_untrusted`, which `say`s what it lets through),
     /// and the bytes read through it are the patch, loaded as they are (no second open
     /// that a swapped file could answer).
-    pub fn load_with(
-        path: &Path,
-        allow_untrusted: bool,
-        say: &mut dyn FnMut(&str),
-    ) -> Result<Patch> {
+    pub fn load_with(path: &Path, how: &Acceptance, say: &mut dyn FnMut(&str)) -> Result<Patch> {
         let shown = path.display();
+        let policy = if how.any_file {
+            sign::Policy::default()
+        } else {
+            sign::Policy::host()
+        };
+        let require = how.require_signature || policy.require_signature;
+        if how.allow_untrusted && policy.require_signature {
+            bail!(
+                Patch,
+                "--allow-untrusted is refused: the host's policy (/etc/rlivepatch/policy) requires signed patches"
+            );
+        }
+        let allow_untrusted = how.allow_untrusted || how.any_file;
         let not_read = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => {
                 err!(Patch, "patch file {shown} does not exist; check the path")
@@ -258,6 +271,11 @@ impl Patch {
                 "{shown} is not an ELF file; a patch is a shared object built with cc -shared -fPIC"
             );
         }
+        let mut keyring_dirs = how.keyring.clone();
+        keyring_dirs.extend(policy.keyring);
+        let signer = signer(&bytes, &sign::Keyring::load(&keyring_dirs), require, &shown)?;
+        let (payload, _) = sign::split(&bytes);
+        let bytes = payload.to_vec();
         let file = ElfFile::from_bytes(&abs.display().to_string(), bytes).map_err(|e| {
             err!(
                 Patch,
@@ -265,7 +283,9 @@ impl Patch {
                 e.message
             )
         })?;
-        Self::from_elf(abs, file)
+        let mut p = Self::from_elf(abs, file)?;
+        p.signer = signer;
+        Ok(p)
     }
 
     /// Read a patch from bytes (the fuzzer's entry point; `name` stands for the path).
@@ -329,6 +349,7 @@ impl Patch {
             build_ids: Vec::new(),
             symbols: Vec::new(),
             relocs: Vec::new(),
+            signer: None,
         };
         patch
             .parse_records()
@@ -734,4 +755,53 @@ fn check_name(name: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How a patch file is accepted (the host's policy adds to it; see [`sign::Policy`]).
+#[derive(Debug, Clone, Default)]
+pub struct Acceptance {
+    /// Load a file others may change (`--allow-untrusted`), saying so.
+    pub allow_untrusted: bool,
+    /// More keyring directories (`--keyring`).
+    pub keyring: Vec<PathBuf>,
+    /// Require a signature by a key of the keyring (`--require-signature`).
+    pub require_signature: bool,
+    /// Only reading it (`info`, `build` checking what it wrote): no trust or policy.
+    pub any_file: bool,
+}
+
+/// The signer of the patch file `bytes`: its key's name in `keyring` (or its id).
+/// A signature that does not verify is refused always; without one, or by a key not in
+/// the keyring, the patch is refused when signatures are required.
+fn signer(
+    bytes: &[u8],
+    keyring: &sign::Keyring,
+    require: bool,
+    shown: &dyn std::fmt::Display,
+) -> Result<Option<String>> {
+    let (payload, sig) = sign::split(bytes);
+    let Some(sig) = sig else {
+        if require {
+            bail!(
+                Patch,
+                "patch file {shown} is not signed, and signatures are required: sign it (rlivepatch sign --key KEY.key {shown})"
+            );
+        }
+        return Ok(None);
+    };
+    if !sign::verifies(payload, &sig) {
+        bail!(
+            Patch,
+            "patch file {shown} carries a signature that does not verify: it was changed after it was signed; rebuild and sign it again"
+        );
+    }
+    let id: String = sig.key[..8].iter().map(|b| format!("{b:02x}")).collect();
+    match keyring.name_of(&sig.key) {
+        Some(n) => Ok(Some(n.to_string())),
+        None if require => bail!(
+            Patch,
+            "patch file {shown} is signed by key {id}, which is in no keyring given (--keyring, /etc/rlivepatch/keys): add its .pub there if you trust it"
+        ),
+        None => Ok(Some(format!("key {id} (in no keyring)"))),
+    }
 }

@@ -133,8 +133,8 @@ fn write_index(reg: &Path) -> Result<()> {
 }
 
 /// Register the patch at `path` for processes started later.
-pub fn persist(path: &Path, wait: bool, allow_untrusted: bool) -> Result<Entry> {
-    let patch = Patch::load_with(path, allow_untrusted, &mut |l| {
+pub fn persist(path: &Path, wait: bool, how: &crate::patch::Acceptance) -> Result<Entry> {
+    let patch = Patch::load_with(path, how, &mut |l| {
         let _ =
             std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("rlivepatch: {l}\n"));
     })?;

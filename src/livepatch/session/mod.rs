@@ -38,8 +38,9 @@ pub struct Options {
     /// Say which child processes of the same program an apply did not cover (off in a
     /// fleet run, which says it once for the whole run).
     pub note_children: bool,
-    /// Load a patch file others may change (see `crate::patch::trust`).
-    pub allow_untrusted: bool,
+    /// How the patch file is accepted: trust, keyring, signatures (see
+    /// `crate::patch::Acceptance`).
+    pub acceptance: crate::patch::Acceptance,
 }
 
 impl Default for Options {
@@ -52,7 +53,7 @@ impl Default for Options {
             debug_dirs: Vec::new(),
             library_path: Vec::new(),
             note_children: true,
-            allow_untrusted: false,
+            acceptance: crate::patch::Acceptance::default(),
         }
     }
 }

@@ -1,0 +1,121 @@
+//! Who decides what runs in a process: signed patches, keyrings, the host's policy.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn rlp_env(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rlivepatch"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Signed, unsigned, tampered and foreign-signed patches, with keyrings given on the
+/// command line and by the host's policy (a policy directory of the test's own: tests
+/// never touch the host's /etc). Every refusal is exit 4 with the target untouched.
+#[test]
+fn only_patches_signed_by_a_known_key_run_where_signatures_are_required() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let mut t = Target::start(&exe, &["5"]);
+    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+    let (entry, snap) = t.snapshot_of("counter-pie", "compute");
+    let pid = t.pid.to_string();
+    let dir = build_dir().join("trust");
+    let _ = std::fs::remove_dir_all(&dir);
+    let keys = dir.join("keys");
+    let other = dir.join("other");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    rlp_ok(&["keygen", keys.join("ops").to_str().unwrap()]);
+    rlp_ok(&["keygen", other.join("stranger").to_str().unwrap()]);
+    // The private keys stay out of the keyring directory's way: only *.pub count.
+    let fix = patch("counter-fix");
+    let copy = |name: &str| {
+        let p = dir.join(name);
+        std::fs::copy(&fix, &p).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (signed, unsigned, tampered, foreign) = (
+        copy("signed.so"),
+        copy("unsigned.so"),
+        copy("tampered.so"),
+        copy("foreign.so"),
+    );
+    let ops_key = keys.join("ops.key");
+    rlp_ok(&["sign", "--key", ops_key.to_str().unwrap(), &signed]);
+    rlp_ok(&["sign", "--key", ops_key.to_str().unwrap(), &tampered]);
+    rlp_ok(&[
+        "sign",
+        "--key",
+        other.join("stranger.key").to_str().unwrap(),
+        &foreign,
+    ]);
+    // One byte of what is loaded changed after signing.
+    let mut b = std::fs::read(&tampered).unwrap();
+    b[0x40] ^= 1;
+    std::fs::write(&tampered, b).unwrap();
+    let keyring = keys.to_str().unwrap();
+    let info = rlp_ok(&["info", &signed, "--keyring", keyring]);
+    assert!(info.contains("signed: yes, by ops"), "{info}");
+    let info = rlp_ok(&["info", &unsigned]);
+    assert!(info.contains("signed: no"), "{info}");
+
+    let refused = |t: &Target, args: &[&str], env: &[(&str, &Path)], why: &str| {
+        let (code, _, err) = rlp_env(args, env);
+        assert_eq!(code, 4, "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+        t.assert_untouched(&snap, entry);
+    };
+    let need = ["--require-signature", "--keyring", keyring];
+    refused(
+        &t,
+        &[&["apply", &pid, &unsigned][..], &need].concat(),
+        &[],
+        "is not signed",
+    );
+    refused(
+        &t,
+        &[&["check", &pid, &foreign][..], &need].concat(),
+        &[],
+        "in no keyring",
+    );
+    // A signature that does not verify is refused even where none is required.
+    refused(&t, &["apply", &pid, &tampered], &[], "does not verify");
+    // Signed by a key of the keyring: it runs.
+    rlp_ok(&[&["apply", &pid, &signed][..], &need].concat());
+    t.wait_line(
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
+        Duration::from_secs(10),
+    );
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+
+    // The host's policy: required, with its own keyring; no flag turns it off.
+    let host = dir.join("etc");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("policy"), "require-signature\n").unwrap();
+    std::fs::create_dir_all(host.join("keys")).unwrap();
+    std::fs::copy(keys.join("ops.pub"), host.join("keys/ops.pub")).unwrap();
+    let env = [("RLIVEPATCH_POLICY_DIR", host.as_path())];
+    refused(&t, &["apply", &pid, &unsigned], &env, "is not signed");
+    refused(
+        &t,
+        &["apply", &pid, &unsigned, "--allow-untrusted"],
+        &env,
+        "--allow-untrusted is refused",
+    );
+    refused(&t, &["apply", &pid, &foreign], &env, "in no keyring");
+    let (code, _, err) = rlp_env(&["apply", &pid, &signed], &env);
+    assert_eq!(code, 0, "{err}");
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    t.assert_running();
+}
