@@ -723,3 +723,40 @@ fn a_specialised_copy_is_replaced_by_the_same_copy_of_the_new_code() {
         "{err}"
     );
 }
+
+/// `build --sign-key` signs what it writes: `info` names the signer, and it is accepted
+/// where signatures are required.
+#[test]
+fn a_built_patch_is_signed_with_the_key_given() {
+    let src = project("signed", &[]);
+    let keys = src.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    rlp_ok(&["keygen", keys.join("builder").to_str().unwrap()]);
+    let key = keys.join("builder.key");
+    let (out, _) = made_with(
+        &src,
+        &["handle"],
+        "app",
+        &["--sign-key", key.to_str().unwrap()],
+    );
+    let info = rlp_ok(&[
+        "info",
+        out.to_str().unwrap(),
+        "--keyring",
+        keys.to_str().unwrap(),
+    ]);
+    assert!(info.contains("signed: yes, by builder"), "{info}");
+    let mut t = Target::start_with_stdin(&src.join("app"), &[]);
+    let pid = t.pid.to_string();
+    rlp_ok(&[
+        "apply",
+        &pid,
+        out.to_str().unwrap(),
+        "--require-signature",
+        "--keyring",
+        keys.to_str().unwrap(),
+    ]);
+    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = -1");
+    rlp_ok(&["disable", &pid, out.to_str().unwrap()]);
+    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = 0");
+}

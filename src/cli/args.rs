@@ -341,6 +341,9 @@ pub struct BuildArgs {
     /// Print the report and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Sign the patch written with this key (PATH.key of `rlivepatch keygen`).
+    #[arg(long, value_name = "KEY", conflicts_with = "dry_run")]
+    pub sign_key: Option<PathBuf>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -27,6 +27,10 @@ pub fn build(a: BuildArgs) -> Result<u8> {
         dry_run: a.dry_run,
     };
     let r = crate::generate::build(&opts, &mut out::progress)?;
+    if let (Some(key), Some(written)) = (&a.sign_key, &r.output) {
+        crate::patch::sign::sign(key, std::path::Path::new(written))?;
+        out::progress(&format!("signed {written} with {}", key.display()));
+    }
     if a.json {
         out::json(&r);
     } else {
