@@ -119,3 +119,69 @@ fn only_patches_signed_by_a_known_key_run_where_signatures_are_required() {
     rlp_ok(&["disable", &pid, "counter-fix"]);
     t.assert_running();
 }
+
+/// Every change to a process is a line of the system log: who, which process, which
+/// patch (its SHA-256 and signer), and the outcome, refusals included. The test gives
+/// the log a socket of its own (test builds honour RLIVEPATCH_LOG_SOCKET).
+#[test]
+fn every_change_is_in_the_audit_trail() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let mut t = Target::start(&exe, &["5"]);
+    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+    let pid = t.pid.to_string();
+    let dir = build_dir().join("audit");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock_path = dir.join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let env = [("RLIVEPATCH_LOG_SOCKET", sock_path.as_path())];
+    let fix = patch("counter-fix");
+    let next = || {
+        let mut buf = vec![0u8; 4096];
+        let n = sock.recv(&mut buf).expect("an audit line");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let (code, _, err) = rlp_env(&["apply", &pid, fix.to_str().unwrap()], &env);
+    assert_eq!(code, 0, "{err}");
+    let line = next();
+    let sha = {
+        use std::io::Write;
+        let o = Command::new("sha256sum").arg(&fix).output().unwrap();
+        let _ = std::io::stderr().flush();
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    for want in [
+        "rlivepatch[",
+        "]: apply uid=0 ",
+        &format!(" pid={pid} "),
+        "counter-pie",
+        "patch=counter-fix",
+        &format!("sha256={sha}"),
+        "signer=\"none\"",
+        "outcome=\"ok\"",
+    ] {
+        assert!(line.contains(want), "{want}: {line}");
+    }
+    let (code, _, _) = rlp_env(&["disable", &pid, "counter-fix"], &env);
+    assert_eq!(code, 0);
+    let line = next();
+    assert!(
+        line.contains("]: disable uid=0") && line.contains("patch counter-fix: ok"),
+        "{line}"
+    );
+    // A refusal is in the trail too.
+    let (code, _, _) = rlp_env(&["disable", &pid, "counter-fix"], &env);
+    assert_eq!(code, 5);
+    let line = next();
+    assert!(
+        line.contains("]: disable") && line.contains("Mismatch"),
+        "{line}"
+    );
+    t.assert_running();
+}

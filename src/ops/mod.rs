@@ -4,6 +4,7 @@
 //! undoes every step it made, so that a failure leaves the target as it was.
 
 pub mod apply;
+pub mod audit;
 pub mod check;
 pub mod disable;
 pub mod list;
@@ -100,10 +101,28 @@ pub fn apply_patch(
             r => break r,
         }
     };
+    audit::record(
+        if opts.force { "apply --force" } else { "apply" },
+        pid,
+        Some(audit::Audited {
+            name: &patch.name,
+            bytes: patch.file.data(),
+            signer: patch.signer.as_deref(),
+        }),
+        &outcome(&r),
+    );
     r.map(|mut rep| {
         rep.notes = notes;
         rep
     })
+}
+
+/// An operation's outcome for the audit line.
+fn outcome<T>(r: &Result<T>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("{:?}: {}", e.kind, e.message),
+    }
 }
 
 fn apply_once(
@@ -203,6 +222,19 @@ pub fn disable(
     opts: &Options,
     progress: ProgressFn,
 ) -> Result<DisableReport> {
+    let r = disable_unaudited(pid, name, opts, progress);
+    let o = outcome(&r);
+    let named = r.as_ref().map_or(name, |d| d.patch.as_str());
+    audit::record("disable", pid, None, &format!("patch {named}: {o}"));
+    r
+}
+
+fn disable_unaudited(
+    pid: i32,
+    name: &str,
+    opts: &Options,
+    progress: ProgressFn,
+) -> Result<DisableReport> {
     let t0 = Instant::now();
     let proc = Process::open(pid)?;
     if let Ok(maps) = proc.maps()
@@ -233,8 +265,14 @@ pub fn repair(pid: i32, opts: &Options, progress: ProgressFn) -> Result<Vec<Stri
     // A repair brings the process to a consistent state: it is not interrupted midway.
     s.tr.finishing = true;
     let r = crate::ops::repair::repair(&mut s);
-    let done = s.conclude(r)?;
-    let mut actions = done.value;
-    actions.extend(done.leftovers.into_iter().map(|l| format!("left: {l}")));
-    Ok(actions)
+    let r = s.conclude(r).map(|done| {
+        let mut actions = done.value;
+        actions.extend(done.leftovers.into_iter().map(|l| format!("left: {l}")));
+        actions
+    });
+    // Only a repair that changed something is a change to the process.
+    if !r.as_ref().is_ok_and(|a| a.is_empty()) {
+        audit::record("repair", pid, None, &outcome(&r));
+    }
+    r
 }
