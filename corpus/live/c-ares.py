@@ -3,6 +3,7 @@ per line, each in a forked child of the patched process: sortlists for
 ares_set_sortlist, and a query to a fake DNS server (a thread of the driver on 127.0.0.1)
 that sends an empty datagram before its answer."""
 from common import Check, Driver
+from common import ask as cmd
 
 
 class Context(Driver):
@@ -12,10 +13,6 @@ class Context(Driver):
                       f"-I{self.tree}/include", f"-L{lib}", f"-Wl,-rpath,{lib}",
                       "-lcares", "-lpthread")
         self.start_driver([exe])
-
-
-def cmd(line):
-    return lambda ctx: ctx.ask(line)
 
 
 CHECKS = {

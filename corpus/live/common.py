@@ -14,11 +14,32 @@ import os
 import select
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+
+def free_ports(n):
+    """`n` TCP ports on 127.0.0.1 that nothing listens on now (bound together, so that
+    they differ, then released for the servers of a check)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def ask(line, timeout=30):
+    """A check's input: `line` sent to the driver, `{w}` standing for the work
+    directory."""
+    return lambda ctx: ctx.ask(line.replace("{w}", str(ctx.work)), timeout=timeout)
 
 
 @dataclass
@@ -87,7 +108,9 @@ class Process:
 
     def cc(self, src: Path, out: Path, *args) -> Path:
         """Compile a driver (C) against the tree."""
-        cmd = ["cc", "-O2", "-g", "-o", str(out), str(src), *map(str, args)]
+        # corpus/live/driver.h: what the drivers share.
+        here = Path(__file__).resolve().parent
+        cmd = ["cc", "-O2", "-g", f"-I{here}", "-o", str(out), str(src), *map(str, args)]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{shlex.join(cmd)}: {r.stderr[-500:]}")

@@ -4,27 +4,14 @@ servers of curl/servers.py (HTTP, an HTTP proxy, SOCKS and telnet sinks, HTTPS o
 on a unix socket, with a certificate for `a*.example.test` made here by the openssl
 command) run in a second process, which is not patched."""
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from common import Check, Driver
+from common import Check, Driver, free_ports
 
 HERE = Path(__file__).resolve().parent / "curl"
 PORTS = ["http", "http2", "proxy", "socks", "telnet", "https", "imap"]
-
-
-def free_ports(n):
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Context(Driver):

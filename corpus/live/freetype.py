@@ -5,6 +5,7 @@ boxes, an 'SVG ' table, or a variation font (fvar, empty gvar) with a huge compo
 import gzip
 import struct
 from common import Check, Driver
+from common import ask as cmd
 
 BOX = struct.pack(">hhhhhHH4B4h4h", 1, 100, 0, 500, 700, 3, 0, 1, 1, 1, 1,
                   100, 0, 400, 0, 0, 700, 0, -700)  # one contour, 4 on-curve points
@@ -101,10 +102,6 @@ class Context(Driver):
         (self.work / "var-100.ttf").write_bytes(var_font(100))
         (self.work / "var-65532.ttf").write_bytes(var_font(65532))
         self.start_driver([exe])
-
-
-def cmd(fmt):
-    return lambda ctx: ctx.ask(fmt.format(w=ctx.work))
 
 
 CHECKS = {

@@ -5,6 +5,7 @@ across the patch's switch (the CVE-2026-33416 diffs change who frees png_ptr->tr
 and ->palette, which a struct made by the old code and destroyed by the new would free
 twice)."""
 from common import Check, Driver
+from common import ask as cmd
 
 
 class Context(Driver):
@@ -13,10 +14,6 @@ class Context(Driver):
         exe = self.cc(self.root / "corpus/live/libpng1.6/driver.c", self.work / "driver",
                       f"-I{self.tree}", f"-L{lib}", "-lpng16", f"-Wl,-rpath,{lib}")
         self.start_driver([exe])
-
-
-def cmd(line):
-    return lambda ctx: ctx.ask(line)
 
 
 CHECKS = {

@@ -5,6 +5,7 @@ Digest challenges (soup_auth_new), content sniffing, and a SoupSession following
 cross-origin redirect from a SoupServer (a thread of the child on 127.0.0.1)."""
 import subprocess
 from common import Check, Driver
+from common import ask as cmd
 
 
 class Context(Driver):
@@ -19,10 +20,6 @@ class Context(Driver):
         exe = self.cc(self.root / "corpus/live/libsoup3/driver.c", self.work / "driver",
                       *inc, f"-L{b}", f"-Wl,-rpath,{b}", "-lsoup-3.0", *gio)
         self.start_driver([exe])
-
-
-def cmd(line):
-    return lambda ctx: ctx.ask(line)
 
 
 CHECKS = {

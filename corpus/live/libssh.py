@@ -2,6 +2,7 @@
 per line, each in a forked child of the patched process: host names for
 ssh_options_set, the legacy private-key loader, the SFTP server's handle lookup."""
 from common import Check, Driver
+from common import ask as cmd
 
 
 class Context(Driver):
@@ -11,10 +12,6 @@ class Context(Driver):
                       "-Wno-deprecated-declarations", f"-I{self.tree}/include",
                       f"-I{b}/include", f"-L{b}/lib", f"-Wl,-rpath,{b}/lib", "-lssh")
         self.start_driver([exe])
-
-
-def cmd(line):
-    return lambda ctx: ctx.ask(line)
 
 
 CHECKS = {

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from common import Check, Driver
+from common import Check, Driver, ask
 
 
 class Context(Driver):
@@ -63,7 +63,7 @@ class Context(Driver):
 
 
 def cmd(line):
-    return lambda ctx: ctx.ask(line, timeout=60)
+    return ask(line, timeout=60)
 
 
 def grew(answer):

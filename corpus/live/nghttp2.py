@@ -2,6 +2,7 @@
 frames to new server sessions, each in a forked child of the patched process (an
 assertion failure answers "CRASH signal 6")."""
 from common import Check, Driver
+from common import ask as cmd
 
 
 class Context(Driver):
@@ -11,10 +12,6 @@ class Context(Driver):
                       f"-I{self.tree}/lib/includes", f"-I{b}/includes", f"-L{b}",
                       f"-Wl,-rpath,{b}", "-lnghttp2")
         self.start_driver([exe])
-
-
-def cmd(line):
-    return lambda ctx: ctx.ask(line)
 
 
 CHECKS = {

@@ -17,7 +17,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from common import Check, Process
+from common import Check, Process, free_ports
 
 HERE = Path(__file__).resolve().parent / "nginx"
 WORKERS = 2
@@ -94,18 +94,6 @@ mail {{
     server {{ listen 127.0.0.1:{smtp}; protocol smtp; smtp_auth plain none; xclient off; }}
 }}
 """
-
-
-def free_ports(n):
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def children(pid):

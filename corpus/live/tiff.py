@@ -4,6 +4,7 @@ an answer ("CRASH signal N") and the children run whatever code the driver has (
 not). The TIFF files are made here, by Python."""
 import struct
 from common import Check, Driver
+from common import ask as cmd
 
 
 def rgb_tiff(path, w, h, rps):
@@ -66,10 +67,6 @@ class Context(Driver):
         rgb_tiff(self.work / "rgb16x64.tif", 16, 64, 8)
         lzw_no_eoi_tiff(self.work / "lzw-no-eoi.tif", 8, 4, 12)
         self.start_driver([exe])
-
-
-def cmd(fmt):
-    return lambda ctx: ctx.ask(fmt.format(w=ctx.work))
 
 
 CHECKS = {

@@ -342,7 +342,7 @@ impl<'o> Run<'o> {
             }
         }
         if placed.is_empty() {
-            refuse_generated(pristine, &self.ignored)?;
+            refuse_generated(pristine, &self.ignored, commands)?;
             crate::refuse!(
                 NotCompiled,
                 "the diffs change no file compiled into {}{}",
@@ -885,20 +885,18 @@ fn is_includable(f: &Path) -> bool {
     )
 }
 
-/// A changed source that no compile command names, but that the project's build files
-/// do (SQLite's ext/fts5/*.c, concatenated into a generated fts5.c and the amalgamation):
-/// the build generates compiled code from it. Saying the diffs change nothing compiled
-/// would be false; rlivepatch does not follow generated sources, and says that.
-fn refuse_generated(tree: &Path, touched: &[String]) -> Result<()> {
-    const BUILD_FILES: [&str; 7] = [
-        "Makefile",
-        "Makefile.in",
-        "Makefile.am",
-        "main.mk",
-        "CMakeLists.txt",
-        "meson.build",
-        "GNUmakefile",
-    ];
+/// A changed source that no compile command names, but whose code a compiled unit
+/// holds (SQLite's ext/fts5/*.c, concatenated into a generated fts5.c and into the
+/// amalgamation sqlite3.c): the build generates compiled code from it. Saying the diffs
+/// change nothing compiled would be false; rlivepatch does not follow generated sources,
+/// and says that. Told by the source's own longest lines being in the compiled unit: a
+/// file the build names only for another configuration (libpng's arm/ sources on
+/// x86_64) is in none, and is "not compiled" indeed.
+fn refuse_generated(
+    tree: &Path,
+    touched: &[String],
+    commands: &[wrapper::CompileCommand],
+) -> Result<()> {
     // Files some command compiles (into another binary, or to nothing) are listed with
     // a note in parentheses: not inputs of a generator.
     let sources = touched.iter().filter(|t| !t.contains(" (")).filter(|t| {
@@ -906,17 +904,40 @@ fn refuse_generated(tree: &Path, touched: &[String]) -> Result<()> {
             .iter()
             .any(|x| t.ends_with(x))
     });
+    let mut units: Option<Vec<(PathBuf, String)>> = None;
     for src in sources {
-        for b in BUILD_FILES {
-            let Ok(text) = std::fs::read_to_string(tree.join(b)) else {
-                continue;
-            };
-            if text.contains(src) {
-                crate::refuse!(
-                    Unsupported,
-                    "{src} is compiled into no unit itself, but {b} names it: the build generates compiled code from it (a concatenated or generated source), which rlivepatch does not follow; make the same change in the generated file the build compiles, or write the patch by hand"
-                );
-            }
+        let Ok(text) = std::fs::read_to_string(tree.join(src)) else {
+            continue;
+        };
+        let mut marks: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.len() >= 30 && !l.starts_with("/*") && !l.starts_with('*'))
+            .collect();
+        marks.sort_by_key(|l| std::cmp::Reverse(l.len()));
+        marks.dedup();
+        marks.truncate(3);
+        if marks.is_empty() {
+            continue;
+        }
+        let units = units.get_or_insert_with(|| {
+            commands
+                .iter()
+                .map(|c| c.directory.join(&c.file))
+                .filter_map(|f| std::fs::read_to_string(&f).ok().map(|t| (f, t)))
+                .collect()
+        });
+        if let Some((unit, _)) = units
+            .iter()
+            .find(|(_, t)| marks.iter().all(|m| t.contains(m)))
+        {
+            crate::refuse!(
+                Unsupported,
+                "{src} is compiled into no unit itself, but its code is in {}, which the build generates from it (a concatenated or generated source): rlivepatch does not follow generated sources; make the same change in the generated file, or write the patch by hand",
+                unit.file_name().map_or(unit.display().to_string(), |n| n
+                    .to_string_lossy()
+                    .into_owned())
+            );
         }
     }
     Ok(())

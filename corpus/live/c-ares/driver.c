@@ -7,6 +7,7 @@
  *                  (CVE-2023-31130: ares_inet_net_pton is reached through IPv6 sortlist entries)
  *   udp0 NAME      query NAME (type A) against a fake DNS server on 127.0.0.1 (a thread of this
  *                  process) that first sends a 0-length datagram, then the answer (CVE-2023-32067) */
+#include "driver.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,14 +68,8 @@ int main(void)
             printf("? %s", line);
             continue;
         }
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid > 0) {
-            int st; waitpid(pid, &st, 0);
-            if (WIFSIGNALED(st)) printf("CRASH signal %d\n", WTERMSIG(st));
-            else if (WEXITSTATUS(st) != 0) printf("EXIT %d\n", WEXITSTATUS(st));
+        if (served_by_child())
             continue;
-        }
         ares_channel ch;
         struct ares_options o; memset(&o, 0, sizeof o);
         o.timeout = 1500; o.tries = 1;

@@ -6,6 +6,7 @@
  *   paint FONT GID    FT_Get_Color_Glyph_Paint (get_colr_glyph_paint.patch, on a disable_COLRv1 base)
  *   var FONT GID W    FT_Set_Var_Design_Coordinates(axis 0 = W), FT_Load_Glyph(GID) (CVE-2025-27363);
  *                     prints the error and the outline's point count */
+#include "driver.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,14 +26,8 @@ int main(void)
     while (fgets(line, sizeof line, stdin)) {
         int off = 0;
         if (sscanf(line, "%31s %511s %n", cmd, font, &off) < 2) continue;
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid > 0) {
-            int st; waitpid(pid, &st, 0);
-            if (WIFSIGNALED(st)) printf("CRASH signal %d\n", WTERMSIG(st));
-            else if (WEXITSTATUS(st) != 0) printf("EXIT %d\n", WEXITSTATUS(st));
+        if (served_by_child())
             continue;
-        }
         FT_Init_FreeType(&lib);
         FT_Face face;
         FT_Error e = FT_New_Face(lib, font, 0, &face);

@@ -5,6 +5,7 @@
  *   privkey FILE    the legacy privatekey_from_file() (CVE-2025-4878: FILE missing)
  *   sftphandle N    sftp_handle() of the SFTP server with handle value N, on a session
  *                   whose table has a marker just past its 256 slots (CVE-2025-5318) */
+#include "driver.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,12 +70,7 @@ int main(void)
             fflush(stdout);
             _exit(0);
         }
-        int st;
-        waitpid(pid, &st, 0);
-        if (WIFSIGNALED(st))
-            printf("CRASH signal %d\n", WTERMSIG(st));
-        else if (WEXITSTATUS(st) != 0)
-            printf("EXIT %d\n", WEXITSTATUS(st));
+        say_how_it_ended(pid);
     }
     return 0;
 }

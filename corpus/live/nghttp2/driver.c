@@ -11,6 +11,7 @@
  *     data      HEADERS (stream 1) and a 10-byte DATA frame; on_data_chunk_recv terminates
  *     ext       a user extension frame (type 111); on_frame_recv terminates
  *     extchunk  a user extension frame (type 111); on_extension_chunk_recv terminates */
+#include "driver.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,12 +124,7 @@ int main(void)
             fflush(stdout);
             _exit(0);
         }
-        int st;
-        waitpid(pid, &st, 0);
-        if (WIFSIGNALED(st))
-            printf("CRASH signal %d\n", WTERMSIG(st));
-        else if (WEXITSTATUS(st) != 0)
-            printf("EXIT %d\n", WEXITSTATUS(st));
+        say_how_it_ended(pid);
     }
     return 0;
 }

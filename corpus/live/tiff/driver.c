@@ -9,6 +9,7 @@
  * libtiff's errors are captured and printed on the result line. Each command runs in a forked
  * child, which runs whatever code the process has now (patched or not): a crash is
  * "CRASH signal N" and the driver goes on. The first line is "ready". */
+#include "driver.h"
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -66,17 +67,8 @@ int main(void)
     while (fgets(line, sizeof line, stdin)) {
         int n = sscanf(line, "%31s %899s %ld", cmd, file, &arg);
         lasterr[0] = 0;
-        fflush(stdout);
-        pid_t pid = fork();
-        if (pid > 0) {
-            int st;
-            waitpid(pid, &st, 0);
-            if (WIFSIGNALED(st))
-                printf("CRASH signal %d\n", WTERMSIG(st));
-            else if (WEXITSTATUS(st) != 0)
-                printf("EXIT %d\n", WEXITSTATUS(st));
+        if (served_by_child())
             continue;
-        }
         if (n >= 2 && !strcmp(cmd, "close")) {
             TIFF *t = TIFFOpen(file, "r");
             TIFFClose(t);
