@@ -45,10 +45,7 @@ fn patched_functions(pid: i32) -> Vec<serde_json::Value> {
 
 #[test]
 fn pie_executable_function_goes_through_an_island() {
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let fix = patch("counter-fix");
-    let mut t = Target::start(&exe, &["5"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid, fix) = counter_pie("5");
     let before_maps = t.stable_maps();
     let entry = t.symbol_addr("counter-pie", "compute");
     let orig = t.read_mem(entry, 5);

@@ -23,10 +23,7 @@ fn sigkill_at_random_moments() {
     let runs = env_count("FAULT_RUNS", 20);
     let seed = env_seed("FAULT_SEED");
     println!("faults: seed {seed}, {runs} runs");
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let fix = patch("counter-fix");
-    let mut t = Target::start(&exe, &["2"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid, fix) = counter_pie("2");
     let base = (t.stable_maps(), t.fd_count());
     let patched = |l: &str| l.contains(" = ") && value(l).1 == value(l).0 * 100;
     let original = |l: &str| l.contains(" = ") && value(l).1 == value(l).0 + 1;
@@ -121,16 +118,12 @@ fn sigkill_at_random_moments() {
 /// its original code.
 #[test]
 fn a_write_cut_short_leaves_the_entry_as_it_was() {
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let fix = patch("counter-fix");
-    let mut t = Target::start(&exe, &["2"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid, fix) = counter_pie("2");
     let (at, before) = t.snapshot_of("counter-pie", "compute");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
-        .args(["apply", &pid, fix.to_str().unwrap()])
-        .env("RLIVEPATCH_FAULT", "fail:switch:write")
-        .output()
-        .unwrap();
+    let o = rlp_env(
+        &["apply", &pid, fix.to_str().unwrap()],
+        &[("RLIVEPATCH_FAULT", "fail:switch:write")],
+    );
     assert_ne!(o.status.code(), Some(0));
     t.assert_untouched(&before, at);
     t.assert_settled(
@@ -149,11 +142,10 @@ fn a_failed_read_of_mapped_code_is_no_dlclose() {
     let fix = patch("counter-fix");
     let t = Target::start(&exe, &["2"]);
     let (at, before) = t.snapshot_of("counter-pie", "compute");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
-        .args(["apply", &t.pid.to_string(), fix.to_str().unwrap()])
-        .env("RLIVEPATCH_FAULT", "fail:read_code,fail:read_code:short")
-        .output()
-        .unwrap();
+    let o = rlp_env(
+        &["apply", &t.pid.to_string(), fix.to_str().unwrap()],
+        &[("RLIVEPATCH_FAULT", "fail:read_code,fail:read_code:short")],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
@@ -189,10 +181,7 @@ fn rlp_failing(step: &str, args: &[&str]) -> (Option<i32>, serde_json::Value, St
 /// it, and the maps and fds are back where they were before the apply.
 #[test]
 fn a_failed_unload_after_the_switch_is_a_disable_with_a_leftover() {
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let fix = patch("counter-fix");
-    let mut t = Target::start(&exe, &["2"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid, fix) = counter_pie("2");
     let base = (t.stable_maps(), t.fd_count());
     rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
     t.assert_settled(
@@ -223,10 +212,7 @@ fn a_failed_unload_after_the_switch_is_a_disable_with_a_leftover() {
 /// exit 0 with the patch live, the mapping named as left; `repair` then clears it.
 #[test]
 fn a_failed_cleanup_after_an_apply_is_an_apply_with_a_leftover() {
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let fix = patch("counter-fix");
-    let mut t = Target::start(&exe, &["2"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid, fix) = counter_pie("2");
     let (code, json, err) = rlp_failing("unmap_scratch", &["apply", &pid, fix.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     let left = json["leftovers"].as_array().cloned().unwrap_or_default();
@@ -264,11 +250,10 @@ fn a_read_that_fails_once_is_churn_and_starts_over() {
     let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
     let fix = patch("counter-fix");
     let mut t = Target::start(&exe, &["2"]);
-    let o = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
-        .args(["apply", &t.pid.to_string(), fix.to_str().unwrap()])
-        .env("RLIVEPATCH_FAULT", "fail:read_code")
-        .output()
-        .unwrap();
+    let o = rlp_env(
+        &["apply", &t.pid.to_string(), fix.to_str().unwrap()],
+        &[("RLIVEPATCH_FAULT", "fail:read_code")],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("starting over"), "{err}");

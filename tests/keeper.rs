@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::Duration;
 
 fn threads(pid: i32) -> i64 {
@@ -15,21 +14,11 @@ fn threads(pid: i32) -> i64 {
         .unwrap()
 }
 
-fn rlp_env(args: &[&str], fault: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
-        .args(args)
-        .env("RLIVEPATCH_FAULT", fault)
-        .output()
-        .unwrap()
-}
-
 /// The counter (PIE), its patch, and its mappings and fd count before anything.
 fn counter() -> (Target, String, std::path::PathBuf, Vec<String>, usize) {
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let t = Target::start(&exe, &["2"]);
-    let pid = t.pid.to_string();
+    let (t, pid, fix) = counter_pie("2");
     let (maps, fds) = (t.stable_maps(), t.fd_count());
-    (t, pid, patch("counter-fix"), maps, fds)
+    (t, pid, fix, maps, fds)
 }
 
 fn patched(l: &str) -> bool {
@@ -53,7 +42,7 @@ fn a_process_stuck_in_a_signal_handler_can_still_be_unpatched() {
 
     let mut t = Target::start(&exe, &["2"]);
     let pid = t.pid.to_string();
-    let o = rlp_env(&["apply", &pid, fix], "no-keeper");
+    let o = rlp_env(&["apply", &pid, fix], &[("RLIVEPATCH_FAULT", "no-keeper")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(threads(t.pid), 1, "a keeper despite no-keeper");
     t.assert_settled(2, patched, "patched");
@@ -62,7 +51,7 @@ fn a_process_stuck_in_a_signal_handler_can_still_be_unpatched() {
     let maps = t.maps();
     let o = rlp_env(
         &["disable", &pid, "counter-fix", "--timeout", "2"],
-        "no-keeper",
+        &[("RLIVEPATCH_FAULT", "no-keeper")],
     );
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.code(), Some(6), "{err}");
@@ -93,19 +82,12 @@ fn a_process_stuck_in_a_signal_handler_can_still_be_unpatched() {
 /// __malloc_arena_thread_freeres"): the cycles below would kill it.
 #[test]
 fn a_run_killed_in_a_call_on_the_keeper_is_repaired_without_a_trace() {
-    use std::os::unix::process::ExitStatusExt;
     let (mut t, pid, fix, maps, fds) = counter();
     let fix = fix.to_str().unwrap();
     for _ in 0..3 {
         rlp_ok(&["apply", &pid, fix]);
         t.assert_settled(2, patched, "patched");
-        let o = rlp_env(&["disable", &pid, "counter-fix"], "inject:in_call");
-        assert_eq!(
-            o.status.signal(),
-            Some(9),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        rlp_killed_at("inject:in_call", &["disable", &pid, "counter-fix"]);
         rlp_ok(&["repair", &pid]);
         if rlp_ok(&["list", &pid, "--json"]).contains("counter-fix") {
             rlp_ok(&["disable", &pid, "counter-fix"]);
@@ -123,20 +105,13 @@ fn a_run_killed_in_a_call_on_the_keeper_is_repaired_without_a_trace() {
 /// record no longer describes, and the process is left as it was before the apply.
 #[test]
 fn a_run_killed_while_unloading_the_runtime_is_repaired_without_a_trace() {
-    use std::os::unix::process::ExitStatusExt;
     let (mut t, pid, fix, maps, fds) = counter();
     let fix = fix.to_str().unwrap();
     for point in ["runtime:unloaded", "keeper:posted", "keeper:unmapped"] {
         rlp_ok(&["apply", &pid, fix]);
         t.assert_settled(2, patched, "patched");
         assert_eq!(threads(t.pid), 2, "no keeper thread while patched");
-        let o = rlp_env(&["disable", &pid, "counter-fix"], point);
-        assert_eq!(
-            o.status.signal(),
-            Some(9),
-            "{point}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        rlp_killed_at(point, &["disable", &pid, "counter-fix"]);
         t.assert_settled(2, original, "original");
         let out = rlp_ok(&["repair", &pid]);
         assert!(

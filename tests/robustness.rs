@@ -396,10 +396,7 @@ fn killed_at(
 
 #[test]
 fn sigkill_at_any_step_of_apply_and_disable_is_repaired() {
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let fix = patch("counter-fix");
-    let mut t = Target::start(&exe, &["5"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid, fix) = counter_pie("5");
     let base = (t.stable_maps(), t.fd_count());
     let patched = |l: &str| l.contains(" = ") && value(l).1 == value(l).0 * 100;
     let original = |l: &str| l.contains(" = ") && value(l).1 == value(l).0 + 1;
@@ -650,10 +647,7 @@ fn a_second_run_waits_for_the_first() {
 
 #[test]
 fn sigint_at_any_moment_finishes_or_undoes() {
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let fix = patch("counter-fix");
-    let mut t = Target::start(&exe, &["5"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid, fix) = counter_pie("5");
     let base = (t.stable_maps(), t.fd_count());
     // Moments spread over the whole run (attach, load, switch, record, detach).
     for (i, delay_us) in [

@@ -6,13 +6,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-fn rlp_env(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rlivepatch"));
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let o = c.output().unwrap();
+/// rlivepatch with `env`: its exit code, stdout and stderr.
+fn rlp_in(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.to_str().unwrap())).collect();
+    let o = rlp_env(args, &env);
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -71,7 +68,7 @@ fn only_patches_signed_by_a_known_key_run_where_signatures_are_required() {
     assert!(info.contains("signed: no"), "{info}");
 
     let refused = |t: &Target, args: &[&str], env: &[(&str, &Path)], why: &str| {
-        let (code, _, err) = rlp_env(args, env);
+        let (code, _, err) = rlp_in(args, env);
         assert_eq!(code, 4, "{args:?}: {err}");
         assert!(err.contains(why), "{args:?}: {err}");
         t.assert_untouched(&snap, entry);
@@ -114,7 +111,7 @@ fn only_patches_signed_by_a_known_key_run_where_signatures_are_required() {
         "--allow-untrusted is refused",
     );
     refused(&t, &["apply", &pid, &foreign], &env, "in no keyring");
-    let (code, _, err) = rlp_env(&["apply", &pid, &signed], &env);
+    let (code, _, err) = rlp_in(&["apply", &pid, &signed], &env);
     assert_eq!(code, 0, "{err}");
     rlp_ok(&["disable", &pid, "counter-fix"]);
     t.assert_running();
@@ -143,7 +140,7 @@ fn every_change_is_in_the_audit_trail() {
         let n = sock.recv(&mut buf).expect("an audit line");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    let (code, _, err) = rlp_env(&["apply", &pid, fix.to_str().unwrap()], &env);
+    let (code, _, err) = rlp_in(&["apply", &pid, fix.to_str().unwrap()], &env);
     assert_eq!(code, 0, "{err}");
     let line = next();
     let sha = {
@@ -168,7 +165,7 @@ fn every_change_is_in_the_audit_trail() {
     ] {
         assert!(line.contains(want), "{want}: {line}");
     }
-    let (code, _, _) = rlp_env(&["disable", &pid, "counter-fix"], &env);
+    let (code, _, _) = rlp_in(&["disable", &pid, "counter-fix"], &env);
     assert_eq!(code, 0);
     let line = next();
     assert!(
@@ -176,7 +173,7 @@ fn every_change_is_in_the_audit_trail() {
         "{line}"
     );
     // A refusal is in the trail too.
-    let (code, _, _) = rlp_env(&["disable", &pid, "counter-fix"], &env);
+    let (code, _, _) = rlp_in(&["disable", &pid, "counter-fix"], &env);
     assert_eq!(code, 5);
     let line = next();
     assert!(

@@ -291,20 +291,9 @@ fn a_killed_disable_that_made_a_trampoline_is_repaired() {
 /// Disable patch `name`, killed at each point, then repair: `twice 3` is then what each
 /// point says (undone before the switch, finished after).
 fn killed_then_repaired(t: &mut Target, name: &str, cases: [(&str, &str); 2]) {
-    use std::os::unix::process::ExitStatusExt;
     let pid = t.pid.to_string();
     for (point, after) in cases {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
-            .args(["disable", &pid, name])
-            .env("RLIVEPATCH_FAULT", point)
-            .output()
-            .unwrap();
-        assert_eq!(
-            o.status.signal(),
-            Some(9),
-            "{point}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        rlp_killed_at(point, &["disable", &pid, name]);
         rlp_ok(&["repair", &pid]);
         assert_eq!(twice(t, 3), after, "{point}");
     }

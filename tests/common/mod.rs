@@ -350,6 +350,28 @@ pub fn rlp(args: &[&str]) -> Output {
         .expect("running rlivepatch")
 }
 
+/// Run rlivepatch with `args` and the variables `env` added to its environment.
+pub fn rlp_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("running rlivepatch")
+}
+
+/// Run rlivepatch with `args`, killing itself at fault point `point`
+/// (`RLIVEPATCH_FAULT`), and require that it was killed there.
+pub fn rlp_killed_at(point: &str, args: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let o = rlp_env(args, &[("RLIVEPATCH_FAULT", point)]);
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGKILL),
+        "{args:?} at {point}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// Run rlivepatch and require success; returns stdout.
 pub fn rlp_ok(args: &[&str]) -> String {
     let o = rlp(args);
@@ -776,4 +798,13 @@ pub fn rlp_as_nobody(patch: &Path, args: &[&str]) -> Output {
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     o
+}
+
+/// The counter built as a PIE, started with `arg` (its period in ms), its pid, and the
+/// counter patch: how most tests begin.
+pub fn counter_pie(arg: &str) -> (Target, String, PathBuf) {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let t = Target::start(&exe, &[arg]);
+    let pid = t.pid.to_string();
+    (t, pid, patch("counter-fix"))
 }
