@@ -9,7 +9,13 @@
  * applies the patches with every check of `rlivepatch apply`. It fails open: whatever
  * goes wrong is one line on stderr, and the program runs unpatched.
  * Kill switches: RLIVEPATCH_AUTOLOAD=0 in the environment, or a file named `disabled`
- * in the registry. */
+ * in the registry.
+ *
+ * In a process started in secure-execution mode (AT_SECURE: set-user-ID, set-group-ID,
+ * file capabilities) the environment belongs to a less privileged caller: it is not
+ * read at all (the registry is the default one, the kill switch its `disabled` file
+ * only), and the helper, which runs with the process's privileges, gets a fixed
+ * environment instead of the caller's, so no RLIVEPATCH_* variable reaches it. */
 #define _GNU_SOURCE
 #include <elf.h>
 #include <limits.h>
@@ -17,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -75,10 +82,12 @@ static int match_one(struct dl_phdr_info *info, size_t size, void *data)
 
 __attribute__((constructor)) static void rlivepatch_autoload(void)
 {
-	const char *off = getenv("RLIVEPATCH_AUTOLOAD");
+	/* The loader's own test: what secure_getenv uses too. */
+	int secure = getauxval(AT_SECURE) != 0;
+	const char *off = secure ? NULL : getenv("RLIVEPATCH_AUTOLOAD");
 	if (off && !strcmp(off, "0"))
 		return;
-	const char *reg = getenv("RLIVEPATCH_REGISTRY");
+	const char *reg = secure ? NULL : getenv("RLIVEPATCH_REGISTRY");
 	if (!reg || !*reg)
 		reg = DEFAULT_REGISTRY;
 	char path[PATH_MAX];
@@ -128,6 +137,12 @@ __attribute__((constructor)) static void rlivepatch_autoload(void)
 	}
 	if (child == 0) {
 		char *argv[] = {tool, "autoload-apply", "--pid", self, "--registry", (char *)reg, NULL};
+		if (secure) {
+			char *fixed[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C",
+					 "RLIVEPATCH_AUTOLOAD=0", NULL};
+			execve(tool, argv, fixed);
+			_exit(127);
+		}
 		setenv("RLIVEPATCH_AUTOLOAD", "0", 1);
 		unsetenv("LD_PRELOAD");
 		execv(tool, argv);

@@ -25,7 +25,7 @@ fn registry(name: &str) -> Registry {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     Registry {
-        reg: dir.join("registry"),
+        reg: dir.join("persist"),
         dir,
     }
 }
@@ -413,4 +413,215 @@ fn a_persisted_library_patch_waits_in_processes_started_without_the_library() {
     assert_eq!(code, 0, "{err}");
     let index = std::fs::read_to_string(r.reg.join("index")).unwrap();
     assert!(!index.contains("wait "), "{index}");
+}
+
+/// What every private-mount script starts with: a tmpfs of its own on `$T`, /var/lib
+/// overlaid so that the test's directory is /var/lib/rlivepatch (its registry the
+/// default one), and `first_value EXE [VAR=VALUE...]`, which prints the first value
+/// line of EXE run as user nobody with those variables (its stderr goes to $T/stderr).
+const PRIVATE_MOUNTS: &str = r#"
+set -e
+mount -t tmpfs rlivepatch-test "$T"
+mkdir -p "$T/var/rlivepatch" "$T/varw" "$T/etc" "$T/etcw" "$T/lib" "$T/libw"
+mount -t overlay overlay -o lowerdir=/var/lib,upperdir="$T/var",workdir="$T/varw" /var/lib
+mount --bind "$DIR" /var/lib/rlivepatch
+first_value() {
+    local exe=$1; shift
+    coproc P { exec setpriv --reuid=65534 --regid=65534 --clear-groups env "$@" "$exe" 1000 2>>"$T/stderr"; }
+    local ready first
+    read -r ready <&"${P[0]}"
+    read -r first <&"${P[0]}"
+    kill "$P_PID"
+    wait "$P_PID" || true
+    echo "$first"
+}
+"#;
+
+/// Run `script` (after [`PRIVATE_MOUNTS`]) as root in a private mount namespace: nothing
+/// of the host's /etc, /var/lib or /usr/lib changes. Its stdout lines, and the stderr
+/// of the programs it ran.
+fn in_private_mounts(r: &Registry, script: &str) -> (Vec<String>, String) {
+    let t = r.dir.join("mnt");
+    std::fs::create_dir_all(&t).unwrap();
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c"])
+        .arg(format!(
+            "{PRIVATE_MOUNTS}\n{script}\ncat \"$T/stderr\" >&2 2>/dev/null || true"
+        ))
+        .env("T", &t)
+        .env("DIR", &r.dir)
+        .env("RLP", env!("CARGO_BIN_EXE_rlivepatch"))
+        .env_remove("LD_PRELOAD")
+        .env_remove("RLIVEPATCH_REGISTRY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    (out.lines().map(str::to_string).collect(), err)
+}
+
+/// A set-user-ID root copy of `exe` (same build-id) next to it.
+fn setuid_copy(exe: &Path) -> PathBuf {
+    let suid = exe.with_file_name(format!(
+        "{}-suid",
+        exe.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::copy(exe, &suid).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    suid
+}
+
+#[test]
+fn a_set_user_id_program_run_by_anyone_runs_the_persisted_patch() {
+    let (r, exe, _) = persisted("secure", "s");
+    let suid = setuid_copy(&exe);
+    let lib = r.dir.join("librlivepatch-autoload.so");
+    assert!(lib.exists(), "persist writes the autoload library");
+    // The host-wide route: /etc/ld.so.preload names the library (here only).
+    let script = format!(
+        r#"
+echo {lib} > "$T/etc/ld.so.preload"
+mount -t overlay overlay -o lowerdir=/etc,upperdir="$T/etc",workdir="$T/etcw" /etc
+switches="RLIVEPATCH_AUTOLOAD=0 RLIVEPATCH_REGISTRY=/nonexistent"
+echo "plain, switches: $(first_value {exe} $switches)"
+echo "plain, fault: $(first_value {exe} RLIVEPATCH_FAULT=apply:attached)"
+echo "suid, switches: $(first_value {suid} $switches)"
+echo "suid, fault: $(first_value {suid} RLIVEPATCH_FAULT=apply:attached RLIVEPATCH_FAULT_SIGNAL=9)"
+echo "suid, nothing: $(first_value {suid})"
+touch "$DIR/persist/disabled"
+echo "suid, disabled: $(first_value {suid} $switches)"
+rm "$DIR/persist/disabled"
+"#,
+        lib = lib.display(),
+        exe = exe.display(),
+        suid = suid.display(),
+    );
+    let (lines, err) = in_private_mounts(&r, &script);
+    // Where the program is not set-user-ID, its user's variables are its user's to set:
+    // they keep it unpatched (the kill switch), or kill the helper (a test build's fault
+    // point): so the lines below could fail.
+    assert!(
+        lines.contains(&"plain, switches: compute(0) = 1".to_string()),
+        "{lines:?}\n{err}"
+    );
+    assert!(
+        lines.contains(&"plain, fault: compute(0) = 1".to_string()),
+        "{lines:?}\n{err}"
+    );
+    assert!(err.contains("failed"), "{err}");
+    // A set-user-ID program: none of them reaches the library or its helper.
+    for l in ["suid, switches", "suid, fault", "suid, nothing"] {
+        assert!(
+            lines.contains(&format!("{l}: compute(0) = 0")),
+            "{l}: {lines:?}\n{err}"
+        );
+    }
+    // The registry's kill switch is the one that works.
+    assert!(
+        lines.contains(&"suid, disabled: compute(0) = 1".to_string()),
+        "{lines:?}\n{err}"
+    );
+    assert!(
+        !Path::new("/etc/ld.so.preload").exists() || {
+            let host = std::fs::read_to_string("/etc/ld.so.preload").unwrap_or_default();
+            !host.contains(&lib.display().to_string())
+        }
+    );
+}
+
+#[test]
+fn the_watch_daemon_covers_set_user_id_programs_through_the_secure_copy() {
+    let (r, exe, _) = persisted("watch-secure", "ws");
+    let suid = setuid_copy(&exe);
+    let host_copy = Path::new("/usr/lib/x86_64-linux-gnu/librlivepatch-autoload.so");
+    let host_had_it = host_copy.exists();
+    let script = format!(
+        r#"
+mount -t overlay overlay -o lowerdir=/usr/lib/x86_64-linux-gnu,upperdir="$T/lib",workdir="$T/libw" /usr/lib/x86_64-linux-gnu
+coproc W {{ exec "$RLP" watch --exe {suid} 2>&1; }}
+while read -r line <&"${{W[0]}}"; do case $line in *watching*) break;; esac; done
+echo "suid: $(first_value {suid} RLIVEPATCH_AUTOLOAD=0 RLIVEPATCH_FAULT=apply:attached)"
+while read -r line <&"${{W[0]}}"; do case $line in *pid*) echo "watch: $line"; break;; esac; done
+kill "$W_PID"
+wait "$W_PID" || true
+echo "copy: $(stat -c '%a %U' /usr/lib/x86_64-linux-gnu/librlivepatch-autoload.so)"
+"#,
+        suid = suid.display(),
+    );
+    let (lines, err) = in_private_mounts(&r, &script);
+    assert!(
+        lines.contains(&"suid: compute(0) = 0".to_string()),
+        "{lines:?}\n{err}"
+    );
+    let said = lines.iter().find(|l| l.starts_with("watch:")).unwrap();
+    assert!(said.contains("secure copy"), "{said}");
+    // Set-user-ID (the loader's condition), never executable, root's.
+    assert!(lines.contains(&"copy: 4644 root".to_string()), "{lines:?}");
+    assert_eq!(
+        host_copy.exists(),
+        host_had_it,
+        "the host's /usr/lib is untouched"
+    );
+}
+
+/// The autoload route and the watch daemon change processes: each change is a line of
+/// the audit trail (test builds send it to RLIVEPATCH_LOG_SOCKET).
+#[test]
+fn autoload_and_watch_are_in_the_audit_trail() {
+    let (r, exe, _) = persisted("audit", "au");
+    let sock_path = r.dir.join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let socket = sock_path.display().to_string();
+    let (mut daemon, log) = watch(&r, &exe, &[("RLIVEPATCH_LOG_SOCKET", &socket)]);
+    let (pid, first) = first_plain(&exe, &[("RLIVEPATCH_LOG_SOCKET", &socket)]);
+    assert_eq!(first, "compute(0) = 0");
+    wait_stderr(&log, |l| l.contains(&format!("pid {pid}:")));
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut buf = vec![0u8; 4096];
+        let n = sock.recv(&mut buf).expect("an audit line");
+        lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let of = |op: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!("]: {op} ")))
+            .unwrap_or_else(|| panic!("no {op} line in {lines:?}"))
+            .clone()
+    };
+    let w = of("watch");
+    assert!(
+        w.contains(&format!(" pid={pid} ")) && w.contains("autoload library added"),
+        "{w}"
+    );
+    let a = of("autoload apply");
+    assert!(
+        a.contains(&format!(" pid={pid} "))
+            && a.contains("patch=fix-au")
+            && a.contains("outcome=\"ok\""),
+        "{a}"
+    );
+    // This test's daemon, by pid.
+    let _ = daemon.0.kill();
+    let _ = daemon.0.wait();
+}
+
+/// The host's signature policy holds on the autoload route too: an unsigned persisted
+/// patch does not run in a new process, and the refusal is said.
+#[test]
+fn the_signature_policy_holds_for_the_autoload_route() {
+    let (r, exe, _) = persisted("policy", "po");
+    let host = r.dir.join("etc");
+    std::fs::create_dir_all(host.join("keys")).unwrap();
+    std::fs::write(host.join("policy"), "require-signature\n").unwrap();
+    let policy = host.display().to_string();
+    let (first, err) = first_value(&r, &exe, &[("RLIVEPATCH_POLICY_DIR", &policy)]);
+    assert_eq!(first, "compute(0) = 1", "{err}");
+    assert!(err.contains("not signed"), "{err}");
+    // Without the policy, the same start runs the patch (the line above could fail).
+    let (first, err) = first_value(&r, &exe, &[]);
+    assert_eq!(first, "compute(0) = 0", "{err}");
 }

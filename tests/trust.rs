@@ -182,3 +182,107 @@ fn every_change_is_in_the_audit_trail() {
     );
     t.assert_running();
 }
+
+/// The file is read once, and what was checked is what runs: a signed patch swapped for
+/// an unsigned one while rlivepatch is stopped midway (after it read and verified the
+/// file, before the process loads it) still loads the signed bytes.
+#[test]
+fn a_file_swapped_during_an_apply_never_runs_unverified() {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let mut t = Target::start(&exe, &["5"]);
+    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+    let pid = t.pid.to_string();
+    let dir = build_dir().join("trust-swap");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    rlp_ok(&["keygen", dir.join("ops").to_str().unwrap()]);
+    let host = dir.join("etc");
+    std::fs::create_dir_all(host.join("keys")).unwrap();
+    std::fs::write(host.join("policy"), "require-signature\n").unwrap();
+    std::fs::copy(dir.join("ops.pub"), host.join("keys/ops.pub")).unwrap();
+    let target = dir.join("fix.so");
+    std::fs::copy(patch("counter-fix"), &target).unwrap();
+    rlp_ok(&[
+        "sign",
+        "--key",
+        dir.join("ops.key").to_str().unwrap(),
+        target.to_str().unwrap(),
+    ]);
+    // rlivepatch stops itself (SIGSTOP) once it holds the process.
+    let child = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &pid, target.to_str().unwrap()])
+        .env("RLIVEPATCH_POLICY_DIR", &host)
+        .env("RLIVEPATCH_FAULT", "apply:attached")
+        .env("RLIVEPATCH_FAULT_SIGNAL", "tool:19")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tool = nix::unistd::Pid::from_raw(child.id() as i32);
+    let st = nix::sys::wait::waitpid(tool, Some(nix::sys::wait::WaitPidFlag::WUNTRACED)).unwrap();
+    assert!(
+        matches!(st, nix::sys::wait::WaitStatus::Stopped(..)),
+        "{st:?}"
+    );
+    // The swap: an unsigned patch with another behaviour, renamed over the file.
+    let swap = dir.join("swap.so");
+    std::fs::copy(patch("counter-fix2"), &swap).unwrap();
+    std::fs::rename(&swap, &target).unwrap();
+    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The signed patch's behaviour (x * 100), never the swapped one's (x * 1000).
+    let l = t.wait_line(
+        |l| l.contains(" = ") && value(l).0 > 0 && value(l).1 == value(l).0 * 100,
+        Duration::from_secs(10),
+    );
+    assert_ne!(value(&l).1, value(&l).0 * 1000, "{l}");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(!maps.contains("swap.so"), "{maps}");
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+}
+
+/// A caller that is not root but may trace other users' processes (CAP_SYS_PTRACE) gets
+/// the same trust check: a patch file owned by a third user is refused, the target (a
+/// process of root's) untouched.
+#[test]
+fn a_caller_that_may_trace_others_gets_the_trust_check() {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let mut t = Target::start(&exe, &["5"]);
+    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+    let (entry, snap) = t.snapshot_of("counter-pie", "compute");
+    let dir = build_dir().join("trust-caps");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.join("fix.so");
+    std::fs::copy(patch("counter-fix"), &file).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&file, Some(1234), Some(1234)).unwrap();
+    let run = |caps: bool| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        if caps {
+            cmd.args(["--inh-caps=+sys_ptrace", "--ambient-caps=+sys_ptrace"]);
+        }
+        let o = cmd
+            .arg(env!("CARGO_BIN_EXE_rlivepatch"))
+            .args(["apply", &t.pid.to_string(), file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(true);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("owned by uid 1234"), "{err}");
+    t.assert_untouched(&snap, entry);
+    // Without the capability the kernel refuses the process itself; the file is not
+    // what stops it.
+    let (code, err) = run(false);
+    assert_ne!(code, 0, "{err}");
+    assert!(!err.contains("owned by uid 1234"), "{err}");
+    t.assert_untouched(&snap, entry);
+}

@@ -101,8 +101,13 @@ pub fn apply_patch(
             r => break r,
         }
     };
+    let op = if opts.force { "apply --force" } else { "apply" };
+    let op = match opts.origin {
+        "" => op.to_string(),
+        o => format!("{o} {op}"),
+    };
     audit::record(
-        if opts.force { "apply --force" } else { "apply" },
+        &op,
         pid,
         Some(audit::Audited {
             name: &patch.name,

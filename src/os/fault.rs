@@ -11,6 +11,12 @@
 //! only the low halves of vector registers, for tests that show the hazards they prevent.
 //! `RLIVEPATCH_FAULT=fail:<step>` makes that step fail once, as a refusing system would
 //! ([`fails`]).
+//!
+//! The fault and signal switches exist only in test builds (`debug_assertions`: what
+//! `cargo test` runs); a release build ignores them, so no environment can make an
+//! installed rlivepatch kill itself midway or corrupt callers (`no-preserve`), whoever
+//! runs it and on whatever process. The trace is kept in release builds: it only
+//! prints, and the benchmarks profile release builds with it.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -29,10 +35,10 @@ struct Config {
 fn config() -> &'static Config {
     static C: OnceLock<Config> = OnceLock::new();
     C.get_or_init(|| Config {
-        fault: std::env::var("RLIVEPATCH_FAULT")
+        fault: test_var("RLIVEPATCH_FAULT")
             .map(|v| v.split(',').map(str::to_string).collect())
             .unwrap_or_default(),
-        signal: std::env::var("RLIVEPATCH_FAULT_SIGNAL")
+        signal: test_var("RLIVEPATCH_FAULT_SIGNAL")
             .map(|v| {
                 v.split(',')
                     .filter_map(|s| match s.strip_prefix("tool:") {
@@ -45,6 +51,15 @@ fn config() -> &'static Config {
         trace: std::env::var_os("RLIVEPATCH_TRACE").is_some_and(|v| v != "0"),
         start: Instant::now(),
     })
+}
+
+/// A test switch's value: in test builds only.
+fn test_var(name: &str) -> Option<String> {
+    if cfg!(debug_assertions) {
+        std::env::var(name).ok()
+    } else {
+        None
+    }
 }
 
 /// The process being worked on, for `RLIVEPATCH_FAULT_SIGNAL`.

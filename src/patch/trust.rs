@@ -8,11 +8,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Why `meta` (the open file at `path`, already resolved) may be changed by someone else
-/// than root and the caller, or `None`. Checked only when the caller is root: an
-/// unprivileged caller only patches its own processes, with its own files.
+/// than root and the caller, or `None`. Checked when the caller is root or may trace
+/// other users' processes (CAP_SYS_PTRACE): without either, the kernel lets a caller
+/// trace only processes running as itself, which its own files cannot harm further.
 pub fn untrusted(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
     let me = nix::unistd::geteuid().as_raw();
-    if me != 0 {
+    if me != 0 && !may_trace_others() {
         return None;
     }
     let shown = path.display();
@@ -50,4 +51,17 @@ pub fn untrusted(path: &Path, meta: &std::fs::Metadata) -> Option<String> {
         dir = d.parent();
     }
     None
+}
+
+/// Is CAP_SYS_PTRACE in this process's effective capabilities?
+fn may_trace_others() -> bool {
+    const CAP_SYS_PTRACE: u32 = 19;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_PTRACE) != 0)
 }

@@ -248,6 +248,7 @@ pub fn autoload_apply(pid: i32, reg: &Path, progress: &mut dyn FnMut(&str)) -> R
         }
         let opts = crate::ops::Options {
             timeout: std::time::Duration::from_secs(5),
+            origin: "autoload",
             ..Default::default()
         };
         match crate::ops::apply(pid, &e.file, &opts, progress) {

@@ -5,7 +5,10 @@
 //! answers. Before answering it seizes the process (`PTRACE_O_TRACEEXEC`), so that the
 //! new program stops at its exec event, before its first instruction; there it adds the
 //! autoload library to the new program's environment (`LD_PRELOAD`, and where the
-//! registry is), and lets it go. The loader then loads the library, whose constructor
+//! registry is), and lets it go. A set-user-ID or capability program gets the secure
+//! copy of the library instead (the only preload its loader accepts: see
+//! [`secure_copy`]), which reads the default registry and nothing of the environment.
+//! Each exec handled is a line of the audit trail (`crate::ops::audit`). The loader then loads the library, whose constructor
 //! applies the persisted patches before `main` exactly as with the preload route
 //! ([`crate::persist`]), with every check of `apply`.
 //!
@@ -166,10 +169,12 @@ pub fn run(exes: &[PathBuf], reg: &Path, progress: &mut dyn FnMut(&str)) -> Resu
                 continue;
             }
             crate::os::fault::point("watch:seized");
-            match at_exec(pid, &env) {
-                Ok(line) => progress(&format!("pid {pid}: {line}")),
-                Err(e) => progress(&format!("pid {pid}: {}", e.message)),
-            }
+            let said = match at_exec(pid, &env) {
+                Ok(line) => line,
+                Err(e) => e.message,
+            };
+            crate::ops::audit::record("watch", pid, None, &said);
+            progress(&format!("pid {pid}: {said}"));
         }
     }
 }
@@ -177,16 +182,73 @@ pub fn run(exes: &[PathBuf], reg: &Path, progress: &mut dyn FnMut(&str)) -> Resu
 /// The environment entries the autoload route needs.
 struct Preload {
     library: String,
-    registry: String,
+    registry: PathBuf,
 }
 
 impl Preload {
     fn new(lib: &Path, reg: &Path) -> Preload {
         Preload {
             library: lib.display().to_string(),
-            registry: reg.display().to_string(),
+            registry: reg.to_path_buf(),
         }
     }
+}
+
+/// Where the loader looks for a library named without a slash in a set-user-ID program:
+/// its trusted system directories only.
+const SECURE_DIRS: [&str; 2] = ["/usr/lib/x86_64-linux-gnu", "/usr/lib64"];
+/// The name the secure copy of the autoload library has there.
+const SECURE_NAME: &str = "librlivepatch-autoload.so";
+
+/// The copy of the autoload library the loader accepts in a set-user-ID program: in a
+/// trusted system directory, named without a slash in `LD_PRELOAD`, with the
+/// set-user-ID bit (glibc's condition for such a preload). It is never executable
+/// (mode 04644), and in such a program it reads nothing from the environment (see
+/// runtime/rlivepatch-autoload.c), so preloading it grants nothing. Written the first
+/// time a watched set-user-ID program starts, and rewritten if it differs.
+fn secure_copy() -> Result<()> {
+    let dir = SECURE_DIRS
+        .iter()
+        .map(Path::new)
+        .find(|d| d.is_dir())
+        .ok_or_else(|| {
+            err!(
+                Failed,
+                "no system library directory ({})",
+                SECURE_DIRS.join(", ")
+            )
+        })?;
+    let path = dir.join(SECURE_NAME);
+    let current = std::fs::read(&path).ok();
+    let mode_ok = std::fs::metadata(&path).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0 && m.mode() & 0o7777 == 0o4644
+    });
+    if current.as_deref() == Some(super::AUTOLOAD) && mode_ok {
+        return Ok(());
+    }
+    let tmp = dir.join(format!(".{SECURE_NAME}.{}", std::process::id()));
+    let written = std::fs::write(&tmp, super::AUTOLOAD)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o4644))
+        })
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err!(
+            Failed,
+            "cannot write {}: {}",
+            path.display(),
+            crate::error::io_text(&e)
+        )
+    })
+}
+
+/// Is `reg` the registry a set-user-ID program reads (the default one)?
+fn is_default_registry(reg: &Path) -> bool {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canon(reg) == canon(Path::new(super::DEFAULT_REGISTRY))
 }
 
 /// Wait for the seized process's exec event, add the preload, let it go.
@@ -228,17 +290,21 @@ fn at_exec(pid: i32, env: &Preload) -> Result<String> {
     }
 }
 
-/// Put the autoload library into the environment of a program stopped at its exec
-/// event: the pointer block the kernel laid out at the stack pointer (argc, argv, envp,
-/// auxv) moves down to make room for the new entries, whose strings go in the space it
-/// left; the stack pointer follows. An existing `LD_PRELOAD` keeps its libraries after
-/// ours.
-fn add_preload(pid: i32, env: &Preload) -> Result<String> {
-    let proc = crate::os::process::Process::open(pid)?;
-    let p = Pid::from_raw(pid);
-    let mut regs =
-        ptrace::getregs(p).map_err(|e| err!(Failed, "reading registers: {}", e.desc()))?;
-    let rsp = regs.rsp;
+/// The pointer block the kernel laid out at the stack pointer of a program stopped at
+/// its exec event: argc, argv, envp, auxv.
+struct ExecBlock {
+    rsp: u64,
+    argc: u64,
+    /// The environment's string pointers.
+    envs: Vec<u64>,
+    auxv_at: u64,
+    /// Entries of the auxiliary vector, AT_NULL included.
+    auxv_len: u64,
+    /// AT_SECURE: a set-user-ID, set-group-ID or capability program.
+    secure: bool,
+}
+
+fn read_exec_block(proc: &crate::os::process::Process, rsp: u64) -> Result<ExecBlock> {
     let word = |a: u64| proc.read_u64(a);
     let argc = word(rsp)?;
     let envp_at = rsp + 8 * (argc + 2);
@@ -263,11 +329,41 @@ fn add_preload(pid: i32, env: &Preload) -> Result<String> {
             break;
         }
     }
-    if secure {
-        return Ok("a set-user-ID or capability program: the loader ignores LD_PRELOAD, it runs without the persisted patches".into());
-    }
-    let block_end = auxv_at + 16 * auxv_len;
-    let mut block = proc.read(rsp, (block_end - rsp) as usize)?;
+    Ok(ExecBlock {
+        rsp,
+        argc,
+        envs,
+        auxv_at,
+        auxv_len,
+        secure,
+    })
+}
+
+/// Put the autoload library into the environment of a program stopped at its exec
+/// event: the pointer block moves down to make room for the new entries, whose strings
+/// go in the space it left; the stack pointer follows. An existing `LD_PRELOAD` keeps
+/// its libraries after ours. A set-user-ID program gets the secure copy by name (the
+/// only preload its loader accepts), and its environment's `RLIVEPATCH_*` variables are
+/// not consulted: they are its caller's.
+fn add_preload(pid: i32, env: &Preload) -> Result<String> {
+    let proc = crate::os::process::Process::open(pid)?;
+    let p = Pid::from_raw(pid);
+    let mut regs =
+        ptrace::getregs(p).map_err(|e| err!(Failed, "reading registers: {}", e.desc()))?;
+    let b = read_exec_block(&proc, regs.rsp)?;
+    let library = if b.secure {
+        if !is_default_registry(&env.registry) {
+            return Ok(format!(
+                "a set-user-ID or capability program reads only the default registry ({}): it runs without the patches of {}",
+                super::DEFAULT_REGISTRY,
+                env.registry.display()
+            ));
+        }
+        secure_copy()?;
+        SECURE_NAME.to_string()
+    } else {
+        env.library.clone()
+    };
     let read_str = |a: u64| -> String {
         let b = proc
             .read(a, 4096)
@@ -278,9 +374,9 @@ fn add_preload(pid: i32, env: &Preload) -> Result<String> {
     let mut strings: Vec<String> = Vec::new();
     // (index in envp to replace, or None to add)
     let mut slots: Vec<Option<usize>> = Vec::new();
-    let mut has_registry = false;
+    let mut has_registry = b.secure;
     let mut preload_at = None;
-    for (i, &e) in envs.iter().enumerate() {
+    for (i, &e) in b.envs.iter().enumerate() {
         let s = read_str(e);
         if let Some(v) = s.strip_prefix("LD_PRELOAD=") {
             preload_at = Some((i, v.to_string()));
@@ -288,40 +384,62 @@ fn add_preload(pid: i32, env: &Preload) -> Result<String> {
         if s.starts_with("RLIVEPATCH_REGISTRY=") {
             has_registry = true;
         }
-        if s == "RLIVEPATCH_AUTOLOAD=0" {
+        if s == "RLIVEPATCH_AUTOLOAD=0" && !b.secure {
             return Ok("RLIVEPATCH_AUTOLOAD=0 in its environment: left alone".into());
         }
     }
     match preload_at {
-        Some((i, v)) if v.split([':', ' ']).any(|x| x == env.library) => {
-            let _ = i;
+        Some((_, v)) if v.split([':', ' ']).any(|x| x == library) => {
             return Ok("already preloads the autoload library".into());
         }
         Some((i, v)) => {
-            strings.push(format!("LD_PRELOAD={}:{v}", env.library));
+            strings.push(format!("LD_PRELOAD={library}:{v}"));
             slots.push(Some(i));
         }
         None => {
-            strings.push(format!("LD_PRELOAD={}", env.library));
+            strings.push(format!("LD_PRELOAD={library}"));
             slots.push(None);
         }
     }
     if !has_registry {
-        strings.push(format!("RLIVEPATCH_REGISTRY={}", env.registry));
+        strings.push(format!("RLIVEPATCH_REGISTRY={}", env.registry.display()));
         slots.push(None);
     }
+    regs.rsp = write_exec_block(&proc, &b, &strings, &slots)?;
+    ptrace::setregs(p, regs).map_err(|e| err!(Failed, "writing registers: {}", e.desc()))?;
+    let what = if b.secure {
+        "a set-user-ID or capability program: the secure copy of the autoload library added to its environment"
+    } else {
+        "the autoload library added to its environment"
+    };
+    Ok(format!(
+        "{what}; it applies the persisted patches before main"
+    ))
+}
+
+/// Write the block again lower down with `strings` in the environment (each replacing
+/// the entry its slot names, or added): the new stack pointer.
+fn write_exec_block(
+    proc: &crate::os::process::Process,
+    b: &ExecBlock,
+    strings: &[String],
+    slots: &[Option<usize>],
+) -> Result<u64> {
+    let rsp = b.rsp;
+    let block_end = b.auxv_at + 16 * b.auxv_len;
+    let block = proc.read(rsp, (block_end - rsp) as usize)?;
     let added = slots.iter().filter(|s| s.is_none()).count() as u64;
     let text_len: u64 = strings.iter().map(|s| s.len() as u64 + 1).sum();
     let room = (8 * added + text_len + 15) & !15;
     let new_rsp = rsp - room;
     // The new block: argc, argv, NULL, the added entries, envp, NULL, auxv.
-    let head = 8 * (argc as usize + 2);
+    let head = 8 * (b.argc as usize + 2);
     let mut out: Vec<u8> = block[..head].to_vec();
     let mut text: Vec<u8> = Vec::new();
     let text_at = new_rsp + block.len() as u64 + 8 * added;
-    let mut env_ptrs: Vec<u64> = envs.clone();
+    let mut env_ptrs: Vec<u64> = b.envs.clone();
     let mut new_ptrs = Vec::new();
-    for (s, slot) in strings.iter().zip(&slots) {
+    for (s, slot) in strings.iter().zip(slots) {
         let at = text_at + text.len() as u64;
         text.extend(s.as_bytes());
         text.push(0);
@@ -334,13 +452,10 @@ fn add_preload(pid: i32, env: &Preload) -> Result<String> {
         out.extend(ptr.to_le_bytes());
     }
     out.extend(0u64.to_le_bytes());
-    let aux_off = (auxv_at - rsp) as usize;
+    let aux_off = (b.auxv_at - rsp) as usize;
     out.extend(&block[aux_off..]);
     out.extend(&text);
     debug_assert!(out.len() as u64 <= room + block.len() as u64);
-    block.clear();
     proc.write(new_rsp, &out)?;
-    regs.rsp = new_rsp;
-    ptrace::setregs(p, regs).map_err(|e| err!(Failed, "writing registers: {}", e.desc()))?;
-    Ok("the autoload library added to its environment; it applies the persisted patches before main".into())
+    Ok(new_rsp)
 }

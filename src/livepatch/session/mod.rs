@@ -41,6 +41,9 @@ pub struct Options {
     /// How the patch file is accepted: trust, keyring, signatures (see
     /// `crate::patch::Acceptance`).
     pub acceptance: crate::patch::Acceptance,
+    /// What started the operation, for the audit line (`autoload` for a process's own
+    /// start-up; empty for the command line).
+    pub origin: &'static str,
 }
 
 impl Default for Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             library_path: Vec::new(),
             note_children: true,
             acceptance: crate::patch::Acceptance::default(),
+            origin: "",
         }
     }
 }
