@@ -4,7 +4,10 @@
 # --server-secs N, --quick (a short run that skips the largest cases, written to
 # target/bench/BENCHMARKS-quick.md: the committed BENCHMARKS.md stays as measured),
 # --only-build and --only-exec (print one section: `rlivepatch build`, or programs started
-# under `rlivepatch watch`).
+# under `rlivepatch watch`), --only-single and --only-fleet (one process, and fleets, side
+# by side with SUSE libpulp, which scripts/libpulp.sh builds from ../shared/peers and
+# caches under target/libpulp), --fleet-sizes 10,100,... and --fleet-runs N (before
+# --only-fleet).
 # Installs what it needs (gdb, gnuplot) on a fresh Debian machine, and says so first.
 set -euo pipefail
 cd "$(dirname "$0")/.."

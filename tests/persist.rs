@@ -467,8 +467,16 @@ fn setuid_copy(exe: &Path) -> PathBuf {
         "{}-suid",
         exe.file_name().unwrap().to_string_lossy()
     ));
-    std::fs::copy(exe, &suid).unwrap();
-    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    // Written by another process: a file this multi-threaded test process had open for
+    // writing could still be held by a child another test forks, and its exec would fail
+    // with ETXTBSY.
+    let st = Command::new("install")
+        .args(["-m", "4755"])
+        .arg(exe)
+        .arg(&suid)
+        .status()
+        .unwrap();
+    assert!(st.success());
     suid
 }
 

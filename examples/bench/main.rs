@@ -15,7 +15,9 @@
 //!   apply/disable cycles run, and without.
 
 mod exec_latency;
+mod fleet;
 mod patch_build;
+mod single;
 
 use anyhow::{Context, Result, bail};
 use std::fmt::Write as _;
@@ -37,6 +39,9 @@ struct Opts {
     idle: Vec<usize>,
     funcs: Vec<usize>,
     server_secs: u64,
+    /// Fleet sizes (processes).
+    fleet: Vec<usize>,
+    fleet_runs: usize,
 }
 
 fn main() -> Result<()> {
@@ -51,6 +56,8 @@ fn main() -> Result<()> {
         idle: vec![0, 100, 1000],
         funcs: vec![1, 100, 1000],
         server_secs: 5,
+        fleet: vec![10, 100, 1000, 4000],
+        fleet_runs: 5,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -85,6 +92,35 @@ fn main() -> Result<()> {
                 print!("{m}");
                 return Ok(());
             }
+            // Fleet sizes, comma-separated (before --only-fleet).
+            "--fleet-sizes" => {
+                o.fleet = val()?
+                    .split(',')
+                    .map(|n| n.parse())
+                    .collect::<std::result::Result<_, _>>()?;
+            }
+            // Only the fleet side by side with libpulp, printed.
+            "--only-fleet" => {
+                let r = Report {
+                    fleet: fleet::measure(&root, &o.rlp, &o.build, &o.fleet, o.fleet_runs)?,
+                    ..Default::default()
+                };
+                let mut m = String::new();
+                r.fleet.markdown(&mut m, cpus());
+                print!("{m}");
+                return Ok(());
+            }
+            "--fleet-runs" => o.fleet_runs = val()?.parse()?,
+            // Only one process side by side with libpulp, printed.
+            "--only-single" => {
+                std::fs::create_dir_all(&o.build)?;
+                let b = build(&root, &o.build)?;
+                let cells = single::measure(&root, &o, &b)?;
+                let mut m = String::new();
+                single::markdown(&cells, &mut m, cpus());
+                print!("{m}");
+                return Ok(());
+            }
             "--quick" => {
                 // A quick run is a smoke test: the committed numbers stay.
                 o.out = root.join("target/bench/BENCHMARKS-quick.md");
@@ -94,6 +130,8 @@ fn main() -> Result<()> {
                 o.runs = 2;
                 o.gdb_runs = 1;
                 o.server_secs = 2;
+                o.fleet = vec![10, 100];
+                o.fleet_runs = 2;
             }
             _ => bail!("unknown argument {a}"),
         }
@@ -116,6 +154,10 @@ fn main() -> Result<()> {
             }
         }
     }
+    eprintln!("bench: one process, side by side with libpulp");
+    report.single = single::measure(&root, &o, &b)?;
+    eprintln!("bench: fleets, side by side with libpulp");
+    report.fleet = fleet::measure(&root, &o.rlp, &o.build, &o.fleet, o.fleet_runs)?;
     eprintln!("bench: call overhead");
     report.calls = call_overhead(&o, &b)?;
     eprintln!("bench: server impact");
@@ -267,8 +309,14 @@ struct Target {
 
 impl Target {
     fn start(bin: &Path, busy: usize, idle: usize) -> Result<Target> {
+        Self::start_env(bin, busy, idle, &[])
+    }
+
+    /// [`Target::start`] with more environment variables.
+    fn start_env(bin: &Path, busy: usize, idle: usize, env: &[(&str, &Path)]) -> Result<Target> {
         let mut child = Command::new(bin)
             .args([busy.to_string(), idle.to_string()])
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -422,6 +470,8 @@ struct Report {
     server: Server,
     build: patch_build::BuildBench,
     exec: exec_latency::ExecBench,
+    fleet: fleet::Fleet,
+    single: Vec<single::Cell>,
 }
 
 fn pause_cases(o: &Opts, b: &Built, idle: usize, r: &mut Report) -> Result<()> {
@@ -762,6 +812,12 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[i]
 }
 
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -955,6 +1011,8 @@ impl Report {
                 percentile(v, 1.0)
             );
         }
+        single::markdown(&self.single, &mut m, cpus());
+        self.fleet.markdown(&mut m, cpus());
         self.build_markdown(&mut m);
         self.exec_markdown(&mut m);
         m.push_str("\n## Targets\n\n");

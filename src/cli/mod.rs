@@ -21,6 +21,7 @@ use std::process::ExitCode;
 /// The whole command: parse, run, print, and the exit code.
 pub fn main() -> ExitCode {
     crate::os::fault::init();
+    crate::os::fault::trace("started");
     let cli = Cli::parse();
     // SIGINT, SIGTERM and SIGHUP are read by the tracer between two steps, so that the
     // current step can be undone; until then they wait.

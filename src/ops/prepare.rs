@@ -36,7 +36,9 @@ pub fn prepare(pid: i32, patch: &Patch, opts: &Options, progress: ProgressFn) ->
     let proc = Process::open(pid)?;
     crate::resolve::target::preflight(&proc)?;
     let maps = proc.maps()?;
+    crate::os::fault::trace("maps read");
     let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
+    crate::os::fault::trace("objects parsed");
     crate::resolve::target::check_build_ids(patch, &objects)?;
     crate::resolve::linkage::check(patch, &objects)?;
     let mut contracts = Contracts::new();
@@ -48,8 +50,10 @@ pub fn prepare(pid: i32, patch: &Patch, opts: &Options, progress: ProgressFn) ->
         &opts.debug_dirs,
         &mut contracts,
     )?;
+    crate::os::fault::trace("coming resolved");
     let resolved = crate::resolve::coming::loaded(patch, &objects, &mut contracts, &coming)?;
     tell_contracts(&resolved, progress);
+    crate::os::fault::trace("functions resolved");
     let symbols = crate::resolve::symbols::resolve_symbols(patch, &objects)?;
     crate::resolve::symbols::refuse_self_calls(patch, &resolved, &symbols)?;
     let places = crate::remote::relocate::resolve(patch, &objects)?;

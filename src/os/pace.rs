@@ -19,7 +19,11 @@ const BURST_NS: u64 = 250_000;
 const PAUSE_NS: i64 = 60_000;
 
 static WORLD_STOPPED: AtomicBool = AtomicBool::new(false);
-static LAST: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// This thread's CPU time at its last pause (each worker of a fleet run is paced on
+    /// its own CPU time, not on the sum of all of them).
+    static LAST: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 /// Wall time spent in pauses (ns), for the trace. No budget caps it: measured, a cap
 /// (pauses at most a fifth of the run) made the busy threads' worst gap larger with a
 /// few hundred threads and did not shorten the run with a thousand, whose length is the
@@ -68,7 +72,18 @@ fn clock(id: libc::clockid_t) -> u64 {
 }
 
 fn cpu_ns() -> u64 {
-    clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+    clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// The CPUs rlivepatch may run on, read once per run: `available_parallelism` reads the
+/// affinity mask and the cgroup's CPU quota files each time it is asked.
+fn cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 /// Are there more runnable tasks than CPUs (counting rlivepatch)?
@@ -82,10 +97,7 @@ fn crowded() -> bool {
         .and_then(|f| f.split('/').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    running > cpus
+    running > cpus()
 }
 
 /// A point where rlivepatch may pause: when it has run a burst of CPU, the world is not
@@ -95,7 +107,7 @@ pub fn point() {
         return;
     }
     let now = cpu_ns();
-    let last = LAST.load(Ordering::Relaxed);
+    let last = LAST.with(|l| l.get());
     if now.saturating_sub(last) < BURST_NS {
         return;
     }
@@ -112,7 +124,7 @@ pub fn point() {
             Ordering::Relaxed,
         );
     }
-    LAST.store(cpu_ns(), Ordering::Relaxed);
+    LAST.with(|l| l.set(cpu_ns()));
 }
 
 /// Time spent in pauses so far, in ms (for the trace).

@@ -145,18 +145,25 @@ pub fn read_status(pid: i32) -> Result<Status> {
 /// Read the status of thread `tid` of process `pid` (its seccomp mode and tracer are its
 /// own).
 pub fn read_thread_status(pid: i32, tid: i32) -> Result<Status> {
-    parse_status(pid, &format!("/proc/{pid}/task/{tid}/status"))
+    match read_task_file(pid, tid, "status") {
+        Some(text) => Ok(status_of(pid, &String::from_utf8_lossy(&text))),
+        None => parse_status(pid, &format!("/proc/{pid}/task/{tid}/status")),
+    }
 }
 
 fn parse_status(pid: i32, path: &str) -> Result<Status> {
     let text = std::fs::read_to_string(path).map_err(|e| not_found_or(pid, e))?;
+    Ok(status_of(pid, &text))
+}
+
+fn status_of(pid: i32, text: &str) -> Status {
     let get = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')))
             .map(|v| v.trim().to_string())
     };
     let num = |key: &str| get(key).and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok());
-    Ok(Status {
+    Status {
         name: get("Name").unwrap_or_default(),
         state: get("State").and_then(|s| s.chars().next()).unwrap_or('?'),
         tgid: num("Tgid").unwrap_or(pid as i64) as i32,
@@ -167,7 +174,7 @@ fn parse_status(pid: i32, path: &str) -> Result<Status> {
         ns_pid: get("NSpid")
             .and_then(|v| v.split_whitespace().last()?.parse().ok())
             .unwrap_or(pid),
-    })
+    }
 }
 
 fn not_found_or(pid: i32, e: std::io::Error) -> crate::error::Error {
@@ -223,12 +230,12 @@ pub fn is_kernel_thread(pid: i32) -> bool {
         .is_some_and(|f| f & PF_KTHREAD != 0)
 }
 
-/// The one-letter state of a thread from its stat file.
-pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
-    // One open and one read into a buffer on the stack: called for every thread of a
-    // process at a time, where read_to_string's extra calls add up.
-    // Opened relative to the process's task directory, kept open: walking the whole
-    // /proc path for each of a thousand threads doubled the cost.
+/// The file `name` of thread `tid` of `pid` (`/proc/PID/task/TID/NAME`), read with one
+/// open and as few reads as its size needs. Called for every thread of a process at a
+/// time, where `read_to_string`'s extra calls (a stat for the size, a seek) add up; the
+/// file is opened relative to the process's task directory, kept open: walking the
+/// whole /proc path for each of a thousand threads doubled the cost.
+pub fn read_task_file(pid: i32, tid: i32, name: &str) -> Option<Vec<u8>> {
     use std::cell::RefCell;
     use std::os::fd::{AsFd, OwnedFd};
     thread_local! {
@@ -250,15 +257,26 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
         let (_, dir) = d.as_ref()?;
         nix::fcntl::openat(
             dir.as_fd(),
-            format!("{tid}/stat").as_str(),
+            format!("{tid}/{name}").as_str(),
             nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .ok()
     })?;
-    let mut buf = [0u8; 512];
-    let n = nix::unistd::read(&fd, &mut buf).ok()?;
-    let stat = &buf[..n];
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = nix::unistd::read(&fd, &mut buf).ok()?;
+        if n == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The one-letter state of a thread from its stat file.
+pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
+    let stat = read_task_file(pid, tid, "stat")?;
     // The command name may hold ')' itself: the state follows the last one.
     let close = stat.iter().rposition(|&b| b == b')')?;
     stat.get(close + 2).map(|&b| b as char)
@@ -266,24 +284,32 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
 
 /// Is job control stopping process `pid`? The stop signal's name when a stop signal
 /// waits to be delivered (`SIGSTOP`, or `SIGTSTP`/`SIGTTIN`/`SIGTTOU` with their default
-/// action) or a thread is stopped (`T`).
+/// action) or the process is stopped (`T`).
+///
+/// A job-control stop is the whole thread group's: the leader's state and the signals
+/// pending for the process (with the leader's own) tell it in one read of
+/// `/proc/PID/status`. Only when the leader is gone (a zombie leader with threads still
+/// running) are the other threads read.
 pub fn job_stop(pid: i32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let mask = |key: &str| {
+    let mask = |text: &str, key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key))
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .unwrap_or(0)
     };
-    let caught_or_ignored = mask("SigCgt:") | mask("SigIgn:");
-    let mut pending = mask("ShdPnd:");
-    for t in task_ids(pid).ok()? {
-        if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status")) {
-            pending |= st
-                .lines()
-                .find_map(|l| l.strip_prefix("SigPnd:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                .unwrap_or(0);
+    let state = text
+        .lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .and_then(|v| v.trim().chars().next());
+    let caught_or_ignored = mask(&text, "SigCgt:") | mask(&text, "SigIgn:");
+    let mut pending = mask(&text, "ShdPnd:") | mask(&text, "SigPnd:");
+    let leader_gone = matches!(state, Some('Z' | 'X'));
+    if leader_gone {
+        for t in task_ids(pid).ok()? {
+            if let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/task/{t}/status")) {
+                pending |= mask(&st, "SigPnd:");
+            }
         }
     }
     for sig in [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
@@ -292,10 +318,14 @@ pub fn job_stop(pid: i32) -> Option<String> {
             return Some(signal_name(sig));
         }
     }
-    let stopped = task_ids(pid)
-        .ok()?
-        .into_iter()
-        .any(|t| thread_state(pid, t) == Some('T'));
+    let stopped = if leader_gone {
+        task_ids(pid)
+            .ok()?
+            .into_iter()
+            .any(|t| thread_state(pid, t) == Some('T'))
+    } else {
+        state == Some('T')
+    };
     stopped.then(|| "a stop signal".to_string())
 }
 
@@ -303,8 +333,13 @@ pub fn job_stop(pid: i32) -> Option<String> {
 /// `/proc/PID/task/TID/syscall` (readable by its tracer), without stopping it; `None`
 /// when it runs or is not in a system call.
 pub fn blocked_in(pid: i32, tid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
+    let text = read_task_file(pid, tid, "syscall")?;
+    std::str::from_utf8(&text)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The command name of a thread (`comm`), for messages.
@@ -582,9 +617,10 @@ fn children(pid: i32) -> Vec<i32> {
     let from_tasks: Option<Vec<i32>> = task_ids(pid).ok().and_then(|tids| {
         let mut out = Vec::new();
         for tid in tids {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).ok()?;
+            let text = read_task_file(pid, tid, "children")?;
             out.extend(
-                text.split_whitespace()
+                String::from_utf8_lossy(&text)
+                    .split_whitespace()
                     .filter_map(|c| c.parse::<i32>().ok()),
             );
         }

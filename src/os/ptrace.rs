@@ -95,6 +95,43 @@ pub struct Thread {
     /// It runs with syscall stops now (resumed with `PTRACE_SYSCALL`; not after a seize).
     syscall_traced: bool,
     interrupt_sent: bool,
+    /// Its registers as read or written during the current stop: a stopped thread's
+    /// registers change only through us, so one `PTRACE_GETREGS` per stop is enough.
+    /// Cleared with every change of `stop` ([`Thread::set_stop`]).
+    regs: std::cell::Cell<Option<Regs>>,
+}
+
+impl Thread {
+    /// Record a new stop (or that it runs): what was known of its registers is stale.
+    fn set_stop(&mut self, stop: Option<Stop>) {
+        self.stop = stop;
+        self.regs.set(None);
+    }
+
+    /// Its registers, read once per stop.
+    fn regs(&self) -> nix::Result<Regs> {
+        if self.stop.is_some()
+            && let Some(r) = self.regs.get()
+        {
+            return Ok(r);
+        }
+        let r = ptrace::getregs(Pid::from_raw(self.tid))?;
+        if self.stop.is_some() {
+            self.regs.set(Some(r));
+        }
+        Ok(r)
+    }
+
+    /// Write its registers (and remember them for this stop).
+    fn set_regs(&self, regs: Regs) -> nix::Result<()> {
+        let r = ptrace::setregs(Pid::from_raw(self.tid), regs);
+        self.regs.set(if r.is_ok() && self.stop.is_some() {
+            Some(regs)
+        } else {
+            None
+        });
+        r
+    }
 }
 
 /// The tracer of one process.
@@ -836,15 +873,13 @@ impl Tracer {
             Report::Syscall => {
                 let pid = self.pid;
                 let th = self.thread_entry(tid);
-                th.stop = Some(Stop::Syscall);
+                th.set_stop(Some(Stop::Syscall));
                 th.interrupt_sent = false;
                 if th.want_run {
                     let keep = match &th.catch {
                         Catch::Nothing => false,
                         Catch::All => true,
-                        Catch::At(list) => {
-                            ptrace::getregs(Pid::from_raw(tid)).is_ok_and(|r| list.contains(&r.rip))
-                        }
+                        Catch::At(list) => th.regs().is_ok_and(|r| list.contains(&r.rip)),
                     };
                     if !keep {
                         resume_thread(pid, th)?;
@@ -879,7 +914,7 @@ impl Tracer {
                 }
                 let pid = self.pid;
                 let th = self.thread_entry(tid);
-                th.stop = Some(Stop::Signal(sig));
+                th.set_stop(Some(Stop::Signal(sig)));
                 th.interrupt_sent = false;
                 th.pending_signal = Some(sig);
                 // A thread in an injected call keeps its signal for the caller to judge
@@ -924,7 +959,7 @@ impl Tracer {
                 Stop::Event(e)
             }
         };
-        th.stop = Some(stop);
+        th.set_stop(Some(stop));
         th.listening = false;
         let in_call = th.in_call;
         let want_run = th.want_run;
@@ -1130,14 +1165,20 @@ impl Tracer {
 
     /// The registers of a stopped thread.
     pub fn regs(&self, tid: Tid) -> Result<Regs> {
-        ptrace::getregs(Pid::from_raw(tid))
-            .map_err(|e| err!(Failed, "reading registers of thread {tid}: {}", e.desc()))
+        match self.threads.get(&tid) {
+            Some(th) => th.regs(),
+            None => ptrace::getregs(Pid::from_raw(tid)),
+        }
+        .map_err(|e| err!(Failed, "reading registers of thread {tid}: {}", e.desc()))
     }
 
     /// Set the registers of a stopped thread.
     pub fn set_regs(&self, tid: Tid, regs: &Regs) -> Result<()> {
-        ptrace::setregs(Pid::from_raw(tid), *regs)
-            .map_err(|e| err!(Failed, "writing registers of thread {tid}: {}", e.desc()))
+        match self.threads.get(&tid) {
+            Some(th) => th.set_regs(*regs),
+            None => ptrace::setregs(Pid::from_raw(tid), *regs),
+        }
+        .map_err(|e| err!(Failed, "writing registers of thread {tid}: {}", e.desc()))
     }
 
     /// The whole XSAVE area (FPU, SSE, AVX, AVX-512...) of a stopped thread, in the
@@ -1248,6 +1289,7 @@ fn new_thread(tid: Tid) -> Thread {
         watch_eintr: false,
         syscall_traced: false,
         interrupt_sent: false,
+        regs: std::cell::Cell::new(None),
     }
 }
 
@@ -1261,11 +1303,11 @@ fn resume_thread(pid: i32, th: &mut Thread) -> Result<()> {
         return match ptrace_sig(PTRACE_LISTEN, th.tid, 0) {
             Ok(()) => {
                 th.listening = true;
-                th.stop = None;
+                th.set_stop(None);
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                th.stop = None;
+                th.set_stop(None);
                 Ok(())
             }
             Err(e) => Err(err!(Failed, "PTRACE_LISTEN on thread {}: {e}", th.tid)),
@@ -1286,12 +1328,12 @@ fn resume_raw(th: &mut Thread) -> Result<()> {
     };
     match ptrace_sig(request, th.tid, sig) {
         Ok(()) => {
-            th.stop = None;
+            th.set_stop(None);
             th.syscall_traced = traced;
             Ok(())
         }
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-            th.stop = None;
+            th.set_stop(None);
             Ok(())
         }
         Err(e) => Err(err!(Failed, "resuming thread {}: {e}", th.tid)),
@@ -1320,8 +1362,7 @@ fn prepare_resume(pid: i32, th: &mut Thread) {
     if !candidate {
         return;
     }
-    let tpid = Pid::from_raw(th.tid);
-    let Ok(mut r) = ptrace::getregs(tpid) else {
+    let Ok(mut r) = th.regs() else {
         return;
     };
     if (r.orig_rax as i64) >= 0 && restart::waits_for_events(r.orig_rax) {
@@ -1349,7 +1390,7 @@ fn prepare_resume(pid: i32, th: &mut Thread) {
         }
     ));
     if ours && restart::rewind_eintr(&mut r) {
-        let _ = ptrace::setregs(tpid, r);
+        let _ = th.set_regs(r);
     }
 }
 

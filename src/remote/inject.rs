@@ -476,6 +476,7 @@ impl Injector {
         }
         tr.resume(self.tid)?;
         crate::os::fault::point("inject:in_call");
+        crate::os::fault::trace(what);
         let deadline = Instant::now() + self.call_timeout;
         loop {
             let Some(th) = tr.threads.get(&self.tid) else {

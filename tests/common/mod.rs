@@ -786,16 +786,26 @@ pub fn rlp_as_nobody(patch: &Path, args: &[&str]) -> Output {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let copy = copy.display().to_string();
-    let o = Command::new(&exe)
-        .args(
-            args.iter()
-                .map(|a| if *a == "PATCH" { copy.as_str() } else { a }),
-        )
-        .current_dir(&dir)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    // A child another test thread forks while the copy is still open for writing holds
+    // that descriptor until its own exec: this exec then fails with ETXTBSY until it
+    // has. Each try waits for that other exec, which always comes.
+    let o = loop {
+        match Command::new(&exe)
+            .args(
+                args.iter()
+                    .map(|a| if *a == "PATCH" { copy.as_str() } else { a }),
+            )
+            .current_dir(&dir)
+            .uid(65534)
+            .gid(65534)
+            .output()
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            r => break r.unwrap(),
+        }
+    };
     std::fs::remove_dir_all(&dir).unwrap();
     o
 }

@@ -201,7 +201,8 @@ const KEEPER_MAGIC: &[u8; 16] = b"rlivepatch-keepr";
 /// (`/proc/PID/task/TID/syscall` ends with the stack pointer and the program counter;
 /// it says `running` on a CPU).
 fn stack_pointer(pid: i32, tid: Tid) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
+    let text = crate::os::process::read_task_file(pid, tid, "syscall")?;
+    let text = String::from_utf8_lossy(&text);
     let fields: Vec<&str> = text.split_whitespace().collect();
     if fields.len() < 3 {
         return None;
