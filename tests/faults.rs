@@ -269,3 +269,92 @@ fn a_read_that_fails_once_is_churn_and_starts_over() {
         "patched",
     );
 }
+
+/// The system call thread `pid`'s main thread is in (`/proc/PID/syscall`'s first field),
+/// or `running`.
+fn in_syscall(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Wait until `pid`'s main thread was seen in `nr` and then left it.
+fn passes_through(pid: i32, nr: &str) {
+    let limit = Instant::now() + Duration::from_secs(20);
+    while in_syscall(pid) != nr {
+        assert!(Instant::now() < limit, "never in system call {nr}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    while in_syscall(pid) == nr {
+        assert!(Instant::now() < limit, "never left system call {nr}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// An injected call reports that it is done through a futex, then waits at a gate
+/// (a `ppoll` with a timeout) for rlivepatch to take the thread back. A rlivepatch too
+/// slow for the gate (here: stopped right after the report) finds the thread back in
+/// its own code: it takes it back where it is, and the apply goes on.
+#[test]
+fn a_thread_that_went_past_the_gate_is_taken_back_where_it_is() {
+    let (mut t, pid, fix) = counter_pie("2");
+    let base = (t.stable_maps(), t.fd_count());
+    let child = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &pid, fix.to_str().unwrap()])
+        .env("RLIVEPATCH_FAULT", "inject:notified")
+        .env("RLIVEPATCH_FAULT_SIGNAL", "tool:19")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tool = nix::unistd::Pid::from_raw(child.id() as i32);
+    let st = nix::sys::wait::waitpid(tool, Some(nix::sys::wait::WaitPidFlag::WUNTRACED)).unwrap();
+    assert!(
+        matches!(st, nix::sys::wait::WaitStatus::Stopped(..)),
+        "{st:?}"
+    );
+    // The thread waits at the gate (ppoll), then goes back to its own code by itself.
+    passes_through(t.pid, &libc::SYS_ppoll.to_string());
+    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
+        "patched",
+    );
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 + 1,
+        "original",
+    );
+    assert_eq!((t.stable_maps(), t.fd_count()), base);
+}
+
+/// Killed while the thread waits at the gate: after the gate's timeout the thread
+/// returns to its own code by itself, and `repair` finds what is left.
+#[test]
+fn killed_while_a_thread_waits_at_the_gate() {
+    let (mut t, pid, fix) = counter_pie("2");
+    let base = (t.stable_maps(), t.fd_count());
+    rlp_killed_at("inject:notified", &["apply", &pid, fix.to_str().unwrap()]);
+    let limit = Instant::now() + Duration::from_secs(10);
+    while tracer(t.pid) != "0" && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(tracer(t.pid), "0");
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 + 1,
+        "original",
+    );
+    rlp_ok(&["repair", &pid]);
+    assert_eq!((t.stable_maps(), t.fd_count()), base);
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    assert_eq!((t.stable_maps(), t.fd_count()), base);
+}

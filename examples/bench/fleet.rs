@@ -6,7 +6,7 @@
 //! that both tools patch the very same code in the very same processes: rlivepatch with
 //! `apply --object libfleet.so` / `disable`, libpulp with `ulp trigger` / `--revert`
 //! (without `-p`: every process with libpulp loaded, which are only these). Each worker
-//! writes `fleet_value(slot)` into its slot of a shared file every 5 ms, so every
+//! writes `fleet_value(slot)` into its slot of a shared file every 100 ms, so every
 //! process is checked from the outside to run the new code after an apply and the old
 //! one after the undo. The figure is the command's wall time divided by the processes;
 //! the load average and CPU pressure are recorded with each block.

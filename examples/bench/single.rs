@@ -24,6 +24,8 @@ pub struct Cell {
     pub ulp_apply: Vec<f64>,
     pub ulp_revert: Vec<f64>,
     pub ulp_pause: Vec<f64>,
+    /// The floor program (scripts/floor.c) on the same process, ms.
+    pub floor: Vec<f64>,
     pub load: f64,
     pub pressure: f64,
 }
@@ -51,6 +53,22 @@ pub fn measure(root: &Path, o: &Opts, b: &Built) -> Result<Vec<Cell>> {
         &patch,
     )?;
     let rlp_patch = &b.patch.iter().find(|(n, _)| *n == 1).unwrap().1;
+    // The floor: seize, interrupt and wait for every thread, read their registers, one
+    // injected dlopen and dlclose of an empty library, detach.
+    let floor = dir.join("floor");
+    run(Command::new("cc")
+        .args(["-O2", "-Wall"])
+        .arg(root.join("scripts/floor.c"))
+        .arg("-o")
+        .arg(&floor))?;
+    let empty_src = dir.join("floor-empty.c");
+    std::fs::write(&empty_src, "int floor_empty_marker = 1;\n")?;
+    let empty = dir.join("libfloor-empty.so");
+    run(Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC"])
+        .arg(&empty_src)
+        .arg("-o")
+        .arg(&empty))?;
     let preload = prefix.join("lib/libpulp.so");
     let mut cells = Vec::new();
     for busy in [1, 2] {
@@ -89,6 +107,7 @@ pub fn measure(root: &Path, o: &Opts, b: &Built) -> Result<Vec<Cell>> {
                 patch.to_str().unwrap(),
             ])?;
             for r in 0..o.runs {
+                c.floor.push(floor_ms(&floor, &pid, &empty)?);
                 for tool in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
                     let (load, pressure) = load_now();
                     c.load = c.load.max(load);
@@ -126,6 +145,21 @@ pub fn measure(root: &Path, o: &Opts, b: &Built) -> Result<Vec<Cell>> {
     Ok(cells)
 }
 
+/// One run of the floor program: its own measure of its work, in ms.
+fn floor_ms(floor: &Path, pid: &str, lib: &Path) -> Result<f64> {
+    let o = Command::new(floor).arg(pid).arg(lib).output()?;
+    if !o.status.success() {
+        bail!("floor failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let out = String::from_utf8_lossy(&o.stdout);
+    let us: f64 = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("floor said {out:?}"))?;
+    Ok(us / 1e3)
+}
+
 /// The section of BENCHMARKS.md.
 pub fn markdown(cells: &[Cell], m: &mut String, cpus: usize) {
     use std::fmt::Write as _;
@@ -135,15 +169,15 @@ pub fn markdown(cells: &[Cell], m: &mut String, cpus: usize) {
     let _ = writeln!(m, "## One process, side by side with libpulp\n");
     let _ = writeln!(
         m,
-        "The same bench-target process (busy threads calling libbench.so in a loop, plus idle ones), its libbench.so built with libpulp's flags and libpulp.so preloaded, patched in turn by `rlivepatch apply PID` / `disable` (no trace) and `ulp trigger -p PID` / `--revert`, one function, interleaved rounds; median (min–max), ms. *Pause*: the longest gap between two calls a busy thread saw during the apply. Load: the highest 1-minute load average and CPU pressure (some avg10, %) at the start of a round; above the {cpus} CPUs it is marked *loaded*.\n"
+        "The same bench-target process (busy threads calling libbench.so in a loop, plus idle ones), its libbench.so built with libpulp's flags and libpulp.so preloaded, patched in turn by `rlivepatch apply PID` / `disable` (no trace) and `ulp trigger -p PID` / `--revert`, one function, interleaved rounds; median (min–max), ms. *Pause*: the longest gap between two calls a busy thread saw during the apply. *Floor*: `scripts/floor.c` on the same process, the least any ptrace livepatcher does (seize, interrupt and wait for every thread, read their registers, one injected `dlopen` and `dlclose` of an empty library, detach), its own measure. Load: the highest 1-minute load average and CPU pressure (some avg10, %) at the start of a round; above the {cpus} CPUs it is marked *loaded*.\n"
     );
     let _ = writeln!(
         m,
-        "| busy | idle | rlivepatch apply | libpulp apply | libpulp / rlivepatch | rlivepatch pause | libpulp pause | libpulp / rlivepatch | rlivepatch disable | libpulp revert | load, pressure |"
+        "| busy | idle | rlivepatch apply | libpulp apply | libpulp / rlivepatch | floor | rlivepatch / floor | rlivepatch pause | libpulp pause | libpulp / rlivepatch | rlivepatch disable | libpulp revert | load, pressure |"
     );
     let _ = writeln!(
         m,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for c in cells {
         let f = |v: &[f64]| super::fmt(stat(v));
@@ -155,12 +189,14 @@ pub fn markdown(cells: &[Cell], m: &mut String, cpus: usize) {
         };
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {:.2} | {} | {} | {:.1} | {} | {} | {:.1}, {:.1}{loaded} |",
+            "| {} | {} | {} | {} | {:.2} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {:.1}, {:.1}{loaded} |",
             c.busy,
             c.idle,
             f(&c.rlp_apply),
             f(&c.ulp_apply),
             ratio(&c.ulp_apply, &c.rlp_apply),
+            f(&c.floor),
+            ratio(&c.rlp_apply, &c.floor),
             f(&c.rlp_pause),
             f(&c.ulp_pause),
             ratio(&c.ulp_pause, &c.rlp_pause),

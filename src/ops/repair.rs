@@ -44,6 +44,8 @@ pub fn repair_if_needed(s: &mut Session) -> Result<()> {
 pub fn repair(s: &mut Session) -> Result<Vec<String>> {
     let mut done = Vec::new();
     let found = crate::livepatch::leftovers::scan(&s.proc, &s.maps, &s.record, s.scratch);
+    // 0. A thread of a killed run's call on its way back to its own code.
+    wait_for_gate_leavers(s, &found.orphan_scratch)?;
     // 1. The interrupted operation, by what its stage and the entry bytes say.
     if let Some(p) = s.record.pending.clone() {
         done.push(repair_pending(s, &p)?);
@@ -69,6 +71,36 @@ pub fn repair(s: &mut Session) -> Result<Vec<String>> {
     }
     s.save_record()?;
     Ok(done)
+}
+
+/// Threads still in a killed run's private code: one that finished its call waits at the
+/// call's gate until the gate's timeout (see `crate::remote::inject`), then returns to
+/// its own code by itself. Wait for that (a moment) before anything looks at stacks or
+/// unmaps the memory; a thread still there after it is left to the steps below, which
+/// keep memory a thread uses.
+fn wait_for_gate_leavers(s: &mut Session, scratch: &[(u64, u64)]) -> Result<()> {
+    if scratch.is_empty() {
+        return Ok(());
+    }
+    let pid = s.proc.pid;
+    let inside = |tid: i32| {
+        crate::os::process::read_task_file(pid, tid, "syscall").is_some_and(|t| {
+            let t = String::from_utf8_lossy(&t);
+            // "NR args... SP PC" for a thread in a system call.
+            t.split_whitespace()
+                .last()
+                .and_then(|pc| u64::from_str_radix(pc.trim_start_matches("0x"), 16).ok())
+                .is_some_and(|pc| scratch.iter().any(|&(a, b)| (a..b).contains(&pc)))
+        })
+    };
+    let deadline = Instant::now() + crate::remote::inject::GATE_TIMEOUT + Duration::from_secs(2);
+    loop {
+        let waiting: Vec<i32> = s.tr.tids().into_iter().filter(|&t| inside(t)).collect();
+        if waiting.is_empty() || Instant::now() >= deadline {
+            return Ok(());
+        }
+        s.tr.pump(Instant::now() + Duration::from_millis(5))?;
+    }
 }
 
 /// The state of the switch of a pending operation, from the entry bytes.

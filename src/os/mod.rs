@@ -16,3 +16,4 @@ pub mod process;
 pub mod ptrace;
 pub mod restart;
 pub mod seccomp;
+pub mod shared;

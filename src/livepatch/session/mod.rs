@@ -81,6 +81,9 @@ pub struct Session<'a> {
     pub inj: Option<Injector>,
     /// rlivepatch's memory in the target.
     pub scratch: Option<Scratch>,
+    /// rlivepatch's own mapping of the scratch memory's notify block (see
+    /// `crate::remote::inject`), kept for every borrow of the session.
+    notify: Option<std::sync::Arc<crate::os::shared::SharedPage>>,
     /// Where the record lives, once it exists.
     pub store: Option<Store>,
     /// The record.
@@ -150,6 +153,7 @@ impl<'a> Session<'a> {
             unwinder,
             inj: None,
             scratch: None,
+            notify: None,
             store,
             record,
             libc: None,
@@ -269,11 +273,12 @@ impl<'a> Session<'a> {
             None
         };
         let r = match self.scratch {
-            Some(s) => inj.adopt_scratch(&self.proc, s),
+            Some(s) => inj.adopt_scratch(&self.proc, s, self.notify.clone()),
             None => inj
                 .map_scratch(&mut self.tr, &self.proc, &self.maps)
                 .map(|s| {
                     self.scratch = Some(s);
+                    self.notify = inj.notify.clone();
                 }),
         }
         .and_then(|()| match lend {
