@@ -633,3 +633,47 @@ fn the_signature_policy_holds_for_the_autoload_route() {
     let (first, err) = first_value(&r, &exe, &[]);
     assert_eq!(first, "compute(0) = 0", "{err}");
 }
+
+/// Persisted with `--require-signature` and a keyring: every autoload verifies the
+/// registry's copy again, so a copy replaced by an unsigned one does not run.
+#[test]
+fn a_patch_persisted_with_a_signature_requirement_is_verified_at_each_start() {
+    let r = registry("signed");
+    let (exe, so) = counter_and_fix(&r, "sg");
+    let keys = r.dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = keys.join("ops");
+    assert_eq!(rlp_in(&r, &["keygen", key.to_str().unwrap()]).0, 0);
+    let signed = r.dir.join("fix-signed.so");
+    std::fs::copy(&so, &signed).unwrap();
+    let (code, _, err) = rlp_in(
+        &r,
+        &[
+            "sign",
+            "--key",
+            keys.join("ops.key").to_str().unwrap(),
+            signed.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    // The private key elsewhere: the keyring holds public keys only.
+    std::fs::rename(keys.join("ops.key"), r.dir.join("ops.key")).unwrap();
+    let (code, _, err) = rlp_in(
+        &r,
+        &[
+            "persist",
+            "--require-signature",
+            "--keyring",
+            keys.to_str().unwrap(),
+            signed.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (first, err) = first_value(&r, &exe, &[]);
+    assert_eq!(first, "compute(0) = 0", "{err}");
+    // The registry's copy replaced by the unsigned build of the same fix.
+    std::fs::copy(&so, r.reg.join("fix-sg.so")).unwrap();
+    let (first, err) = first_value(&r, &exe, &[]);
+    assert_eq!(first, "compute(0) = 1", "{err}");
+    assert!(err.contains("not signed"), "{err}");
+}

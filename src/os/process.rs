@@ -286,10 +286,11 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
 /// waits to be delivered (`SIGSTOP`, or `SIGTSTP`/`SIGTTIN`/`SIGTTOU` with their default
 /// action) or the process is stopped (`T`).
 ///
-/// A job-control stop is the whole thread group's: the leader's state and the signals
-/// pending for the process (with the leader's own) tell it in one read of
-/// `/proc/PID/status`. Only when the leader is gone (a zombie leader with threads still
-/// running) are the other threads read.
+/// The signals pending for the process (with the leader's own) and the leader's state
+/// come from one read of `/proc/PID/status`. A stop is the whole thread group's, but its
+/// threads enter it one by one (one that just ran an injected call a moment after the
+/// others), so when the leader is not stopped yet the other threads' states are read
+/// too: one short read each.
 pub fn job_stop(pid: i32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let mask = |text: &str, key: &str| {
@@ -318,14 +319,11 @@ pub fn job_stop(pid: i32) -> Option<String> {
             return Some(signal_name(sig));
         }
     }
-    let stopped = if leader_gone {
-        task_ids(pid)
+    let stopped = state == Some('T')
+        || task_ids(pid)
             .ok()?
             .into_iter()
-            .any(|t| thread_state(pid, t) == Some('T'))
-    } else {
-        state == Some('T')
-    };
+            .any(|t| thread_state(pid, t) == Some('T'));
     stopped.then(|| "a stop signal".to_string())
 }
 

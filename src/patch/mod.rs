@@ -199,6 +199,9 @@ pub struct Patch {
     pub relocs: Vec<RelocRef>,
     /// Who signed it: the name of its key in the keyring, or the key's id.
     pub signer: Option<String>,
+    /// The signature trailer read with it (empty when unsigned): what follows the
+    /// loaded bytes in the file, so that a copy (`persist`) can be verified again.
+    pub signature: Vec<u8>,
 }
 
 impl Patch {
@@ -275,6 +278,7 @@ impl Patch {
         keyring_dirs.extend(policy.keyring);
         let signer = signer(&bytes, &sign::Keyring::load(&keyring_dirs), require, &shown)?;
         let (payload, _) = sign::split(&bytes);
+        let signature = bytes[payload.len()..].to_vec();
         let bytes = payload.to_vec();
         let file = ElfFile::from_bytes(&abs.display().to_string(), bytes).map_err(|e| {
             err!(
@@ -285,6 +289,7 @@ impl Patch {
         })?;
         let mut p = Self::from_elf(abs, file)?;
         p.signer = signer;
+        p.signature = signature;
         Ok(p)
     }
 
@@ -350,6 +355,7 @@ impl Patch {
             symbols: Vec::new(),
             relocs: Vec::new(),
             signer: None,
+            signature: Vec::new(),
         };
         patch
             .parse_records()

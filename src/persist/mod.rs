@@ -35,6 +35,13 @@ pub struct Entry {
     /// objects that come later (`persist --wait`).
     #[serde(default)]
     pub wait: bool,
+    /// Persisted with `--require-signature`: each autoload verifies it again, by a key
+    /// of [`Entry::keyring`] or the host's (the host's policy holds besides).
+    #[serde(default)]
+    pub require_signature: bool,
+    /// The keyring directories it was persisted with (`--keyring`).
+    #[serde(default)]
+    pub keyring: Vec<PathBuf>,
 }
 
 /// The registry directory.
@@ -164,10 +171,13 @@ pub fn persist(path: &Path, wait: bool, how: &crate::patch::Acceptance) -> Resul
             )
         })?;
     trusted(&reg)?;
-    let bytes =
-        std::fs::read(path).map_err(|e| err!(Patch, "cannot read {}: {e}", path.display()))?;
+    // The very bytes checked above (the file was read once), not the path again.
     let file = reg.join(format!("{}.so", patch.name));
-    write_file(&file, &bytes, 0o644)?;
+    write_file(
+        &file,
+        &[patch.file.data(), &patch.signature].concat(),
+        0o644,
+    )?;
     let entry = Entry {
         name: patch.name.clone(),
         file,
@@ -178,6 +188,8 @@ pub fn persist(path: &Path, wait: bool, how: &crate::patch::Acceptance) -> Resul
             .collect(),
         persisted_at: now(),
         wait,
+        require_signature: how.require_signature,
+        keyring: how.keyring.clone(),
     };
     let json = serde_json::to_string_pretty(&entry).expect("serializable");
     write_file(
@@ -249,6 +261,11 @@ pub fn autoload_apply(pid: i32, reg: &Path, progress: &mut dyn FnMut(&str)) -> R
         let opts = crate::ops::Options {
             timeout: std::time::Duration::from_secs(5),
             origin: "autoload",
+            acceptance: crate::patch::Acceptance {
+                keyring: e.keyring.clone(),
+                require_signature: e.require_signature,
+                ..Default::default()
+            },
             ..Default::default()
         };
         match crate::ops::apply(pid, &e.file, &opts, progress) {

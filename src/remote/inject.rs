@@ -1061,35 +1061,28 @@ impl Injector {
             th.in_call = false;
         }
         tr.stop_these(&[self.tid], Instant::now() + self.call_timeout)?;
+        let r = tr.regs(self.tid)?;
+        let stub = s.code + NOTIFY_STUB;
         let Some(th) = tr.threads.get_mut(&self.tid) else {
             bail!(Target, "thread {} exited during {what}", self.tid);
         };
-        if let Some(Stop::Group(_)) = th.stop {
-            // Job control stopped the process meanwhile: the thread took its part in
-            // that stop during the call (and was resumed to finish it, as a thread in a
-            // call is), so this trap is our interrupt's, reported as the stop in force.
-            // It is ours as the old end of a call, at its `rt_sigreturn` stop, was:
-            // resumed by a plain continue, not left listening.
-            th.stop = Some(Stop::Interrupt);
-        }
-        if let Some(Stop::Signal(sig)) = th.stop
-            && is_fault(self.tid)
-        {
-            let r = tr.regs(self.tid)?;
-            return self.crashed(tr, sig, r, what);
-        }
-        let r = tr.regs(self.tid)?;
-        let stub = s.code + NOTIFY_STUB;
         if (stub..=stub + notify_stub().gate_end).contains(&r.rip) {
+            // At the gate (or on its way there). Signals are blocked and the call is
+            // done, so the only stops are ours, or job control's: the thread took its
+            // part in such a stop during the call (resumed to finish it, as a thread in
+            // a call is), so a group stop reported here is our interrupt's. It is ours as
+            // the old end of a call at its `rt_sigreturn` stop was: resumed by a plain
+            // continue, not left listening.
+            if let Some(Stop::Group(_)) = th.stop {
+                th.stop = Some(Stop::Interrupt);
+            }
             self.end_run(tr);
             self.restore(tr)?;
         } else {
             // Past the gate: it returned by itself (its frame's rt_sigreturn) and ran
-            // on; it is borrowed again where it stopped now.
+            // its own code; it is borrowed again where it stops next with nothing to
+            // deliver (a stop of its own, a fault or a signal, is its own).
             self.end_run(tr);
-            if let Some(th) = tr.threads.get_mut(&self.tid) {
-                th.pending_signal = None;
-            }
             self.reborrow(tr)?;
         }
         Ok(result)
@@ -1145,6 +1138,29 @@ impl Injector {
     /// The thread went past the gate and back to its own code: take its context where
     /// it is stopped now, and write the frame for the next call.
     fn reborrow(&mut self, tr: &mut Tracer) -> Result<()> {
+        // A signal its own code got meanwhile is delivered first (a borrow starts at a
+        // stop with nothing pending): let it go and stop it again.
+        for _ in 0..100 {
+            let Some(th) = tr.threads.get(&self.tid) else {
+                bail!(Target, "thread {} exited", self.tid);
+            };
+            if !matches!(th.stop, Some(Stop::Signal(_))) {
+                break;
+            }
+            tr.resume(self.tid)?;
+            tr.stop_these(&[self.tid], Instant::now() + self.call_timeout)?;
+        }
+        if tr
+            .threads
+            .get(&self.tid)
+            .is_some_and(|t| matches!(t.stop, Some(Stop::Signal(_))))
+        {
+            bail!(
+                Busy,
+                "thread {} keeps receiving signals; it could not be borrowed again",
+                self.tid
+            );
+        }
         let regs = tr.regs(self.tid)?;
         let rewind =
             crate::os::restart::Signals::of(tr.pid, self.tid).is_some_and(|s| !s.interrupting());
