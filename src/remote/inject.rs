@@ -791,14 +791,26 @@ impl Injector {
             return Err(memfd_error(proc.pid, fd));
         }
         let fd = fd as u64;
+        // A copy of the descriptor (Linux 5.6): it sizes the file from here (a call fewer
+        // in the target) and maps the notify block for us.
+        let own = crate::os::shared::fd_of(proc.pid, fd as i32)
+            .map_err(|e| crate::os::fault::trace(&format!("no copy of the scratch memfd: {e}")))
+            .ok();
         let r = (|| -> Result<Scratch> {
-            let t = self.bootstrap_syscall(
-                tr,
-                proc,
-                maps,
-                libc::SYS_ftruncate,
-                &[fd, CODE_SIZE + RW_SIZE],
-            )?;
+            let sized = own
+                .as_ref()
+                .is_some_and(|f| nix::unistd::ftruncate(f, (CODE_SIZE + RW_SIZE) as i64).is_ok());
+            let t = if sized {
+                0
+            } else {
+                self.bootstrap_syscall(
+                    tr,
+                    proc,
+                    maps,
+                    libc::SYS_ftruncate,
+                    &[fd, CODE_SIZE + RW_SIZE],
+                )?
+            };
             if t < 0 {
                 bail!(
                     Failed,
@@ -851,20 +863,36 @@ impl Injector {
             }
             // Our own view of the notify block, through a copy of the target's memfd
             // descriptor; without it (an old kernel), calls stop at each system call.
-            self.notify = crate::os::shared::fd_of(proc.pid, fd as i32)
-                .and_then(|f| crate::os::shared::SharedPage::map(&f, CODE_SIZE))
-                .map(std::sync::Arc::new)
-                .map_err(|e| crate::os::fault::trace(&format!("no notify page: {e}")))
-                .ok();
+            self.notify = own
+                .as_ref()
+                .and_then(|f| crate::os::shared::SharedPage::map(f, CODE_SIZE).ok())
+                .map(std::sync::Arc::new);
             Ok(Scratch {
                 rw: rw as u64,
                 code: code as u64,
             })
         })();
-        self.bootstrap_syscall(tr, proc, maps, libc::SYS_close, &[fd])?;
-        let scratch = r?;
-        self.scratch = Some(scratch);
-        self.install(proc)?;
+        let scratch = match r.and_then(|s| {
+            self.scratch = Some(s);
+            self.install(proc).map(|()| s)
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                self.bootstrap_syscall(tr, proc, maps, libc::SYS_close, &[fd])?;
+                return Err(e);
+            }
+        };
+        // Installed: the target's descriptor is closed through the stub (notified when
+        // the page is shared).
+        let closed = self.syscall(tr, libc::SYS_close, &[fd])?;
+        if closed < 0 {
+            bail!(
+                Failed,
+                "closing rlivepatch's memfd in process {} failed: {}",
+                proc.pid,
+                std::io::Error::from_raw_os_error(-closed as i32)
+            );
+        }
         Ok(scratch)
     }
 
