@@ -86,9 +86,28 @@ fn cpus() -> usize {
     })
 }
 
-/// Are there more runnable tasks than CPUs (counting rlivepatch)?
+/// Are there more runnable tasks than CPUs (counting rlivepatch)? Read at most every
+/// 50 ms: the answer changes with the machine's load, not within a burst, and a fleet run
+/// asked it hundreds of times a second.
 fn crowded() -> bool {
-    let Ok(l) = std::fs::read_to_string("/proc/loadavg") else {
+    use std::sync::Mutex;
+    static LAST: Mutex<Option<(u64, bool)>> = Mutex::new(None);
+    let now = clock(libc::CLOCK_MONOTONIC);
+    if let Ok(last) = LAST.lock()
+        && let Some((at, answer)) = *last
+        && now.saturating_sub(at) < 50_000_000
+    {
+        return answer;
+    }
+    let answer = crowded_now();
+    if let Ok(mut last) = LAST.lock() {
+        *last = Some((now, answer));
+    }
+    answer
+}
+
+fn crowded_now() -> bool {
+    let Ok(l) = crate::os::process::read_proc("/proc/loadavg") else {
         return false;
     };
     let running: usize = l

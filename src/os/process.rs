@@ -152,7 +152,7 @@ pub fn read_thread_status(pid: i32, tid: i32) -> Result<Status> {
 }
 
 fn parse_status(pid: i32, path: &str) -> Result<Status> {
-    let text = std::fs::read_to_string(path).map_err(|e| not_found_or(pid, e))?;
+    let text = read_proc(path).map_err(|e| not_found_or(pid, e))?;
     Ok(status_of(pid, &text))
 }
 
@@ -202,7 +202,7 @@ impl Process {
 
 /// The start time of a process or thread (field 22 of its stat file), if it still exists.
 pub fn start_time(stat_path: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(stat_path).ok()?;
+    let stat = read_proc(stat_path).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let after = &stat[stat.rfind(')')? + 2..];
     after.split_whitespace().nth(19)?.parse().ok()
@@ -217,7 +217,7 @@ pub fn alive(pid: i32, start: u64) -> bool {
 /// Is `pid` a kernel thread? (PF_KTHREAD in the flags of /proc/pid/stat.)
 pub fn is_kernel_thread(pid: i32) -> bool {
     const PF_KTHREAD: u64 = 0x0020_0000;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Ok(stat) = read_proc(&format!("/proc/{pid}/stat")) else {
         return false;
     };
     let Some(i) = stat.rfind(')') else {
@@ -274,6 +274,29 @@ pub fn read_task_file(pid: i32, tid: i32, name: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// A `/proc` file's text, read in page-sized chunks into one buffer: `read_to_string`
+/// asks for the size first (0 for `/proc`), then probes with small reads and grows,
+/// about four times the system calls for a file like `status` or `maps`.
+pub fn read_proc(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(buf.capacity());
+        }
+        let len = buf.len();
+        let spare = buf.capacity() - len;
+        buf.resize(len + spare, 0);
+        let n = f.read(&mut buf[len..])?;
+        buf.truncate(len + n);
+        if n == 0 {
+            break;
+        }
+    }
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// The one-letter state of a thread from its stat file.
 pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
     let stat = read_task_file(pid, tid, "stat")?;
@@ -292,7 +315,7 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
 /// others), so when the leader is not stopped yet the other threads' states are read
 /// too: one short read each.
 pub fn job_stop(pid: i32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let text = read_proc(&format!("/proc/{pid}/status")).ok()?;
     let mask = |text: &str, key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key))
@@ -408,7 +431,7 @@ impl Process {
 
     /// Read and parse `/proc/pid/maps` now.
     pub fn maps(&self) -> Result<Vec<Mapping>> {
-        let text = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))
+        let text = read_proc(&format!("/proc/{}/maps", self.pid))
             .map_err(|e| not_found_or(self.pid, e))?;
         Ok(parse_maps(&text))
     }

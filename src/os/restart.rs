@@ -132,7 +132,8 @@ const fn bit(sig: i32) -> u64 {
 impl Signals {
     /// Read the signal state of thread `tid` of process `pid`; `None` if it is gone.
     pub fn of(pid: i32, tid: i32) -> Option<Signals> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+        let text = crate::os::process::read_task_file(pid, tid, "status")?;
+        let text = String::from_utf8_lossy(&text);
         let mask = |key: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(key))
