@@ -36,19 +36,43 @@ pub fn check(patch: &Patch, objects: &Objects) -> Result<()> {
     let Ok(elf) = Elf::parse(patch.file.data()) else {
         return Ok(());
     };
-    let mut defined: HashSet<String> = HashSet::new();
+    interposition(patch, objects, pid)?;
+    // The symbols the patch needs (rlivepatch's runtime, loaded first when the patch uses
+    // it, defines the rlp_ ones): a handful, looked up in each object's symbols rather
+    // than every object's names gathered.
+    let mut needed: Vec<&str> = elf
+        .dynsyms
+        .iter()
+        .filter(|s| s.st_shndx == SHN_UNDEF as usize && s.st_name != 0 && s.st_bind() != STB_WEAK)
+        .filter_map(|s| elf.dynstrtab.get_at(s.st_name))
+        .filter(|n| !n.starts_with("rlp_"))
+        .collect();
     let mut loaded_names: HashSet<String> = HashSet::new();
+    let define = |f: &ElfFile, needed: &mut Vec<&str>| {
+        if needed.is_empty() {
+            return;
+        }
+        let defined: HashSet<&str> = f
+            .dynsym
+            .iter()
+            .filter(|s| s.global)
+            .map(|s| s.name.as_str())
+            .collect();
+        needed.retain(|n| !defined.contains(n));
+    };
     for o in objects.list.iter().filter(|o| in_scope(&o.path)) {
         let Ok(f) = o.file() else { continue };
         loaded_names.insert(o.file_name().to_string());
         if let Some(so) = &f.soname {
             loaded_names.insert(so.clone());
         }
-        defined.extend(f.dynsym.iter().filter(|s| s.global).map(|s| s.name.clone()));
+        define(&f, &mut needed);
     }
-    interposition(patch, objects, pid)?;
     // Libraries the patch names that the process has not loaded: dlopen loads them.
     for lib in &elf.libraries {
+        if needed.is_empty() {
+            break;
+        }
         if loaded_names.contains(*lib) {
             continue;
         }
@@ -57,22 +81,12 @@ pub fn check(patch: &Patch, objects: &Objects) -> Result<()> {
             .map(|d| Path::new(d).join(lib))
             .find_map(|p| ElfFile::open(&p).ok());
         match found {
-            Some(f) => defined.extend(f.dynsym.iter().filter(|s| s.global).map(|s| s.name.clone())),
+            Some(f) => define(&f, &mut needed),
             // Somewhere the loader will look that this check does not know: say nothing.
             None => return Ok(()),
         }
     }
-    for s in elf.dynsyms.iter() {
-        if s.st_shndx != SHN_UNDEF as usize || s.st_name == 0 || s.st_bind() == STB_WEAK {
-            continue;
-        }
-        let Some(name) = elf.dynstrtab.get_at(s.st_name) else {
-            continue;
-        };
-        // rlivepatch's runtime, loaded first when the patch uses it.
-        if name.starts_with("rlp_") || defined.contains(name) {
-            continue;
-        }
+    if let Some(name) = needed.first() {
         bail!(
             Patch,
             "the patch uses {name}, which no object of process {pid} defines: loading it would fail (undefined symbol {name}); link the library that has it into the patch, or, for a symbol of the program itself, declare it with RLIVEPATCH_SYMBOL"
