@@ -61,6 +61,9 @@ pub fn check(patch: &Patch, objects: &Objects) -> Result<()> {
         needed.retain(|n| !defined.contains(n));
     };
     for o in objects.list.iter().filter(|o| in_scope(&o.path)) {
+        if needed.is_empty() {
+            break;
+        }
         let Ok(f) = o.file() else { continue };
         loaded_names.insert(o.file_name().to_string());
         if let Some(so) = &f.soname {
