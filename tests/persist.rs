@@ -429,9 +429,9 @@ first_value() {
     local exe=$1; shift
     coproc P { exec setpriv --reuid=65534 --regid=65534 --clear-groups env "$@" "$exe" 1000 2>>"$T/stderr"; }
     local ready first
-    read -r ready <&"${P[0]}"
-    read -r first <&"${P[0]}"
-    kill "$P_PID"
+    read -t 30 -r ready <&"${P[0]}" || ready="no ready line"
+    read -t 30 -r first <&"${P[0]}" || first="no value line"
+    kill "$P_PID" 2>/dev/null || true
     wait "$P_PID" || true
     echo "$first"
 }
@@ -461,31 +461,88 @@ fn in_private_mounts(r: &Registry, script: &str) -> (Vec<String>, String) {
     (out.lines().map(str::to_string).collect(), err)
 }
 
-/// A set-user-ID root copy of `exe` (same build-id) next to it.
-fn setuid_copy(exe: &Path) -> PathBuf {
-    let suid = exe.with_file_name(format!(
-        "{}-suid",
-        exe.file_name().unwrap().to_string_lossy()
-    ));
-    // Written by another process: a file this multi-threaded test process had open for
+/// What user nobody runs in the set-user-ID tests, in a directory anyone may enter (the
+/// build directory may be private) on a file system that honours set-user-ID bits:
+/// plain and set-user-ID root copies of `exe` (same build-id), and a copy of rlivepatch
+/// (the autoload helper a plain program runs as nobody). Removed when dropped.
+struct Public {
+    dir: PathBuf,
+    plain: PathBuf,
+    suid: PathBuf,
+    rlp: PathBuf,
+}
+
+impl Drop for Public {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn public_copies(tag: &str, exe: &Path) -> Public {
+    let nosuid = |d: &Path| {
+        nix::sys::statvfs::statvfs(d)
+            .map(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID))
+            .unwrap_or(true)
+    };
+    let base = [std::env::temp_dir(), PathBuf::from("/var/tmp")]
+        .into_iter()
+        .find(|d| !nosuid(d))
+        .expect("a temporary directory that honours set-user-ID bits");
+    let dir = base.join(format!("rlivepatch-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Written by other processes: a file this multi-threaded test process had open for
     // writing could still be held by a child another test forks, and its exec would fail
     // with ETXTBSY.
-    let st = Command::new("install")
-        .args(["-m", "4755"])
-        .arg(exe)
-        .arg(&suid)
-        .status()
+    let install = |mode: &str, from: &Path, to: &Path| {
+        let st = Command::new("install")
+            .args(["-m", mode])
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let name = exe.file_name().unwrap().to_string_lossy().to_string();
+    let p = Public {
+        plain: dir.join(&name),
+        suid: dir.join(format!("{name}-suid")),
+        rlp: dir.join("rlivepatch"),
+        dir,
+    };
+    install("0755", exe, &p.plain);
+    install("4755", exe, &p.suid);
+    install("0755", Path::new(env!("CARGO_BIN_EXE_rlivepatch")), &p.rlp);
+    p
+}
+
+/// A registry of its own whose patch for the counter build is persisted by the public
+/// copy of rlivepatch (which the registry then names as the autoload helper).
+fn persisted_publicly(name: &str, tag: &str) -> (Registry, Public) {
+    let r = registry(name);
+    let (exe, so) = counter_and_fix(&r, tag);
+    let p = public_copies(tag, &exe);
+    let o = Command::new(&p.rlp)
+        .args(["persist", so.to_str().unwrap()])
+        .env("RLIVEPATCH_REGISTRY", &r.reg)
+        .output()
         .unwrap();
-    assert!(st.success());
-    suid
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (r, p)
 }
 
 #[test]
 fn a_set_user_id_program_run_by_anyone_runs_the_persisted_patch() {
-    let (r, exe, _) = persisted("secure", "s");
-    let suid = setuid_copy(&exe);
-    let lib = r.dir.join("librlivepatch-autoload.so");
-    assert!(lib.exists(), "persist writes the autoload library");
+    let (r, p) = persisted_publicly("secure", "s");
+    let (exe, suid) = (&p.plain, &p.suid);
+    assert!(
+        r.dir.join("librlivepatch-autoload.so").exists(),
+        "persist writes the autoload library"
+    );
+    // The library as the namespace shows it: the registry's directory is mounted on
+    // /var/lib/rlivepatch there.
+    let lib = PathBuf::from("/var/lib/rlivepatch/librlivepatch-autoload.so");
     // The host-wide route: /etc/ld.so.preload names the library (here only).
     let script = format!(
         r#"
@@ -540,17 +597,17 @@ rm "$DIR/persist/disabled"
 
 #[test]
 fn the_watch_daemon_covers_set_user_id_programs_through_the_secure_copy() {
-    let (r, exe, _) = persisted("watch-secure", "ws");
-    let suid = setuid_copy(&exe);
+    let (r, p) = persisted_publicly("watch-secure", "ws");
+    let suid = &p.suid;
     let host_copy = Path::new("/usr/lib/x86_64-linux-gnu/librlivepatch-autoload.so");
     let host_had_it = host_copy.exists();
     let script = format!(
         r#"
 mount -t overlay overlay -o lowerdir=/usr/lib/x86_64-linux-gnu,upperdir="$T/lib",workdir="$T/libw" /usr/lib/x86_64-linux-gnu
 coproc W {{ exec "$RLP" watch --exe {suid} 2>&1; }}
-while read -r line <&"${{W[0]}}"; do case $line in *watching*) break;; esac; done
+while read -t 30 -r line <&"${{W[0]}}"; do case $line in *watching*) break;; esac; done
 echo "suid: $(first_value {suid} RLIVEPATCH_AUTOLOAD=0 RLIVEPATCH_FAULT=apply:attached)"
-while read -r line <&"${{W[0]}}"; do case $line in *pid*) echo "watch: $line"; break;; esac; done
+while read -t 30 -r line <&"${{W[0]}}"; do case $line in *pid*) echo "watch: $line"; break;; esac; done
 kill "$W_PID"
 wait "$W_PID" || true
 echo "copy: $(stat -c '%a %U' /usr/lib/x86_64-linux-gnu/librlivepatch-autoload.so)"
