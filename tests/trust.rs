@@ -251,10 +251,19 @@ fn a_caller_that_may_trace_others_gets_the_trust_check() {
     let mut t = Target::start(&exe, &["5"]);
     t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
     let (entry, snap) = t.snapshot_of("counter-pie", "compute");
-    let dir = build_dir().join("trust-caps");
+    // What nobody runs and reads, where anyone may enter (the build directory may be
+    // private); rlivepatch's copy written by another process (see rlp_as_nobody).
+    let dir = std::env::temp_dir().join(format!("rlivepatch-caps-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let rlp = dir.join("rlivepatch");
+    let st = Command::new("install")
+        .args(["-m", "0755", env!("CARGO_BIN_EXE_rlivepatch")])
+        .arg(&rlp)
+        .status()
+        .unwrap();
+    assert!(st.success());
     let file = dir.join("fix.so");
     std::fs::copy(patch("counter-fix"), &file).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -266,7 +275,7 @@ fn a_caller_that_may_trace_others_gets_the_trust_check() {
             cmd.args(["--inh-caps=+sys_ptrace", "--ambient-caps=+sys_ptrace"]);
         }
         let o = cmd
-            .arg(env!("CARGO_BIN_EXE_rlivepatch"))
+            .arg(&rlp)
             .args(["apply", &t.pid.to_string(), file.to_str().unwrap()])
             .output()
             .unwrap();
@@ -285,4 +294,5 @@ fn a_caller_that_may_trace_others_gets_the_trust_check() {
     assert_ne!(code, 0, "{err}");
     assert!(!err.contains("owned by uid 1234"), "{err}");
     t.assert_untouched(&snap, entry);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
