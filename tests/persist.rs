@@ -461,10 +461,10 @@ fn in_private_mounts(r: &Registry, script: &str) -> (Vec<String>, String) {
     (out.lines().map(str::to_string).collect(), err)
 }
 
-/// What user nobody runs in the set-user-ID tests, in a directory anyone may enter (the
-/// build directory may be private) on a file system that honours set-user-ID bits:
-/// plain and set-user-ID root copies of `exe` (same build-id), and a copy of rlivepatch
-/// (the autoload helper a plain program runs as nobody). Removed when dropped.
+/// What user nobody runs in the set-user-ID tests, in a directory anyone may enter: the
+/// counter build and its set-user-ID root copy (same build-id), a copy of rlivepatch
+/// (the autoload helper a plain program runs as nobody), the registry. Removed when
+/// dropped.
 struct Public {
     dir: PathBuf,
     plain: PathBuf,
@@ -478,7 +478,8 @@ impl Drop for Public {
     }
 }
 
-fn public_copies(tag: &str, exe: &Path) -> Public {
+/// A 0755 directory of a temporary file system that honours set-user-ID bits.
+fn public_dir(tag: &str) -> PathBuf {
     let nosuid = |d: &Path| {
         nix::sys::statvfs::statvfs(d)
             .map(|v| v.flags().contains(nix::sys::statvfs::FsFlags::ST_NOSUID))
@@ -492,6 +493,20 @@ fn public_copies(tag: &str, exe: &Path) -> Public {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A registry in a public directory (what nobody's processes read: the build directory
+/// may be private) whose patch for a counter build of its own is persisted by a copy of
+/// rlivepatch there (which the registry then names as the autoload helper), with a
+/// set-user-ID root copy of the counter.
+fn persisted_publicly(tag: &str) -> (Registry, Public) {
+    let dir = public_dir(tag);
+    let r = Registry {
+        reg: dir.join("persist"),
+        dir: dir.clone(),
+    };
+    let (exe, so) = counter_and_fix(&r, tag);
     // Written by other processes: a file this multi-threaded test process had open for
     // writing could still be held by a child another test forks, and its exec would fail
     // with ETXTBSY.
@@ -504,25 +519,14 @@ fn public_copies(tag: &str, exe: &Path) -> Public {
             .unwrap();
         assert!(st.success());
     };
-    let name = exe.file_name().unwrap().to_string_lossy().to_string();
     let p = Public {
-        plain: dir.join(&name),
-        suid: dir.join(format!("{name}-suid")),
+        suid: dir.join(format!("counter-{tag}-suid")),
         rlp: dir.join("rlivepatch"),
+        plain: exe,
         dir,
     };
-    install("0755", exe, &p.plain);
-    install("4755", exe, &p.suid);
+    install("4755", &p.plain, &p.suid);
     install("0755", Path::new(env!("CARGO_BIN_EXE_rlivepatch")), &p.rlp);
-    p
-}
-
-/// A registry of its own whose patch for the counter build is persisted by the public
-/// copy of rlivepatch (which the registry then names as the autoload helper).
-fn persisted_publicly(name: &str, tag: &str) -> (Registry, Public) {
-    let r = registry(name);
-    let (exe, so) = counter_and_fix(&r, tag);
-    let p = public_copies(tag, &exe);
     let o = Command::new(&p.rlp)
         .args(["persist", so.to_str().unwrap()])
         .env("RLIVEPATCH_REGISTRY", &r.reg)
@@ -534,7 +538,7 @@ fn persisted_publicly(name: &str, tag: &str) -> (Registry, Public) {
 
 #[test]
 fn a_set_user_id_program_run_by_anyone_runs_the_persisted_patch() {
-    let (r, p) = persisted_publicly("secure", "s");
+    let (r, p) = persisted_publicly("s");
     let (exe, suid) = (&p.plain, &p.suid);
     assert!(
         r.dir.join("librlivepatch-autoload.so").exists(),
@@ -597,7 +601,7 @@ rm "$DIR/persist/disabled"
 
 #[test]
 fn the_watch_daemon_covers_set_user_id_programs_through_the_secure_copy() {
-    let (r, p) = persisted_publicly("watch-secure", "ws");
+    let (r, p) = persisted_publicly("ws");
     let suid = &p.suid;
     let host_copy = Path::new("/usr/lib/x86_64-linux-gnu/librlivepatch-autoload.so");
     let host_had_it = host_copy.exists();
