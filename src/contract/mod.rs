@@ -345,7 +345,12 @@ impl Contracts {
         let code = match self.maps.get(&key) {
             Some(o) => o.clone(),
             None => {
-                let file = Arc::new(crate::elf::symbols::ElfFile::open(&patch.path)?);
+                // The bytes that are loaded, never the path again (the file may have
+                // changed since it was read and checked).
+                let file = Arc::new(crate::elf::symbols::ElfFile::from_bytes(
+                    &patch.path.display().to_string(),
+                    patch.file.data().to_vec(),
+                )?);
                 let o = Rc::new(ObjectCode {
                     map: CodeMap::new(file.clone(), &file),
                     debug: None,

@@ -290,6 +290,7 @@ impl Patch {
         let mut p = Self::from_elf(abs, file)?;
         p.signer = signer;
         p.signature = signature;
+        crate::os::fault::point("patch:read");
         Ok(p)
     }
 
