@@ -718,30 +718,14 @@ fn the_replacement_is_analysed_from_the_bytes_that_are_loaded() {
     let scramble = patch("callers-scramble");
     let mut t = Target::start(&exe, &["2"]);
     let pid = t.pid.to_string();
-    let dir = build_dir().join("contract-swap");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("contract-swap");
     let file = dir.join("callers-scramble.so");
     std::fs::copy(&scramble, &file).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
-        .args(["apply", &pid, file.to_str().unwrap()])
-        .env("RLIVEPATCH_FAULT", "patch:read")
-        .env("RLIVEPATCH_FAULT_SIGNAL", "tool:19")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let tool = nix::unistd::Pid::from_raw(child.id() as i32);
-    let st = nix::sys::wait::waitpid(tool, Some(nix::sys::wait::WaitPidFlag::WUNTRACED)).unwrap();
-    assert!(
-        matches!(st, nix::sys::wait::WaitStatus::Stopped(..)),
-        "{st:?}"
-    );
+    let run = StoppedRun::at("patch:read", &["apply", &pid, file.to_str().unwrap()], &[]);
     // Not a patch at all any more: read again, the analysis would fail.
     std::fs::write(dir.join("junk"), b"not an ELF file").unwrap();
     std::fs::rename(dir.join("junk"), &file).unwrap();
-    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGCONT).unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run.finish();
     t.wait_line(|l| l.contains("ok"), std::time::Duration::from_secs(10));
     rlp_ok(&["disable", &pid, "callers-scramble"]);
 }

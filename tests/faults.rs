@@ -302,25 +302,14 @@ fn passes_through(pid: i32, nr: &str) {
 fn a_thread_that_went_past_the_gate_is_taken_back_where_it_is() {
     let (mut t, pid, fix) = counter_pie("2");
     let base = (t.stable_maps(), t.fd_count());
-    let child = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
-        .args(["apply", &pid, fix.to_str().unwrap()])
-        .env("RLIVEPATCH_FAULT", "inject:notified")
-        .env("RLIVEPATCH_FAULT_SIGNAL", "tool:19")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let tool = nix::unistd::Pid::from_raw(child.id() as i32);
-    let st = nix::sys::wait::waitpid(tool, Some(nix::sys::wait::WaitPidFlag::WUNTRACED)).unwrap();
-    assert!(
-        matches!(st, nix::sys::wait::WaitStatus::Stopped(..)),
-        "{st:?}"
+    let run = StoppedRun::at(
+        "inject:notified",
+        &["apply", &pid, fix.to_str().unwrap()],
+        &[],
     );
     // The thread waits at the gate (ppoll), then goes back to its own code by itself.
     passes_through(t.pid, &libc::SYS_ppoll.to_string());
-    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGCONT).unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run.finish();
     t.assert_settled(
         2,
         |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,

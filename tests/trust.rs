@@ -22,13 +22,9 @@ fn rlp_in(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
 /// never touch the host's /etc). Every refusal is exit 4 with the target untouched.
 #[test]
 fn only_patches_signed_by_a_known_key_run_where_signatures_are_required() {
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let mut t = Target::start(&exe, &["5"]);
-    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+    let (mut t, pid) = running_counter();
     let (entry, snap) = t.snapshot_of("counter-pie", "compute");
-    let pid = t.pid.to_string();
-    let dir = build_dir().join("trust");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = fresh_dir("trust");
     let keys = dir.join("keys");
     let other = dir.join("other");
     std::fs::create_dir_all(&keys).unwrap();
@@ -122,13 +118,8 @@ fn only_patches_signed_by_a_known_key_run_where_signatures_are_required() {
 /// the log a socket of its own (test builds honour RLIVEPATCH_LOG_SOCKET).
 #[test]
 fn every_change_is_in_the_audit_trail() {
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let mut t = Target::start(&exe, &["5"]);
-    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
-    let pid = t.pid.to_string();
-    let dir = build_dir().join("audit");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let (t, pid) = running_counter();
+    let dir = fresh_dir("audit");
     let sock_path = dir.join("log.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
@@ -188,13 +179,8 @@ fn every_change_is_in_the_audit_trail() {
 /// file, before the process loads it) still loads the signed bytes.
 #[test]
 fn a_file_swapped_during_an_apply_never_runs_unverified() {
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let mut t = Target::start(&exe, &["5"]);
-    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
-    let pid = t.pid.to_string();
-    let dir = build_dir().join("trust-swap");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let (mut t, pid) = running_counter();
+    let dir = fresh_dir("trust-swap");
     rlp_ok(&["keygen", dir.join("ops").to_str().unwrap()]);
     let host = dir.join("etc");
     std::fs::create_dir_all(host.join("keys")).unwrap();
@@ -209,27 +195,16 @@ fn a_file_swapped_during_an_apply_never_runs_unverified() {
         target.to_str().unwrap(),
     ]);
     // rlivepatch stops itself (SIGSTOP) once it holds the process.
-    let child = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
-        .args(["apply", &pid, target.to_str().unwrap()])
-        .env("RLIVEPATCH_POLICY_DIR", &host)
-        .env("RLIVEPATCH_FAULT", "apply:attached")
-        .env("RLIVEPATCH_FAULT_SIGNAL", "tool:19")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let tool = nix::unistd::Pid::from_raw(child.id() as i32);
-    let st = nix::sys::wait::waitpid(tool, Some(nix::sys::wait::WaitPidFlag::WUNTRACED)).unwrap();
-    assert!(
-        matches!(st, nix::sys::wait::WaitStatus::Stopped(..)),
-        "{st:?}"
+    let run = StoppedRun::at(
+        "apply:attached",
+        &["apply", &pid, target.to_str().unwrap()],
+        &[("RLIVEPATCH_POLICY_DIR", &host)],
     );
     // The swap: an unsigned patch with another behaviour, renamed over the file.
     let swap = dir.join("swap.so");
     std::fs::copy(patch("counter-fix2"), &swap).unwrap();
     std::fs::rename(&swap, &target).unwrap();
-    nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGCONT).unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run.finish();
     // The signed patch's behaviour (x * 100), never the swapped one's (x * 1000).
     let l = t.wait_line(
         |l| l.contains(" = ") && value(l).0 > 0 && value(l).1 == value(l).0 * 100,
@@ -247,9 +222,7 @@ fn a_file_swapped_during_an_apply_never_runs_unverified() {
 #[test]
 fn a_caller_that_may_trace_others_gets_the_trust_check() {
     use std::os::unix::fs::PermissionsExt;
-    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
-    let mut t = Target::start(&exe, &["5"]);
-    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+    let (t, _) = running_counter();
     let (entry, snap) = t.snapshot_of("counter-pie", "compute");
     // What nobody runs and reads, where anyone may enter (the build directory may be
     // private); rlivepatch's copy written by another process (see rlp_as_nobody).

@@ -86,6 +86,13 @@ pub const LIBPULP_FLAGS: [&str; 8] = [
     "-Wl,--hash-style=sysv",
 ];
 
+/// Build `src` (relative to `root`) into a library libpulp can patch, at `out`: its
+/// flags, then `ulp post`.
+pub fn libpulp_lib(root: &Path, ulp: &Path, src: &str, out: &Path) -> Result<()> {
+    super::cc(root, &[&LIBPULP_FLAGS[..], &[src]].concat(), out)?;
+    run(Command::new(ulp).arg("post").arg(out))
+}
+
 /// Build a libpulp patch from `src` replacing `old` with `new` in `lib`, packed.
 pub fn ulp_patch_of(
     ulp: &Path,
@@ -95,16 +102,18 @@ pub fn ulp_patch_of(
     new: &str,
     out: &Path,
 ) -> Result<()> {
-    run(Command::new("cc")
-        .args([
+    let src = src.to_str().context("a UTF-8 path")?;
+    super::cc(
+        Path::new("."),
+        &[
             "-O2",
             "-fPIC",
             "-shared",
             "-fpatchable-function-entry=16,14",
-        ])
-        .arg(src)
-        .arg("-o")
-        .arg(out))?;
+            src,
+        ],
+        out,
+    )?;
     let dsc = out.with_extension("dsc");
     std::fs::write(
         &dsc,
@@ -118,28 +127,33 @@ fn build(root: &Path, dir: &Path) -> Result<Built> {
     let ulp = prefix.join("bin/ulp");
     std::fs::create_dir_all(dir)?;
     let lib = dir.join("libfleet.so");
-    run(Command::new("cc")
-        .args(LIBPULP_FLAGS)
-        .arg(root.join("fixtures/libfleet.c"))
-        .arg("-o")
-        .arg(&lib))?;
-    run(Command::new(&ulp).arg("post").arg(&lib))?;
+    libpulp_lib(root, &ulp, "fixtures/libfleet.c", &lib)?;
     let worker = dir.join("fleet-worker");
-    run(Command::new("cc")
-        .args(["-O2", "-g"])
-        .arg(root.join("fixtures/fleet-worker.c"))
-        .arg(format!("-L{}", dir.display()))
-        .arg("-lfleet")
-        .arg(format!("-Wl,-rpath,{}", dir.display()))
-        .arg("-o")
-        .arg(&worker))?;
+    super::cc(
+        root,
+        &[
+            "-O2",
+            "-g",
+            "fixtures/fleet-worker.c",
+            &format!("-L{}", dir.display()),
+            "-lfleet",
+            &format!("-Wl,-rpath,{}", dir.display()),
+        ],
+        &worker,
+    )?;
     let rlp_patch = dir.join("fleet-fix.so");
-    run(Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-I"])
-        .arg(root.join("patches/include"))
-        .arg(root.join("patches/fleet-fix.c"))
-        .arg("-o")
-        .arg(&rlp_patch))?;
+    super::cc(
+        root,
+        &[
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-I",
+            "patches/include",
+            "patches/fleet-fix.c",
+        ],
+        &rlp_patch,
+    )?;
     let ulp_patch = dir.join("fleet-fix-ulp.so");
     ulp_patch_of(
         &ulp,

@@ -7,7 +7,7 @@
 //! saw (the longest gap between two calls, as in the pause table). Each apply is checked
 //! to have taken (`call 1` answers the patch's value) and each undo to have reverted.
 
-use super::fleet::{LIBPULP_FLAGS, libpulp, load_now, run, timed, ulp_patch_of};
+use super::fleet::{libpulp, libpulp_lib, load_now, timed, ulp_patch_of};
 use super::{Built, Opts, Target, stat};
 use anyhow::{Result, bail};
 use std::path::Path;
@@ -37,12 +37,7 @@ pub fn measure(root: &Path, o: &Opts, b: &Built) -> Result<Vec<Cell>> {
     let dir = o.build.join("single-ulp");
     std::fs::create_dir_all(&dir)?;
     let lib = dir.join("libbench.so");
-    run(Command::new("cc")
-        .args(LIBPULP_FLAGS)
-        .arg(root.join("fixtures/libbench.c"))
-        .arg("-o")
-        .arg(&lib))?;
-    run(Command::new(&ulp).arg("post").arg(&lib))?;
+    libpulp_lib(root, &ulp, "fixtures/libbench.c", &lib)?;
     let patch = dir.join("bench-fix-ulp.so");
     ulp_patch_of(
         &ulp,
@@ -56,19 +51,12 @@ pub fn measure(root: &Path, o: &Opts, b: &Built) -> Result<Vec<Cell>> {
     // The floor: seize, interrupt and wait for every thread, read their registers, one
     // injected dlopen and dlclose of an empty library, detach.
     let floor = dir.join("floor");
-    run(Command::new("cc")
-        .args(["-O2", "-Wall"])
-        .arg(root.join("scripts/floor.c"))
-        .arg("-o")
-        .arg(&floor))?;
+    super::cc(root, &["-O2", "-Wall", "scripts/floor.c"], &floor)?;
     let empty_src = dir.join("floor-empty.c");
     std::fs::write(&empty_src, "int floor_empty_marker = 1;\n")?;
     let empty = dir.join("libfloor-empty.so");
-    run(Command::new("cc")
-        .args(["-O2", "-shared", "-fPIC"])
-        .arg(&empty_src)
-        .arg("-o")
-        .arg(&empty))?;
+    let empty_src = empty_src.to_str().unwrap_or_default();
+    super::cc(root, &["-O2", "-shared", "-fPIC", empty_src], &empty)?;
     let preload = prefix.join("lib/libpulp.so");
     let mut cells = Vec::new();
     for busy in [1, 2] {

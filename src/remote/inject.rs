@@ -335,6 +335,19 @@ fn thread_arena_slot(code: &[u8], ip: u64) -> Option<u64> {
 
 /// Is the signal a thread is stopped for a fault of its own code (raised by the kernel:
 /// `si_code > 0`), rather than one sent by a process (`kill`, `tgkill`, `sigqueue`)?
+/// An error when the process exited or called execve during the call `what`.
+fn still_there(tr: &Tracer, what: &str) -> Result<()> {
+    if tr.exec_seen || tr.exited {
+        return Err(err!(
+            Target,
+            "process {} exited or called execve during {what}",
+            tr.pid
+        )
+        .because(crate::error::Cause::Gone));
+    }
+    Ok(())
+}
+
 fn is_fault(tid: Tid) -> bool {
     nix::sys::ptrace::getsiginfo(nix::unistd::Pid::from_raw(tid)).is_ok_and(|si| si.si_code > 0)
 }
@@ -555,24 +568,7 @@ impl Injector {
         catch: Catch,
         what: &str,
     ) -> Result<Outcome> {
-        self.ran = true;
-        if let Some(regs) = regs {
-            tr.set_regs(self.tid, regs)?;
-        }
-        // Signals wait while the call runs; the frame's mask (the thread's own) comes
-        // back with rt_sigreturn, or with `end_run`.
-        tr.set_sigmask(self.tid, !0u64)?;
-        {
-            let th = tr
-                .threads
-                .get_mut(&self.tid)
-                .ok_or_else(|| err!(Target, "thread {} exited", self.tid))?;
-            th.syscall_mode = true;
-            th.in_call = true;
-            th.catch = catch;
-        }
-        tr.resume(self.tid)?;
-        crate::os::fault::point("inject:in_call");
+        self.start_run(tr, regs, true, catch)?;
         crate::os::fault::trace(what);
         let deadline = Instant::now() + self.call_timeout;
         loop {
@@ -606,29 +602,43 @@ impl Injector {
                 }
                 None => {}
             }
-            if tr.exec_seen || tr.exited {
-                return Err(err!(
-                    Target,
-                    "process {} exited or called execve during {what}",
-                    tr.pid
-                )
-                .because(crate::error::Cause::Gone));
-            }
+            still_there(tr, what)?;
             if !tr.pump(deadline)? {
                 // The call is stuck (a lock it waits for, a slow constructor). It cannot be
                 // abandoned safely: let it finish on its own; its rt_sigreturn frame
                 // brings the thread back to where it was.
-                self.end_run(tr);
-                self.leaked = true;
-                bail!(
-                    Incomplete,
-                    "{what} did not return within {}s in thread {}; it was left to finish on its own; run `rlivepatch list {}` later to see the outcome",
-                    self.call_timeout.as_secs(),
-                    self.tid,
-                    tr.pid
-                );
+                return Err(self.left_running(tr, what));
             }
         }
+    }
+
+    /// Set the thread off on a call from `regs`: every signal blocked (the frame's mask,
+    /// the thread's own, comes back with rt_sigreturn, or with `end_run`), marked as in
+    /// a call, resumed with syscall stops or without.
+    fn start_run(
+        &mut self,
+        tr: &mut Tracer,
+        regs: Option<&Regs>,
+        syscall_mode: bool,
+        catch: Catch,
+    ) -> Result<()> {
+        self.ran = true;
+        if let Some(regs) = regs {
+            tr.set_regs(self.tid, regs)?;
+        }
+        tr.set_sigmask(self.tid, !0u64)?;
+        {
+            let th = tr
+                .threads
+                .get_mut(&self.tid)
+                .ok_or_else(|| err!(Target, "thread {} exited", self.tid))?;
+            th.syscall_mode = syscall_mode;
+            th.in_call = true;
+            th.catch = catch;
+        }
+        tr.resume(self.tid)?;
+        crate::os::fault::point("inject:in_call");
+        Ok(())
     }
 
     fn end_run(&self, tr: &mut Tracer) {
@@ -1043,20 +1053,7 @@ impl Injector {
             NOTIFY_TIMEOUT as usize + 8,
             GATE_TIMEOUT.subsec_nanos() as u64,
         );
-        self.ran = true;
-        tr.set_regs(self.tid, regs)?;
-        tr.set_sigmask(self.tid, !0u64)?;
-        {
-            let th = tr
-                .threads
-                .get_mut(&self.tid)
-                .ok_or_else(|| err!(Target, "thread {} exited", self.tid))?;
-            th.syscall_mode = false;
-            th.in_call = true;
-            th.catch = Catch::Nothing;
-        }
-        tr.resume(self.tid)?;
-        crate::os::fault::point("inject:in_call");
+        self.start_run(tr, Some(regs), false, Catch::Nothing)?;
         crate::os::fault::trace(what);
         let deadline = Instant::now() + self.call_timeout;
         // The futex wakes us when the call is done, but not for the thread's ptrace
@@ -1130,14 +1127,7 @@ impl Injector {
             Some(_) => tr.resume(self.tid)?,
             None => {}
         }
-        if tr.exec_seen || tr.exited {
-            return Err(err!(
-                Target,
-                "process {} exited or called execve during {what}",
-                tr.pid
-            )
-            .because(crate::error::Cause::Gone));
-        }
+        still_there(tr, what)?;
         Ok(None)
     }
 

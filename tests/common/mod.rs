@@ -818,3 +818,59 @@ pub fn counter_pie(arg: &str) -> (Target, String, PathBuf) {
     let pid = t.pid.to_string();
     (t, pid, patch("counter-fix"))
 }
+
+/// An empty directory `name` of this test run's build directory.
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let dir = build_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The PIE counter (period 5 ms) once it prints values, and its pid.
+pub fn running_counter() -> (Target, String) {
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let mut t = Target::start(&exe, &["5"]);
+    t.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+    let pid = t.pid.to_string();
+    (t, pid)
+}
+
+/// rlivepatch run with `args`, stopped (SIGSTOP, sent by itself) at fault point `point`:
+/// the test changes the world there, then [`StoppedRun::finish`] lets it go on.
+pub struct StoppedRun {
+    child: std::process::Child,
+}
+
+impl StoppedRun {
+    /// Start it and wait for its stop (a `waitpid` report of this test's own child).
+    pub fn at(point: &str, args: &[&str], env: &[(&str, &Path)]) -> StoppedRun {
+        let child = Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RLIVEPATCH_FAULT", point)
+            .env("RLIVEPATCH_FAULT_SIGNAL", "tool:19")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let tool = nix::unistd::Pid::from_raw(child.id() as i32);
+        let st =
+            nix::sys::wait::waitpid(tool, Some(nix::sys::wait::WaitPidFlag::WUNTRACED)).unwrap();
+        assert!(
+            matches!(st, nix::sys::wait::WaitStatus::Stopped(..)),
+            "{args:?} at {point}: {st:?}"
+        );
+        StoppedRun { child }
+    }
+
+    /// Continue it (SIGCONT) and require success; its stderr.
+    pub fn finish(self) -> String {
+        let tool = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGCONT).unwrap();
+        let o = self.child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        err
+    }
+}
