@@ -183,6 +183,120 @@ fn a_fix_becomes_a_patch_the_running_program_runs() {
     assert!(err.contains("another build"), "{err}");
 }
 
+/// The lowest and highest address of the maps lines of `t` that contain `what`.
+fn extent(t: &Target, what: &str) -> (u64, u64) {
+    let ranges: Vec<(u64, u64)> = t
+        .maps()
+        .lines()
+        .filter(|l| l.contains(what))
+        .map(|l| {
+            let (a, b) = l
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .split_once('-')
+                .unwrap();
+            (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            )
+        })
+        .collect();
+    assert!(!ranges.is_empty(), "no {what} in the maps");
+    (
+        ranges.iter().map(|r| r.0).min().unwrap(),
+        ranges.iter().map(|r| r.1).max().unwrap(),
+    )
+}
+
+/// The forms an apply report gives the patch's references, as (kind, via) pairs.
+fn bound(report: &serde_json::Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = report["bindings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no bindings in {report}"))
+        .iter()
+        .map(|b| {
+            (
+                b["kind"].as_str().unwrap().to_string(),
+                b["via"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn a_generated_patch_lands_next_to_the_program_it_reaches() {
+    let src = project("near", &[]);
+    let (out, _) = made(&src, &["handle"], "app");
+    let app = src.join("app");
+    let mut t = Target::start_with_stdin(&app, &[]);
+    let r = json(&rlp_ok(&[
+        "apply",
+        &t.pid.to_string(),
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    // The program's variables and its static clamp, reached by the compiler's own
+    // instructions: the patch was loaded within 2 GiB of the program.
+    assert_eq!(
+        bound(&r),
+        [
+            ("call".into(), "direct".into()),
+            ("data".into(), "direct".into())
+        ],
+        "{r}"
+    );
+    let (p0, p1) = extent(&t, "/memfd:rlp:project-near");
+    let (a0, a1) = extent(&t, app.to_str().unwrap());
+    assert!(
+        p1.max(a1) - p0.min(a0) < 1 << 31,
+        "patch {p0:#x}-{p1:#x}, program {a0:#x}-{a1:#x}"
+    );
+    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = -1");
+    assert_eq!(ask(&mut t, "handle 3"), "handle 3 = 6");
+    assert_eq!(ask(&mut t, "stats"), "stats calls 2 over 1 limit 100");
+    rlp_ok(&["disable", &t.pid.to_string(), "project-near"]);
+    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = 0");
+    assert!(t.rlivepatch_maps().is_empty());
+
+    // A program that reserved the address space around it (holes of 3 pages only): the
+    // patch lands far away, each access takes a thunk next to the data and each call
+    // the patch's stub, and the report says why.
+    let mut t = Target::start_with_stdin(&app, &[]);
+    t.send("crowd");
+    let crowded = t.wait_line(|l| l.starts_with("crowded "), T);
+    let mib: u64 = crowded.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(mib > 4096, "{crowded}");
+    let r = json(&rlp_ok(&[
+        "apply",
+        &t.pid.to_string(),
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(
+        bound(&r),
+        [
+            ("call".into(), "stub".into()),
+            ("data".into(), "thunk".into())
+        ],
+        "{r}"
+    );
+    let why = r["bindings"][0]["why"].as_str().unwrap_or_default();
+    assert!(why.contains("no free range"), "{r}");
+    let (p0, _) = extent(&t, "/memfd:rlp:project-near");
+    let (a0, _) = extent(&t, app.to_str().unwrap());
+    assert!(p0.abs_diff(a0) > 1 << 31, "patch {p0:#x}, program {a0:#x}");
+    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = -1");
+    assert_eq!(ask(&mut t, "handle 3"), "handle 3 = 6");
+    assert_eq!(ask(&mut t, "stats"), "stats calls 2 over 1 limit 100");
+    rlp_ok(&["disable", &t.pid.to_string(), "project-near"]);
+    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = 0");
+    assert!(t.rlivepatch_maps().is_empty());
+}
+
 #[test]
 fn a_change_reaches_every_caller_that_inlined_it() {
     let src = project("inlined", &[]);

@@ -21,11 +21,14 @@ pub struct BuildBench {
     pub warm: Vec<f64>,
     /// Its phases in the last warm run.
     pub phases: Vec<(String, f64)>,
-    /// ns per call of `handle` (PIE program: data through thunks, a call through a stub),
-    /// original then patched.
+    /// ns per call of `handle` (PIE program; the patch loaded next to it: data and the
+    /// call in place), original then patched.
+    pub near: [Vec<f64>; 2],
+    /// ns per call of `handle` in a copy of the program that reserved the address space
+    /// around it (the patch far away: data through thunks, the call through a stub).
     pub far: [Vec<f64>; 2],
     /// ns per call of `calc` (shared library: data in place), original then patched.
-    pub near: [Vec<f64>; 2],
+    pub lib: [Vec<f64>; 2],
     /// Calls per measurement.
     pub calls: u64,
 }
@@ -150,31 +153,70 @@ fn bindings(root: &Path, rlp: &Path, dir: &Path, runs: usize, b: &mut BuildBench
     };
     let handle = make("handle", "app")?;
     let calc = make("calc", "libcalc.so")?;
-    let mut child = Command::new(proj.join("app"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let pid = child.id().to_string();
-    let mut stdin = child.stdin.take().context("stdin")?;
-    let mut out = BufReader::new(child.stdout.take().context("stdout")?);
-    let mut ready = String::new();
-    out.read_line(&mut ready)?;
-    for _ in 0..runs.max(3) {
-        let (h, c) = ask(&mut stdin, &mut out, b.calls)?;
-        b.far[0].push(h);
-        b.near[0].push(c);
-        for p in [&handle, &calc] {
-            run(Command::new(rlp).arg("apply").arg(&pid).arg(p))?;
+    // The same program twice: as it starts, and after `crowd` (it reserves the address
+    // space within 2.5 GiB of itself, but for holes of 3 pages).
+    let mut apps = Vec::new();
+    for crowd in [false, true] {
+        let mut child = Command::new(proj.join("app"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        if crowd {
+            writeln!(stdin, "crowd")?;
+            line.clear();
+            out.read_line(&mut line)?;
+            if !line.starts_with("crowded ") {
+                bail!("unexpected answer {line:?}");
+            }
         }
-        let (h, c) = ask(&mut stdin, &mut out, b.calls)?;
-        b.far[1].push(h);
-        b.near[1].push(c);
-        // By the files they were applied from (their names come from them too).
-        for p in [&handle, &calc] {
-            run(Command::new(rlp).arg("disable").arg(&pid).arg(p))?;
+        apps.push((child, stdin, out));
+    }
+    let patches = [vec![&handle, &calc], vec![&handle]];
+    for _ in 0..runs.max(3) {
+        for (k, (child, stdin, out)) in apps.iter_mut().enumerate() {
+            let pid = child.id().to_string();
+            let (h, c) = ask(stdin, out, b.calls)?;
+            let (row, lib) = if k == 0 {
+                (&mut b.near, Some(&mut b.lib))
+            } else {
+                (&mut b.far, None)
+            };
+            row[0].push(h);
+            for p in &patches[k] {
+                let o = run(Command::new(rlp).arg("apply").arg(&pid).arg(p))?;
+                let text = String::from_utf8_lossy(&o.stdout);
+                let want = if k == 0 {
+                    "0 through thunks"
+                } else {
+                    "0 direct"
+                };
+                if p == &&handle && !text.contains(want) {
+                    bail!(
+                        "the apply to the {} program bound otherwise: {text}",
+                        ["plain", "crowded"][k]
+                    );
+                }
+            }
+            let (h2, c2) = ask(stdin, out, b.calls)?;
+            row[1].push(h2);
+            if let Some(lib) = lib {
+                lib[0].push(c);
+                lib[1].push(c2);
+            }
+            // By the files they were applied from (their names come from them too).
+            for p in &patches[k] {
+                run(Command::new(rlp).arg("disable").arg(&pid).arg(p))?;
+            }
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    for (mut child, stdin, _) in apps {
+        drop(stdin);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     Ok(())
 }

@@ -58,7 +58,10 @@ enum rlp_kind {
 	                           place, ptr[1] = a pointer for a thunk, num[0] = addend,
 	                           num[1] = class (1: 64-bit address; 2: RIP-relative
 	                           operand, bits 8-15 the bytes from the instruction's start
-	                           to the place, bits 16-23 the instruction's length) */
+	                           to the place, bits 16-23 the instruction's length; 3:
+	                           the displacement of a call or jump to a stub of the
+	                           patch, rewritten to reach the symbol directly when it is
+	                           within reach, same bits) */
 	RLP_KIND_OBJECT_CALLBACKS = 10, /* str[0] = object, ptr[0..3] = pre_patch,
 	                                   post_patch, pre_unpatch, post_unpatch */
 };

@@ -40,6 +40,9 @@ pub fn apply(a: ApplyArgs) -> Result<u8> {
     for p in &r.pending {
         let _ = writeln!(t, "  {}", p.line());
     }
+    if let Some(b) = ops::report::BindingView::summary(&r.bindings) {
+        let _ = writeln!(t, "  {b}");
+    }
     if !r.replaced.is_empty() {
         let _ = writeln!(t, "  replaced: {}", r.replaced.join(", "));
     }

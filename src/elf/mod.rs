@@ -3,12 +3,14 @@
 //! `symbols` parses an ELF file (symbols, sections, segments, debug files), `objects`
 //! the objects a process has mapped with their files, `buildid` GNU build-ids,
 //! `unwind` call-frame information and walking a stopped thread's stack with it,
-//! `demangle` C++ and Rust names.
+//! `demangle` C++ and Rust names, `rebase` a shared object moved to another
+//! link-time address.
 //!
 //! May use: the base and `os`.
 
 pub mod buildid;
 pub mod demangle;
 pub mod objects;
+pub mod rebase;
 pub mod symbols;
 pub mod unwind;

@@ -81,6 +81,9 @@ pub struct Site {
     pub want: Want,
     /// RIP-relative: bytes from the instruction's start to the field, and its length.
     pub insn: Option<(u64, u64)>,
+    /// A call or jump through a stub, made direct at apply time when the function is
+    /// within reach (the stub stays the way when it is not).
+    pub call: bool,
 }
 
 /// The bindings of one unit's patched object.
@@ -311,7 +314,22 @@ pub fn plan(
             ));
             let want = Want { name, vaddr, x };
             let act = match r.r_type {
-                c::R_PLT32 | c::R_PC32 if code_ref => Action::Stub(plan.stub(want)),
+                c::R_PLT32 | c::R_PC32 if code_ref => {
+                    // The stub is the way; the apply makes the branch direct when the
+                    // patch lands within reach of the function.
+                    if let Some((start, len)) = insn_at(&insns, r.offset)
+                        && r.offset + 4 == start + len
+                    {
+                        plan.sites.push(Site {
+                            section: si,
+                            offset: r.offset,
+                            want: want.clone(),
+                            insn: Some((r.offset - start, len)),
+                            call: true,
+                        });
+                    }
+                    Action::Stub(plan.stub(want))
+                }
                 c::R_PC32 if sec.is_text() && is_lea(sec, r.offset) => {
                     Action::LeaToSlot(plan.slot(want))
                 }
@@ -333,6 +351,7 @@ pub fn plan(
                         offset: r.offset,
                         want,
                         insn: Some((r.offset - start, len)),
+                        call: false,
                     });
                     Action::DataRel32(plan.sites.len() - 1)
                 }
@@ -342,6 +361,7 @@ pub fn plan(
                         offset: r.offset,
                         want,
                         insn: None,
+                        call: false,
                     });
                     Action::Abs64(plan.sites.len() - 1)
                 }

@@ -22,6 +22,8 @@ use std::path::Path;
 pub const RELOC_ABS64: u64 = 1;
 /// A RIP-relative operand.
 pub const RELOC_REL32: u64 = 2;
+/// A call or jump through a stub, made direct when within reach.
+pub const RELOC_CALL32: u64 = 3;
 
 /// One function record: the old function (by its symbol spec in the binary), the new
 /// one's symbol in the emitted object.
@@ -426,6 +428,7 @@ impl<'q> Emitter<'q> {
                 SymbolKind::Unknown,
             );
             let (thunk, class) = match site.insn {
+                Some((head, len)) if site.call => (None, RELOC_CALL32 | (head << 8) | (len << 16)),
                 Some((head, len)) => {
                     let t = format!("rlp_tslot_{}_{k}", self.tag);
                     self.hidden(

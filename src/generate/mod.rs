@@ -460,7 +460,7 @@ impl<'o> Run<'o> {
         let plan = bind::plan(&q, &unit.source, &homes, &changed_syms, &need)?;
         *self.counts.entry("stubs").or_default() += plan.stubs.len();
         *self.counts.entry("slots").or_default() += plan.slots.len();
-        *self.counts.entry("sites").or_default() += plan.sites.len();
+        *self.counts.entry("sites").or_default() += plan.sites.iter().filter(|s| !s.call).count();
         let exported = Self::record_functions(
             &mut self.records,
             &mut self.functions,
@@ -749,10 +749,10 @@ impl BuildReport {
         }
         let b = |k: &str| self.bindings.get(k).copied().unwrap_or(0);
         s.push_str(&format!(
-            "  references to the process: {} calls through stubs, {} addresses through slots, {} data accesses bound at apply\n",
-            b("stubs"),
-            b("slots"),
-            b("sites")
+            "  references to the process: {} (through stubs; direct when the patch lands within reach), {} through slots, {} bound at apply\n",
+            crate::fmt::plural(b("stubs"), "function called", "functions called"),
+            crate::fmt::plural(b("slots"), "address", "addresses"),
+            crate::fmt::plural(b("sites"), "data access", "data accesses"),
         ));
         for i in &self.ignored {
             s.push_str(&format!("  ignored: {i}\n"));

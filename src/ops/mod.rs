@@ -35,6 +35,9 @@ pub struct ApplyReport {
     pub patch: String,
     /// Functions redirected.
     pub functions: Vec<crate::ops::report::FuncView>,
+    /// How each data access of a generated patch reaches the process's data.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<crate::ops::report::BindingView>,
     /// Objects the process has not loaded: patched when they come.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<crate::resolve::coming::PendingView>,
@@ -150,7 +153,7 @@ fn apply_once(
             crate::ops::apply::run(&mut s, patch, &p.resolved, &coming, &p.symbols, &p.places)
         });
     let done = s.conclude(r).map_err(|e| continued(e, pid))?;
-    let (functions, replaced, report) = done.value;
+    let (functions, replaced, report, bindings) = done.value;
     let children = if opts.note_children {
         crate::os::process::same_program_children(pid)
     } else {
@@ -164,6 +167,7 @@ fn apply_once(
         patch: patch.name.clone(),
         pending: crate::resolve::coming::PendingView::of(&coming),
         functions,
+        bindings,
         replaced,
         switch: report,
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,

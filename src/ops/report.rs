@@ -58,6 +58,86 @@ pub struct FuncView {
     pub calls_replaced: Option<String>,
 }
 
+/// How one reference of a generated patch's code into the process is bound: a data
+/// access (a RIP-relative operand) or a call, written at apply time.
+#[derive(Debug, Clone, Serialize)]
+pub struct BindingView {
+    /// `data` or `call`.
+    pub kind: &'static str,
+    /// The datum or function, as the patch names it.
+    pub name: String,
+    /// The instruction, in the loaded patch.
+    pub at: String,
+    /// The datum's or function's address in the process.
+    pub target: String,
+    /// `direct` (the instruction's own displacement, written in place: the patch was
+    /// loaded within 2 GiB of it), `thunk` (a data access moved into a thunk next to the
+    /// data, reached through two indirect jumps) or `stub` (a call through the patch's
+    /// stub, an indirect jump).
+    pub via: &'static str,
+    /// Why the patch was not loaded near it, for a thunk or a stub.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+impl BindingView {
+    /// The view of the place `p` of the instruction at `at`.
+    pub fn new(
+        p: &crate::remote::relocate::RelocFill,
+        at: u64,
+        via: &'static str,
+        why: Option<String>,
+    ) -> BindingView {
+        BindingView {
+            kind: match p.kind {
+                crate::patch::RelocKind::Call32 { .. } => "call",
+                _ => "data",
+            },
+            name: p.name.clone(),
+            at: hx(at),
+            target: hx(p.value),
+            via,
+            why,
+        }
+    }
+
+    /// One line of text for all of `views`: how many of each form, and why any is not
+    /// direct.
+    pub fn summary(views: &[BindingView]) -> Option<String> {
+        if views.is_empty() {
+            return None;
+        }
+        let count = |kind: &str, via: &str| {
+            views
+                .iter()
+                .filter(|v| v.kind == kind && v.via == via)
+                .count()
+        };
+        let mut parts = Vec::new();
+        let (data, calls) = (count("data", "direct"), count("call", "direct"));
+        let (thunks, stubs) = (count("data", "thunk"), count("call", "stub"));
+        if data + thunks > 0 {
+            parts.push(format!(
+                "data accesses: {data} direct, {}",
+                plural(thunks, "through a thunk", "through thunks")
+            ));
+        }
+        if calls + stubs > 0 {
+            parts.push(format!(
+                "calls into the process: {calls} direct, {}",
+                plural(stubs, "through a stub", "through stubs")
+            ));
+        }
+        let mut t = parts.join("; ");
+        if let Some(why) = views.iter().find_map(|v| v.why.as_deref()) {
+            t.push_str(&format!(
+                " (the patch could not be loaded within 2 GiB of the process's code and data: {why})"
+            ));
+        }
+        Some(t)
+    }
+}
+
 /// A part of a function split off from its body.
 #[derive(Debug, Clone, Serialize)]
 pub struct PartView {

@@ -146,6 +146,15 @@ pub enum RelocKind {
         /// The instruction's length.
         len: u8,
     },
+    /// The 32-bit displacement of a call or jump that reaches the symbol through a stub
+    /// of the patch: written to reach the symbol itself when it is within reach, left
+    /// on the stub otherwise.
+    Call32 {
+        /// Bytes from the instruction's start to the displacement.
+        head: u8,
+        /// The instruction's length.
+        len: u8,
+    },
 }
 
 /// A system state the patch declares (`RLIVEPATCH_STATE`).
@@ -620,14 +629,22 @@ impl Patch {
                 head: (class >> 8) as u8,
                 len: (class >> 16) as u8,
             },
+            3 => RelocKind::Call32 {
+                head: (class >> 8) as u8,
+                len: (class >> 16) as u8,
+            },
             c => bail!(
                 Patch,
                 "corrupt metadata: bound place {symbol} has unknown class {c}; rebuild the patch with this rlivepatch"
             ),
         };
-        if let RelocKind::Rel32 { head, len } = kind
-            && (len < 6 || head as u64 + 4 > len as u64)
-        {
+        let bad_shape = match kind {
+            RelocKind::Abs64 => false,
+            RelocKind::Rel32 { head, len } => len < 6 || head as u64 + 4 > len as u64,
+            // A branch's displacement ends it.
+            RelocKind::Call32 { head, len } => len < 5 || head as u64 + 4 != len as u64,
+        };
+        if bad_shape {
             bail!(
                 Patch,
                 "corrupt metadata: bound place {symbol} has a bad instruction shape"

@@ -5,6 +5,7 @@
 use crate::error::Result;
 use crate::livepatch::record::AppliedPatch;
 use crate::livepatch::session::{Session, pending};
+use crate::ops::report::BindingView;
 use crate::patch::{Patch, RelocKind};
 use crate::remote::redirect::Island;
 use crate::remote::redirect::{self};
@@ -167,32 +168,51 @@ pub(super) fn place_islands(
 
 /// Bind the places of a generated patch (`RLP_KIND_RELOC`) before any of its code can
 /// run: a 64-bit address or a displacement is written in place; an instruction whose
-/// data is out of reach of the patch moves into a thunk in an island next to the data,
-/// and the place jumps to it through the patch's own slot. The thunks' slots are
-/// recorded with the loading patch first, so that an undo frees them.
+/// data is out of reach of the patch (`kept` says why the patch is not near it) moves
+/// into a thunk in an island next to the data, and the place jumps to it through the
+/// patch's own slot. The thunks' slots are recorded with the loading patch first, so
+/// that an undo frees them. Returns how each data access was bound.
 pub(super) fn bind_places(
     s: &mut Session,
     applied: &mut AppliedPatch,
     places: &[RelocFill],
-) -> Result<()> {
+    kept: Option<String>,
+) -> Result<Vec<BindingView>> {
     let base = applied.base;
     let mut pool = redirect::SlotPool::new(&s.record.islands);
     let mut far = Vec::new();
+    let mut views = Vec::new();
     for p in places {
         let at = base + p.site_vaddr;
         match p.kind {
             RelocKind::Abs64 => s.proc.write(at, &p.value.to_le_bytes())?,
             RelocKind::Rel32 { head, len } => {
                 let end = at - head as u64 + len as u64;
+                let start = at - head as u64;
                 match crate::remote::relocate::near(p.value, end) {
-                    Some(d) => s.proc.write(at, &d.to_le_bytes())?,
-                    None => far.push((p, at - head as u64, len as usize)),
+                    Some(d) => {
+                        s.proc.write(at, &d.to_le_bytes())?;
+                        views.push(BindingView::new(p, start, "direct", None));
+                    }
+                    None => {
+                        views.push(BindingView::new(p, start, "thunk", kept.clone()));
+                        far.push((p, start, len as usize));
+                    }
+                }
+            }
+            // The displacement reaches the patch's stub already: left so when the
+            // function is out of reach.
+            RelocKind::Call32 { head, len } => {
+                let start = at - head as u64;
+                match crate::remote::relocate::near(p.value, start + len as u64) {
+                    Some(d) => {
+                        s.proc.write(at, &d.to_le_bytes())?;
+                        views.push(BindingView::new(p, start, "direct", None));
+                    }
+                    None => views.push(BindingView::new(p, start, "stub", kept.clone())),
                 }
             }
         }
-    }
-    if far.is_empty() {
-        return Ok(());
     }
     for (p, start, len) in &far {
         let Some(thunk_slot) = p.thunk_slot else {
@@ -218,7 +238,7 @@ pub(super) fn bind_places(
         let jump = crate::remote::relocate::site_jump(*start, *len, base + thunk_slot)?;
         s.proc.write(*start, &jump)?;
     }
-    Ok(())
+    Ok(views)
 }
 
 /// A free slot (or two, for a stub) within reach of `entry`, in an island page mapped for

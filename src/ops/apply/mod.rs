@@ -18,6 +18,7 @@ use crate::resolve::symbols::{Fill, SymbolFill};
 use crate::{bail, err};
 
 pub(crate) mod islands;
+mod near;
 use islands::{bind_places, place_islands, wire_wrappers};
 /// What an apply did: the functions redirected, the patches an atomic replace replaced,
 /// and the switch.
@@ -25,6 +26,7 @@ pub type Applied = (
     Vec<crate::ops::report::FuncView>,
     Vec<String>,
     transition::Report,
+    Vec<crate::ops::report::BindingView>,
 );
 
 /// Apply `patch` (resolved) in an attached process whose earlier runs' leftovers were
@@ -140,9 +142,9 @@ fn apply_steps(
     // The runtime holds the hook for objects that come, and the hold on the loader while
     // objects it resolved may go (loaded with dlopen, or gone already).
     let hold = !coming.is_empty() || crate::livepatch::coming::may_go(&s.objects, resolved);
-    let mut applied = load(s, patch)?;
+    let (mut applied, kept) = load(s, patch, places)?;
     fill_symbols(s, applied.base, symbols)?;
-    bind_places(s, &mut applied, places)?;
+    let bindings = bind_places(s, &mut applied, places, kept)?;
     crate::os::fault::trace("symbols filled");
     applied.funcs = locate(s, patch, resolved, applied.base)?;
     applied.coming = crate::livepatch::coming::applied(patch, coming, applied.base);
@@ -219,24 +221,38 @@ fn apply_steps(
             ));
             Vec::new()
         });
-    Ok((views, replaced, report))
+    Ok((views, replaced, report, bindings))
 }
 
 /// Load the patch (and first the runtime, with the first patch: a patch's `rlp_*`
 /// references must resolve when it loads, redirects may take the preserving path, and
 /// the runtime's keeper thread serves later operations), from a memfd so that the target
 /// needs no access to our file. The record then knows it as loading.
-fn load(s: &mut Session, patch: &Patch) -> Result<AppliedPatch> {
+fn load(
+    s: &mut Session,
+    patch: &Patch,
+    places: &[RelocFill],
+) -> Result<(AppliedPatch, Option<String>)> {
     let pid = s.proc.pid;
-    // The bytes read (and checked) when the patch was loaded, not the path again: a
-    // file swapped since is not what runs.
-    let bytes = patch.file.data().to_vec();
     // The runtime comes with the first patch: besides what patches call in it, it keeps
     // a thread parked for later operations (see `crate::livepatch::session::keeper`).
     if s.record.runtime.is_none() {
         s.ensure_runtime()?;
         s.save_record()?;
+        if near::binds(places) {
+            // Its mappings (and the keeper's stack) may take the range the patch is
+            // moved to.
+            s.refresh()?;
+        }
     }
+    // The bytes read (and checked) when the patch was loaded, not the path again: a
+    // file swapped since is not what runs. Moved next to what its code reaches, when it
+    // binds anything.
+    let near::Load {
+        bytes,
+        delta,
+        mut kept,
+    } = near::load(patch.file.data(), places, &s.maps);
     s.tr.check_interrupted()?;
     let (handle, fd) = match s.load(&format!("rlp:{}", patch.name), &bytes, libc::RTLD_NOW)? {
         Ok(v) => v,
@@ -245,7 +261,12 @@ fn load(s: &mut Session, patch: &Patch) -> Result<AppliedPatch> {
             "process {pid} could not load the patch: {text}; build it with cc -shared -fPIC against libraries the process has"
         ),
     };
-    let base = s.proc.read_u64(handle)?;
+    let bias = s.proc.read_u64(handle)?;
+    if delta != 0 && bias != 0 {
+        kept = Some("the loader put it elsewhere (the range was taken meanwhile)".into());
+    }
+    // Addresses in the patch as it was: the moved file's are `delta` higher.
+    let base = bias.wrapping_add(delta);
     let at = |v: Option<u64>| v.map(|v| v + base);
     let applied = AppliedPatch {
         name: patch.name.clone(),
@@ -293,7 +314,7 @@ fn load(s: &mut Session, patch: &Patch) -> Result<AppliedPatch> {
     s.tr.check_interrupted()?;
     s.refresh()?;
     crate::os::fault::trace("refreshed");
-    Ok(applied)
+    Ok((applied, kept))
 }
 
 /// Where the new functions are, as the loader resolved them: each must be the patch's own
