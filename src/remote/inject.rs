@@ -834,21 +834,6 @@ impl Injector {
             let private = libc::MAP_PRIVATE as u64;
             // Shared: rlivepatch maps its first page too (the notify block).
             let shared = libc::MAP_SHARED as u64;
-            let code = self.bootstrap_syscall(
-                tr,
-                proc,
-                maps,
-                libc::SYS_mmap,
-                &[0, CODE_SIZE, prot_x, private, fd, 0],
-            )?;
-            if code < 0 {
-                bail!(
-                    Failed,
-                    "mapping rlivepatch's code in process {} failed: {}",
-                    proc.pid,
-                    std::io::Error::from_raw_os_error(-code as i32)
-                );
-            }
             let rw = self.bootstrap_syscall(
                 tr,
                 proc,
@@ -857,18 +842,30 @@ impl Injector {
                 &[0, RW_SIZE, prot_rw, shared, fd, CODE_SIZE],
             )?;
             if rw < 0 {
-                let _ = self.bootstrap_syscall(
-                    tr,
-                    proc,
-                    maps,
-                    libc::SYS_munmap,
-                    &[code as u64, CODE_SIZE],
-                );
                 bail!(
                     Failed,
                     "mapping rlivepatch's memory in process {} failed: {}",
                     proc.pid,
                     std::io::Error::from_raw_os_error(-rw as i32)
+                );
+            }
+            // The code page right below, when free (a hint: the kernel put the memory at
+            // the top of a free range): then one call unmaps both.
+            let code = self.bootstrap_syscall(
+                tr,
+                proc,
+                maps,
+                libc::SYS_mmap,
+                &[rw as u64 - CODE_SIZE, CODE_SIZE, prot_x, private, fd, 0],
+            )?;
+            if code < 0 {
+                let _ =
+                    self.bootstrap_syscall(tr, proc, maps, libc::SYS_munmap, &[rw as u64, RW_SIZE]);
+                bail!(
+                    Failed,
+                    "mapping rlivepatch's code in process {} failed: {}",
+                    proc.pid,
+                    std::io::Error::from_raw_os_error(-code as i32)
                 );
             }
             // Our own view of the notify block, through a copy of the target's memfd
@@ -959,8 +956,21 @@ impl Injector {
             return Ok(());
         }
         if let Some(s) = self.scratch.take() {
-            self.bootstrap_syscall(tr, proc, maps, libc::SYS_munmap, &[s.code, CODE_SIZE])?;
-            self.bootstrap_syscall(tr, proc, maps, libc::SYS_munmap, &[s.rw, RW_SIZE])?;
+            // The kernel usually puts the two next to each other: then one call (each
+            // costs two stops) unmaps both, and nothing else lies between them.
+            let (lo, hi) = if s.rw + RW_SIZE == s.code {
+                (s.rw, s.code + CODE_SIZE)
+            } else if s.code + CODE_SIZE == s.rw {
+                (s.code, s.rw + RW_SIZE)
+            } else {
+                self.bootstrap_syscall(tr, proc, maps, libc::SYS_munmap, &[s.code, CODE_SIZE])?;
+                (s.rw, s.rw + RW_SIZE)
+            };
+            crate::os::fault::trace(&format!(
+                "unmap scratch code {:#x} rw {:#x}: {lo:#x}-{hi:#x}",
+                s.code, s.rw
+            ));
+            self.bootstrap_syscall(tr, proc, maps, libc::SYS_munmap, &[lo, hi - lo])?;
         }
         Ok(())
     }
