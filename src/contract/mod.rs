@@ -177,6 +177,13 @@ impl Contract {
     }
 }
 
+thread_local! {
+    /// The objects analysed by this thread, by their parsed file (which holds the
+    /// `Arc` alive, so that the address names one file for the whole run).
+    static ANALYSED: std::cell::RefCell<HashMap<usize, Rc<ObjectCode>>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
 /// The code and debug information of the objects analysed in one run.
 #[derive(Default)]
 pub struct Contracts {
@@ -201,6 +208,15 @@ impl Contracts {
             return Ok(o.clone());
         }
         let file = obj.file()?;
+        // The same file in another process of this run is the same parsed file (see
+        // `Objects`): its code map, caller index and debug information are built once
+        // per worker thread, not once per process (the index of libc's callers takes
+        // about 150 ms).
+        let key = Arc::as_ptr(&file) as usize;
+        if let Some(o) = ANALYSED.with(|a| a.borrow().get(&key).cloned()) {
+            self.maps.insert(obj.path.clone(), o.clone());
+            return Ok(o);
+        }
         let syms = obj.symbols_file()?;
         let debug = obj
             .debug_info_file()
@@ -211,6 +227,7 @@ impl Contracts {
             debug,
             llvm,
         });
+        ANALYSED.with(|a| a.borrow_mut().insert(key, o.clone()));
         self.maps.insert(obj.path.clone(), o.clone());
         Ok(o)
     }
