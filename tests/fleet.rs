@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// The counter built twice (other flags, other build-id) at one path: the first build's
 /// processes keep running after the file was replaced by the second.
@@ -491,4 +492,40 @@ fn processes_that_cannot_be_read_are_named_and_count() {
         "{v}"
     );
     still_original(&mut b.new.into_iter().next().unwrap());
+}
+
+#[test]
+fn a_file_the_processes_share_is_analysed_once_per_worker() {
+    // Three processes mapping the same C library, one worker: what callers of atoi rely
+    // on is worked out from libc once (the trace names each analysis), and every process
+    // runs the new code.
+    let exe = fixture("libc-user", "libc-user", &[]);
+    let mut ts: Vec<Target> = (0..3).map(|_| Target::start(&exe, &["5"])).collect();
+    let pids: Vec<String> = ts.iter().map(|t| t.pid.to_string()).collect();
+    let fix = patch("libc-atoi");
+    let mut args = vec!["apply", "--jobs", "1"];
+    for p in &pids {
+        args.extend(["--pid", p.as_str()]);
+    }
+    args.push(s(&fix));
+    let out = rlp_env(&args, &[("RLIVEPATCH_TRACE", "1")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let analyses = err
+        .lines()
+        .filter(|l| l.contains("contract analysis of") && l.contains("libc.so.6"))
+        .count();
+    assert_eq!(analyses, 1, "{err}");
+    for t in &mut ts {
+        t.wait_line(|l| l.starts_with("atoi=42"), Duration::from_secs(10));
+    }
+    let mut args = vec!["disable"];
+    for p in &pids {
+        args.extend(["--pid", p.as_str()]);
+    }
+    args.push("libc-atoi");
+    rlp_ok(&args);
+    for t in &mut ts {
+        t.wait_line(|l| l.starts_with("atoi=21"), Duration::from_secs(10));
+    }
 }

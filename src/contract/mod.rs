@@ -217,6 +217,7 @@ impl Contracts {
             self.maps.insert(obj.path.clone(), o.clone());
             return Ok(o);
         }
+        crate::os::fault::trace(&format!("contract analysis of {}", obj.path));
         let syms = obj.symbols_file()?;
         let debug = obj
             .debug_info_file()
