@@ -233,7 +233,8 @@ def applies_check(name, fix, tree, so):
         ctx.disable(fix["id"].lower())
         if not ctx.alive():
             return "the process died once the patch was disabled", False
-        return "applied to a running process and disabled (no input shows the bug here)", True
+        return ("applied to a running process and disabled (no input shows the bug here)"
+                + bound(ctx)), True
     except Exception as e:  # noqa: BLE001 - the row says what went wrong
         return f"{type(e).__name__}: {e}", False
     finally:
@@ -285,11 +286,17 @@ def live_check(name, proj, fix, tree, so):
             again = check.ask(ctx)
             if not check.before(again):
                 return f"disabled: {again!r}", False
-        return check.text, True
+        return check.text + bound(ctx), True
     except Exception as e:  # noqa: BLE001 - the row says what went wrong
         return f"{type(e).__name__}: {e}", False
     finally:
         ctx.stop()
+
+
+def bound(ctx):
+    """How the patch reached the process's code and data, as its apply said."""
+    b = getattr(ctx, "bound", None)
+    return f"; {b}" if b else ""
 
 
 def load():

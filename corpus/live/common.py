@@ -79,9 +79,12 @@ class Process:
     def apply(self, so: Path):
         sel = [x for p in self.pids for x in ("--pid", p)]
         if len(self.pids) == 1:
-            self.rlivepatch("apply", self.pids[0], so)
+            out = self.rlivepatch("apply", self.pids[0], so)
         else:
-            self.rlivepatch("apply", *sel, so)
+            out = self.rlivepatch("apply", *sel, so)
+        # How the patch's code reaches the process (its summary line, single process).
+        self.bound = next((l.strip() for l in out.splitlines()
+                           if "data accesses:" in l or "calls into the process:" in l), None)
 
     def disable(self, name: str):
         if len(self.pids) == 1:
