@@ -106,16 +106,8 @@ impl Store {
 
     /// Create the state mapping in the target (through the borrowed thread).
     pub fn create(inj: &mut Injector, tr: &mut Tracer, proc: &Process) -> Result<Store> {
-        let fd = inj.memfd_with(tr, proc, MEMFD_NAME, MAGIC)?;
+        let fd = inj.memfd_sized(tr, proc, MEMFD_NAME, MAGIC, Some(STATE_SIZE))?;
         let r = (|| -> Result<u64> {
-            let t = inj.syscall(tr, libc::SYS_ftruncate, &[fd as u64, STATE_SIZE])?;
-            if t < 0 {
-                bail!(
-                    Failed,
-                    "ftruncate of the state memfd failed: {}",
-                    std::io::Error::from_raw_os_error(-t as i32)
-                );
-            }
             let a = inj.syscall(
                 tr,
                 libc::SYS_mmap,

@@ -1269,6 +1269,19 @@ impl Injector {
         name: &str,
         bytes: &[u8],
     ) -> Result<i32> {
+        self.memfd_sized(tr, proc, name, bytes, None)
+    }
+
+    /// [`Injector::memfd_with`], the file then sized to `size` bytes (from here: a call
+    /// fewer in the target).
+    pub fn memfd_sized(
+        &mut self,
+        tr: &mut Tracer,
+        proc: &Process,
+        name: &str,
+        bytes: &[u8],
+        size: Option<u64>,
+    ) -> Result<i32> {
         let n = self.put_cstr(proc, name)?;
         let mut fd = self.syscall(tr, libc::SYS_memfd_create, &[n, MFD_CLOEXEC | MFD_EXEC])?;
         if fd == -(libc::EINVAL as i64) {
@@ -1283,8 +1296,11 @@ impl Injector {
         let written = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
-            .with_context(|| format!("writing the patch into {path}"));
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, bytes)?;
+                size.map_or(Ok(()), |n| f.set_len(n))
+            })
+            .with_context(|| format!("writing {name} into {path}"));
         if let Err(e) = written {
             let _ = self.syscall(tr, libc::SYS_close, &[fd as u64]);
             return Err(e);
