@@ -144,10 +144,16 @@ fn every_change_is_in_the_audit_trail() {
             .unwrap()
             .to_string()
     };
+    // The program's build-id, as `rlivepatch build-id` reads it.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let id_line = rlp_ok(&["build-id", exe.to_str().unwrap()]);
+    let id = id_line.split('"').nth(3).unwrap().to_string();
+    assert!(id.len() >= 16, "{id_line}");
     for want in [
         "rlivepatch[",
         "]: apply uid=0 ",
         &format!(" pid={pid} "),
+        &format!(" build_id={id}"),
         "counter-pie",
         "patch=counter-fix",
         &format!("sha256={sha}"),

@@ -43,11 +43,8 @@ fn line(op: &str, pid: i32, patch: Option<Audited>, outcome: &str) -> String {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let build_id =
-        crate::elf::symbols::ElfFile::open(std::path::Path::new(&format!("/proc/{pid}/exe")))
-            .ok()
-            .and_then(|f| f.build_id_hex())
-            .unwrap_or_default();
+    let build_id = crate::elf::buildid::of_file(std::path::Path::new(&format!("/proc/{pid}/exe")))
+        .unwrap_or_default();
     let mut s = format!(
         "{op} uid={uid} loginuid={loginuid} pid={pid} start={start} exe={exe:?} build_id={build_id}"
     );
