@@ -419,11 +419,14 @@ fn one(
                 Ok((Outcome::AlreadyApplied, String::new(), Vec::new(), None))
             } else {
                 crate::ops::apply_patch(pid, p, &opts, &mut say).map(|r| {
-                    let why = format!(
+                    let mut why = format!(
                         "{} in {:.1} ms",
                         crate::fmt::plural(r.functions.len(), "function", "functions"),
                         r.elapsed_ms
                     );
+                    if let Some(b) = crate::ops::report::BindingView::summary(&r.bindings) {
+                        why.push_str(&format!("; {b}"));
+                    }
                     leftovers = r.leftovers;
                     (Outcome::Applied, why, Vec::new(), Some(r.switch))
                 })
