@@ -313,77 +313,90 @@ pub fn plan(
                 name.clone(),
             ));
             let want = Want { name, vaddr, x };
-            let act = match r.r_type {
-                c::R_PLT32 | c::R_PC32 if code_ref => {
-                    // The stub is the way; the apply makes the branch direct when the
-                    // patch lands within reach of the function.
-                    if let Some((start, len)) = insn_at(&insns, r.offset)
-                        && r.offset + 4 == start + len
-                    {
-                        plan.sites.push(Site {
-                            section: si,
-                            offset: r.offset,
-                            want: want.clone(),
-                            insn: Some((r.offset - start, len)),
-                            call: true,
-                        });
-                    }
-                    Action::Stub(plan.stub(want))
-                }
-                c::R_PC32 if sec.is_text() && is_lea(sec, r.offset) => {
-                    Action::LeaToSlot(plan.slot(want))
-                }
-                c::R_GOTPCREL | c::R_GOTPCRELX | c::R_REX_GOTPCRELX => {
-                    Action::GotToSlot(plan.slot(Want { x: 0, ..want }))
-                }
-                c::R_PC32 if sec.is_text() => {
-                    let (start, len) = insn_at(&insns, r.offset).unwrap_or((r.offset, 4));
-                    if len < 6 {
-                        bail!(
-                            Build,
-                            "a {len}-byte RIP-relative instruction at {}+{:#x}: cannot be bound",
-                            sec.name,
-                            r.offset
-                        );
-                    }
-                    plan.sites.push(Site {
-                        section: si,
-                        offset: r.offset,
-                        want,
-                        insn: Some((r.offset - start, len)),
-                        call: false,
-                    });
-                    Action::DataRel32(plan.sites.len() - 1)
-                }
-                c::R_64 => {
-                    plan.sites.push(Site {
-                        section: si,
-                        offset: r.offset,
-                        want,
-                        insn: None,
-                        call: false,
-                    });
-                    Action::Abs64(plan.sites.len() - 1)
-                }
-                c::R_32 | c::R_32S => crate::refuse!(
-                    NotPic,
-                    "{} was compiled without -fPIC or -fPIE (a 32-bit absolute reference to {}): its code cannot move into a shared object",
-                    source.display(),
-                    want.name
-                ),
-                other => crate::refuse!(
-                    Unsupported,
-                    "{}: a reference of type {other} to {} in {} is not supported",
-                    source.display(),
-                    want.name,
-                    sec.name
-                ),
-            };
+            let act = to_process(&mut plan, (si, sec), &insns, r, want, code_ref, source)?;
             acts.push(act);
         }
         plan.actions.push(acts);
     }
     Ok(plan)
+}
+
+/// What to do with a reference `r` of section `si` to the process's `want`: a call
+/// through a stub (made direct at apply time when in reach), an address through a slot,
+/// a data access or a pointer bound at apply time.
+fn to_process(
+    plan: &mut Plan,
+    (si, sec): (usize, &super::relobj::Sec),
+    insns: &[(u64, u64)],
+    r: &super::relobj::Reloc,
+    want: Want,
+    code_ref: bool,
+    source: &std::path::Path,
+) -> Result<Action> {
+    Ok(match r.r_type {
+        c::R_PLT32 | c::R_PC32 if code_ref => {
+            // The stub is the way; the apply makes the branch direct when the
+            // patch lands within reach of the function.
+            if let Some((start, len)) = insn_at(insns, r.offset)
+                && r.offset + 4 == start + len
+            {
+                plan.sites.push(Site {
+                    section: si,
+                    offset: r.offset,
+                    want: want.clone(),
+                    insn: Some((r.offset - start, len)),
+                    call: true,
+                });
+            }
+            Action::Stub(plan.stub(want))
+        }
+        c::R_PC32 if sec.is_text() && is_lea(sec, r.offset) => Action::LeaToSlot(plan.slot(want)),
+        c::R_GOTPCREL | c::R_GOTPCRELX | c::R_REX_GOTPCRELX => {
+            Action::GotToSlot(plan.slot(Want { x: 0, ..want }))
+        }
+        c::R_PC32 if sec.is_text() => {
+            let (start, len) = insn_at(insns, r.offset).unwrap_or((r.offset, 4));
+            if len < 6 {
+                bail!(
+                    Build,
+                    "a {len}-byte RIP-relative instruction at {}+{:#x}: cannot be bound",
+                    sec.name,
+                    r.offset
+                );
+            }
+            plan.sites.push(Site {
+                section: si,
+                offset: r.offset,
+                want,
+                insn: Some((r.offset - start, len)),
+                call: false,
+            });
+            Action::DataRel32(plan.sites.len() - 1)
+        }
+        c::R_64 => {
+            plan.sites.push(Site {
+                section: si,
+                offset: r.offset,
+                want,
+                insn: None,
+                call: false,
+            });
+            Action::Abs64(plan.sites.len() - 1)
+        }
+        c::R_32 | c::R_32S => crate::refuse!(
+            NotPic,
+            "{} was compiled without -fPIC or -fPIE (a 32-bit absolute reference to {}): its code cannot move into a shared object",
+            source.display(),
+            want.name
+        ),
+        other => crate::refuse!(
+            Unsupported,
+            "{}: a reference of type {other} to {} in {} is not supported",
+            source.display(),
+            want.name,
+            sec.name
+        ),
+    })
 }
 
 fn is_tls(t: u32) -> bool {
