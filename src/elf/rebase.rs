@@ -87,6 +87,14 @@ pub fn rebase(bytes: &[u8], delta: u64) -> Result<Vec<u8>, RebaseError> {
         return Err(RebaseError::Misaligned(align));
     }
     let elf = parse(bytes)?;
+    // The tables are found through the section headers: a file without them (or whose
+    // dynamic segment has no section) is not moved.
+    let has = |t: u32| elf.section_headers.iter().any(|s| s.sh_type == t);
+    if elf.dynamic.is_some() && !(has(SHT_DYNAMIC) && has(SHT_DYNSYM)) {
+        return Err(RebaseError::Malformed(
+            "its dynamic tables have no section headers".into(),
+        ));
+    }
     let mut w = Writer {
         out: bytes.to_vec(),
         delta,
@@ -364,6 +372,13 @@ mod tests {
         assert!(matches!(
             rebase(&exe, 4097),
             Err(RebaseError::Misaligned(_))
+        ));
+        // Without section headers (e_shnum = 0) the tables cannot be found: not moved.
+        let mut bare = exe.clone();
+        bare[60..62].copy_from_slice(&0u16.to_le_bytes());
+        assert!(matches!(
+            rebase(&bare, delta),
+            Err(RebaseError::Malformed(_))
         ));
     }
 }
