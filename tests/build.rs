@@ -227,40 +227,56 @@ fn bound(report: &serde_json::Value) -> Vec<(String, String)> {
     v
 }
 
-#[test]
-fn a_generated_patch_lands_next_to_the_program_it_reaches() {
-    let src = project("near", &[]);
-    let (out, _) = made(&src, &["handle"], "app");
-    let app = src.join("app");
-    let mut t = Target::start_with_stdin(&app, &[]);
+/// Apply the generated patch `out` to `t` and return the report with the forms its
+/// references got, as (kind, via) pairs.
+fn apply_bound(t: &Target, out: &Path) -> (serde_json::Value, Vec<(String, String)>) {
     let r = json(&rlp_ok(&[
         "apply",
         &t.pid.to_string(),
         out.to_str().unwrap(),
         "--json",
     ]));
+    let b = bound(&r);
+    (r, b)
+}
+
+/// The fix of `handle` runs, the program's own counters count (its data reached from
+/// the patch) and its static clamp is called; disabled, nothing is left.
+fn fixed_then_disabled(t: &mut Target, name: &str) {
+    assert_eq!(ask(t, "handle -5"), "handle -5 = -1");
+    assert_eq!(ask(t, "handle 3"), "handle 3 = 6");
+    assert_eq!(ask(t, "stats"), "stats calls 2 over 1 limit 100");
+    rlp_ok(&["disable", &t.pid.to_string(), name]);
+    assert_eq!(ask(t, "handle -5"), "handle -5 = 0");
+    assert!(t.rlivepatch_maps().is_empty());
+}
+
+fn pair(kind: &str, via: &str) -> (String, String) {
+    (kind.to_string(), via.to_string())
+}
+
+#[test]
+fn a_generated_patch_lands_next_to_the_program_it_reaches() {
+    let src = project("near", &[]);
+    let (out, _) = made(&src, &["handle"], "app");
+    let app = src.join("app");
+    let patch_map = "/memfd:rlp:project-near";
+    let mut t = Target::start_with_stdin(&app, &[]);
+    let (r, forms) = apply_bound(&t, &out);
     // The program's variables and its static clamp, reached by the compiler's own
     // instructions: the patch was loaded within 2 GiB of the program.
     assert_eq!(
-        bound(&r),
-        [
-            ("call".into(), "direct".into()),
-            ("data".into(), "direct".into())
-        ],
+        forms,
+        [pair("call", "direct"), pair("data", "direct")],
         "{r}"
     );
-    let (p0, p1) = extent(&t, "/memfd:rlp:project-near");
+    let (p0, p1) = extent(&t, patch_map);
     let (a0, a1) = extent(&t, app.to_str().unwrap());
     assert!(
         p1.max(a1) - p0.min(a0) < 1 << 31,
         "patch {p0:#x}-{p1:#x}, program {a0:#x}-{a1:#x}"
     );
-    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = -1");
-    assert_eq!(ask(&mut t, "handle 3"), "handle 3 = 6");
-    assert_eq!(ask(&mut t, "stats"), "stats calls 2 over 1 limit 100");
-    rlp_ok(&["disable", &t.pid.to_string(), "project-near"]);
-    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = 0");
-    assert!(t.rlivepatch_maps().is_empty());
+    fixed_then_disabled(&mut t, "project-near");
 
     // A program that reserved the address space around it (holes of 3 pages only): the
     // patch lands far away, each access takes a thunk next to the data and each call
@@ -270,31 +286,14 @@ fn a_generated_patch_lands_next_to_the_program_it_reaches() {
     let crowded = t.wait_line(|l| l.starts_with("crowded "), T);
     let mib: u64 = crowded.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(mib > 4096, "{crowded}");
-    let r = json(&rlp_ok(&[
-        "apply",
-        &t.pid.to_string(),
-        out.to_str().unwrap(),
-        "--json",
-    ]));
-    assert_eq!(
-        bound(&r),
-        [
-            ("call".into(), "stub".into()),
-            ("data".into(), "thunk".into())
-        ],
-        "{r}"
-    );
+    let (r, forms) = apply_bound(&t, &out);
+    assert_eq!(forms, [pair("call", "stub"), pair("data", "thunk")], "{r}");
     let why = r["bindings"][0]["why"].as_str().unwrap_or_default();
     assert!(why.contains("no free range"), "{r}");
-    let (p0, _) = extent(&t, "/memfd:rlp:project-near");
+    let (p0, _) = extent(&t, patch_map);
     let (a0, _) = extent(&t, app.to_str().unwrap());
     assert!(p0.abs_diff(a0) > 1 << 31, "patch {p0:#x}, program {a0:#x}");
-    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = -1");
-    assert_eq!(ask(&mut t, "handle 3"), "handle 3 = 6");
-    assert_eq!(ask(&mut t, "stats"), "stats calls 2 over 1 limit 100");
-    rlp_ok(&["disable", &t.pid.to_string(), "project-near"]);
-    assert_eq!(ask(&mut t, "handle -5"), "handle -5 = 0");
-    assert!(t.rlivepatch_maps().is_empty());
+    fixed_then_disabled(&mut t, "project-near");
 }
 
 #[test]

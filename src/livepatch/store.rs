@@ -120,14 +120,7 @@ impl Store {
                     0,
                 ],
             )?;
-            if a < 0 {
-                bail!(
-                    Failed,
-                    "mapping the state memfd failed: {}",
-                    std::io::Error::from_raw_os_error(-a as i32)
-                );
-            }
-            Ok(a as u64)
+            crate::remote::inject::returned(a, "mapping the state memfd", proc.pid)
         })();
         inj.syscall(tr, libc::SYS_close, &[fd as u64])?;
         Ok(Store {

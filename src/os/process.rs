@@ -92,6 +92,40 @@ pub fn mapping_at(maps: &[Mapping], addr: u64) -> Option<&Mapping> {
     maps.get(i).filter(|m| m.contains(addr))
 }
 
+/// The free ranges between `maps` (sorted by address), from `min_addr` (at least 64 KiB)
+/// to the top of the user address space: where a new mapping can go.
+pub fn free_ranges(maps: &[Mapping], min_addr: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut prev = min_addr.max(0x10000);
+    for m in maps {
+        if m.start > prev {
+            out.push((prev, m.start));
+        }
+        prev = prev.max(m.end);
+    }
+    let top = 0x7fff_ffff_f000u64;
+    if prev < top {
+        out.push((prev, top));
+    }
+    out
+}
+
+/// Where the brk heap grows (`[heap]`'s start and 1 GiB above it): a mapping placed
+/// there would stop `malloc`'s heap from growing.
+pub fn heap_growth(maps: &[Mapping]) -> Option<(u64, u64)> {
+    maps.iter()
+        .find(|m| m.path == "[heap]")
+        .map(|m| (m.start, m.start + (1 << 30)))
+}
+
+/// The lowest address a mapping may have (`vm.mmap_min_addr`; 64 KiB when unreadable).
+pub fn mmap_min_addr() -> u64 {
+    std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(65536)
+}
+
 /// Parse the text of `/proc/pid/maps`.
 pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_maps_line).collect()

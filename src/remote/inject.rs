@@ -821,14 +821,7 @@ impl Injector {
                     &[fd, CODE_SIZE + RW_SIZE],
                 )?
             };
-            if t < 0 {
-                bail!(
-                    Failed,
-                    "ftruncate in process {} failed: {}",
-                    proc.pid,
-                    std::io::Error::from_raw_os_error(-t as i32)
-                );
-            }
+            returned(t, "ftruncate", proc.pid)?;
             let prot_x = (libc::PROT_READ | libc::PROT_EXEC) as u64;
             let prot_rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
             let private = libc::MAP_PRIVATE as u64;
@@ -841,14 +834,7 @@ impl Injector {
                 libc::SYS_mmap,
                 &[0, RW_SIZE, prot_rw, shared, fd, CODE_SIZE],
             )?;
-            if rw < 0 {
-                bail!(
-                    Failed,
-                    "mapping rlivepatch's memory in process {} failed: {}",
-                    proc.pid,
-                    std::io::Error::from_raw_os_error(-rw as i32)
-                );
-            }
+            let rw = returned(rw, "mapping rlivepatch's memory", proc.pid)?;
             // The code page right below, when free (a hint: the kernel put the memory at
             // the top of a free range): then one call unmaps both.
             let code = self.bootstrap_syscall(
@@ -856,28 +842,23 @@ impl Injector {
                 proc,
                 maps,
                 libc::SYS_mmap,
-                &[rw as u64 - CODE_SIZE, CODE_SIZE, prot_x, private, fd, 0],
+                &[rw - CODE_SIZE, CODE_SIZE, prot_x, private, fd, 0],
             )?;
-            if code < 0 {
-                let _ =
-                    self.bootstrap_syscall(tr, proc, maps, libc::SYS_munmap, &[rw as u64, RW_SIZE]);
-                bail!(
-                    Failed,
-                    "mapping rlivepatch's code in process {} failed: {}",
-                    proc.pid,
-                    std::io::Error::from_raw_os_error(-code as i32)
-                );
-            }
+            let code = match returned(code, "mapping rlivepatch's code", proc.pid) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ =
+                        self.bootstrap_syscall(tr, proc, maps, libc::SYS_munmap, &[rw, RW_SIZE]);
+                    return Err(e);
+                }
+            };
             // Our own view of the notify block, through a copy of the target's memfd
             // descriptor; without it (an old kernel), calls stop at each system call.
             self.notify = own
                 .as_ref()
                 .and_then(|f| crate::os::shared::SharedPage::map(f, CODE_SIZE).ok())
                 .map(std::sync::Arc::new);
-            Ok(Scratch {
-                rw: rw as u64,
-                code: code as u64,
-            })
+            Ok(Scratch { rw, code })
         })();
         let scratch = match r.and_then(|s| {
             self.scratch = Some(s);
@@ -892,14 +873,7 @@ impl Injector {
         // Installed: the target's descriptor is closed through the stub (notified when
         // the page is shared).
         let closed = self.syscall(tr, libc::SYS_close, &[fd])?;
-        if closed < 0 {
-            bail!(
-                Failed,
-                "closing rlivepatch's memfd in process {} failed: {}",
-                proc.pid,
-                std::io::Error::from_raw_os_error(-closed as i32)
-            );
-        }
+        returned(closed, "closing rlivepatch's memfd", proc.pid)?;
         Ok(scratch)
     }
 
@@ -1307,6 +1281,19 @@ impl Injector {
         }
         Ok(fd)
     }
+}
+
+/// The result of a system call made in process `pid` (`what` it did), or the error that
+/// names it and its errno.
+pub fn returned(ret: i64, what: &str, pid: i32) -> Result<u64> {
+    if ret < 0 {
+        bail!(
+            Failed,
+            "{what} in process {pid} failed: {}",
+            std::io::Error::from_raw_os_error(-ret as i32)
+        );
+    }
+    Ok(ret as u64)
 }
 
 /// The error for a failed `memfd_create` in the target (`ret` is its -errno).

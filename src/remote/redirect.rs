@@ -243,22 +243,8 @@ pub fn island_candidates(maps: &[Mapping], entry: u64, obj_start: u64, min_addr:
     let lo = (entry as i64 + JMP_LEN as i64 - REACH).max(0) as u64;
     let lo = (lo + PAGE - 1) & !(PAGE - 1);
     let hi = (entry + JMP_LEN as u64 + REACH as u64 - PAGE) & !(PAGE - 1); // last page start
-    let mut gaps: Vec<(u64, u64)> = Vec::new();
-    let mut prev_end = min_addr.max(0x10000);
-    for m in maps {
-        if m.start > prev_end {
-            gaps.push((prev_end, m.start));
-        }
-        prev_end = prev_end.max(m.end);
-    }
-    let top = 0x7fff_ffff_f000u64;
-    if prev_end < top {
-        gaps.push((prev_end, top));
-    }
-    let heap = maps
-        .iter()
-        .find(|m| m.path == "[heap]")
-        .map(|m| (m.start, m.start + (1 << 30)));
+    let gaps = crate::os::process::free_ranges(maps, min_addr);
+    let heap = crate::os::process::heap_growth(maps);
     let mut below = Vec::new();
     let mut above = Vec::new();
     for &(s, e) in &gaps {

@@ -275,10 +275,7 @@ pub(crate) fn take(
 /// neighbour).
 fn map_island(s: &mut Session, entry: u64, name: &str) -> Result<u64> {
     let obj_start = s.objects.by_addr(entry).map(|o| o.start).unwrap_or(entry);
-    let min = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(65536);
+    let min = crate::os::process::mmap_min_addr();
     let candidates = redirect::island_candidates(&s.maps, entry, obj_start, min);
     s.borrow()?;
     let fd = {

@@ -64,10 +64,7 @@ pub(super) fn load(bytes: &[u8], places: &[RelocFill], maps: &[Mapping]) -> Load
         Ok(v) => v,
         Err(e) => return kept(format!("the patch file cannot be moved ({e})")),
     };
-    let min = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(65536);
+    let min = crate::os::process::mmap_min_addr();
     let Some(at) = placement(maps, span.1 - span.0, align, lo, hi, min) else {
         return kept(format!(
             "no free range of {} KiB there",
@@ -99,13 +96,10 @@ pub(super) fn placement(
     let align = align.max(PAGE);
     let fits = |a: u64| hi.saturating_sub(a) < REACH && (a + len).saturating_sub(lo) < REACH;
     // The brk heap grows into the gap above it: never there.
-    let heap = maps
-        .iter()
-        .find(|m| m.path == "[heap]")
-        .map(|m| (m.start, m.start + (1 << 30)));
+    let heap = crate::os::process::heap_growth(maps);
     let mut below = Vec::new();
     let mut other = Vec::new();
-    for (s, e) in gaps(maps, min_addr) {
+    for (s, e) in crate::os::process::free_ranges(maps, min_addr) {
         let (s, e) = (s + PAGE, e.saturating_sub(PAGE));
         if e < s + len {
             continue;
@@ -135,24 +129,6 @@ pub(super) fn placement(
         .or_else(|| other.into_iter().min_by_key(|&a| a.abs_diff(lo)))
 }
 
-/// The free ranges between `maps` (sorted by address), from `min_addr` to the top of the
-/// user address space.
-fn gaps(maps: &[Mapping], min_addr: u64) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    let mut prev = min_addr.max(0x10000);
-    for m in maps {
-        if m.start > prev {
-            out.push((prev, m.start));
-        }
-        prev = prev.max(m.end);
-    }
-    let top = 0x7fff_ffff_f000u64;
-    if prev < top {
-        out.push((prev, top));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +149,11 @@ mod tests {
         }
     }
 
+    /// Where a 20 KiB patch reaching 0x1000 bytes from `lo` goes among `maps`.
+    fn place(maps: &[Mapping], lo: u64) -> Option<u64> {
+        placement(maps, 0x5000, 0x1000, lo, lo + 0x1000, 65536)
+    }
+
     #[test]
     fn a_patch_goes_below_the_executable_within_reach() {
         let maps = [
@@ -180,15 +161,7 @@ mod tests {
             map(0x5555_0100_0000, 0x5555_0200_0000, "[heap]"),
             map(0x7f00_0000_0000, 0x7f00_1000_0000, "/lib/libc.so.6"),
         ];
-        let a = placement(
-            &maps,
-            0x5000,
-            0x1000,
-            0x5555_0000_8000,
-            0x5555_0000_9000,
-            65536,
-        )
-        .unwrap();
+        let a = place(&maps, 0x5555_0000_8000).unwrap();
         assert!(a + 0x5000 < 0x5555_0000_0000, "{a:#x}");
         assert!(0x5555_0000_9000 - a < REACH);
     }
@@ -201,10 +174,7 @@ mod tests {
             map(0x3_0000_0000, 0x3_0001_0000, "/bin/app"),
             map(0x3_0001_0000, 0x5_0000_0000, "[anon]"),
         ];
-        assert_eq!(
-            placement(&maps, 0x5000, 0x1000, 0x3_0000_8000, 0x3_0000_9000, 65536),
-            None
-        );
+        assert_eq!(place(&maps, 0x3_0000_8000), None);
     }
 
     #[test]
@@ -214,15 +184,7 @@ mod tests {
             map(0x5555_0000_0000, 0x5555_0001_0000, "/bin/app"),
             map(0x5555_0002_0000, 0x5555_0003_0000, "[heap]"),
         ];
-        let a = placement(
-            &maps,
-            0x5000,
-            0x1000,
-            0x5555_0000_8000,
-            0x5555_0000_9000,
-            65536,
-        )
-        .unwrap();
+        let a = place(&maps, 0x5555_0000_8000).unwrap();
         let growth = 0x5555_0002_0000..0x5555_0002_0000 + (1 << 30);
         assert!(
             !growth.contains(&a) && !growth.contains(&(a + 0x5000 - 1)),
