@@ -30,9 +30,29 @@ pub fn line(path: &Path, object: Option<&str>) -> Result<String> {
     Ok(format!("RLIVEPATCH_BUILD_ID(\"{name}\", \"{id}\");"))
 }
 
-/// The build-id (hex) of the ELF file at `path`, from its note segments only: for a line
-/// that names a program (the audit trail), without parsing its symbols.
-pub fn of_file(path: &Path) -> Option<String> {
+/// What names an ELF file from outside: its GNU build-id (hex) and its soname, read from
+/// the program headers' notes and dynamic table only, without parsing its symbols (a
+/// fleet run asks this of every file every process maps; the C library's symbol tables
+/// alone take about a millisecond to parse).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The GNU build-id, in hex.
+    pub build_id: Option<String>,
+    /// `DT_SONAME`.
+    pub soname: Option<String>,
+    /// The `DT_NEEDED` names, in order.
+    pub needed: Vec<String>,
+    /// A 64-bit file (the rest is read only for one).
+    pub is_64: bool,
+    /// For x86-64 (`EM_X86_64`).
+    pub is_x86_64: bool,
+    /// It names a program interpreter (`PT_INTERP`): a dynamically linked program.
+    pub has_interp: bool,
+}
+
+/// The [`Identity`] of the ELF file at `path`; `None` when it cannot be read or is not an
+/// ELF file (only `is_64`, false, for a 32-bit one).
+pub fn identity(path: &Path) -> Option<Identity> {
     let file = std::fs::File::open(path).ok()?;
     // SAFETY: a read-only private mapping; a file truncated meanwhile makes reads fault,
     // the hazard every ELF tool accepts.
@@ -44,7 +64,7 @@ pub fn of_file(path: &Path) -> Option<String> {
         goblin::container::Endian::Little,
     );
     if header.e_ident[goblin::elf::header::EI_CLASS] != goblin::elf::header::ELFCLASS64 {
-        return None;
+        return Some(Identity::default());
     }
     let phdrs = goblin::elf::ProgramHeader::parse(
         bytes,
@@ -53,6 +73,27 @@ pub fn of_file(path: &Path) -> Option<String> {
         ctx,
     )
     .ok()?;
+    let (soname, needed) = crate::elf::symbols::read_dynamic_names(bytes).unwrap_or_default();
+    Some(Identity {
+        build_id: notes_build_id(bytes, &phdrs),
+        soname,
+        needed,
+        is_64: true,
+        is_x86_64: header.e_machine == goblin::elf::header::EM_X86_64,
+        has_interp: phdrs
+            .iter()
+            .any(|p| p.p_type == goblin::elf::program_header::PT_INTERP),
+    })
+}
+
+/// The build-id (hex) of the ELF file at `path`, from its note segments only: for a line
+/// that names a program (the audit trail), without parsing its symbols.
+pub fn of_file(path: &Path) -> Option<String> {
+    identity(path)?.build_id
+}
+
+/// The GNU build-id in the note segments of `bytes`.
+fn notes_build_id(bytes: &[u8], phdrs: &[goblin::elf::ProgramHeader]) -> Option<String> {
     let u32_at = |b: &[u8], at: usize| -> Option<usize> {
         Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)
     };
@@ -102,5 +143,28 @@ mod tests {
             .build_id_hex();
         assert!(whole.is_some());
         assert_eq!(super::of_file(exe), whole);
+    }
+
+    #[test]
+    fn the_dynamic_table_gives_the_same_soname_as_the_whole_file() {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let libc = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.contains("/libc.so"))
+            .expect("the test binary maps the C library");
+        let path = std::path::Path::new(libc);
+        let whole = crate::elf::symbols::ElfFile::open(path).unwrap();
+        let id = super::identity(path).unwrap();
+        assert_eq!(id.soname.as_deref(), Some("libc.so.6"));
+        assert_eq!(id.soname, whole.soname);
+        assert_eq!(id.needed, whole.needed);
+        assert!(!id.needed.is_empty(), "libc needs the loader");
+        assert_eq!(id.build_id, whole.build_id_hex());
+        assert!(id.is_64 && id.is_x86_64);
+        assert_eq!(id.has_interp, whole.interp.is_some());
+        let exe = super::identity(std::path::Path::new("/proc/self/exe")).unwrap();
+        assert!(exe.is_64 && exe.is_x86_64 && exe.has_interp);
+        assert_eq!(exe.soname, None);
     }
 }

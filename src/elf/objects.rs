@@ -6,6 +6,7 @@
 //! exact inode that is mapped, even if deleted, replaced or in another mount namespace)
 //! and otherwise through `/proc/pid/root`, checking the inode.
 
+use crate::elf::buildid::Identity;
 use crate::elf::symbols::ElfFile;
 use crate::error::Result;
 use crate::os::process::{Mapping, Process};
@@ -65,11 +66,20 @@ impl LoadedObject {
         if let Some(Ok(f)) = self.file.get() {
             return f.soname.clone();
         }
-        let file = std::fs::File::open(self.mapped_path().ok()?).ok()?;
-        // SAFETY: a read-only private mapping, read only for the length of this call; a
-        // file truncated meanwhile faults, the hazard every ELF tool accepts.
-        let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-        crate::elf::symbols::read_soname(&map)
+        if self.path == "[vdso]" {
+            return None;
+        }
+        identity(self.pid, &self.mappings[0]).and_then(|i| i.soname.clone())
+    }
+
+    /// `DT_NEEDED` of the object's file (from its dynamic table; see [`identity`]).
+    pub fn needed(&self) -> Vec<String> {
+        if let Some(Ok(f)) = self.file.get() {
+            return f.needed.clone();
+        }
+        identity(self.pid, &self.mappings[0])
+            .map(|i| i.needed.clone())
+            .unwrap_or_default()
     }
 
     /// The parsed ELF file, opened on first use.
@@ -319,6 +329,38 @@ pub fn find_debug_file(
         }
     }
     Err(tried)
+}
+
+/// A mapped file: its device (`major:minor`) and inode, as the maps show them.
+type Inode = ((u32, u32), u64);
+/// The identities of the files mapped in the processes of this run.
+static IDENTITIES: LazyLock<Mutex<std::collections::HashMap<Inode, Option<Arc<Identity>>>>> =
+    LazyLock::new(Default::default);
+
+/// The [`Identity`] (build-id, soname, needed) of the file process `pid` maps at `m` (its
+/// first mapping), read from its headers once per run however many processes map it,
+/// through /proc (the very file mapped: replaced or deleted on disk, or in another mount
+/// namespace). A fleet run asks this of every file of every process, and each apply of
+/// every object the process loaded (what it may unload).
+pub fn identity(pid: i32, m: &Mapping) -> Option<Arc<Identity>> {
+    let key = (m.dev, m.inode);
+    if let Some(i) = IDENTITIES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+    {
+        return i.clone();
+    }
+    let by_inode = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let rooted = format!("/proc/{pid}/root{}", m.path);
+    let i = crate::elf::buildid::identity(Path::new(&by_inode))
+        .or_else(|| crate::elf::buildid::identity(Path::new(&rooted)))
+        .map(Arc::new);
+    IDENTITIES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, i.clone());
+    i
 }
 
 /// Files parsed in this run, by (device, inode, size, modification time).

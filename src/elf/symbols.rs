@@ -185,6 +185,12 @@ const R_X86_64_RELATIVE: u32 = 8;
 /// section alone: finding a library by soname looks at every object of a process, and
 /// parsing each in full (symbols, relocations) cost a large program a fifth of a second.
 pub fn read_soname(bytes: &[u8]) -> Option<String> {
+    read_dynamic_names(bytes)?.0
+}
+
+/// `DT_SONAME` and the `DT_NEEDED` names of an ELF image, from its dynamic segment only
+/// (no section headers, no symbols).
+pub fn read_dynamic_names(bytes: &[u8]) -> Option<(Option<String>, Vec<String>)> {
     use goblin::container::{Container, Ctx, Endian};
     let h = Elf::parse_header(bytes).ok()?;
     if h.e_ident[header::EI_CLASS] != header::ELFCLASS64
@@ -195,16 +201,25 @@ pub fn read_soname(bytes: &[u8]) -> Option<String> {
     let ctx = Ctx::new(Container::Big, Endian::Little);
     let phoff = usize::try_from(h.e_phoff).ok()?;
     let phdrs = program_header::ProgramHeader::parse(bytes, phoff, h.e_phnum as usize, ctx).ok()?;
-    let dynamic = goblin::elf::dynamic::Dynamic::parse(bytes, &phdrs, ctx).ok()??;
+    let Some(dynamic) = goblin::elf::dynamic::Dynamic::parse(bytes, &phdrs, ctx).ok()? else {
+        return Some((None, Vec::new()));
+    };
     let info = &dynamic.info;
-    // DT_SONAME is an offset into the dynamic string table (already a file offset here).
-    if info.soname == 0 {
-        return None;
-    }
-    let at = info.strtab.checked_add(info.soname)?;
-    let tail = bytes.get(at..info.strtab.checked_add(info.strsz)?)?;
-    let end = tail.iter().position(|&b| b == 0)?;
-    std::str::from_utf8(&tail[..end]).ok().map(str::to_string)
+    // Offsets into the dynamic string table (already a file offset here).
+    let strings = bytes.get(info.strtab..info.strtab.checked_add(info.strsz)?)?;
+    let name = |off: usize| -> Option<String> {
+        let tail = strings.get(off..)?;
+        let end = tail.iter().position(|&b| b == 0)?;
+        std::str::from_utf8(&tail[..end]).ok().map(str::to_string)
+    };
+    let soname = (info.soname != 0).then(|| name(info.soname)).flatten();
+    let needed = dynamic
+        .dyns
+        .iter()
+        .filter(|d| d.d_tag == goblin::elf::dynamic::DT_NEEDED)
+        .filter_map(|d| name(d.d_val as usize))
+        .collect();
+    Some((soname, needed))
 }
 
 impl ElfFile {

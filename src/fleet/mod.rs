@@ -14,7 +14,7 @@ use crate::error::{Cause, Error, ErrorKind, Result};
 use crate::ops::Options;
 use crate::patch::Patch;
 use report::{FleetReport, Outcome, ProcessRecord};
-use select::{Candidate, Files, Fit, Selection};
+use select::{Candidate, Fit, Selection};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -82,7 +82,6 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
         ));
     }
     crate::os::ptrace::set_concurrent();
-    let mut files = Files::default();
     let mut records = Vec::new();
     let mut unreadable: Vec<(i32, String)> = Vec::new();
     let mut todo: VecDeque<Candidate> = VecDeque::new();
@@ -111,7 +110,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
             }
             continue;
         }
-        if !select::selected(&mut files, &c, sel) {
+        if !select::selected(&c, sel) {
             // Another file of the program `--exe` names (an older build, another copy):
             // said when nothing matched.
             if let Some(name) = sel.exe.as_ref().and_then(|e| e.file_name())
@@ -124,7 +123,7 @@ pub fn run(op: &Op, sel: &Selection, fo: &FleetOptions, progress: Progress) -> R
         }
         selected += 1;
         match &wants {
-            Some(w) => match select::fit(&mut files, &c, w, sel.exe.is_some() || named) {
+            Some(w) => match select::fit(&c, w, sel.exe.is_some() || named) {
                 Fit::Target => todo.push_back(c),
                 Fit::Mismatch(why) => records.push(record(&c, Outcome::Mismatch, why, 0.0)),
                 Fit::OtherMain(why) => other_main.push((c, why)),

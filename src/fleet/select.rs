@@ -3,12 +3,10 @@
 //! (deduplicated per device and inode; a library replaced or deleted on disk since is
 //! still the one the process runs), and the selectors an operator gave.
 
-use crate::elf::symbols::ElfFile;
+use crate::elf::objects::identity;
 use crate::os::process::{Mapping, parse_maps};
 use crate::patch::Patch;
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// The selectors of a fleet run; combined, they narrow each other.
 #[derive(Debug, Clone, Default)]
@@ -151,33 +149,6 @@ pub fn candidates(sel: &Selection) -> Vec<Candidate> {
     out
 }
 
-/// A mapped file: its device (`major:minor`) and inode.
-type Inode = ((u32, u32), u64);
-
-/// Parsed files of the run, by device and inode.
-#[derive(Default)]
-pub struct Files {
-    by_inode: HashMap<Inode, Option<Arc<ElfFile>>>,
-}
-
-impl Files {
-    /// The ELF file process `pid` mapped at `m` (its first mapping), read through
-    /// /proc (the very file: replaced or deleted on disk, or in another mount namespace).
-    pub fn of(&mut self, pid: i32, m: &Mapping) -> Option<Arc<ElfFile>> {
-        self.by_inode
-            .entry((m.dev, m.inode))
-            .or_insert_with(|| {
-                let by_inode = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-                let rooted = format!("/proc/{pid}/root{}", m.path);
-                ElfFile::open(std::path::Path::new(&by_inode))
-                    .or_else(|_| ElfFile::open(std::path::Path::new(&rooted)))
-                    .ok()
-                    .map(Arc::new)
-            })
-            .clone()
-    }
-}
-
 /// A file-backed object of a process: its path and first mapping.
 pub struct Mapped<'a> {
     /// The path the process mapped.
@@ -200,13 +171,12 @@ pub fn mapped(maps: &[Mapping]) -> Vec<Mapped<'_>> {
 }
 
 /// Does object `o` of `pid` answer to `name` (file name, soname or path)?
-pub fn named(files: &mut Files, pid: i32, o: &Mapped, name: &str) -> bool {
+pub fn named(pid: i32, o: &Mapped, name: &str) -> bool {
     let file_name = o.path.rsplit('/').next().unwrap_or(o.path);
     if o.path == name || file_name == name {
         return true;
     }
-    files
-        .of(pid, o.first)
+    identity(pid, o.first)
         .and_then(|f| f.soname.clone())
         .is_some_and(|s| s == name)
 }
@@ -262,7 +232,7 @@ pub enum Fit {
 
 /// Does process `c` map every object of `wants`? `exe_given`: the operator named the
 /// executable (a patch for the main executable without a build-id needs that).
-pub fn fit(files: &mut Files, c: &Candidate, wants: &[Want], exe_given: bool) -> Fit {
+pub fn fit(c: &Candidate, wants: &[Want], exe_given: bool) -> Fit {
     let Some(maps) = &c.maps else {
         return Fit::NotTarget("its maps cannot be read".into());
     };
@@ -272,7 +242,7 @@ pub fn fit(files: &mut Files, c: &Candidate, wants: &[Want], exe_given: bool) ->
             None => objects
                 .iter()
                 .find(|o| o.path == c.exe.trim_end_matches(" (deleted)")),
-            Some(name) => objects.iter().find(|o| named(files, c.pid, o, name)),
+            Some(name) => objects.iter().find(|o| named(c.pid, o, name)),
         };
         let label = w
             .object
@@ -283,7 +253,7 @@ pub fn fit(files: &mut Files, c: &Candidate, wants: &[Want], exe_given: bool) ->
         };
         match &w.build_id {
             Some(want) => {
-                let have = files.of(c.pid, o.first).and_then(|f| f.build_id_hex());
+                let have = identity(c.pid, o.first).and_then(|f| f.build_id.clone());
                 if have.as_deref() != Some(want.as_str()) {
                     // Another program altogether is not another build of this one.
                     if w.object.is_none() && !exe_given {
@@ -312,7 +282,7 @@ pub fn fit(files: &mut Files, c: &Candidate, wants: &[Want], exe_given: bool) ->
 }
 
 /// Does process `c` pass the selectors besides `--all` (exe, object, build-id)?
-pub fn selected(files: &mut Files, c: &Candidate, sel: &Selection) -> bool {
+pub fn selected(c: &Candidate, sel: &Selection) -> bool {
     if let Some(exe) = &sel.exe {
         let same_file = || {
             use std::os::unix::fs::MetadataExt;
@@ -335,7 +305,7 @@ pub fn selected(files: &mut Files, c: &Candidate, sel: &Selection) -> bool {
     };
     let objects = mapped(maps);
     if let Some(name) = &sel.object
-        && !objects.iter().any(|o| named(files, c.pid, o, name))
+        && !objects.iter().any(|o| named(c.pid, o, name))
     {
         return false;
     }
@@ -343,7 +313,7 @@ pub fn selected(files: &mut Files, c: &Candidate, sel: &Selection) -> bool {
         let id = id.to_ascii_lowercase();
         if !objects
             .iter()
-            .any(|o| files.of(c.pid, o.first).and_then(|f| f.build_id_hex()) == Some(id.clone()))
+            .any(|o| identity(c.pid, o.first).and_then(|f| f.build_id.clone()) == Some(id.clone()))
         {
             return false;
         }

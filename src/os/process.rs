@@ -44,6 +44,9 @@ pub struct Process {
     /// The status at open time.
     pub status: Status,
     mem: File,
+    /// The executable's path and (dev, inode), read once: every step that groups the
+    /// mappings into objects asks, and it cannot change while the process is the same.
+    exe: std::cell::OnceCell<(PathBuf, u64, u64)>,
 }
 
 /// One line of `/proc/pid/maps`.
@@ -236,10 +239,27 @@ impl Process {
 
 /// The start time of a process or thread (field 22 of its stat file), if it still exists.
 pub fn start_time(stat_path: &str) -> Option<u64> {
-    let stat = read_proc(stat_path).ok()?;
+    stat_start_time(&read_proc(stat_path).ok()?)
+}
+
+/// The start time in the text of a `stat` file.
+fn stat_start_time(stat: &str) -> Option<u64> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let after = &stat[stat.rfind(')')? + 2..];
     after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Does the text of a `stat` file have the kernel-thread flag (PF_KTHREAD)?
+fn stat_kernel_thread(stat: &str) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Some(i) = stat.rfind(')') else {
+        return false;
+    };
+    stat[i + 2..]
+        .split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|f| f & PF_KTHREAD != 0)
 }
 
 /// Is process `pid` started at `start` (ticks since boot) still there, and not a zombie?
@@ -250,18 +270,7 @@ pub fn alive(pid: i32, start: u64) -> bool {
 
 /// Is `pid` a kernel thread? (PF_KTHREAD in the flags of /proc/pid/stat.)
 pub fn is_kernel_thread(pid: i32) -> bool {
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    let Ok(stat) = read_proc(&format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let Some(i) = stat.rfind(')') else {
-        return false;
-    };
-    stat[i + 2..]
-        .split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|f| f & PF_KTHREAD != 0)
+    read_proc(&format!("/proc/{pid}/stat")).is_ok_and(|s| stat_kernel_thread(&s))
 }
 
 /// The file `name` of thread `tid` of `pid` (`/proc/PID/task/TID/NAME`), read with one
@@ -428,7 +437,9 @@ impl Process {
                 status.tgid
             );
         }
-        let start_time = start_time(&format!("/proc/{pid}/stat")).ok_or_else(|| {
+        // One read of stat gives the start time and the kernel-thread flag.
+        let stat = read_proc(&format!("/proc/{pid}/stat")).ok();
+        let start_time = stat.as_deref().and_then(stat_start_time).ok_or_else(|| {
             err!(Target, "process {pid} exited").because(crate::error::Cause::Gone)
         })?;
         if matches!(status.state, 'Z' | 'X') {
@@ -438,7 +449,7 @@ impl Process {
                 status.name
             );
         }
-        if is_kernel_thread(pid) {
+        if stat.as_deref().is_some_and(stat_kernel_thread) {
             bail!(
                 Target,
                 "process {pid} ({}) is a kernel thread; rlivepatch patches user processes",
@@ -455,6 +466,7 @@ impl Process {
             start_time,
             status,
             mem,
+            exe: std::cell::OnceCell::new(),
         })
     }
 
@@ -472,12 +484,17 @@ impl Process {
 
     /// The path of the executable as the kernel sees it, and its (dev, inode).
     pub fn exe(&self) -> Result<(PathBuf, u64, u64)> {
+        if let Some(e) = self.exe.get() {
+            return Ok(e.clone());
+        }
         let link = format!("/proc/{}/exe", self.pid);
         let path =
             std::fs::read_link(&link).map_err(|e| permission_error(self.pid, &self.status, e))?;
         let meta =
             std::fs::metadata(&link).map_err(|e| permission_error(self.pid, &self.status, e))?;
-        Ok((path, meta.dev(), meta.ino()))
+        let e = (path, meta.dev(), meta.ino());
+        let _ = self.exe.set(e.clone());
+        Ok(e)
     }
 
     /// A path through which this process's view of `path` can be opened from here, even in

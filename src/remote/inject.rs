@@ -36,6 +36,7 @@ use crate::error::{Context, Result};
 use crate::os::process::{Mapping, Process};
 use crate::os::ptrace::{Catch, Regs, Stop, Tid, Tracer};
 use crate::{bail, err};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Size of the private read-write area: data, then the call stack, then the frame.
@@ -217,56 +218,46 @@ impl Libc {
         }
         let file = libc.file()?;
         let bias = libc.bias()?;
-        let func = |name: &str| -> Option<u64> {
-            find_function(&file, name, 0)
-                .ok()
-                .filter(|s| s.kind == SymKind::Func)
-                .map(|s| s.value + bias)
+        // What the C library's file says is the same for every process that maps it:
+        // found once per worker thread (the file's address names it while the cache
+        // holds it), then moved by each process's load bias.
+        let key = Arc::as_ptr(&file) as usize;
+        let cached = FOUND.with(|f| f.borrow().get(&key).map(|(_, v)| v.clone()));
+        let in_file = match cached {
+            Some(v) => v,
+            None => {
+                let v = Self::in_file(&file, &libc.path)?;
+                FOUND.with(|f| f.borrow_mut().insert(key, (file.clone(), v.clone())));
+                v
+            }
         };
-        let syscall_fn =
-            func("syscall").ok_or_else(|| err!(Target, "no syscall() in {}", libc.path))?;
-        let restore_rt = match func("__restore_rt") {
-            Some(a) => a,
-            None => find_restore_rt(&file).map(|v| v + bias).ok_or_else(|| {
-                err!(
-                    Target,
-                    "cannot find the signal return trampoline in {}",
-                    libc.path
-                )
-            })?,
-        };
-        let mut dl = (func("dlopen"), func("dlerror"), func("dlclose"));
-        let mut dlinfo = func("dlinfo");
-        if dl.0.is_none()
+        let mut l = in_file.moved(bias);
+        if l.dlopen.is_none()
             && let Ok(libdl) = objects.by_name(Some("libdl.so.2"))
         {
             let f = libdl.file()?;
             let b = libdl.bias()?;
             let g = |name: &str| find_function(&f, name, 0).ok().map(|s| s.value + b);
-            dl = (g("dlopen"), g("dlerror"), g("dlclose"));
-            dlinfo = g("dlinfo");
+            (l.dlopen, l.dlerror, l.dlclose) = (g("dlopen"), g("dlerror"), g("dlclose"));
+            l.dlinfo = g("dlinfo");
         }
-        if dl.0.is_none() {
-            dl = (func("__libc_dlopen_mode"), None, func("__libc_dlclose"));
+        if l.dlopen.is_none() {
+            (l.dlopen, l.dlerror, l.dlclose) = (
+                in_file.libc_dlopen_mode.map(|a| a + bias),
+                None,
+                in_file.libc_dlclose.map(|a| a + bias),
+            );
         }
-        let thread_arena_slot = ["__libc_malloc", "malloc"]
-            .iter()
-            .find_map(|n| find_function(&file, n, 0).ok())
-            .and_then(|s| {
-                let code = file.bytes_at(s.value, s.size.min(1024) as usize)?;
-                thread_arena_slot(code, s.value)
-            })
-            .map(|v| v + bias);
-        match dl {
-            (Some(dlopen), dlerror, Some(dlclose)) => Ok(Libc {
-                syscall_fn,
-                restore_rt,
+        match (l.dlopen, l.dlclose) {
+            (Some(dlopen), Some(dlclose)) => Ok(Libc {
+                syscall_fn: l.syscall_fn,
+                restore_rt: l.restore_rt,
                 dlopen,
-                dlerror,
+                dlerror: l.dlerror,
                 dlclose,
-                dlinfo,
-                thread_arena_slot,
-                sem_post: func("sem_post"),
+                dlinfo: l.dlinfo,
+                thread_arena_slot: l.thread_arena_slot,
+                sem_post: l.sem_post,
             }),
             _ => bail!(
                 Target,
@@ -274,6 +265,84 @@ impl Libc {
             ),
         }
     }
+
+    /// The entry points in the C library's file (file addresses).
+    fn in_file(file: &crate::elf::symbols::ElfFile, path: &str) -> Result<LibcInFile> {
+        let func = |name: &str| -> Option<u64> {
+            find_function(file, name, 0)
+                .ok()
+                .filter(|s| s.kind == SymKind::Func)
+                .map(|s| s.value)
+        };
+        let syscall_fn = func("syscall").ok_or_else(|| err!(Target, "no syscall() in {path}"))?;
+        let restore_rt = match func("__restore_rt") {
+            Some(a) => a,
+            None => find_restore_rt(file).ok_or_else(|| {
+                err!(Target, "cannot find the signal return trampoline in {path}")
+            })?,
+        };
+        let thread_arena_slot = ["__libc_malloc", "malloc"]
+            .iter()
+            .find_map(|n| find_function(file, n, 0).ok())
+            .and_then(|s| {
+                let code = file.bytes_at(s.value, s.size.min(1024) as usize)?;
+                thread_arena_slot(code, s.value)
+            });
+        Ok(LibcInFile {
+            syscall_fn,
+            restore_rt,
+            dlopen: func("dlopen"),
+            dlerror: func("dlerror"),
+            dlclose: func("dlclose"),
+            dlinfo: func("dlinfo"),
+            libc_dlopen_mode: func("__libc_dlopen_mode"),
+            libc_dlclose: func("__libc_dlclose"),
+            thread_arena_slot,
+            sem_post: func("sem_post"),
+        })
+    }
+}
+
+/// What [`Libc::find`] finds in the C library's file, at file addresses (or, after
+/// [`LibcInFile::moved`], at a process's).
+#[derive(Debug, Clone)]
+struct LibcInFile {
+    syscall_fn: u64,
+    restore_rt: u64,
+    dlopen: Option<u64>,
+    dlerror: Option<u64>,
+    dlclose: Option<u64>,
+    dlinfo: Option<u64>,
+    libc_dlopen_mode: Option<u64>,
+    libc_dlclose: Option<u64>,
+    thread_arena_slot: Option<u64>,
+    sem_post: Option<u64>,
+}
+
+impl LibcInFile {
+    /// The same entry points in a process that loaded the file at `bias`.
+    fn moved(&self, bias: u64) -> LibcInFile {
+        let m = |a: Option<u64>| a.map(|a| a + bias);
+        LibcInFile {
+            syscall_fn: self.syscall_fn + bias,
+            restore_rt: self.restore_rt + bias,
+            dlopen: m(self.dlopen),
+            dlerror: m(self.dlerror),
+            dlclose: m(self.dlclose),
+            dlinfo: m(self.dlinfo),
+            libc_dlopen_mode: m(self.libc_dlopen_mode),
+            libc_dlclose: m(self.libc_dlclose),
+            thread_arena_slot: m(self.thread_arena_slot),
+            sem_post: m(self.sem_post),
+        }
+    }
+}
+
+thread_local! {
+    /// [`Libc::find`]'s findings, by the parsed C library file (held alive here, so that
+    /// its address names one file).
+    static FOUND: std::cell::RefCell<std::collections::HashMap<usize, (Arc<crate::elf::symbols::ElfFile>, LibcInFile)>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// Give back the arena a killed run lent, as the note in its scratch memory at `rw`

@@ -3,7 +3,6 @@
 //! for.
 
 use crate::elf::objects::Objects;
-use crate::elf::symbols::ElfFile;
 use crate::error::Result;
 use crate::os::process::Process;
 use crate::patch::Patch;
@@ -56,14 +55,16 @@ pub fn preflight(proc: &Process) -> Result<()> {
             e
         }
     })?;
-    let exe_file = ElfFile::open(Path::new(&format!("/proc/{}/exe", proc.pid))).map_err(|e| {
-        err!(
-            Target,
-            "cannot read the executable of process {}: {}",
-            proc.pid,
-            e.message
-        )
-    })?;
+    // The headers say all this; the symbols are parsed later only if the patch needs them.
+    let exe_file = crate::elf::buildid::identity(Path::new(&format!("/proc/{}/exe", proc.pid)))
+        .ok_or_else(|| {
+            err!(
+                Target,
+                "cannot read the executable of process {} ({}) as an ELF file",
+                proc.pid,
+                exe.display()
+            )
+        })?;
     if !exe_file.is_64 {
         bail!(
             Target,
@@ -80,7 +81,7 @@ pub fn preflight(proc: &Process) -> Result<()> {
             exe.display()
         );
     }
-    if exe_file.interp.is_none() {
+    if !exe_file.has_interp {
         bail!(
             Target,
             "process {} ({}) is statically linked: it has no dynamic loader, so no dlopen to load a patch",

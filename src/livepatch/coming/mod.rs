@@ -563,7 +563,9 @@ pub fn unloadable(objects: &Objects) -> Vec<String> {
     let Ok(main) = objects.main() else {
         return Vec::new();
     };
-    let mut names: Vec<String> = main.file().map(|f| f.needed.clone()).unwrap_or_default();
+    // From the dynamic tables only: this runs on every apply, and parsing every object
+    // of the process (its symbols) for its DT_NEEDED would cost more than the apply.
+    let mut names: Vec<String> = main.needed();
     let mut reached: Vec<&str> = vec![main.path.as_str()];
     let mut i = 0;
     while i < names.len() {
@@ -575,15 +577,12 @@ pub fn unloadable(objects: &Objects) -> Vec<String> {
             }
             if o.file_name() == n || o.soname().as_deref() == Some(n.as_str()) {
                 reached.push(o.path.as_str());
-                if let Ok(f) = o.file() {
-                    let more: Vec<String> = f
-                        .needed
-                        .iter()
-                        .filter(|x| !names.contains(x))
-                        .cloned()
-                        .collect();
-                    names.extend(more);
-                }
+                let more: Vec<String> = o
+                    .needed()
+                    .into_iter()
+                    .filter(|x| !names.contains(x))
+                    .collect();
+                names.extend(more);
             }
         }
     }
