@@ -295,7 +295,7 @@ fn passes_through(pid: i32, nr: &str) {
 }
 
 /// An injected call reports that it is done through a futex, then waits at a gate
-/// (a `ppoll` with a timeout) for rlivepatch to take the thread back. A rlivepatch too
+/// (a futex wait with a timeout) for rlivepatch's next call or to be taken back. A rlivepatch too
 /// slow for the gate (here: stopped right after the report) finds the thread back in
 /// its own code: it takes it back where it is, and the apply goes on.
 #[test]
@@ -307,9 +307,51 @@ fn a_thread_that_went_past_the_gate_is_taken_back_where_it_is() {
         &["apply", &pid, fix.to_str().unwrap()],
         &[],
     );
-    // The thread waits at the gate (ppoll), then goes back to its own code by itself.
-    passes_through(t.pid, &libc::SYS_ppoll.to_string());
+    // The thread waits at the gate (futex), then goes back to its own code by itself.
+    passes_through(t.pid, &libc::SYS_futex.to_string());
     run.finish();
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
+        "patched",
+    );
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 + 1,
+        "original",
+    );
+    assert_eq!((t.stable_maps(), t.fd_count()), base);
+}
+
+/// Consecutive injected calls are handed to the thread waiting at the gate (its command
+/// word and a futex wake-up) instead of stopping it and starting it again for each: the
+/// trace names each call posted there, and the thread ends up exactly as it was.
+#[test]
+fn consecutive_calls_are_handed_to_the_thread_at_the_gate() {
+    let (mut t, pid, fix) = counter_pie("2");
+    let base = (t.stable_maps(), t.fd_count());
+    let out = rlp_env(
+        &["apply", &pid, fix.to_str().unwrap()],
+        &[("RLIVEPATCH_TRACE", "1")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let posted = err
+        .lines()
+        .filter(|l| l.ends_with(" inject:posted"))
+        .count();
+    let started = err
+        .lines()
+        .filter(|l| l.ends_with(" inject:in_call"))
+        .count();
+    // The first notified call starts from a stop; the record's, the runtime's and the
+    // patch's memory files, mappings and loads follow at the gate.
+    assert!(posted >= 5, "{posted} calls posted at the gate:\n{err}");
+    assert!(
+        posted > started,
+        "{posted} posted, {started} started:\n{err}"
+    );
     t.assert_settled(
         2,
         |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,

@@ -349,8 +349,16 @@ fn outcome_of(e: &Error) -> Outcome {
 }
 
 /// The patches a process runs now, from its record (read without stopping it).
-fn applied_names(pid: i32) -> Option<Vec<String>> {
-    let (_, _, rec) = crate::livepatch::store::read_record(pid).ok()?;
+fn applied_names(c: &Candidate) -> Option<Vec<String>> {
+    // No record in the maps the run listed: nothing applied, without opening the process
+    // again (a record made since by another rlivepatch makes the apply refuse the name).
+    if c.maps
+        .as_ref()
+        .is_some_and(|m| crate::livepatch::store::find_mapping(m).is_none())
+    {
+        return Some(Vec::new());
+    }
+    let (_, _, rec) = crate::livepatch::store::read_record(c.pid).ok()?;
     Some(
         rec.patches
             .iter()
@@ -414,7 +422,7 @@ fn one(
         Option<crate::livepatch::transition::Report>,
     )> = match (op, patch) {
         (Op::Apply(_), Some(p)) => {
-            if applied_names(pid).is_some_and(|n| n.contains(&p.name)) {
+            if applied_names(c).is_some_and(|n| n.contains(&p.name)) {
                 Ok((Outcome::AlreadyApplied, String::new(), Vec::new(), None))
             } else {
                 crate::ops::apply_patch(pid, p, &opts, &mut say).map(|r| {
@@ -431,7 +439,7 @@ fn one(
                 })
             }
         }
-        (Op::Check(_), Some(p)) => Ok(match applied_names(pid) {
+        (Op::Check(_), Some(p)) => Ok(match applied_names(c) {
             Some(n) if n.contains(&p.name) => (Outcome::Covered, String::new(), n, None),
             n => (
                 Outcome::Needed,
@@ -446,7 +454,7 @@ fn one(
                 .ok()
                 .and_then(|(_, _, r)| r.enabled_named(given).map(|p| p.name.clone()));
             let name = named.as_deref().unwrap_or(given);
-            if !applied_names(pid).is_some_and(|n| n.iter().any(|x| x == name)) {
+            if !applied_names(c).is_some_and(|n| n.iter().any(|x| x == name)) {
                 Ok((Outcome::NotApplied, String::new(), Vec::new(), None))
             } else {
                 crate::ops::disable(pid, name, &opts, &mut say).map(|r| {

@@ -76,6 +76,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
             plan.changed.extend(current_impl(&s.record, &f));
             plan.entries.push((r.addr, JMP_LEN as u64));
         }
+        s.settle()?;
         s.tr.stop_all(Instant::now() + Duration::from_secs(10))?;
         let mut w = transition::World {
             tr: &mut s.tr,

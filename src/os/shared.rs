@@ -64,7 +64,8 @@ impl SharedPage {
     fn u32_at(&self, off: usize) -> &AtomicU32 {
         assert!(off + 4 <= PAGE && off.is_multiple_of(4));
         // SAFETY: in bounds and aligned (checked above); the page lives as long as self,
-        // and the other side only touches it with single aligned stores.
+        // and the other side only touches it with single aligned stores and locked
+        // compare-and-exchange.
         unsafe { &*(self.ptr.add(off) as *const AtomicU32) }
     }
 
@@ -82,6 +83,24 @@ impl SharedPage {
     /// Set the 32-bit word at `off`.
     pub fn store_u32(&self, off: usize, v: u32) {
         self.u32_at(off).store(v, Ordering::SeqCst)
+    }
+
+    /// Set the 32-bit word at `off` to `new` if it is `old`; returns what it was.
+    pub fn compare_exchange_u32(&self, off: usize, old: u32, new: u32) -> u32 {
+        match self
+            .u32_at(off)
+            .compare_exchange(old, new, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(v) | Err(v) => v,
+        }
+    }
+
+    /// Wake one waiter on the 32-bit word at `off` (a shared futex: the target's
+    /// `FUTEX_WAIT` on its own mapping of the page).
+    pub fn wake(&self, off: usize) {
+        let word = self.u32_at(off) as *const AtomicU32;
+        // SAFETY: futex(2) FUTEX_WAKE on an aligned word of our mapping; it only wakes.
+        unsafe { libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE, 1) };
     }
 
     /// The 64-bit word at `off`.

@@ -21,13 +21,17 @@
 //! dozens). So once the private memory exists (its first page shared: rlivepatch maps the
 //! same memfd page through a copy of the target's descriptor, `pidfd_getfd`), calls run
 //! without them: the stub stores the result, sets a done word and wakes it (a shared
-//! futex rlivepatch sleeps on), then waits at a gate, a `ppoll` with nothing to poll and
-//! a short timeout ([`GATE_TIMEOUT`]). rlivepatch interrupts the thread there and gives
-//! it its context back itself, exactly as at the `rt_sigreturn` stop. Killed meanwhile,
-//! rlivepatch leaves a thread that returns to its own code by itself when the gate times
-//! out (the next run waits for that before it repairs); too slow, it finds the thread
-//! back in its own code and borrows it again where it is. `ppoll` touches no restart
-//! block, so a thread borrowed out of an interrupted `nanosleep` still resumes it.
+//! futex rlivepatch sleeps on), then waits at a gate, a `FUTEX_WAIT` on a command word
+//! with a short timeout ([`GATE_TIMEOUT`]). The next call is posted there (its function
+//! and arguments, then the word), so consecutive calls cost two futex wake-ups and no
+//! ptrace stop; before anything else touches the thread, rlivepatch interrupts it at the
+//! gate and gives it its context back itself, exactly as at the `rt_sigreturn` stop
+//! ([`Injector::settle`]). Killed meanwhile, rlivepatch leaves a thread that returns to
+//! its own code by itself when the gate times out (the next run waits for that before it
+//! repairs); too slow, it finds the thread back in its own code (the thread marked the
+//! word as left, so no call is posted to a thread that is not there) and borrows it
+//! again where it is. The futex wait touches no restart block, so a thread borrowed out
+//! of an interrupted `nanosleep` still resumes it.
 //! Without the shared page (a kernel before 5.6), calls are caught at `rt_sigreturn`.
 
 use crate::elf::objects::Objects;
@@ -60,8 +64,19 @@ const LENT_NOTE_LEN: u64 = 24;
 const NOTIFY: u64 = 40;
 const NOTIFY_RESULT: u64 = NOTIFY + 8;
 const NOTIFY_TIMEOUT: u64 = NOTIFY + 16;
+/// Then the next call for a thread waiting at the gate (see [`Injector::settle`]): the
+/// command word (a futex: [`CMD_SYSCALL`], [`CMD_CALL`], or [`CMD_LEAVE`] once the thread
+/// gave up waiting), the function or system call number, and six arguments.
+const NOTIFY_CMD: u64 = NOTIFY + 32;
+const NOTIFY_FN: u64 = NOTIFY + 40;
+const NOTIFY_ARGS: u64 = NOTIFY + 48;
 /// Where strings and results start.
-const DATA_START: u64 = 80;
+const DATA_START: u64 = NOTIFY_ARGS + 6 * 8;
+/// Commands at the gate: a system call, a function call, and the thread's own mark that
+/// it left (no command can be taken after it).
+const CMD_SYSCALL: u32 = 1;
+const CMD_CALL: u32 = 2;
+const CMD_LEAVE: u32 = 3;
 /// How long a thread that finished a notified call waits at the gate for rlivepatch to
 /// take it back before it returns by itself (its `rt_sigreturn` frame): the stall a
 /// thread sees when rlivepatch is killed right then. A thread that went on meanwhile is
@@ -96,7 +111,7 @@ const TRAMPOLINES: u64 = 0x20;
 /// Size of one return trampoline.
 pub const TRAMPOLINE_SIZE: u64 = 48;
 /// The notified-call stub ([`notify_stub`]) at the end of the code page.
-const NOTIFY_STUB: u64 = CODE_SIZE - 0x60;
+const NOTIFY_STUB: u64 = CODE_SIZE - 0x100;
 /// How many return trampolines fit in the code page.
 pub const MAX_TRAMPOLINES: usize = ((NOTIFY_STUB - TRAMPOLINES) / TRAMPOLINE_SIZE) as usize;
 
@@ -107,17 +122,19 @@ struct NotifyStub {
     syscall: u64,
     /// `call *%rax`, then the report.
     call: u64,
-    /// The instruction after the gate's `ppoll`: where the thread waits for rlivepatch.
-    gate_end: u64,
 }
 
 /// The stub of a notified call, with `%r15` pointing at the notify block: the call (or
 /// system call); its result stored; the done word set and woken (a shared futex, which
-/// rlivepatch waits on through its own mapping of the page); then a gate, a `ppoll` with
-/// nothing to poll and the block's timeout, in which rlivepatch stops the thread and
-/// gives it its context back itself; after the gate (rlivepatch gone, or too slow), the
-/// frame's `rt_sigreturn`. So the call runs without a ptrace stop per system call it
-/// makes, and a thread whose rlivepatch dies returns to where it was on its own.
+/// rlivepatch waits on through its own mapping of the page); then the gate, a
+/// `FUTEX_WAIT` on the command word with the block's timeout, where the thread takes the
+/// next call rlivepatch posts (no ptrace stop between consecutive calls) or is stopped
+/// and given its context back ([`Injector::settle`]). When the wait times out with no
+/// command (rlivepatch gone, or busy elsewhere), the thread marks the word
+/// [`CMD_LEAVE`] with a locked compare-and-exchange, so that a command posted at that
+/// very moment is either taken or refused, never lost, and returns through its frame's
+/// `rt_sigreturn` to where it was. So calls run without a ptrace stop per system call
+/// they make, and a thread whose rlivepatch dies returns to its own code on its own.
 fn notify_stub() -> &'static NotifyStub {
     static STUB: std::sync::OnceLock<NotifyStub> = std::sync::OnceLock::new();
     STUB.get_or_init(|| assemble_notify_stub().expect("the notify stub assembles"))
@@ -126,32 +143,63 @@ fn notify_stub() -> &'static NotifyStub {
 fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError> {
     use iced_x86::BlockEncoderOptions;
     use iced_x86::code_asm::*;
+    let at = |off: u64| (off - NOTIFY) as i32;
     let mut a = CodeAssembler::new(64)?;
     let mut syscall_entry = a.create_label();
     let mut call_entry = a.create_label();
     let mut report = a.create_label();
-    let mut gate_end = a.create_label();
+    let mut gate = a.create_label();
+    let mut take = a.create_label();
+    let mut leave = a.create_label();
     a.set_label(&mut syscall_entry)?;
     a.syscall()?;
     a.jmp(report)?;
     a.set_label(&mut call_entry)?;
     a.call(rax)?;
     a.set_label(&mut report)?;
-    a.mov(qword_ptr(r15 + (NOTIFY_RESULT - NOTIFY)), rax)?;
+    a.mov(qword_ptr(r15 + at(NOTIFY_RESULT)), rax)?;
     a.mov(dword_ptr(r15), 1u32)?;
     a.mov(rdi, r15)?;
     a.mov(esi, libc::FUTEX_WAKE as u32)?;
     a.mov(edx, 1u32)?;
     a.mov(eax, libc::SYS_futex as u32)?;
     a.syscall()?;
-    a.xor(edi, edi)?;
-    a.xor(esi, esi)?;
-    a.lea(rdx, ptr(r15 + (NOTIFY_TIMEOUT - NOTIFY)))?;
-    a.xor(r10d, r10d)?;
+    // The gate: wait for a command while the word is 0.
+    a.set_label(&mut gate)?;
+    a.lea(rdi, ptr(r15 + at(NOTIFY_CMD)))?;
+    a.mov(esi, libc::FUTEX_WAIT as u32)?;
+    a.xor(edx, edx)?;
+    a.lea(r10, ptr(r15 + at(NOTIFY_TIMEOUT)))?;
     a.xor(r8d, r8d)?;
-    a.mov(eax, libc::SYS_ppoll as u32)?;
+    a.mov(eax, libc::SYS_futex as u32)?;
     a.syscall()?;
-    a.set_label(&mut gate_end)?;
+    a.mov(ecx, dword_ptr(r15 + at(NOTIFY_CMD)))?;
+    a.test(ecx, ecx)?;
+    a.jnz(take)?;
+    // No command: wait again unless the wait timed out (woken for nothing, interrupted).
+    a.cmp(rax, -(libc::ETIMEDOUT as i32))?;
+    a.jne(gate)?;
+    a.xor(eax, eax)?;
+    a.mov(ecx, CMD_LEAVE)?;
+    a.lock().cmpxchg(dword_ptr(r15 + at(NOTIFY_CMD)), ecx)?;
+    a.je(leave)?;
+    // A command came just then: take it.
+    a.mov(ecx, eax)?;
+    a.set_label(&mut take)?;
+    a.mov(dword_ptr(r15 + at(NOTIFY_CMD)), 0u32)?;
+    a.mov(rax, qword_ptr(r15 + at(NOTIFY_FN)))?;
+    a.mov(rdi, qword_ptr(r15 + at(NOTIFY_ARGS)))?;
+    a.mov(rsi, qword_ptr(r15 + at(NOTIFY_ARGS + 8)))?;
+    a.mov(rdx, qword_ptr(r15 + at(NOTIFY_ARGS + 16)))?;
+    a.mov(r10, qword_ptr(r15 + at(NOTIFY_ARGS + 24)))?;
+    a.mov(r8, qword_ptr(r15 + at(NOTIFY_ARGS + 32)))?;
+    a.mov(r9, qword_ptr(r15 + at(NOTIFY_ARGS + 40)))?;
+    a.cmp(ecx, CMD_SYSCALL)?;
+    a.je(syscall_entry)?;
+    // A function takes its fourth argument in %rcx, a system call in %r10.
+    a.mov(rcx, r10)?;
+    a.jmp(call_entry)?;
+    a.set_label(&mut leave)?;
     a.mov(eax, SYS_RT_SIGRETURN as u32)?;
     a.syscall()?;
     a.ud2()?;
@@ -160,7 +208,6 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
     Ok(NotifyStub {
         syscall: at(&syscall_entry)?,
         call: at(&call_entry)?,
-        gate_end: at(&gate_end)?,
         bytes: r.inner.code_buffer,
     })
 }
@@ -513,6 +560,9 @@ pub struct Injector {
     /// rlivepatch's own mapping of the notify block's page, when it could map it: calls
     /// then run notified (no stop per system call they make).
     pub notify: Option<std::sync::Arc<crate::os::shared::SharedPage>>,
+    /// The thread finished a notified call and waits at the gate for the next one: it
+    /// runs (in our code, every signal blocked) until [`Injector::settle`] takes it back.
+    parked: bool,
 }
 
 enum Outcome {
@@ -546,6 +596,7 @@ impl Injector {
             safe: false,
             lent_arena: None,
             notify: None,
+            parked: false,
         })
     }
 
@@ -560,6 +611,7 @@ impl Injector {
         if self.leaked {
             return Ok(());
         }
+        self.settle(tr)?;
         if let Some(slot) = self.lent_arena.take() {
             proc.write(slot, &0u64.to_le_bytes())?;
             if let Some(s) = self.scratch {
@@ -637,6 +689,7 @@ impl Injector {
         catch: Catch,
         what: &str,
     ) -> Result<Outcome> {
+        self.settle(tr)?;
         self.start_run(tr, regs, true, catch)?;
         crate::os::fault::trace(what);
         let deadline = Instant::now() + self.call_timeout;
@@ -998,6 +1051,7 @@ impl Injector {
         if self.leaked {
             return Ok(());
         }
+        self.settle(tr)?;
         if let Some(s) = self.scratch.take() {
             // The kernel usually puts the two next to each other: then one call (each
             // costs two stops) unmaps both, and nothing else lies between them.
@@ -1058,7 +1112,9 @@ impl Injector {
         if self.notify.is_some() {
             r.rip = s.code + NOTIFY_STUB + notify_stub().syscall;
             r.r15 = s.rw + NOTIFY;
-            return self.run_notified(tr, &r, &what).map(|v| v as i64);
+            return self
+                .run_notified(tr, &r, CMD_SYSCALL, &what)
+                .map(|v| v as i64);
         }
         let out = self.run(
             tr,
@@ -1085,28 +1141,37 @@ impl Injector {
         if self.notify.is_some() {
             r.rip = s.code + NOTIFY_STUB + notify_stub().call;
             r.r15 = s.rw + NOTIFY;
-            return self.run_notified(tr, &r, what);
+            return self.run_notified(tr, &r, CMD_CALL, what);
         }
         let out = self.run(tr, Some(&r), Catch::At(vec![s.code + STUB_CALL_DONE]), what)?;
         self.finish(tr, out, what)
     }
 
-    /// Run a notified call from `regs` (at the notify stub, `%r15` at the block): the
-    /// thread runs without syscall stops; the stub's futex wake says it is done; then
-    /// the thread is stopped at the gate and given its context back, as at the
-    /// `rt_sigreturn` stop of [`Injector::run`]. Returns the call's result.
-    fn run_notified(&mut self, tr: &mut Tracer, regs: &Regs, what: &str) -> Result<u64> {
+    /// Run a notified call from `regs` (at the notify stub, `%r15` at the block, `kind`
+    /// [`CMD_SYSCALL`] or [`CMD_CALL`]): the thread runs without syscall stops; the
+    /// stub's futex wake says it is done; then it waits at the gate, where the next
+    /// call is handed to it, or [`Injector::settle`] takes it back. Returns the call's
+    /// result.
+    fn run_notified(&mut self, tr: &mut Tracer, regs: &Regs, kind: u32, what: &str) -> Result<u64> {
         let page = self.notify.clone().expect("a notify page");
-        let s = self.scratch.expect("scratch memory");
         // The page is the read-write area's first: the block at its own offsets.
         page.store_u32(NOTIFY as usize, 0);
         page.store_u64(NOTIFY_RESULT as usize, 0);
-        page.store_u64(NOTIFY_TIMEOUT as usize, GATE_TIMEOUT.as_secs());
-        page.store_u64(
-            NOTIFY_TIMEOUT as usize + 8,
-            GATE_TIMEOUT.subsec_nanos() as u64,
-        );
-        self.start_run(tr, Some(regs), false, Catch::Nothing)?;
+        let posted = self.parked && post(&page, regs, kind);
+        if posted {
+            crate::os::fault::point("inject:posted");
+        } else {
+            // Not waiting at the gate (first call, or it left): started from its stop.
+            self.settle(tr)?;
+            page.store_u32(NOTIFY_CMD as usize, 0);
+            page.store_u64(NOTIFY_TIMEOUT as usize, GATE_TIMEOUT.as_secs());
+            page.store_u64(
+                NOTIFY_TIMEOUT as usize + 8,
+                GATE_TIMEOUT.subsec_nanos() as u64,
+            );
+            self.start_run(tr, Some(regs), false, Catch::Nothing)?;
+        }
+        self.parked = false;
         crate::os::fault::trace(what);
         let deadline = Instant::now() + self.call_timeout;
         // The futex wakes us when the call is done, but not for the thread's ptrace
@@ -1133,8 +1198,30 @@ impl Injector {
             };
         }
         let result = page.load_u64(NOTIFY_RESULT as usize);
+        self.parked = true;
         crate::os::fault::point("inject:notified");
-        // Take it back at the gate (no longer in the call: an interrupt stop is kept).
+        Ok(result)
+    }
+
+    /// Take back a thread that waits at the gate after a notified call: stopped there
+    /// and given its context back, as at the `rt_sigreturn` stop of [`Injector::run`];
+    /// found back in its own code (the gate timed out), borrowed again where it stops.
+    /// Everything that stops, reads or lets go of the borrowed thread, or stops every
+    /// thread, comes after this (the injector's own steps call it; the session's switch
+    /// and its giving the thread back do too).
+    pub fn settle(&mut self, tr: &mut Tracer) -> Result<()> {
+        if !self.parked {
+            return Ok(());
+        }
+        self.parked = false;
+        let Some(s) = self.scratch else {
+            bail!(
+                Failed,
+                "thread {} waits at a gate with no scratch memory",
+                self.tid
+            );
+        };
+        // No longer in a call: an interrupt stop is kept.
         if let Some(th) = tr.threads.get_mut(&self.tid) {
             th.in_call = false;
         }
@@ -1142,11 +1229,11 @@ impl Injector {
         let r = tr.regs(self.tid)?;
         let stub = s.code + NOTIFY_STUB;
         let Some(th) = tr.threads.get_mut(&self.tid) else {
-            bail!(Target, "thread {} exited during {what}", self.tid);
+            bail!(Target, "thread {} exited at the gate", self.tid);
         };
-        if (stub..=stub + notify_stub().gate_end).contains(&r.rip) {
-            // At the gate (or on its way there). Signals are blocked and the call is
-            // done, so the only stops are ours, or job control's: the thread took its
+        if (stub..stub + notify_stub().bytes.len() as u64).contains(&r.rip) {
+            // At the gate (or on its way in or out). Signals are blocked and no call
+            // runs, so the only stops are ours, or job control's: the thread took its
             // part in such a stop during the call (resumed to finish it, as a thread in
             // a call is), so a group stop reported here is our interrupt's. It is ours as
             // the old end of a call at its `rt_sigreturn` stop was: resumed by a plain
@@ -1155,15 +1242,14 @@ impl Injector {
                 th.stop = Some(Stop::Interrupt);
             }
             self.end_run(tr);
-            self.restore(tr)?;
+            self.restore(tr)
         } else {
             // Past the gate: it returned by itself (its frame's rt_sigreturn) and ran
             // its own code; it is borrowed again where it stops next with nothing to
             // deliver (a stop of its own, a fault or a signal, is its own).
             self.end_run(tr);
-            self.reborrow(tr)?;
+            self.reborrow(tr)
         }
-        Ok(result)
     }
 
     /// While a notified call runs: a fault of the call (as a crash), a stop signal for
@@ -1350,6 +1436,26 @@ impl Injector {
         }
         Ok(fd)
     }
+}
+
+/// Hand the call `regs` describes (`kind`: [`CMD_SYSCALL`] or [`CMD_CALL`]) to a thread
+/// waiting at the gate: the function or number and arguments first, then the command
+/// word, claimed with a compare-and-exchange and woken. False when the thread left the
+/// gate (the word says [`CMD_LEAVE`]): then it is taken back where it is.
+fn post(page: &crate::os::shared::SharedPage, regs: &Regs, kind: u32) -> bool {
+    let fourth = if kind == CMD_CALL { regs.rcx } else { regs.r10 };
+    page.store_u64(NOTIFY_FN as usize, regs.rax);
+    for (i, v) in [regs.rdi, regs.rsi, regs.rdx, fourth, regs.r8, regs.r9]
+        .into_iter()
+        .enumerate()
+    {
+        page.store_u64(NOTIFY_ARGS as usize + 8 * i, v);
+    }
+    if page.compare_exchange_u32(NOTIFY_CMD as usize, 0, kind) != 0 {
+        return false;
+    }
+    page.wake(NOTIFY_CMD as usize);
+    true
 }
 
 /// The result of a system call made in process `pid` (`what` it did), or the error that

@@ -143,6 +143,9 @@ impl Session<'_> {
         let Some(k) = self.record.keeper.clone() else {
             return Ok(());
         };
+        // The keeper is recognised by where it sleeps: not while it waits at the gate of
+        // the calls it was borrowed for.
+        self.settle()?;
         if let Some(tid) = self.keeper_tid() {
             let pid = self.proc.pid;
             let sem_post = self.libc.as_ref().and_then(|l| l.sem_post).ok_or_else(|| {

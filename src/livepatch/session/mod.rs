@@ -293,6 +293,15 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Take the borrowed thread back from the gate where it waits for the next injected
+    /// call ([`Injector::settle`]): before anything stops every thread or looks at it.
+    pub fn settle(&mut self) -> Result<()> {
+        match self.inj.as_mut() {
+            Some(inj) => inj.settle(&mut self.tr),
+            None => Ok(()),
+        }
+    }
+
     /// Give the borrowed thread back (rlivepatch's memory stays mapped).
     pub fn unborrow(&mut self) -> Result<()> {
         if let Some(mut inj) = self.inj.take() {
@@ -473,6 +482,7 @@ impl<'a> Session<'a> {
 
     /// Run the switch of `plan` with the consistency model.
     pub fn switch(&mut self, plan: &Plan) -> Result<transition::Report> {
+        self.settle()?;
         // Return trampolines live in rlivepatch's memory in the target.
         if self.scratch.is_none() && !self.opts.force && !plan.writes.is_empty() {
             self.borrow_for_syscalls()?;
