@@ -177,7 +177,7 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
     a.test(ecx, ecx)?;
     a.jnz(take)?;
     // No command: wait again unless the wait timed out (woken for nothing, interrupted).
-    a.cmp(rax, -(libc::ETIMEDOUT as i32))?;
+    a.cmp(rax, -libc::ETIMEDOUT)?;
     a.jne(gate)?;
     a.xor(eax, eax)?;
     a.mov(ecx, CMD_LEAVE)?;
