@@ -331,10 +331,10 @@ pub fn find_debug_file(
     Err(tried)
 }
 
-/// A mapped file: its device (`major:minor`) and inode, as the maps show them.
-type Inode = ((u32, u32), u64);
-/// The identities of the files mapped in the processes of this run.
-static IDENTITIES: LazyLock<Mutex<std::collections::HashMap<Inode, Option<Arc<Identity>>>>> =
+/// The identities of the files mapped in the processes of this run, by the same key as
+/// [`FILES`] (a long-running daemon must not take a new file that reused an inode number
+/// for the old one).
+static IDENTITIES: LazyLock<Mutex<std::collections::HashMap<FileKey, Option<Arc<Identity>>>>> =
     LazyLock::new(Default::default);
 
 /// The [`Identity`] (build-id, soname, needed) of the file process `pid` maps at `m` (its
@@ -343,7 +343,27 @@ static IDENTITIES: LazyLock<Mutex<std::collections::HashMap<Inode, Option<Arc<Id
 /// namespace). A fleet run asks this of every file of every process, and each apply of
 /// every object the process loaded (what it may unload).
 pub fn identity(pid: i32, m: &Mapping) -> Option<Arc<Identity>> {
-    let key = (m.dev, m.inode);
+    let by_inode = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let rooted = format!("/proc/{pid}/root{}", m.path);
+    identity_cached(&by_inode).or_else(|| identity_cached(&rooted))
+}
+
+/// The [`Identity`] of process `pid`'s executable, read once per file for the run like
+/// [`identity`]: a fleet run's processes mostly run a few programs, and each is checked
+/// (and named in the audit trail) before anything else.
+pub fn exe_identity(pid: i32) -> Option<Arc<Identity>> {
+    identity_cached(&format!("/proc/{pid}/exe"))
+}
+
+/// The identity of the file at `path`, from the cache when the file was read already.
+fn identity_cached(path: &str) -> Option<Arc<Identity>> {
+    let meta = std::fs::metadata(path).ok()?;
+    let key = (
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime_nsec() as u64 ^ meta.mtime() as u64,
+    );
     if let Some(i) = IDENTITIES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -351,11 +371,7 @@ pub fn identity(pid: i32, m: &Mapping) -> Option<Arc<Identity>> {
     {
         return i.clone();
     }
-    let by_inode = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-    let rooted = format!("/proc/{pid}/root{}", m.path);
-    let i = crate::elf::buildid::identity(Path::new(&by_inode))
-        .or_else(|| crate::elf::buildid::identity(Path::new(&rooted)))
-        .map(Arc::new);
+    let i = crate::elf::buildid::identity(Path::new(path)).map(Arc::new);
     IDENTITIES
         .lock()
         .unwrap_or_else(|e| e.into_inner())

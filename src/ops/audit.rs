@@ -5,14 +5,14 @@
 //! journal picks it up there); a log that cannot be reached changes no outcome. Test
 //! builds send to `RLIVEPATCH_LOG_SOCKET` instead, when set.
 
-use sha2::Digest;
+use std::sync::OnceLock;
 
 /// A patch as the audit line shows it.
 pub struct Audited<'a> {
     /// Its name.
     pub name: &'a str,
-    /// What is loaded (hashed).
-    pub bytes: &'a [u8],
+    /// SHA-256 of what is loaded, in hex.
+    pub sha256: &'a str,
     /// Its signer, when signed.
     pub signer: Option<&'a str>,
 }
@@ -29,33 +29,36 @@ pub fn record(op: &str, pid: i32, patch: Option<Audited>, outcome: &str) {
     };
     // <PRI>: facility auth (4) priority notice (5); the tag is the program's.
     let msg = format!("<37>rlivepatch[{}]: {line}", std::process::id());
-    if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
+    // One socket for the run: a fleet run logs a line per process.
+    static SOCKET: OnceLock<Option<std::os::unix::net::UnixDatagram>> = OnceLock::new();
+    if let Some(s) = SOCKET.get_or_init(|| std::os::unix::net::UnixDatagram::unbound().ok()) {
         let _ = s.send_to(msg.as_bytes(), socket);
     }
 }
 
 fn line(op: &str, pid: i32, patch: Option<Audited>, outcome: &str) -> String {
     let uid = nix::unistd::getuid().as_raw();
-    let loginuid = std::fs::read_to_string("/proc/self/loginuid")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unset".into());
+    static LOGINUID: OnceLock<String> = OnceLock::new();
+    let loginuid = LOGINUID.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/loginuid")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unset".into())
+    });
     let start = crate::os::process::start_time(&format!("/proc/{pid}/stat")).unwrap_or(0);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let build_id = crate::elf::buildid::of_file(std::path::Path::new(&format!("/proc/{pid}/exe")))
+    let build_id = crate::elf::objects::exe_identity(pid)
+        .and_then(|i| i.build_id.clone())
         .unwrap_or_default();
     let mut s = format!(
         "{op} uid={uid} loginuid={loginuid} pid={pid} start={start} exe={exe:?} build_id={build_id}"
     );
     if let Some(p) = patch {
-        let sha: String = sha2::Sha256::digest(p.bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         s.push_str(&format!(
-            " patch={} sha256={sha} signer={:?}",
+            " patch={} sha256={} signer={:?}",
             p.name,
+            p.sha256,
             p.signer.unwrap_or("none")
         ));
     }

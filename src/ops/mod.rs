@@ -114,7 +114,7 @@ pub fn apply_patch(
         pid,
         Some(audit::Audited {
             name: &patch.name,
-            bytes: patch.file.data(),
+            sha256: patch.sha256(),
             signer: patch.signer.as_deref(),
         }),
         &outcome(&r),

@@ -211,9 +211,23 @@ pub struct Patch {
     /// The signature trailer read with it (empty when unsigned): what follows the
     /// loaded bytes in the file, so that a copy (`persist`) can be verified again.
     pub signature: Vec<u8>,
+    /// SHA-256 of the file, in hex, once asked (the audit line of every process a fleet
+    /// run patches names it).
+    sha256: std::sync::OnceLock<String>,
 }
 
 impl Patch {
+    /// SHA-256 of what is loaded, in hex.
+    pub fn sha256(&self) -> &str {
+        use sha2::Digest;
+        self.sha256.get_or_init(|| {
+            sha2::Sha256::digest(self.file.data())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+    }
+
     /// Read and check a patch file (refusing one others may change: see [`trust`]),
     /// under the host's policy (see [`sign::Policy`]).
     pub fn load(path: &Path) -> Result<Patch> {
@@ -353,6 +367,7 @@ impl Patch {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "patch".into());
         let mut patch = Patch {
+            sha256: std::sync::OnceLock::new(),
             path: abs,
             name: default_name,
             file,

@@ -7,7 +7,6 @@ use crate::error::Result;
 use crate::os::process::Process;
 use crate::patch::Patch;
 use crate::{bail, err};
-use std::path::Path;
 
 /// Check the target before touching it.
 pub fn preflight(proc: &Process) -> Result<()> {
@@ -56,15 +55,14 @@ pub fn preflight(proc: &Process) -> Result<()> {
         }
     })?;
     // The headers say all this; the symbols are parsed later only if the patch needs them.
-    let exe_file = crate::elf::buildid::identity(Path::new(&format!("/proc/{}/exe", proc.pid)))
-        .ok_or_else(|| {
-            err!(
-                Target,
-                "cannot read the executable of process {} ({}) as an ELF file",
-                proc.pid,
-                exe.display()
-            )
-        })?;
+    let exe_file = crate::elf::objects::exe_identity(proc.pid).ok_or_else(|| {
+        err!(
+            Target,
+            "cannot read the executable of process {} ({}) as an ELF file",
+            proc.pid,
+            exe.display()
+        )
+    })?;
     if !exe_file.is_64 {
         bail!(
             Target,
