@@ -310,18 +310,7 @@ fn a_thread_that_went_past_the_gate_is_taken_back_where_it_is() {
     // The thread waits at the gate (futex), then goes back to its own code by itself.
     passes_through(t.pid, &libc::SYS_futex.to_string());
     run.finish();
-    t.assert_settled(
-        2,
-        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
-        "patched",
-    );
-    rlp_ok(&["disable", &pid, "counter-fix"]);
-    t.assert_settled(
-        2,
-        |l| l.contains(" = ") && value(l).1 == value(l).0 + 1,
-        "original",
-    );
-    assert_eq!((t.stable_maps(), t.fd_count()), base);
+    fixed_then_original(&mut t, &pid, base);
 }
 
 /// Consecutive injected calls are handed to the thread waiting at the gate (its command
@@ -352,18 +341,7 @@ fn consecutive_calls_are_handed_to_the_thread_at_the_gate() {
         posted > started,
         "{posted} posted, {started} started:\n{err}"
     );
-    t.assert_settled(
-        2,
-        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
-        "patched",
-    );
-    rlp_ok(&["disable", &pid, "counter-fix"]);
-    t.assert_settled(
-        2,
-        |l| l.contains(" = ") && value(l).1 == value(l).0 + 1,
-        "original",
-    );
-    assert_eq!((t.stable_maps(), t.fd_count()), base);
+    fixed_then_original(&mut t, &pid, base);
 }
 
 /// Killed while the thread waits at the gate: after the gate's timeout the thread
@@ -387,5 +365,22 @@ fn killed_while_a_thread_waits_at_the_gate() {
     assert_eq!((t.stable_maps(), t.fd_count()), base);
     rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
     rlp_ok(&["disable", &pid, "counter-fix"]);
+    assert_eq!((t.stable_maps(), t.fd_count()), base);
+}
+
+/// The PIE counter runs the fix; disabled, it runs the original, and its maps and fd
+/// count are `base` again.
+fn fixed_then_original(t: &mut Target, pid: &str, base: (Vec<String>, usize)) {
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
+        "patched",
+    );
+    rlp_ok(&["disable", pid, "counter-fix"]);
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 + 1,
+        "original",
+    );
     assert_eq!((t.stable_maps(), t.fd_count()), base);
 }
