@@ -295,7 +295,8 @@ fn passes_through(pid: i32, nr: &str) {
 }
 
 /// An injected call reports that it is done through a futex, then waits at a gate
-/// (a futex wait with a timeout) for rlivepatch's next call or to be taken back. A rlivepatch too
+/// (here a `ppoll` with a timeout: the thread was borrowed out of a `nanosleep`, whose
+/// restart block a timed futex wait would overwrite) for rlivepatch to take it back. A rlivepatch too
 /// slow for the gate (here: stopped right after the report) finds the thread back in
 /// its own code: it takes it back where it is, and the apply goes on.
 #[test]
@@ -307,41 +308,120 @@ fn a_thread_that_went_past_the_gate_is_taken_back_where_it_is() {
         &["apply", &pid, fix.to_str().unwrap()],
         &[],
     );
-    // The thread waits at the gate (futex), then goes back to its own code by itself.
-    passes_through(t.pid, &libc::SYS_futex.to_string());
+    // The thread waits at the gate (ppoll), then goes back to its own code by itself.
+    passes_through(t.pid, &libc::SYS_ppoll.to_string());
     run.finish();
     fixed_then_original(&mut t, &pid, base);
 }
 
 /// Consecutive injected calls are handed to the thread waiting at the gate (its command
-/// word and a futex wake-up) instead of stopping it and starting it again for each: the
-/// trace names each call posted there, and the thread ends up exactly as it was.
+/// word and a futex wake-up) instead of stopping it and starting it again for each. The
+/// second patch's apply borrows the keeper (asleep in `sem_wait`, whose futex wait the
+/// kernel restarts without a restart block), so it may wait there; the trace names each
+/// call posted. (The counter's own thread, borrowed for the first apply when it is in
+/// its `nanosleep`, is taken back after each call: its sleep must resume as it was.)
 #[test]
 fn consecutive_calls_are_handed_to_the_thread_at_the_gate() {
     let (mut t, pid, fix) = counter_pie("2");
     let base = (t.stable_maps(), t.fd_count());
-    let out = rlp_env(
-        &["apply", &pid, fix.to_str().unwrap()],
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    let second = rlp_env(
+        &["apply", &pid, s(&patch("counter-fix2"))],
         &[("RLIVEPATCH_TRACE", "1")],
     );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    let posted = err
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{err}");
+    assert!(posted(&err) >= 2, "calls posted at the gate:\n{err}");
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 1000,
+        "patched twice",
+    );
+    rlp_ok(&["disable", &pid, "counter-fix2"]);
+    fixed_then_original(&mut t, &pid, base);
+}
+
+/// The keeper, borrowed and waiting at the futex gate, gives up when rlivepatch is too
+/// slow (stopped here right after a call): it marks the command word on its way out, so
+/// the next call is not posted to it but finds it back in its `sem_wait` and borrows it
+/// there; the apply goes on.
+#[test]
+fn a_thread_that_left_the_futex_gate_is_not_posted_to() {
+    let (mut t, pid, fix) = counter_pie("2");
+    let base = (t.stable_maps(), t.fd_count());
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    let keeper = |t: &Target| -> i32 {
+        std::fs::read_dir(format!("/proc/{}/task", t.pid))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .find(|&tid| tid != t.pid)
+            .expect("the keeper thread")
+    };
+    let tid = keeper(&t);
+    let run = StoppedRun::at(
+        "inject:notified",
+        &["apply", &pid, s(&patch("counter-fix2"))],
+        &[("RLIVEPATCH_TRACE", std::path::Path::new("1"))],
+    );
+    // Where the keeper's system call was made: in rlivepatch's memory (the gate), then
+    // back in the C library (its sem_wait) once the gate timed out.
+    let in_scratch = || {
+        let maps = t.maps();
+        let pc = std::fs::read_to_string(format!("/proc/{}/task/{tid}/syscall", t.pid))
+            .unwrap_or_default()
+            .split_whitespace()
+            .last()
+            .and_then(|pc| u64::from_str_radix(pc.trim_start_matches("0x"), 16).ok())
+            .unwrap_or(0);
+        maps.lines()
+            .filter(|l| l.contains("rlivepatch-scratch"))
+            .any(|l| {
+                let (a, b) = l
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .split_once('-')
+                    .unwrap();
+                let (a, b) = (
+                    u64::from_str_radix(a, 16).unwrap(),
+                    u64::from_str_radix(b, 16).unwrap(),
+                );
+                (a..b).contains(&pc)
+            })
+    };
+    let limit = Instant::now() + Duration::from_secs(20);
+    while !in_scratch() {
+        assert!(
+            Instant::now() < limit,
+            "the keeper never waited at the gate"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    while in_scratch() {
+        assert!(Instant::now() < limit, "the keeper never left the gate");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let err = run.finish();
+    // The next call found the word marked and took the keeper back where it was.
+    assert!(
+        err.contains("borrowed thread went past the gate: borrowed again"),
+        "{err}"
+    );
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 1000,
+        "patched twice",
+    );
+    rlp_ok(&["disable", &pid, "counter-fix2"]);
+    fixed_then_original(&mut t, &pid, base);
+}
+
+/// Calls posted at the gate in a run's trace.
+fn posted(trace: &str) -> usize {
+    trace
         .lines()
         .filter(|l| l.ends_with(" inject:posted"))
-        .count();
-    let started = err
-        .lines()
-        .filter(|l| l.ends_with(" inject:in_call"))
-        .count();
-    // The first notified call starts from a stop; the record's, the runtime's and the
-    // patch's memory files, mappings and loads follow at the gate.
-    assert!(posted >= 5, "{posted} calls posted at the gate:\n{err}");
-    assert!(
-        posted > started,
-        "{posted} posted, {started} started:\n{err}"
-    );
-    fixed_then_original(&mut t, &pid, base);
+        .count()
 }
 
 /// Killed while the thread waits at the gate: after the gate's timeout the thread

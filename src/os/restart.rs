@@ -83,6 +83,14 @@ pub fn rewind_eintr(r: &mut Regs) -> bool {
     false
 }
 
+/// Does a thread given back `ctx` (as [`restart_adjusted`] makes it) continue its system
+/// call through the kernel's restart block (`restart_syscall`: an interrupted
+/// `nanosleep`, `clock_nanosleep`, `poll`, or timed futex wait)? Then nothing may make a
+/// system call on it that writes that block before it gets its context back.
+pub fn continues_through_restart_block(ctx: &Regs) -> bool {
+    ctx.rax == SYS_RESTART_SYSCALL
+}
+
 /// The registers a thread stopped at an interrupt stop resumes with, as the kernel would
 /// compute them with no signal handler to run: an interrupted system call is restarted.
 /// With `rewind` (the stop was rlivepatch's own), a call that failed with `EINTR` only

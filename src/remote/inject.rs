@@ -68,6 +68,9 @@ const NOTIFY_TIMEOUT: u64 = NOTIFY + 16;
 /// command word (a futex: [`CMD_SYSCALL`], [`CMD_CALL`], or [`CMD_LEAVE`] once the thread
 /// gave up waiting), the function or system call number, and six arguments.
 const NOTIFY_CMD: u64 = NOTIFY + 32;
+/// How the thread waits after a call: 1 at the command word (it may take the next call),
+/// 0 in a `ppoll` (it is taken back after each call; see [`Injector::parkable`]).
+const NOTIFY_MODE: u64 = NOTIFY + 36;
 const NOTIFY_FN: u64 = NOTIFY + 40;
 const NOTIFY_ARGS: u64 = NOTIFY + 48;
 /// Where strings and results start.
@@ -151,6 +154,7 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
     let mut gate = a.create_label();
     let mut take = a.create_label();
     let mut leave = a.create_label();
+    let mut poll_gate = a.create_label();
     a.set_label(&mut syscall_entry)?;
     a.syscall()?;
     a.jmp(report)?;
@@ -164,6 +168,8 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
     a.mov(edx, 1u32)?;
     a.mov(eax, libc::SYS_futex as u32)?;
     a.syscall()?;
+    a.cmp(dword_ptr(r15 + at(NOTIFY_MODE)), 0)?;
+    a.je(poll_gate)?;
     // The gate: wait for a command while the word is 0.
     a.set_label(&mut gate)?;
     a.lea(rdi, ptr(r15 + at(NOTIFY_CMD)))?;
@@ -199,6 +205,17 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
     // A function takes its fourth argument in %rcx, a system call in %r10.
     a.mov(rcx, r10)?;
     a.jmp(call_entry)?;
+    // The gate of a thread whose restart block must stay as it is: a `ppoll` with nothing
+    // to poll (it writes no restart block when interrupted), where rlivepatch takes it
+    // back; after its timeout, the frame.
+    a.set_label(&mut poll_gate)?;
+    a.xor(edi, edi)?;
+    a.xor(esi, esi)?;
+    a.lea(rdx, ptr(r15 + at(NOTIFY_TIMEOUT)))?;
+    a.xor(r10d, r10d)?;
+    a.xor(r8d, r8d)?;
+    a.mov(eax, libc::SYS_ppoll as u32)?;
+    a.syscall()?;
     a.set_label(&mut leave)?;
     a.mov(eax, SYS_RT_SIGRETURN as u32)?;
     a.syscall()?;
@@ -563,6 +580,11 @@ pub struct Injector {
     /// The thread finished a notified call and waits at the gate for the next one: it
     /// runs (in our code, every signal blocked) until [`Injector::settle`] takes it back.
     parked: bool,
+    /// The thread may wait for the next call at the command word: not when it goes on
+    /// through its restart block (borrowed out of a `nanosleep`, say), which a timed
+    /// futex wait interrupted there would overwrite (its sleep would then end early);
+    /// such a thread waits in a `ppoll` and is taken back after each call, as before.
+    parkable: bool,
 }
 
 enum Outcome {
@@ -581,9 +603,11 @@ impl Injector {
         let regs = tr.regs(tid)?;
         let xstate = tr.xstate(tid)?;
         let mask = tr.sigmask(tid)?;
+        let ctx = crate::os::restart::restart_adjusted(&regs, rewind);
         Ok(Injector {
             tid,
-            ctx: crate::os::restart::restart_adjusted(&regs, rewind),
+            parkable: !crate::os::restart::continues_through_restart_block(&ctx),
+            ctx,
             xstate,
             mask,
             libc,
@@ -1164,6 +1188,7 @@ impl Injector {
             // Not waiting at the gate (first call, or it left): started from its stop.
             self.settle(tr)?;
             page.store_u32(NOTIFY_CMD as usize, 0);
+            page.store_u32(NOTIFY_MODE as usize, self.parkable as u32);
             page.store_u64(NOTIFY_TIMEOUT as usize, GATE_TIMEOUT.as_secs());
             page.store_u64(
                 NOTIFY_TIMEOUT as usize + 8,
@@ -1200,6 +1225,10 @@ impl Injector {
         let result = page.load_u64(NOTIFY_RESULT as usize);
         self.parked = true;
         crate::os::fault::point("inject:notified");
+        if !self.parkable {
+            // In the `ppoll` gate: taken back now.
+            self.settle(tr)?;
+        }
         Ok(result)
     }
 
@@ -1322,6 +1351,7 @@ impl Injector {
         let rewind =
             crate::os::restart::Signals::of(tr.pid, self.tid).is_some_and(|s| !s.interrupting());
         self.ctx = crate::os::restart::restart_adjusted(&regs, rewind);
+        self.parkable = !crate::os::restart::continues_through_restart_block(&self.ctx);
         self.xstate = tr.xstate(self.tid)?;
         self.mask = tr.sigmask(self.tid)?;
         // The frame beneath the next calls holds this context now.
