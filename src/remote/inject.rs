@@ -30,8 +30,11 @@
 //! its own code by itself when the gate times out (the next run waits for that before it
 //! repairs); too slow, it finds the thread back in its own code (the thread marked the
 //! word as left, so no call is posted to a thread that is not there) and borrows it
-//! again where it is. The futex wait touches no restart block, so a thread borrowed out
-//! of an interrupted `nanosleep` still resumes it.
+//! again where it is. A timed futex wait that is interrupted writes the thread's restart
+//! block, so a thread borrowed out of a system call the kernel continues through that
+//! block (`nanosleep`, `clock_nanosleep`, `poll`) never waits there: it waits in a `ppoll`
+//! (which writes none) and is taken back after each call, and its sleep resumes exactly
+//! as it was.
 //! Without the shared page (a kernel before 5.6), calls are caught at `rt_sigreturn`.
 
 use crate::elf::objects::Objects;
