@@ -185,23 +185,7 @@ fn a_fix_becomes_a_patch_the_running_program_runs() {
 
 /// The lowest and highest address of the maps lines of `t` that contain `what`.
 fn extent(t: &Target, what: &str) -> (u64, u64) {
-    let ranges: Vec<(u64, u64)> = t
-        .maps()
-        .lines()
-        .filter(|l| l.contains(what))
-        .map(|l| {
-            let (a, b) = l
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .split_once('-')
-                .unwrap();
-            (
-                u64::from_str_radix(a, 16).unwrap(),
-                u64::from_str_radix(b, 16).unwrap(),
-            )
-        })
-        .collect();
+    let ranges = t.ranges_of(what);
     assert!(!ranges.is_empty(), "no {what} in the maps");
     (
         ranges.iter().map(|r| r.0).min().unwrap(),

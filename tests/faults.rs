@@ -366,28 +366,15 @@ fn a_thread_that_left_the_futex_gate_is_not_posted_to() {
     // Where the keeper's system call was made: in rlivepatch's memory (the gate), then
     // back in the C library (its sem_wait) once the gate timed out.
     let in_scratch = || {
-        let maps = t.maps();
         let pc = std::fs::read_to_string(format!("/proc/{}/task/{tid}/syscall", t.pid))
             .unwrap_or_default()
             .split_whitespace()
             .last()
             .and_then(|pc| u64::from_str_radix(pc.trim_start_matches("0x"), 16).ok())
             .unwrap_or(0);
-        maps.lines()
-            .filter(|l| l.contains("rlivepatch-scratch"))
-            .any(|l| {
-                let (a, b) = l
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .split_once('-')
-                    .unwrap();
-                let (a, b) = (
-                    u64::from_str_radix(a, 16).unwrap(),
-                    u64::from_str_radix(b, 16).unwrap(),
-                );
-                (a..b).contains(&pc)
-            })
+        t.ranges_of("rlivepatch-scratch")
+            .iter()
+            .any(|&(a, b)| (a..b).contains(&pc))
     };
     let limit = Instant::now() + Duration::from_secs(20);
     while !in_scratch() {

@@ -256,6 +256,26 @@ impl Target {
         std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).unwrap()
     }
 
+    /// The address ranges of the maps lines that contain `what`.
+    pub fn ranges_of(&self, what: &str) -> Vec<(u64, u64)> {
+        self.maps()
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(|l| {
+                let (a, b) = l
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .split_once('-')
+                    .unwrap();
+                (
+                    u64::from_str_radix(a, 16).unwrap(),
+                    u64::from_str_radix(b, 16).unwrap(),
+                )
+            })
+            .collect()
+    }
+
     /// The lines of the target's memory map that rlivepatch put there: its memfds
     /// (`/memfd:rlivepatch-...`) and loaded patches (`/memfd:rlp:...`), by their exact
     /// names, never by a word that a checkout's path may contain.
