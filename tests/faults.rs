@@ -181,9 +181,7 @@ fn rlp_failing(step: &str, args: &[&str]) -> (Option<i32>, serde_json::Value, St
 /// it, and the maps and fds are back where they were before the apply.
 #[test]
 fn a_failed_unload_after_the_switch_is_a_disable_with_a_leftover() {
-    let (mut t, pid, fix) = counter_pie("2");
-    let base = (t.stable_maps(), t.fd_count());
-    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    let (mut t, pid, base) = counter_with_fix();
     t.assert_settled(
         2,
         |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
@@ -322,9 +320,7 @@ fn a_thread_that_went_past_the_gate_is_taken_back_where_it_is() {
 /// its `nanosleep`, is taken back after each call: its sleep must resume as it was.)
 #[test]
 fn consecutive_calls_are_handed_to_the_thread_at_the_gate() {
-    let (mut t, pid, fix) = counter_pie("2");
-    let base = (t.stable_maps(), t.fd_count());
-    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    let (mut t, pid, base) = counter_with_fix();
     let second = rlp_env(
         &["apply", &pid, s(&patch("counter-fix2"))],
         &[("RLIVEPATCH_TRACE", "1")],
@@ -332,13 +328,7 @@ fn consecutive_calls_are_handed_to_the_thread_at_the_gate() {
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "{err}");
     assert!(posted(&err) >= 2, "calls posted at the gate:\n{err}");
-    t.assert_settled(
-        2,
-        |l| l.contains(" = ") && value(l).1 == value(l).0 * 1000,
-        "patched twice",
-    );
-    rlp_ok(&["disable", &pid, "counter-fix2"]);
-    fixed_then_original(&mut t, &pid, base);
+    twice_then_original(&mut t, &pid, base);
 }
 
 /// The keeper, borrowed and waiting at the futex gate, gives up when rlivepatch is too
@@ -347,9 +337,7 @@ fn consecutive_calls_are_handed_to_the_thread_at_the_gate() {
 /// there; the apply goes on.
 #[test]
 fn a_thread_that_left_the_futex_gate_is_not_posted_to() {
-    let (mut t, pid, fix) = counter_pie("2");
-    let base = (t.stable_maps(), t.fd_count());
-    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    let (mut t, pid, base) = counter_with_fix();
     let keeper = |t: &Target| -> i32 {
         std::fs::read_dir(format!("/proc/{}/task", t.pid))
             .unwrap()
@@ -394,13 +382,7 @@ fn a_thread_that_left_the_futex_gate_is_not_posted_to() {
         err.contains("borrowed thread went past the gate: borrowed again"),
         "{err}"
     );
-    t.assert_settled(
-        2,
-        |l| l.contains(" = ") && value(l).1 == value(l).0 * 1000,
-        "patched twice",
-    );
-    rlp_ok(&["disable", &pid, "counter-fix2"]);
-    fixed_then_original(&mut t, &pid, base);
+    twice_then_original(&mut t, &pid, base);
 }
 
 /// Calls posted at the gate in a run's trace.
@@ -450,4 +432,25 @@ fn fixed_then_original(t: &mut Target, pid: &str, base: (Vec<String>, usize)) {
         "original",
     );
     assert_eq!((t.stable_maps(), t.fd_count()), base);
+}
+
+/// The PIE counter with counter-fix applied, its pid, and its maps and fd count from
+/// before the apply.
+fn counter_with_fix() -> (Target, String, (Vec<String>, usize)) {
+    let (t, pid, fix) = counter_pie("2");
+    let base = (t.stable_maps(), t.fd_count());
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    (t, pid, base)
+}
+
+/// The PIE counter runs counter-fix2 on top of counter-fix; with each disabled in turn,
+/// the fix and then the original (see [`fixed_then_original`]).
+fn twice_then_original(t: &mut Target, pid: &str, base: (Vec<String>, usize)) {
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 1000,
+        "patched twice",
+    );
+    rlp_ok(&["disable", pid, "counter-fix2"]);
+    fixed_then_original(t, pid, base);
 }
