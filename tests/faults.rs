@@ -292,32 +292,56 @@ fn passes_through(pid: i32, nr: &str) {
     }
 }
 
-/// An injected call reports that it is done through a futex, then waits at a gate
-/// (here a `ppoll` with a timeout: the thread was borrowed out of a `nanosleep`, whose
-/// restart block a timed futex wait would overwrite) for rlivepatch to take it back. A rlivepatch too
-/// slow for the gate (here: stopped right after the report) finds the thread back in
-/// its own code: it takes it back where it is, and the apply goes on.
-#[test]
-fn a_thread_that_went_past_the_gate_is_taken_back_where_it_is() {
+/// The system call a borrowed thread waits in between injected calls: `futex_waitv`
+/// where the kernel has it (any thread may wait there), else a `ppoll` for a thread
+/// borrowed out of a `nanosleep`.
+fn gate_syscall() -> i64 {
+    // SAFETY: futex_waitv with no waiters touches no memory (EINVAL when supported).
+    let r = unsafe { libc::syscall(libc::SYS_futex_waitv, 0usize, 0u32, 0u32, 0usize, 0u32) };
+    let supported = r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL);
+    if supported {
+        libc::SYS_futex_waitv
+    } else {
+        libc::SYS_ppoll
+    }
+}
+
+/// An injected call reports that it is done through a futex, then waits at a gate for
+/// the next call or for rlivepatch to take it back. A rlivepatch too slow for the gate
+/// (here: stopped right after the report) finds the thread back in its own code: it
+/// takes it back where it is, and the apply goes on. `gate` is the system call the
+/// thread (borrowed out of its `nanosleep`) waits in; `fault` adds a test switch.
+fn went_past_the_gate(gate: i64, fault: &str) {
     let (mut t, pid, fix) = counter_pie("2");
     let base = (t.stable_maps(), t.fd_count());
     let run = StoppedRun::at(
-        "inject:notified",
+        &format!("inject:notified{fault}"),
         &["apply", &pid, fix.to_str().unwrap()],
         &[],
     );
-    // The thread waits at the gate (ppoll), then goes back to its own code by itself.
-    passes_through(t.pid, &libc::SYS_ppoll.to_string());
+    // The thread waits at the gate, then goes back to its own code by itself.
+    passes_through(t.pid, &gate.to_string());
     run.finish();
     fixed_then_original(&mut t, &pid, base);
 }
 
+/// At the `futex_waitv` gate (Linux 5.16; else the `ppoll` one).
+#[test]
+fn a_thread_that_went_past_the_gate_is_taken_back_where_it_is() {
+    went_past_the_gate(gate_syscall(), "");
+}
+
+/// At the `ppoll` gate a thread borrowed out of a `nanosleep` waits at on a kernel
+/// without `futex_waitv` (its restart block must stay as it is).
+#[test]
+fn a_thread_that_went_past_the_ppoll_gate_is_taken_back_where_it_is() {
+    went_past_the_gate(libc::SYS_ppoll, ",no-waitv");
+}
+
 /// Consecutive injected calls are handed to the thread waiting at the gate (its command
 /// word and a futex wake-up) instead of stopping it and starting it again for each. The
-/// second patch's apply borrows the keeper (asleep in `sem_wait`, whose futex wait the
-/// kernel restarts without a restart block), so it may wait there; the trace names each
-/// call posted. (The counter's own thread, borrowed for the first apply when it is in
-/// its `nanosleep`, is taken back after each call: its sleep must resume as it was.)
+/// second patch's apply borrows the keeper (asleep in `sem_wait`), so it may wait there
+/// on any kernel; the trace names each call posted.
 #[test]
 fn consecutive_calls_are_handed_to_the_thread_at_the_gate() {
     let (mut t, pid, base) = counter_with_fix();

@@ -131,7 +131,8 @@ pub fn fails(name: &str) -> bool {
 
 /// Is the test switch `name` on (`RLIVEPATCH_FAULT` names it)? `no-preserve` turns the
 /// preserving path off, `narrow-vectors` narrows it to the low halves of vector
-/// registers, so that a test can show what they prevent.
+/// registers, so that a test can show what they prevent; `no-waitv` makes borrowed
+/// threads wait between calls as on a kernel without `futex_waitv`.
 pub fn switched_on(name: &str) -> bool {
     config().fault.iter().any(|f| f == name)
 }

@@ -344,6 +344,31 @@ pub fn check(pid: i32, tid: i32, ip: u64) -> Result<()> {
     Ok(())
 }
 
+/// Would thread `tid` of process `pid` be let through for the gate it may wait at
+/// between injected calls (`clock_gettime`, then `futex_waitv`)? Without it, the thread
+/// waits where every filter that allows loading a patch lets it (`crate::remote::inject`).
+pub fn allows_waitv_gate(pid: i32, tid: i32, ip: u64) -> bool {
+    let mode = crate::os::process::read_thread_status(pid, tid).map_or(0, |s| s.seccomp);
+    if mode == 0 {
+        return true;
+    }
+    let Ok(filters) = filters(tid) else {
+        return false;
+    };
+    let c = |nr: i64, args: [u64; 6]| Call {
+        nr: nr as i32,
+        ip,
+        args,
+    };
+    let clock = libc::CLOCK_MONOTONIC as u64;
+    [
+        c(libc::SYS_clock_gettime, [clock, 0x1000, 0, 0, 0, 0]),
+        c(libc::SYS_futex_waitv, [0x1000, 1, 0, 0x1000, clock, 0]),
+    ]
+    .iter()
+    .all(|call| matches!(action(&filters, call), Some(RET_ALLOW) | Some(RET_LOG)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

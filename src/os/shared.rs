@@ -141,3 +141,17 @@ impl Drop for SharedPage {
         unsafe { libc::munmap(self.ptr.cast(), PAGE) };
     }
 }
+
+/// Does this kernel have `futex_waitv` (Linux 5.16)? A timed wait in it that is
+/// interrupted writes no restart block (it returns `ERESTARTSYS` and its timeout is
+/// absolute), which makes it the gate every borrowed thread can wait at
+/// (`crate::remote::inject`).
+pub fn futex_waitv_supported() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        // SAFETY: futex_waitv(2) with no waiters touches no memory: EINVAL when the
+        // kernel has it, ENOSYS when not.
+        let r = unsafe { libc::syscall(libc::SYS_futex_waitv, 0usize, 0u32, 0u32, 0usize, 0u32) };
+        r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+    })
+}

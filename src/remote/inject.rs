@@ -30,11 +30,13 @@
 //! its own code by itself when the gate times out (the next run waits for that before it
 //! repairs); too slow, it finds the thread back in its own code (the thread marked the
 //! word as left, so no call is posted to a thread that is not there) and borrows it
-//! again where it is. A timed futex wait that is interrupted writes the thread's restart
-//! block, so a thread borrowed out of a system call the kernel continues through that
-//! block (`nanosleep`, `clock_nanosleep`, `poll`) never waits there: it waits in a `ppoll`
-//! (which writes none) and is taken back after each call, and its sleep resumes exactly
-//! as it was.
+//! again where it is. The gate is a `futex_waitv` with an absolute deadline (Linux
+//! 5.16): interrupted, it returns `ERESTARTSYS` and writes no restart block, so a thread
+//! borrowed out of a system call the kernel continues through that block (`nanosleep`,
+//! `clock_nanosleep`, `poll`) waits there too and its sleep resumes exactly as it was.
+//! Without it (an older kernel, or a seccomp filter that refuses it), the gate is a
+//! timed `FUTEX_WAIT`, whose interruption does write the block: then such a thread waits
+//! in a `ppoll` (which writes none) and is taken back after each call.
 //! Without the shared page (a kernel before 5.6), calls are caught at `rt_sigreturn`.
 
 use crate::elf::objects::Objects;
@@ -71,13 +73,43 @@ const NOTIFY_TIMEOUT: u64 = NOTIFY + 16;
 /// command word (a futex: [`CMD_SYSCALL`], [`CMD_CALL`], or [`CMD_LEAVE`] once the thread
 /// gave up waiting), the function or system call number, and six arguments.
 const NOTIFY_CMD: u64 = NOTIFY + 32;
-/// How the thread waits after a call: 1 at the command word (it may take the next call),
-/// 0 in a `ppoll` (it is taken back after each call; see [`Injector::parkable`]).
+/// How the thread waits after a call ([`Gate`]).
 const NOTIFY_MODE: u64 = NOTIFY + 36;
 const NOTIFY_FN: u64 = NOTIFY + 40;
 const NOTIFY_ARGS: u64 = NOTIFY + 48;
+/// Then the `struct futex_waitv` of the [`Gate::Waitv`] gate (the command word, 0
+/// expected, a shared 32-bit futex) and its absolute deadline (a `timespec`).
+const NOTIFY_WAITV: u64 = NOTIFY_ARGS + 6 * 8;
+const NOTIFY_DEADLINE: u64 = NOTIFY_WAITV + 24;
 /// Where strings and results start.
-const DATA_START: u64 = NOTIFY_ARGS + 6 * 8;
+const DATA_START: u64 = NOTIFY_DEADLINE + 16;
+// `futex_waitv` reads its waiter and deadline as 8-byte-aligned structures, and the
+// command word is a 4-byte futex; the block ends before the data.
+const _: () = assert!(
+    NOTIFY_WAITV.is_multiple_of(8)
+        && NOTIFY_DEADLINE.is_multiple_of(8)
+        && NOTIFY_CMD.is_multiple_of(4)
+        && NOTIFY_DEADLINE + 16 <= DATA_START
+);
+/// `FUTEX2_SIZE_U32`: a 32-bit futex, shared (no `FUTEX2_PRIVATE`: rlivepatch wakes it
+/// through its own mapping).
+const FUTEX2_SIZE_U32: u32 = 2;
+
+/// Where a thread waits after a notified call (the notify block's mode word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Gate {
+    /// A `ppoll` with nothing to poll, which writes no restart block when interrupted:
+    /// the thread is taken back after each call.
+    Poll = 0,
+    /// A timed `FUTEX_WAIT` on the command word, which may take the next call; an
+    /// interrupted one writes the restart block, so only for a thread that does not go
+    /// on through its own.
+    Futex = 1,
+    /// `futex_waitv` on the command word with an absolute deadline (Linux 5.16): it
+    /// writes no restart block, so any thread may wait there for the next call.
+    Waitv = 2,
+}
 /// Commands at the gate: a system call, a function call, and the thread's own mark that
 /// it left (no command can be taken after it).
 const CMD_SYSCALL: u32 = 1;
@@ -117,7 +149,7 @@ const TRAMPOLINES: u64 = 0x20;
 /// Size of one return trampoline.
 pub const TRAMPOLINE_SIZE: u64 = 48;
 /// The notified-call stub ([`notify_stub`]) at the end of the code page.
-const NOTIFY_STUB: u64 = CODE_SIZE - 0x100;
+const NOTIFY_STUB: u64 = CODE_SIZE - 0x180;
 /// How many return trampolines fit in the code page.
 pub const MAX_TRAMPOLINES: usize = ((NOTIFY_STUB - TRAMPOLINES) / TRAMPOLINE_SIZE) as usize;
 
@@ -158,6 +190,8 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
     let mut take = a.create_label();
     let mut leave = a.create_label();
     let mut poll_gate = a.create_label();
+    let mut waitv_gate = a.create_label();
+    let mut timed_out = a.create_label();
     a.set_label(&mut syscall_entry)?;
     a.syscall()?;
     a.jmp(report)?;
@@ -171,8 +205,10 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
     a.mov(edx, 1u32)?;
     a.mov(eax, libc::SYS_futex as u32)?;
     a.syscall()?;
-    a.cmp(dword_ptr(r15 + at(NOTIFY_MODE)), 0)?;
+    a.cmp(dword_ptr(r15 + at(NOTIFY_MODE)), Gate::Poll as u32)?;
     a.je(poll_gate)?;
+    a.cmp(dword_ptr(r15 + at(NOTIFY_MODE)), Gate::Waitv as u32)?;
+    a.je(waitv_gate)?;
     // The gate: wait for a command while the word is 0.
     a.set_label(&mut gate)?;
     a.lea(rdi, ptr(r15 + at(NOTIFY_CMD)))?;
@@ -188,6 +224,7 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
     // No command: wait again unless the wait timed out (woken for nothing, interrupted).
     a.cmp(rax, -libc::ETIMEDOUT)?;
     a.jne(gate)?;
+    a.set_label(&mut timed_out)?;
     a.xor(eax, eax)?;
     a.mov(ecx, CMD_LEAVE)?;
     a.lock().cmpxchg(dword_ptr(r15 + at(NOTIFY_CMD)), ecx)?;
@@ -208,6 +245,7 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
     // A function takes its fourth argument in %rcx, a system call in %r10.
     a.mov(rcx, r10)?;
     a.jmp(call_entry)?;
+    waitv_gate_code(&mut a, at, &mut waitv_gate, take, timed_out)?;
     // The gate of a thread whose restart block must stay as it is: a `ppoll` with nothing
     // to poll (it writes no restart block when interrupted), where rlivepatch takes it
     // back; after its timeout, the frame.
@@ -231,6 +269,52 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
         bytes: r.inner.code_buffer,
     })
 }
+/// The [`Gate::Waitv`] gate: the deadline (now on the monotonic clock, plus the
+/// block's timeout), then `futex_waitv` on the command word until a command comes (to
+/// `take`) or the deadline passes (to `timed_out`); woken for nothing or interrupted and
+/// restarted, it waits again for the same deadline.
+fn waitv_gate_code(
+    a: &mut iced_x86::code_asm::CodeAssembler,
+    at: impl Fn(u64) -> i32,
+    gate: &mut iced_x86::code_asm::CodeLabel,
+    take: iced_x86::code_asm::CodeLabel,
+    timed_out: iced_x86::code_asm::CodeLabel,
+) -> std::result::Result<(), iced_x86::IcedError> {
+    use iced_x86::code_asm::*;
+    const NS: i32 = 1_000_000_000;
+    let mut carried = a.create_label();
+    let mut wait = a.create_label();
+    a.set_label(gate)?;
+    a.mov(edi, libc::CLOCK_MONOTONIC as u32)?;
+    a.lea(rsi, ptr(r15 + at(NOTIFY_DEADLINE)))?;
+    a.mov(eax, libc::SYS_clock_gettime as u32)?;
+    a.syscall()?;
+    a.mov(rax, qword_ptr(r15 + at(NOTIFY_TIMEOUT)))?;
+    a.add(qword_ptr(r15 + at(NOTIFY_DEADLINE)), rax)?;
+    a.mov(rax, qword_ptr(r15 + at(NOTIFY_TIMEOUT + 8)))?;
+    a.add(rax, qword_ptr(r15 + at(NOTIFY_DEADLINE + 8)))?;
+    a.cmp(rax, NS)?;
+    a.jb(carried)?;
+    a.sub(rax, NS)?;
+    a.add(qword_ptr(r15 + at(NOTIFY_DEADLINE)), 1)?;
+    a.set_label(&mut carried)?;
+    a.mov(qword_ptr(r15 + at(NOTIFY_DEADLINE + 8)), rax)?;
+    a.set_label(&mut wait)?;
+    a.lea(rdi, ptr(r15 + at(NOTIFY_WAITV)))?;
+    a.mov(esi, 1u32)?;
+    a.xor(edx, edx)?;
+    a.lea(r10, ptr(r15 + at(NOTIFY_DEADLINE)))?;
+    a.mov(r8d, libc::CLOCK_MONOTONIC as u32)?;
+    a.mov(eax, libc::SYS_futex_waitv as u32)?;
+    a.syscall()?;
+    a.mov(ecx, dword_ptr(r15 + at(NOTIFY_CMD)))?;
+    a.test(ecx, ecx)?;
+    a.jnz(take)?;
+    a.cmp(rax, -libc::ETIMEDOUT)?;
+    a.jne(wait)?;
+    a.jmp(timed_out)
+}
+
 /// Offset in a trampoline of the instruction after its marker `syscall`: the
 /// instruction pointer at the marker's syscall-enter stop.
 pub const TRAMPOLINE_STOP: u64 = 17;
@@ -583,11 +667,11 @@ pub struct Injector {
     /// The thread finished a notified call and waits at the gate for the next one: it
     /// runs (in our code, every signal blocked) until [`Injector::settle`] takes it back.
     parked: bool,
-    /// The thread may wait for the next call at the command word: not when it goes on
-    /// through its restart block (borrowed out of a `nanosleep`, say), which a timed
-    /// futex wait interrupted there would overwrite (its sleep would then end early);
-    /// such a thread waits in a `ppoll` and is taken back after each call, as before.
-    parkable: bool,
+    /// Where the thread waits after a notified call ([`Injector::gate`]).
+    gate: Gate,
+    /// The thread may wait in `futex_waitv` (the kernel has it and no seccomp filter
+    /// stands in the way): set by [`Injector::allow_waitv`].
+    waitv: bool,
 }
 
 enum Outcome {
@@ -607,9 +691,10 @@ impl Injector {
         let xstate = tr.xstate(tid)?;
         let mask = tr.sigmask(tid)?;
         let ctx = crate::os::restart::restart_adjusted(&regs, rewind);
-        Ok(Injector {
+        let mut inj = Injector {
             tid,
-            parkable: !crate::os::restart::continues_through_restart_block(&ctx),
+            gate: Gate::Poll,
+            waitv: false,
             ctx,
             xstate,
             mask,
@@ -624,7 +709,35 @@ impl Injector {
             lent_arena: None,
             notify: None,
             parked: false,
-        })
+        };
+        inj.gate = inj.gate();
+        Ok(inj)
+    }
+
+    /// Let the thread wait in `futex_waitv` between calls, when the kernel has it:
+    /// `allowed` says a seccomp filter lets it (and `clock_gettime`) through.
+    pub fn allow_waitv(&mut self, allowed: bool) {
+        // `no-waitv`: as on a kernel before 5.16, for the tests of the other gates.
+        self.waitv = allowed
+            && crate::os::shared::futex_waitv_supported()
+            && !crate::os::fault::switched_on("no-waitv");
+        self.gate = self.gate();
+    }
+
+    /// Where the thread waits after a notified call. At the command word, to take the
+    /// next call with no ptrace stop, unless the only wait there is a timed
+    /// `FUTEX_WAIT` and the thread goes on through its restart block (borrowed out of a
+    /// `nanosleep`, say): interrupted, that wait would overwrite the block and the
+    /// sleep would end early. Such a thread waits in a `ppoll` and is taken back after
+    /// each call.
+    fn gate(&self) -> Gate {
+        if self.waitv {
+            Gate::Waitv
+        } else if crate::os::restart::continues_through_restart_block(&self.ctx) {
+            Gate::Poll
+        } else {
+            Gate::Futex
+        }
     }
 
     /// The borrowed thread's context (registers it will resume with).
@@ -1191,7 +1304,12 @@ impl Injector {
             // Not waiting at the gate (first call, or it left): started from its stop.
             self.settle(tr)?;
             page.store_u32(NOTIFY_CMD as usize, 0);
-            page.store_u32(NOTIFY_MODE as usize, self.parkable as u32);
+            page.store_u32(NOTIFY_MODE as usize, self.gate as u32);
+            if let Some(s) = self.scratch {
+                page.store_u64(NOTIFY_WAITV as usize, 0);
+                page.store_u64(NOTIFY_WAITV as usize + 8, s.rw + NOTIFY_CMD);
+                page.store_u64(NOTIFY_WAITV as usize + 16, FUTEX2_SIZE_U32 as u64);
+            }
             page.store_u64(NOTIFY_TIMEOUT as usize, GATE_TIMEOUT.as_secs());
             page.store_u64(
                 NOTIFY_TIMEOUT as usize + 8,
@@ -1228,7 +1346,7 @@ impl Injector {
         let result = page.load_u64(NOTIFY_RESULT as usize);
         self.parked = true;
         crate::os::fault::point("inject:notified");
-        if !self.parkable {
+        if self.gate == Gate::Poll {
             // In the `ppoll` gate: taken back now.
             self.settle(tr)?;
         }
@@ -1354,7 +1472,7 @@ impl Injector {
         let rewind =
             crate::os::restart::Signals::of(tr.pid, self.tid).is_some_and(|s| !s.interrupting());
         self.ctx = crate::os::restart::restart_adjusted(&regs, rewind);
-        self.parkable = !crate::os::restart::continues_through_restart_block(&self.ctx);
+        self.gate = self.gate();
         self.xstate = tr.xstate(self.tid)?;
         self.mask = tr.sigmask(self.tid)?;
         // The frame beneath the next calls holds this context now.
@@ -1519,4 +1637,20 @@ fn memfd_error(pid: i32, ret: i64) -> crate::error::Error {
         "memfd_create in process {pid} failed: {}",
         std::io::Error::from_raw_os_error(-ret as i32)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The notified-call stub sits at the end of the code page: it must end inside it
+    /// (a longer stub runs off the page and the borrowed thread faults).
+    #[test]
+    fn the_notify_stub_fits_at_the_end_of_the_code_page() {
+        let len = notify_stub().bytes.len() as u64;
+        assert!(
+            NOTIFY_STUB + len <= CODE_SIZE,
+            "stub of {len} bytes at {NOTIFY_STUB:#x}"
+        );
+    }
 }

@@ -265,6 +265,12 @@ impl<'a> Session<'a> {
             && crate::os::restart::Signals::of(self.proc.pid, tid)
                 .is_some_and(|s| !s.interrupting());
         let mut inj = Injector::borrow(&mut self.tr, tid, libc, rewind)?;
+        let ip = inj.context().rip;
+        inj.allow_waitv(crate::os::seccomp::allows_waitv_gate(
+            self.proc.pid,
+            tid,
+            ip,
+        ));
         inj.call_timeout = self.opts.call_timeout;
         inj.safe = safe;
         let lend = if safe {
