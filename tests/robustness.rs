@@ -740,6 +740,13 @@ fn seccomp_filters_are_checked_before_any_injected_call() {
     assert_eq!(t.read_mem(entry, 16), snap.code);
     drop(t);
 
+    // A filter that would kill the process for futex_waitv: the borrowed thread waits
+    // between calls where the filter lets it, and the process lives on, patched.
+    let (mut t, entry, snap) = start("kill-waitv");
+    patch_and_unpatch(&mut t);
+    assert_eq!(t.read_mem(entry, 16), snap.code);
+    drop(t);
+
     // The main thread in strict mode is passed over for the printing thread.
     let (mut t, _, _) = start("strict-main");
     patch_and_unpatch(&mut t);
