@@ -570,6 +570,23 @@ impl Process {
 
     /// Write `bytes` at `addr`, even into read-only text, then read them back.
     pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<()> {
+        self.write_unverified(addr, bytes)?;
+        let back = self.read(addr, bytes.len())?;
+        if back != bytes {
+            bail!(
+                Failed,
+                "memory at {addr:#x} of process {} did not take the write",
+                self.pid
+            );
+        }
+        Ok(())
+    }
+
+    /// Write `bytes` at `addr` with no read-back: for rlivepatch's own working memory
+    /// in the target (its scratch pages, the record's memory file, the frames of its
+    /// injected calls), plain read-write or private pages that take every write the
+    /// kernel reports done. Code and the program's data go through [`Process::write`].
+    pub fn write_unverified(&self, addr: u64, bytes: &[u8]) -> Result<()> {
         let n = self.mem.write_at(bytes, addr).with_context(|| {
             format!(
                 "writing {} bytes at {addr:#x} of process {}",
@@ -579,14 +596,6 @@ impl Process {
         })?;
         if n != bytes.len() {
             bail!(Failed, "short write at {addr:#x} of process {}", self.pid);
-        }
-        let back = self.read(addr, bytes.len())?;
-        if back != bytes {
-            bail!(
-                Failed,
-                "memory at {addr:#x} of process {} did not take the write",
-                self.pid
-            );
         }
         Ok(())
     }

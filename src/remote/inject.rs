@@ -971,9 +971,9 @@ impl Injector {
         let mut frame = self.frame(uc);
         frame[..8].copy_from_slice(&args.get(5).copied().unwrap_or(0).to_le_bytes());
         image.extend(frame);
-        proc.write(low, &image)?;
+        proc.write_unverified(low, &image)?;
         if !data.is_empty() {
-            proc.write(data_at, data)?;
+            proc.write_unverified(data_at, data)?;
         }
         let mut r = self.ctx;
         r.rip = self.libc.syscall_fn;
@@ -1025,7 +1025,7 @@ impl Injector {
             return result;
         }
         self.restore(tr)?;
-        proc.write(low, &saved)?;
+        proc.write_unverified(low, &saved)?;
         result
     }
 
@@ -1153,14 +1153,14 @@ impl Injector {
 
     fn install(&mut self, proc: &Process) -> Result<()> {
         let s = self.scratch.unwrap();
-        proc.write(s.code, &STUB)?;
-        proc.write(s.code + NOTIFY_STUB, &notify_stub().bytes)?;
+        proc.write_unverified(s.code, &STUB)?;
+        proc.write_unverified(s.code + NOTIFY_STUB, &notify_stub().bytes)?;
         let len = self.frame_len();
         self.frame_at = (s.rw + RW_SIZE - len) & !63;
-        proc.write(self.frame_at, &self.frame(self.frame_at))?;
+        proc.write_unverified(self.frame_at, &self.frame(self.frame_at))?;
         let mut head = SCRATCH_MAGIC.to_vec();
         head.resize(DATA_START as usize, 0);
-        proc.write(s.rw, &head)?;
+        proc.write_unverified(s.rw, &head)?;
         self.data_next = s.rw + DATA_START;
         Ok(())
     }
@@ -1222,7 +1222,7 @@ impl Injector {
             self.data_next = s.rw + DATA_START;
             return self.put_data(proc, bytes);
         }
-        proc.write(at, bytes)?;
+        proc.write_unverified(at, bytes)?;
         self.data_next = at + bytes.len() as u64;
         Ok(at)
     }
@@ -1476,7 +1476,7 @@ impl Injector {
         self.xstate = tr.xstate(self.tid)?;
         self.mask = tr.sigmask(self.tid)?;
         // The frame beneath the next calls holds this context now.
-        Process::open(tr.pid)?.write(self.frame_at, &self.frame(self.frame_at))?;
+        Process::open(tr.pid)?.write_unverified(self.frame_at, &self.frame(self.frame_at))?;
         crate::os::fault::trace("borrowed thread went past the gate: borrowed again");
         Ok(())
     }
