@@ -147,25 +147,24 @@ impl LoadedObject {
     /// distinct object, and builds its symbol indexes, once.
     fn open_file_shared(&self) -> Result<Arc<ElfFile>> {
         let first = &self.mappings[0];
-        let key = (first.inode != 0 && self.path != "[vdso]")
+        let mapped = (first.inode != 0 && self.path != "[vdso]")
             .then(|| self.mapped_path().ok())
-            .flatten()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                (
-                    m.dev(),
-                    m.ino(),
-                    m.size(),
-                    m.mtime_nsec() as u64 ^ m.mtime() as u64,
-                )
-            });
+            .flatten();
+        let key = mapped.as_ref().map(|(_, m)| {
+            use std::os::unix::fs::MetadataExt;
+            (
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime_nsec() as u64 ^ m.mtime() as u64,
+            )
+        });
         if let Some(k) = key
             && let Some(f) = FILES.lock().unwrap_or_else(|e| e.into_inner()).get(&k)
         {
             return Ok(f.clone());
         }
-        let f = Arc::new(self.open_file()?);
+        let f = Arc::new(self.open_file(mapped.map(|(p, _)| p))?);
         if let Some(k) = key {
             FILES
                 .lock()
@@ -175,13 +174,17 @@ impl LoadedObject {
         Ok(f)
     }
 
-    fn open_file(&self) -> Result<ElfFile> {
+    /// Parse the file, found at `mapped` when the caller found it already.
+    fn open_file(&self, mapped: Option<PathBuf>) -> Result<ElfFile> {
         if self.path == "[vdso]" {
             let proc = Process::open(self.pid)?;
             let bytes = proc.read(self.start, (self.end - self.start) as usize)?;
             return ElfFile::from_bytes("[vdso]", bytes);
         }
-        let path = self.mapped_path()?;
+        let path = match mapped {
+            Some(p) => p,
+            None => self.mapped_path()?.0,
+        };
         let mut f = ElfFile::open(&path).map_err(|e| {
             if path.starts_with(format!("/proc/{}/map_files", self.pid))
                 && e.cause == crate::error::Cause::NotFound
@@ -205,15 +208,15 @@ impl LoadedObject {
 
     /// A path to the very file the process mapped: through `/proc/pid/map_files` (which
     /// needs CAP_SYS_ADMIN), else its path as the process sees it, when that still names
-    /// the same inode (not a file put in its place since).
-    fn mapped_path(&self) -> Result<PathBuf> {
+    /// the same inode (not a file put in its place since); with the file's metadata.
+    fn mapped_path(&self) -> Result<(PathBuf, std::fs::Metadata)> {
         let first = &self.mappings[0];
         let by_inode = PathBuf::from(format!(
             "/proc/{}/map_files/{:x}-{:x}",
             self.pid, first.start, first.end
         ));
-        if std::fs::metadata(&by_inode).is_ok() {
-            return Ok(by_inode);
+        if let Ok(meta) = std::fs::metadata(&by_inode) {
+            return Ok((by_inode, meta));
         }
         let rooted = PathBuf::from(format!("/proc/{}/root{}", self.pid, self.path));
         let meta = std::fs::metadata(&rooted).map_err(|e| {
@@ -233,7 +236,7 @@ impl LoadedObject {
                 self.pid
             );
         }
-        Ok(rooted)
+        Ok((rooted, meta))
     }
 
     /// The load bias: run-time address = file address + bias.
