@@ -449,12 +449,22 @@ fn one(
             ),
         }),
         (Op::Disable(given), _) => {
-            // By its name, or the file it was applied from, as in this process's record.
-            let named = crate::livepatch::store::read_record(pid)
-                .ok()
-                .and_then(|(_, _, r)| r.enabled_named(given).map(|p| p.name.clone()));
+            // By its name, or the file it was applied from, as in this process's record
+            // (read once: it also says whether the patch is applied).
+            let rec = match &c.maps {
+                Some(m) if crate::livepatch::store::find_mapping(m).is_none() => None,
+                _ => crate::livepatch::store::read_record(pid)
+                    .ok()
+                    .map(|(_, _, r)| r),
+            };
+            let named = rec
+                .as_ref()
+                .and_then(|r| r.enabled_named(given).map(|p| p.name.clone()));
             let name = named.as_deref().unwrap_or(given);
-            if !applied_names(c).is_some_and(|n| n.iter().any(|x| x == name)) {
+            let applied = rec
+                .as_ref()
+                .is_some_and(|r| r.patches.iter().any(|p| !p.disabled && p.name == name));
+            if !applied {
                 Ok((Outcome::NotApplied, String::new(), Vec::new(), None))
             } else {
                 crate::ops::disable(pid, name, &opts, &mut say).map(|r| {

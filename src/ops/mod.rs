@@ -251,7 +251,9 @@ fn disable_unaudited(
     {
         bail!(Mismatch, "no patch is applied to process {pid}");
     }
+    crate::os::fault::trace("disable:opened");
     let mut s = Session::attach(proc, opts, progress)?;
+    crate::os::fault::trace("disable:attached");
     let r = crate::ops::repair::repair_if_needed(&mut s)
         .and_then(|()| crate::ops::disable::run(&mut s, name));
     let done = s.conclude(r).map_err(|e| continued(e, pid))?;

@@ -27,6 +27,7 @@ pub fn repair_if_needed(s: &mut Session) -> Result<()> {
     crate::livepatch::coming::clear_stale(s)?;
     crate::livepatch::coming::observe_hook(s)?;
     let found = crate::livepatch::leftovers::scan(&s.proc, &s.maps, &s.record, s.scratch);
+    crate::os::fault::trace("leftovers scanned");
     if found.is_empty() {
         return Ok(());
     }

@@ -74,7 +74,12 @@ impl Session<'_> {
     fn keeper_tid(&self) -> Option<Tid> {
         let k = self.record.keeper.as_ref()?;
         let tid = k.tid;
-        if tid <= 0 || !process::task_ids(self.proc.pid).ok()?.contains(&tid) {
+        // A thread the tracer holds is there (its exit would have been reaped); else ask
+        // the process.
+        if tid <= 0
+            || !(self.tr.threads.contains_key(&tid)
+                || process::task_ids(self.proc.pid).ok()?.contains(&tid))
+        {
             return None;
         }
         // A thread seen off the keeper's stack is another one with its id (the keeper
