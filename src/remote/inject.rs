@@ -679,6 +679,18 @@ enum Outcome {
     Crashed(i32, Regs),
 }
 
+/// The frame bootstrap system calls return through, on the borrowed thread's stack
+/// ([`Injector::boot_begin`]).
+struct BootFrame {
+    /// Its lowest address: the return address (libc's `__restore_rt`), then the frame.
+    low: u64,
+    /// Where the calls' data goes, and how much fits.
+    data_at: u64,
+    data_len: usize,
+    /// What the frame covers of the thread's stack.
+    saved: Vec<u8>,
+}
+
 impl Injector {
     /// Borrow `tid`, which must be stopped at an interrupt stop (or a job-control stop)
     /// with no pending signal. Saves its registers, XSAVE area and signal mask. Each call
@@ -946,9 +958,26 @@ impl Injector {
         args: &[u64],
         data: &[u8],
     ) -> Result<i64> {
+        let frame = self.boot_begin(proc, maps, data.len())?;
+        let result = self.boot_call(tr, proc, &frame, nr, args, data);
+        self.boot_end(tr, proc, frame)?;
+        result
+    }
+
+    /// Put the frame of bootstrap system calls on the thread's stack, below the red zone,
+    /// with room for `data_len` bytes of data: what it covers is saved, for
+    /// [`Injector::boot_end`]. Several calls ([`Injector::boot_call`]) may run on one
+    /// frame: each returns through it, so a rlivepatch killed in any of them leaves the
+    /// thread to come back to its own code by itself.
+    fn boot_begin(
+        &mut self,
+        proc: &Process,
+        maps: &[Mapping],
+        data_len: usize,
+    ) -> Result<BootFrame> {
         let len = self.frame_len();
         let top = self.ctx.rsp.wrapping_sub(128 + 256) & !63;
-        let data_at = top.wrapping_sub(data.len() as u64) & !15;
+        let data_at = top.wrapping_sub(data_len as u64) & !15;
         let uc = data_at.wrapping_sub(len) & !63;
         let low = uc - 8;
         let Some(stack) = crate::os::process::mapping_at(maps, self.ctx.rsp.wrapping_sub(1)) else {
@@ -968,19 +997,48 @@ impl Injector {
         }
         let saved = proc.read(low, (top - low) as usize)?;
         let mut image = self.libc.restore_rt.to_le_bytes().to_vec();
-        let mut frame = self.frame(uc);
-        frame[..8].copy_from_slice(&args.get(5).copied().unwrap_or(0).to_le_bytes());
-        image.extend(frame);
+        image.extend(self.frame(uc));
         proc.write_unverified(low, &image)?;
+        Ok(BootFrame {
+            low,
+            data_at,
+            data_len,
+            saved,
+        })
+    }
+
+    /// One system call on the frame of [`Injector::boot_begin`]: caught at its entry and
+    /// exit stops, its result read at the exit; the thread stays there for the next call.
+    fn boot_call(
+        &mut self,
+        tr: &mut Tracer,
+        proc: &Process,
+        frame: &BootFrame,
+        nr: i64,
+        args: &[u64],
+        data: &[u8],
+    ) -> Result<i64> {
+        if data.len() > frame.data_len {
+            bail!(
+                Failed,
+                "bootstrap data of {} bytes does not fit",
+                data.len()
+            );
+        }
+        // The sixth argument, in the frame's uc_flags (just above the return address).
+        proc.write_unverified(
+            frame.low + 8,
+            &args.get(5).copied().unwrap_or(0).to_le_bytes(),
+        )?;
         if !data.is_empty() {
-            proc.write_unverified(data_at, data)?;
+            proc.write_unverified(frame.data_at, data)?;
         }
         let mut r = self.ctx;
         r.rip = self.libc.syscall_fn;
-        r.rsp = low;
+        r.rsp = frame.low;
         r.rdi = nr as u64;
         let a = |i: usize| match args.get(i).copied().unwrap_or(0) {
-            BOOT_DATA => data_at,
+            BOOT_DATA => frame.data_at,
             v => v,
         };
         (r.rsi, r.rdx, r.rcx, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4));
@@ -988,45 +1046,46 @@ impl Injector {
         r.orig_rax = u64::MAX;
         r.eflags &= !(0x400 | 0x100); // DF, TF
         let what = format!("system call {nr}");
-        let result = (|| -> Result<i64> {
-            // The syscall-enter stop of our call, then its syscall-exit stop with the
-            // result. A thread resumed from a syscall-enter stop first reports that
-            // (skipped) syscall's exit: pass it.
-            let mut regs = Some(&r);
-            let mut entered = false;
-            loop {
-                let stop = match self.run(tr, regs.take(), Catch::All, &what)? {
-                    Outcome::Caught(r) => r,
-                    Outcome::Crashed(sig, r) => {
-                        bail!(Failed, "{what} faulted with signal {sig} at {:#x}", r.rip)
-                    }
-                };
-                let entry = crate::os::ptrace::is_syscall_entry(self.tid)?;
-                match (entered, entry) {
-                    (false, true) if stop.orig_rax as i64 == nr => entered = true,
-                    (false, true) => bail!(
-                        Failed,
-                        "{what}: unexpected system call {} at {:#x}",
-                        stop.orig_rax as i64,
-                        stop.rip
-                    ),
-                    (false, false) => {}
-                    (true, false) => return Ok(stop.rax as i64),
-                    (true, true) => bail!(
-                        Failed,
-                        "{what}: a second system call {} at {:#x}",
-                        stop.orig_rax as i64,
-                        stop.rip
-                    ),
+        // The syscall-enter stop of our call, then its syscall-exit stop with the
+        // result. A thread resumed from a syscall-enter stop first reports that
+        // (skipped) syscall's exit: pass it.
+        let mut regs = Some(&r);
+        let mut entered = false;
+        loop {
+            let stop = match self.run(tr, regs.take(), Catch::All, &what)? {
+                Outcome::Caught(r) => r,
+                Outcome::Crashed(sig, r) => {
+                    bail!(Failed, "{what} faulted with signal {sig} at {:#x}", r.rip)
                 }
+            };
+            let entry = crate::os::ptrace::is_syscall_entry(self.tid)?;
+            match (entered, entry) {
+                (false, true) if stop.orig_rax as i64 == nr => entered = true,
+                (false, true) => bail!(
+                    Failed,
+                    "{what}: unexpected system call {} at {:#x}",
+                    stop.orig_rax as i64,
+                    stop.rip
+                ),
+                (false, false) => {}
+                (true, false) => return Ok(stop.rax as i64),
+                (true, true) => bail!(
+                    Failed,
+                    "{what}: a second system call {} at {:#x}",
+                    stop.orig_rax as i64,
+                    stop.rip
+                ),
             }
-        })();
+        }
+    }
+
+    /// After the bootstrap calls: the thread's context back, and its stack as it was.
+    fn boot_end(&mut self, tr: &mut Tracer, proc: &Process, frame: BootFrame) -> Result<()> {
         if self.leaked {
-            return result;
+            return Ok(());
         }
         self.restore(tr)?;
-        proc.write_unverified(low, &saved)?;
-        result
+        proc.write_unverified(frame.low, &frame.saved)
     }
 
     /// Map the private stack and code page. After this, calls and system calls run from
@@ -1039,25 +1098,46 @@ impl Injector {
     ) -> Result<Scratch> {
         // One memfd holds both: named in the maps from the first moment (a run killed
         // midway leaves something the next one recognises), and never merged with a
-        // neighbouring anonymous mapping.
+        // neighbouring anonymous mapping. The system calls that make it share one frame.
         let name = format!("{SCRATCH_NAME}\0");
-        let mut fd = self.bootstrap_syscall_data(
+        let frame = self.boot_begin(proc, maps, name.len())?;
+        let made = self.scratch_calls(tr, proc, &frame, name.as_bytes());
+        self.boot_end(tr, proc, frame)?;
+        let (fd, scratch) = made?;
+        self.scratch = Some(scratch);
+        if let Err(e) = self.install(proc) {
+            self.bootstrap_syscall(tr, proc, maps, libc::SYS_close, &[fd])?;
+            return Err(e);
+        }
+        // Installed: the target's descriptor is closed through the stub (notified when
+        // the page is shared).
+        let closed = self.syscall(tr, libc::SYS_close, &[fd])?;
+        returned(closed, "closing rlivepatch's memfd", proc.pid)?;
+        Ok(scratch)
+    }
+
+    /// The system calls of [`Injector::map_scratch`], on one bootstrap frame: the memfd,
+    /// its size, the read-write mapping (shared: rlivepatch maps its first page too, the
+    /// notify block) and the code page. Returns the target's descriptor and the memory;
+    /// on a failure after the memfd, it is closed.
+    fn scratch_calls(
+        &mut self,
+        tr: &mut Tracer,
+        proc: &Process,
+        frame: &BootFrame,
+        name: &[u8],
+    ) -> Result<(u64, Scratch)> {
+        let memfd = libc::SYS_memfd_create;
+        let mut fd = self.boot_call(
             tr,
             proc,
-            maps,
-            libc::SYS_memfd_create,
+            frame,
+            memfd,
             &[BOOT_DATA, MFD_CLOEXEC | MFD_EXEC],
-            name.as_bytes(),
+            name,
         )?;
         if fd == -(libc::EINVAL as i64) {
-            fd = self.bootstrap_syscall_data(
-                tr,
-                proc,
-                maps,
-                libc::SYS_memfd_create,
-                &[BOOT_DATA, MFD_CLOEXEC],
-                name.as_bytes(),
-            )?;
+            fd = self.boot_call(tr, proc, frame, memfd, &[BOOT_DATA, MFD_CLOEXEC], name)?;
         }
         if fd < 0 {
             return Err(memfd_error(proc.pid, fd));
@@ -1075,42 +1155,26 @@ impl Injector {
             let t = if sized {
                 0
             } else {
-                self.bootstrap_syscall(
-                    tr,
-                    proc,
-                    maps,
-                    libc::SYS_ftruncate,
-                    &[fd, CODE_SIZE + RW_SIZE],
-                )?
+                let size = [fd, CODE_SIZE + RW_SIZE];
+                self.boot_call(tr, proc, frame, libc::SYS_ftruncate, &size, &[])?
             };
             returned(t, "ftruncate", proc.pid)?;
             let prot_x = (libc::PROT_READ | libc::PROT_EXEC) as u64;
             let prot_rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
             let private = libc::MAP_PRIVATE as u64;
-            // Shared: rlivepatch maps its first page too (the notify block).
             let shared = libc::MAP_SHARED as u64;
-            let rw = self.bootstrap_syscall(
-                tr,
-                proc,
-                maps,
-                libc::SYS_mmap,
-                &[0, RW_SIZE, prot_rw, shared, fd, CODE_SIZE],
-            )?;
+            let rw_args = [0, RW_SIZE, prot_rw, shared, fd, CODE_SIZE];
+            let rw = self.boot_call(tr, proc, frame, libc::SYS_mmap, &rw_args, &[])?;
             let rw = returned(rw, "mapping rlivepatch's memory", proc.pid)?;
             // The code page right below, when free (a hint: the kernel put the memory at
             // the top of a free range): then one call unmaps both.
-            let code = self.bootstrap_syscall(
-                tr,
-                proc,
-                maps,
-                libc::SYS_mmap,
-                &[rw - CODE_SIZE, CODE_SIZE, prot_x, private, fd, 0],
-            )?;
+            let code_args = [rw - CODE_SIZE, CODE_SIZE, prot_x, private, fd, 0];
+            let code = self.boot_call(tr, proc, frame, libc::SYS_mmap, &code_args, &[])?;
             let code = match returned(code, "mapping rlivepatch's code", proc.pid) {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ =
-                        self.bootstrap_syscall(tr, proc, maps, libc::SYS_munmap, &[rw, RW_SIZE]);
+                    let unmap = [rw, RW_SIZE];
+                    let _ = self.boot_call(tr, proc, frame, libc::SYS_munmap, &unmap, &[]);
                     return Err(e);
                 }
             };
@@ -1122,21 +1186,13 @@ impl Injector {
                 .map(std::sync::Arc::new);
             Ok(Scratch { rw, code })
         })();
-        let scratch = match r.and_then(|s| {
-            self.scratch = Some(s);
-            self.install(proc).map(|()| s)
-        }) {
-            Ok(s) => s,
+        match r {
+            Ok(s) => Ok((fd, s)),
             Err(e) => {
-                self.bootstrap_syscall(tr, proc, maps, libc::SYS_close, &[fd])?;
-                return Err(e);
+                self.boot_call(tr, proc, frame, libc::SYS_close, &[fd], &[])?;
+                Err(e)
             }
-        };
-        // Installed: the target's descriptor is closed through the stub (notified when
-        // the page is shared).
-        let closed = self.syscall(tr, libc::SYS_close, &[fd])?;
-        returned(closed, "closing rlivepatch's memfd", proc.pid)?;
-        Ok(scratch)
+        }
     }
 
     /// Use scratch memory that is already mapped (left by an earlier step of this run).

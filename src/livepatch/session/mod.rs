@@ -205,6 +205,11 @@ impl<'a> Session<'a> {
         if self.inj.is_some() {
             return Ok(());
         }
+        // The keeper first: it is at a safe point by construction, so a later
+        // [`Session::borrow`] keeps it instead of borrowing a second thread.
+        if let Some(tid) = self.borrowable_keeper()? {
+            return self.borrow_tid(tid, true);
+        }
         let tid = self.pick_any_thread()?;
         self.borrow_tid(tid, false)
     }
@@ -641,11 +646,23 @@ impl<'a> Session<'a> {
                 first.get_or_insert(e);
             }
             if let Some(inj) = self.inj.as_mut() {
-                let maps = self.proc.maps().unwrap_or_default();
+                // The maps are only asked where the borrowed thread's stack is: as last
+                // read, unless that stack is newer than them or may have grown since (the
+                // frame goes a few KiB below the stack pointer).
+                let sp = inj.context().rsp.wrapping_sub(1);
+                let fresh;
+                let known = crate::os::process::mapping_at(&self.maps, sp)
+                    .is_some_and(|m| sp - m.start >= 16 << 10);
+                let maps = if known {
+                    &self.maps
+                } else {
+                    fresh = self.proc.maps().unwrap_or_default();
+                    &fresh
+                };
                 let r = if crate::os::fault::fails("unmap_scratch") {
                     Err(crate::err!(Failed, "munmap: Input/output error"))
                 } else {
-                    inj.unmap_scratch(&mut self.tr, &self.proc, &maps)
+                    inj.unmap_scratch(&mut self.tr, &self.proc, maps)
                 };
                 if let Err(e) = r {
                     first.get_or_insert(e);
