@@ -35,6 +35,9 @@ fn main() {
         "librlivepatch-runtime.so",
         &[
             "-Wl,-z,now",
+            // Copied into every process that loads it: no debug sections (its symbol
+            // table stays, for backtraces and rlivepatch's own lookups).
+            "-Wl,--strip-debug",
             "runtime/rlivepatch-coming.c",
             "runtime/rlivepatch-keeper.c",
             "-pthread",

@@ -106,11 +106,17 @@ _Static_assert(__builtin_offsetof(struct rlp_coming, cbs) == 48384, "cbs");
 _Static_assert(sizeof(struct rlp_coming_cb) == 40, "cb");
 
 extern char __start_rlp_hook_text[], __stop_rlp_hook_text[];
-EXPORT struct rlp_coming rlp_coming = {
-	.magic = 0x524c50434f4d4931ull,
-	.hook_start = (uint64_t)__start_rlp_hook_text,
-	.hook_end = (uint64_t)__stop_rlp_hook_text,
-};
+/* Zero-initialised, so in .bss: the runtime's image (copied into every process that
+ * loads it) carries none of its 50 KiB. Its first fields are set at load, before
+ * rlivepatch reads the table. */
+EXPORT struct rlp_coming rlp_coming;
+
+__attribute__((constructor)) static void rlp_coming_init(void)
+{
+	rlp_coming.magic = 0x524c50434f4d4931ull;
+	rlp_coming.hook_start = (uint64_t)__start_rlp_hook_text;
+	rlp_coming.hook_end = (uint64_t)__stop_rlp_hook_text;
+}
 
 /* glibc's r_debug and link_map, their public parts (<link.h>), spelled out so that the
  * layout read is the one documented, whatever the headers of the build machine. */
