@@ -218,12 +218,7 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
     a.xor(r8d, r8d)?;
     a.mov(eax, libc::SYS_futex as u32)?;
     a.syscall()?;
-    a.mov(ecx, dword_ptr(r15 + at(NOTIFY_CMD)))?;
-    a.test(ecx, ecx)?;
-    a.jnz(take)?;
-    // No command: wait again unless the wait timed out (woken for nothing, interrupted).
-    a.cmp(rax, -libc::ETIMEDOUT)?;
-    a.jne(gate)?;
+    take_or_wait_again(&mut a, &at, take, gate)?;
     a.set_label(&mut timed_out)?;
     a.xor(eax, eax)?;
     a.mov(ecx, CMD_LEAVE)?;
@@ -307,12 +302,25 @@ fn waitv_gate_code(
     a.mov(r8d, libc::CLOCK_MONOTONIC as u32)?;
     a.mov(eax, libc::SYS_futex_waitv as u32)?;
     a.syscall()?;
+    take_or_wait_again(a, &at, take, wait)?;
+    a.jmp(timed_out)
+}
+
+/// After a wait at a gate: a command posted, to `take` (in `%ecx`); none, back to
+/// `again` unless the wait timed out (woken for nothing, or interrupted and restarted);
+/// timed out, on to what follows.
+fn take_or_wait_again(
+    a: &mut iced_x86::code_asm::CodeAssembler,
+    at: &impl Fn(u64) -> i32,
+    take: iced_x86::code_asm::CodeLabel,
+    again: iced_x86::code_asm::CodeLabel,
+) -> std::result::Result<(), iced_x86::IcedError> {
+    use iced_x86::code_asm::*;
     a.mov(ecx, dword_ptr(r15 + at(NOTIFY_CMD)))?;
     a.test(ecx, ecx)?;
     a.jnz(take)?;
     a.cmp(rax, -libc::ETIMEDOUT)?;
-    a.jne(wait)?;
-    a.jmp(timed_out)
+    a.jne(again)
 }
 
 /// Offset in a trampoline of the instruction after its marker `syscall`: the
