@@ -859,7 +859,18 @@ pub fn running_counter() -> (Target, String) {
 /// rlivepatch run with `args`, stopped (SIGSTOP, sent by itself) at fault point `point`:
 /// the test changes the world there, then [`StoppedRun::finish`] lets it go on.
 pub struct StoppedRun {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
+}
+
+/// A test that fails before [`StoppedRun::finish`] kills the stopped rlivepatch (its own
+/// child, by pid): stopped, it would hold its target traced, and the target's end with it.
+impl Drop for StoppedRun {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl StoppedRun {
@@ -881,14 +892,15 @@ impl StoppedRun {
             matches!(st, nix::sys::wait::WaitStatus::Stopped(..)),
             "{args:?} at {point}: {st:?}"
         );
-        StoppedRun { child }
+        StoppedRun { child: Some(child) }
     }
 
     /// Continue it (SIGCONT) and require success; its stderr.
-    pub fn finish(self) -> String {
-        let tool = nix::unistd::Pid::from_raw(self.child.id() as i32);
+    pub fn finish(mut self) -> String {
+        let child = self.child.take().expect("not finished yet");
+        let tool = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(tool, nix::sys::signal::Signal::SIGCONT).unwrap();
-        let o = self.child.wait_with_output().unwrap();
+        let o = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert!(o.status.success(), "{err}");
         err
