@@ -97,11 +97,31 @@ fn wait_for_gate_leavers(s: &mut Session, scratch: &[(u64, u64)]) -> Result<()> 
     let deadline = Instant::now() + crate::remote::inject::GATE_TIMEOUT + Duration::from_secs(2);
     loop {
         let waiting: Vec<i32> = s.tr.tids().into_iter().filter(|&t| inside(t)).collect();
-        if waiting.is_empty() || Instant::now() >= deadline {
+        // None seen waiting: make sure. A thread on its way out of the gate (woken, not
+        // yet back in its own code) runs in the stub without a system call, and on a busy
+        // machine it may wait for a CPU there: `/proc` says "running", not where. Stopped,
+        // its registers say.
+        if (waiting.is_empty() && !in_scratch_stopped(s, scratch)?) || Instant::now() >= deadline {
             return Ok(());
         }
         s.tr.pump(Instant::now() + Duration::from_millis(5))?;
     }
+}
+
+/// Stop every thread and look at where each one is: true when one runs, or waits, in
+/// the scratch memory of a killed run. The threads are let go again either way.
+fn in_scratch_stopped(s: &mut Session, scratch: &[(u64, u64)]) -> Result<bool> {
+    s.tr.stop_all(Instant::now() + Duration::from_secs(10))?;
+    let mut inside = false;
+    for tid in s.tr.tids() {
+        if let Ok(r) = s.tr.regs(tid) {
+            inside |= scratch
+                .iter()
+                .any(|&(a, b)| (a..b).contains(&r.rip) || (a..b).contains(&r.rsp));
+        }
+    }
+    s.tr.resume_all()?;
+    Ok(inside)
 }
 
 /// The state of the switch of a pending operation, from the entry bytes.
