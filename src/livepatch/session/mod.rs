@@ -205,15 +205,6 @@ impl<'a> Session<'a> {
         if self.inj.is_some() {
             return Ok(());
         }
-        // A thread stopped already costs nothing more (the one kept at a switch). Else
-        // the keeper: it is at a safe point by construction, so a later
-        // [`Session::borrow`] keeps it instead of borrowing a second thread, and the
-        // program's own threads are not interrupted for it.
-        if !self.tr.threads.values().any(|t| t.stop.is_some())
-            && let Some(tid) = self.borrowable_keeper()?
-        {
-            return self.borrow_tid(tid, true);
-        }
         let tid = self.pick_any_thread()?;
         self.borrow_tid(tid, false)
     }
