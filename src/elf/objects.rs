@@ -36,6 +36,9 @@ pub struct LoadedObject {
     pub deleted: bool,
     file: OnceCell<std::result::Result<Arc<ElfFile>, crate::error::Error>>,
     debug: OnceCell<Debug>,
+    /// The file's [`Identity`], read once per object: a fleet apply asks it of every
+    /// object several times (what the process may unload), each a `stat` through /proc.
+    identity: OnceCell<Option<Arc<Identity>>>,
     debug_dirs: Rc<[PathBuf]>,
     /// The process it is mapped in.
     pub pid: i32,
@@ -69,7 +72,19 @@ impl LoadedObject {
         if self.path == "[vdso]" {
             return None;
         }
-        identity(self.pid, &self.mappings[0]).and_then(|i| i.soname.clone())
+        self.identity().and_then(|i| i.soname.clone())
+    }
+
+    /// The file's [`Identity`] (see [`identity`]), kept with the object.
+    /// rlivepatch's own private memory (code and stack, the record) is no ELF object:
+    /// nothing to read there.
+    fn identity(&self) -> Option<Arc<Identity>> {
+        if self.path.contains("memfd:rlivepatch-") {
+            return None;
+        }
+        self.identity
+            .get_or_init(|| identity(self.pid, &self.mappings[0]))
+            .clone()
     }
 
     /// `DT_NEEDED` of the object's file (from its dynamic table; see [`identity`]).
@@ -77,7 +92,7 @@ impl LoadedObject {
         if let Some(Ok(f)) = self.file.get() {
             return f.needed.clone();
         }
-        identity(self.pid, &self.mappings[0])
+        self.identity()
             .map(|i| i.needed.clone())
             .unwrap_or_default()
     }
@@ -464,6 +479,7 @@ impl Objects {
                 deleted: m.deleted,
                 file: OnceCell::new(),
                 debug: OnceCell::new(),
+                identity: OnceCell::new(),
                 debug_dirs: debug_dirs.clone(),
                 pid: proc.pid,
             });
@@ -514,6 +530,7 @@ impl Objects {
             deleted: false,
             file: OnceCell::from(Ok(Arc::new(f))),
             debug: OnceCell::new(),
+            identity: OnceCell::new(),
             debug_dirs: debug_dirs.into(),
             pid,
         };
@@ -536,6 +553,7 @@ impl Objects {
                 let p = old.swap_remove(i);
                 o.file = p.file;
                 o.debug = p.debug;
+                o.identity = p.identity;
             }
         }
     }

@@ -322,7 +322,11 @@ fn record(c: &Candidate, result: Outcome, reason: String, ms: f64) -> ProcessRec
     ProcessRecord {
         pid: c.pid,
         start_time: c.start,
-        ns_pid: c.ns_pid,
+        // Read for the processes of the report only, not for every process of the host.
+        ns_pid: crate::os::process::read_status(c.pid)
+            .ok()
+            .filter(|_| c.start != 0)
+            .map_or(c.pid, |s| s.ns_pid),
         comm: c.comm.clone(),
         exe: c.exe.clone(),
         result,

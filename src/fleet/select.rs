@@ -73,8 +73,6 @@ pub struct Candidate {
     pub pid: i32,
     /// Its start time (clock ticks since boot): a pid reused later is another process.
     pub start: u64,
-    /// Its pid in its own pid namespace.
-    pub ns_pid: i32,
     /// Its command name.
     pub comm: String,
     /// Its executable.
@@ -111,15 +109,18 @@ pub fn candidates(sel: &Selection) -> Vec<Candidate> {
     };
     let mut out = Vec::new();
     for pid in pids {
-        if pid == me || sel.exclude.contains(&pid) || crate::os::process::is_kernel_thread(pid) {
+        if pid == me || sel.exclude.contains(&pid) {
             continue;
         }
-        let Some(start) = crate::os::process::start_time(&format!("/proc/{pid}/stat")) else {
+        let stat = crate::os::process::stat_line(pid);
+        if stat.as_ref().is_some_and(|s| s.kernel) {
+            continue;
+        }
+        let Some(stat) = stat else {
             if !sel.pids.is_empty() {
                 out.push(Candidate {
                     pid,
                     start: 0,
-                    ns_pid: pid,
                     comm: String::new(),
                     exe: String::new(),
                     maps: None,
@@ -128,17 +129,16 @@ pub fn candidates(sel: &Selection) -> Vec<Candidate> {
             }
             continue;
         };
-        let status = crate::os::process::read_status(pid).ok();
-        let (maps, unreadable) = match std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+        // One read with a buffer the size of most maps (not a growing string's dozen).
+        let (maps, unreadable) = match crate::os::process::read_proc(&format!("/proc/{pid}/maps")) {
             Ok(t) => (Some(parse_maps(&t)), None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, Some(Unreadable::Gone)),
             Err(e) => (None, Some(Unreadable::Denied(crate::error::io_text(&e)))),
         };
         out.push(Candidate {
             pid,
-            start,
-            ns_pid: status.as_ref().map(|s| s.ns_pid).unwrap_or(pid),
-            comm: status.map(|s| s.name).unwrap_or_default(),
+            start: stat.start,
+            comm: stat.comm,
             exe: std::fs::read_link(format!("/proc/{pid}/exe"))
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),

@@ -350,7 +350,7 @@ impl Pending {
             op: op.to_string(),
             patch: patch.to_string(),
             tool_pid: std::process::id() as i32,
-            tool_start: crate::os::process::start_time("/proc/self/stat").unwrap_or(0),
+            tool_start: crate::os::process::own_start_time(),
             stage: Stage::Loading,
             loading: None,
             writes: Vec::new(),

@@ -171,7 +171,7 @@ fn apply_once(
         replaced,
         switch: report,
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
-        stopped_by: stopped_note(pid, progress),
+        stopped_by: stopped_note(pid, done.job_control_seen, progress),
         children,
         notes: Vec::new(),
         leftovers: done.leftovers,
@@ -203,8 +203,8 @@ pub struct DisableReport {
 
 /// After an operation that completed: if job control stopped the process meanwhile (it
 /// is stopped, or a stop signal waits for it), say so; returns the signal's name.
-fn stopped_note(pid: i32, progress: ProgressFn) -> Option<String> {
-    let sig = crate::os::process::job_stop(pid)?;
+fn stopped_note(pid: i32, seen: bool, progress: ProgressFn) -> Option<String> {
+    let sig = crate::os::process::job_stop(pid, seen)?;
     progress(&format!(
         "process {pid} was stopped by {sig} (job control) while rlivepatch worked; it stays stopped, as job control asked: `kill -CONT {pid}` resumes it"
     ));
@@ -214,7 +214,9 @@ fn stopped_note(pid: i32, progress: ProgressFn) -> Option<String> {
 /// An operation undone because job control stopped the process: if a `SIGCONT` came
 /// meanwhile, the process runs again and the message says so.
 fn continued(e: crate::error::Error, pid: i32) -> crate::error::Error {
-    if e.kind != crate::error::ErrorKind::Stopped || crate::os::process::job_stop(pid).is_some() {
+    if e.kind != crate::error::ErrorKind::Stopped
+        || crate::os::process::job_stop(pid, true).is_some()
+    {
         return e;
     }
     err!(
@@ -264,7 +266,7 @@ fn disable_unaudited(
         unloaded,
         switch: report,
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
-        stopped_by: stopped_note(pid, progress),
+        stopped_by: stopped_note(pid, done.job_control_seen, progress),
         leftovers: done.leftovers,
     })
 }

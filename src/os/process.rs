@@ -268,9 +268,36 @@ pub fn alive(pid: i32, start: u64) -> bool {
         && read_status(pid).is_ok_and(|s| s.state != 'Z' && s.state != 'X')
 }
 
-/// Is `pid` a kernel thread? (PF_KTHREAD in the flags of /proc/pid/stat.)
-pub fn is_kernel_thread(pid: i32) -> bool {
-    read_proc(&format!("/proc/{pid}/stat")).is_ok_and(|s| stat_kernel_thread(&s))
+/// What one read of a process's stat file says of it.
+pub struct StatLine {
+    /// Its start time (clock ticks since boot).
+    pub start: u64,
+    /// It is a kernel thread (PF_KTHREAD).
+    pub kernel: bool,
+    /// Its command name (as `Name:` in its status).
+    pub comm: String,
+}
+
+/// [`StatLine`] of process `pid`; `None` if it is gone. A host-wide run asks this of
+/// every process.
+pub fn stat_line(pid: i32) -> Option<StatLine> {
+    let stat = read_proc(&format!("/proc/{pid}/stat")).ok()?;
+    let comm = stat
+        .find('(')
+        .zip(stat.rfind(')'))
+        .map(|(a, b)| stat[a + 1..b].to_string())
+        .unwrap_or_default();
+    Some(StatLine {
+        start: stat_start_time(&stat)?,
+        kernel: stat_kernel_thread(&stat),
+        comm,
+    })
+}
+
+/// The start time of this rlivepatch, read once.
+pub fn own_start_time() -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| start_time("/proc/self/stat").unwrap_or(0))
 }
 
 /// The file `name` of thread `tid` of `pid` (`/proc/PID/task/TID/NAME`), read with one
@@ -355,9 +382,10 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
 /// The signals pending for the process (with the leader's own) and the leader's state
 /// come from one read of `/proc/PID/status`. A stop is the whole thread group's, but its
 /// threads enter it one by one (one that just ran an injected call a moment after the
-/// others), so when the leader is not stopped yet the other threads' states are read
-/// too: one short read each.
-pub fn job_stop(pid: i32) -> Option<String> {
+/// others), so when the leader is not stopped yet and `threads` (a stop may have begun:
+/// a tracer saw a stop signal) the other threads' states are read too: one short read
+/// each.
+pub fn job_stop(pid: i32, threads: bool) -> Option<String> {
     let text = read_proc(&format!("/proc/{pid}/status")).ok()?;
     let mask = |text: &str, key: &str| {
         text.lines()
@@ -386,10 +414,11 @@ pub fn job_stop(pid: i32) -> Option<String> {
         }
     }
     let stopped = state == Some('T')
-        || task_ids(pid)
-            .ok()?
-            .into_iter()
-            .any(|t| thread_state(pid, t) == Some('T'));
+        || threads
+            && task_ids(pid)
+                .ok()?
+                .into_iter()
+                .any(|t| thread_state(pid, t) == Some('T'));
     stopped.then(|| "a stop signal".to_string())
 }
 
@@ -692,29 +721,41 @@ pub fn same_program_children(pid: i32) -> Vec<i32> {
 
 /// The child processes of `pid`: from each thread's `/proc/PID/task/TID/children` (its
 /// own children only: the cost is the process's threads, not the host's processes, which
-/// made a fleet run quadratic), or, on a kernel without that file, from every process's
-/// parent.
+/// made a fleet run quadratic), or from every process's parent when that is fewer reads
+/// (a process of more threads than the host has processes) or the kernel lacks the file.
 fn children(pid: i32) -> Vec<i32> {
-    let from_tasks: Option<Vec<i32>> = task_ids(pid).ok().and_then(|tids| {
-        let mut out = Vec::new();
-        for tid in tids {
-            let text = read_task_file(pid, tid, "children")?;
-            out.extend(
-                String::from_utf8_lossy(&text)
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<i32>().ok()),
-            );
-        }
-        Some(out)
-    });
-    if let Some(c) = from_tasks {
+    let tids = task_ids(pid).unwrap_or_default();
+    // Listing /proc costs more than a few threads' files: only for many threads.
+    let host = (tids.len() > 64).then(host_pids);
+    if host.as_ref().is_none_or(|h| h.len() >= tids.len())
+        && let Some(c) = children_from_tasks(pid, &tids)
+    {
         return c;
     }
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    children_from_parents(pid, host.unwrap_or_else(host_pids))
+}
+
+/// The children of `pid` as its threads' `children` files list them; `None` when one is
+/// unreadable (a thread gone meanwhile, a kernel without the file).
+fn children_from_tasks(pid: i32, tids: &BTreeSet<i32>) -> Option<Vec<i32>> {
+    if tids.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for &tid in tids {
+        let text = read_task_file(pid, tid, "children")?;
+        out.extend(
+            String::from_utf8_lossy(&text)
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    Some(out)
+}
+
+/// The processes among `pids` whose parent is `pid`.
+fn children_from_parents(pid: i32, pids: Vec<i32>) -> Vec<i32> {
+    pids.into_iter()
         .filter(|&p| p != pid)
         .filter(|&p| {
             // The parent is the fourth field, after the command in parentheses.
@@ -727,6 +768,17 @@ fn children(pid: i32) -> Vec<i32> {
                 == Some(pid)
         })
         .collect()
+}
+
+/// Every process of the host (as this rlivepatch's /proc shows them).
+fn host_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The note for an operator about them, if any.
@@ -763,6 +815,23 @@ mod tests {
         assert!(m[0].deleted && m[0].is_file());
         assert_eq!(m[1].path, "[stack]");
         assert!(!m[1].is_file());
+    }
+
+    #[test]
+    fn children_are_found_from_threads_and_from_parents_alike() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let tids = task_ids(me).unwrap();
+        let by_tasks = children_from_tasks(me, &tids).unwrap();
+        let by_parents = children_from_parents(me, host_pids());
+        let _ = child.kill();
+        let _ = child.wait();
+        let c = child.id() as i32;
+        assert!(by_tasks.contains(&c), "{by_tasks:?}");
+        assert!(by_parents.contains(&c), "{by_parents:?}");
     }
 
     #[test]

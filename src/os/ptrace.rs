@@ -95,6 +95,9 @@ pub struct Thread {
     /// It runs with syscall stops now (resumed with `PTRACE_SYSCALL`; not after a seize).
     syscall_traced: bool,
     interrupt_sent: bool,
+    /// Where it sleeps was read once for [`Tracer::watch_blocked`]: a reattach reads only
+    /// the threads attached since (one read of /proc per thread, whatever the threads).
+    blocked_read: bool,
     /// Its registers as read or written during the current stop: a stopped thread's
     /// registers change only through us, so one `PTRACE_GETREGS` per stop is enough.
     /// Cleared with every change of `stop` ([`Thread::set_stop`]).
@@ -154,6 +157,10 @@ pub struct Tracer {
     /// A job-control stop is in effect (the stop signal): the process was stopped by
     /// `SIGSTOP`, `SIGTSTP`, `SIGTTIN` or `SIGTTOU` while traced, and not continued since.
     pub job_stop: Option<i32>,
+    /// A stop signal or a job-control stop was seen while traced, continued since or not:
+    /// only then can a stop have begun that the threads enter one by one after the
+    /// detach ([`crate::os::process::job_stop`] reads each thread's state for that).
+    pub job_control_seen: bool,
     /// The operation is past the point where it can be undone (or is undoing): requests
     /// to stop wait until it is done.
     pub finishing: bool,
@@ -299,6 +306,7 @@ impl Tracer {
             clones: Vec::new(),
             exited: false,
             job_stop: None,
+            job_control_seen: false,
             finishing: false,
             watch_all: false,
             gone: Default::default(),
@@ -381,14 +389,13 @@ impl Tracer {
     /// resumed with syscall stops (see [`prepare_resume`]).
     fn watch_blocked(&mut self, deadline: Instant) -> Result<()> {
         let all = self.watch_all;
+        let pid = self.pid;
         let blocked: Vec<Tid> = self
             .threads
-            .values()
+            .values_mut()
             .filter(|t| t.stop.is_none() && !t.syscall_traced && !t.listening && t.want_run)
-            .map(|t| t.tid)
-            .filter(|&t| {
-                all || process::blocked_in(self.pid, t).is_some_and(restart::waits_for_events)
-            })
+            .filter_map(|t| (all || !std::mem::replace(&mut t.blocked_read, true)).then_some(t.tid))
+            .filter(|&t| all || process::blocked_in(pid, t).is_some_and(restart::waits_for_events))
             .collect();
         if blocked.is_empty() {
             return Ok(());
@@ -888,6 +895,12 @@ impl Tracer {
             }
             Report::Event(event, sig) => self.handle_event(tid, event, sig)?,
             Report::Signal(sig) => {
+                if matches!(
+                    sig,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                ) {
+                    self.job_control_seen = true;
+                }
                 if sig == libc::SIGCONT {
                     // SIGCONT ends a job-control stop the moment it is sent.
                     self.job_stop = None;
@@ -964,7 +977,10 @@ impl Tracer {
         let in_call = th.in_call;
         let want_run = th.want_run;
         match stop {
-            Stop::Group(sig) => self.job_stop = Some(sig),
+            Stop::Group(sig) => {
+                self.job_stop = Some(sig);
+                self.job_control_seen = true;
+            }
             // A listening thread trapping again without our interrupt: SIGCONT came.
             Stop::Interrupt if was_listening && !ours => self.job_stop = None,
             _ => {}
@@ -1289,6 +1305,7 @@ fn new_thread(tid: Tid) -> Thread {
         watch_eintr: false,
         syscall_traced: false,
         interrupt_sent: false,
+        blocked_read: false,
         regs: std::cell::Cell::new(None),
     }
 }

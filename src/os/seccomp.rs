@@ -309,12 +309,16 @@ fn planned(ip: u64) -> Vec<(&'static str, Call)> {
 }
 
 /// Refuse, with the reason, when thread `tid` (stopped, traced, at `ip`) of process `pid`
-/// runs under seccomp and would not be let through for loading a patch.
-pub fn check(pid: i32, tid: i32, ip: u64) -> Result<()> {
+/// runs under seccomp and would not be let through for loading a patch. Otherwise say
+/// whether it would be let through for the gate it may wait at between injected calls
+/// (`clock_gettime`, then `futex_waitv`); without it, the thread waits where every filter
+/// that allows loading a patch lets it (`crate::remote::inject`). One read of the
+/// thread's status and filters answers both.
+pub fn check(pid: i32, tid: i32, ip: u64) -> Result<WaitvGate> {
     // Unreadable only if the thread is gone: then no call will run on it.
     let mode = crate::os::process::read_thread_status(pid, tid).map_or(0, |s| s.seccomp);
     match mode {
-        0 => return Ok(()),
+        0 => return Ok(WaitvGate(true)),
         1 => bail!(
             Target,
             "thread {tid} of process {pid} runs in seccomp strict mode, which allows no system call rlivepatch needs; this process cannot be patched"
@@ -341,32 +345,28 @@ pub fn check(pid: i32, tid: i32, ip: u64) -> Result<()> {
             ),
         }
     }
-    Ok(())
+    Ok(waitv_gate(&filters, ip))
 }
 
-/// Would thread `tid` of process `pid` be let through for the gate it may wait at
-/// between injected calls (`clock_gettime`, then `futex_waitv`)? Without it, the thread
-/// waits where every filter that allows loading a patch lets it (`crate::remote::inject`).
-pub fn allows_waitv_gate(pid: i32, tid: i32, ip: u64) -> bool {
-    let mode = crate::os::process::read_thread_status(pid, tid).map_or(0, |s| s.seccomp);
-    if mode == 0 {
-        return true;
-    }
-    let Ok(filters) = filters(tid) else {
-        return false;
-    };
+/// Would a thread be let through for the `futex_waitv` gate (see [`check`])?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitvGate(pub bool);
+
+fn waitv_gate(filters: &[Vec<Insn>], ip: u64) -> WaitvGate {
     let c = |nr: i64, args: [u64; 6]| Call {
         nr: nr as i32,
         ip,
         args,
     };
     let clock = libc::CLOCK_MONOTONIC as u64;
-    [
-        c(libc::SYS_clock_gettime, [clock, 0x1000, 0, 0, 0, 0]),
-        c(libc::SYS_futex_waitv, [0x1000, 1, 0, 0x1000, clock, 0]),
-    ]
-    .iter()
-    .all(|call| matches!(action(&filters, call), Some(RET_ALLOW) | Some(RET_LOG)))
+    WaitvGate(
+        [
+            c(libc::SYS_clock_gettime, [clock, 0x1000, 0, 0, 0, 0]),
+            c(libc::SYS_futex_waitv, [0x1000, 1, 0, 0x1000, clock, 0]),
+        ]
+        .iter()
+        .all(|call| matches!(action(filters, call), Some(RET_ALLOW) | Some(RET_LOG))),
+    )
 }
 
 #[cfg(test)]

@@ -261,7 +261,7 @@ pub fn sync(s: &mut Session) -> Result<u64> {
 /// place must not be taken for them.
 pub fn forget_unloaded(s: &mut Session) -> Result<()> {
     // The objects of the session may be older than the last dlclose.
-    s.refresh()?;
+    s.refresh_after_attach()?;
     // Gone, or a new copy of the same file at the same place (its entry holds the
     // original code: no patch is at work there).
     let (proc, objects) = (&s.proc, &s.objects);

@@ -102,6 +102,12 @@ pub struct Session<'a> {
     main_arena: Option<u64>,
     /// What tidying up after the operation took effect left behind ([`Session::left`]).
     leftovers: Vec<String>,
+    /// The maps and objects were read at attach, and nothing has run in the process for
+    /// rlivepatch since ([`Session::refresh_after_attach`]).
+    fresh: bool,
+    /// What the seccomp check found of the threads judged since the last borrow: may
+    /// each wait at the `futex_waitv` gate?
+    gates: std::collections::HashMap<Tid, crate::os::seccomp::WaitvGate>,
 }
 
 /// An operation's result, and what tidying up after it left behind.
@@ -110,6 +116,8 @@ pub struct Concluded<T> {
     pub value: T,
     /// Leftovers, named (`repair` clears them).
     pub leftovers: Vec<String>,
+    /// A stop signal or a job-control stop was seen while attached.
+    pub job_control_seen: bool,
 }
 
 impl<'a> Session<'a> {
@@ -164,7 +172,20 @@ impl<'a> Session<'a> {
             adopted: Vec::new(),
             main_arena: None,
             leftovers: Vec::new(),
+            fresh: true,
+            gates: Default::default(),
         })
+    }
+
+    /// [`Session::refresh`], unless the maps were read at attach and rlivepatch has run
+    /// nothing in the process since: a second read a moment later would see no more of
+    /// the program's own loads and unloads than the first (its threads run throughout),
+    /// and the maps are the dearest file of /proc to read.
+    pub fn refresh_after_attach(&mut self) -> Result<()> {
+        if self.fresh {
+            return Ok(());
+        }
+        self.refresh()
     }
 
     /// The C library's entry points, when already found before attaching.
@@ -243,6 +264,7 @@ impl<'a> Session<'a> {
 
     /// Borrow the stopped thread `tid` (`safe`: it is at a safe point for the loader).
     fn borrow_tid(&mut self, tid: Tid, safe: bool) -> Result<()> {
+        self.fresh = false;
         let libc = match &self.libc {
             Some(l) => l.clone(),
             None => {
@@ -266,11 +288,15 @@ impl<'a> Session<'a> {
                 .is_some_and(|s| !s.interrupting());
         let mut inj = Injector::borrow(&mut self.tr, tid, libc, rewind)?;
         let ip = inj.context().rip;
-        inj.allow_waitv(crate::os::seccomp::allows_waitv_gate(
-            self.proc.pid,
-            tid,
-            ip,
-        ));
+        // Judged when picked, mostly; a refusal now (a filter installed since) keeps the
+        // thread off the gate.
+        let gate = match self.gates.remove(&tid) {
+            Some(g) => g,
+            None => crate::os::seccomp::check(self.proc.pid, tid, ip)
+                .unwrap_or(crate::os::seccomp::WaitvGate(false)),
+        };
+        self.gates.clear();
+        inj.allow_waitv(gate.0);
         inj.call_timeout = self.opts.call_timeout;
         inj.safe = safe;
         let lend = if safe {
@@ -571,13 +597,20 @@ impl<'a> Session<'a> {
         let pid = self.proc.pid;
         let start = self.proc.start_time;
         let mut leftovers = std::mem::take(&mut self.leftovers);
-        let closed = self.close_keeping_progress();
-        let (closed, say) = closed;
+        let (closed, say, job_control_seen) = self.close_keeping_progress();
         let proc_alive = crate::os::process::alive(pid, start);
         match (r, closed) {
-            (Ok(value), Ok(())) => Ok(Concluded { value, leftovers }),
+            (Ok(value), Ok(())) => Ok(Concluded {
+                value,
+                leftovers,
+                job_control_seen,
+            }),
             // Nothing is left in a process that is gone.
-            (Ok(value), Err(_)) if !proc_alive => Ok(Concluded { value, leftovers }),
+            (Ok(value), Err(_)) if !proc_alive => Ok(Concluded {
+                value,
+                leftovers,
+                job_control_seen,
+            }),
             (Err(e), Err(_)) if !proc_alive => Err(e),
             (Err(e), Ok(())) => Err(e),
             (Ok(value), Err(c)) => {
@@ -590,7 +623,11 @@ impl<'a> Session<'a> {
                     "warning: the operation is done, but {what}; run `rlivepatch repair {pid}` to clear it"
                 ));
                 leftovers.push(what);
-                Ok(Concluded { value, leftovers })
+                Ok(Concluded {
+                    value,
+                    leftovers,
+                    job_control_seen,
+                })
             }
             (Err(e), Err(c)) => Err(crate::err!(
                 Incomplete,
@@ -620,9 +657,11 @@ impl<'a> Session<'a> {
     }
 
     /// [`Session::close`], giving back where progress lines go.
-    fn close_keeping_progress(mut self) -> (Result<()>, ProgressFn<'a>) {
+    /// [`Session::close`], keeping the progress callback and whether a stop signal or a
+    /// job-control stop was seen while attached (the detach included).
+    fn close_keeping_progress(mut self) -> (Result<()>, ProgressFn<'a>, bool) {
         let r = self.close_inner();
-        (r, self.progress)
+        (r, self.progress, self.tr.job_control_seen)
     }
 
     /// Undo rlivepatch's presence: unmap its memory, give threads back, detach.

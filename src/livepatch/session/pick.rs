@@ -247,7 +247,11 @@ impl Session<'_> {
             return Ok(Err("a signal is waiting for it".into()));
         }
         let regs = self.tr.regs(tid)?;
-        Ok(crate::os::seccomp::check(self.proc.pid, tid, regs.rip).map_err(|e| e.message))
+        Ok(crate::os::seccomp::check(self.proc.pid, tid, regs.rip)
+            .map(|gate| {
+                self.gates.insert(tid, gate);
+            })
+            .map_err(|e| e.message))
     }
 
     /// One pass over the threads: the best found (kept stopped), and why the others
@@ -330,8 +334,11 @@ impl Session<'_> {
         }
         let regs = self.tr.regs(tid)?;
         // Before any injected call: a seccomp filter could kill the process for one.
-        if let Err(e) = crate::os::seccomp::check(self.proc.pid, tid, regs.rip) {
-            return Ok(Err(Refusal::Filtered(e)));
+        match crate::os::seccomp::check(self.proc.pid, tid, regs.rip) {
+            Ok(gate) => {
+                self.gates.insert(tid, gate);
+            }
+            Err(e) => return Ok(Err(Refusal::Filtered(e))),
         }
         Ok(safepoint::judge(
             &self.proc,
