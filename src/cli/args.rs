@@ -66,7 +66,7 @@ pub struct FleetArgs {
     /// Never this process (repeatable).
     #[arg(long = "exclude-pid", value_name = "P", value_parser = parse_pid)]
     pub exclude: Vec<i32>,
-    /// Processes worked on at once (default: the number of CPUs).
+    /// Processes worked on at once (default: four per CPU, one per CPU when all are busy).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
     /// Give up on processes not reached within this many seconds of the start.

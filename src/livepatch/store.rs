@@ -142,12 +142,13 @@ impl Store {
         }
         let generation_no = self.generation + 1;
         let base = self.addr + HEADER + (generation_no % 2) * SLOT_SIZE;
-        // Body first, then the header that makes it valid.
-        proc.write_unverified(base + 24, &body)?;
-        let mut head = generation_no.to_le_bytes().to_vec();
-        head.extend((body.len() as u64).to_le_bytes());
-        head.extend(checksum(&body).to_le_bytes());
-        proc.write_unverified(base, &head)?;
+        // Header and body in one write to the slot not in use: a torn write (rlivepatch
+        // killed midway) fails the header's checksum, and the other slot stands.
+        let mut slot = generation_no.to_le_bytes().to_vec();
+        slot.extend((body.len() as u64).to_le_bytes());
+        slot.extend(checksum(&body).to_le_bytes());
+        slot.extend(&body);
+        proc.write_unverified(base, &slot)?;
         self.generation = generation_no;
         Ok(())
     }

@@ -31,7 +31,12 @@ thread_local! {
     /// thread's CPU clock is a system call, with no vDSO path, and points come every few
     /// microseconds).
     static CHECKED: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    /// The monotonic clock until which no point pauses: the CPUs were found free, and
+    /// that answer holds until it is read again ([`CROWDED_TTL_NS`]).
+    static QUIET_UNTIL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
+/// How long an answer of [`crowded`] holds.
+const CROWDED_TTL_NS: u64 = 50_000_000;
 /// Wall time spent in pauses (ns), for the trace. No budget caps it: measured, a cap
 /// (pauses at most a fifth of the run) made the busy threads' worst gap larger with a
 /// few hundred threads and did not shorten the run with a thousand, whose length is the
@@ -85,7 +90,7 @@ fn cpu_ns() -> u64 {
 
 /// The CPUs rlivepatch may run on, read once per run: `available_parallelism` reads the
 /// affinity mask and the cgroup's CPU quota files each time it is asked.
-fn cpus() -> usize {
+pub fn cpus() -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CPUS.get_or_init(|| {
         std::thread::available_parallelism()
@@ -94,24 +99,30 @@ fn cpus() -> usize {
     })
 }
 
-/// Are there more runnable tasks than CPUs (counting rlivepatch)? Read at most every
-/// 50 ms: the answer changes with the machine's load, not within a burst, and a fleet run
-/// asked it hundreds of times a second.
-fn crowded() -> bool {
+/// Are there more runnable tasks than CPUs (counting rlivepatch)? With the monotonic
+/// time the answer was read: it is read at most every 50 ms, since it changes with the
+/// machine's load, not within a burst, and a fleet run asked it hundreds of times a
+/// second.
+fn crowded() -> (bool, u64) {
     use std::sync::Mutex;
     static LAST: Mutex<Option<(u64, bool)>> = Mutex::new(None);
     let now = clock(libc::CLOCK_MONOTONIC);
     if let Ok(last) = LAST.lock()
         && let Some((at, answer)) = *last
-        && now.saturating_sub(at) < 50_000_000
+        && now.saturating_sub(at) < CROWDED_TTL_NS
     {
-        return answer;
+        return (answer, at);
     }
     let answer = crowded_now();
     if let Ok(mut last) = LAST.lock() {
         *last = Some((now, answer));
     }
-    answer
+    (answer, now)
+}
+
+/// Are all the CPUs busy (more runnable tasks than CPUs) right now?
+pub fn cpus_busy() -> bool {
+    crowded().0
 }
 
 fn crowded_now() -> bool {
@@ -135,6 +146,9 @@ pub fn point() {
     }
     let last = LAST.with(|l| l.get());
     let wall = clock(libc::CLOCK_MONOTONIC);
+    if wall < QUIET_UNTIL.with(|q| q.get()) {
+        return;
+    }
     let (wall_then, cpu_then) = CHECKED.with(|c| c.get());
     let at_most = cpu_then + wall.saturating_sub(wall_then);
     if wall_then != 0 && at_most.saturating_sub(last) < BURST_NS {
@@ -147,19 +161,25 @@ pub fn point() {
     if now.saturating_sub(last) + BURST_SLACK_NS < BURST_NS {
         return;
     }
-    if crowded() {
-        let t0 = clock(libc::CLOCK_MONOTONIC);
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: PAUSE_NS,
-        };
-        // SAFETY: nanosleep reads one timespec; an early wake-up (a signal) is fine.
-        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
-        PAUSED.fetch_add(
-            clock(libc::CLOCK_MONOTONIC).saturating_sub(t0),
-            Ordering::Relaxed,
-        );
+    let (crowded, read_at) = crowded();
+    if !crowded {
+        // A free CPU: nothing waits for this one, until the load is read again. The
+        // next burst is counted from then.
+        LAST.with(|l| l.set(now));
+        QUIET_UNTIL.with(|q| q.set(read_at + CROWDED_TTL_NS));
+        return;
     }
+    let t0 = clock(libc::CLOCK_MONOTONIC);
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: PAUSE_NS,
+    };
+    // SAFETY: nanosleep reads one timespec; an early wake-up (a signal) is fine.
+    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+    PAUSED.fetch_add(
+        clock(libc::CLOCK_MONOTONIC).saturating_sub(t0),
+        Ordering::Relaxed,
+    );
     let cpu = cpu_ns();
     LAST.with(|l| l.set(cpu));
     CHECKED.with(|c| c.set((clock(libc::CLOCK_MONOTONIC), cpu)));

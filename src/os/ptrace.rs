@@ -1429,6 +1429,37 @@ fn is_rlivepatch(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "rlivepatch")
 }
 
+/// What a syscall stop of a thread says of its system call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyscallStop {
+    /// Entering system call number N.
+    Entry(i64),
+    /// Leaving one, with its return value.
+    Exit(i64),
+    /// Not a syscall stop.
+    Other,
+}
+
+/// [`SyscallStop`] of a thread stopped at a syscall stop: one `PTRACE_GET_SYSCALL_INFO`,
+/// no registers read.
+pub fn syscall_stop(tid: Tid) -> Result<SyscallStop> {
+    let info = nix::sys::ptrace::syscall_info(nix::unistd::Pid::from_raw(tid)).map_err(|e| {
+        err!(
+            Failed,
+            "PTRACE_GET_SYSCALL_INFO on thread {tid}: {}",
+            e.desc()
+        )
+    })?;
+    // SAFETY: the kernel filled the union member that `op` names.
+    Ok(unsafe {
+        match info.op {
+            libc::PTRACE_SYSCALL_INFO_ENTRY => SyscallStop::Entry(info.u.entry.nr as i64),
+            libc::PTRACE_SYSCALL_INFO_EXIT => SyscallStop::Exit(info.u.exit.sval),
+            _ => SyscallStop::Other,
+        }
+    })
+}
+
 /// Is the thread at a syscall-enter stop (rather than syscall-exit)?
 pub fn is_syscall_entry(tid: Tid) -> Result<bool> {
     let info = nix::sys::ptrace::syscall_info(nix::unistd::Pid::from_raw(tid)).map_err(|e| {

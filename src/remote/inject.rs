@@ -680,11 +680,17 @@ pub struct Injector {
     /// The thread may wait in `futex_waitv` (the kernel has it and no seccomp filter
     /// stands in the way): set by [`Injector::allow_waitv`].
     waitv: bool,
+    /// In a bootstrap frame ([`Injector::boot_begin`]) whose calls have blocked every
+    /// signal: the mask stays so from stop to stop until [`Injector::boot_end`] (a
+    /// rlivepatch killed meanwhile leaves the thread to the frame's `rt_sigreturn`, which
+    /// gives it its own mask back).
+    frame_blocked: Option<bool>,
 }
 
 enum Outcome {
-    Caught(Regs),
-    Crashed(i32, Regs),
+    /// At a kept stop (its registers: [`Tracer::regs`], read only if needed).
+    Caught,
+    Crashed(i32, Box<Regs>),
 }
 
 /// The frame bootstrap system calls return through, on the borrowed thread's stack
@@ -729,6 +735,7 @@ impl Injector {
             lent_arena: None,
             notify: None,
             parked: false,
+            frame_blocked: None,
         };
         inj.gate = inj.gate();
         Ok(inj)
@@ -859,9 +866,8 @@ impl Injector {
             };
             match th.stop {
                 Some(Stop::Syscall) => {
-                    let r = tr.regs(self.tid)?;
                     self.end_run(tr);
-                    return Ok(Outcome::Caught(r));
+                    return Ok(Outcome::Caught);
                 }
                 Some(Stop::Signal(sig)) if !is_fault(self.tid) => {
                     // Not the call's doing: a stop signal sent to the process (the only
@@ -876,7 +882,7 @@ impl Injector {
                     if let Some(th) = tr.threads.get_mut(&self.tid) {
                         th.pending_signal = None;
                     }
-                    return Ok(Outcome::Crashed(sig, r));
+                    return Ok(Outcome::Crashed(sig, Box::new(r)));
                 }
                 Some(_) => {
                     // A stray stop (our earlier interrupt, a group stop): keep going.
@@ -908,7 +914,12 @@ impl Injector {
         if let Some(regs) = regs {
             tr.set_regs(self.tid, regs)?;
         }
-        tr.set_sigmask(self.tid, !0u64)?;
+        if self.frame_blocked != Some(true) {
+            tr.set_sigmask(self.tid, !0u64)?;
+        }
+        if self.frame_blocked.is_some() {
+            self.frame_blocked = Some(true);
+        }
         {
             let th = tr
                 .threads
@@ -924,7 +935,7 @@ impl Injector {
     }
 
     fn end_run(&self, tr: &mut Tracer) {
-        if !self.leaked {
+        if !self.leaked && self.frame_blocked.is_none() {
             let _ = tr.set_sigmask(self.tid, self.mask);
         }
         if let Some(th) = tr.threads.get_mut(&self.tid) {
@@ -1007,6 +1018,7 @@ impl Injector {
         let mut image = self.libc.restore_rt.to_le_bytes().to_vec();
         image.extend(self.frame(uc));
         proc.write_unverified(low, &image)?;
+        self.frame_blocked = Some(false);
         Ok(BootFrame {
             low,
             data_at,
@@ -1060,37 +1072,36 @@ impl Injector {
         let mut regs = Some(&r);
         let mut entered = false;
         loop {
-            let stop = match self.run(tr, regs.take(), Catch::All, &what)? {
-                Outcome::Caught(r) => r,
-                Outcome::Crashed(sig, r) => {
-                    bail!(Failed, "{what} faulted with signal {sig} at {:#x}", r.rip)
+            if let Outcome::Crashed(sig, r) = self.run(tr, regs.take(), Catch::All, &what)? {
+                bail!(Failed, "{what} faulted with signal {sig} at {:#x}", r.rip)
+            }
+            // What the stop says of the call: no need for the registers.
+            use crate::os::ptrace::SyscallStop;
+            match (entered, crate::os::ptrace::syscall_stop(self.tid)?) {
+                (false, SyscallStop::Entry(n)) if n == nr => entered = true,
+                (false, SyscallStop::Entry(n)) => {
+                    bail!(Failed, "{what}: unexpected system call {n}")
                 }
-            };
-            let entry = crate::os::ptrace::is_syscall_entry(self.tid)?;
-            match (entered, entry) {
-                (false, true) if stop.orig_rax as i64 == nr => entered = true,
-                (false, true) => bail!(
-                    Failed,
-                    "{what}: unexpected system call {} at {:#x}",
-                    stop.orig_rax as i64,
-                    stop.rip
-                ),
-                (false, false) => {}
-                (true, false) => return Ok(stop.rax as i64),
-                (true, true) => bail!(
-                    Failed,
-                    "{what}: a second system call {} at {:#x}",
-                    stop.orig_rax as i64,
-                    stop.rip
-                ),
+                (false, _) => {}
+                (true, SyscallStop::Exit(rval)) => return Ok(rval),
+                (true, SyscallStop::Entry(n)) => {
+                    bail!(Failed, "{what}: a second system call {n}")
+                }
+                (true, SyscallStop::Other) => {
+                    bail!(Failed, "{what}: an unexpected stop")
+                }
             }
         }
     }
 
     /// After the bootstrap calls: the thread's context back, and its stack as it was.
     fn boot_end(&mut self, tr: &mut Tracer, proc: &Process, frame: BootFrame) -> Result<()> {
+        let blocked = self.frame_blocked.take() == Some(true);
         if self.leaked {
             return Ok(());
+        }
+        if blocked {
+            tr.set_sigmask(self.tid, self.mask)?;
         }
         self.restore(tr)?;
         proc.write_unverified(frame.low, &frame.saved)
@@ -1394,7 +1405,7 @@ impl Injector {
                 let Outcome::Crashed(sig, r) = out else {
                     unreachable!("check_in_call reports crashes only")
                 };
-                return self.crashed(tr, sig, r, what);
+                return self.crashed(tr, sig, *r, what);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -1475,7 +1486,7 @@ impl Injector {
         match th.stop {
             Some(Stop::Signal(sig)) if is_fault(self.tid) => {
                 let r = tr.regs(self.tid)?;
-                return Ok(Some(Outcome::Crashed(sig, r)));
+                return Ok(Some(Outcome::Crashed(sig, Box::new(r))));
             }
             Some(_) => tr.resume(self.tid)?,
             None => {}
@@ -1490,7 +1501,7 @@ impl Injector {
         if let Some(th) = tr.threads.get_mut(&self.tid) {
             th.pending_signal = None;
         }
-        self.finish(tr, Outcome::Crashed(sig, r), what)
+        self.finish(tr, Outcome::Crashed(sig, Box::new(r)), what)
     }
 
     /// A call that did not return in time: left to finish on its own (see `run`).
@@ -1547,7 +1558,8 @@ impl Injector {
 
     fn finish(&mut self, tr: &mut Tracer, out: Outcome, what: &str) -> Result<u64> {
         match out {
-            Outcome::Caught(r) => {
+            Outcome::Caught => {
+                let r = tr.regs(self.tid)?;
                 if r.orig_rax != SYS_RT_SIGRETURN {
                     self.restore(tr)?;
                     bail!(

@@ -108,6 +108,8 @@ pub struct Session<'a> {
     /// What the seccomp check found of the threads judged since the last borrow: may
     /// each wait at the `futex_waitv` gate?
     gates: std::collections::HashMap<Tid, crate::os::seccomp::WaitvGate>,
+    /// The state lists last written to the runtime at its base ([`Session::set_states`]).
+    states_written: Option<(u64, Vec<u64>, Vec<u64>)>,
 }
 
 /// An operation's result, and what tidying up after it left behind.
@@ -174,6 +176,7 @@ impl<'a> Session<'a> {
             leftovers: Vec::new(),
             fresh: true,
             gates: Default::default(),
+            states_written: None,
         })
     }
 

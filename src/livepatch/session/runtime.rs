@@ -30,6 +30,8 @@ impl Session<'_> {
         let base = self.proc.read_u64(handle)?;
         let r = RuntimeRecord { handle, base, fd };
         self.record.runtime = Some(r.clone());
+        // A new copy (perhaps where an unloaded one was): its lists are empty.
+        self.states_written = None;
         self.start_keeper(base)?;
         Ok(r)
     }
@@ -40,6 +42,12 @@ impl Session<'_> {
         let Some(rt) = &self.record.runtime else {
             return Ok(());
         };
+        // The same as last written by this run (the callbacks of one operation mostly
+        // see the same lists): nothing to write.
+        let key = (rt.base, current.to_vec(), prev.to_vec());
+        if self.states_written.as_ref() == Some(&key) {
+            return Ok(());
+        }
         let at = rt.base + crate::remote::runtime::layout()?.registry;
         let mut b = Vec::with_capacity(8 + 8 * (2 + 2 * crate::remote::runtime::MAX_STATES));
         let mut half = |list: &[u64]| {
@@ -51,7 +59,9 @@ impl Session<'_> {
         };
         half(current);
         half(prev);
-        self.proc.write(at + 8, &b)
+        self.proc.write(at + 8, &b)?;
+        self.states_written = Some(key);
+        Ok(())
     }
 
     /// Live shadow variables in the process.
