@@ -48,18 +48,19 @@ pub struct FleetOptions {
     pub opts: Options,
 }
 
-/// Workers at once when `--jobs` is not given: four per CPU while the CPUs have room,
-/// one per CPU when they are all busy. Each process's operation mostly waits for its
-/// threads to be scheduled (their stops, the injected calls): with one worker per CPU,
-/// measured, the CPUs stood idle 44% of a fleet apply; four per CPU cut its time per
-/// process by a quarter. On a busy machine more workers would only take more CPU from
-/// the services (each paces itself, see [`crate::os::pace`]).
+/// Workers at once when `--jobs` is not given: four per CPU while the CPUs have room (at
+/// most 64, each worker holding a few descriptors), one per CPU when they are all busy.
+/// Each process's operation mostly waits for its threads to be scheduled (their stops,
+/// the injected calls): with one worker per CPU, measured, the CPUs stood idle 44% of a
+/// fleet apply; four per CPU cut its time per process by a quarter. On a busy machine
+/// more workers would only take more CPU from the services (each paces itself, see
+/// [`crate::os::pace`]).
 pub fn default_jobs() -> usize {
     let cpus = crate::os::pace::cpus();
     if crate::os::pace::cpus_busy() {
         cpus
     } else {
-        cpus * 4
+        (cpus * 4).min(64).max(cpus)
     }
 }
 
