@@ -1462,12 +1462,5 @@ pub fn syscall_stop(tid: Tid) -> Result<SyscallStop> {
 
 /// Is the thread at a syscall-enter stop (rather than syscall-exit)?
 pub fn is_syscall_entry(tid: Tid) -> Result<bool> {
-    let info = nix::sys::ptrace::syscall_info(nix::unistd::Pid::from_raw(tid)).map_err(|e| {
-        err!(
-            Failed,
-            "PTRACE_GET_SYSCALL_INFO on thread {tid}: {}",
-            e.desc()
-        )
-    })?;
-    Ok(info.op == libc::PTRACE_SYSCALL_INFO_ENTRY)
+    Ok(matches!(syscall_stop(tid)?, SyscallStop::Entry(_)))
 }
