@@ -66,7 +66,8 @@ pub struct FleetArgs {
     /// Never this process (repeatable).
     #[arg(long = "exclude-pid", value_name = "P", value_parser = parse_pid)]
     pub exclude: Vec<i32>,
-    /// Processes worked on at once (default: four per CPU, one per CPU when all are busy).
+    /// Processes worked on at once (default: one per CPU, up to four per CPU for many
+    /// processes while the CPUs have room).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
     /// Give up on processes not reached within this many seconds of the start.

@@ -48,7 +48,7 @@ pub fn run_fleet(
     json: bool,
 ) -> Result<u8, Error> {
     let fo = crate::fleet::FleetOptions {
-        jobs: fleet.jobs.unwrap_or_else(crate::fleet::default_jobs),
+        jobs: fleet.jobs,
         deadline: fleet.deadline,
         require_match: fleet.require_match,
         opts,

@@ -174,18 +174,23 @@ impl LoadedObject {
                 m.mtime_nsec() as u64 ^ m.mtime() as u64,
             )
         });
-        if let Some(k) = key
-            && let Some(f) = FILES.lock().unwrap_or_else(|e| e.into_inner()).get(&k)
-        {
+        let path = mapped.map(|(p, _)| p);
+        let Some(k) = key else {
+            return Ok(Arc::new(self.open_file(path)?));
+        };
+        let slot = FILES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(k)
+            .or_default()
+            .clone();
+        let mut parsed = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = parsed.as_ref() {
             return Ok(f.clone());
         }
-        let f = Arc::new(self.open_file(mapped.map(|(p, _)| p))?);
-        if let Some(k) = key {
-            FILES
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(k, f.clone());
-        }
+        // A failure is not kept: the next process tries again.
+        let f = Arc::new(self.open_file(path)?);
+        *parsed = Some(f.clone());
         Ok(f)
     }
 
@@ -397,9 +402,12 @@ fn identity_cached(path: &str) -> Option<Arc<Identity>> {
     i
 }
 
-/// Files parsed in this run, by (device, inode, size, modification time).
+/// Files parsed in this run, by (device, inode, size, modification time). Each has its
+/// own lock, held while it is parsed: the workers of a fleet run that all reach the C
+/// library at once wait for one parse instead of making one each.
 type FileKey = (u64, u64, u64, u64);
-static FILES: LazyLock<Mutex<std::collections::HashMap<FileKey, Arc<ElfFile>>>> =
+type FileSlot = Arc<Mutex<Option<Arc<ElfFile>>>>;
+static FILES: LazyLock<Mutex<std::collections::HashMap<FileKey, FileSlot>>> =
     LazyLock::new(Default::default);
 
 /// The objects of a process at one moment.
