@@ -39,6 +39,9 @@ pub struct LoadedObject {
     /// The file's [`Identity`], read once per object: a fleet apply asks it of every
     /// object several times (what the process may unload), each a `stat` through /proc.
     identity: OnceCell<Option<Arc<Identity>>>,
+    /// Where the mapped file is found and its metadata ([`LoadedObject::mapped_path`]),
+    /// looked up once for the identity and the parse.
+    mapped: OnceCell<Option<(PathBuf, std::fs::Metadata)>>,
     debug_dirs: Rc<[PathBuf]>,
     /// The process it is mapped in.
     pub pid: i32,
@@ -83,7 +86,10 @@ impl LoadedObject {
             return None;
         }
         self.identity
-            .get_or_init(|| identity(self.pid, &self.mappings[0]))
+            .get_or_init(|| match self.mapped() {
+                Some((path, meta)) => identity_of(&path.to_string_lossy(), &meta),
+                None => identity(self.pid, &self.mappings[0]),
+            })
             .clone()
     }
 
@@ -163,7 +169,7 @@ impl LoadedObject {
     fn open_file_shared(&self) -> Result<Arc<ElfFile>> {
         let first = &self.mappings[0];
         let mapped = (first.inode != 0 && self.path != "[vdso]")
-            .then(|| self.mapped_path().ok())
+            .then(|| self.mapped())
             .flatten();
         let key = mapped.as_ref().map(|(_, m)| {
             use std::os::unix::fs::MetadataExt;
@@ -224,6 +230,11 @@ impl LoadedObject {
         })?;
         f.path = self.path.clone().into();
         Ok(f)
+    }
+
+    /// [`LoadedObject::mapped_path`], looked up once.
+    fn mapped(&self) -> Option<(PathBuf, std::fs::Metadata)> {
+        self.mapped.get_or_init(|| self.mapped_path().ok()).clone()
     }
 
     /// A path to the very file the process mapped: through `/proc/pid/map_files` (which
@@ -378,9 +389,19 @@ pub fn exe_identity(pid: i32) -> Option<Arc<Identity>> {
     identity_cached(&format!("/proc/{pid}/exe"))
 }
 
+/// [`exe_identity`] of an opened process, whose executable's metadata it read already.
+pub fn exe_identity_of(proc: &Process) -> Option<Arc<Identity>> {
+    let (_, meta) = proc.exe_file().ok()?;
+    identity_of(&format!("/proc/{}/exe", proc.pid), meta)
+}
+
 /// The identity of the file at `path`, from the cache when the file was read already.
 fn identity_cached(path: &str) -> Option<Arc<Identity>> {
-    let meta = std::fs::metadata(path).ok()?;
+    identity_of(path, &std::fs::metadata(path).ok()?)
+}
+
+/// [`identity_cached`] of the file at `path`, whose metadata `meta` was read already.
+fn identity_of(path: &str, meta: &std::fs::Metadata) -> Option<Arc<Identity>> {
     let key = (
         meta.dev(),
         meta.ino(),
@@ -488,6 +509,7 @@ impl Objects {
                 file: OnceCell::new(),
                 debug: OnceCell::new(),
                 identity: OnceCell::new(),
+                mapped: OnceCell::new(),
                 debug_dirs: debug_dirs.clone(),
                 pid: proc.pid,
             });
@@ -539,6 +561,7 @@ impl Objects {
             file: OnceCell::from(Ok(Arc::new(f))),
             debug: OnceCell::new(),
             identity: OnceCell::new(),
+            mapped: OnceCell::new(),
             debug_dirs: debug_dirs.into(),
             pid,
         };
@@ -562,6 +585,7 @@ impl Objects {
                 o.file = p.file;
                 o.debug = p.debug;
                 o.identity = p.identity;
+                o.mapped = p.mapped;
             }
         }
     }

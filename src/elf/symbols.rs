@@ -81,8 +81,10 @@ pub enum SymKind {
 pub struct Symbol {
     /// Name without version.
     pub name: String,
-    /// Version from `.gnu.version` (dynsym only), e.g. `GLIBC_2.14`.
-    pub version: Option<String>,
+    /// Version from `.gnu.version` (dynsym only), e.g. `GLIBC_2.14`: one string shared
+    /// by every symbol of the version (a copy each made the C library's symbols cost
+    /// twice the allocations).
+    pub version: Option<std::sync::Arc<str>>,
     /// `true` for a non-default version (`name@VER`), `false` for `name@@VER`.
     pub version_hidden: bool,
     /// Value: the address in the file's address space (TLS: offset in the TLS block).
@@ -290,7 +292,9 @@ impl ElfFile {
             .section_headers
             .iter()
             .map(|s| Section {
-                name: elf.shdr_strtab.get_at(s.sh_name).unwrap_or("").to_string(),
+                name: str_at(&elf.shdr_strtab, s.sh_name)
+                    .unwrap_or("")
+                    .to_string(),
                 addr: s.sh_addr,
                 offset: s.sh_offset,
                 size: s.sh_size,
@@ -325,7 +329,7 @@ impl ElfFile {
             let s = elf.dynsyms.get(r.r_sym);
             let (sym_name, sym_value) = match s {
                 Some(s) if r.r_sym != 0 => (
-                    elf.dynstrtab.get_at(s.st_name).map(str::to_string),
+                    str_at(&elf.dynstrtab, s.st_name).map(str::to_string),
                     (s.st_shndx != section_header::SHN_UNDEF as usize).then_some(s.st_value),
                 ),
                 _ => (None, None),
@@ -345,7 +349,7 @@ impl ElfFile {
             .dynsyms
             .iter()
             .filter(|s| s.st_shndx == section_header::SHN_UNDEF as usize && s.st_name != 0)
-            .filter_map(|s| elf.dynstrtab.get_at(s.st_name).map(str::to_string))
+            .filter_map(|s| str_at(&elf.dynstrtab, s.st_name).map(str::to_string))
             .collect();
         let mut f = ElfFile {
             path,
@@ -544,13 +548,13 @@ impl ElfFile {
 fn collect_syms(
     syms: &sym::Symtab,
     strtab: &goblin::strtab::Strtab,
-    versions: Option<&[(Option<String>, bool)]>,
+    versions: Option<&[SymVersion]>,
 ) -> Vec<Symbol> {
     syms.iter()
         .enumerate()
         .filter(|(_, s)| s.st_shndx != section_header::SHN_UNDEF as usize && s.st_name != 0)
         .filter_map(|(i, s)| {
-            let name = strtab.get_at(s.st_name)?;
+            let name = str_at(strtab, s.st_name)?;
             let kind = match s.st_type() {
                 sym::STT_FUNC => SymKind::Func,
                 sym::STT_GNU_IFUNC => SymKind::Ifunc,
@@ -575,18 +579,31 @@ fn collect_syms(
         .collect()
 }
 
+/// The string at `offset` of a string table, read where it lies. goblin's `get_at`
+/// binary-searches its index of the table's strings for every name: the most of the
+/// time a large symbol table took to read. It deprecates `get` for tables read by
+/// scanning from the start; here each name is read once, from its own offset, to its
+/// terminating NUL.
+#[allow(deprecated)]
+fn str_at<'a>(table: &goblin::strtab::Strtab<'a>, offset: usize) -> Option<&'a str> {
+    table.get(offset)?.ok()
+}
+
+/// A dynamic symbol's version name and whether it is hidden (`name@VER`).
+type SymVersion = (Option<std::sync::Arc<str>>, bool);
+
 /// Version name and "hidden" flag of each dynsym entry, from `.gnu.version` and
 /// `.gnu.version_d`.
-fn symbol_versions(elf: &Elf) -> Vec<(Option<String>, bool)> {
+fn symbol_versions(elf: &Elf) -> Vec<SymVersion> {
     let (Some(versym), Some(verdef)) = (&elf.versym, &elf.verdef) else {
         return Vec::new();
     };
-    let mut names: HashMap<u16, String> = HashMap::new();
+    let mut names: HashMap<u16, std::sync::Arc<str>> = HashMap::new();
     for def in verdef.iter() {
         if let Some(aux) = def.iter().next()
-            && let Some(n) = elf.dynstrtab.get_at(aux.vda_name)
+            && let Some(n) = str_at(&elf.dynstrtab, aux.vda_name)
         {
-            names.insert(def.vd_ndx, n.to_string());
+            names.insert(def.vd_ndx, n.into());
         }
     }
     versym

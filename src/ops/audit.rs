@@ -5,7 +5,8 @@
 //! journal picks it up there); a log that cannot be reached changes no outcome. Test
 //! builds send to `RLIVEPATCH_LOG_SOCKET` instead, when set.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// A patch as the audit line shows it.
 pub struct Audited<'a> {
@@ -19,6 +20,14 @@ pub struct Audited<'a> {
 
 /// Log `op` on process `pid` with its outcome (`ok`, or the error's kind and message).
 pub fn record(op: &str, pid: i32, patch: Option<Audited>, outcome: &str) {
+    // No syslog socket (no `/dev/log`): not tried again for each process of a run for a
+    // second (a daemon's run is long: syslog may start meanwhile), nor the process read
+    // for a line nobody takes.
+    static NO_SOCKET_AT: Mutex<Option<Instant>> = Mutex::new(None);
+    let no_socket = || NO_SOCKET_AT.lock().unwrap_or_else(|e| e.into_inner());
+    if no_socket().is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        return;
+    }
     let line = line(op, pid, patch, outcome);
     let socket = if cfg!(debug_assertions) {
         std::env::var_os("RLIVEPATCH_LOG_SOCKET")
@@ -31,8 +40,12 @@ pub fn record(op: &str, pid: i32, patch: Option<Audited>, outcome: &str) {
     let msg = format!("<37>rlivepatch[{}]: {line}", std::process::id());
     // One socket for the run: a fleet run logs a line per process.
     static SOCKET: OnceLock<Option<std::os::unix::net::UnixDatagram>> = OnceLock::new();
-    if let Some(s) = SOCKET.get_or_init(|| std::os::unix::net::UnixDatagram::unbound().ok()) {
-        let _ = s.send_to(msg.as_bytes(), socket);
+    if let Some(s) = SOCKET.get_or_init(|| std::os::unix::net::UnixDatagram::unbound().ok())
+        && let Err(e) = s.send_to(msg.as_bytes(), socket)
+        // Only a missing socket: a listener that refuses may be a daemon restarting.
+        && e.kind() == std::io::ErrorKind::NotFound
+    {
+        *no_socket() = Some(Instant::now());
     }
 }
 

@@ -126,7 +126,7 @@ pub fn cpus_busy() -> bool {
 }
 
 fn crowded_now() -> bool {
-    let Ok(l) = crate::os::process::read_proc("/proc/loadavg") else {
+    let Ok(l) = crate::os::process::read_proc_whole("/proc/loadavg") else {
         return false;
     };
     let running: usize = l

@@ -46,7 +46,7 @@ pub struct Process {
     mem: File,
     /// The executable's path and (dev, inode), read once: every step that groups the
     /// mappings into objects asks, and it cannot change while the process is the same.
-    exe: std::cell::OnceCell<(PathBuf, u64, u64)>,
+    exe: std::cell::OnceCell<(PathBuf, std::fs::Metadata)>,
 }
 
 /// One line of `/proc/pid/maps`.
@@ -189,7 +189,7 @@ pub fn read_thread_status(pid: i32, tid: i32) -> Result<Status> {
 }
 
 fn parse_status(pid: i32, path: &str) -> Result<Status> {
-    let text = read_proc(path).map_err(|e| not_found_or(pid, e))?;
+    let text = read_proc_whole(path).map_err(|e| not_found_or(pid, e))?;
     Ok(status_of(pid, &text))
 }
 
@@ -239,7 +239,7 @@ impl Process {
 
 /// The start time of a process or thread (field 22 of its stat file), if it still exists.
 pub fn start_time(stat_path: &str) -> Option<u64> {
-    stat_start_time(&read_proc(stat_path).ok()?)
+    stat_start_time(&read_proc_whole(stat_path).ok()?)
 }
 
 /// The start time in the text of a `stat` file.
@@ -281,7 +281,7 @@ pub struct StatLine {
 /// [`StatLine`] of process `pid`; `None` if it is gone. A host-wide run asks this of
 /// every process.
 pub fn stat_line(pid: i32) -> Option<StatLine> {
-    let stat = read_proc(&format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_proc_whole(&format!("/proc/{pid}/stat")).ok()?;
     let comm = stat
         .find('(')
         .zip(stat.rfind(')'))
@@ -333,14 +333,17 @@ pub fn read_task_file(pid: i32, tid: i32, name: &str) -> Option<Vec<u8>> {
         )
         .ok()
     })?;
+    // `stat`, `status` and `syscall` come whole at the first read (see
+    // [`read_proc_whole`]); `children` is listed record by record.
+    let whole = name != "children";
     let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
+    let mut buf = [0u8; 4096];
     loop {
         let n = nix::unistd::read(&fd, &mut buf).ok()?;
-        if n == 0 {
+        out.extend_from_slice(&buf[..n]);
+        if n == 0 || (whole && n < buf.len()) {
             return Some(out);
         }
-        out.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -348,9 +351,22 @@ pub fn read_task_file(pid: i32, tid: i32, name: &str) -> Option<Vec<u8>> {
 /// asks for the size first (0 for `/proc`), then probes with small reads and grows,
 /// about four times the system calls for a file like `status` or `maps`.
 pub fn read_proc(path: &str) -> std::io::Result<String> {
+    read_proc_chunks(path, false)
+}
+
+/// [`read_proc`] for a file the kernel writes whole at the first read (`stat`,
+/// `status`, `syscall`, `loadavg`: `single_open` files): a read that does not fill the
+/// buffer has all of it, and the read that would only say "end of file" is skipped.
+/// Not for files listed record by record (`maps`, `children`), whose reads stop short
+/// at each page.
+pub fn read_proc_whole(path: &str) -> std::io::Result<String> {
+    read_proc_chunks(path, true)
+}
+
+fn read_proc_chunks(path: &str, whole: bool) -> std::io::Result<String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
-    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut buf = Vec::with_capacity(if whole { 4096 } else { 16 * 1024 });
     loop {
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(buf.capacity());
@@ -360,7 +376,7 @@ pub fn read_proc(path: &str) -> std::io::Result<String> {
         buf.resize(len + spare, 0);
         let n = f.read(&mut buf[len..])?;
         buf.truncate(len + n);
-        if n == 0 {
+        if n == 0 || (whole && n < spare) {
             break;
         }
     }
@@ -386,7 +402,7 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
 /// a tracer saw a stop signal) the other threads' states are read too: one short read
 /// each.
 pub fn job_stop(pid: i32, threads: bool) -> Option<String> {
-    let text = read_proc(&format!("/proc/{pid}/status")).ok()?;
+    let text = read_proc_whole(&format!("/proc/{pid}/status")).ok()?;
     let mask = |text: &str, key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key))
@@ -467,7 +483,7 @@ impl Process {
             );
         }
         // One read of stat gives the start time and the kernel-thread flag.
-        let stat = read_proc(&format!("/proc/{pid}/stat")).ok();
+        let stat = read_proc_whole(&format!("/proc/{pid}/stat")).ok();
         let start_time = stat.as_deref().and_then(stat_start_time).ok_or_else(|| {
             err!(Target, "process {pid} exited").because(crate::error::Cause::Gone)
         })?;
@@ -513,17 +529,22 @@ impl Process {
 
     /// The path of the executable as the kernel sees it, and its (dev, inode).
     pub fn exe(&self) -> Result<(PathBuf, u64, u64)> {
+        let (path, meta) = self.exe_file()?;
+        Ok((path.clone(), meta.dev(), meta.ino()))
+    }
+
+    /// The path of the executable as the kernel sees it, and the metadata of the file
+    /// (through `/proc/PID/exe`).
+    pub fn exe_file(&self) -> Result<&(PathBuf, std::fs::Metadata)> {
         if let Some(e) = self.exe.get() {
-            return Ok(e.clone());
+            return Ok(e);
         }
         let link = format!("/proc/{}/exe", self.pid);
         let path =
             std::fs::read_link(&link).map_err(|e| permission_error(self.pid, &self.status, e))?;
         let meta =
             std::fs::metadata(&link).map_err(|e| permission_error(self.pid, &self.status, e))?;
-        let e = (path, meta.dev(), meta.ino());
-        let _ = self.exe.set(e.clone());
-        Ok(e)
+        Ok(self.exe.get_or_init(|| (path, meta)))
     }
 
     /// A path through which this process's view of `path` can be opened from here, even in

@@ -292,7 +292,13 @@ impl Tracer {
     /// Another tracer is an error naming it; another rlivepatch is waited for until
     /// `deadline`. The thread set is re-read until it is stable (threads created by traced
     /// threads are attached by the kernel through `PTRACE_O_TRACECLONE`).
-    pub fn attach(pid: i32, deadline: Instant, progress: &mut dyn FnMut(&str)) -> Result<Tracer> {
+    /// `start` is the process's start time, read when it was opened: the lock's name.
+    pub fn attach(
+        pid: i32,
+        start: u64,
+        deadline: Instant,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Tracer> {
         let set = block_tool_signals()?;
         let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .context("creating signalfd")?;
@@ -314,9 +320,6 @@ impl Tracer {
         };
         crate::os::fault::set_target(pid);
         // One rlivepatch at a time: wait for another one working on this process.
-        let start = process::start_time(&format!("/proc/{pid}/stat")).ok_or_else(|| {
-            err!(Target, "process {pid} exited").because(crate::error::Cause::Gone)
-        })?;
         let mut announced = false;
         t.lock = Some(loop {
             if let Some(lock) = crate::os::lock::Lock::try_acquire(pid, start)? {

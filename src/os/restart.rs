@@ -141,19 +141,36 @@ impl Signals {
     /// Read the signal state of thread `tid` of process `pid`; `None` if it is gone.
     pub fn of(pid: i32, tid: i32) -> Option<Signals> {
         let text = crate::os::process::read_task_file(pid, tid, "status")?;
+        Some(Signals::from_status(&String::from_utf8_lossy(&text)))
+    }
+
+    /// [`Signals::of`] and the thread's seccomp mode (`Seccomp:`), from one read of its
+    /// status: choosing a thread to borrow needs both.
+    pub fn with_seccomp(pid: i32, tid: i32) -> Option<(Signals, u32)> {
+        let text = crate::os::process::read_task_file(pid, tid, "status")?;
         let text = String::from_utf8_lossy(&text);
+        let mode = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Some((Signals::from_status(&text), mode))
+    }
+
+    /// The signal state in the text of a thread's `status` file.
+    pub fn from_status(text: &str) -> Signals {
         let mask = |key: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(key))
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
                 .unwrap_or(0)
         };
-        Some(Signals {
+        Signals {
             pending: mask("SigPnd:") | mask("ShdPnd:"),
             blocked: mask("SigBlk:"),
             ignored: mask("SigIgn:"),
             caught: mask("SigCgt:"),
-        })
+        }
     }
 
     /// Would the program do nothing on `sig` (`SIG_IGN`, or the default action ignores it)?

@@ -317,6 +317,11 @@ fn planned(ip: u64) -> Vec<(&'static str, Call)> {
 pub fn check(pid: i32, tid: i32, ip: u64) -> Result<WaitvGate> {
     // Unreadable only if the thread is gone: then no call will run on it.
     let mode = crate::os::process::read_thread_status(pid, tid).map_or(0, |s| s.seccomp);
+    check_mode(pid, tid, ip, mode)
+}
+
+/// [`check`], with the thread's seccomp mode (`Seccomp:` of its status) read already.
+pub fn check_mode(pid: i32, tid: i32, ip: u64, mode: u32) -> Result<WaitvGate> {
     match mode {
         0 => return Ok(WaitvGate(true)),
         1 => bail!(

@@ -55,7 +55,7 @@ pub fn preflight(proc: &Process) -> Result<()> {
         }
     })?;
     // The headers say all this; the symbols are parsed later only if the patch needs them.
-    let exe_file = crate::elf::objects::exe_identity(proc.pid).ok_or_else(|| {
+    let exe_file = crate::elf::objects::exe_identity_of(proc).ok_or_else(|| {
         err!(
             Target,
             "cannot read the executable of process {} ({}) as an ELF file",

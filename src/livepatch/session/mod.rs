@@ -15,6 +15,7 @@ use crate::livepatch::store::Store;
 use crate::livepatch::transition::{self, Plan};
 use crate::os::process::{Mapping, Process};
 use crate::os::ptrace::{Stop, Tid, Tracer};
+use crate::os::restart::Signals;
 use crate::remote::inject::{Injector, Libc, Scratch};
 use crate::{bail, err};
 use std::time::{Duration, Instant};
@@ -105,9 +106,10 @@ pub struct Session<'a> {
     /// The maps and objects were read at attach, and nothing has run in the process for
     /// rlivepatch since ([`Session::refresh_after_attach`]).
     fresh: bool,
-    /// What the seccomp check found of the threads judged since the last borrow: may
-    /// each wait at the `futex_waitv` gate?
-    gates: std::collections::HashMap<Tid, crate::os::seccomp::WaitvGate>,
+    /// What the seccomp check found of the threads judged since the last borrow (may
+    /// each wait at the `futex_waitv` gate?), with their signals from the same read of
+    /// their status.
+    gates: std::collections::HashMap<Tid, (crate::os::seccomp::WaitvGate, Signals)>,
     /// The state lists last written to the runtime at its base ([`Session::set_states`]).
     states_written: Option<(u64, Vec<u64>, Vec<u64>)>,
 }
@@ -135,7 +137,12 @@ impl<'a> Session<'a> {
         progress: ProgressFn<'a>,
         prior: Option<Objects>,
     ) -> Result<Session<'a>> {
-        let tr = Tracer::attach(proc.pid, Instant::now() + opts.lock_timeout, progress)?;
+        let tr = Tracer::attach(
+            proc.pid,
+            proc.start_time,
+            Instant::now() + opts.lock_timeout,
+            progress,
+        )?;
         let maps = proc.maps()?;
         let mut objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
         if let Some(p) = prior {
@@ -282,23 +289,32 @@ impl<'a> Session<'a> {
         // A system call our interrupt cut short runs again when the thread gets its
         // context back; one a job-control stop or a signal cut short does not (the
         // program would have seen that EINTR anyway).
+        // Judged when picked, mostly (one read of its status for the filter and the
+        // signals); else read now.
+        let judged = self.gates.remove(&tid);
+        self.gates.clear();
+        let read = match judged {
+            Some((_, signals)) => Some((signals, None)),
+            None => Signals::with_seccomp(self.proc.pid, tid).map(|(s, m)| (s, Some(m))),
+        };
         let rewind = self
             .tr
             .threads
             .get(&tid)
             .is_some_and(|t| matches!(t.stop, Some(Stop::Interrupt) | Some(Stop::Syscall)))
-            && crate::os::restart::Signals::of(self.proc.pid, tid)
-                .is_some_and(|s| !s.interrupting());
+            && read.as_ref().is_some_and(|(s, _)| !s.interrupting());
         let mut inj = Injector::borrow(&mut self.tr, tid, libc, rewind)?;
         let ip = inj.context().rip;
-        // Judged when picked, mostly; a refusal now (a filter installed since) keeps the
-        // thread off the gate.
-        let gate = match self.gates.remove(&tid) {
-            Some(g) => g,
-            None => crate::os::seccomp::check(self.proc.pid, tid, ip)
-                .unwrap_or(crate::os::seccomp::WaitvGate(false)),
+        // A refusal now (a filter installed since it was picked) keeps the thread off
+        // the gate.
+        let gate = match (judged, read) {
+            (Some((g, _)), _) => g,
+            (None, Some((_, Some(mode)))) => {
+                crate::os::seccomp::check_mode(self.proc.pid, tid, ip, mode)
+                    .unwrap_or(crate::os::seccomp::WaitvGate(false))
+            }
+            _ => crate::os::seccomp::WaitvGate(false),
         };
-        self.gates.clear();
         inj.allow_waitv(gate.0);
         inj.call_timeout = self.opts.call_timeout;
         inj.safe = safe;
@@ -601,22 +617,28 @@ impl<'a> Session<'a> {
         let start = self.proc.start_time;
         let mut leftovers = std::mem::take(&mut self.leftovers);
         let (closed, say, job_control_seen) = self.close_keeping_progress();
+        let (r, closed) = match (r, closed) {
+            (Ok(value), Ok(())) => {
+                return Ok(Concluded {
+                    value,
+                    leftovers,
+                    job_control_seen,
+                });
+            }
+            (Err(e), Ok(())) => return Err(e),
+            (r, Err(c)) => (r, c),
+        };
+        // Read only when the clean-up failed: what is left depends on it.
         let proc_alive = crate::os::process::alive(pid, start);
         match (r, closed) {
-            (Ok(value), Ok(())) => Ok(Concluded {
-                value,
-                leftovers,
-                job_control_seen,
-            }),
             // Nothing is left in a process that is gone.
-            (Ok(value), Err(_)) if !proc_alive => Ok(Concluded {
+            (Ok(value), _) if !proc_alive => Ok(Concluded {
                 value,
                 leftovers,
                 job_control_seen,
             }),
-            (Err(e), Err(_)) if !proc_alive => Err(e),
-            (Err(e), Ok(())) => Err(e),
-            (Ok(value), Err(c)) => {
+            (Err(e), _) if !proc_alive => Err(e),
+            (Ok(value), c) => {
                 let what = format!(
                     "cleaning up failed ({}){}",
                     c.message,
@@ -632,7 +654,7 @@ impl<'a> Session<'a> {
                     job_control_seen,
                 })
             }
-            (Err(e), Err(c)) => Err(crate::err!(
+            (Err(e), c) => Err(crate::err!(
                 Incomplete,
                 "{}; and cleaning up failed: {}{}; run `rlivepatch repair {pid}`",
                 e.message,

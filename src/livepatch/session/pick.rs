@@ -8,6 +8,7 @@ use crate::bail;
 use crate::error::{Error, Result};
 use crate::os::process;
 use crate::os::ptrace::{Stop, Tid};
+use crate::os::restart::Signals;
 use crate::remote::safepoint::{self, Fitness, Unfit};
 use std::time::{Duration, Instant};
 
@@ -247,11 +248,18 @@ impl Session<'_> {
             return Ok(Err("a signal is waiting for it".into()));
         }
         let regs = self.tr.regs(tid)?;
-        Ok(crate::os::seccomp::check(self.proc.pid, tid, regs.rip)
-            .map(|gate| {
-                self.gates.insert(tid, gate);
-            })
-            .map_err(|e| e.message))
+        Ok(self.judge_filter(tid, regs.rip).map_err(|e| e.message))
+    }
+
+    /// Refuse thread `tid` (stopped at `ip`) when a seccomp filter would stop the calls
+    /// loading a patch; else keep what its status said (the gate, its signals) for the
+    /// borrow.
+    fn judge_filter(&mut self, tid: Tid, ip: u64) -> Result<()> {
+        // Unreadable only if the thread is gone: then no call will run on it.
+        let (signals, mode) = Signals::with_seccomp(self.proc.pid, tid).unwrap_or_default();
+        let gate = crate::os::seccomp::check_mode(self.proc.pid, tid, ip, mode)?;
+        self.gates.insert(tid, (gate, signals));
+        Ok(())
     }
 
     /// One pass over the threads: the best found (kept stopped), and why the others
@@ -334,11 +342,8 @@ impl Session<'_> {
         }
         let regs = self.tr.regs(tid)?;
         // Before any injected call: a seccomp filter could kill the process for one.
-        match crate::os::seccomp::check(self.proc.pid, tid, regs.rip) {
-            Ok(gate) => {
-                self.gates.insert(tid, gate);
-            }
-            Err(e) => return Ok(Err(Refusal::Filtered(e))),
+        if let Err(e) = self.judge_filter(tid, regs.rip) {
+            return Ok(Err(Refusal::Filtered(e)));
         }
         Ok(safepoint::judge(
             &self.proc,
