@@ -112,7 +112,7 @@ fn views_of(o: &LoadedObject, pattern: &str, out: &mut Vec<SymbolView>) -> Resul
     let bias = o.bias()?;
     let debug_file = o.debug_file();
     let mut seen = std::collections::HashSet::new();
-    for s in file.symtab.iter().chain(&file.dynsym) {
+    for s in file.symtab().iter().chain(file.dynsym()) {
         if !matches!(
             s.kind,
             SymKind::Func | SymKind::Ifunc | SymKind::Object | SymKind::Tls

@@ -644,7 +644,7 @@ RLIVEPATCH_NAME("llvm-plain");
     let rpid = r.pid.to_string();
     let sym = rlivepatch::elf::symbols::ElfFile::open(&rs)
         .unwrap()
-        .symtab
+        .symtab()
         .iter()
         .find(|s| s.name.contains("6nocall6record"))
         .expect("record in the symbol table")

@@ -196,7 +196,7 @@ fn an_ifunc_patches_the_implementation_the_resolver_picked() {
         .unwrap()
         .to_string();
     let file = rlivepatch::elf::symbols::ElfFile::open(Path::new(&libc_path)).unwrap();
-    let resolver = file.dynsym.iter().find(|s| s.name == "strlen").unwrap();
+    let resolver = file.dynsym().iter().find(|s| s.name == "strlen").unwrap();
     assert_eq!(resolver.kind, rlivepatch::elf::symbols::SymKind::Ifunc);
     let base = t.symbol_base("libc.so.6");
     assert_eq!(

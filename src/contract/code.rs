@@ -69,9 +69,9 @@ impl CodeMap {
     /// The layout of the object whose code is `file`, named by the symbols of `syms`.
     pub fn new(file: Arc<ElfFile>, syms: &ElfFile) -> CodeMap {
         let mut funcs: Vec<Func> = syms
-            .symtab
+            .symtab()
             .iter()
-            .chain(&syms.dynsym)
+            .chain(syms.dynsym())
             .filter(|s| s.kind == SymKind::Func && s.size > 0)
             .map(|s| Func {
                 start: s.value,
@@ -320,7 +320,7 @@ fn is_wide(ins: &Instruction) -> bool {
 pub fn named_parts(syms: &ElfFile, name: &str) -> Vec<Part> {
     let cold = format!("{name}.cold");
     let mut out: Vec<Part> = syms
-        .symtab
+        .symtab()
         .iter()
         .filter(|s| s.kind == SymKind::Func && s.size > 0)
         .filter(|s| s.name == cold || s.name.starts_with(&format!("{cold}.")))

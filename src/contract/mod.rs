@@ -451,7 +451,7 @@ fn llvm_producer(file: &crate::elf::symbols::ElfFile) -> Option<String> {
 /// Does the object's code take part in C++ exceptions (it uses the C++ personality
 /// routine or throws)?
 fn uses_exceptions(file: &crate::elf::symbols::ElfFile) -> bool {
-    file.undefined
+    file.undefined()
         .iter()
         .any(|n| n == "__gxx_personality_v0" || n == "__cxa_throw")
 }
@@ -478,7 +478,7 @@ fn pointed_to(file: &crate::elf::symbols::ElfFile, vaddr: u64) -> bool {
 /// Does a dynamic relocation of the object store the address `vaddr` (a function pointer
 /// in its data)?
 fn relocated(file: &crate::elf::symbols::ElfFile, vaddr: u64) -> bool {
-    file.dyn_relocs.values().any(|r| {
+    file.dyn_relocs().values().any(|r| {
         (r.r_type == 8 && r.addend as u64 == vaddr)
             || (r.sym_value == Some(vaddr) && matches!(r.r_type, 1 | 6 | 7))
     })
@@ -486,8 +486,7 @@ fn relocated(file: &crate::elf::symbols::ElfFile, vaddr: u64) -> bool {
 
 /// Does `obj` export `sym` (a global symbol of its dynamic symbol table)?
 fn exports(obj: &LoadedObject, sym: &str) -> bool {
-    obj.file()
-        .is_ok_and(|f| f.dynsym.iter().any(|s| s.name == sym && s.global))
+    obj.file().is_ok_and(|f| f.exports(sym))
 }
 
 /// Does another loaded object refer to `sym` of `obj` by name (a PLT or GOT entry, a
@@ -502,7 +501,7 @@ fn referenced_elsewhere(obj: &LoadedObject, objects: &Objects, sym: &str) -> boo
         .filter(|o| o.path != obj.path && o.path != "[vdso]")
         .any(|o| {
             o.file().is_ok_and(|f| {
-                f.dyn_relocs
+                f.dyn_relocs()
                     .values()
                     .any(|r| r.sym_name.as_deref() == Some(sym) && r.sym_value.is_none())
             })

@@ -5,6 +5,7 @@
 //! symbols, soname, build-id). Symbols come from `.symtab` first (it has the `static`
 //! functions) and `.dynsym` otherwise.
 
+use crate::elf::dynhash::{DynHash, DynSym};
 use crate::error::{Context, Result};
 use crate::{bail, err};
 use goblin::elf::{Elf, header, program_header, section_header, sym};
@@ -120,17 +121,23 @@ pub struct ElfFile {
     pub segments: Vec<Segment>,
     /// Section headers.
     pub sections: Vec<Section>,
-    /// Symbols from `.symtab` (empty when stripped).
-    pub symtab: Vec<Symbol>,
-    /// Symbols from `.dynsym`.
-    pub dynsym: Vec<Symbol>,
     /// `DT_NEEDED` entries.
     pub needed: Vec<String>,
-    /// Undefined dynamic symbols (what the file needs from other objects).
-    pub undefined: Vec<String>,
-    /// Relocations of the dynamic section, by offset: (type, symbol value if the symbol is
-    /// defined here, symbol name, addend). RELR entries appear as `R_X86_64_RELATIVE`.
-    pub dyn_relocs: HashMap<u64, Reloc>,
+    /// `.symtab` and `.dynsym` ([`ElfFile::symtab`], [`ElfFile::dynsym`]), read on first
+    /// use: most objects of a process are only asked a name or two (see
+    /// [`ElfFile::exports`]), or nothing.
+    tables: OnceLock<[Vec<Symbol>; 2]>,
+    /// There is a `.symtab` with symbols in it.
+    symtab_present: bool,
+    /// [`ElfFile::undefined`], read on first use.
+    undefined: OnceLock<Vec<String>>,
+    /// [`ElfFile::dyn_relocs`], read on first use.
+    dyn_relocs: OnceLock<HashMap<u64, Reloc>>,
+    /// The dynamic symbols' hash table, for lookups by name without reading them.
+    hash: Option<DynHash>,
+    /// The code symbols of `.symtab` and `.dynsym` by address, names unread
+    /// ([`ElfFile::symbolize_name`]).
+    code_by_addr: OnceLock<[CodeIndex; 2]>,
     /// Lookup indexes of `symtab` and `dynsym`, built on first use: a patch of 1000
     /// functions and the stack checks look up thousands of names and addresses.
     indexes: [OnceLock<SymIndex>; 2],
@@ -164,6 +171,66 @@ impl SymIndex {
         }
         ix.by_addr.sort_by_key(|&i| syms[i as usize].value);
         ix
+    }
+}
+
+/// The code symbols (functions and IFUNCs) of one symbol table by address, in the order
+/// [`SymIndex`] keeps them, with where each name lies in the string table section, read
+/// only for the symbol found.
+#[derive(Default)]
+struct CodeIndex {
+    /// (value, size, name offset, global), by value, table order among equal values.
+    syms: Vec<(u64, u64, usize, bool)>,
+    max_size: u64,
+    /// The string table section (offset, size in the file).
+    names: (usize, usize),
+}
+
+impl CodeIndex {
+    fn of(table: &sym::Symtab, names: &str, file: &ElfFile) -> CodeIndex {
+        let Some(sec) = file.section(names) else {
+            return CodeIndex::default();
+        };
+        let mut ix = CodeIndex {
+            names: (sec.offset as usize, sec.size as usize),
+            ..Default::default()
+        };
+        for s in table.iter() {
+            let code = matches!(s.st_type(), sym::STT_FUNC | sym::STT_GNU_IFUNC);
+            if code && s.st_shndx != section_header::SHN_UNDEF as usize && s.st_name != 0 {
+                ix.syms.push((
+                    s.st_value,
+                    s.st_size,
+                    s.st_name,
+                    s.st_bind() != sym::STB_LOCAL,
+                ));
+                ix.max_size = ix.max_size.max(s.st_size.max(1));
+            }
+        }
+        ix.syms.sort_by_key(|s| s.0);
+        ix
+    }
+
+    /// [`ElfFile::containing`] over these symbols: the innermost (highest start), the first
+    /// global one in table order among those starting there, else the first.
+    fn containing(&self, vaddr: u64, file: &ElfFile) -> Option<(String, u64)> {
+        let upto = self.syms.partition_point(|s| s.0 <= vaddr);
+        let mut best: Option<&(u64, u64, usize, bool)> = None;
+        for s in self.syms[..upto].iter().rev() {
+            if s.0.saturating_add(self.max_size) <= vaddr || best.is_some_and(|b| b.0 != s.0) {
+                break;
+            }
+            if vaddr < s.0.saturating_add(s.1.max(1)) && best.is_none_or(|b| s.3 || !b.3) {
+                best = Some(s);
+            }
+        }
+        let b = best?;
+        let (at, len) = self.names;
+        let table = file.data().get(at..at.checked_add(len)?)?;
+        let tail = table.get(b.2..)?;
+        let end = tail.iter().position(|&c| c == 0)?;
+        let name = std::str::from_utf8(&tail[..end]).ok()?;
+        Some((name.to_string(), vaddr - b.0))
     }
 }
 
@@ -316,9 +383,137 @@ impl ElfFile {
                 let end = b.iter().position(|&c| c == 0)?;
                 Some(String::from_utf8_lossy(&b[..end]).into_owned())
             });
-        let symtab = collect_syms(&elf.syms, &elf.strtab, None);
-        let versions = symbol_versions(&elf);
-        let dynsym = collect_syms(&elf.dynsyms, &elf.dynstrtab, Some(&versions));
+        let needed = elf.libraries.iter().map(|s| s.to_string()).collect();
+        let f = ElfFile {
+            path,
+            is_dyn: elf.header.e_type == header::ET_DYN,
+            is_x86_64: elf.header.e_machine == header::EM_X86_64 && elf.is_64,
+            is_64: elf.is_64,
+            interp: elf.interpreter.map(str::to_string),
+            soname: elf.soname.map(str::to_string),
+            build_id,
+            debuglink,
+            segments,
+            sections,
+            needed,
+            // Index 0 is the null symbol.
+            symtab_present: elf.syms.len() > 1,
+            tables: OnceLock::new(),
+            undefined: OnceLock::new(),
+            dyn_relocs: OnceLock::new(),
+            hash: DynHash::of(&elf),
+            code_by_addr: OnceLock::new(),
+            indexes: Default::default(),
+            bytes,
+        };
+        Ok(f)
+    }
+
+    /// The parser's view of the file again, for a table read on first use (the headers
+    /// were parsed once already: this cannot fail where that did not).
+    fn elf(&self) -> Option<Elf<'_>> {
+        Elf::parse(&self.bytes).ok()
+    }
+
+    /// Symbols from `.symtab` (empty when stripped).
+    pub fn symtab(&self) -> &[Symbol] {
+        &self.tables()[0]
+    }
+
+    /// Symbols from `.dynsym`.
+    pub fn dynsym(&self) -> &[Symbol] {
+        &self.tables()[1]
+    }
+
+    fn tables(&self) -> &[Vec<Symbol>; 2] {
+        self.tables.get_or_init(|| {
+            let Some(elf) = self.elf() else {
+                return Default::default();
+            };
+            let versions = symbol_versions(&elf);
+            [
+                collect_syms(&elf.syms, &elf.strtab, None),
+                collect_syms(&elf.dynsyms, &elf.dynstrtab, Some(&versions)),
+            ]
+        })
+    }
+
+    /// Undefined dynamic symbols (what the file needs from other objects).
+    pub fn undefined(&self) -> &[String] {
+        self.undefined.get_or_init(|| {
+            let Some(elf) = self.elf() else {
+                return Vec::new();
+            };
+            elf.dynsyms
+                .iter()
+                .filter(|s| s.st_shndx == section_header::SHN_UNDEF as usize && s.st_name != 0)
+                .filter_map(|s| str_at(&elf.dynstrtab, s.st_name).map(str::to_string))
+                .collect()
+        })
+    }
+
+    /// Does the file export `name` (a defined global or weak dynamic symbol)? From the
+    /// `.gnu.hash` table when the symbols were not read (a few reads of the file), else
+    /// from them.
+    pub fn exports(&self, name: &str) -> bool {
+        match self.hashed(name) {
+            Some(found) => found.iter().any(|s| s.defined() && s.global()),
+            None => self.named(1, name).any(|s| s.global),
+        }
+    }
+
+    /// The one function (or IFUNC, or untyped code symbol) the dynamic symbols name
+    /// `name` (its versions at one address count once), as [`find_function`] finds it
+    /// in a file without `.symtab`; from the `.gnu.hash` table when the symbols were not
+    /// read. `None` when there is none or several.
+    pub fn dynamic_function(&self, name: &str) -> Option<(u64, u64, SymKind)> {
+        if self.symtab_present {
+            return find_function(self, name, 0)
+                .ok()
+                .map(|s| (s.value, s.size, s.kind));
+        }
+        let Some(hashed) = self.hashed(name) else {
+            return find_function(self, name, 0)
+                .ok()
+                .map(|s| (s.value, s.size, s.kind));
+        };
+        let mut found: Vec<(u64, u64, SymKind)> = Vec::new();
+        for s in hashed {
+            let kind = match s.info & 0xf {
+                sym::STT_FUNC => SymKind::Func,
+                sym::STT_GNU_IFUNC => SymKind::Ifunc,
+                sym::STT_NOTYPE => SymKind::Other,
+                _ => continue,
+            };
+            if s.defined() && !found.iter().any(|f| f.0 == s.value) {
+                found.push((s.value, s.size, kind));
+            }
+        }
+        match found[..] {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// The dynamic symbols named `name`, through the hash table, while the symbols are
+    /// not read (after, their index answers as fast).
+    fn hashed(&self, name: &str) -> Option<Vec<DynSym>> {
+        match (&self.hash, self.tables.get()) {
+            (Some(h), None) => h.find(&self.bytes, name),
+            _ => None,
+        }
+    }
+
+    /// Relocations of the dynamic section, by offset: (type, symbol value if the symbol is
+    /// defined here, symbol name, addend). RELR entries appear as `R_X86_64_RELATIVE`.
+    pub fn dyn_relocs(&self) -> &HashMap<u64, Reloc> {
+        self.dyn_relocs.get_or_init(|| match self.elf() {
+            Some(elf) => self.read_relocs(&elf),
+            None => HashMap::new(),
+        })
+    }
+
+    fn read_relocs(&self, elf: &Elf) -> HashMap<u64, Reloc> {
         let mut dyn_relocs = HashMap::new();
         for r in elf
             .dynrelas
@@ -344,36 +539,8 @@ impl ElfFile {
                 },
             );
         }
-        let needed = elf.libraries.iter().map(|s| s.to_string()).collect();
-        let undefined = elf
-            .dynsyms
-            .iter()
-            .filter(|s| s.st_shndx == section_header::SHN_UNDEF as usize && s.st_name != 0)
-            .filter_map(|s| str_at(&elf.dynstrtab, s.st_name).map(str::to_string))
-            .collect();
-        let mut f = ElfFile {
-            path,
-            is_dyn: elf.header.e_type == header::ET_DYN,
-            is_x86_64: elf.header.e_machine == header::EM_X86_64 && elf.is_64,
-            is_64: elf.is_64,
-            interp: elf.interpreter.map(str::to_string),
-            soname: elf.soname.map(str::to_string),
-            build_id,
-            debuglink,
-            segments,
-            sections,
-            symtab,
-            dynsym,
-            needed,
-            undefined,
-            dyn_relocs,
-            bytes: Bytes::Owned(Vec::new()),
-            indexes: Default::default(),
-        };
-        let relr = relr_table(&elf);
-        f.bytes = bytes;
-        let relr_offsets = relr
-            .and_then(|(addr, size)| f.bytes_at(addr, size as usize))
+        let relr_offsets = relr_table(elf)
+            .and_then(|(addr, size)| self.bytes_at(addr, size as usize))
             .map(|b| {
                 decode_relr(
                     &b.chunks_exact(8)
@@ -383,8 +550,8 @@ impl ElfFile {
             })
             .unwrap_or_default();
         for off in relr_offsets {
-            let addend = f.read_u64(off).unwrap_or(0) as i64;
-            f.dyn_relocs.insert(
+            let addend = self.read_u64(off).unwrap_or(0) as i64;
+            dyn_relocs.insert(
                 off,
                 Reloc {
                     r_type: R_X86_64_RELATIVE,
@@ -394,7 +561,7 @@ impl ElfFile {
                 },
             );
         }
-        Ok(f)
+        dyn_relocs
     }
 
     /// The whole file.
@@ -450,7 +617,7 @@ impl ElfFile {
     /// address for relative relocations, the symbol's address for symbol relocations
     /// against symbols defined here. `Err(name)` when it points to another object.
     pub fn pointer_at(&self, vaddr: u64) -> std::result::Result<Option<u64>, String> {
-        match self.dyn_relocs.get(&vaddr) {
+        match self.dyn_relocs().get(&vaddr) {
             Some(r) if r.r_type == R_X86_64_RELATIVE => Ok(Some(r.addend as u64)),
             Some(r) if r.r_type == R_X86_64_64 || r.r_type == 6 /* GLOB_DAT */ => match r.sym_value {
                 Some(v) => Ok(Some(v.wrapping_add(r.addend as u64))),
@@ -464,16 +631,16 @@ impl ElfFile {
     /// The symbols to search for a name: `.symtab` when present (it is a superset), else
     /// `.dynsym`.
     pub fn best_symbols(&self) -> &[Symbol] {
-        if self.symtab.is_empty() {
-            &self.dynsym
+        if self.symtab().is_empty() {
+            self.dynsym()
         } else {
-            &self.symtab
+            self.symtab()
         }
     }
 
     /// Is there a symbol table with local (static) symbols?
     pub fn has_symtab(&self) -> bool {
-        !self.symtab.is_empty()
+        self.symtab_present
     }
 
     /// The lowest `PT_LOAD` address, page-aligned: the load bias is the mapped address of
@@ -494,7 +661,7 @@ impl ElfFile {
     /// The function symbol whose range contains `vaddr` (file address space), preferring
     /// `.symtab`, for symbolizing addresses in messages.
     pub fn symbolize(&self, vaddr: u64) -> Option<(&Symbol, u64)> {
-        for (n, syms) in [&self.symtab, &self.dynsym].into_iter().enumerate() {
+        for (n, syms) in [self.symtab(), self.dynsym()].into_iter().enumerate() {
             if let Some(i) = self.containing(n, syms, vaddr) {
                 return Some((&syms[i], vaddr - syms[i].value));
             }
@@ -502,9 +669,28 @@ impl ElfFile {
         None
     }
 
+    /// The name of the function symbol containing `vaddr` and the offset in it, as
+    /// [`ElfFile::symbolize`] finds them, without reading every symbol's name while the
+    /// symbols were not read: judging a thread names the C-library functions on its stack,
+    /// and reading the C library's thousands of names for that was most of the cost.
+    pub fn symbolize_name(&self, vaddr: u64) -> Option<(String, u64)> {
+        // (Without section headers the names are found through the dynamic section only.)
+        if self.tables.get().is_some() || self.section(".dynstr").is_none() {
+            return self.symbolize(vaddr).map(|(s, off)| (s.name.clone(), off));
+        }
+        let ix = self.code_by_addr.get_or_init(|| match self.elf() {
+            Some(elf) => [
+                CodeIndex::of(&elf.syms, ".strtab", self),
+                CodeIndex::of(&elf.dynsyms, ".dynstr", self),
+            ],
+            None => Default::default(),
+        });
+        ix.iter().find_map(|t| t.containing(vaddr, self))
+    }
+
     /// The symbols of table `n` (0 = `.symtab`, 1 = `.dynsym`) named `name`, in table order.
     fn named<'a>(&'a self, n: usize, name: &str) -> impl Iterator<Item = &'a Symbol> + 'a {
-        let syms = if n == 0 { &self.symtab } else { &self.dynsym };
+        let syms = if n == 0 { self.symtab() } else { self.dynsym() };
         let ix = self.indexes[n].get_or_init(|| SymIndex::build(syms));
         let from = ix
             .by_name
@@ -673,7 +859,7 @@ fn at_address<'a>(file: &'a ElfFile, spec: &str) -> Result<Option<&'a Symbol>> {
     else {
         bail!(Mismatch, "bad symbol {spec}: expected name#0xADDRESS");
     };
-    let found = file.symtab.iter().chain(&file.dynsym).find(|s| {
+    let found = file.symtab().iter().chain(file.dynsym()).find(|s| {
         s.value == vaddr && (s.name == name || s.name == name.split('@').next().unwrap_or(name))
     });
     match found {
@@ -728,7 +914,7 @@ pub fn find_function<'a>(file: &'a ElfFile, name: &str, pos: u64) -> Result<&'a 
         // Link-time optimisation renames a static function `name.lto_priv.N` when it
         // makes it visible across units: the same function, under another name.
         found = file
-            .symtab
+            .symtab()
             .iter()
             .filter(|s| {
                 s.kind == SymKind::Func
@@ -815,6 +1001,57 @@ pub fn find_symbol<'a>(file: &'a ElfFile, name: &str) -> Result<&'a Symbol> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_an_address_as_the_symbols_do_without_reading_them() {
+        let path = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        let light = ElfFile::open(path).unwrap();
+        let full = ElfFile::open(path).unwrap();
+        let mut probes: Vec<u64> = full
+            .dynsym()
+            .iter()
+            .flat_map(|s| {
+                [
+                    s.value,
+                    s.value + s.size / 2,
+                    s.value + s.size,
+                    s.value.wrapping_sub(1),
+                ]
+            })
+            .collect();
+        probes.extend((0..4000u64).map(|i| i * 613));
+        let mut named = 0;
+        for v in probes {
+            let want = full.symbolize(v).map(|(s, off)| (s.name.clone(), off));
+            assert_eq!(light.symbolize_name(v), want, "at {v:#x}");
+            named += want.is_some() as usize;
+        }
+        assert!(named > 1000, "{named}");
+        // It read no symbol table for that.
+        assert!(light.tables.get().is_none());
+    }
+
+    #[test]
+    fn answers_names_as_the_symbols_do_without_reading_them() {
+        let path = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        let light = ElfFile::open(path).unwrap();
+        let full = ElfFile::open(path).unwrap();
+        let mut names: Vec<String> = full.dynsym().iter().map(|s| s.name.clone()).collect();
+        names.extend(["rlivepatch_none".into(), "__libc_start_call_main".into()]);
+        for n in &names {
+            assert_eq!(
+                light.exports(n),
+                full.named(1, n).any(|s| s.global),
+                "exports {n}"
+            );
+            let want = find_function(&full, n, 0)
+                .ok()
+                .map(|s| (s.value, s.size, s.kind));
+            assert_eq!(light.dynamic_function(n), want, "function {n}");
+        }
+        assert!(light.exports("dlopen") && light.dynamic_function("syscall").is_some());
+        assert!(light.tables.get().is_none());
+    }
 
     #[test]
     fn reads_the_soname_from_the_dynamic_section_alone() {

@@ -69,7 +69,7 @@ fn read_symtab(
         .symbols(e, data, elf::SHT_SYMTAB)
         .map_err(|x| x.to_string())?;
     if syms.is_empty() {
-        return Err(format!("{} has no .symtab", path.display()));
+        return Err(format!("{} has no .symtab()", path.display()));
     }
     let mut out = Vec::new();
     let mut blocks = vec![String::new()];
@@ -377,7 +377,7 @@ fn through_plt(bin: &Binary, addr: u64) -> Option<Option<u64>> {
         let i = d.decode();
         if i.mnemonic() == Mnemonic::Jmp && i.is_ip_rel_memory_operand() {
             let slot = i.ip_rel_memory_address();
-            return Some(bin.file.dyn_relocs.get(&slot).and_then(|r| {
+            return Some(bin.file.dyn_relocs().get(&slot).and_then(|r| {
                 if r.r_type == c::R_RELATIVE {
                     Some(r.addend as u64)
                 } else {
@@ -562,7 +562,7 @@ fn referenced(
         match (relaxed || bi.mnemonic() == Mnemonic::Lea, r_type) {
             // A load from the GOT: what the GOT entry holds.
             (false, c::R_GOTPCREL | c::R_GOTPCRELX | c::R_REX_GOTPCRELX) => {
-                match bin.file.dyn_relocs.get(&a) {
+                match bin.file.dyn_relocs().get(&a) {
                     Some(d) if d.r_type == c::R_RELATIVE => Some(d.addend as u64),
                     Some(d) => d.sym_value,
                     None => bin.file.read_u64(a),

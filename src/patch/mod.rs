@@ -756,7 +756,7 @@ impl Patch {
     /// could interpose? (A `static` function cannot be.)
     pub fn interposable(&self, f: &PatchFunc) -> bool {
         self.file
-            .dynsym
+            .dynsym()
             .iter()
             .any(|s| s.value == f.new_vaddr && s.global && s.kind == SymKind::Func)
     }
@@ -775,9 +775,9 @@ fn is_pie_executable(file: &ElfFile) -> bool {
     pie_flag
         || (elf.interpreter.is_some()
             && file
-                .symtab
+                .symtab()
                 .iter()
-                .chain(&file.dynsym)
+                .chain(file.dynsym())
                 .any(|s| s.name == "main" && s.kind == SymKind::Func)
             && file.soname.is_none())
 }

@@ -40,7 +40,7 @@
 //! Without the shared page (a kernel before 5.6), calls are caught at `rt_sigreturn`.
 
 use crate::elf::objects::Objects;
-use crate::elf::symbols::{SymKind, find_function};
+use crate::elf::symbols::SymKind;
 use crate::error::{Context, Result};
 use crate::os::process::{Mapping, Process};
 use crate::os::ptrace::{Catch, Regs, Stop, Tid, Tracer};
@@ -396,7 +396,7 @@ impl Libc {
         {
             let f = libdl.file()?;
             let b = libdl.bias()?;
-            let g = |name: &str| find_function(&f, name, 0).ok().map(|s| s.value + b);
+            let g = |name: &str| f.dynamic_function(name).map(|(v, _, _)| v + b);
             (l.dlopen, l.dlerror, l.dlclose) = (g("dlopen"), g("dlerror"), g("dlclose"));
             l.dlinfo = g("dlinfo");
         }
@@ -427,11 +427,12 @@ impl Libc {
 
     /// The entry points in the C library's file (file addresses).
     fn in_file(file: &crate::elf::symbols::ElfFile, path: &str) -> Result<LibcInFile> {
+        // A handful of names, looked up through the hash table: the C library's
+        // thousands of symbols are not read for them.
         let func = |name: &str| -> Option<u64> {
-            find_function(file, name, 0)
-                .ok()
-                .filter(|s| s.kind == SymKind::Func)
-                .map(|s| s.value)
+            file.dynamic_function(name)
+                .filter(|&(_, _, kind)| kind == SymKind::Func)
+                .map(|(value, _, _)| value)
         };
         let syscall_fn = func("syscall").ok_or_else(|| err!(Target, "no syscall() in {path}"))?;
         let restore_rt = match func("__restore_rt") {
@@ -442,10 +443,10 @@ impl Libc {
         };
         let thread_arena_slot = ["__libc_malloc", "malloc"]
             .iter()
-            .find_map(|n| find_function(file, n, 0).ok())
-            .and_then(|s| {
-                let code = file.bytes_at(s.value, s.size.min(1024) as usize)?;
-                thread_arena_slot(code, s.value)
+            .find_map(|n| file.dynamic_function(n))
+            .and_then(|(value, size, _)| {
+                let code = file.bytes_at(value, size.min(1024) as usize)?;
+                thread_arena_slot(code, value)
             });
         Ok(LibcInFile {
             syscall_fn,

@@ -73,9 +73,9 @@ pub fn padding_after(file: &crate::elf::symbols::ElfFile, vaddr: u64, size: u64)
     }
     let starts_inside = |v: u64| v >= start && v < end;
     if file
-        .symtab
+        .symtab()
         .iter()
-        .chain(&file.dynsym)
+        .chain(file.dynsym())
         .any(|s| starts_inside(s.value))
         || crate::elf::unwind::fde_ranges(file)
             .iter()

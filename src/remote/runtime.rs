@@ -60,7 +60,7 @@ pub fn layout() -> Result<&'static Layout> {
         let f = ElfFile::from_bytes("librlivepatch-runtime.so", IMAGE.to_vec())
             .map_err(|e| e.message)?;
         let find = |n: &str| {
-            f.dynsym
+            f.dynsym()
                 .iter()
                 .find(|s| s.name == n)
                 .ok_or(format!("no {n} in the runtime"))

@@ -220,7 +220,7 @@ pub fn judge(
         let o = libc?;
         let f = o.file().ok()?;
         let b = o.bias().ok()?;
-        f.symbolize(pc.wrapping_sub(b)).map(|(s, _)| s.name.clone())
+        f.symbolize_name(pc.wrapping_sub(b)).map(|(n, _)| n)
     };
     let frames = &stack.frames;
     if let Some(first_loader) = frames.iter().position(|f| in_obj(loader, f.pc)) {

@@ -96,7 +96,7 @@ pub fn resolve_some(
                 return e;
             }
             let mut copies: Vec<&str> = syms
-                .symtab
+                .symtab()
                 .iter()
                 .filter(|s| crate::contract::code::is_clone_of(&s.name, &f.old))
                 .map(|s| s.name.as_str())
@@ -244,9 +244,9 @@ fn resolve_code(
     let syms = obj.symbols_file()?;
     let own = r.symbol.split('@').next().unwrap_or(&r.symbol);
     let named_here = syms
-        .symtab
+        .symtab()
         .iter()
-        .chain(&syms.dynsym)
+        .chain(syms.dynsym())
         .any(|s| s.name == own && s.value == vaddr);
     let name = match syms.symbolize(vaddr) {
         Some((s, 0)) if !named_here => s.name.clone(),

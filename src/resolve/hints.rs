@@ -24,7 +24,7 @@ pub fn function_not_found(
     objects: &Objects,
 ) -> Error {
     let here = obj.display_name();
-    let all = || syms.symtab.iter().chain(&syms.dynsym);
+    let all = || syms.symtab().iter().chain(syms.dynsym());
     // A variable.
     if let Some(v) =
         all().find(|s| s.name == name && matches!(s.kind, SymKind::Object | SymKind::Tls))
@@ -46,9 +46,9 @@ pub fn function_not_found(
         .filter(|o| o.path != obj.path && o.is_patchable())
         .filter(|o| {
             o.file().is_ok_and(|f| {
-                f.symtab
+                f.symtab()
                     .iter()
-                    .chain(&f.dynsym)
+                    .chain(f.dynsym())
                     .any(|s| s.name == name && matches!(s.kind, SymKind::Func | SymKind::Ifunc))
             })
         })
@@ -125,9 +125,9 @@ pub fn function_not_found(
 pub fn symbol_suggestions(name: &str, syms: &ElfFile) -> String {
     let near = crate::fmt::nearest(
         name,
-        syms.symtab
+        syms.symtab()
             .iter()
-            .chain(&syms.dynsym)
+            .chain(syms.dynsym())
             .map(|s| s.name.as_str()),
     );
     if near.is_empty() {

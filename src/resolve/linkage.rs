@@ -49,16 +49,7 @@ pub fn check(patch: &Patch, objects: &Objects) -> Result<()> {
         .collect();
     let mut loaded_names: HashSet<String> = HashSet::new();
     let define = |f: &ElfFile, needed: &mut Vec<&str>| {
-        if needed.is_empty() {
-            return;
-        }
-        let defined: HashSet<&str> = f
-            .dynsym
-            .iter()
-            .filter(|s| s.global)
-            .map(|s| s.name.as_str())
-            .collect();
-        needed.retain(|n| !defined.contains(n));
+        needed.retain(|n| !f.exports(n));
     };
     for o in objects.list.iter().filter(|o| in_scope(&o.path)) {
         if needed.is_empty() {
@@ -103,7 +94,7 @@ fn interposition(patch: &Patch, objects: &Objects, pid: i32) -> Result<()> {
     for f in patch.funcs.iter().filter(|f| patch.interposable(f)) {
         let Some(sym) = patch
             .file
-            .dynsym
+            .dynsym()
             .iter()
             .find(|s| s.value == f.new_vaddr && s.global)
         else {
@@ -111,7 +102,7 @@ fn interposition(patch: &Patch, objects: &Objects, pid: i32) -> Result<()> {
         };
         for o in objects.list.iter().filter(|o| in_scope(&o.path)) {
             let Ok(file) = o.file() else { continue };
-            if file.dynsym.iter().any(|s| s.global && s.name == sym.name) {
+            if file.exports(&sym.name) {
                 bail!(
                     Patch,
                     "the patch's new function {} has the name of a function {} of process {pid} exports: the loader would bind the patch to that one instead; make {} static",

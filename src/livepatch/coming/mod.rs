@@ -426,9 +426,9 @@ fn loader_symbol(objects: &Objects, name: &str) -> Option<(u64, u64)> {
     let o = objects.loader()?;
     let f = o.file().ok()?;
     let s = f
-        .dynsym
+        .dynsym()
         .iter()
-        .chain(&f.symtab)
+        .chain(f.symtab())
         .find(|s| s.name == name && s.value != 0)?;
     Some((s.value.wrapping_add(o.bias().ok()?), s.size))
 }
@@ -520,9 +520,9 @@ fn candidate(s: &Session) -> Result<Hook> {
     let file = loader.file()?;
     let bias = loader.bias()?;
     let sym = file
-        .dynsym
+        .dynsym()
         .iter()
-        .chain(&file.symtab)
+        .chain(file.symtab())
         .find(|x| x.name == "_dl_debug_state" && x.value != 0)
         .ok_or_else(|| why("is not among the loader's symbols".into()))?;
     let code = file

@@ -549,9 +549,9 @@ pub fn unwind(s: &mut Session) -> Result<()> {
 
 fn new_function_size(file: &ElfFile, vaddr: u64) -> u64 {
     let from_sym = file
-        .symtab
+        .symtab()
         .iter()
-        .chain(&file.dynsym)
+        .chain(file.dynsym())
         .find(|s| s.value == vaddr && s.kind == SymKind::Func && s.size > 0)
         .map(|s| s.size);
     from_sym
