@@ -6,7 +6,9 @@
 use crate::elf::objects::identity;
 use crate::os::process::{Mapping, parse_maps};
 use crate::patch::Patch;
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{LazyLock, Mutex};
 
 /// The selectors of a fleet run; combined, they narrow each other.
 #[derive(Debug, Clone, Default)]
@@ -176,9 +178,25 @@ pub fn named(pid: i32, o: &Mapped, name: &str) -> bool {
     if o.path == name || file_name == name {
         return true;
     }
-    identity(pid, o.first)
-        .and_then(|f| f.soname.clone())
-        .is_some_and(|s| s == name)
+    soname(pid, o.first).is_some_and(|s| s == name)
+}
+
+/// The soname of the file `m` maps, read once per file for the run. A name that is not
+/// a file name makes a host-wide run ask it of every object of every process, each a
+/// `stat` through /proc before the cache of parsed headers answers; the maps' device and
+/// inode name the file already. (Only choosing the processes rests on it: the operation
+/// on one finds its object again, by its own reading.)
+fn soname(pid: i32, m: &Mapping) -> Option<String> {
+    type Sonames = HashMap<((u32, u32), u64), Option<String>>;
+    static SONAMES: LazyLock<Mutex<Sonames>> = LazyLock::new(Default::default);
+    let key = (m.dev, m.inode);
+    let lock = || SONAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = lock().get(&key) {
+        return s.clone();
+    }
+    let s = identity(pid, m).and_then(|f| f.soname.clone());
+    lock().insert(key, s.clone());
+    s
 }
 
 /// An object a patch is for: `None` is the main executable; with the build-id it was
