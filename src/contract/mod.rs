@@ -500,10 +500,13 @@ fn referenced_elsewhere(obj: &LoadedObject, objects: &Objects, sym: &str) -> boo
         .iter()
         .filter(|o| o.path != obj.path && o.path != "[vdso]")
         .any(|o| {
+            // Only an object that leaves the name undefined can have a relocation
+            // against it: its few undefined names first, then (rarely) its relocations.
             o.file().is_ok_and(|f| {
-                f.dyn_relocs()
-                    .values()
-                    .any(|r| r.sym_name.as_deref() == Some(sym) && r.sym_value.is_none())
+                f.undefined().iter().any(|n| n == sym)
+                    && f.dyn_relocs()
+                        .values()
+                        .any(|r| r.sym_name.as_deref() == Some(sym) && r.sym_value.is_none())
             })
         })
 }
