@@ -478,10 +478,7 @@ fn pointed_to(file: &crate::elf::symbols::ElfFile, vaddr: u64) -> bool {
 /// Does a dynamic relocation of the object store the address `vaddr` (a function pointer
 /// in its data)?
 fn relocated(file: &crate::elf::symbols::ElfFile, vaddr: u64) -> bool {
-    file.dyn_relocs().values().any(|r| {
-        (r.r_type == 8 && r.addend as u64 == vaddr)
-            || (r.sym_value == Some(vaddr) && matches!(r.r_type, 1 | 6 | 7))
-    })
+    file.relocates_to(vaddr)
 }
 
 /// Does `obj` export `sym` (a global symbol of its dynamic symbol table)?

@@ -129,8 +129,9 @@ pub struct ElfFile {
     tables: OnceLock<[Vec<Symbol>; 2]>,
     /// There is a `.symtab` with symbols in it.
     symtab_present: bool,
-    /// [`ElfFile::undefined`], read on first use.
-    undefined: OnceLock<Vec<String>>,
+    /// Undefined dynamic symbols (what the file needs from other objects): a few names
+    /// even in a large library, read with the headers.
+    undefined: Vec<String>,
     /// [`ElfFile::dyn_relocs`], read on first use.
     dyn_relocs: OnceLock<HashMap<u64, Reloc>>,
     /// The dynamic symbols' hash table, for lookups by name without reading them.
@@ -384,6 +385,12 @@ impl ElfFile {
                 Some(String::from_utf8_lossy(&b[..end]).into_owned())
             });
         let needed = elf.libraries.iter().map(|s| s.to_string()).collect();
+        let undefined = elf
+            .dynsyms
+            .iter()
+            .filter(|s| s.st_shndx == section_header::SHN_UNDEF as usize && s.st_name != 0)
+            .filter_map(|s| str_at(&elf.dynstrtab, s.st_name).map(str::to_string))
+            .collect();
         let f = ElfFile {
             path,
             is_dyn: elf.header.e_type == header::ET_DYN,
@@ -399,7 +406,7 @@ impl ElfFile {
             // Index 0 is the null symbol.
             symtab_present: elf.syms.len() > 1,
             tables: OnceLock::new(),
-            undefined: OnceLock::new(),
+            undefined,
             dyn_relocs: OnceLock::new(),
             hash: DynHash::of(&elf),
             code_by_addr: OnceLock::new(),
@@ -440,16 +447,7 @@ impl ElfFile {
 
     /// Undefined dynamic symbols (what the file needs from other objects).
     pub fn undefined(&self) -> &[String] {
-        self.undefined.get_or_init(|| {
-            let Some(elf) = self.elf() else {
-                return Vec::new();
-            };
-            elf.dynsyms
-                .iter()
-                .filter(|s| s.st_shndx == section_header::SHN_UNDEF as usize && s.st_name != 0)
-                .filter_map(|s| str_at(&elf.dynstrtab, s.st_name).map(str::to_string))
-                .collect()
-        })
+        &self.undefined
     }
 
     /// Does the file export `name` (a defined global or weak dynamic symbol)? From the
@@ -513,6 +511,61 @@ impl ElfFile {
         })
     }
 
+    /// Does a dynamic relocation store the address `vaddr` (a relative one whose addend
+    /// it is, or one against a symbol defined here at it)? Read from the relocation
+    /// tables themselves while [`ElfFile::dyn_relocs`] is not built: asked once of the
+    /// object a patch changes, where building the map was most of the cost.
+    pub fn relocates_to(&self, vaddr: u64) -> bool {
+        let stores = |r: &Reloc| {
+            (r.r_type == R_X86_64_RELATIVE && r.addend as u64 == vaddr)
+                || (r.sym_value == Some(vaddr) && matches!(r.r_type, 1 | 6 | 7))
+        };
+        if let Some(map) = self.dyn_relocs.get() {
+            return map.values().any(stores);
+        }
+        let Some(elf) = self.elf() else {
+            return false;
+        };
+        let defined_at = |sym: usize| {
+            elf.dynsyms
+                .get(sym)
+                .filter(|s| sym != 0 && s.st_shndx != section_header::SHN_UNDEF as usize)
+                .map(|s| s.st_value)
+        };
+        let listed = elf
+            .dynrelas
+            .iter()
+            .chain(elf.dynrels.iter())
+            .chain(elf.pltrelocs.iter())
+            .any(|r| {
+                stores(&Reloc {
+                    r_type: r.r_type,
+                    sym_name: None,
+                    sym_value: defined_at(r.r_sym),
+                    addend: r.r_addend.unwrap_or(0),
+                })
+            });
+        listed
+            || self
+                .relr_offsets(&elf)
+                .into_iter()
+                .any(|off| self.read_u64(off) == Some(vaddr))
+    }
+
+    /// The places `DT_RELR` relocates (each gets the file's address stored there).
+    fn relr_offsets(&self, elf: &Elf) -> Vec<u64> {
+        relr_table(elf)
+            .and_then(|(addr, size)| self.bytes_at(addr, size as usize))
+            .map(|b| {
+                decode_relr(
+                    &b.chunks_exact(8)
+                        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .unwrap_or_default()
+    }
+
     fn read_relocs(&self, elf: &Elf) -> HashMap<u64, Reloc> {
         let mut dyn_relocs = HashMap::new();
         for r in elf
@@ -539,17 +592,7 @@ impl ElfFile {
                 },
             );
         }
-        let relr_offsets = relr_table(elf)
-            .and_then(|(addr, size)| self.bytes_at(addr, size as usize))
-            .map(|b| {
-                decode_relr(
-                    &b.chunks_exact(8)
-                        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .unwrap_or_default();
-        for off in relr_offsets {
+        for off in self.relr_offsets(elf) {
             let addend = self.read_u64(off).unwrap_or(0) as i64;
             dyn_relocs.insert(
                 off,
@@ -1051,6 +1094,38 @@ mod tests {
         }
         assert!(light.exports("dlopen") && light.dynamic_function("syscall").is_some());
         assert!(light.tables.get().is_none());
+    }
+
+    #[test]
+    fn finds_a_relocated_address_with_or_without_the_map() {
+        for path in [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+        ] {
+            let light = ElfFile::open(Path::new(path)).unwrap();
+            let full = ElfFile::open(Path::new(path)).unwrap();
+            let stored: Vec<u64> = full
+                .dyn_relocs()
+                .values()
+                .filter_map(|r| match r.r_type {
+                    R_X86_64_RELATIVE => Some(r.addend as u64),
+                    _ => r.sym_value,
+                })
+                .take(500)
+                .collect();
+            let probes = stored
+                .iter()
+                .copied()
+                .chain(full.dynsym().iter().map(|s| s.value).take(500));
+            let mut hits = 0;
+            for v in probes {
+                let want = full.relocates_to(v);
+                assert_eq!(light.relocates_to(v), want, "{path} {v:#x}");
+                hits += want as usize;
+            }
+            assert!(hits > 0, "{path}");
+            assert!(light.dyn_relocs.get().is_none());
+        }
     }
 
     #[test]
