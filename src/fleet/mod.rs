@@ -477,26 +477,24 @@ fn one(
         (Op::Disable(given), _) => {
             // By its name, or the file it was applied from, as in this process's record
             // (read once: it also says whether the patch is applied).
-            let rec = match &c.maps {
+            let read = match &c.maps {
                 Some(m) if crate::livepatch::store::find_mapping(m).is_none() => None,
-                _ => crate::livepatch::store::read_record(pid)
-                    .ok()
-                    .map(|(_, _, r)| r),
+                _ => crate::livepatch::store::read_record(pid).ok(),
             };
-            let named = rec
+            let named = read
                 .as_ref()
-                .and_then(|r| r.enabled_named(given).map(|p| p.name.clone()));
+                .and_then(|(_, _, r)| r.enabled_named(given).map(|p| p.name.clone()));
             let name = named.as_deref().unwrap_or(given);
-            let applied = rec
-                .as_ref()
-                .is_some_and(|r| r.patches.iter().any(|p| !p.disabled && p.name == name));
-            if !applied {
-                Ok((Outcome::NotApplied, String::new(), Vec::new(), None))
-            } else {
-                crate::ops::disable(pid, name, &opts, &mut say).map(|r| {
+            let applied =
+                read.filter(|(_, _, r)| r.patches.iter().any(|p| !p.disabled && p.name == name));
+            // The process opened to read its record is the one disabled.
+            if let Some((proc, _, _)) = applied {
+                crate::ops::disable_opened(proc, name, &opts, &mut say).map(|r| {
                     leftovers = r.leftovers;
                     (Outcome::Disabled, String::new(), Vec::new(), Some(r.switch))
                 })
+            } else {
+                Ok((Outcome::NotApplied, String::new(), Vec::new(), None))
             }
         }
         (Op::List, _) => crate::livepatch::store::read_record(pid).map(|(_, _, rec)| {

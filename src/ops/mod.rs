@@ -233,7 +233,32 @@ pub fn disable(
     opts: &Options,
     progress: ProgressFn,
 ) -> Result<DisableReport> {
-    let r = disable_unaudited(pid, name, opts, progress);
+    let t0 = Instant::now();
+    let r = Process::open(pid).and_then(|proc| {
+        if let Ok(maps) = proc.maps()
+            && crate::livepatch::store::find_mapping(&maps).is_none()
+        {
+            bail!(Mismatch, "no patch is applied to process {pid}");
+        }
+        disable_unaudited(proc, name, opts, progress, t0)
+    });
+    audited_disable(pid, name, r)
+}
+
+/// [`disable`] of a process opened and found holding a record already (a fleet run reads
+/// the record to know whether the patch is there): not opened and read again.
+pub fn disable_opened(
+    proc: Process,
+    name: &str,
+    opts: &Options,
+    progress: ProgressFn,
+) -> Result<DisableReport> {
+    let pid = proc.pid;
+    let r = disable_unaudited(proc, name, opts, progress, Instant::now());
+    audited_disable(pid, name, r)
+}
+
+fn audited_disable(pid: i32, name: &str, r: Result<DisableReport>) -> Result<DisableReport> {
     let o = outcome(&r);
     let named = r.as_ref().map_or(name, |d| d.patch.as_str());
     audit::record("disable", pid, None, &format!("patch {named}: {o}"));
@@ -241,18 +266,13 @@ pub fn disable(
 }
 
 fn disable_unaudited(
-    pid: i32,
+    proc: Process,
     name: &str,
     opts: &Options,
     progress: ProgressFn,
+    t0: Instant,
 ) -> Result<DisableReport> {
-    let t0 = Instant::now();
-    let proc = Process::open(pid)?;
-    if let Ok(maps) = proc.maps()
-        && crate::livepatch::store::find_mapping(&maps).is_none()
-    {
-        bail!(Mismatch, "no patch is applied to process {pid}");
-    }
+    let pid = proc.pid;
     crate::os::fault::trace("disable:opened");
     let mut s = Session::attach(proc, opts, progress)?;
     crate::os::fault::trace("disable:attached");
