@@ -344,11 +344,13 @@ fn record(c: &Candidate, result: Outcome, reason: String, ms: f64) -> ProcessRec
     ProcessRecord {
         pid: c.pid,
         start_time: c.start,
-        // Read for the processes of the report only, not for every process of the host.
-        ns_pid: crate::os::process::read_status(c.pid)
-            .ok()
-            .filter(|_| c.start != 0)
-            .map_or(c.pid, |s| s.ns_pid),
+        // Read for the processes of the report only, not for every process of the host;
+        // and for one in another pid namespace only (a link read tells).
+        ns_pid: if c.start == 0 || crate::os::process::in_my_pid_namespace(c.pid) {
+            c.pid
+        } else {
+            crate::os::process::read_status(c.pid).map_or(c.pid, |s| s.ns_pid)
+        },
         comm: c.comm.clone(),
         exe: c.exe.clone(),
         result,

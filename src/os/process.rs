@@ -174,6 +174,16 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
     })
 }
 
+/// Is process `pid` in rlivepatch's own pid namespace (its pid there is `pid`)? One
+/// link read (`/proc/PID/ns/pid`) where the status file would be generated whole; `false`
+/// when unreadable.
+pub fn in_my_pid_namespace(pid: i32) -> bool {
+    static MINE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let mine = MINE.get_or_init(|| std::fs::read_link("/proc/self/ns/pid").ok());
+    mine.as_ref()
+        .is_some_and(|m| std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|l| &l == m))
+}
+
 /// Read `/proc/pid/status` into a [`Status`].
 pub fn read_status(pid: i32) -> Result<Status> {
     parse_status(pid, &format!("/proc/{pid}/status"))
