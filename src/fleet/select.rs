@@ -109,46 +109,72 @@ pub fn candidates(sel: &Selection) -> Vec<Candidate> {
     } else {
         sel.pids.clone()
     };
-    let mut out = Vec::new();
-    for pid in pids {
-        if pid == me || sel.exclude.contains(&pid) {
-            continue;
-        }
-        let stat = crate::os::process::stat_line(pid);
-        if stat.as_ref().is_some_and(|s| s.kernel) {
-            continue;
-        }
-        let Some(stat) = stat else {
-            if !sel.pids.is_empty() {
-                out.push(Candidate {
-                    pid,
-                    start: 0,
-                    comm: String::new(),
-                    exe: String::new(),
-                    maps: None,
-                    unreadable: Some(Unreadable::Gone),
-                });
-            }
-            continue;
-        };
-        // One read with a buffer the size of most maps (not a growing string's dozen).
-        let (maps, unreadable) = match crate::os::process::read_proc(&format!("/proc/{pid}/maps")) {
-            Ok(t) => (Some(parse_maps(&t)), None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, Some(Unreadable::Gone)),
-            Err(e) => (None, Some(Unreadable::Denied(crate::error::io_text(&e)))),
-        };
-        out.push(Candidate {
-            pid,
-            start: stat.start,
-            comm: stat.comm,
-            exe: std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            maps,
-            unreadable,
-        });
+    let pids: Vec<i32> = pids
+        .into_iter()
+        .filter(|&pid| pid != me && !sel.exclude.contains(&pid))
+        .collect();
+    let given = !sel.pids.is_empty();
+    // Each process is read on its own (stat, maps, executable): a host of hundreds is read
+    // by a thread per CPU, in the order /proc lists them.
+    let threads = crate::os::pace::cpus().clamp(1, 4);
+    if pids.len() < 64 || threads == 1 {
+        return pids
+            .into_iter()
+            .filter_map(|p| candidate(p, given))
+            .collect();
     }
-    out
+    let chunk = pids.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = pids
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .filter_map(|&p| candidate(p, given))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Process `pid` as /proc shows it now; `None` for a kernel thread, or for one gone
+/// unless it was `given` by pid.
+fn candidate(pid: i32, given: bool) -> Option<Candidate> {
+    let stat = crate::os::process::stat_line(pid);
+    if stat.as_ref().is_some_and(|s| s.kernel) {
+        return None;
+    }
+    let Some(stat) = stat else {
+        return given.then(|| Candidate {
+            pid,
+            start: 0,
+            comm: String::new(),
+            exe: String::new(),
+            maps: None,
+            unreadable: Some(Unreadable::Gone),
+        });
+    };
+    // One read with a buffer the size of most maps (not a growing string's dozen).
+    let (maps, unreadable) = match crate::os::process::read_proc(&format!("/proc/{pid}/maps")) {
+        Ok(t) => (Some(parse_maps(&t)), None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, Some(Unreadable::Gone)),
+        Err(e) => (None, Some(Unreadable::Denied(crate::error::io_text(&e)))),
+    };
+    Some(Candidate {
+        pid,
+        start: stat.start,
+        comm: stat.comm,
+        exe: std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        maps,
+        unreadable,
+    })
 }
 
 /// A file-backed object of a process: its path and first mapping.
