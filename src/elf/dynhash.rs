@@ -90,11 +90,7 @@ impl DynHash {
     }
 
     fn find_sysv(&self, bytes: &[u8], name: &str) -> Option<Vec<DynSym>> {
-        let word = |at: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(
-                bytes.get(at..at.checked_add(4)?)?.try_into().ok()?,
-            ))
-        };
+        let word = |at: usize| word(bytes, at);
         let nbuckets = word(self.table)? as usize;
         let nchains = word(self.table + 4)? as usize;
         if nbuckets == 0 {
@@ -121,11 +117,7 @@ impl DynHash {
     }
 
     fn find_gnu(&self, bytes: &[u8], name: &str) -> Option<Vec<DynSym>> {
-        let word = |at: usize| -> Option<u32> {
-            Some(u32::from_le_bytes(
-                bytes.get(at..at.checked_add(4)?)?.try_into().ok()?,
-            ))
-        };
+        let word = |at: usize| word(bytes, at);
         let nbuckets = word(self.table)? as usize;
         let first = word(self.table + 4)? as usize;
         let bloom_words = word(self.table + 8)? as usize;
@@ -174,12 +166,19 @@ impl DynHash {
 
     fn name_at<'a>(&self, bytes: &'a [u8], index: usize) -> Option<&'a [u8]> {
         let at = self.symbols.checked_add(index.checked_mul(SYM_SIZE)?)?;
-        let off = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize;
+        let off = word(bytes, at)? as usize;
         let names = bytes.get(self.names..self.names.checked_add(self.names_len)?)?;
         let tail = names.get(off..)?;
         let end = tail.iter().position(|&b| b == 0)?;
         Some(&tail[..end])
     }
+}
+
+/// The little-endian 32-bit word at `at`, if the file has it.
+fn word(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        bytes.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 /// The System V table's hash of a name.
