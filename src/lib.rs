@@ -12,6 +12,7 @@ pub mod fmt;
 pub mod generate;
 pub mod livepatch;
 pub mod lookup;
+pub mod memo;
 pub mod ops;
 pub mod os;
 pub mod patch;

@@ -8,9 +8,9 @@
 
 use crate::elf::symbols::{ElfFile, SymKind};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, OpKind, Register};
-use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::OnceLock;
 
 /// A function symbol.
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ pub struct CodeMap {
     fdes: Vec<(u64, u64)>,
     plt: Vec<(u64, u64)>,
     /// How the code reaches each address, and whether it uses wide vector registers.
-    refs: OnceCell<(HashMap<u64, Refs>, bool)>,
+    refs: OnceLock<(HashMap<u64, Refs>, bool)>,
 }
 
 impl CodeMap {
@@ -93,7 +93,7 @@ impl CodeMap {
             file,
             funcs,
             plt,
-            refs: OnceCell::new(),
+            refs: OnceLock::new(),
         }
     }
 

@@ -8,14 +8,14 @@
 //! parsed with gimli.
 
 use crate::elf::symbols::ElfFile;
-use gimli::{AttributeValue, DebugInfoOffset, EndianRcSlice, LittleEndian, Unit, UnitOffset};
+use gimli::{AttributeValue, DebugInfoOffset, EndianArcSlice, LittleEndian, Unit, UnitOffset};
 use object::{Object, ObjectSection};
-use std::cell::{OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// The reader of the sections.
-pub type R = EndianRcSlice<LittleEndian>;
+/// The reader of the sections (shared: a fleet run's workers share one object's
+/// analysis).
+pub type R = EndianArcSlice<LittleEndian>;
 
 /// The debug information of one object.
 pub struct DebugInfo {
@@ -23,12 +23,12 @@ pub struct DebugInfo {
     /// Units parsed so far, by the offset of their header: a reference into another unit
     /// (`DW_FORM_ref_addr`, which link-time optimisation uses from the units it emits to
     /// the ones the compiler emitted first) parses that unit once.
-    units: RefCell<HashMap<DebugInfoOffset, Rc<Unit<R>>>>,
+    units: Mutex<HashMap<DebugInfoOffset, Arc<Unit<R>>>>,
     /// Every unit's header: where it starts, where it ends.
-    headers: OnceCell<Vec<(DebugInfoOffset, usize, gimli::UnitHeader<R>)>>,
+    headers: OnceLock<Vec<(DebugInfoOffset, usize, gimli::UnitHeader<R>)>>,
     /// What one walk of a unit finds, by the offset of its header: a patch of a
     /// thousand functions of one unit walks it once, not twice per function.
-    indexes: RefCell<HashMap<DebugInfoOffset, Rc<UnitIndex>>>,
+    indexes: Mutex<HashMap<DebugInfoOffset, Arc<UnitIndex>>>,
 }
 
 /// One walk of a unit's DIEs.
@@ -38,7 +38,7 @@ struct UnitIndex {
     /// its `DW_AT_ranges`), first DIE first.
     starts: HashMap<u64, UnitOffset>,
     /// The names of every subprogram of the unit.
-    names: Rc<HashSet<String>>,
+    names: Arc<HashSet<String>>,
     /// Each inlined copy: the global offsets of its origin chain, and the outermost
     /// concrete function that holds it (its name and its DIE).
     inlined: Vec<(Vec<DebugInfoOffset>, String, Option<DebugInfoOffset>)>,
@@ -47,7 +47,7 @@ struct UnitIndex {
 /// A DIE, in its unit.
 #[derive(Clone)]
 struct Die {
-    unit: Rc<Unit<R>>,
+    unit: Arc<Unit<R>>,
     off: UnitOffset,
 }
 
@@ -80,7 +80,7 @@ pub struct Subprogram {
     /// Its unit was built with link-time optimisation (inlined copies may be anywhere).
     pub lto: bool,
     /// The names of every function of its unit (folded functions have DIEs of their own).
-    pub unit_functions: Rc<HashSet<String>>,
+    pub unit_functions: Arc<HashSet<String>>,
     origins: Vec<DebugInfoOffset>,
     unit: Option<DebugInfoOffset>,
 }
@@ -102,8 +102,8 @@ impl DebugInfo {
             let data = obj
                 .section_by_name(id.name())
                 .and_then(|s| s.uncompressed_data().ok())
-                .map(|d| Rc::<[u8]>::from(&*d))
-                .unwrap_or_else(|| Rc::from(&[][..]));
+                .map(|d| Arc::<[u8]>::from(&*d))
+                .unwrap_or_else(|| Arc::from(&[][..]));
             Ok(R::new(data, LittleEndian))
         };
         let dwarf = gimli::Dwarf::load(load).ok()?;
@@ -115,9 +115,9 @@ impl DebugInfo {
     pub fn from_dwarf(dwarf: gimli::Dwarf<R>) -> DebugInfo {
         DebugInfo {
             dwarf,
-            units: RefCell::new(HashMap::new()),
-            headers: OnceCell::new(),
-            indexes: RefCell::new(HashMap::new()),
+            units: Mutex::new(HashMap::new()),
+            headers: OnceLock::new(),
+            indexes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -126,17 +126,18 @@ impl DebugInfo {
         &self,
         start: DebugInfoOffset,
         header: gimli::UnitHeader<R>,
-    ) -> Option<Rc<Unit<R>>> {
-        if let Some(u) = self.units.borrow().get(&start) {
+    ) -> Option<Arc<Unit<R>>> {
+        let units = || self.units.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = units().get(&start) {
             return Some(u.clone());
         }
-        let u = Rc::new(self.dwarf.unit(header).ok()?);
-        self.units.borrow_mut().insert(start, u.clone());
-        Some(u)
+        // Parsed without the lock held: two workers may both parse it, once.
+        let u = Arc::new(self.dwarf.unit(header).ok()?);
+        Some(units().entry(start).or_insert(u).clone())
     }
 
     /// Every unit, in order.
-    fn all_units(&self) -> impl Iterator<Item = Rc<Unit<R>>> + '_ {
+    fn all_units(&self) -> impl Iterator<Item = Arc<Unit<R>>> + '_ {
         self.headers()
             .iter()
             .filter_map(|(start, _, h)| self.unit_from(*start, h.clone()))
@@ -157,7 +158,7 @@ impl DebugInfo {
     }
 
     /// The DIE a reference attribute of a DIE of `unit` names, in whichever unit.
-    fn follow(&self, unit: &Rc<Unit<R>>, v: AttributeValue<R>) -> Option<Die> {
+    fn follow(&self, unit: &Arc<Unit<R>>, v: AttributeValue<R>) -> Option<Die> {
         match v {
             AttributeValue::UnitRef(off) => Some(Die {
                 unit: unit.clone(),
@@ -199,7 +200,7 @@ impl DebugInfo {
         false
     }
 
-    fn find_in_unit(&self, unit: &Rc<Unit<R>>, vaddr: u64) -> Option<Subprogram> {
+    fn find_in_unit(&self, unit: &Arc<Unit<R>>, vaddr: u64) -> Option<Subprogram> {
         let index = self.index(unit);
         let off = *index.starts.get(&vaddr)?;
         let mut s = self.describe(unit, off);
@@ -208,12 +209,13 @@ impl DebugInfo {
     }
 
     /// The index of `unit`, made on first use.
-    fn index(&self, unit: &Rc<Unit<R>>) -> Rc<UnitIndex> {
+    fn index(&self, unit: &Arc<Unit<R>>) -> Arc<UnitIndex> {
         let key = unit
             .header
             .debug_info_offset()
             .unwrap_or(DebugInfoOffset(0));
-        if let Some(i) = self.indexes.borrow().get(&key) {
+        let indexes = || self.indexes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = indexes().get(&key) {
             return i.clone();
         }
         let mut index = UnitIndex::default();
@@ -252,10 +254,8 @@ impl DebugInfo {
                 _ => {}
             }
         }
-        index.names = Rc::new(names);
-        let index = Rc::new(index);
-        self.indexes.borrow_mut().insert(key, index.clone());
-        index
+        index.names = Arc::new(names);
+        indexes().entry(key).or_insert(Arc::new(index)).clone()
     }
 
     /// Where the code of DIE `e` starts: its `DW_AT_low_pc`, or each of its
@@ -287,7 +287,7 @@ impl DebugInfo {
     /// emitted first), up to three.
     fn origin_chain(
         &self,
-        unit: &Rc<Unit<R>>,
+        unit: &Arc<Unit<R>>,
         e: &gimli::DebuggingInformationEntry<R>,
     ) -> Vec<DebugInfoOffset> {
         let mut out = Vec::new();
@@ -316,7 +316,7 @@ impl DebugInfo {
     }
 
     /// Everything said of the subprogram DIE at `off`.
-    fn describe(&self, unit: &Rc<Unit<R>>, off: UnitOffset) -> Subprogram {
+    fn describe(&self, unit: &Arc<Unit<R>>, off: UnitOffset) -> Subprogram {
         let mut s = Subprogram {
             name: self.name_of(unit, off).unwrap_or_default(),
             unit: unit.header.debug_info_offset(),
@@ -432,7 +432,7 @@ impl DebugInfo {
     }
 
     /// The type of a parameter DIE that takes it from its abstract origin.
-    fn origin_type(&self, unit: &Rc<Unit<R>>, off: UnitOffset) -> Option<Die> {
+    fn origin_type(&self, unit: &Arc<Unit<R>>, off: UnitOffset) -> Option<Die> {
         let e = unit.entry(off).ok()?;
         let o = self.follow(unit, e.attr_value(gimli::DW_AT_abstract_origin)?)?;
         let t = o.unit.entry(o.off).ok()?.attr_value(gimli::DW_AT_type)?;
@@ -445,10 +445,10 @@ impl DebugInfo {
     /// with the unit that holds it.
     pub fn origin_attr(
         &self,
-        unit: &Rc<Unit<R>>,
+        unit: &Arc<Unit<R>>,
         off: UnitOffset,
         attr: gimli::DwAt,
-    ) -> Option<(Rc<Unit<R>>, AttributeValue<R>)> {
+    ) -> Option<(Arc<Unit<R>>, AttributeValue<R>)> {
         let mut cur = Die {
             unit: unit.clone(),
             off,
@@ -467,7 +467,7 @@ impl DebugInfo {
     }
 
     /// The name of the DIE at `off` (or of its origin).
-    pub fn name_of(&self, unit: &Rc<Unit<R>>, off: UnitOffset) -> Option<String> {
+    pub fn name_of(&self, unit: &Arc<Unit<R>>, off: UnitOffset) -> Option<String> {
         let (u, v) = self.origin_attr(unit, off, gimli::DW_AT_name)?;
         let s = self.dwarf.attr_string(&u, v).ok()?;
         Some(String::from_utf8_lossy(&s).into_owned())
@@ -479,7 +479,7 @@ impl DebugInfo {
     }
 
     /// Every unit, parsed once.
-    pub fn units(&self) -> Vec<Rc<Unit<R>>> {
+    pub fn units(&self) -> Vec<Arc<Unit<R>>> {
         self.all_units().collect()
     }
 

@@ -184,20 +184,8 @@ impl LoadedObject {
         let Some(k) = key else {
             return Ok(Arc::new(self.open_file(path)?));
         };
-        let slot = FILES
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(k)
-            .or_default()
-            .clone();
-        let mut parsed = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = parsed.as_ref() {
-            return Ok(f.clone());
-        }
         // A failure is not kept: the next process tries again.
-        let f = Arc::new(self.open_file(path)?);
-        *parsed = Some(f.clone());
-        Ok(f)
+        FILES.get_or_try(k, || Ok(Arc::new(self.open_file(path)?)))
     }
 
     /// Parse the file, found at `mapped` when the caller found it already.
@@ -427,9 +415,7 @@ fn identity_of(path: &str, meta: &std::fs::Metadata) -> Option<Arc<Identity>> {
 /// own lock, held while it is parsed: the workers of a fleet run that all reach the C
 /// library at once wait for one parse instead of making one each.
 type FileKey = (u64, u64, u64, u64);
-type FileSlot = Arc<Mutex<Option<Arc<ElfFile>>>>;
-static FILES: LazyLock<Mutex<std::collections::HashMap<FileKey, FileSlot>>> =
-    LazyLock::new(Default::default);
+static FILES: LazyLock<crate::memo::Memo<FileKey, Arc<ElfFile>>> = LazyLock::new(Default::default);
 
 /// The objects of a process at one moment.
 pub struct Objects {

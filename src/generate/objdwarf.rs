@@ -11,7 +11,7 @@ use super::relobj::c;
 use crate::contract::dwarf::{DebugInfo, R};
 use gimli::{AttributeValue, LittleEndian, Unit};
 use std::collections::BTreeMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// The address bits that carry a section index.
 pub const SECTION_SHIFT: u32 = 40;
@@ -80,7 +80,7 @@ fn debug_info(o: &RelObj) -> Option<DebugInfo> {
             .position(|s| s.name == id.name())
             .map(|i| relocated(o, i))
             .unwrap_or_default();
-        Ok(R::new(Rc::from(data.into_boxed_slice()), LittleEndian))
+        Ok(R::new(Arc::from(data.into_boxed_slice()), LittleEndian))
     };
     gimli::Dwarf::load(load).ok().map(DebugInfo::from_dwarf)
 }
@@ -100,7 +100,7 @@ pub fn read(o: &RelObj) -> ObjDwarf {
 /// A short description of the type at `off`: `int`, `struct s *`, `char[16]`.
 fn type_name(
     info: &DebugInfo,
-    unit: &Rc<Unit<R>>,
+    unit: &Arc<Unit<R>>,
     off: Option<gimli::UnitOffset>,
     depth: u32,
 ) -> String {
@@ -153,7 +153,7 @@ fn type_name(
     }
 }
 
-fn read_unit(info: &DebugInfo, unit: &Rc<Unit<R>>, out: &mut ObjDwarf) {
+fn read_unit(info: &DebugInfo, unit: &Arc<Unit<R>>, out: &mut ObjDwarf) {
     let dwarf = info.dwarf();
     if let Ok(Some(root)) = unit.entries().next_dfs()
         && let Some(v) = root.attr_value(gimli::DW_AT_producer)
@@ -260,7 +260,7 @@ fn read_unit(info: &DebugInfo, unit: &Rc<Unit<R>>, out: &mut ObjDwarf) {
 /// it starts at, so that a bit-field that moves within its byte is a change.
 fn layout_of(
     info: &DebugInfo,
-    unit: &Rc<Unit<R>>,
+    unit: &Arc<Unit<R>>,
     off: gimli::UnitOffset,
 ) -> Option<(&'static str, Layout)> {
     let e = unit.entry(off).ok()?;
