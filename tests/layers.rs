@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u32)] = &[
     ("error", 0),
     ("fmt", 0),
+    ("memo", 0),
     ("os", 1),
     ("elf", 2),
     ("patch", 3),
