@@ -403,8 +403,14 @@ impl ElfFile {
             segments,
             sections,
             needed,
-            // Index 0 is the null symbol.
-            symtab_present: elf.syms.len() > 1,
+            // What `.symtab()` would keep (a table of section and file symbols only is no
+            // table): the first such symbol comes within a few entries.
+            symtab_present: elf.syms.iter().any(|s| {
+                s.st_shndx != section_header::SHN_UNDEF as usize
+                    && s.st_name != 0
+                    && !matches!(s.st_type(), sym::STT_SECTION | sym::STT_FILE)
+                    && str_at(&elf.strtab, s.st_name).is_some()
+            }),
             tables: OnceLock::new(),
             undefined,
             dyn_relocs: OnceLock::new(),
@@ -1126,6 +1132,21 @@ mod tests {
             assert!(hits > 0, "{path}");
             assert!(light.dyn_relocs.get().is_none());
         }
+    }
+
+    #[test]
+    fn a_symbol_table_is_one_with_symbols_in_it() {
+        for path in ["/lib/x86_64-linux-gnu/libc.so.6", "/proc/self/exe"] {
+            let light = ElfFile::open(Path::new(path)).unwrap();
+            let full = ElfFile::open(Path::new(path)).unwrap();
+            assert_eq!(light.has_symtab(), !full.symtab().is_empty(), "{path}");
+        }
+        // The test binary has its own symbols.
+        assert!(
+            ElfFile::open(Path::new("/proc/self/exe"))
+                .unwrap()
+                .has_symtab()
+        );
     }
 
     #[test]
