@@ -172,7 +172,9 @@ impl Session<'_> {
                     t,
                 )
             };
-            tids.sort_by_key(|&t| rank(&self.tr, t));
+            // Each thread's state read once: it changes while the threads run, and a
+            // sort whose keys change under it panics (a total order is required).
+            tids.sort_by_cached_key(|&t| rank(&self.tr, t));
             for tid in tids {
                 let until = Instant::now() + Duration::from_secs(5);
                 let stopped = self.tr.stop_one(tid, until);
@@ -220,7 +222,8 @@ impl Session<'_> {
     fn attach_one_asleep(&mut self) -> Result<()> {
         let pid = self.proc.pid;
         let mut tids: Vec<Tid> = process::task_ids(pid)?.into_iter().collect();
-        tids.sort_by_key(|&t| (process::thread_state(pid, t) != Some('S'), t == pid));
+        // Each thread's state read once (see `pick_any_thread`).
+        tids.sort_by_cached_key(|&t| (process::thread_state(pid, t) != Some('S'), t == pid));
         for t in tids {
             if self.tr.attach_one(t)? {
                 return Ok(());
