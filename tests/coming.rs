@@ -381,3 +381,72 @@ fn stacked_and_replacing_patches_wait_for_the_same_object() {
     assert_eq!(ask(&mut t, &load, "loaded"), "loaded ctor=5 value=10");
     assert!(!t.maps().contains("rlp:"), "{}", t.maps());
 }
+
+/// rlivepatch's working memory stays mapped while a patch is loaded, and the next
+/// operation adopts it (the same memfd at the same place) instead of mapping its own; a
+/// child forked meanwhile inherits the patch but not that memory (a run on the child must
+/// not work in its parent's memory), and runs on the child map their own. It goes with
+/// the last patch.
+#[test]
+fn the_working_memory_stays_with_the_patches_and_is_not_inherited() {
+    let (dir, lib, mut t, pid) = started();
+    let scratch = |pid: &str| -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("/memfd:rlivepatch-scratch"))
+            .map(str::to_string)
+            .collect()
+    };
+    let (maps, fds) = (t.stable_maps(), t.fd_count());
+    assert_eq!(
+        ask(&mut t, &format!("load {}", lib.display()), "loaded"),
+        "loaded ctor=5 value=10"
+    );
+    rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&fix())]);
+    assert_eq!(ask(&mut t, "call", "value="), "value=14");
+    let kept = scratch(&pid);
+    assert_eq!(kept.len(), 2, "the code page and the data: {kept:?}");
+
+    // A second patch: the same memory, adopted.
+    let fix2 = times("coming-fix2", 9, "");
+    rlp_ok(&["apply", "--library-path", s(&dir), &pid, s(&fix2)]);
+    assert_eq!(ask(&mut t, "call", "value="), "value=18");
+    assert_eq!(scratch(&pid), kept, "a new mapping instead of the kept one");
+
+    // A child has the patches, not the memory; a run on it leaves nothing behind.
+    let child = ask(&mut t, "spawn", "spawned")
+        .trim_start_matches("spawned ")
+        .to_string();
+    assert!(
+        scratch(&child).is_empty(),
+        "inherited: {:?}",
+        scratch(&child)
+    );
+    let listed = rlp_ok(&["list", &child]);
+    assert!(
+        listed.contains("coming-fix2") && !listed.contains("repair"),
+        "{listed}"
+    );
+    rlp_ok(&["disable", &child, "coming-fix2"]);
+    rlp_ok(&["disable", &child, "coming-fix"]);
+    let child_maps = std::fs::read_to_string(format!("/proc/{child}/maps")).unwrap();
+    assert!(
+        !child_maps.contains("/memfd:rlivepatch-") && !child_maps.contains("/memfd:rlp:"),
+        "{child_maps}"
+    );
+    assert_eq!(scratch(&pid), kept, "the parent's memory changed");
+    // SAFETY: kill(2) on the child this test had the host fork.
+    unsafe { libc::kill(child.parse().unwrap(), libc::SIGKILL) };
+    assert_eq!(ask(&mut t, "reap", "reaped"), format!("reaped {child}"));
+
+    // The last patch takes it away.
+    rlp_ok(&["disable", &pid, "coming-fix2"]);
+    assert_eq!(scratch(&pid), kept);
+    rlp_ok(&["disable", &pid, "coming-fix"]);
+    assert_eq!(ask(&mut t, "call", "value="), "value=10");
+    assert!(scratch(&pid).is_empty(), "{:?}", scratch(&pid));
+    ask(&mut t, "close", "closed");
+    assert_eq!((t.stable_maps(), t.fd_count()), (maps, fds));
+    t.assert_running();
+}

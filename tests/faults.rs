@@ -206,12 +206,26 @@ fn a_failed_unload_after_the_switch_is_a_disable_with_a_leftover() {
     assert_eq!((t.stable_maps(), t.fd_count()), base);
 }
 
-/// An apply whose clean-up (unmapping rlivepatch's working memory) fails is an apply:
-/// exit 0 with the patch live, the mapping named as left; `repair` then clears it.
+/// rlivepatch's working memory stays mapped while a patch is loaded (the next operation
+/// adopts it) and goes with the last patch. A disable whose clean-up (unmapping it) then
+/// fails is a disable: exit 0 with the original code back, the mapping named as left;
+/// `repair` then clears it.
 #[test]
-fn a_failed_cleanup_after_an_apply_is_an_apply_with_a_leftover() {
+fn a_failed_cleanup_after_the_last_disable_is_a_disable_with_a_leftover() {
     let (mut t, pid, fix) = counter_pie("2");
-    let (code, json, err) = rlp_failing("unmap_scratch", &["apply", &pid, fix.to_str().unwrap()]);
+    let scratch_maps = |t: &Target| {
+        t.maps()
+            .lines()
+            .filter(|l| l.contains("/memfd:rlivepatch-scratch"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let fds = t.fd_count();
+    assert!(scratch_maps(&t).is_empty());
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    let kept = scratch_maps(&t);
+    assert_eq!(kept.len(), 2, "code page and data, kept with the patch");
+    let (code, json, err) = rlp_failing("unmap_scratch", &["disable", &pid, "counter-fix"]);
     assert_eq!(code, Some(0), "{err}");
     let left = json["leftovers"].as_array().cloned().unwrap_or_default();
     assert_eq!(left.len(), 1, "{json}");
@@ -219,25 +233,18 @@ fn a_failed_cleanup_after_an_apply_is_an_apply_with_a_leftover() {
         left[0].as_str().unwrap().contains("private mapping"),
         "{json}"
     );
-    assert!(!err.contains("killed"), "{err}");
     t.assert_settled(
         2,
-        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
-        "patched",
+        |l| l.contains(" = ") && value(l).1 == value(l).0 + 1,
+        "original",
     );
-    let with_patch = t.fd_count();
-    let scratch_maps = |t: &Target| {
-        t.maps()
-            .lines()
-            .filter(|l| l.contains("rlivepatch-scratch"))
-            .count()
-    };
-    let before_repair = scratch_maps(&t);
+    // The disable adopted the kept memory (the same memfd at the same place), and it is
+    // what stays.
+    assert_eq!(scratch_maps(&t), kept);
     let o = rlp_ok(&["repair", &pid]);
     assert!(o.contains("unmapped") || o.contains("mapping"), "{o}");
-    assert!(scratch_maps(&t) < before_repair, "repair left the mapping");
-    assert_eq!(t.fd_count(), with_patch);
-    rlp_ok(&["disable", &pid, "counter-fix"]);
+    assert!(scratch_maps(&t).is_empty(), "repair left the mapping");
+    assert_eq!(t.fd_count(), fds);
 }
 
 /// A read of the code that fails once and works when read again saw the code go and come
@@ -348,7 +355,9 @@ fn a_thread_that_went_past_the_ppoll_gate_is_taken_back_where_it_is() {
 /// Consecutive injected calls are handed to the thread waiting at the gate (its command
 /// word and a futex wake-up) instead of stopping it and starting it again for each. The
 /// second patch's apply borrows the keeper (asleep in `sem_wait`), so it may wait there
-/// on any kernel; the trace names each call posted.
+/// on any kernel; the trace names each call posted (after the first, which starts it:
+/// the patch's memfd, then its `dlopen` posted; the working memory is the first
+/// apply's, kept).
 #[test]
 fn consecutive_calls_are_handed_to_the_thread_at_the_gate() {
     let (mut t, pid, base) = counter_with_fix();
@@ -358,7 +367,7 @@ fn consecutive_calls_are_handed_to_the_thread_at_the_gate() {
     );
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "{err}");
-    assert!(posted(&err) >= 2, "calls posted at the gate:\n{err}");
+    assert!(posted(&err) >= 1, "calls posted at the gate:\n{err}");
     twice_then_original(&mut t, &pid, base);
 }
 

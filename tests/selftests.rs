@@ -143,10 +143,11 @@ fn livepatch_atomic_replace_over_three_patches() {
         t.maps()
             .lines()
             .filter(|l| l.contains("r-xp") && !l.contains("rlp:runtime"))
+            .filter(|l| !l.contains("/memfd:rlivepatch-scratch"))
             .count()
             - before.join("\n").matches("r-xp").count(),
         2,
-        "only the replace patch (and one island page) stay mapped, with the runtime"
+        "only the replace patch (and one island page) stay mapped, with the runtime and rlivepatch's working memory"
     );
     rlp_ok(&["disable", &pid, "livepatch-meminfo-replace"]);
     let st = status(&mut t);

@@ -72,6 +72,36 @@ pub fn scan(
     rec: &Record,
     ours: Option<crate::remote::inject::Scratch>,
 ) -> Leftovers {
+    scan_fds_if(true, proc, maps, rec, ours)
+}
+
+/// [`scan`] before an operation: the descriptors (a `readlink` each: tens of thousands
+/// in a busy server) are looked at only when the process holds something of
+/// rlivepatch's, a record or a mapping. Every memfd rlivepatch opens in a process is
+/// opened while its private memory is mapped (created first, unmapped last) or is
+/// recorded, so a killed run's descriptor comes with a leftover mapping; the exception, a
+/// run killed between the memory's memfd and its mapping (microseconds), leaves an empty
+/// descriptor that `list` and `repair` still find.
+pub fn scan_before_operation(
+    proc: &Process,
+    maps: &[Mapping],
+    rec: &Record,
+    ours: Option<crate::remote::inject::Scratch>,
+    recorded: bool,
+) -> Leftovers {
+    let ours_mapped = maps
+        .iter()
+        .any(|m| m.path.starts_with("/memfd:rlivepatch-") || m.path.starts_with("/memfd:rlp:"));
+    scan_fds_if(recorded || ours_mapped, proc, maps, rec, ours)
+}
+
+fn scan_fds_if(
+    fds: bool,
+    proc: &Process,
+    maps: &[Mapping],
+    rec: &Record,
+    ours: Option<crate::remote::inject::Scratch>,
+) -> Leftovers {
     let mut l = Leftovers::default();
     if let Some(p) = &rec.pending
         && !p.tool_alive()
@@ -88,7 +118,10 @@ pub fn scan(
             .iter()
             .filter_map(|p| p.loading.as_ref().map(|a| a.fd)),
     );
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", proc.pid)) {
+    if let Some(dir) = fds
+        .then(|| std::fs::read_dir(format!("/proc/{}/fd", proc.pid)).ok())
+        .flatten()
+    {
         for e in dir.flatten() {
             let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
@@ -110,8 +143,16 @@ pub fn scan(
     let scratch = format!("/memfd:{SCRATCH_NAME}");
     let island = format!("/memfd:{ISLAND_NAME}");
     let recorded: Vec<u64> = rec.islands.iter().map(|i| i.addr).collect();
+    // Memory an earlier run kept is no leftover while it is idle; in use, a run using it
+    // was killed.
+    let kept = rec
+        .scratch
+        .filter(|s| crate::remote::inject::scratch_is_idle(proc, maps, s));
+    let is = |s: Option<crate::remote::inject::Scratch>, at: u64| {
+        s.is_some_and(|s| s.code == at || s.rw == at)
+    };
     for m in maps {
-        if m.path == scratch && !ours.is_some_and(|s| s.code == m.start || s.rw == m.start) {
+        if m.path == scratch && !is(ours, m.start) && !is(kept, m.start) {
             l.orphan_scratch.push((m.start, m.end));
         } else if m.path == island && !recorded.contains(&m.start) {
             l.orphan_islands.push(m.start);

@@ -341,6 +341,12 @@ pub struct Record {
     /// waits for objects to come ([`crate::livepatch::coming`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<Hook>,
+    /// rlivepatch's private memory, kept mapped while the runtime is loaded so that the
+    /// next operation need not map it again (nor this one unmap it). Only ever set with
+    /// a runtime; ours only while its header says idle (see
+    /// [`crate::remote::inject::scratch_is_idle`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<crate::remote::inject::Scratch>,
 }
 
 impl Pending {

@@ -397,6 +397,7 @@ pub fn finish(s: &mut Session, run_post_unpatch: bool) -> Result<bool> {
         s.record.patches[idx].disabled = true;
     }
     s.record.pending = None;
+    s.keep_scratch();
     s.save_record()?;
     crate::os::fault::point("disable:committed");
     // The hook forgets the patch before its code goes; while it may still run it, the

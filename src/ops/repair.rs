@@ -26,7 +26,13 @@ use std::time::{Duration, Instant};
 pub fn repair_if_needed(s: &mut Session) -> Result<()> {
     crate::livepatch::coming::clear_stale(s)?;
     crate::livepatch::coming::observe_hook(s)?;
-    let found = crate::livepatch::leftovers::scan(&s.proc, &s.maps, &s.record, s.scratch);
+    let found = crate::livepatch::leftovers::scan_before_operation(
+        &s.proc,
+        &s.maps,
+        &s.record,
+        s.scratch,
+        s.store.is_some(),
+    );
     crate::os::fault::trace("leftovers scanned");
     if found.is_empty() {
         return Ok(());

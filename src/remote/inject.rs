@@ -59,6 +59,11 @@ pub const CODE_SIZE: u64 = 4096;
 /// The first bytes of rlivepatch's read-write area, so that a later run recognises one
 /// left behind by a run that was killed.
 pub const SCRATCH_MAGIC: &[u8; 16] = b"rlivepatch-scr2\0";
+/// The first bytes of the read-write area while no run uses it: kept mapped between
+/// operations (see [`crate::livepatch::record::Record::scratch`]). A run that adopts it
+/// writes [`SCRATCH_MAGIC`] back first, so a run killed while using it leaves the
+/// memory recognisable as a leftover, as one it mapped itself.
+const IDLE_MAGIC: &[u8; 16] = b"rlivepatch-idle\0";
 /// After the magic: the thread whose malloc arena is lent while borrowed (the arena
 /// slot, the main arena, the thread id), or zeros; a run killed while borrowing leaves it
 /// for `repair` to give back ([`restore_lent_arena`]).
@@ -594,6 +599,30 @@ fn find_restore_rt(file: &crate::elf::symbols::ElfFile) -> Option<u64> {
         }
     }
     None
+}
+
+/// Is `s` rlivepatch's memory, mapped where it says and marked idle (kept by an earlier
+/// run that finished with it)? Reads `/proc` and the memory only.
+pub fn scratch_is_idle(proc: &Process, maps: &[Mapping], s: &Scratch) -> bool {
+    let path = format!("/memfd:{SCRATCH_NAME}");
+    let mapped = |at: u64, len: u64| {
+        crate::os::process::mapping_at(maps, at)
+            .is_some_and(|m| m.start == at && m.end == at + len && m.path == path)
+    };
+    mapped(s.rw, RW_SIZE)
+        && mapped(s.code, CODE_SIZE)
+        && proc
+            .read(s.rw, IDLE_MAGIC.len())
+            .is_ok_and(|head| head[..] == IDLE_MAGIC[..])
+}
+
+/// Mark `s` idle, to be kept for a later run: no thread runs on it any more (the
+/// borrowed thread was given back) and it holds no note for `repair` (the lent arena,
+/// given back, is noted as none).
+pub fn mark_idle(proc: &Process, s: &Scratch) -> Result<()> {
+    let mut head = IDLE_MAGIC.to_vec();
+    head.resize((LENT_NOTE + LENT_NOTE_LEN) as usize, 0);
+    proc.write_unverified(s.rw, &head)
 }
 
 /// The private memory rlivepatch maps in the target for one run.
@@ -1198,6 +1227,59 @@ impl Injector {
                     return Err(e);
                 }
             };
+            // It may stay mapped while patches are loaded (see `Record::scratch`): a
+            // child forked meanwhile must not share it (a run on the child would use the
+            // parent's stack and notify block), so it is not inherited at all. One call
+            // when the two lie next to each other.
+            let dontfork = libc::MADV_DONTFORK as u64;
+            let advised = if code + CODE_SIZE == rw {
+                self.boot_call(
+                    tr,
+                    proc,
+                    frame,
+                    libc::SYS_madvise,
+                    &[code, CODE_SIZE + RW_SIZE, dontfork],
+                    &[],
+                )?
+            } else {
+                let r = self.boot_call(
+                    tr,
+                    proc,
+                    frame,
+                    libc::SYS_madvise,
+                    &[rw, RW_SIZE, dontfork],
+                    &[],
+                )?;
+                if r < 0 {
+                    r
+                } else {
+                    self.boot_call(
+                        tr,
+                        proc,
+                        frame,
+                        libc::SYS_madvise,
+                        &[code, CODE_SIZE, dontfork],
+                        &[],
+                    )?
+                }
+            };
+            if let Err(e) = returned(
+                advised,
+                "madvise(MADV_DONTFORK) of rlivepatch's memory",
+                proc.pid,
+            ) {
+                let (lo, len) = if code + CODE_SIZE == rw {
+                    (code, CODE_SIZE + RW_SIZE)
+                } else {
+                    (rw, RW_SIZE)
+                };
+                let _ = self.boot_call(tr, proc, frame, libc::SYS_munmap, &[lo, len], &[]);
+                if code + CODE_SIZE != rw {
+                    let _ =
+                        self.boot_call(tr, proc, frame, libc::SYS_munmap, &[code, CODE_SIZE], &[]);
+                }
+                return Err(e);
+            }
             // Our own view of the notify block, through a copy of the target's memfd
             // descriptor; without it (an old kernel), calls stop at each system call.
             self.notify = own

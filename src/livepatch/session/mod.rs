@@ -159,6 +159,7 @@ impl<'a> Session<'a> {
             ),
         };
         crate::livepatch::leftovers::forget_unloaded_runtime(&maps, &mut record);
+        let (scratch, notify) = adopt_kept_scratch(&proc, &maps, &mut record);
         // Threads may be inside wrappers' trampolines: they unwind with the originals' CFI.
         let mut unwinder = Unwinder::new();
         unwinder.relocated = crate::livepatch::func_stack::relocated_code(&record);
@@ -169,8 +170,8 @@ impl<'a> Session<'a> {
             objects,
             unwinder,
             inj: None,
-            scratch: None,
-            notify: None,
+            scratch,
+            notify,
             store,
             record,
             libc: None,
@@ -505,6 +506,10 @@ impl<'a> Session<'a> {
 
     /// Save the record (creating its mapping if needed) or remove it when empty.
     pub fn save_record(&mut self) -> Result<()> {
+        // The private memory is kept only along with a runtime (see `Record::scratch`).
+        if self.record.runtime.is_none() {
+            self.record.scratch = None;
+        }
         if self.record.is_empty() {
             // Raw system calls (munmap; memfd_create, mmap): any stopped thread will do.
             if let Some(store) = self.store.take() {
@@ -524,6 +529,14 @@ impl<'a> Session<'a> {
             self.refresh()?;
         }
         self.store.as_mut().unwrap().save(&self.proc, &self.record)
+    }
+
+    /// The operation took effect and the runtime stays loaded: rlivepatch's private
+    /// memory stays mapped with it, for the next operation (recorded by the caller's
+    /// next save). Left unset, the memory is unmapped at the end, as the run found the
+    /// process: a failed operation leaves the process as it was.
+    pub fn keep_scratch(&mut self) {
+        self.record.scratch = self.scratch.filter(|_| self.record.runtime.is_some());
     }
 
     /// A progress line.
@@ -700,6 +713,20 @@ impl<'a> Session<'a> {
         // asked to stop meanwhile.
         self.tr.finishing = true;
         let mut first: Option<Error> = self.thaw().err();
+        let kept = self
+            .scratch
+            .filter(|s| self.record.scratch == Some(*s) && self.record.runtime.is_some());
+        if let Some(s) = kept {
+            // Given back first: then no thread runs on the memory, which is marked idle
+            // for the next run to adopt.
+            let r = self
+                .unborrow()
+                .and_then(|()| crate::remote::inject::mark_idle(&self.proc, &s));
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+            self.scratch = None;
+        }
         if self.scratch.is_some() {
             if let Err(e) = self.borrow_for_syscalls() {
                 first.get_or_insert(e);
@@ -752,6 +779,44 @@ impl<'a> Session<'a> {
         self.tr.detach_all();
         first.map_or(Ok(()), Err)
     }
+}
+
+/// The private memory an earlier run kept (see `Record::scratch`), when it is still
+/// there and idle, with rlivepatch's own view of its notify block when the memfd can be
+/// opened through `/proc/PID/map_files` (else calls stop at each system call, as on a
+/// kernel without `pidfd_getfd`). A record naming memory that is gone or in use forgets
+/// it: memory in use is a killed run's leftover, which `repair` clears.
+fn adopt_kept_scratch(
+    proc: &Process,
+    maps: &[Mapping],
+    record: &mut Record,
+) -> (
+    Option<Scratch>,
+    Option<std::sync::Arc<crate::os::shared::SharedPage>>,
+) {
+    let Some(s) = record.scratch else {
+        return (None, None);
+    };
+    if record.runtime.is_none() || !crate::remote::inject::scratch_is_idle(proc, maps, &s) {
+        record.scratch = None;
+        return (None, None);
+    }
+    let path = format!(
+        "/proc/{}/map_files/{:x}-{:x}",
+        proc.pid,
+        s.rw,
+        s.rw + crate::remote::inject::RW_SIZE
+    );
+    let notify = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .ok()
+        .and_then(|f| {
+            crate::os::shared::SharedPage::map(&f.into(), crate::remote::inject::CODE_SIZE).ok()
+        })
+        .map(std::sync::Arc::new);
+    (Some(s), notify)
 }
 
 /// The pending operation.

@@ -474,6 +474,7 @@ pub fn finish(s: &mut Session, applied: AppliedPatch, run_post_patch: bool) -> R
     let empty_pages = s.record.free_slots(&freed);
     s.record.patches.push(applied);
     s.record.pending = None;
+    s.keep_scratch();
     s.save_record()?;
     crate::os::fault::point("apply:committed");
     // The hook learns the active patches before any replaced one goes; a replaced patch
