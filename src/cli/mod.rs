@@ -21,12 +21,13 @@ use std::process::ExitCode;
 /// The whole command: parse, run, print, and the exit code.
 pub fn main() -> ExitCode {
     crate::os::fault::init();
+    // rlivepatch's priority follows what it does, and it paces itself from here (see the
+    // pace module): before the first trace point, which may pause.
+    crate::os::pace::init();
     crate::os::fault::trace("started");
     let cli = Cli::parse();
     // SIGINT, SIGTERM and SIGHUP are read by the tracer between two steps, so that the
     // current step can be undone; until then they wait.
-    // rlivepatch's priority follows what it does (see the pace module).
-    crate::os::pace::init();
     if let Err(e) = crate::os::ptrace::block_tool_signals() {
         out::error(&e, false);
         return ExitCode::FAILURE;
