@@ -119,6 +119,8 @@ enum Gate {
 /// it left (no command can be taken after it).
 const CMD_SYSCALL: u32 = 1;
 const CMD_CALL: u32 = 2;
+// Written only by the stub itself (in its bytes, see `NOTIFY_STUB_CODE`).
+#[cfg_attr(not(test), allow(dead_code))]
 const CMD_LEAVE: u32 = 3;
 /// How long a thread that finished a notified call waits at the gate for rlivepatch to
 /// take it back before it returns by itself (its `rt_sigreturn` frame): the stall a
@@ -159,13 +161,45 @@ const NOTIFY_STUB: u64 = CODE_SIZE - 0x180;
 pub const MAX_TRAMPOLINES: usize = ((NOTIFY_STUB - TRAMPOLINES) / TRAMPOLINE_SIZE) as usize;
 
 /// The notified-call stub and its entry points (offsets in the code page).
-struct NotifyStub {
-    bytes: Vec<u8>,
+struct NotifyStub<B> {
+    bytes: B,
     /// `syscall` with the arguments as set, then the report.
     syscall: u64,
     /// `call *%rax`, then the report.
     call: u64,
 }
+
+/// What [`assemble_notify_stub`] makes, kept as its bytes: the stub never changes, and
+/// the assembler's first use in a run builds its tables, 0.66 ms of every operation (a
+/// tenth of an apply). A unit test assembles it and compares; its failure message has
+/// the bytes to put here when the stub changes.
+const NOTIFY_STUB_CODE: NotifyStub<&[u8]> = NotifyStub {
+    bytes: &[
+        0x0f, 0x05, 0xeb, 0x02, 0xff, 0xd0, 0x49, 0x89, 0x47, 0x08, 0x41, 0xc7, 0x07, 0x01, 0x00,
+        0x00, 0x00, 0x4c, 0x89, 0xff, 0xbe, 0x01, 0x00, 0x00, 0x00, 0xba, 0x01, 0x00, 0x00, 0x00,
+        0xb8, 0xca, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x41, 0x83, 0x7f, 0x24, 0x00, 0x0f, 0x84, 0xec,
+        0x00, 0x00, 0x00, 0x41, 0x83, 0x7f, 0x24, 0x02, 0x74, 0x73, 0x49, 0x8d, 0x7f, 0x20, 0xbe,
+        0x00, 0x00, 0x00, 0x00, 0x31, 0xd2, 0x4d, 0x8d, 0x57, 0x10, 0x45, 0x31, 0xc0, 0xb8, 0xca,
+        0x00, 0x00, 0x00, 0x0f, 0x05, 0x41, 0x8b, 0x4f, 0x20, 0x85, 0xc9, 0x75, 0x1d, 0x48, 0x3d,
+        0x92, 0xff, 0xff, 0xff, 0x75, 0xd7, 0x31, 0xc0, 0xb9, 0x03, 0x00, 0x00, 0x00, 0xf0, 0x41,
+        0x0f, 0xb1, 0x4f, 0x20, 0x0f, 0x84, 0xbe, 0x00, 0x00, 0x00, 0x89, 0xc1, 0x41, 0xc7, 0x47,
+        0x20, 0x00, 0x00, 0x00, 0x00, 0x49, 0x8b, 0x47, 0x28, 0x49, 0x8b, 0x7f, 0x30, 0x49, 0x8b,
+        0x77, 0x38, 0x49, 0x8b, 0x57, 0x40, 0x4d, 0x8b, 0x57, 0x48, 0x4d, 0x8b, 0x47, 0x50, 0x4d,
+        0x8b, 0x4f, 0x58, 0x83, 0xf9, 0x01, 0x0f, 0x84, 0x5e, 0xff, 0xff, 0xff, 0x4c, 0x89, 0xd1,
+        0xe9, 0x5a, 0xff, 0xff, 0xff, 0xbf, 0x01, 0x00, 0x00, 0x00, 0x49, 0x8d, 0x77, 0x78, 0xb8,
+        0xe4, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x49, 0x8b, 0x47, 0x10, 0x49, 0x01, 0x47, 0x78, 0x49,
+        0x8b, 0x47, 0x18, 0x49, 0x03, 0x87, 0x80, 0x00, 0x00, 0x00, 0x48, 0x3d, 0x00, 0xca, 0x9a,
+        0x3b, 0x72, 0x0b, 0x48, 0x2d, 0x00, 0xca, 0x9a, 0x3b, 0x49, 0x83, 0x47, 0x78, 0x01, 0x49,
+        0x89, 0x87, 0x80, 0x00, 0x00, 0x00, 0x49, 0x8d, 0x7f, 0x60, 0xbe, 0x01, 0x00, 0x00, 0x00,
+        0x31, 0xd2, 0x4d, 0x8d, 0x57, 0x78, 0x41, 0xb8, 0x01, 0x00, 0x00, 0x00, 0xb8, 0xc1, 0x01,
+        0x00, 0x00, 0x0f, 0x05, 0x41, 0x8b, 0x4f, 0x20, 0x85, 0xc9, 0x0f, 0x85, 0x66, 0xff, 0xff,
+        0xff, 0x48, 0x3d, 0x92, 0xff, 0xff, 0xff, 0x75, 0xd0, 0xe9, 0x44, 0xff, 0xff, 0xff, 0x31,
+        0xff, 0x31, 0xf6, 0x49, 0x8d, 0x57, 0x10, 0x45, 0x31, 0xd2, 0x45, 0x31, 0xc0, 0xb8, 0x0f,
+        0x01, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b,
+    ],
+    syscall: 0,
+    call: 4,
+};
 
 /// The stub of a notified call, with `%r15` pointing at the notify block: the call (or
 /// system call); its result stored; the done word set and woken (a shared futex, which
@@ -178,12 +212,13 @@ struct NotifyStub {
 /// very moment is either taken or refused, never lost, and returns through its frame's
 /// `rt_sigreturn` to where it was. So calls run without a ptrace stop per system call
 /// they make, and a thread whose rlivepatch dies returns to its own code on its own.
-fn notify_stub() -> &'static NotifyStub {
-    static STUB: std::sync::OnceLock<NotifyStub> = std::sync::OnceLock::new();
-    STUB.get_or_init(|| assemble_notify_stub().expect("the notify stub assembles"))
+fn notify_stub() -> &'static NotifyStub<&'static [u8]> {
+    &NOTIFY_STUB_CODE
 }
 
-fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError> {
+/// The stub's source (see [`NOTIFY_STUB_CODE`]).
+#[cfg(test)]
+fn assemble_notify_stub() -> std::result::Result<NotifyStub<Vec<u8>>, iced_x86::IcedError> {
     use iced_x86::BlockEncoderOptions;
     use iced_x86::code_asm::*;
     let at = |off: u64| (off - NOTIFY) as i32;
@@ -273,6 +308,7 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub, iced_x86::IcedError
 /// block's timeout), then `futex_waitv` on the command word until a command comes (to
 /// `take`) or the deadline passes (to `timed_out`); woken for nothing or interrupted and
 /// restarted, it waits again for the same deadline.
+#[cfg(test)]
 fn waitv_gate_code(
     a: &mut iced_x86::code_asm::CodeAssembler,
     at: impl Fn(u64) -> i32,
@@ -314,6 +350,7 @@ fn waitv_gate_code(
 /// After a wait at a gate: a command posted, to `take` (in `%ecx`); none, back to
 /// `again` unless the wait timed out (woken for nothing, or interrupted and restarted);
 /// timed out, on to what follows.
+#[cfg(test)]
 fn take_or_wait_again(
     a: &mut iced_x86::code_asm::CodeAssembler,
     at: &impl Fn(u64) -> i32,
@@ -1312,7 +1349,7 @@ impl Injector {
     fn install(&mut self, proc: &Process) -> Result<()> {
         let s = self.scratch.unwrap();
         proc.write_unverified(s.code, &STUB)?;
-        proc.write_unverified(s.code + NOTIFY_STUB, &notify_stub().bytes)?;
+        proc.write_unverified(s.code + NOTIFY_STUB, notify_stub().bytes)?;
         let len = self.frame_len();
         self.frame_at = (s.rw + RW_SIZE - len) & !63;
         proc.write_unverified(self.frame_at, &self.frame(self.frame_at))?;
@@ -1801,6 +1838,21 @@ fn memfd_error(pid: i32, ret: i64) -> crate::error::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_notify_stub_is_what_the_assembler_makes() {
+        let a = assemble_notify_stub().unwrap();
+        assert_eq!(
+            a.bytes, NOTIFY_STUB_CODE.bytes,
+            "the stub changed: NOTIFY_STUB_CODE's bytes are now {:#04x?}",
+            a.bytes
+        );
+        assert_eq!(
+            (a.syscall, a.call),
+            (NOTIFY_STUB_CODE.syscall, NOTIFY_STUB_CODE.call)
+        );
+        assert!(a.bytes.len() as u64 <= CODE_SIZE - NOTIFY_STUB);
+    }
 
     /// The notified-call stub sits at the end of the code page: it must end inside it
     /// (a longer stub runs off the page and the borrowed thread faults).
