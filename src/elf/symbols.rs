@@ -5,6 +5,7 @@
 //! symbols, soname, build-id). Symbols come from `.symtab` first (it has the `static`
 //! functions) and `.dynsym` otherwise.
 
+use super::headers::str_at;
 use crate::elf::dynhash::{DynHash, DynSym};
 use crate::error::{Context, Result};
 use crate::{bail, err};
@@ -336,7 +337,7 @@ impl ElfFile {
 
     fn parse(path: PathBuf, bytes: Bytes) -> Result<ElfFile> {
         // The parser's own words ("Malformed entity: Too small") say nothing to a user.
-        let elf = Elf::parse(&bytes).map_err(|_| {
+        let elf = super::headers::parse(&bytes).map_err(|_| {
             err!(
                 Patch,
                 "{} is not an ELF file (a program, a shared library or an object file)",
@@ -425,7 +426,7 @@ impl ElfFile {
     /// The parser's view of the file again, for a table read on first use (the headers
     /// were parsed once already: this cannot fail where that did not).
     fn elf(&self) -> Option<Elf<'_>> {
-        Elf::parse(&self.bytes).ok()
+        super::headers::parse(&self.bytes).ok()
     }
 
     /// Symbols from `.symtab` (empty when stripped).
@@ -812,16 +813,6 @@ fn collect_syms(
             })
         })
         .collect()
-}
-
-/// The string at `offset` of a string table, read where it lies. goblin's `get_at`
-/// binary-searches its index of the table's strings for every name: the most of the
-/// time a large symbol table took to read. It deprecates `get` for tables read by
-/// scanning from the start; here each name is read once, from its own offset, to its
-/// terminating NUL.
-#[allow(deprecated)]
-fn str_at<'a>(table: &goblin::strtab::Strtab<'a>, offset: usize) -> Option<&'a str> {
-    table.get(offset)?.ok()
 }
 
 /// A dynamic symbol's version name and whether it is hidden (`name@VER`).

@@ -765,7 +765,7 @@ impl Patch {
 fn is_pie_executable(file: &ElfFile) -> bool {
     // A PIE executable is ET_DYN too; tell it by DF_1_PIE, or by an interpreter plus an
     // entry into `_start` (older linkers set no DF_1_PIE).
-    let Ok(elf) = goblin::elf::Elf::parse(file.data()) else {
+    let Ok(elf) = crate::elf::headers::parse(file.data()) else {
         return false;
     };
     let pie_flag = elf

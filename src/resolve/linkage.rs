@@ -11,7 +11,7 @@ use crate::elf::objects::Objects;
 use crate::elf::symbols::ElfFile;
 use crate::error::Result;
 use crate::patch::Patch;
-use goblin::elf::{Elf, section_header::SHN_UNDEF, sym::STB_WEAK};
+use goblin::elf::{section_header::SHN_UNDEF, sym::STB_WEAK};
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -33,7 +33,7 @@ fn in_scope(path: &str) -> bool {
 /// Refuse what loading `patch` into the process of `objects` would refuse.
 pub fn check(patch: &Patch, objects: &Objects) -> Result<()> {
     let pid = objects.list.first().map(|o| o.pid).unwrap_or(0);
-    let Ok(elf) = Elf::parse(patch.file.data()) else {
+    let Ok(elf) = crate::elf::headers::parse(patch.file.data()) else {
         return Ok(());
     };
     interposition(patch, objects, pid)?;
@@ -44,7 +44,7 @@ pub fn check(patch: &Patch, objects: &Objects) -> Result<()> {
         .dynsyms
         .iter()
         .filter(|s| s.st_shndx == SHN_UNDEF as usize && s.st_name != 0 && s.st_bind() != STB_WEAK)
-        .filter_map(|s| elf.dynstrtab.get_at(s.st_name))
+        .filter_map(|s| crate::elf::headers::str_at(&elf.dynstrtab, s.st_name))
         .filter(|n| !n.starts_with("rlp_"))
         .collect();
     let mut loaded_names: HashSet<String> = HashSet::new();
