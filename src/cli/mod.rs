@@ -15,7 +15,6 @@ mod process;
 mod select;
 
 use args::{Cli, Command};
-use clap::Parser;
 use std::process::ExitCode;
 
 /// The whole command: parse, run, print, and the exit code.
@@ -25,7 +24,7 @@ pub fn main() -> ExitCode {
     // pace module): before the first trace point, which may pause.
     crate::os::pace::init();
     crate::os::fault::trace("started");
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     // SIGINT, SIGTERM and SIGHUP are read by the tracer between two steps, so that the
     // current step can be undone; until then they wait.
     if let Err(e) = crate::os::ptrace::block_tool_signals() {
