@@ -53,11 +53,9 @@ pub fn init() {
     // for our own thread.
     let n = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
     BASE_NICE.store(n, Ordering::Relaxed);
-    // The first burst counts from here (not from the exec, which took nobody's CPU on
-    // rlivepatch's behalf that a pause now would give back), and the first reading of
-    // the CPU pressure is the start of the first measured window.
+    // The first burst counts from here, not from the exec (a pause at the first point
+    // gave back nothing the run had taken).
     LAST.with(|l| l.set(cpu_ns()));
-    crowded_now();
 }
 
 fn set_nice(n: i32) {
@@ -129,38 +127,16 @@ pub fn cpus_busy() -> bool {
     crowded().0
 }
 
-/// Tasks waiting for a CPU this share of the time (CPU pressure, "some") make the CPUs
-/// crowded.
-const CROWDED_SHARE: f64 = 0.25;
-
-/// Do tasks wait for a CPU? Measured, from the kernel's CPU pressure (`/proc/pressure/cpu`:
-/// the time some task waited for a CPU) since the last reading, the first taken when
-/// rlivepatch starts ([`init`]; without it, the ten-second average, which rlivepatch's
-/// own earlier runs raise). Where pressure is not kept (a kernel without PSI), more
-/// runnable tasks than CPUs, counting rlivepatch, from `/proc/loadavg`.
+/// Tasks other than rlivepatch's own want every CPU: as many of them runnable as there
+/// are CPUs (`/proc/loadavg`'s count, less rlivepatch's own runnable threads and the
+/// target threads lent to it, [`Lent`]).
 ///
-/// Why not the runnable count alone: it is one moment's. With one busy thread on one of
-/// two CPUs and rlivepatch on the other, a task that woke just then made it 3, and the
-/// answer held for the whole run: an apply paused 12 to 16 times (each 60 µs asked, 130
-/// µs taken), for nobody, as none waited for rlivepatch's CPU.
+/// Why not the runnable count alone: it counted the target's thread running
+/// rlivepatch's injected call. With one busy thread on one of two CPUs, an apply found 3
+/// runnable (the busy thread, rlivepatch, the borrowed thread finishing a call) and
+/// paused 12 to 16 times (each 60 µs asked, 130 µs taken) for nobody: what that thread
+/// runs, it runs for rlivepatch, and a fleet's workers likewise wait for each other.
 fn crowded_now() -> bool {
-    use std::sync::Mutex;
-    /// The last reading: (monotonic ns, total waiting µs); the first is [`init`]'s.
-    static LAST_STALL: Mutex<Option<(u64, u64)>> = Mutex::new(None);
-    if let Some((avg10, total)) = cpu_pressure() {
-        let now = clock(libc::CLOCK_MONOTONIC);
-        let prev = LAST_STALL
-            .lock()
-            .ok()
-            .and_then(|mut l| l.replace((now, total)));
-        return match prev {
-            Some((at, before)) if now > at => {
-                let waited_ns = total.saturating_sub(before) as f64 * 1e3;
-                waited_ns / (now - at) as f64 > CROWDED_SHARE
-            }
-            _ => avg10 > CROWDED_SHARE * 100.0,
-        };
-    }
     let Ok(l) = crate::os::process::read_proc_whole("/proc/loadavg") else {
         return false;
     };
@@ -170,27 +146,65 @@ fn crowded_now() -> bool {
         .and_then(|f| f.split('/').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    running > cpus()
+    // Quick answer first: all of them counted, there is room.
+    if running <= cpus() {
+        return false;
+    }
+    running.saturating_sub(own_running() + lent_running()) >= cpus()
 }
 
-/// CPU pressure, "some": the share of the last ten seconds (%) and the total time (µs)
-/// some task waited for a CPU. `None` without PSI.
-fn cpu_pressure() -> Option<(f64, u64)> {
-    parse_pressure(&crate::os::process::read_proc_whole("/proc/pressure/cpu").ok()?)
-}
-
-/// The "some" line of a PSI file: its `avg10` and `total`.
-fn parse_pressure(text: &str) -> Option<(f64, u64)> {
-    let some = text.lines().find(|l| l.starts_with("some "))?;
-    let field = |name: &str| {
-        some.split_whitespace()
-            .find_map(|f| f.strip_prefix(name))
-            .map(str::to_string)
+/// rlivepatch's own runnable threads, this one among them (at least 1).
+fn own_running() -> usize {
+    let me = std::process::id() as i32;
+    let Ok(tids) = crate::os::process::task_ids(me) else {
+        return 1;
     };
-    Some((
-        field("avg10=")?.parse().ok()?,
-        field("total=")?.parse().ok()?,
-    ))
+    if tids.len() <= 1 {
+        return 1;
+    }
+    let this = nix::unistd::gettid().as_raw();
+    1 + tids
+        .into_iter()
+        .filter(|&t| t != this && crate::os::process::thread_state(me, t) == Some('R'))
+        .count()
+}
+
+/// Target threads lent to rlivepatch (borrowed for injected calls) that are runnable.
+fn lent_running() -> usize {
+    let lent = LENT.lock().map(|l| l.clone()).unwrap_or_default();
+    lent.into_iter()
+        .filter(|&(pid, tid)| crate::os::process::thread_state(pid, tid) == Some('R'))
+        .count()
+}
+
+/// The target threads lent to rlivepatch: (pid, tid).
+static LENT: std::sync::Mutex<Vec<(i32, i32)>> = std::sync::Mutex::new(Vec::new());
+
+/// A target thread lent to rlivepatch for injected calls, while this value lives: what
+/// it runs, it runs for rlivepatch, so it is not one of the others a pause would let run.
+pub struct Lent {
+    pid: i32,
+    tid: i32,
+}
+
+impl Lent {
+    /// Thread `tid` of process `pid` is lent until the value is dropped.
+    pub fn new(pid: i32, tid: i32) -> Lent {
+        if let Ok(mut l) = LENT.lock() {
+            l.push((pid, tid));
+        }
+        Lent { pid, tid }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Ok(mut l) = LENT.lock()
+            && let Some(i) = l.iter().position(|&e| e == (self.pid, self.tid))
+        {
+            l.swap_remove(i);
+        }
+    }
 }
 
 /// A point where rlivepatch may pause: when it has run a burst of CPU, the world is not
@@ -243,24 +257,4 @@ pub fn point() {
 /// Time spent in pauses so far, in ms (for the trace).
 pub fn paused_ms() -> f64 {
     PAUSED.load(Ordering::Relaxed) as f64 / 1e6
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_some_line_of_cpu_pressure() {
-        let text = "some avg10=47.52 avg60=28.59 avg300=29.30 total=31952079583\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
-        assert_eq!(parse_pressure(text), Some((47.52, 31952079583)));
-        assert_eq!(
-            parse_pressure("full avg10=1.00 avg60=0 avg300=0 total=5\n"),
-            None
-        );
-        assert_eq!(parse_pressure("some avg10=x total=5\n"), None);
-        // This machine's own file, when the kernel keeps pressure.
-        if std::path::Path::new("/proc/pressure/cpu").exists() {
-            assert!(cpu_pressure().is_some());
-        }
-    }
 }

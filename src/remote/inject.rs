@@ -752,6 +752,9 @@ pub struct Injector {
     /// rlivepatch killed meanwhile leaves the thread to the frame's `rt_sigreturn`, which
     /// gives it its own mask back).
     frame_blocked: Option<bool>,
+    /// Lent to rlivepatch while borrowed: its runs are not others' a pause would let run
+    /// (see `crate::os::pace`).
+    _lent: crate::os::pace::Lent,
 }
 
 enum Outcome {
@@ -803,6 +806,7 @@ impl Injector {
             notify: None,
             parked: false,
             frame_blocked: None,
+            _lent: crate::os::pace::Lent::new(tr.pid, tid),
         };
         inj.gate = inj.gate();
         Ok(inj)
