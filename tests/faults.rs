@@ -393,26 +393,33 @@ fn a_thread_that_left_the_futex_gate_is_not_posted_to() {
     );
     // Where the keeper's system call was made: in rlivepatch's memory (the gate), then
     // back in the C library (its sem_wait) once the gate timed out.
-    let in_scratch = || {
-        let pc = std::fs::read_to_string(format!("/proc/{}/task/{tid}/syscall", t.pid))
-            .unwrap_or_default()
+    // Unknown while it runs (`running`): woken at the gate, it may be on its way out or
+    // about to take a command, and only the system call it then sleeps in tells.
+    let in_scratch = || -> Option<bool> {
+        let text = std::fs::read_to_string(format!("/proc/{}/task/{tid}/syscall", t.pid))
+            .unwrap_or_default();
+        if text.starts_with("running") {
+            return None;
+        }
+        let pc = text
             .split_whitespace()
             .last()
-            .and_then(|pc| u64::from_str_radix(pc.trim_start_matches("0x"), 16).ok())
-            .unwrap_or(0);
-        t.ranges_of("rlivepatch-scratch")
-            .iter()
-            .any(|&(a, b)| (a..b).contains(&pc))
+            .and_then(|pc| u64::from_str_radix(pc.trim_start_matches("0x"), 16).ok())?;
+        Some(
+            t.ranges_of("rlivepatch-scratch")
+                .iter()
+                .any(|&(a, b)| (a..b).contains(&pc)),
+        )
     };
     let limit = Instant::now() + Duration::from_secs(20);
-    while !in_scratch() {
+    while in_scratch() != Some(true) {
         assert!(
             Instant::now() < limit,
             "the keeper never waited at the gate"
         );
         std::thread::sleep(Duration::from_micros(200));
     }
-    while in_scratch() {
+    while in_scratch() != Some(false) {
         assert!(Instant::now() < limit, "the keeper never left the gate");
         std::thread::sleep(Duration::from_micros(200));
     }

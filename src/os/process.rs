@@ -401,16 +401,21 @@ pub fn thread_state(pid: i32, tid: i32) -> Option<char> {
     stat.get(close + 2).map(|&b| b as char)
 }
 
+/// Up to this many threads, [`job_stop`] reads every thread's state.
+const FEW_THREADS: usize = 64;
+
 /// Is job control stopping process `pid`? The stop signal's name when a stop signal
 /// waits to be delivered (`SIGSTOP`, or `SIGTSTP`/`SIGTTIN`/`SIGTTOU` with their default
 /// action) or the process is stopped (`T`).
 ///
 /// The signals pending for the process (with the leader's own) and the leader's state
 /// come from one read of `/proc/PID/status`. A stop is the whole thread group's, but its
-/// threads enter it one by one (one that just ran an injected call a moment after the
-/// others), so when the leader is not stopped yet and `threads` (a stop may have begun:
-/// a tracer saw a stop signal) the other threads' states are read too: one short read
-/// each.
+/// threads enter it one by one: the thread that takes the stop signal is stopped the
+/// moment the signal stops being pending, the leader may follow a while later. So when
+/// the leader is not stopped yet, the other threads' states are read too (one short
+/// read each) when `threads` (a stop may have begun: a tracer saw a stop signal) or the
+/// process has few threads ([`FEW_THREADS`]); a stop signal that came just as rlivepatch
+/// let a thousand threads go may then go unnoticed by the note.
 pub fn job_stop(pid: i32, threads: bool) -> Option<String> {
     let text = read_proc_whole(&format!("/proc/{pid}/status")).ok()?;
     let mask = |text: &str, key: &str| {
@@ -439,8 +444,13 @@ pub fn job_stop(pid: i32, threads: bool) -> Option<String> {
             return Some(signal_name(sig));
         }
     }
+    let few = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|n| n <= FEW_THREADS);
     let stopped = state == Some('T')
-        || threads
+        || (threads || few)
             && task_ids(pid)
                 .ok()?
                 .into_iter()
