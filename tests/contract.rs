@@ -729,3 +729,76 @@ fn the_replacement_is_analysed_from_the_bytes_that_are_loaded() {
     t.wait_line(|l| l.contains("ok"), std::time::Duration::from_secs(10));
     rlp_ok(&["disable", &pid, "callers-scramble"]);
 }
+
+/// The trace of `rlivepatch ARGS` run with the cache directory `cache`; it must succeed.
+fn traced_in(cache: &std::path::Path, args: &[&str]) -> String {
+    let o = rlp_env(
+        args,
+        &[("RLIVEPATCH_TRACE", "1"), ("RLIVEPATCH_CACHE", s(cache))],
+    );
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{args:?}: {err}");
+    err
+}
+
+/// The contracts kept in `cache`.
+fn kept_files(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(cache.join("contracts"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'));
+    v.sort();
+    v
+}
+
+/// Apply the counter fix to `t` in `cache` and check it took; the trace. Then disable.
+fn apply_counter_fix(t: &mut Target, cache: &std::path::Path) -> String {
+    let pid = t.pid.to_string();
+    let fix = patch("counter-fix");
+    let trace = traced_in(cache, &["apply", &pid, s(&fix)]);
+    t.wait_line(
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
+        Duration::from_secs(10),
+    );
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    trace
+}
+
+#[test]
+fn what_callers_rely_on_is_kept_for_one_version_of_the_file_and_only_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let analysed = |trace: &str| trace.contains("contract analysis of");
+    let kept = |trace: &str| trace.contains("contract kept");
+    let cache = fresh_dir("kept-contracts");
+    let (mut t, _) = running_counter();
+    // The first run analyses the program and keeps the answer; the next one reads it.
+    let first = apply_counter_fix(&mut t, &cache);
+    assert!(analysed(&first) && !kept(&first), "{first}");
+    let files = kept_files(&cache);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let second = apply_counter_fix(&mut t, &cache);
+    assert!(kept(&second) && !analysed(&second), "{second}");
+    // A kept file others could have written is not used (and is replaced).
+    std::fs::set_permissions(&files[0], std::fs::Permissions::from_mode(0o666)).unwrap();
+    let open = apply_counter_fix(&mut t, &cache);
+    assert!(
+        analysed(&open) && open.contains("kept contract ignored"),
+        "{open}"
+    );
+    let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Nor one that does not parse.
+    std::fs::write(&files[0], b"{\"parts\":").unwrap();
+    let garbled = apply_counter_fix(&mut t, &cache);
+    assert!(analysed(&garbled) && !kept(&garbled), "{garbled}");
+    assert!(kept(&apply_counter_fix(&mut t, &cache)));
+    // Another file with the same bytes (a new inode: a reinstalled program) is
+    // another key: analysed again, kept beside the first.
+    let copy = cache.join("counter-copy");
+    std::fs::copy(fixture("counter", "counter-pie", &["-fPIE", "-pie"]), &copy).unwrap();
+    let mut other = Target::start(&copy, &["5"]);
+    other.wait_line(|l| l.contains(" = "), Duration::from_secs(5));
+    let moved = apply_counter_fix(&mut other, &cache);
+    assert!(analysed(&moved) && !kept(&moved), "{moved}");
+    assert_eq!(kept_files(&cache).len(), 2);
+}

@@ -508,7 +508,12 @@ fn a_file_the_processes_share_is_analysed_once_per_worker() {
         args.extend(["--pid", p.as_str()]);
     }
     args.push(s(&fix));
-    let out = rlp_env(&args, &[("RLIVEPATCH_TRACE", "1")]);
+    // (Nothing kept from an earlier run: see `contract::kept`.)
+    let cache = fresh_dir("analysed-once");
+    let out = rlp_env(
+        &args,
+        &[("RLIVEPATCH_TRACE", "1"), ("RLIVEPATCH_CACHE", s(&cache))],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let analyses = err

@@ -59,7 +59,7 @@ pub struct Refs {
 pub struct CodeMap {
     file: Arc<ElfFile>,
     funcs: Vec<Func>,
-    fdes: Vec<(u64, u64)>,
+    fdes: std::sync::Arc<Vec<(u64, u64)>>,
     plt: Vec<(u64, u64)>,
     /// How the code reaches each address, and whether it uses wide vector registers.
     refs: OnceLock<(HashMap<u64, Refs>, bool)>,

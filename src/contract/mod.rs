@@ -15,6 +15,7 @@
 pub mod clobber;
 pub mod code;
 pub mod dwarf;
+pub mod kept;
 pub mod regs;
 
 use crate::bail;
@@ -262,6 +263,50 @@ impl Contracts {
         size: u64,
         patched: &[&str],
     ) -> Result<Contract> {
+        let key = kept::key(obj, sym, vaddr, size, patched);
+        let kept = key.as_deref().and_then(kept::load);
+        let mut c = match kept {
+            Some(c) => {
+                crate::os::fault::trace("contract kept");
+                c
+            }
+            None => {
+                let c = self.analyse_file(obj, sym, vaddr, size, patched)?;
+                if let Some(key) = &key {
+                    kept::store(key, &c);
+                }
+                c
+            }
+        };
+        // Whether another object calls it by name depends on the process.
+        c.reached = c.reached || referenced_elsewhere(obj, objects, sym);
+        if !c.folded.is_empty() {
+            bail!(
+                Mismatch,
+                "function {sym} of {} shares its code with {} (the compiler folded identical functions into one): patching it alone would change {} too; patch {} in the same patch as well (one redirect then serves them all)",
+                obj.display_name(),
+                c.folded.join(", "),
+                if c.folded.len() == 1 {
+                    "that one"
+                } else {
+                    "those"
+                },
+                c.folded.join(", ")
+            );
+        }
+        Ok(c)
+    }
+
+    /// What [`Contracts::analyse`] reads from the object's files alone (see [`kept`]):
+    /// `reached` says only whether the object itself reaches the entry.
+    fn analyse_file(
+        &mut self,
+        obj: &LoadedObject,
+        sym: &str,
+        vaddr: u64,
+        size: u64,
+        patched: &[&str],
+    ) -> Result<Contract> {
         let code = self.object(obj)?;
         let map = &code.map;
         let mut c = Contract {
@@ -304,25 +349,10 @@ impl Contracts {
         c.exported = exports(obj, sym);
         c.reached = refs.calls + refs.jumps + refs.addresses > 0
             || relocated(map.file(), vaddr)
-            || pointed_to(map.file(), vaddr)
-            || referenced_elsewhere(obj, objects, sym);
+            || pointed_to(map.file(), vaddr);
         match &sub {
             Some(s) => c.convention_changed = convention(s),
             None => c.convention_unverified = code.llvm.clone(),
-        }
-        if !c.folded.is_empty() {
-            bail!(
-                Mismatch,
-                "function {sym} of {} shares its code with {} (the compiler folded identical functions into one): patching it alone would change {} too; patch {} in the same patch as well (one redirect then serves them all)",
-                obj.display_name(),
-                c.folded.join(", "),
-                if c.folded.len() == 1 {
-                    "that one"
-                } else {
-                    "those"
-                },
-                c.folded.join(", ")
-            );
         }
         Ok(c)
     }

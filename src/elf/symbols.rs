@@ -99,10 +99,48 @@ pub struct Symbol {
     pub global: bool,
 }
 
+/// Which file, and which version of it: device, inode, size, modification and change
+/// times. A file written in place gets a new change time (which no user can set back),
+/// a file put in its place a new inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    /// The identity of the file `m` describes.
+    pub fn of(m: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+impl std::fmt::Display for FileIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}:{}.{:09}:{}.{:09}",
+            self.dev, self.ino, self.size, self.mtime.0, self.mtime.1, self.ctime.0, self.ctime.1
+        )
+    }
+}
+
 /// A parsed ELF file.
 pub struct ElfFile {
     /// Where it was read from.
     pub path: PathBuf,
+    /// The file opened, when read from one (not from memory).
+    pub identity: Option<FileIdentity>,
     bytes: Bytes,
     /// `ET_DYN` (shared object or PIE) rather than `ET_EXEC`.
     pub is_dyn: bool,
@@ -143,6 +181,10 @@ pub struct ElfFile {
     /// Lookup indexes of `symtab` and `dynsym`, built on first use: a patch of 1000
     /// functions and the stack checks look up thousands of names and addresses.
     indexes: [OnceLock<SymIndex>; 2],
+    /// The code ranges of `.eh_frame`'s FDEs, sorted, read on first use
+    /// ([`crate::elf::unwind::fde_ranges`]): a run asks for them several times per
+    /// function (its size, the padding after it, the caller index).
+    pub(crate) fde_ranges: OnceLock<std::sync::Arc<Vec<(u64, u64)>>>,
 }
 
 /// Lookup index of one symbol table.
@@ -315,7 +357,10 @@ impl ElfFile {
         // mapped, reads fault, which is the same hazard every ELF tool accepts.
         let map = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("mapping {}", path.display()))?;
-        Self::parse(path.to_path_buf(), Bytes::Mapped(map))
+        let identity = file.metadata().ok().map(|m| FileIdentity::of(&m));
+        let mut f = Self::parse(path.to_path_buf(), Bytes::Mapped(map))?;
+        f.identity = identity;
+        Ok(f)
     }
 
     /// The entry point (`e_entry`), when there is one.
@@ -394,6 +439,7 @@ impl ElfFile {
             .collect();
         let f = ElfFile {
             path,
+            identity: None,
             is_dyn: elf.header.e_type == header::ET_DYN,
             is_x86_64: elf.header.e_machine == header::EM_X86_64 && elf.is_64,
             is_64: elf.is_64,
@@ -418,6 +464,7 @@ impl ElfFile {
             hash: DynHash::of(&elf),
             code_by_addr: OnceLock::new(),
             indexes: Default::default(),
+            fde_ranges: OnceLock::new(),
             bytes,
         };
         Ok(f)

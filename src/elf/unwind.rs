@@ -825,21 +825,27 @@ where
 /// The code ranges of the object's `.eh_frame` FDEs, (start, end) in file addresses,
 /// sorted: one for each function (and for each split-off part of one) the compiler
 /// emitted unwind information for.
-pub fn fde_ranges(file: &ElfFile) -> Vec<(u64, u64)> {
-    let Some(s) = file.section(".eh_frame") else {
-        return Vec::new();
-    };
-    let Some(data) = file.section_data(s) else {
-        return Vec::new();
-    };
-    let bases = BaseAddresses::default()
-        .set_eh_frame(s.addr)
-        .set_text(file.section(".text").map(|t| t.addr).unwrap_or(0));
-    let eh = EhFrame::new(data, LittleEndian);
-    build_index(&eh, &bases)
-        .into_iter()
-        .map(|(a, b, _)| (a, b))
-        .collect()
+pub fn fde_ranges(file: &ElfFile) -> std::sync::Arc<Vec<(u64, u64)>> {
+    file.fde_ranges
+        .get_or_init(|| {
+            let Some(s) = file.section(".eh_frame") else {
+                return Default::default();
+            };
+            let Some(data) = file.section_data(s) else {
+                return Default::default();
+            };
+            let bases = BaseAddresses::default()
+                .set_eh_frame(s.addr)
+                .set_text(file.section(".text").map(|t| t.addr).unwrap_or(0));
+            let eh = EhFrame::new(data, LittleEndian);
+            std::sync::Arc::new(
+                build_index(&eh, &bases)
+                    .into_iter()
+                    .map(|(a, b, _)| (a, b))
+                    .collect(),
+            )
+        })
+        .clone()
 }
 
 /// Is the unwind table of this object able to tell the range of the function at `vaddr`

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 /// rlivepatch's cache: what `build` learned of a project's build between runs, the SDK
-/// header for compilers:
+/// header for compilers, the contracts of old functions (`crate::contract::kept`):
 /// `$RLIVEPATCH_CACHE`, else `$XDG_CACHE_HOME/rlivepatch`, else `~/.cache/rlivepatch`.
 pub fn cache_dir() -> PathBuf {
     let dir = std::env::var_os("RLIVEPATCH_CACHE")
