@@ -316,12 +316,30 @@ pub fn own_start_time() -> u64 {
 /// file is opened relative to the process's task directory, kept open: walking the
 /// whole /proc path for each of a thousand threads doubled the cost.
 pub fn read_task_file(pid: i32, tid: i32, name: &str) -> Option<Vec<u8>> {
+    let fd = open_task_file(pid, tid, name)?;
+    // `stat`, `status` and `syscall` come whole at the first read (see
+    // [`read_proc_whole`]); `children` is listed record by record.
+    let whole = name != "children";
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = nix::unistd::read(&fd, &mut buf).ok()?;
+        out.extend_from_slice(&buf[..n]);
+        if n == 0 || (whole && n < buf.len()) {
+            return Some(out);
+        }
+    }
+}
+
+/// `/proc/PID/task/TID/NAME` opened for reading, relative to the task directory (see
+/// [`read_task_file`]).
+fn open_task_file(pid: i32, tid: i32, name: &str) -> Option<std::os::fd::OwnedFd> {
     use std::cell::RefCell;
     use std::os::fd::{AsFd, OwnedFd};
     thread_local! {
         static TASK_DIR: RefCell<Option<(i32, OwnedFd)>> = const { RefCell::new(None) };
     }
-    let fd = TASK_DIR.with(|d| -> Option<OwnedFd> {
+    TASK_DIR.with(|d| -> Option<OwnedFd> {
         let mut d = d.borrow_mut();
         if d.as_ref().is_none_or(|(p, _)| *p != pid) {
             let dir = nix::fcntl::open(
@@ -342,19 +360,7 @@ pub fn read_task_file(pid: i32, tid: i32, name: &str) -> Option<Vec<u8>> {
             nix::sys::stat::Mode::empty(),
         )
         .ok()
-    })?;
-    // `stat`, `status` and `syscall` come whole at the first read (see
-    // [`read_proc_whole`]); `children` is listed record by record.
-    let whole = name != "children";
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = nix::unistd::read(&fd, &mut buf).ok()?;
-        out.extend_from_slice(&buf[..n]);
-        if n == 0 || (whole && n < buf.len()) {
-            return Some(out);
-        }
-    }
+    })
 }
 
 /// A `/proc` file's text, read in page-sized chunks into one buffer: `read_to_string`
@@ -458,17 +464,78 @@ pub fn job_stop(pid: i32, threads: bool) -> Option<String> {
     stopped.then(|| "a stop signal".to_string())
 }
 
-/// The system call thread `tid` of `pid` is blocked in, from
-/// `/proc/PID/task/TID/syscall` (readable by its tracer), without stopping it; `None`
-/// when it runs or is not in a system call.
-pub fn blocked_in(pid: i32, tid: i32) -> Option<u64> {
-    let text = read_task_file(pid, tid, "syscall")?;
-    std::str::from_utf8(&text)
+/// A thread's `/proc/PID/task/TID/syscall`, opened once and read again with one `pread`
+/// (a `single_open` file is written anew at offset 0): the tracer reads it at the attach
+/// (where each thread sleeps) and again at the switch (which threads are on a CPU), and
+/// the open and close were two thirds of each read's cost. At most [`KEPT_MAX`] are kept
+/// open at a time in the whole run (a fleet's workers share it); past that, each read
+/// opens the file.
+#[derive(Debug, Default)]
+pub struct SyscallFile(Option<std::os::fd::OwnedFd>);
+
+/// Descriptors kept by [`SyscallFile`]s, and how many may be.
+static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const KEPT_MAX: usize = 4096;
+
+impl SyscallFile {
+    /// The file's text, opening it on first use (`None`: the thread is gone).
+    pub fn read(&mut self, pid: i32, tid: i32) -> Option<Vec<u8>> {
+        use std::sync::atomic::Ordering;
+        if self.0.is_none() {
+            // Within the run's share of descriptors: a quarter of the soft limit.
+            let cap = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map(|(soft, _)| (soft / 4) as usize)
+                .unwrap_or(0)
+                .min(KEPT_MAX);
+            if KEPT.fetch_add(1, Ordering::Relaxed) >= cap {
+                KEPT.fetch_sub(1, Ordering::Relaxed);
+                return read_task_file(pid, tid, "syscall");
+            }
+            match open_task_file(pid, tid, "syscall") {
+                Some(fd) => self.0 = Some(fd),
+                None => {
+                    KEPT.fetch_sub(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
+        let fd = self.0.as_ref()?;
+        let mut buf = vec![0u8; 512];
+        let n = nix::sys::uio::pread(fd, &mut buf, 0).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+}
+
+impl Drop for SyscallFile {
+    fn drop(&mut self) {
+        if self.0.take().is_some() {
+            KEPT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Is the thread whose `syscall` file says `text` runnable (on a CPU or waiting for
+/// one)? The kernel writes "running" then, as `stat` writes the state `R`.
+pub fn runnable_text(text: &[u8]) -> bool {
+    text.starts_with(b"running")
+}
+
+/// The system call a thread is blocked in, from its `syscall` file's `text`.
+pub fn blocked_in_text(text: &[u8]) -> Option<u64> {
+    std::str::from_utf8(text)
         .ok()?
         .split_whitespace()
         .next()?
         .parse()
         .ok()
+}
+
+/// The system call thread `tid` of `pid` is blocked in, from
+/// `/proc/PID/task/TID/syscall` (readable by its tracer), without stopping it; `None`
+/// when it runs or is not in a system call.
+pub fn blocked_in(pid: i32, tid: i32) -> Option<u64> {
+    blocked_in_text(&read_task_file(pid, tid, "syscall")?)
 }
 
 /// The command name of a thread (`comm`), for messages.
@@ -799,8 +866,9 @@ fn children_from_parents(pid: i32, pids: Vec<i32>) -> Vec<i32> {
     pids.into_iter()
         .filter(|&p| p != pid)
         .filter(|&p| {
-            // The parent is the fourth field, after the command in parentheses.
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
+            // The parent is the fourth field, after the command in parentheses. (One
+            // read: `read_to_string` made seven calls of each of these files.)
+            read_proc_whole(&format!("/proc/{p}/stat"))
                 .ok()
                 .and_then(|st| {
                     let rest = &st[st.rfind(')')? + 2..];

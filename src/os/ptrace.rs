@@ -102,6 +102,8 @@ pub struct Thread {
     /// registers change only through us, so one `PTRACE_GETREGS` per stop is enough.
     /// Cleared with every change of `stop` ([`Thread::set_stop`]).
     regs: std::cell::Cell<Option<Regs>>,
+    /// Its `syscall` file in /proc, kept open between reads.
+    syscall_file: process::SyscallFile,
 }
 
 impl Thread {
@@ -397,8 +399,19 @@ impl Tracer {
             .threads
             .values_mut()
             .filter(|t| t.stop.is_none() && !t.syscall_traced && !t.listening && t.want_run)
-            .filter_map(|t| (all || !std::mem::replace(&mut t.blocked_read, true)).then_some(t.tid))
-            .filter(|&t| all || process::blocked_in(pid, t).is_some_and(restart::waits_for_events))
+            .filter_map(|t| {
+                if all {
+                    return Some(t.tid);
+                }
+                if std::mem::replace(&mut t.blocked_read, true) {
+                    return None;
+                }
+                t.syscall_file
+                    .read(pid, t.tid)
+                    .and_then(|text| process::blocked_in_text(&text))
+                    .is_some_and(restart::waits_for_events)
+                    .then_some(t.tid)
+            })
             .collect();
         if blocked.is_empty() {
             return Ok(());
@@ -1102,14 +1115,20 @@ impl Tracer {
         let _ = ptrace_sig(libc::PTRACE_DETACH, th.tid, sig);
     }
 
-    /// The attached threads that run and are on a CPU right now (state `R` in /proc):
+    /// The attached threads that run and are on a CPU right now (runnable, as their
+    /// `syscall` file in /proc says):
     /// the ones whose stop would pause work.
-    pub fn on_cpu(&self) -> Vec<Tid> {
+    pub fn on_cpu(&mut self) -> Vec<Tid> {
+        let pid = self.pid;
         self.threads
-            .values()
+            .values_mut()
             .filter(|t| t.stop.is_none() && !t.listening)
-            .filter(|t| process::thread_state(self.pid, t.tid) == Some('R'))
-            .map(|t| t.tid)
+            .filter_map(|t| {
+                t.syscall_file
+                    .read(pid, t.tid)
+                    .is_some_and(|text| process::runnable_text(&text))
+                    .then_some(t.tid)
+            })
             .collect()
     }
 
@@ -1310,6 +1329,7 @@ fn new_thread(tid: Tid) -> Thread {
         interrupt_sent: false,
         blocked_read: false,
         regs: std::cell::Cell::new(None),
+        syscall_file: Default::default(),
     }
 }
 

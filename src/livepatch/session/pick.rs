@@ -222,9 +222,14 @@ impl Session<'_> {
     fn attach_one_asleep(&mut self) -> Result<()> {
         let pid = self.proc.pid;
         let mut tids: Vec<Tid> = process::task_ids(pid)?.into_iter().collect();
-        // Each thread's state read once (see `pick_any_thread`).
-        tids.sort_by_cached_key(|&t| (process::thread_state(pid, t) != Some('S'), t == pid));
-        for t in tids {
+        tids.sort_by_key(|&t| t == pid);
+        // States are read until one is asleep: not a thousand of them to find one.
+        let asleep = tids
+            .iter()
+            .copied()
+            .filter(|&t| t != pid)
+            .find(|&t| process::thread_state(pid, t) == Some('S'));
+        for t in asleep.into_iter().chain(tids) {
             if self.tr.attach_one(t)? {
                 return Ok(());
             }
