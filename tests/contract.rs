@@ -741,12 +741,15 @@ fn traced_in(cache: &std::path::Path, args: &[&str]) -> String {
     err
 }
 
-/// The contracts kept in `cache`.
+/// The contracts kept in `cache` (among the other facts kept there).
 fn kept_files(cache: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(cache.join("contracts"))
+    let mut v: Vec<_> = std::fs::read_dir(cache.join("kept"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    v.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'));
+    v.retain(|p| {
+        !p.file_name().unwrap().to_string_lossy().starts_with('.')
+            && std::fs::read_to_string(p).is_ok_and(|t| t.contains("\"parts\""))
+    });
     v.sort();
     v
 }
@@ -782,7 +785,7 @@ fn what_callers_rely_on_is_kept_for_one_version_of_the_file_and_only_trusted() {
     std::fs::set_permissions(&files[0], std::fs::Permissions::from_mode(0o666)).unwrap();
     let open = apply_counter_fix(&mut t, &cache);
     assert!(
-        analysed(&open) && open.contains("kept contract ignored"),
+        analysed(&open) && open.contains("kept fact ignored"),
         "{open}"
     );
     let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode();

@@ -253,7 +253,10 @@ impl Contracts {
     /// folded function patched along with it is fine). Refuses (before anything is
     /// touched) a function folded with another that is not patched too; one whose calling
     /// convention the compiler changed is for the caller to judge
-    /// ([`Contracts::refuse_changed_convention`]).
+    /// ([`Contracts::refuse_changed_convention`]). `kept` is what an earlier run found
+    /// ([`kept::Lookup`]), used instead of the analysis when there is one; a new answer is
+    /// kept, with `entry_checked` (the caller checked the entry takes the jump).
+    #[allow(clippy::too_many_arguments)]
     pub fn analyse(
         &mut self,
         obj: &LoadedObject,
@@ -262,19 +265,17 @@ impl Contracts {
         vaddr: u64,
         size: u64,
         patched: &[&str],
+        mut kept: kept::Lookup,
+        entry_checked: bool,
     ) -> Result<Contract> {
-        let key = kept::key(obj, sym, vaddr, size, patched);
-        let kept = key.as_deref().and_then(kept::load);
-        let mut c = match kept {
+        let mut c = match kept.take() {
             Some(c) => {
                 crate::os::fault::trace("contract kept");
                 c
             }
             None => {
                 let c = self.analyse_file(obj, sym, vaddr, size, patched)?;
-                if let Some(key) = &key {
-                    kept::store(key, &c);
-                }
+                kept.keep(&c, entry_checked);
                 c
             }
         };

@@ -363,6 +363,20 @@ impl ElfFile {
         Ok(f)
     }
 
+    /// This version of the file, for facts kept across runs ([`crate::os::kept`]): its
+    /// identity and build-id; `None` for an image read from memory.
+    pub fn version(&self) -> Option<String> {
+        let id = self.identity.as_ref()?;
+        let build_id: String = self
+            .build_id
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Some(format!("{id}:{build_id}"))
+    }
+
     /// The entry point (`e_entry`), when there is one.
     pub fn entry(&self) -> Option<u64> {
         let b = self.data().get(24..32)?;

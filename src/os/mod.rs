@@ -3,13 +3,15 @@
 //! `process` reads `/proc` (maps, tasks, status, memory), `ptrace` is the tracer thread
 //! (seize, interrupt, registers, the stops), `restart` the kernel's syscall-restart rules,
 //! `seccomp` reads a process's filters, `pace` keeps rlivepatch out of the way of the
-//! machine's work, `lock` keeps two rlivepatch runs off one process.
+//! machine's work, `lock` keeps two rlivepatch runs off one process, `kept` keeps facts
+//! about files across runs.
 //!
 //! May use: the crate's base (`error`, `fault`, `fmt`). Nothing here knows ELF, patches
 //! or livepatch.
 
 pub mod dirs;
 pub mod fault;
+pub mod kept;
 pub mod lock;
 pub mod pace;
 pub mod process;

@@ -427,7 +427,20 @@ impl Libc {
         let in_file = match cached {
             Some(v) => v,
             None => {
-                let v = Self::in_file(&file, &libc.path)?;
+                // Kept across runs too: finding `malloc`'s arena slot decodes its code.
+                let kept = file
+                    .version()
+                    .and_then(|v| crate::os::kept::key("libc", &[&v]));
+                let v = match kept.as_deref().and_then(crate::os::kept::load) {
+                    Some(v) => v,
+                    None => {
+                        let v = Self::in_file(&file, &libc.path)?;
+                        if let Some(k) = &kept {
+                            crate::os::kept::store(k, &v);
+                        }
+                        v
+                    }
+                };
                 FOUND.with(|f| f.borrow_mut().insert(key, (file.clone(), v.clone())));
                 v
             }
@@ -507,7 +520,7 @@ impl Libc {
 
 /// What [`Libc::find`] finds in the C library's file, at file addresses (or, after
 /// [`LibcInFile::moved`], at a process's).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct LibcInFile {
     syscall_fn: u64,
     restore_rt: u64,

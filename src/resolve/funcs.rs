@@ -230,15 +230,6 @@ fn resolve_code(
             obj.display_name()
         );
     }
-    let padding = redirect::padding_after(&file, vaddr, size);
-    redirect::check_function_padded(&r.symbol, addr, code, padding)
-        .map_err(|e| e.context(obj.display_name()))?;
-    // The bytes the jump covers, padding included.
-    let code = if padding > 0 {
-        file.bytes_at(vaddr, JMP_LEN).unwrap_or(code)
-    } else {
-        code
-    };
     // What the code is called in its object (an IFUNC's implementation has a name of its
     // own), for its parts, clones and debug information.
     let syms = obj.symbols_file()?;
@@ -252,7 +243,20 @@ fn resolve_code(
         Some((s, 0)) if !named_here => s.name.clone(),
         _ => own.to_string(),
     };
-    r.contract = contracts.analyse(obj, objects, &name, vaddr, size, patched)?;
+    let kept = crate::contract::kept::Lookup::of(obj, &name, vaddr, size, patched);
+    let padding = redirect::padding_after(&file, vaddr, size);
+    // An earlier run checked this entry of this version of the file.
+    if !kept.entry_checked() {
+        redirect::check_function_padded(&r.symbol, addr, code, padding)
+            .map_err(|e| e.context(obj.display_name()))?;
+    }
+    // The bytes the jump covers, padding included.
+    let code = if padding > 0 {
+        file.bytes_at(vaddr, JMP_LEN).unwrap_or(code)
+    } else {
+        code
+    };
+    r.contract = contracts.analyse(obj, objects, &name, vaddr, size, patched, kept, true)?;
     // A generated patch replaces a specialised copy (`f.constprop.0`) with the same copy
     // of the new code, which `rlivepatch build` checked the compiler specialised the same
     // way: it is called as the old one is. Any other replacement has the source prototype.

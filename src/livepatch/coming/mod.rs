@@ -519,27 +519,64 @@ fn candidate(s: &Session) -> Result<Hook> {
         .ok_or_else(|| why("is in no loader rlivepatch recognises".into()))?;
     let file = loader.file()?;
     let bias = loader.bias()?;
+    // The same for every process and run with this version of the loader: kept (finding
+    // it decodes the padding after the function).
+    let kept = file
+        .version()
+        .and_then(|v| crate::os::kept::key("dl-hook", &[&v]));
+    let site = match kept.as_deref().and_then(crate::os::kept::load) {
+        Some(site) => site,
+        None => {
+            let site = site_in(&file);
+            if let Some(k) = &kept {
+                crate::os::kept::store(k, &site);
+            }
+            site
+        }
+    };
+    let site = site.map_err(why)?;
+    let addr = site.at + bias;
+    let target = rt.base + crate::remote::runtime::layout()?.dl_hook;
+    let jump = redirect::jmp(addr, target)
+        .ok_or_else(|| why("is more than 2 GiB away from the rlivepatch runtime".into()))?
+        .to_vec();
+    Ok(Hook {
+        addr,
+        orig: site.orig,
+        jump,
+    })
+}
+
+/// Where the hook's jump goes in the loader's file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Site {
+    /// File address.
+    at: u64,
+    /// The bytes the jump covers there.
+    orig: Vec<u8>,
+}
+
+/// The hook's place in the loader's `file`, or why there is none.
+fn site_in(file: &crate::elf::symbols::ElfFile) -> std::result::Result<Site, String> {
     let sym = file
         .dynsym()
         .iter()
         .chain(file.symtab())
         .find(|x| x.name == "_dl_debug_state" && x.value != 0)
-        .ok_or_else(|| why("is not among the loader's symbols".into()))?;
+        .ok_or("is not among the loader's symbols")?;
     let code = file
         .bytes_at(sym.value, sym.size.max(1) as usize)
-        .ok_or_else(|| why("is not in the loader's file".into()))?;
-    let padding = redirect::padding_after(&file, sym.value, sym.size.max(1));
-    let site = hook_site(code, padding).map_err(why)?;
-    let addr = sym.value + bias + site as u64;
+        .ok_or("is not in the loader's file")?;
+    let padding = redirect::padding_after(file, sym.value, sym.size.max(1));
+    let site = hook_site(code, padding)?;
     let orig = file
         .bytes_at(sym.value + site as u64, JMP_LEN)
-        .ok_or_else(|| why("is cut short by the end of its segment".into()))?
+        .ok_or("is cut short by the end of its segment")?
         .to_vec();
-    let target = rt.base + crate::remote::runtime::layout()?.dl_hook;
-    let jump = redirect::jmp(addr, target)
-        .ok_or_else(|| why("is more than 2 GiB away from the rlivepatch runtime".into()))?
-        .to_vec();
-    Ok(Hook { addr, orig, jump })
+    Ok(Site {
+        at: sym.value + site as u64,
+        orig,
+    })
 }
 
 /// The switch's write that installs (`on`) or removes the hook.
