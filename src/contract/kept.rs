@@ -12,89 +12,35 @@
 //! kept; it is read each run. Kept with it: that the function's entry takes the jump
 //! (decoding it is what makes a run build the decoder's tables).
 
-use super::Contract;
 use super::code::Part;
-use super::regs::RegSet;
 use crate::elf::objects::LoadedObject;
 
-/// A contract as kept: every field, registers as bit sets.
+/// A contract as kept: every field of [`super::Contract`], registers as bit sets (the
+/// conversions are the contract's).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Kept {
-    parts: Vec<Part>,
-    clobbers: u64,
-    relied: u64,
-    keeps: u64,
-    wide_vectors: bool,
-    stack_args: u64,
-    stack_args_exact: bool,
-    direct_callers: u32,
-    folded: Vec<String>,
-    aliases: Vec<String>,
-    clones: Vec<String>,
-    inlined_into: Vec<String>,
-    inlined_unknown: bool,
-    reached: bool,
-    exported: bool,
-    pure: bool,
-    nothrow: bool,
-    replacement_may_throw: bool,
-    convention_unverified: Option<String>,
-    convention_changed: Option<String>,
-    /// The entry was checked to take the jump ([`crate::remote::redirect`]).
-    entry_checked: bool,
-}
-
-impl Kept {
-    fn of(c: &Contract, entry_checked: bool) -> Kept {
-        Kept {
-            parts: c.parts.clone(),
-            clobbers: c.clobbers.0,
-            relied: c.relied.0,
-            keeps: c.keeps.0,
-            wide_vectors: c.wide_vectors,
-            stack_args: c.stack_args,
-            stack_args_exact: c.stack_args_exact,
-            direct_callers: c.direct_callers,
-            folded: c.folded.clone(),
-            aliases: c.aliases.clone(),
-            clones: c.clones.clone(),
-            inlined_into: c.inlined_into.clone(),
-            inlined_unknown: c.inlined_unknown,
-            reached: c.reached,
-            exported: c.exported,
-            pure: c.pure,
-            nothrow: c.nothrow,
-            replacement_may_throw: c.replacement_may_throw,
-            convention_unverified: c.convention_unverified.clone(),
-            convention_changed: c.convention_changed.clone(),
-            entry_checked,
-        }
-    }
-
-    fn contract(self) -> Contract {
-        Contract {
-            parts: self.parts,
-            clobbers: RegSet(self.clobbers),
-            relied: RegSet(self.relied),
-            keeps: RegSet(self.keeps),
-            wide_vectors: self.wide_vectors,
-            stack_args: self.stack_args,
-            stack_args_exact: self.stack_args_exact,
-            direct_callers: self.direct_callers,
-            folded: self.folded,
-            aliases: self.aliases,
-            clones: self.clones,
-            inlined_into: self.inlined_into,
-            inlined_unknown: self.inlined_unknown,
-            reached: self.reached,
-            exported: self.exported,
-            pure: self.pure,
-            nothrow: self.nothrow,
-            replacement_may_throw: self.replacement_may_throw,
-            convention_unverified: self.convention_unverified,
-            convention_changed: self.convention_changed,
-        }
-    }
+pub struct Kept {
+    pub(super) parts: Vec<Part>,
+    pub(super) clobbers: u64,
+    pub(super) relied: u64,
+    pub(super) keeps: u64,
+    pub(super) wide_vectors: bool,
+    pub(super) stack_args: u64,
+    pub(super) stack_args_exact: bool,
+    pub(super) direct_callers: u32,
+    pub(super) folded: Vec<String>,
+    pub(super) aliases: Vec<String>,
+    pub(super) clones: Vec<String>,
+    pub(super) inlined_into: Vec<String>,
+    pub(super) inlined_unknown: bool,
+    pub(super) reached: bool,
+    pub(super) exported: bool,
+    pub(super) pure: bool,
+    pub(super) nothrow: bool,
+    pub(super) replacement_may_throw: bool,
+    pub(super) convention_unverified: Option<String>,
+    pub(super) convention_changed: Option<String>,
+    /// The entry was checked to take the jump.
+    pub(super) entry_checked: bool,
 }
 
 /// The kept contract of one function, looked up before the function is analysed.
@@ -118,14 +64,14 @@ impl Lookup {
     }
 
     /// The kept contract, taken out.
-    pub(super) fn take(&mut self) -> Option<Contract> {
-        self.kept.take().map(Kept::contract)
+    pub(super) fn take(&mut self) -> Option<Kept> {
+        self.kept.take()
     }
 
-    /// Keep `c` (whose entry was checked, or not) for the next runs.
-    pub(super) fn keep(&self, c: &Contract, entry_checked: bool) {
+    /// Keep `k` for the next runs.
+    pub(super) fn keep(&self, k: &Kept) {
         if let Some(key) = &self.key {
-            crate::os::kept::store(key, &Kept::of(c, entry_checked));
+            crate::os::kept::store(key, k);
         }
     }
 }

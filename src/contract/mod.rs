@@ -91,6 +91,62 @@ pub struct Contract {
     pub convention_changed: Option<String>,
 }
 
+impl Contract {
+    /// This contract as kept ([`kept`]).
+    fn kept(&self, entry_checked: bool) -> kept::Kept {
+        let c = self;
+        kept::Kept {
+            parts: c.parts.clone(),
+            clobbers: c.clobbers.0,
+            relied: c.relied.0,
+            keeps: c.keeps.0,
+            wide_vectors: c.wide_vectors,
+            stack_args: c.stack_args,
+            stack_args_exact: c.stack_args_exact,
+            direct_callers: c.direct_callers,
+            folded: c.folded.clone(),
+            aliases: c.aliases.clone(),
+            clones: c.clones.clone(),
+            inlined_into: c.inlined_into.clone(),
+            inlined_unknown: c.inlined_unknown,
+            reached: c.reached,
+            exported: c.exported,
+            pure: c.pure,
+            nothrow: c.nothrow,
+            replacement_may_throw: c.replacement_may_throw,
+            convention_unverified: c.convention_unverified.clone(),
+            convention_changed: c.convention_changed.clone(),
+            entry_checked,
+        }
+    }
+
+    /// A kept contract.
+    fn from_kept(k: kept::Kept) -> Contract {
+        Contract {
+            parts: k.parts,
+            clobbers: RegSet(k.clobbers),
+            relied: RegSet(k.relied),
+            keeps: RegSet(k.keeps),
+            wide_vectors: k.wide_vectors,
+            stack_args: k.stack_args,
+            stack_args_exact: k.stack_args_exact,
+            direct_callers: k.direct_callers,
+            folded: k.folded,
+            aliases: k.aliases,
+            clones: k.clones,
+            inlined_into: k.inlined_into,
+            inlined_unknown: k.inlined_unknown,
+            reached: k.reached,
+            exported: k.exported,
+            pure: k.pure,
+            nothrow: k.nothrow,
+            replacement_may_throw: k.replacement_may_throw,
+            convention_unverified: k.convention_unverified,
+            convention_changed: k.convention_changed,
+        }
+    }
+}
+
 fn names<S: serde::Serializer>(r: &RegSet, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.collect_seq(r.names())
 }
@@ -269,13 +325,13 @@ impl Contracts {
         entry_checked: bool,
     ) -> Result<Contract> {
         let mut c = match kept.take() {
-            Some(c) => {
+            Some(k) => {
                 crate::os::fault::trace("contract kept");
-                c
+                Contract::from_kept(k)
             }
             None => {
                 let c = self.analyse_file(obj, sym, vaddr, size, patched)?;
-                kept.keep(&c, entry_checked);
+                kept.keep(&c.kept(entry_checked));
                 c
             }
         };

@@ -59,19 +59,11 @@ pub struct FleetOptions {
 /// would only take more CPU from the services (each paces itself, see
 /// [`crate::os::pace`]).
 pub fn default_jobs(processes: usize) -> usize {
-    let cpus = usable_cpus();
+    let cpus = crate::os::pace::usable_cpus();
     if crate::os::pace::cpus_busy() {
         return cpus;
     }
     (cpus * 4).min(64).min(processes / 8).max(cpus)
-}
-
-/// The CPUs this run may use: its affinity and its cgroup's CPU quota (a container
-/// limited to one CPU of many runs one worker per CPU it has, not per CPU of the host).
-pub fn usable_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }
 
 /// Where progress lines go, from any worker.

@@ -116,7 +116,7 @@ pub fn candidates(sel: &Selection) -> Vec<Candidate> {
     let given = !sel.pids.is_empty();
     // Each process is read on its own (stat, maps, executable): a host of hundreds is read
     // by a thread per CPU, in the order /proc lists them.
-    let threads = super::usable_cpus().clamp(1, 4);
+    let threads = crate::os::pace::usable_cpus().clamp(1, 4);
     if pids.len() < 64 || threads == 1 {
         return pids
             .into_iter()

@@ -109,6 +109,15 @@ pub fn cpus() -> usize {
     })
 }
 
+/// The CPUs this run may use for work of its own: its affinity and its cgroup's CPU
+/// quota (a container limited to one CPU of many runs one fleet worker per CPU it has,
+/// not per CPU of the host).
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// Do tasks wait for a CPU? With the monotonic time the answer was read: it is read at
 /// most every [`CROWDED_TTL_NS`], since it changes with the machine's load, not within a
 /// burst, and a fleet run asked it hundreds of times a second.
