@@ -563,6 +563,22 @@ impl ElfFile {
 
     /// The dynamic symbols named `name`, through the hash table, while the symbols are
     /// not read (after, their index answers as fast).
+    /// The value and size of the one defined dynamic symbol named `name`, through the
+    /// hash table when there is one (the symbols are not read for it).
+    pub fn dynamic_symbol(&self, name: &str) -> Option<(u64, u64)> {
+        match self.hashed(name) {
+            Some(found) => match found.iter().filter(|s| s.defined()).collect::<Vec<_>>()[..] {
+                [one] => Some((one.value, one.size)),
+                _ => None,
+            },
+            None => {
+                let mut it = self.named(1, name);
+                let first = it.next()?;
+                it.next().is_none().then_some((first.value, first.size))
+            }
+        }
+    }
+
     fn hashed(&self, name: &str) -> Option<Vec<DynSym>> {
         match (&self.hash, self.tables.get()) {
             (Some(h), None) => h.find(&self.bytes, name),

@@ -104,12 +104,18 @@ pub fn load<T: serde::de::DeserializeOwned>(key: &str) -> Option<T> {
     }
 }
 
+/// Kept files at most: past this many, a store removes the older half first (a test
+/// suite run keeps a few hundred answers for fixtures built anew each time; a host
+/// patching its programs keeps a handful per patch).
+const MAX_FILES: usize = 8192;
+
 /// Keep `value` under `key` (written whole to a new file, then renamed into place: a
 /// reader sees the old file, the new one, or none).
 pub fn store<T: serde::Serialize>(key: &str, value: &T) {
     let Some(dir) = dir() else {
         return;
     };
+    prune(&dir);
     let Ok(bytes) = serde_json::to_vec(value) else {
         return;
     };
@@ -123,5 +129,77 @@ pub fn store<T: serde::Serialize>(key: &str, value: &T) {
         .and_then(|mut f| f.write_all(&bytes));
     if written.is_err() || std::fs::rename(&tmp, dir.join(key)).is_err() {
         let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Remove the older half of the kept files when there are more than [`MAX_FILES`]
+/// (a store happens only when an answer was worked out, which costs more than this).
+fn prune(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let names: Vec<std::fs::DirEntry> = entries.flatten().collect();
+    if names.len() <= MAX_FILES {
+        return;
+    }
+    let mut aged: Vec<(std::time::SystemTime, PathBuf)> = names
+        .iter()
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    aged.sort();
+    for (_, path) in aged.iter().take(aged.len() / 2) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_removes_the_older_half_past_the_limit_and_nothing_below_it() {
+        let dir =
+            std::env::temp_dir().join(format!("rlivepatch-kept-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for i in 0..MAX_FILES {
+            let p = dir.join(format!("{i:05}"));
+            std::fs::write(&p, b"{}").unwrap();
+            if i < 10 {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(old)
+                    .unwrap();
+            }
+        }
+        prune(&dir);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), MAX_FILES);
+        std::fs::write(dir.join("one-more"), b"{}").unwrap();
+        prune(&dir);
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), (MAX_FILES + 1).div_ceil(2));
+        // The oldest went first.
+        assert!(
+            !left.iter().any(|n| n.as_str() < "00010"),
+            "{:?}",
+            &left[..5]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn parts_are_told_apart_by_their_lengths() {
+        if key("t", &[]).is_none() {
+            return; // no usable cache directory here
+        }
+        assert_ne!(key("t", &["ab", "c"]), key("t", &["a", "bc"]));
+        assert_eq!(key("t", &["ab", "c"]), key("t", &["ab", "c"]));
     }
 }

@@ -59,19 +59,15 @@ pub fn layout() -> Result<&'static Layout> {
     L.get_or_init(|| {
         let f = ElfFile::from_bytes("librlivepatch-runtime.so", IMAGE.to_vec())
             .map_err(|e| e.message)?;
-        let find = |n: &str| {
-            f.dynsym()
-                .iter()
-                .find(|s| s.name == n)
-                .ok_or(format!("no {n} in the runtime"))
-        };
-        let sym = |n: &str| find(n).map(|s| s.value);
+        // Through the hash table: the runtime's symbols are not read for a dozen names.
+        let find = |n: &str| f.dynamic_symbol(n).ok_or(format!("no {n} in the runtime"));
+        let sym = |n: &str| find(n).map(|(value, _)| value);
         Ok(Layout {
             registry: sym("rlp_registry")?,
             count: sym("rlp_shadow_count")?,
             preserve_table: sym("rlp_preserve_table")?,
             preserve: sym("rlp_preserve")?,
-            preserve_end: find("rlp_preserve").map(|s| s.value + s.size)?,
+            preserve_end: find("rlp_preserve").map(|(value, size)| value + size)?,
             preserve_returned: sym("rlp_preserve_returned")?,
             vector_width: sym("rlp_vector_width")?,
             coming: sym("rlp_coming")?,

@@ -91,6 +91,22 @@ pub fn resolve_some(
             obj.symbols_file()?
         };
         let bias = obj.bias()?;
+        // Found once per version of the file (reading its symbol table whole is most of
+        // the cost), then kept.
+        let kept = syms
+            .version()
+            .and_then(|v| crate::os::kept::key("function", &[&v, &f.old, &f.sympos.to_string()]));
+        if let Some(found) = kept.as_deref().and_then(crate::os::kept::load::<Found>) {
+            out.push(resolve_found(
+                patch,
+                objects,
+                contracts,
+                &mut patched_by_path,
+                (index, obj, bias),
+                &found,
+            )?);
+            continue;
+        }
         let sym = find_function(&syms, &f.old, f.sympos).map_err(|e| {
             if e.cause != crate::error::Cause::NotFound {
                 return e;
@@ -126,51 +142,91 @@ pub fn resolve_some(
             }
             crate::resolve::hints::function_not_found(&f.old, obj, &syms, objects)
         })?;
-        // `name#0xADDR` (a generated patch) is shown, and analysed, by its name.
-        let shown = if f.old.contains('#') {
-            sym.name.clone()
-        } else {
-            f.old.clone()
+        let found = Found {
+            name: sym.name.clone(),
+            value: sym.value,
+            size: sym.size,
+            ifunc: sym.kind == SymKind::Ifunc,
         };
-        let mut r = Resolved {
-            object: obj.path.clone(),
-            demangled: crate::elf::demangle::demangle(&shown),
-            symbol: shown,
-            addr: 0,
-            size: 0,
-            debug_file: obj.debug_file(),
-            ifunc_implementation: None,
-            orig: Vec::new(),
-            index,
-            resolver: None,
-            contract: Contract::default(),
-            bias,
-            aliases: Vec::new(),
-            notes: Vec::new(),
-        };
-        if sym.kind == SymKind::Ifunc {
-            // The symbol is a resolver: what runs is the implementation it picks.
-            r.resolver = Some(sym.value.wrapping_add(bias));
-        } else {
-            let patched = patched_by_path
-                .entry(obj.path.clone())
-                .or_insert_with(|| patched_in(patch, &obj.path, objects));
-            resolve_code(
-                objects,
-                contracts,
-                &mut r,
-                sym.value.wrapping_add(bias),
-                sym.size,
-                patched,
-                f.old.contains('#') && f.new_name == sym.name && sym.name.contains('.'),
-            )?;
-            contracts.narrow_to_replacement(&mut r.contract, patch, f.new_vaddr)?;
-            r.notes = r.contract.notes(&r.symbol);
+        let r = resolve_found(
+            patch,
+            objects,
+            contracts,
+            &mut patched_by_path,
+            (index, obj, bias),
+            &found,
+        )?;
+        if let Some(k) = &kept {
+            crate::os::kept::store(k, &found);
         }
         out.push(r);
     }
     merge_shared(patch, &mut out)?;
     Ok(out)
+}
+
+/// A function's symbol as [`find_function`] found it in one version of a file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Found {
+    name: String,
+    value: u64,
+    size: u64,
+    ifunc: bool,
+}
+
+/// The function `found` of the patch's function `index` in `obj` (loaded at `bias`),
+/// resolved: its code, checks and contract.
+fn resolve_found<'p>(
+    patch: &'p Patch,
+    objects: &Objects,
+    contracts: &mut Contracts,
+    patched_by_path: &mut HashMap<String, Vec<&'p str>>,
+    (index, obj, bias): (usize, &crate::elf::objects::LoadedObject, u64),
+    found: &Found,
+) -> Result<Resolved> {
+    let f = &patch.funcs[index];
+    // `name#0xADDR` (a generated patch) is shown, and analysed, by its name.
+    let shown = if f.old.contains('#') {
+        found.name.clone()
+    } else {
+        f.old.clone()
+    };
+    let mut r = Resolved {
+        object: obj.path.clone(),
+        demangled: crate::elf::demangle::demangle(&shown),
+        symbol: shown,
+        addr: 0,
+        size: 0,
+        debug_file: obj.debug_file(),
+        ifunc_implementation: None,
+        orig: Vec::new(),
+        index,
+        resolver: None,
+        contract: Contract::default(),
+        bias,
+        aliases: Vec::new(),
+        notes: Vec::new(),
+    };
+    if found.ifunc {
+        // The symbol is a resolver: what runs is the implementation it picks.
+        r.resolver = Some(found.value.wrapping_add(bias));
+    } else {
+        let patched = patched_by_path
+            .entry(obj.path.clone())
+            .or_insert_with(|| patched_in(patch, &obj.path, objects));
+        resolve_code(
+            objects,
+            contracts,
+            &mut r,
+            found.value.wrapping_add(bias),
+            found.size,
+            patched,
+            f.old.contains('#') && f.new_name == found.name && found.name.contains('.'),
+        )?;
+        contracts.narrow_to_replacement(&mut r.contract, patch, f.new_vaddr)?;
+        r.notes = r.contract.notes(&r.symbol);
+    }
+    Ok(r)
 }
 
 /// The old functions `patch` replaces in the object at `path`.
@@ -234,14 +290,26 @@ fn resolve_code(
     // own), for its parts, clones and debug information.
     let syms = obj.symbols_file()?;
     let own = r.symbol.split('@').next().unwrap_or(&r.symbol);
-    let named_here = syms
-        .symtab()
-        .iter()
-        .chain(syms.dynsym())
-        .any(|s| s.name == own && s.value == vaddr);
-    let name = match syms.symbolize(vaddr) {
-        Some((s, 0)) if !named_here => s.name.clone(),
-        _ => own.to_string(),
+    let kept = syms
+        .version()
+        .and_then(|v| crate::os::kept::key("name", &[&v, own, &format!("{vaddr:#x}")]));
+    let name = match kept.as_deref().and_then(crate::os::kept::load::<String>) {
+        Some(name) => name,
+        None => {
+            let named_here = syms
+                .symtab()
+                .iter()
+                .chain(syms.dynsym())
+                .any(|s| s.name == own && s.value == vaddr);
+            let name = match syms.symbolize(vaddr) {
+                Some((s, 0)) if !named_here => s.name.clone(),
+                _ => own.to_string(),
+            };
+            if let Some(k) = &kept {
+                crate::os::kept::store(k, &name);
+            }
+            name
+        }
     };
     let kept = crate::contract::kept::Lookup::of(obj, &name, vaddr, size, patched);
     let padding = redirect::padding_after(&file, vaddr, size);
