@@ -171,7 +171,11 @@ fn apply_once(
         replaced,
         switch: report,
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
-        stopped_by: stopped_note(pid, done.job_control_seen, progress),
+        stopped_by: stopped_note(
+            pid,
+            (done.job_control_seen, done.stop_handed_back),
+            progress,
+        ),
         children,
         notes: Vec::new(),
         leftovers: done.leftovers,
@@ -203,8 +207,13 @@ pub struct DisableReport {
 
 /// After an operation that completed: if job control stopped the process meanwhile (it
 /// is stopped, or a stop signal waits for it), say so; returns the signal's name.
-fn stopped_note(pid: i32, seen: bool, progress: ProgressFn) -> Option<String> {
-    let sig = crate::os::process::job_stop(pid, seen)?;
+fn stopped_note(
+    pid: i32,
+    (seen, handed_back): (bool, Option<i32>),
+    progress: ProgressFn,
+) -> Option<String> {
+    let sig = crate::os::process::job_stop(pid, seen)
+        .or_else(|| crate::os::process::stop_to_come(pid, handed_back?))?;
     progress(&format!(
         "process {pid} was stopped by {sig} (job control) while rlivepatch worked; it stays stopped, as job control asked: `kill -CONT {pid}` resumes it"
     ));
@@ -286,7 +295,11 @@ fn disable_unaudited(
         unloaded,
         switch: report,
         elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
-        stopped_by: stopped_note(pid, done.job_control_seen, progress),
+        stopped_by: stopped_note(
+            pid,
+            (done.job_control_seen, done.stop_handed_back),
+            progress,
+        ),
         leftovers: done.leftovers,
     })
 }

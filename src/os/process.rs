@@ -464,6 +464,35 @@ pub fn job_stop(pid: i32, threads: bool) -> Option<String> {
     stopped.then(|| "a stop signal".to_string())
 }
 
+/// The job-control stop a thread of process `pid` was let go with (`sig`, handed back by
+/// its tracer): it takes effect when that thread next runs, which on a busy machine can
+/// be a while after the detach. Waits for it (up to 2 s, the state read every
+/// millisecond: nothing else tells a process that is no longer traced) unless the
+/// program catches or ignores the signal (then it does not stop; `SIGSTOP` always does).
+pub fn stop_to_come(pid: i32, sig: i32) -> Option<String> {
+    if sig != libc::SIGSTOP {
+        let text = read_proc_whole(&format!("/proc/{pid}/status")).ok()?;
+        let bit = 1u64 << (sig - 1);
+        let set = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .is_some_and(|m| m & bit != 0)
+        };
+        if set("SigCgt:") || set("SigIgn:") {
+            return None;
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if let Some(s) = job_stop(pid, true) {
+            return Some(s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    None
+}
+
 /// A thread's `/proc/PID/task/TID/syscall`, opened once and read again with one `pread`
 /// (a `single_open` file is written anew at offset 0): the tracer reads it at the attach
 /// (where each thread sleeps) and again at the switch (which threads are on a CPU), and

@@ -163,6 +163,9 @@ pub struct Tracer {
     /// only then can a stop have begun that the threads enter one by one after the
     /// detach ([`crate::os::process::job_stop`] reads each thread's state for that).
     pub job_control_seen: bool,
+    /// A thread was let go with a stop signal to take (one it reported to the tracer):
+    /// the process stops when that thread next runs, after rlivepatch has detached.
+    pub stop_handed_back: Option<i32>,
     /// The operation is past the point where it can be undone (or is undoing): requests
     /// to stop wait until it is done.
     pub finishing: bool,
@@ -315,6 +318,7 @@ impl Tracer {
             exited: false,
             job_stop: None,
             job_control_seen: false,
+            stop_handed_back: None,
             finishing: false,
             watch_all: false,
             gone: Default::default(),
@@ -1111,6 +1115,9 @@ impl Tracer {
         };
         prepare_resume(self.pid, &mut th);
         let sig = th.pending_signal.unwrap_or(0);
+        if is_stop_signal(sig) {
+            self.stop_handed_back = Some(sig);
+        }
         crate::os::fault::trace(&format!("detach thread {tid} from {:?}", th.stop));
         let _ = ptrace_sig(libc::PTRACE_DETACH, th.tid, sig);
     }

@@ -122,6 +122,9 @@ pub struct Concluded<T> {
     pub leftovers: Vec<String>,
     /// A stop signal or a job-control stop was seen while attached.
     pub job_control_seen: bool,
+    /// A stop signal rlivepatch handed back to a thread as it let it go (see
+    /// [`crate::os::ptrace::Tracer::stop_handed_back`]).
+    pub stop_handed_back: Option<i32>,
 }
 
 impl<'a> Session<'a> {
@@ -629,13 +632,14 @@ impl<'a> Session<'a> {
         let pid = self.proc.pid;
         let start = self.proc.start_time;
         let mut leftovers = std::mem::take(&mut self.leftovers);
-        let (closed, say, job_control_seen) = self.close_keeping_progress();
+        let (closed, say, (job_control_seen, stop_handed_back)) = self.close_keeping_progress();
         let (r, closed) = match (r, closed) {
             (Ok(value), Ok(())) => {
                 return Ok(Concluded {
                     value,
                     leftovers,
                     job_control_seen,
+                    stop_handed_back,
                 });
             }
             (Err(e), Ok(())) => return Err(e),
@@ -649,6 +653,7 @@ impl<'a> Session<'a> {
                 value,
                 leftovers,
                 job_control_seen,
+                stop_handed_back,
             }),
             (Err(e), _) if !proc_alive => Err(e),
             (Ok(value), c) => {
@@ -665,6 +670,7 @@ impl<'a> Session<'a> {
                     value,
                     leftovers,
                     job_control_seen,
+                    stop_handed_back,
                 })
             }
             (Err(e), c) => Err(crate::err!(
@@ -697,9 +703,10 @@ impl<'a> Session<'a> {
     /// [`Session::close`], giving back where progress lines go.
     /// [`Session::close`], keeping the progress callback and whether a stop signal or a
     /// job-control stop was seen while attached (the detach included).
-    fn close_keeping_progress(mut self) -> (Result<()>, ProgressFn<'a>, bool) {
+    fn close_keeping_progress(mut self) -> (Result<()>, ProgressFn<'a>, (bool, Option<i32>)) {
         let r = self.close_inner();
-        (r, self.progress, self.tr.job_control_seen)
+        let seen = (self.tr.job_control_seen, self.tr.stop_handed_back);
+        (r, self.progress, seen)
     }
 
     /// Undo rlivepatch's presence: unmap its memory, give threads back, detach.
