@@ -104,6 +104,27 @@ pub fn load<T: serde::de::DeserializeOwned>(key: &str) -> Option<T> {
     }
 }
 
+/// The fact `kind` about `parts` (`None`: a file it depends on has no version), kept
+/// from an earlier run, or made by `make` and kept when it succeeds.
+pub fn get_or_make<T, E>(
+    kind: &str,
+    parts: Option<&[&str]>,
+    make: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let key = parts.and_then(|p| key(kind, p));
+    if let Some(v) = key.as_deref().and_then(load) {
+        return Ok(v);
+    }
+    let v = make()?;
+    if let Some(k) = &key {
+        store(k, &v);
+    }
+    Ok(v)
+}
+
 /// Kept files at most: past this many, a store removes the older half first (a test
 /// suite run keeps a few hundred answers for fixtures built anew each time; a host
 /// patching its programs keeps a handful per patch).

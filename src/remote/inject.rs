@@ -428,19 +428,12 @@ impl Libc {
             Some(v) => v,
             None => {
                 // Kept across runs too: finding `malloc`'s arena slot decodes its code.
-                let kept = file
-                    .version()
-                    .and_then(|v| crate::os::kept::key("libc", &[&v]));
-                let v = match kept.as_deref().and_then(crate::os::kept::load) {
-                    Some(v) => v,
-                    None => {
-                        let v = Self::in_file(&file, &libc.path)?;
-                        if let Some(k) = &kept {
-                            crate::os::kept::store(k, &v);
-                        }
-                        v
-                    }
-                };
+                let version = file.version();
+                let parts = version.as_deref().map(|v| [v]);
+                let v =
+                    crate::os::kept::get_or_make("libc", parts.as_ref().map(|p| &p[..]), || {
+                        Self::in_file(&file, &libc.path)
+                    })?;
                 FOUND.with(|f| f.borrow_mut().insert(key, (file.clone(), v.clone())));
                 v
             }

@@ -92,22 +92,45 @@ pub fn resolve_some(
         };
         let bias = obj.bias()?;
         // Found once per version of the file (reading its symbol table whole is most of
-        // the cost), then kept.
+        // the cost), then kept once the function resolved.
         let kept = syms
             .version()
             .and_then(|v| crate::os::kept::key("function", &[&v, &f.old, &f.sympos.to_string()]));
-        if let Some(found) = kept.as_deref().and_then(crate::os::kept::load::<Found>) {
-            out.push(resolve_found(
-                patch,
-                objects,
-                contracts,
-                &mut patched_by_path,
-                (index, obj, bias),
-                &found,
-            )?);
-            continue;
+        let (found, fresh) = match kept.as_deref().and_then(crate::os::kept::load::<Found>) {
+            Some(found) => (found, false),
+            None => (
+                find_found(patch, objects, contracts, (index, obj), &syms)?,
+                true,
+            ),
+        };
+        let r = resolve_found(
+            patch,
+            objects,
+            contracts,
+            &mut patched_by_path,
+            (index, obj, bias),
+            &found,
+        )?;
+        if fresh && let Some(k) = &kept {
+            crate::os::kept::store(k, &found);
         }
-        let sym = find_function(&syms, &f.old, f.sympos).map_err(|e| {
+        out.push(r);
+    }
+    merge_shared(patch, &mut out)?;
+    Ok(out)
+}
+
+/// The symbol of the patch's function `index` in `obj` (its file of symbols `syms`), or
+/// the error that says why there is none and what to patch instead.
+fn find_found(
+    patch: &Patch,
+    objects: &Objects,
+    contracts: &mut Contracts,
+    (index, obj): (usize, &crate::elf::objects::LoadedObject),
+    syms: &crate::elf::symbols::ElfFile,
+) -> Result<Found> {
+    let f = &patch.funcs[index];
+    let sym = find_function(syms, &f.old, f.sympos).map_err(|e| {
             if e.cause != crate::error::Cause::NotFound {
                 return e;
             }
@@ -140,29 +163,14 @@ pub fn resolve_some(
                     f.old
                 );
             }
-            crate::resolve::hints::function_not_found(&f.old, obj, &syms, objects)
+            crate::resolve::hints::function_not_found(&f.old, obj, syms, objects)
         })?;
-        let found = Found {
-            name: sym.name.clone(),
-            value: sym.value,
-            size: sym.size,
-            ifunc: sym.kind == SymKind::Ifunc,
-        };
-        let r = resolve_found(
-            patch,
-            objects,
-            contracts,
-            &mut patched_by_path,
-            (index, obj, bias),
-            &found,
-        )?;
-        if let Some(k) = &kept {
-            crate::os::kept::store(k, &found);
-        }
-        out.push(r);
-    }
-    merge_shared(patch, &mut out)?;
-    Ok(out)
+    Ok(Found {
+        name: sym.name.clone(),
+        value: sym.value,
+        size: sym.size,
+        ifunc: sym.kind == SymKind::Ifunc,
+    })
 }
 
 /// A function's symbol as [`find_function`] found it in one version of a file.
@@ -290,27 +298,20 @@ fn resolve_code(
     // own), for its parts, clones and debug information.
     let syms = obj.symbols_file()?;
     let own = r.symbol.split('@').next().unwrap_or(&r.symbol);
-    let kept = syms
-        .version()
-        .and_then(|v| crate::os::kept::key("name", &[&v, own, &format!("{vaddr:#x}")]));
-    let name = match kept.as_deref().and_then(crate::os::kept::load::<String>) {
-        Some(name) => name,
-        None => {
-            let named_here = syms
-                .symtab()
-                .iter()
-                .chain(syms.dynsym())
-                .any(|s| s.name == own && s.value == vaddr);
-            let name = match syms.symbolize(vaddr) {
-                Some((s, 0)) if !named_here => s.name.clone(),
-                _ => own.to_string(),
-            };
-            if let Some(k) = &kept {
-                crate::os::kept::store(k, &name);
-            }
-            name
-        }
-    };
+    let (version, at) = (syms.version(), format!("{vaddr:#x}"));
+    let parts = version.as_deref().map(|v| [v, own, at.as_str()]);
+    let name = crate::os::kept::get_or_make("name", parts.as_ref().map(|p| &p[..]), || {
+        let named_here = syms
+            .symtab()
+            .iter()
+            .chain(syms.dynsym())
+            .any(|s| s.name == own && s.value == vaddr);
+        Ok::<_, std::convert::Infallible>(match syms.symbolize(vaddr) {
+            Some((s, 0)) if !named_here => s.name.clone(),
+            _ => own.to_string(),
+        })
+    })
+    .unwrap_or_else(|e| match e {});
     let kept = crate::contract::kept::Lookup::of(obj, &name, vaddr, size, patched);
     let padding = redirect::padding_after(&file, vaddr, size);
     // An earlier run checked this entry of this version of the file.

@@ -521,20 +521,12 @@ fn candidate(s: &Session) -> Result<Hook> {
     let bias = loader.bias()?;
     // The same for every process and run with this version of the loader: kept (finding
     // it decodes the padding after the function).
-    let kept = file
-        .version()
-        .and_then(|v| crate::os::kept::key("dl-hook", &[&v]));
-    let site = match kept.as_deref().and_then(crate::os::kept::load) {
-        Some(site) => site,
-        None => {
-            let site = site_in(&file);
-            if let Some(k) = &kept {
-                crate::os::kept::store(k, &site);
-            }
-            site
-        }
-    };
-    let site = site.map_err(why)?;
+    let version = file.version();
+    let parts = version.as_deref().map(|v| [v]);
+    let site = crate::os::kept::get_or_make("dl-hook", parts.as_ref().map(|p| &p[..]), || {
+        Ok::<_, std::convert::Infallible>(site_in(&file))
+    });
+    let site = site.unwrap_or_else(|e| match e {}).map_err(why)?;
     let addr = site.at + bias;
     let target = rt.base + crate::remote::runtime::layout()?.dl_hook;
     let jump = redirect::jmp(addr, target)
