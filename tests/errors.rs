@@ -207,6 +207,60 @@ fn a_process_that_may_not_create_executable_memfds_is_refused_untouched() {
     still_original(&mut t);
 }
 
+/// The soft limit of open files of process `pid`, set to `n`; returns the old one.
+fn set_nofile(pid: i32, n: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit writes one rlimit.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: prlimit reads one rlimit.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_cur
+}
+
+/// A process at its limit of open files when the memfds of an apply are made (its
+/// private memory's fits, and is closed again; of the record's, the runtime's and the
+/// patch's, made together, the last does not): the apply is refused with the fix, the
+/// two made are closed, and the process is as it was. With room again, it applies.
+#[test]
+fn a_process_at_its_open_file_limit_is_refused_untouched() {
+    let (mut t, entry, snap) = counter();
+    let pid = t.pid.to_string();
+    let fds: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    // New descriptors take the lowest free numbers, below the limit.
+    let low = (0..).find(|f| !fds.contains(f)).unwrap();
+    assert!(
+        !fds.contains(&(low + 1)) && !fds.contains(&(low + 2)),
+        "open fds {fds:?}: three free in a row expected from {low}"
+    );
+    let old = set_nofile(t.pid, low + 2);
+    let fix = patch("counter-fix");
+    let e = rlp_fails(&["apply", &pid, fix.to_str().unwrap()], 3);
+    assert!(e.contains("RLIMIT_NOFILE") && e.contains("prlimit"), "{e}");
+    t.assert_untouched(&snap, entry);
+    still_original(&mut t);
+    set_nofile(t.pid, old);
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    t.wait_line(
+        |l| {
+            let (i, v) = value(l);
+            v == i * 100
+        },
+        Duration::from_secs(10),
+    );
+}
+
 /// `check` is apply's preflight: what apply refuses, check refuses with the same exit
 /// code, and neither touches the process.
 #[test]

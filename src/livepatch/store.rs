@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::livepatch::record::{FORMAT, Record};
 use crate::os::process::{Mapping, Process};
 use crate::os::ptrace::Tracer;
-use crate::remote::inject::Injector;
+use crate::remote::inject::{Injector, Step};
 use crate::{bail, err};
 
 /// The memfd name; maps shows `/memfd:rlivepatch-state (deleted)`.
@@ -105,26 +105,43 @@ impl Store {
     }
 
     /// Create the state mapping in the target (through the borrowed thread).
-    pub fn create(inj: &mut Injector, tr: &mut Tracer, proc: &Process) -> Result<Store> {
-        let fd = inj.memfd_sized(tr, proc, MEMFD_NAME, MAGIC, Some(STATE_SIZE))?;
-        let r = (|| -> Result<u64> {
-            let a = inj.syscall(
-                tr,
-                libc::SYS_mmap,
-                &[
-                    0,
-                    STATE_SIZE,
-                    (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                    libc::MAP_PRIVATE as u64,
-                    fd as u64,
-                    0,
-                ],
-            )?;
-            crate::remote::inject::returned(a, "mapping the state memfd", proc.pid)
-        })();
-        inj.syscall(tr, libc::SYS_close, &[fd as u64])?;
+    pub fn create(
+        inj: &mut Injector,
+        tr: &mut Tracer,
+        proc: &Process,
+        made: Option<i32>,
+    ) -> Result<Store> {
+        let fd = match made {
+            Some(fd) => {
+                let filled = crate::remote::inject::fill_memfd(
+                    proc,
+                    fd,
+                    MEMFD_NAME,
+                    MAGIC,
+                    Some(STATE_SIZE),
+                );
+                if let Err(e) = filled {
+                    inj.syscall(tr, libc::SYS_close, &[fd as u64])?;
+                    return Err(e);
+                }
+                fd
+            }
+            None => inj.memfd_sized(tr, proc, MEMFD_NAME, MAGIC, Some(STATE_SIZE))?,
+        };
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        let map = [0, STATE_SIZE, prot, libc::MAP_PRIVATE as u64, fd as u64, 0];
+        let steps = [
+            Step::syscall(libc::SYS_mmap, &map),
+            Step::syscall(libc::SYS_close, &[fd as u64]),
+        ];
+        let done = inj.batch(tr, &steps, "mapping the state memfd")?;
+        if done.len() < 2 {
+            inj.syscall(tr, libc::SYS_close, &[fd as u64])?;
+        }
+        let addr =
+            crate::remote::inject::returned(done[0] as i64, "mapping the state memfd", proc.pid)?;
         Ok(Store {
-            addr: r?,
+            addr,
             generation: 0,
         })
     }

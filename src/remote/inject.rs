@@ -86,15 +86,28 @@ const NOTIFY_ARGS: u64 = NOTIFY + 48;
 /// expected, a shared 32-bit futex) and its absolute deadline (a `timespec`).
 const NOTIFY_WAITV: u64 = NOTIFY_ARGS + 6 * 8;
 const NOTIFY_DEADLINE: u64 = NOTIFY_WAITV + 24;
+/// Then a batch ([`Injector::batch`]): the index of the call running now and the
+/// number of calls (0: a single call), the calls ([`QUEUE_ENTRY`] bytes each: kind,
+/// check, function or number, six arguments) and their results. The stub runs them one
+/// after the other and wakes rlivepatch once, after the last or the first that failed.
+const NOTIFY_QCUR: u64 = NOTIFY_DEADLINE + 16;
+const NOTIFY_QLEN: u64 = NOTIFY_QCUR + 4;
+const NOTIFY_QUEUE: u64 = NOTIFY_QLEN + 4;
+const QUEUE_ENTRY: u64 = 64;
+/// The most calls one batch holds.
+pub const MAX_BATCH: usize = 8;
+const NOTIFY_QRESULTS: u64 = NOTIFY_QUEUE + QUEUE_ENTRY * MAX_BATCH as u64;
 /// Where strings and results start.
-const DATA_START: u64 = NOTIFY_DEADLINE + 16;
+const DATA_START: u64 = NOTIFY_QRESULTS + 8 * MAX_BATCH as u64;
 // `futex_waitv` reads its waiter and deadline as 8-byte-aligned structures, and the
 // command word is a 4-byte futex; the block ends before the data.
 const _: () = assert!(
     NOTIFY_WAITV.is_multiple_of(8)
         && NOTIFY_DEADLINE.is_multiple_of(8)
         && NOTIFY_CMD.is_multiple_of(4)
+        && NOTIFY_QUEUE.is_multiple_of(8)
         && NOTIFY_DEADLINE + 16 <= DATA_START
+        && DATA_START <= 4096
 );
 /// `FUTEX2_SIZE_U32`: a 32-bit futex, shared (no `FUTEX2_PRIVATE`: rlivepatch wakes it
 /// through its own mapping).
@@ -122,6 +135,70 @@ const CMD_CALL: u32 = 2;
 // Written only by the stub itself (in its bytes, see `NOTIFY_STUB_CODE`).
 #[cfg_attr(not(test), allow(dead_code))]
 const CMD_LEAVE: u32 = 3;
+/// When a call of a batch counts as failed, which ends the batch there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Check {
+    /// Never: its result says nothing of failure.
+    Never = 0,
+    /// A system call's `-errno`: -4095 to -1.
+    Errno = 1,
+    /// A null pointer (`dlopen`).
+    Null = 2,
+}
+
+impl Check {
+    /// Did a call with this check fail, returning `v`?
+    pub fn failed(self, v: u64) -> bool {
+        match self {
+            Check::Never => false,
+            Check::Errno => v >= (-4095i64) as u64,
+            Check::Null => v == 0,
+        }
+    }
+}
+
+/// One call of a batch ([`Injector::batch`]).
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// A system call (else a function call).
+    syscall: bool,
+    /// The system call number or the function's address.
+    target: u64,
+    args: [u64; 6],
+    check: Check,
+}
+
+impl Step {
+    /// System call `nr` with `args`; it fails with `-errno`.
+    pub fn syscall(nr: i64, args: &[u64]) -> Step {
+        Step::new(true, nr as u64, args, Check::Errno)
+    }
+
+    /// A call of the function at `func` with `args`, failed as `check` says.
+    pub fn call(func: u64, args: &[u64], check: Check) -> Step {
+        Step::new(false, func, args, check)
+    }
+
+    fn new(syscall: bool, target: u64, args: &[u64], check: Check) -> Step {
+        let mut a = [0u64; 6];
+        for (d, v) in a.iter_mut().zip(args) {
+            *d = *v;
+        }
+        Step {
+            syscall,
+            target,
+            args: a,
+            check,
+        }
+    }
+
+    /// Did this call fail, returning `v`?
+    pub fn failed(&self, v: u64) -> bool {
+        self.check.failed(v)
+    }
+}
+
 /// How long a thread that finished a notified call waits at the gate for rlivepatch to
 /// take it back before it returns by itself (its `rt_sigreturn` frame): the stall a
 /// thread sees when rlivepatch is killed right then. A thread that went on meanwhile is
@@ -156,7 +233,7 @@ const TRAMPOLINES: u64 = 0x20;
 /// Size of one return trampoline.
 pub const TRAMPOLINE_SIZE: u64 = 48;
 /// The notified-call stub ([`notify_stub`]) at the end of the code page.
-const NOTIFY_STUB: u64 = CODE_SIZE - 0x180;
+const NOTIFY_STUB: u64 = CODE_SIZE - 0x200;
 /// How many return trampolines fit in the code page.
 pub const MAX_TRAMPOLINES: usize = ((NOTIFY_STUB - TRAMPOLINES) / TRAMPOLINE_SIZE) as usize;
 
@@ -175,27 +252,37 @@ struct NotifyStub<B> {
 /// the bytes to put here when the stub changes.
 const NOTIFY_STUB_CODE: NotifyStub<&[u8]> = NotifyStub {
     bytes: &[
-        0x0f, 0x05, 0xeb, 0x02, 0xff, 0xd0, 0x49, 0x89, 0x47, 0x08, 0x41, 0xc7, 0x07, 0x01, 0x00,
-        0x00, 0x00, 0x4c, 0x89, 0xff, 0xbe, 0x01, 0x00, 0x00, 0x00, 0xba, 0x01, 0x00, 0x00, 0x00,
-        0xb8, 0xca, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x41, 0x83, 0x7f, 0x24, 0x00, 0x0f, 0x84, 0xec,
-        0x00, 0x00, 0x00, 0x41, 0x83, 0x7f, 0x24, 0x02, 0x74, 0x73, 0x49, 0x8d, 0x7f, 0x20, 0xbe,
-        0x00, 0x00, 0x00, 0x00, 0x31, 0xd2, 0x4d, 0x8d, 0x57, 0x10, 0x45, 0x31, 0xc0, 0xb8, 0xca,
-        0x00, 0x00, 0x00, 0x0f, 0x05, 0x41, 0x8b, 0x4f, 0x20, 0x85, 0xc9, 0x75, 0x1d, 0x48, 0x3d,
-        0x92, 0xff, 0xff, 0xff, 0x75, 0xd7, 0x31, 0xc0, 0xb9, 0x03, 0x00, 0x00, 0x00, 0xf0, 0x41,
-        0x0f, 0xb1, 0x4f, 0x20, 0x0f, 0x84, 0xbe, 0x00, 0x00, 0x00, 0x89, 0xc1, 0x41, 0xc7, 0x47,
-        0x20, 0x00, 0x00, 0x00, 0x00, 0x49, 0x8b, 0x47, 0x28, 0x49, 0x8b, 0x7f, 0x30, 0x49, 0x8b,
-        0x77, 0x38, 0x49, 0x8b, 0x57, 0x40, 0x4d, 0x8b, 0x57, 0x48, 0x4d, 0x8b, 0x47, 0x50, 0x4d,
-        0x8b, 0x4f, 0x58, 0x83, 0xf9, 0x01, 0x0f, 0x84, 0x5e, 0xff, 0xff, 0xff, 0x4c, 0x89, 0xd1,
-        0xe9, 0x5a, 0xff, 0xff, 0xff, 0xbf, 0x01, 0x00, 0x00, 0x00, 0x49, 0x8d, 0x77, 0x78, 0xb8,
-        0xe4, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x49, 0x8b, 0x47, 0x10, 0x49, 0x01, 0x47, 0x78, 0x49,
-        0x8b, 0x47, 0x18, 0x49, 0x03, 0x87, 0x80, 0x00, 0x00, 0x00, 0x48, 0x3d, 0x00, 0xca, 0x9a,
-        0x3b, 0x72, 0x0b, 0x48, 0x2d, 0x00, 0xca, 0x9a, 0x3b, 0x49, 0x83, 0x47, 0x78, 0x01, 0x49,
-        0x89, 0x87, 0x80, 0x00, 0x00, 0x00, 0x49, 0x8d, 0x7f, 0x60, 0xbe, 0x01, 0x00, 0x00, 0x00,
-        0x31, 0xd2, 0x4d, 0x8d, 0x57, 0x78, 0x41, 0xb8, 0x01, 0x00, 0x00, 0x00, 0xb8, 0xc1, 0x01,
-        0x00, 0x00, 0x0f, 0x05, 0x41, 0x8b, 0x4f, 0x20, 0x85, 0xc9, 0x0f, 0x85, 0x66, 0xff, 0xff,
-        0xff, 0x48, 0x3d, 0x92, 0xff, 0xff, 0xff, 0x75, 0xd0, 0xe9, 0x44, 0xff, 0xff, 0xff, 0x31,
-        0xff, 0x31, 0xf6, 0x49, 0x8d, 0x57, 0x10, 0x45, 0x31, 0xd2, 0x45, 0x31, 0xc0, 0xb8, 0x0f,
-        0x01, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b,
+        0x0f, 0x05, 0xeb, 0x02, 0xff, 0xd0, 0x49, 0x89, 0x47, 0x08, 0x41, 0x8b, 0x8f, 0x88, 0x00,
+        0x00, 0x00, 0x41, 0x3b, 0x8f, 0x8c, 0x00, 0x00, 0x00, 0x73, 0x7b, 0x49, 0x89, 0x84, 0xcf,
+        0x90, 0x02, 0x00, 0x00, 0x89, 0xca, 0xc1, 0xe2, 0x06, 0x45, 0x8b, 0x84, 0x17, 0x94, 0x00,
+        0x00, 0x00, 0x41, 0x83, 0xf8, 0x01, 0x75, 0x0a, 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73,
+        0x58, 0xeb, 0x0b, 0x41, 0x83, 0xf8, 0x02, 0x75, 0x05, 0x48, 0x85, 0xc0, 0x74, 0x4b, 0xff,
+        0xc1, 0x41, 0x3b, 0x8f, 0x8c, 0x00, 0x00, 0x00, 0x73, 0x40, 0x41, 0x89, 0x8f, 0x88, 0x00,
+        0x00, 0x00, 0xc1, 0xe1, 0x06, 0x4d, 0x8d, 0x9c, 0x0f, 0x90, 0x00, 0x00, 0x00, 0x49, 0x8b,
+        0x43, 0x08, 0x49, 0x8b, 0x7b, 0x10, 0x49, 0x8b, 0x73, 0x18, 0x49, 0x8b, 0x53, 0x20, 0x4d,
+        0x8b, 0x53, 0x28, 0x4d, 0x8b, 0x43, 0x30, 0x4d, 0x8b, 0x4b, 0x38, 0x41, 0x83, 0x3b, 0x01,
+        0x0f, 0x84, 0x73, 0xff, 0xff, 0xff, 0x4c, 0x89, 0xd1, 0xe9, 0x6f, 0xff, 0xff, 0xff, 0x41,
+        0xc7, 0x07, 0x01, 0x00, 0x00, 0x00, 0x4c, 0x89, 0xff, 0xbe, 0x01, 0x00, 0x00, 0x00, 0xba,
+        0x01, 0x00, 0x00, 0x00, 0xb8, 0xca, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x41, 0x83, 0x7f, 0x24,
+        0x00, 0x0f, 0x84, 0xec, 0x00, 0x00, 0x00, 0x41, 0x83, 0x7f, 0x24, 0x02, 0x74, 0x73, 0x49,
+        0x8d, 0x7f, 0x20, 0xbe, 0x00, 0x00, 0x00, 0x00, 0x31, 0xd2, 0x4d, 0x8d, 0x57, 0x10, 0x45,
+        0x31, 0xc0, 0xb8, 0xca, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x41, 0x8b, 0x4f, 0x20, 0x85, 0xc9,
+        0x75, 0x1d, 0x48, 0x3d, 0x92, 0xff, 0xff, 0xff, 0x75, 0xd7, 0x31, 0xc0, 0xb9, 0x03, 0x00,
+        0x00, 0x00, 0xf0, 0x41, 0x0f, 0xb1, 0x4f, 0x20, 0x0f, 0x84, 0xbe, 0x00, 0x00, 0x00, 0x89,
+        0xc1, 0x41, 0xc7, 0x47, 0x20, 0x00, 0x00, 0x00, 0x00, 0x49, 0x8b, 0x47, 0x28, 0x49, 0x8b,
+        0x7f, 0x30, 0x49, 0x8b, 0x77, 0x38, 0x49, 0x8b, 0x57, 0x40, 0x4d, 0x8b, 0x57, 0x48, 0x4d,
+        0x8b, 0x47, 0x50, 0x4d, 0x8b, 0x4f, 0x58, 0x83, 0xf9, 0x01, 0x0f, 0x84, 0xd3, 0xfe, 0xff,
+        0xff, 0x4c, 0x89, 0xd1, 0xe9, 0xcf, 0xfe, 0xff, 0xff, 0xbf, 0x01, 0x00, 0x00, 0x00, 0x49,
+        0x8d, 0x77, 0x78, 0xb8, 0xe4, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x49, 0x8b, 0x47, 0x10, 0x49,
+        0x01, 0x47, 0x78, 0x49, 0x8b, 0x47, 0x18, 0x49, 0x03, 0x87, 0x80, 0x00, 0x00, 0x00, 0x48,
+        0x3d, 0x00, 0xca, 0x9a, 0x3b, 0x72, 0x0b, 0x48, 0x2d, 0x00, 0xca, 0x9a, 0x3b, 0x49, 0x83,
+        0x47, 0x78, 0x01, 0x49, 0x89, 0x87, 0x80, 0x00, 0x00, 0x00, 0x49, 0x8d, 0x7f, 0x60, 0xbe,
+        0x01, 0x00, 0x00, 0x00, 0x31, 0xd2, 0x4d, 0x8d, 0x57, 0x78, 0x41, 0xb8, 0x01, 0x00, 0x00,
+        0x00, 0xb8, 0xc1, 0x01, 0x00, 0x00, 0x0f, 0x05, 0x41, 0x8b, 0x4f, 0x20, 0x85, 0xc9, 0x0f,
+        0x85, 0x66, 0xff, 0xff, 0xff, 0x48, 0x3d, 0x92, 0xff, 0xff, 0xff, 0x75, 0xd0, 0xe9, 0x44,
+        0xff, 0xff, 0xff, 0x31, 0xff, 0x31, 0xf6, 0x49, 0x8d, 0x57, 0x10, 0x45, 0x31, 0xd2, 0x45,
+        0x31, 0xc0, 0xb8, 0x0f, 0x01, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f,
+        0x05, 0x0f, 0x0b,
     ],
     syscall: 0,
     call: 4,
@@ -232,6 +319,7 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub<Vec<u8>>, iced_x86::
     let mut poll_gate = a.create_label();
     let mut waitv_gate = a.create_label();
     let mut timed_out = a.create_label();
+    let mut notify = a.create_label();
     a.set_label(&mut syscall_entry)?;
     a.syscall()?;
     a.jmp(report)?;
@@ -239,6 +327,8 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub<Vec<u8>>, iced_x86::
     a.call(rax)?;
     a.set_label(&mut report)?;
     a.mov(qword_ptr(r15 + at(NOTIFY_RESULT)), rax)?;
+    batch_next_code(&mut a, &at, syscall_entry, call_entry, &mut notify)?;
+    a.set_label(&mut notify)?;
     a.mov(dword_ptr(r15), 1u32)?;
     a.mov(rdi, r15)?;
     a.mov(esi, libc::FUTEX_WAKE as u32)?;
@@ -304,6 +394,58 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub<Vec<u8>>, iced_x86::
         bytes: r.inner.code_buffer,
     })
 }
+/// After a call of a batch: its result kept; unless it failed its check or was the
+/// last, the next call is loaded from the queue and run (to `syscall` or `call`); else
+/// on to `notify`. A single call (the count 0) goes straight on.
+#[cfg(test)]
+fn batch_next_code(
+    a: &mut iced_x86::code_asm::CodeAssembler,
+    at: &impl Fn(u64) -> i32,
+    syscall: iced_x86::code_asm::CodeLabel,
+    call: iced_x86::code_asm::CodeLabel,
+    notify: &mut iced_x86::code_asm::CodeLabel,
+) -> std::result::Result<(), iced_x86::IcedError> {
+    use iced_x86::code_asm::*;
+    let mut not_errno = a.create_label();
+    let mut next = a.create_label();
+    a.mov(ecx, dword_ptr(r15 + at(NOTIFY_QCUR)))?;
+    a.cmp(ecx, dword_ptr(r15 + at(NOTIFY_QLEN)))?;
+    a.jae(*notify)?;
+    a.mov(qword_ptr(r15 + rcx * 8 + at(NOTIFY_QRESULTS)), rax)?;
+    a.mov(edx, ecx)?;
+    a.shl(edx, 6)?;
+    a.mov(r8d, dword_ptr(r15 + rdx + at(NOTIFY_QUEUE + 4)))?;
+    a.cmp(r8d, Check::Errno as u32)?;
+    a.jne(not_errno)?;
+    // -4095..-1, unsigned: at least -4095.
+    a.cmp(rax, -4095)?;
+    a.jae(*notify)?;
+    a.jmp(next)?;
+    a.set_label(&mut not_errno)?;
+    a.cmp(r8d, Check::Null as u32)?;
+    a.jne(next)?;
+    a.test(rax, rax)?;
+    a.jz(*notify)?;
+    a.set_label(&mut next)?;
+    a.inc(ecx)?;
+    a.cmp(ecx, dword_ptr(r15 + at(NOTIFY_QLEN)))?;
+    a.jae(*notify)?;
+    a.mov(dword_ptr(r15 + at(NOTIFY_QCUR)), ecx)?;
+    a.shl(ecx, 6)?;
+    a.lea(r11, ptr(r15 + rcx + at(NOTIFY_QUEUE)))?;
+    a.mov(rax, qword_ptr(r11 + 8))?;
+    a.mov(rdi, qword_ptr(r11 + 16))?;
+    a.mov(rsi, qword_ptr(r11 + 24))?;
+    a.mov(rdx, qword_ptr(r11 + 32))?;
+    a.mov(r10, qword_ptr(r11 + 40))?;
+    a.mov(r8, qword_ptr(r11 + 48))?;
+    a.mov(r9, qword_ptr(r11 + 56))?;
+    a.cmp(dword_ptr(r11), CMD_SYSCALL)?;
+    a.je(syscall)?;
+    a.mov(rcx, r10)?;
+    a.jmp(call)
+}
+
 /// The [`Gate::Waitv`] gate: the deadline (now on the monotonic clock, plus the
 /// block's timeout), then `futex_waitv` on the command word until a command comes (to
 /// `take`) or the deadline passes (to `timed_out`); woken for nothing or interrupted and
@@ -1205,9 +1347,34 @@ impl Injector {
             self.bootstrap_syscall(tr, proc, maps, libc::SYS_close, &[fd])?;
             return Err(e);
         }
-        // Installed: the target's descriptor is closed through the stub (notified when
-        // the page is shared).
-        let closed = self.syscall(tr, libc::SYS_close, &[fd])?;
+        // Installed: the rest goes through the stub, in one batch when the page is
+        // shared. The memory may stay mapped while patches are loaded (see
+        // `Record::scratch`): a child forked meanwhile must not share it (a run on the
+        // child would use the parent's stack and notify block), so it is not inherited at
+        // all (one call when the two lie next to each other). Then the target's
+        // descriptor is closed.
+        let dontfork = libc::MADV_DONTFORK as u64;
+        let madvise = |lo: u64, len: u64| Step::syscall(libc::SYS_madvise, &[lo, len, dontfork]);
+        let Scratch { rw, code } = scratch;
+        let mut steps = if code + CODE_SIZE == rw {
+            vec![madvise(code, CODE_SIZE + RW_SIZE)]
+        } else {
+            vec![madvise(rw, RW_SIZE), madvise(code, CODE_SIZE)]
+        };
+        steps.push(Step::syscall(libc::SYS_close, &[fd]));
+        let done = self.batch(tr, &steps, "setting up rlivepatch's memory")?;
+        if done.len() < steps.len() {
+            let failed = *done.last().unwrap_or(&0) as i64;
+            let closed = self.syscall(tr, libc::SYS_close, &[fd]);
+            self.unmap_scratch(tr, proc, maps)?;
+            closed?;
+            returned(
+                failed,
+                "madvise(MADV_DONTFORK) of rlivepatch's memory",
+                proc.pid,
+            )?;
+        }
+        let closed = *done.last().unwrap_or(&0) as i64;
         returned(closed, "closing rlivepatch's memfd", proc.pid)?;
         Ok(scratch)
     }
@@ -1274,59 +1441,6 @@ impl Injector {
                     return Err(e);
                 }
             };
-            // It may stay mapped while patches are loaded (see `Record::scratch`): a
-            // child forked meanwhile must not share it (a run on the child would use the
-            // parent's stack and notify block), so it is not inherited at all. One call
-            // when the two lie next to each other.
-            let dontfork = libc::MADV_DONTFORK as u64;
-            let advised = if code + CODE_SIZE == rw {
-                self.boot_call(
-                    tr,
-                    proc,
-                    frame,
-                    libc::SYS_madvise,
-                    &[code, CODE_SIZE + RW_SIZE, dontfork],
-                    &[],
-                )?
-            } else {
-                let r = self.boot_call(
-                    tr,
-                    proc,
-                    frame,
-                    libc::SYS_madvise,
-                    &[rw, RW_SIZE, dontfork],
-                    &[],
-                )?;
-                if r < 0 {
-                    r
-                } else {
-                    self.boot_call(
-                        tr,
-                        proc,
-                        frame,
-                        libc::SYS_madvise,
-                        &[code, CODE_SIZE, dontfork],
-                        &[],
-                    )?
-                }
-            };
-            if let Err(e) = returned(
-                advised,
-                "madvise(MADV_DONTFORK) of rlivepatch's memory",
-                proc.pid,
-            ) {
-                let (lo, len) = if code + CODE_SIZE == rw {
-                    (code, CODE_SIZE + RW_SIZE)
-                } else {
-                    (rw, RW_SIZE)
-                };
-                let _ = self.boot_call(tr, proc, frame, libc::SYS_munmap, &[lo, len], &[]);
-                if code + CODE_SIZE != rw {
-                    let _ =
-                        self.boot_call(tr, proc, frame, libc::SYS_munmap, &[code, CODE_SIZE], &[]);
-                }
-                return Err(e);
-            }
             // Our own view of the notify block, through a copy of the target's memfd
             // descriptor; without it (an old kernel), calls stop at each system call.
             self.notify = own
@@ -1442,53 +1556,96 @@ impl Injector {
     /// A system call in the target through the stub. Returns the raw result (negative
     /// errno on failure).
     pub fn syscall(&mut self, tr: &mut Tracer, nr: i64, args: &[u64]) -> Result<i64> {
-        let s = self
-            .scratch
-            .ok_or_else(|| err!(Failed, "no scratch memory"))?;
-        let mut r = self.ctx;
-        r.rip = s.code + STUB_SYSCALL;
-        r.rsp = self.frame_at;
-        r.rax = nr as u64;
-        let a = |i: usize| args.get(i).copied().unwrap_or(0);
-        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
-        r.orig_rax = u64::MAX;
-        r.eflags &= !(0x400 | 0x100);
         let what = format!("system call {nr}");
-        if self.notify.is_some() {
-            r.rip = s.code + NOTIFY_STUB + notify_stub().syscall;
-            r.r15 = s.rw + NOTIFY;
-            return self
-                .run_notified(tr, &r, CMD_SYSCALL, &what)
-                .map(|v| v as i64);
-        }
-        let out = self.run(
-            tr,
-            Some(&r),
-            Catch::At(vec![s.code + STUB_SYSCALL_DONE]),
-            &what,
-        )?;
-        self.finish(tr, out, &what).map(|v| v as i64)
+        self.one(tr, &Step::syscall(nr, args), &what)
+            .map(|v| v as i64)
     }
 
     /// Call `func(args...)` in the target; returns `%rax`.
     pub fn call(&mut self, tr: &mut Tracer, func: u64, args: &[u64], what: &str) -> Result<u64> {
+        self.one(tr, &Step::call(func, args, Check::Never), what)
+    }
+
+    /// Run `steps` one after the other on the borrowed thread, up to the first that
+    /// fails its check; returns the results of those that ran (all of them, or up to and
+    /// including the one that failed). Notified, the thread runs them all in one go and
+    /// wakes rlivepatch once: one hand-over between the two processes instead of one per
+    /// call, each of which waits for a CPU on a busy machine.
+    pub fn batch(&mut self, tr: &mut Tracer, steps: &[Step], what: &str) -> Result<Vec<u64>> {
+        let page = match &self.notify {
+            Some(p) if steps.len() > 1 && steps.len() <= MAX_BATCH => p.clone(),
+            _ => {
+                let mut out = Vec::with_capacity(steps.len());
+                for st in steps {
+                    let v = self.one(tr, st, what)?;
+                    out.push(v);
+                    if st.failed(v) {
+                        break;
+                    }
+                }
+                return Ok(out);
+            }
+        };
+        for (i, st) in steps.iter().enumerate() {
+            let at = (NOTIFY_QUEUE + QUEUE_ENTRY * i as u64) as usize;
+            let kind = if st.syscall { CMD_SYSCALL } else { CMD_CALL };
+            page.store_u32(at, kind);
+            page.store_u32(at + 4, st.check as u32);
+            page.store_u64(at + 8, st.target);
+            for (j, v) in st.args.iter().enumerate() {
+                page.store_u64(at + 16 + 8 * j, *v);
+            }
+        }
+        self.run_step(tr, &steps[0], what, steps.len() as u32)?;
+        let ran = (page.load_u32(NOTIFY_QCUR as usize) as usize + 1).min(steps.len());
+        Ok((0..ran)
+            .map(|i| page.load_u64(NOTIFY_QRESULTS as usize + 8 * i))
+            .collect())
+    }
+
+    /// One call on its own.
+    fn one(&mut self, tr: &mut Tracer, step: &Step, what: &str) -> Result<u64> {
+        self.run_step(tr, step, what, 0)
+    }
+
+    /// Run `step`, the first of a batch of `batch` calls (0: a single call); returns its
+    /// result (of a batch: the last call's that ran).
+    fn run_step(&mut self, tr: &mut Tracer, step: &Step, what: &str, batch: u32) -> Result<u64> {
         let s = self
             .scratch
             .ok_or_else(|| err!(Failed, "no scratch memory"))?;
         let mut r = self.ctx;
-        r.rip = s.code + STUB_CALL;
         r.rsp = self.frame_at;
-        r.rax = func;
-        let a = |i: usize| args.get(i).copied().unwrap_or(0);
-        (r.rdi, r.rsi, r.rdx, r.rcx, r.r8, r.r9) = (a(0), a(1), a(2), a(3), a(4), a(5));
+        r.rax = step.target;
+        let a = step.args;
+        (r.rdi, r.rsi, r.rdx, r.r8, r.r9) = (a[0], a[1], a[2], a[4], a[5]);
+        // A function takes its fourth argument in %rcx, a system call in %r10.
+        if step.syscall {
+            r.r10 = a[3];
+        } else {
+            r.rcx = a[3];
+        }
         r.orig_rax = u64::MAX;
         r.eflags &= !(0x400 | 0x100);
+        let kind = if step.syscall { CMD_SYSCALL } else { CMD_CALL };
         if self.notify.is_some() {
-            r.rip = s.code + NOTIFY_STUB + notify_stub().call;
+            r.rip = s.code
+                + NOTIFY_STUB
+                + if step.syscall {
+                    notify_stub().syscall
+                } else {
+                    notify_stub().call
+                };
             r.r15 = s.rw + NOTIFY;
-            return self.run_notified(tr, &r, CMD_CALL, what);
+            return self.run_notified(tr, &r, kind, what, batch);
         }
-        let out = self.run(tr, Some(&r), Catch::At(vec![s.code + STUB_CALL_DONE]), what)?;
+        let (entry, done) = if step.syscall {
+            (STUB_SYSCALL, STUB_SYSCALL_DONE)
+        } else {
+            (STUB_CALL, STUB_CALL_DONE)
+        };
+        r.rip = s.code + entry;
+        let out = self.run(tr, Some(&r), Catch::At(vec![s.code + done]), what)?;
         self.finish(tr, out, what)
     }
 
@@ -1497,11 +1654,20 @@ impl Injector {
     /// stub's futex wake says it is done; then it waits at the gate, where the next
     /// call is handed to it, or [`Injector::settle`] takes it back. Returns the call's
     /// result.
-    fn run_notified(&mut self, tr: &mut Tracer, regs: &Regs, kind: u32, what: &str) -> Result<u64> {
+    fn run_notified(
+        &mut self,
+        tr: &mut Tracer,
+        regs: &Regs,
+        kind: u32,
+        what: &str,
+        batch: u32,
+    ) -> Result<u64> {
         let page = self.notify.clone().expect("a notify page");
         // The page is the read-write area's first: the block at its own offsets.
         page.store_u32(NOTIFY as usize, 0);
         page.store_u64(NOTIFY_RESULT as usize, 0);
+        page.store_u32(NOTIFY_QCUR as usize, 0);
+        page.store_u32(NOTIFY_QLEN as usize, batch);
         let posted = self.parked && post(&page, regs, kind);
         if posted {
             crate::os::fault::point("inject:posted");
@@ -1768,31 +1934,64 @@ impl Injector {
         bytes: &[u8],
         size: Option<u64>,
     ) -> Result<i32> {
-        let n = self.put_cstr(proc, name)?;
-        let mut fd = self.syscall(tr, libc::SYS_memfd_create, &[n, MFD_CLOEXEC | MFD_EXEC])?;
-        if fd == -(libc::EINVAL as i64) {
-            // Kernels before 6.3 do not know MFD_EXEC (and their memfds are executable).
-            fd = self.syscall(tr, libc::SYS_memfd_create, &[n, MFD_CLOEXEC])?;
-        }
-        if fd < 0 {
-            return Err(memfd_error(proc.pid, fd));
-        }
-        let fd = fd as i32;
-        let path = format!("/proc/{}/fd/{fd}", proc.pid);
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|mut f| {
-                std::io::Write::write_all(&mut f, bytes)?;
-                size.map_or(Ok(()), |n| f.set_len(n))
-            })
-            .with_context(|| format!("writing {name} into {path}"));
-        if let Err(e) = written {
+        let fd = self.memfds(tr, proc, &[name])?[0];
+        if let Err(e) = fill_memfd(proc, fd, name, bytes, size) {
             let _ = self.syscall(tr, libc::SYS_close, &[fd as u64]);
             return Err(e);
         }
         Ok(fd)
     }
+
+    /// New empty memfds in the target, named `names`, made in one batch; returns their
+    /// descriptors there. On a failure none is left open.
+    pub fn memfds(&mut self, tr: &mut Tracer, proc: &Process, names: &[&str]) -> Result<Vec<i32>> {
+        let mut at = Vec::with_capacity(names.len());
+        for n in names {
+            at.push(self.put_cstr(proc, n)?);
+        }
+        let made = |inj: &mut Injector, tr: &mut Tracer, flags: u64| {
+            let steps: Vec<Step> = at
+                .iter()
+                .map(|&n| Step::syscall(libc::SYS_memfd_create, &[n, flags]))
+                .collect();
+            inj.batch(tr, &steps, "memfd_create")
+        };
+        let mut fds = made(self, tr, MFD_CLOEXEC | MFD_EXEC)?;
+        if fds.first() == Some(&(-(libc::EINVAL as i64) as u64)) {
+            // Kernels before 6.3 do not know MFD_EXEC (and their memfds are executable).
+            fds = made(self, tr, MFD_CLOEXEC)?;
+        }
+        if fds.len() == names.len() && !fds.iter().any(|&v| Check::Errno.failed(v)) {
+            return Ok(fds.into_iter().map(|v| v as i32).collect());
+        }
+        let failed = fds.pop().unwrap_or(-(libc::EIO as i64) as u64) as i64;
+        let closes: Vec<Step> = fds
+            .iter()
+            .map(|&fd| Step::syscall(libc::SYS_close, &[fd]))
+            .collect();
+        self.batch(tr, &closes, "close")?;
+        Err(memfd_error(proc.pid, failed))
+    }
+}
+
+/// Write `bytes` into the target's memfd `fd` (named `name`, for messages), then size it
+/// to `size` bytes, from here through `/proc/PID/fd`.
+pub fn fill_memfd(
+    proc: &Process,
+    fd: i32,
+    name: &str,
+    bytes: &[u8],
+    size: Option<u64>,
+) -> Result<()> {
+    let path = format!("/proc/{}/fd/{fd}", proc.pid);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, bytes)?;
+            size.map_or(Ok(()), |n| f.set_len(n))
+        })
+        .with_context(|| format!("writing {name} into {path}"))
 }
 
 /// Hand the call `regs` describes (`kind`: [`CMD_SYSCALL`] or [`CMD_CALL`]) to a thread
@@ -1836,6 +2035,12 @@ fn memfd_error(pid: i32, ret: i64) -> crate::error::Error {
         return err!(
             Target,
             "process {pid} may not create executable memory files (vm.memfd_noexec is 2 for its pid namespace), which rlivepatch needs for its code and the patch; set it to 1 for that namespace and its parents, then retry"
+        );
+    }
+    if ret == -(libc::EMFILE as i64) {
+        return err!(
+            Target,
+            "process {pid} has as many files open as its limit allows (RLIMIT_NOFILE), and rlivepatch needs a few more for the patch; raise its limit (prlimit --pid {pid} --nofile=SOFT:HARD) or let it close some, then retry"
         );
     }
     err!(

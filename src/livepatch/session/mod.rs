@@ -112,7 +112,13 @@ pub struct Session<'a> {
     gates: std::collections::HashMap<Tid, (crate::os::seccomp::WaitvGate, Signals)>,
     /// The state lists last written to the runtime at its base ([`Session::set_states`]).
     states_written: Option<(u64, Vec<u64>, Vec<u64>)>,
+    /// Empty memfds made ahead in the target, by name, for the steps that fill them
+    /// ([`Session::make_memfds`]); those left are closed at the end.
+    made_memfds: Vec<(String, i32)>,
 }
+
+/// The memfd name the runtime is loaded from.
+pub const RUNTIME_MEMFD: &str = "rlp:runtime";
 
 /// An operation's result, and what tidying up after it left behind.
 pub struct Concluded<T> {
@@ -188,6 +194,7 @@ impl<'a> Session<'a> {
             fresh: true,
             gates: Default::default(),
             states_written: None,
+            made_memfds: Vec::new(),
         })
     }
 
@@ -426,8 +433,21 @@ impl<'a> Session<'a> {
         flags: i32,
     ) -> Result<std::result::Result<(u64, i32), String>> {
         self.borrow()?;
+        let fd = match self.take_memfd(name) {
+            Some(fd) => {
+                let filled = crate::remote::inject::fill_memfd(&self.proc, fd, name, bytes, None);
+                if let Err(e) = filled {
+                    self.syscall(libc::SYS_close, &[fd as u64])?;
+                    return Err(e);
+                }
+                fd
+            }
+            None => {
+                let inj = self.inj.as_mut().unwrap();
+                inj.memfd_with(&mut self.tr, &self.proc, name, bytes)?
+            }
+        };
         let inj = self.inj.as_mut().unwrap();
-        let fd = inj.memfd_with(&mut self.tr, &self.proc, name, bytes)?;
         match inj.dlopen(&mut self.tr, &self.proc, &self.proc.fd_path(fd), flags) {
             Ok(Ok(h)) => Ok(Ok((h, fd))),
             Ok(Err(text)) => {
@@ -493,14 +513,65 @@ impl<'a> Session<'a> {
         Ok(module)
     }
 
+    /// Make empty memfds named `names` in the target now, in one batch, for the steps
+    /// that fill them later this run ([`Session::load`], the record's mapping): one
+    /// hand-over to the target instead of one each.
+    pub fn make_memfds(&mut self, names: &[&str]) -> Result<()> {
+        let names: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !self.made_memfds.iter().any(|(m, _)| m == n))
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.borrow_for_syscalls()?;
+        let inj = self.inj.as_mut().unwrap();
+        let fds = inj.memfds(&mut self.tr, &self.proc, &names)?;
+        self.made_memfds
+            .extend(names.iter().map(|n| n.to_string()).zip(fds));
+        Ok(())
+    }
+
+    /// A memfd named `name` made ahead, if any: from now on the caller's.
+    fn take_memfd(&mut self, name: &str) -> Option<i32> {
+        let i = self.made_memfds.iter().position(|(n, _)| n == name)?;
+        Some(self.made_memfds.swap_remove(i).1)
+    }
+
+    /// Close the memfds made ahead that no step took (the run failed before them).
+    fn close_made_memfds(&mut self) -> Result<()> {
+        if self.made_memfds.is_empty() {
+            return Ok(());
+        }
+        self.borrow_for_syscalls()?;
+        let steps: Vec<crate::remote::inject::Step> = self
+            .made_memfds
+            .drain(..)
+            .map(|(_, fd)| crate::remote::inject::Step::syscall(libc::SYS_close, &[fd as u64]))
+            .collect();
+        let inj = self.inj.as_mut().unwrap();
+        inj.batch(&mut self.tr, &steps, "close")?;
+        Ok(())
+    }
+
     /// Unload an object loaded with [`Session::load`].
     pub fn unload(&mut self, handle: u64, fd: i32) -> Result<()> {
         if crate::os::fault::fails("unload") {
             bail!(Failed, "dlclose: Input/output error");
         }
         self.borrow()?;
-        let r = self.inj.as_mut().unwrap().dlclose(&mut self.tr, handle)?;
-        self.syscall(libc::SYS_close, &[fd as u64])?;
+        let inj = self.inj.as_mut().unwrap();
+        let steps = [
+            crate::remote::inject::Step::call(
+                inj.libc.dlclose,
+                &[handle],
+                crate::remote::inject::Check::Never,
+            ),
+            crate::remote::inject::Step::syscall(libc::SYS_close, &[fd as u64]),
+        ];
+        let done = inj.batch(&mut self.tr, &steps, "dlclose")?;
+        let r = done[0] as i32;
         if r != 0 {
             self.progress(&format!("warning: dlclose returned {r}"));
         }
@@ -524,10 +595,12 @@ impl<'a> Session<'a> {
         }
         if self.store.is_none() {
             self.borrow_for_syscalls()?;
+            let made = self.take_memfd(crate::livepatch::store::MEMFD_NAME);
             self.store = Some(Store::create(
                 self.inj.as_mut().unwrap(),
                 &mut self.tr,
                 &self.proc,
+                made,
             )?);
             self.refresh()?;
         }
@@ -720,6 +793,9 @@ impl<'a> Session<'a> {
         // asked to stop meanwhile.
         self.tr.finishing = true;
         let mut first: Option<Error> = self.thaw().err();
+        if let Err(e) = self.close_made_memfds() {
+            first.get_or_insert(e);
+        }
         let kept = self
             .scratch
             .filter(|s| self.record.scratch == Some(*s) && self.record.runtime.is_some());

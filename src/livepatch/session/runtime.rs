@@ -14,7 +14,7 @@ impl Session<'_> {
         }
         crate::remote::runtime::layout()?;
         let (handle, fd) = match self.load(
-            "rlp:runtime",
+            super::RUNTIME_MEMFD,
             crate::remote::runtime::IMAGE,
             libc::RTLD_NOW | libc::RTLD_GLOBAL,
         )? {

@@ -85,6 +85,17 @@ pub fn run(
     // From here on the record says what is going on, so that a failure, or the death of
     // rlivepatch, can be undone from it.
     s.borrow()?;
+    // The memfds this apply fills (the record's, the runtime's, the patch's), made in one
+    // hand-over to the target.
+    let mut memfds = Vec::new();
+    if s.store.is_none() {
+        memfds.push(crate::livepatch::store::MEMFD_NAME.to_string());
+    }
+    if s.record.runtime.is_none() {
+        memfds.push(crate::livepatch::session::RUNTIME_MEMFD.to_string());
+    }
+    memfds.push(format!("rlp:{}", patch.name));
+    s.make_memfds(&memfds.iter().map(String::as_str).collect::<Vec<_>>())?;
     let mut pending = crate::livepatch::record::Pending::new("apply", &patch.name);
     pending.scratch = s.scratch;
     s.record.pending = Some(pending);
