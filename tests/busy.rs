@@ -128,3 +128,69 @@ fn many_idle_threads_and_many_functions() {
     assert_eq!(call(&mut t), ORIGINAL);
     assert_eq!((t.stable_maps(), t.fd_count()), base);
 }
+
+/// A thread asleep when rlivepatch attaches (where each thread sleeps is read once, then)
+/// and at work by the switch: its stop shows it was at work, and it is let go at once and
+/// stopped again with the threads on a CPU (not held stopped while the others are
+/// checked). The switch waits for a thread inside the changed function meanwhile, which
+/// is when the sleeper is woken.
+#[test]
+fn a_thread_asleep_at_the_attach_and_at_work_at_the_switch_counts_as_at_work() {
+    use std::io::BufRead;
+    let exe = fixture("waking", "waking", &[]);
+    let mut t = Target::start_with_stdin(&exe, &[]);
+    let worker: i32 = t.wait_line(|l| l.starts_with("worker "), T)[7..]
+        .trim()
+        .parse()
+        .unwrap();
+    t.wait_line(|l| l.starts_with("blocker "), T);
+    let fix = patch("counter-fix");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &t.pid.to_string(), fix.to_str().unwrap()])
+        .env("RLIVEPATCH_TRACE", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its trace read as it comes (a full pipe would stop it).
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for l in err.lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    // The blocker holds the switch (a return trampoline planted for it); the worker is
+    // woken and at work before the blocker is let out.
+    while !seen.iter().any(|l: &String| l.contains("switch:planted")) {
+        match rx.recv_timeout(T) {
+            Ok(l) => seen.push(l),
+            Err(e) => panic!("no planted trampoline ({e}): {seen:?}"),
+        }
+    }
+    t.send("wake");
+    t.wait_line(|l| l.starts_with("compute("), T);
+    t.send("unblock");
+    t.wait_line(|l| l == "unblocked", T);
+    let ok = child.wait().unwrap().success();
+    reader.join().unwrap();
+    seen.extend(rx.try_iter());
+    assert!(ok, "{seen:?}");
+    let at_work = format!("thread {worker} was at work");
+    assert!(
+        seen.iter().any(|l| l.contains(&at_work)),
+        "the worker was not found at work: {seen:?}"
+    );
+    // The worker runs the new code.
+    t.wait_line(
+        |l| {
+            let (i, v) = value(l);
+            v == i * 100
+        },
+        T,
+    );
+}

@@ -511,11 +511,15 @@ impl SyscallFile {
     pub fn read(&mut self, pid: i32, tid: i32) -> Option<Vec<u8>> {
         use std::sync::atomic::Ordering;
         if self.0.is_none() {
-            // Within the run's share of descriptors: a quarter of the soft limit.
-            let cap = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                .map(|(soft, _)| (soft / 4) as usize)
-                .unwrap_or(0)
-                .min(KEPT_MAX);
+            // Within the run's share of descriptors: a quarter of the soft limit (read
+            // once: a thousand threads asked it a thousand times).
+            static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+            let cap = *CAP.get_or_init(|| {
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                    .map(|(soft, _)| (soft / 4) as usize)
+                    .unwrap_or(0)
+                    .min(KEPT_MAX)
+            });
             if KEPT.fetch_add(1, Ordering::Relaxed) >= cap {
                 KEPT.fetch_sub(1, Ordering::Relaxed);
                 return read_task_file(pid, tid, "syscall");
@@ -861,11 +865,20 @@ pub fn same_program_children(pid: i32) -> Vec<i32> {
 /// made a fleet run quadratic), or from every process's parent when that is fewer reads
 /// (a process of more threads than the host has processes) or the kernel lacks the file.
 fn children(pid: i32) -> Vec<i32> {
-    let tids = task_ids(pid).unwrap_or_default();
+    // How many threads, from `status` (listing a thousand threads' directory cost half a
+    // millisecond, for a count).
+    let threads = read_proc_whole(&format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+        })
+        .unwrap_or(0);
     // Listing /proc costs more than a few threads' files: only for many threads.
-    let host = (tids.len() > 64).then(host_pids);
-    if host.as_ref().is_none_or(|h| h.len() >= tids.len())
-        && let Some(c) = children_from_tasks(pid, &tids)
+    let host = (threads > 64).then(host_pids);
+    if host.as_ref().is_none_or(|h| h.len() >= threads)
+        && let Some(c) = children_from_tasks(pid, &task_ids(pid).unwrap_or_default())
     {
         return c;
     }

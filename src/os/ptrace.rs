@@ -98,6 +98,10 @@ pub struct Thread {
     /// Where it sleeps was read once for [`Tracer::watch_blocked`]: a reattach reads only
     /// the threads attached since (one read of /proc per thread, whatever the threads).
     blocked_read: bool,
+    /// That read found it blocked in a system call, and no stop of its own said
+    /// otherwise since: the switch takes it for asleep without reading again
+    /// ([`Tracer::on_cpu_known`]).
+    asleep_when_read: bool,
     /// Its registers as read or written during the current stop: a stopped thread's
     /// registers change only through us, so one `PTRACE_GETREGS` per stop is enough.
     /// Cleared with every change of `stop` ([`Thread::set_stop`]).
@@ -109,6 +113,11 @@ pub struct Thread {
 impl Thread {
     /// Record a new stop (or that it runs): what was known of its registers is stale.
     fn set_stop(&mut self, stop: Option<Stop>) {
+        // Our interrupt leaves it where it was; a stop of its own (a system call's entry
+        // or exit, a signal, an event) says it ran.
+        if !matches!(stop, None | Some(Stop::Interrupt)) {
+            self.asleep_when_read = false;
+        }
         self.stop = stop;
         self.regs.set(None);
     }
@@ -384,12 +393,29 @@ impl Tracer {
             }
             // Drain clone events so threads created meanwhile are known.
             self.pump(Instant::now())?;
-            if !new {
+            // No thread unknown to us (the process counts as many as are attached): a
+            // second listing would find nothing new.
+            if !new || self.all_known() {
                 // The leader was attached already (a reattach): the threads just attached
                 // are watched now.
                 return self.watch_blocked(deadline);
             }
         }
+    }
+
+    /// Does the process count as many threads as are attached? Then none is unknown:
+    /// a thread that exits stays counted until its tracer reaps it, so a new thread
+    /// rlivepatch has not seen always makes the count larger. One read of `status`
+    /// instead of listing `/proc/PID/task` (half a millisecond with a thousand threads).
+    fn all_known(&self) -> bool {
+        process::read_proc_whole(&format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("Threads:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            })
+            .is_some_and(|n| n == self.threads.len())
     }
 
     /// Threads attached but never stopped that are asleep in a call a stray wake-up ends
@@ -410,11 +436,12 @@ impl Tracer {
                 if std::mem::replace(&mut t.blocked_read, true) {
                     return None;
                 }
-                t.syscall_file
+                let nr = t
+                    .syscall_file
                     .read(pid, t.tid)
-                    .and_then(|text| process::blocked_in_text(&text))
-                    .is_some_and(restart::waits_for_events)
-                    .then_some(t.tid)
+                    .and_then(|text| process::blocked_in_text(&text));
+                t.asleep_when_read = nr.is_some();
+                nr.is_some_and(restart::waits_for_events).then_some(t.tid)
             })
             .collect();
         if blocked.is_empty() {
@@ -563,6 +590,10 @@ impl Tracer {
             {
                 // Threads that were never seen by a traced thread's clone (raced with the
                 // attach) show up in /proc: attach and stop them too.
+                if self.all_known() {
+                    crate::os::fault::trace("all stopped");
+                    return Ok(());
+                }
                 let tids = process::task_ids(self.pid).unwrap_or_default();
                 let mut new = false;
                 for tid in tids {
@@ -773,6 +804,7 @@ impl Tracer {
         const DRAIN_EVERY: Duration = Duration::from_millis(2);
         let mut drain_at = Instant::now() + DRAIN_EVERY;
         let mut sweep = Instant::now() + Duration::from_millis(100);
+        let mut drained = false;
         let mut i = 0;
         while i < tids.len() {
             let tid = tids[i];
@@ -788,11 +820,15 @@ impl Tracer {
                     err!(Target, "process {} exited", self.pid).because(crate::error::Cause::Gone)
                 );
             }
-            // Signals first, so that a SIGCHLD arriving after the waitpid below wakes the
-            // poll.
-            self.read_signals();
             match wait_raw(tid) {
+                // Nothing yet: the signals are taken before a second look, so that a
+                // SIGCHLD arriving after it wakes the poll (taken for every thread, they
+                // were a system call each for nothing when the reports are there).
+                Ok(None) if !std::mem::replace(&mut drained, true) => {
+                    self.read_signals();
+                }
                 Ok(None) => {
+                    drained = false;
                     let now = Instant::now();
                     if now >= drain_at {
                         self.pump(now)?;
@@ -811,7 +847,10 @@ impl Tracer {
                     }
                     self.wait_signal(drain_at.min(sweep).min(deadline))?;
                 }
-                Ok(Some((t, status))) => self.handle(t, status)?,
+                Ok(Some((t, status))) => {
+                    drained = false;
+                    self.handle(t, status)?
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
                     // Not ours to wait for any more: it exited and was reaped.
@@ -1122,6 +1161,43 @@ impl Tracer {
         let _ = ptrace_sig(libc::PTRACE_DETACH, th.tid, sig);
     }
 
+    /// [`Tracer::on_cpu`], reading only the threads not found asleep when they were
+    /// attached (one read of /proc per thread in a run): a thread that was blocked in a
+    /// system call then, and gave no sign since, is taken for asleep. Taken wrongly, it
+    /// shows when it stops in its own code ([`Tracer::stopped_at_work`]).
+    pub fn on_cpu_known(&mut self) -> Vec<Tid> {
+        let pid = self.pid;
+        self.threads
+            .values_mut()
+            .filter(|t| t.stop.is_none() && !t.listening && !t.asleep_when_read)
+            .filter_map(|t| {
+                t.syscall_file
+                    .read(pid, t.tid)
+                    .is_some_and(|text| process::runnable_text(&text))
+                    .then_some(t.tid)
+            })
+            .collect()
+    }
+
+    /// Of `tids`, the threads at an interrupt stop in their own code, not in a system
+    /// call: they were at work when stopped. Each is taken for awake from now on.
+    pub fn stopped_at_work(&mut self, tids: &[Tid]) -> Vec<Tid> {
+        let mut out = Vec::new();
+        for &tid in tids {
+            let Some(th) = self.threads.get_mut(&tid) else {
+                continue;
+            };
+            if th.stop != Some(Stop::Interrupt) || th.listening {
+                continue;
+            }
+            if th.regs().is_ok_and(|r| (r.orig_rax as i64) < 0) {
+                th.asleep_when_read = false;
+                out.push(tid);
+            }
+        }
+        out
+    }
+
     /// The attached threads that run and are on a CPU right now (runnable, as their
     /// `syscall` file in /proc says):
     /// the ones whose stop would pause work.
@@ -1335,6 +1411,7 @@ fn new_thread(tid: Tid) -> Thread {
         syscall_traced: false,
         interrupt_sent: false,
         blocked_read: false,
+        asleep_when_read: false,
         regs: std::cell::Cell::new(None),
         syscall_file: Default::default(),
     }

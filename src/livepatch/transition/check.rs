@@ -205,7 +205,7 @@ pub(super) fn stop_and_check(
 ) -> Result<Vec<Blocker>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     crate::os::fault::trace("find threads on a CPU");
-    *first = w.tr.on_cpu();
+    *first = w.tr.on_cpu_known();
     let asleep: Vec<Tid> =
         w.tr.threads
             .values()
@@ -216,6 +216,15 @@ pub(super) fn stop_and_check(
     crate::os::fault::trace("stop asleep");
     w.tr.stop_these(&asleep, deadline)?;
     crate::os::fault::trace("asleep stopped");
+    // Taken for asleep on an earlier read but stopped at work: they go on at once and
+    // are stopped with the threads on a CPU.
+    for tid in w.tr.stopped_at_work(&asleep) {
+        crate::os::fault::trace(&format!(
+            "thread {tid} was at work: stopped again with the threads on a CPU"
+        ));
+        w.tr.resume(tid)?;
+        first.push(tid);
+    }
     w.tr.check_interrupted()?;
     let checked: BTreeSet<Tid> =
         w.tr.threads
