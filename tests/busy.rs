@@ -139,11 +139,12 @@ fn a_thread_asleep_at_the_attach_and_at_work_at_the_switch_counts_as_at_work() {
     use std::io::BufRead;
     let exe = fixture("waking", "waking", &[]);
     let mut t = Target::start_with_stdin(&exe, &[]);
-    let worker: i32 = t.wait_line(|l| l.starts_with("worker "), T)[7..]
+    // (Printed by the threads as they start: before or after "ready".)
+    let worker: i32 = t.wait_seen(|l| l.starts_with("worker "), T)[7..]
         .trim()
         .parse()
         .unwrap();
-    t.wait_line(|l| l.starts_with("blocker "), T);
+    t.wait_seen(|l| l.starts_with("blocker "), T);
     let fix = patch("counter-fix");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
         .args(["apply", &t.pid.to_string(), fix.to_str().unwrap()])
@@ -173,7 +174,23 @@ fn a_thread_asleep_at_the_attach_and_at_work_at_the_switch_counts_as_at_work() {
         }
     }
     t.send("wake");
-    t.wait_line(|l| l.starts_with("compute("), T);
+    let woke = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        t.wait_line(|l| l.starts_with("compute("), T);
+    }));
+    if let Err(e) = woke {
+        seen.extend(rx.try_iter());
+        let states: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", t.pid))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+                let sys = std::fs::read_to_string(p.join("syscall")).unwrap_or_default();
+                format!("{stat:.40} | {sys:.30}")
+            })
+            .collect();
+        eprintln!("threads: {states:#?}\nrlivepatch: {seen:#?}");
+        std::panic::resume_unwind(e);
+    }
     t.send("unblock");
     t.wait_line(|l| l == "unblocked", T);
     let ok = child.wait().unwrap().success();

@@ -146,6 +146,24 @@ impl Store {
         })
     }
 
+    /// The mapping that holds the record, as `/proc/PID/maps` shows it (its device and
+    /// inode aside).
+    pub fn mapping(&self) -> Mapping {
+        Mapping {
+            start: self.addr,
+            end: self.addr + STATE_SIZE,
+            read: true,
+            write: true,
+            exec: false,
+            shared: false,
+            offset: 0,
+            dev: (0, 0),
+            inode: 0,
+            path: format!("/memfd:{MEMFD_NAME}"),
+            deleted: true,
+        }
+    }
+
     /// Write the record (the slot not holding the newest one).
     pub fn save(&mut self, proc: &Process, rec: &Record) -> Result<()> {
         let body = serde_json::to_vec(rec).map_err(|e| err!(Failed, "encoding the state: {e}"))?;

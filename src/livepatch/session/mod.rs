@@ -596,13 +596,12 @@ impl<'a> Session<'a> {
         if self.store.is_none() {
             self.borrow_for_syscalls()?;
             let made = self.take_memfd(crate::livepatch::store::MEMFD_NAME);
-            self.store = Some(Store::create(
-                self.inj.as_mut().unwrap(),
-                &mut self.tr,
-                &self.proc,
-                made,
-            )?);
-            self.refresh()?;
+            let store = Store::create(self.inj.as_mut().unwrap(), &mut self.tr, &self.proc, made)?;
+            // The maps gain the record's mapping, as the kernel made it (no object in it:
+            // no need to read them all again).
+            self.maps.push(store.mapping());
+            self.maps.sort_by_key(|m| m.start);
+            self.store = Some(store);
         }
         self.store.as_mut().unwrap().save(&self.proc, &self.record)
     }
