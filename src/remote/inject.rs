@@ -38,6 +38,13 @@
 //! timed `FUTEX_WAIT`, whose interruption does write the block: then such a thread waits
 //! in a `ppoll` (which writes none) and is taken back after each call.
 //! Without the shared page (a kernel before 5.6), calls are caught at `rt_sigreturn`.
+//!
+//! Batches ([`Injector::batch`]). Calls whose arguments are known up front (the memfds
+//! of an apply, a mapping and the close of its descriptor, `dlclose` and a close) are
+//! posted together: the stub runs them one after the other from a queue in the notify
+//! block and wakes rlivepatch once, after the last or the first that failed its
+//! [`Check`]. Each hand-over between the two processes waits for a CPU on a busy machine;
+//! a batch makes one of several.
 
 use crate::elf::objects::Objects;
 use crate::elf::symbols::SymKind;
