@@ -114,25 +114,73 @@ impl SharedPage {
     }
 
     /// Sleep while the word at `off` is `val`, at most `timeout` (a shared futex: the
-    /// target's `FUTEX_WAKE` on its own mapping of the page wakes it).
+    /// target's `FUTEX_WAKE` on its own mapping of the page wakes it), or until a ptrace
+    /// event of a traced thread (its SIGCHLD): a call that creates a thread stops in it
+    /// until rlivepatch has seen the clone, which it would otherwise see only when the
+    /// timeout ends.
     pub fn wait_while(&self, off: usize, val: u32, timeout: Duration) {
         let ts = libc::timespec {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_nsec: timeout.subsec_nanos() as libc::c_long,
         };
         let word = self.u32_at(off) as *const AtomicU32;
-        // SAFETY: futex(2) FUTEX_WAIT on an aligned word of our mapping, with a timeout
-        // that lives across the call; an early return (EAGAIN, EINTR, timeout) is fine.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                word,
-                libc::FUTEX_WAIT,
-                val,
-                &ts as *const libc::timespec,
-            )
-        };
+        let child = child_wakes();
+        // A SIGCHLD pending already is taken here (by the handler), and the wait skipped;
+        // one arriving during the wait ends it (EINTR). One arriving in between is seen
+        // only at the timeout, as without the handler.
+        if let Some(set) = child {
+            set.thread_unblock().ok();
+        }
+        if !CHILD_EVENT.swap(false, Ordering::SeqCst) {
+            // SAFETY: futex(2) FUTEX_WAIT on an aligned word of our mapping, with a
+            // timeout that lives across the call; an early return (EAGAIN, EINTR,
+            // timeout) is fine.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    word,
+                    libc::FUTEX_WAIT,
+                    val,
+                    &ts as *const libc::timespec,
+                )
+            };
+        }
+        if let Some(set) = child {
+            set.thread_block().ok();
+        }
+        CHILD_EVENT.store(false, Ordering::SeqCst);
     }
+}
+
+/// Set by the SIGCHLD handler of [`SharedPage::wait_while`].
+static CHILD_EVENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_child(_: libc::c_int) {
+    // Async-signal-safe: one atomic store.
+    CHILD_EVENT.store(true, Ordering::SeqCst);
+}
+
+/// SIGCHLD with a handler that only notes it and does not restart system calls, so
+/// that it ends a futex wait of a thread that unblocks it; elsewhere it stays blocked
+/// and is read through the tracer's signalfd. `None` if the handler could not be set.
+fn child_wakes() -> Option<&'static nix::sys::signal::SigSet> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
+    static SET: std::sync::OnceLock<Option<SigSet>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        let action = SigAction::new(
+            SigHandler::Handler(on_child),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic (async-signal-safe); it replaces
+        // SIGCHLD's default action, which ignores the signal and changes nothing about
+        // how children are reaped.
+        unsafe { nix::sys::signal::sigaction(Signal::SIGCHLD, &action) }.ok()?;
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGCHLD);
+        Some(set)
+    })
+    .as_ref()
 }
 
 impl Drop for SharedPage {
