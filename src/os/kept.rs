@@ -81,8 +81,37 @@ fn trusted(m: &std::fs::Metadata) -> bool {
     m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0
 }
 
+/// The kept files read or written by this run, by key: a fleet run asks the same facts
+/// for every process that maps the same files, and reads each file once.
+fn memo() -> &'static std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<[u8]>>> {
+    static MEMO: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<[u8]>>>,
+    > = std::sync::OnceLock::new();
+    MEMO.get_or_init(Default::default)
+}
+
 /// The fact kept under `key`, if there is a usable one.
 pub fn load<T: serde::de::DeserializeOwned>(key: &str) -> Option<T> {
+    let known = memo().lock().ok()?.get(key).cloned();
+    let bytes = match known {
+        Some(b) => b,
+        None => {
+            let b: std::sync::Arc<[u8]> = read_kept(key)?.into();
+            memo().lock().ok()?.insert(key.to_string(), b.clone());
+            b
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            crate::os::fault::trace("kept fact ignored: it does not parse");
+            None
+        }
+    }
+}
+
+/// The bytes of the kept file `key`, if it is rlivepatch's user's own.
+fn read_kept(key: &str) -> Option<Vec<u8>> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -95,13 +124,7 @@ pub fn load<T: serde::de::DeserializeOwned>(key: &str) -> Option<T> {
     }
     let mut bytes = Vec::new();
     (&f).read_to_end(&mut bytes).ok()?;
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            crate::os::fault::trace("kept fact ignored: it does not parse");
-            None
-        }
-    }
+    Some(bytes)
 }
 
 /// The fact `kind` about `parts` (`None`: a file it depends on has no version), kept
@@ -140,6 +163,9 @@ pub fn store<T: serde::Serialize>(key: &str, value: &T) {
     let Ok(bytes) = serde_json::to_vec(value) else {
         return;
     };
+    if let Ok(mut m) = memo().lock() {
+        m.insert(key.to_string(), bytes.clone().into());
+    }
     let tmp = dir.join(format!(".{key}.{}", nix::unistd::gettid()));
     let written = std::fs::OpenOptions::new()
         .write(true)
