@@ -14,6 +14,17 @@ fn counter() -> (Target, u64, Snapshot) {
     (t, entry, snap)
 }
 
+/// The target prints patched values (counter-fix: `x * 100`).
+fn wait_patched(t: &mut Target) {
+    t.wait_line(
+        |l| {
+            let (i, v) = value(l);
+            v == i * 100
+        },
+        Duration::from_secs(10),
+    );
+}
+
 /// The target keeps printing unpatched values.
 fn still_original(t: &mut Target) {
     for l in t.next_lines(2) {
@@ -134,13 +145,7 @@ fn same_name_twice_and_disabling_unknown_names() {
     let pid = t.pid.to_string();
     let fix = patch("counter-fix");
     rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
-    t.wait_line(
-        |l| {
-            let (i, v) = value(l);
-            v == i * 100
-        },
-        Duration::from_secs(10),
-    );
+    wait_patched(&mut t);
     let snap = t.snapshot(entry);
 
     let e = rlp_fails(&["apply", &pid, fix.to_str().unwrap()], 5);
@@ -252,13 +257,7 @@ fn a_process_at_its_open_file_limit_is_refused_untouched() {
     still_original(&mut t);
     set_nofile(t.pid, old);
     rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
-    t.wait_line(
-        |l| {
-            let (i, v) = value(l);
-            v == i * 100
-        },
-        Duration::from_secs(10),
-    );
+    wait_patched(&mut t);
 }
 
 /// `check` is apply's preflight: what apply refuses, check refuses with the same exit

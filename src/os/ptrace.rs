@@ -1166,17 +1166,7 @@ impl Tracer {
     /// system call then, and gave no sign since, is taken for asleep. Taken wrongly, it
     /// shows when it stops in its own code ([`Tracer::stopped_at_work`]).
     pub fn on_cpu_known(&mut self) -> Vec<Tid> {
-        let pid = self.pid;
-        self.threads
-            .values_mut()
-            .filter(|t| t.stop.is_none() && !t.listening && !t.asleep_when_read)
-            .filter_map(|t| {
-                t.syscall_file
-                    .read(pid, t.tid)
-                    .is_some_and(|text| process::runnable_text(&text))
-                    .then_some(t.tid)
-            })
-            .collect()
+        self.runnable(false)
     }
 
     /// Of `tids`, the threads at an interrupt stop in their own code, not in a system
@@ -1202,10 +1192,16 @@ impl Tracer {
     /// `syscall` file in /proc says):
     /// the ones whose stop would pause work.
     pub fn on_cpu(&mut self) -> Vec<Tid> {
+        self.runnable(true)
+    }
+
+    /// The running threads runnable as their `syscall` file says, read for each (or,
+    /// without `all`, for those not found asleep at the attach).
+    fn runnable(&mut self, all: bool) -> Vec<Tid> {
         let pid = self.pid;
         self.threads
             .values_mut()
-            .filter(|t| t.stop.is_none() && !t.listening)
+            .filter(|t| t.stop.is_none() && !t.listening && (all || !t.asleep_when_read))
             .filter_map(|t| {
                 t.syscall_file
                     .read(pid, t.tid)
