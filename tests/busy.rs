@@ -211,3 +211,71 @@ fn a_thread_asleep_at_the_attach_and_at_work_at_the_switch_counts_as_at_work() {
         T,
     );
 }
+
+/// Each thread's slice, as read from `/proc`, for the threads in `before`.
+fn slices_of(t: &Target, before: &std::collections::BTreeMap<i32, u64>) -> Vec<(i32, u64)> {
+    let now = t.slices();
+    before
+        .keys()
+        .map(|tid| (*tid, *now.get(tid).unwrap_or(&0)))
+        .collect()
+}
+
+#[test]
+fn on_crowded_cpus_the_threads_waited_for_get_a_short_slice_and_then_theirs_back() {
+    let exe = bench_target();
+    let p = bench_patch(1, false);
+    // More busy threads than CPUs: every CPU has a thread waiting for it.
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let busy = (cpus + 1).to_string();
+    let mut t = Target::start_with_stdin(&exe, &[busy.as_str(), "2"]);
+    let pid = t.pid.to_string();
+    let before = t.slices();
+    if before.is_empty() {
+        return skip(
+            "on_crowded_cpus_the_threads_waited_for_get_a_short_slice_and_then_theirs_back",
+            "the kernel shows no se.slice in /proc/PID/task/TID/sched",
+        );
+    }
+    let expected: Vec<(i32, u64)> = before.iter().map(|(t, s)| (*t, *s)).collect();
+    // Interrupted once the patch is loaded (the threads were waited for): undone, and
+    // the slices given back with the rest.
+    let (at, snap) = t.snapshot_of("libbench.so", "bf000");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["apply", &pid, p.to_str().unwrap()])
+        .env("RLIVEPATCH_FAULT", "apply:pre_patched")
+        .env("RLIVEPATCH_FAULT_SIGNAL", format!("tool:{}", libc::SIGINT))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    t.assert_untouched(&snap, at);
+    assert_eq!(
+        slices_of(&t, &before),
+        expected,
+        "slices after the interrupted apply"
+    );
+    let out = rlp_env(
+        &["apply", &pid, p.to_str().unwrap()],
+        &[("RLIVEPATCH_TRACE", "1")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // The path was taken where the kernel has custom slices (6.12 on; before, it
+    // ignores the request and nothing changes).
+    let taken = err.contains("short slice for");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .split(['.', '-'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    assert!(
+        taken || (major, minor) < (6, 12),
+        "no short slice on {release}: {err}"
+    );
+    assert_eq!(call(&mut t), PATCHED);
+    assert_eq!(slices_of(&t, &before), expected, "slices after the apply");
+    rlp_ok(&["disable", &pid, "bench"]);
+    assert_eq!(call(&mut t), ORIGINAL);
+    assert_eq!(slices_of(&t, &before), expected, "slices after the disable");
+    t.assert_running();
+}

@@ -23,6 +23,7 @@ pub fn main() -> ExitCode {
     // rlivepatch's priority follows what it does, and it paces itself from here (see the
     // pace module): before the first trace point, which may pause.
     crate::os::pace::init();
+    crate::os::slice::init();
     crate::os::fault::trace("started");
     let cli = Cli::parse_args();
     // SIGINT, SIGTERM and SIGHUP are read by the tracer between two steps, so that the

@@ -185,6 +185,11 @@ fn own_running() -> usize {
         .count()
 }
 
+/// Do tasks wait for a CPU (an answer at most [`CROWDED_TTL_NS`] old)?
+pub fn crowded_cpus() -> bool {
+    crowded().0
+}
+
 /// Target threads lent to rlivepatch (borrowed for injected calls) that are runnable.
 fn lent_running() -> usize {
     let lent = LENT.lock().map(|l| l.clone()).unwrap_or_default();
@@ -201,6 +206,8 @@ static LENT: std::sync::Mutex<Vec<(i32, i32)>> = std::sync::Mutex::new(Vec::new(
 pub struct Lent {
     pid: i32,
     tid: i32,
+    /// Its slice while lent: short, so that each hand-over runs it at once.
+    _slice: Option<crate::os::slice::Shortened>,
 }
 
 impl Lent {
@@ -209,7 +216,13 @@ impl Lent {
         if let Ok(mut l) = LENT.lock() {
             l.push((pid, tid));
         }
-        Lent { pid, tid }
+        Lent {
+            pid,
+            tid,
+            _slice: crowded_cpus()
+                .then(|| crate::os::slice::shorten(tid))
+                .flatten(),
+        }
     }
 }
 

@@ -186,6 +186,9 @@ pub struct Tracer {
     /// The lock against another rlivepatch, held until the tracer is dropped (after the
     /// last detach).
     lock: Option<crate::os::lock::Lock>,
+    /// Threads given a short slice before rlivepatch waited for them on crowded CPUs
+    /// ([`Tracer::hurry`]), given back at their detach (`None`: none was needed).
+    hurried: std::collections::HashMap<Tid, Option<crate::os::slice::Shortened>>,
 }
 
 /// One report of `waitpid` about a traced thread, decoded from the raw status.
@@ -332,6 +335,7 @@ impl Tracer {
             watch_all: false,
             gone: Default::default(),
             lock: None,
+            hurried: Default::default(),
         };
         crate::os::fault::set_target(pid);
         // One rlivepatch at a time: wait for another one working on this process.
@@ -567,6 +571,13 @@ impl Tracer {
         self.world_stopped = true;
         crate::os::pace::world_stopped(true);
         loop {
+            let waited: Vec<Tid> = self
+                .threads
+                .values()
+                .filter(|th| (th.stop.is_none() || th.listening) && !th.interrupt_sent)
+                .map(|th| th.tid)
+                .collect();
+            self.hurry(&waited);
             for th in self.threads.values_mut() {
                 th.want_run = false;
                 if (th.stop.is_none() || th.listening) && !th.interrupt_sent {
@@ -647,8 +658,13 @@ impl Tracer {
             return Ok(true);
         }
         if !th.interrupt_sent {
+            self.hurry(&[tid]);
             match ptrace::interrupt(Pid::from_raw(tid)) {
-                Ok(()) => th.interrupt_sent = true,
+                Ok(()) => {
+                    if let Some(th) = self.threads.get_mut(&tid) {
+                        th.interrupt_sent = true;
+                    }
+                }
                 Err(nix::Error::ESRCH) => return Ok(false),
                 Err(e) => bail!(Failed, "PTRACE_INTERRUPT on thread {tid}: {}", e.desc()),
             }
@@ -1152,6 +1168,7 @@ impl Tracer {
         let Some(mut th) = self.threads.remove(&tid) else {
             return;
         };
+        self.hurried.remove(&tid);
         prepare_resume(self.pid, &mut th);
         let sig = th.pending_signal.unwrap_or(0);
         if is_stop_signal(sig) {
@@ -1159,6 +1176,33 @@ impl Tracer {
         }
         crate::os::fault::trace(&format!("detach thread {tid} from {:?}", th.stop));
         let _ = ptrace_sig(libc::PTRACE_DETACH, th.tid, sig);
+    }
+
+    /// Give `tids` a short slice when the CPUs are crowded, before rlivepatch interrupts
+    /// them and waits for them: a thread asleep must run to enter its stop, and behind a
+    /// busy thread's slice it waited up to 1.4 ms (see [`crate::os::slice`]). Given back
+    /// at each one's detach. On free CPUs nothing is asked (a woken thread runs at once),
+    /// nor for more threads than CPUs at once: those queue for the CPUs whatever their
+    /// slice, and the four system calls each costs rlivepatch were measured to cost more
+    /// than they saved (2 busy threads and 100 or 1000 asleep: no shorter).
+    fn hurry(&mut self, tids: &[Tid]) {
+        if tids.len() > crate::os::pace::cpus()
+            || tids.iter().all(|t| self.hurried.contains_key(t))
+            || !crate::os::pace::crowded_cpus()
+        {
+            return;
+        }
+        let mut shortened = 0;
+        for &tid in tids {
+            self.hurried.entry(tid).or_insert_with(|| {
+                let s = crate::os::slice::shorten(tid);
+                shortened += usize::from(s.is_some());
+                s
+            });
+        }
+        if shortened > 0 {
+            crate::os::fault::trace(&format!("short slice for {shortened} threads waited for"));
+        }
     }
 
     /// [`Tracer::on_cpu`], reading only the threads not found asleep when they were
@@ -1214,6 +1258,7 @@ impl Tracer {
     /// Stop the threads `tids` (all interrupted at once) and wait until each is stopped
     /// or gone. The others keep running; threads created meanwhile run.
     pub fn stop_these(&mut self, tids: &[Tid], deadline: Instant) -> Result<()> {
+        self.hurry(tids);
         for &tid in tids {
             let Some(th) = self.threads.get_mut(&tid) else {
                 continue;

@@ -487,21 +487,62 @@ pub fn patch_src(name: &str, source: &str) -> PathBuf {
 }
 
 /// What a target looks like from the outside, to compare before and after a failure.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Snapshot {
     pub maps: Vec<String>,
     pub code: Vec<u8>,
     pub fds: usize,
+    /// Each thread's scheduler slice (rlivepatch shortens the slice of threads it waits
+    /// for on crowded CPUs, and must give it back).
+    pub slices: std::collections::BTreeMap<i32, u64>,
+}
+
+/// Equal when all is equal, the slices compared for the threads alive in both (a
+/// program may start and end threads of its own meanwhile).
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Snapshot) -> bool {
+        self.maps == other.maps
+            && self.code == other.code
+            && self.fds == other.fds
+            && self
+                .slices
+                .iter()
+                .all(|(t, s)| other.slices.get(t).is_none_or(|o| o == s))
+    }
 }
 
 impl Target {
-    /// Maps, the bytes at `addr` (an entry), the fd count.
+    /// Maps, the bytes at `addr` (an entry), the fd count, the threads' slices.
     pub fn snapshot(&self, addr: u64) -> Snapshot {
         Snapshot {
             maps: self.stable_maps(),
             code: self.read_mem(addr, 16),
             fds: self.fd_count(),
+            slices: self.slices(),
         }
+    }
+
+    /// Each thread's scheduler slice (`se.slice` of `/proc/PID/task/TID/sched`, in ns);
+    /// empty where the kernel does not show it.
+    pub fn slices(&self) -> std::collections::BTreeMap<i32, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return out;
+        };
+        for e in dir.flatten() {
+            let Ok(tid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let text = std::fs::read_to_string(e.path().join("sched")).unwrap_or_default();
+            let slice = text
+                .lines()
+                .find_map(|l| l.strip_prefix("se.slice"))
+                .and_then(|v| v.trim_start_matches([' ', ':']).trim().parse().ok());
+            if let Some(v) = slice {
+                out.insert(tid, v);
+            }
+        }
+        out
     }
 
     /// The run-time address of `symbol` in `object`, and the snapshot at it: what a
