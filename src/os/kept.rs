@@ -181,7 +181,14 @@ pub fn store<T: serde::Serialize>(key: &str, value: &T) {
 
 /// Remove the older half of the kept files when there are more than [`MAX_FILES`]
 /// (a store happens only when an answer was worked out, which costs more than this).
+/// Once per run: listing thousands of files is a millisecond, and a fleet run stores
+/// answers for every file its processes map.
 fn prune(dir: &std::path::Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| prune_now(dir));
+}
+
+fn prune_now(dir: &std::path::Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -222,10 +229,10 @@ mod tests {
                     .unwrap();
             }
         }
-        prune(&dir);
+        prune_now(&dir);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), MAX_FILES);
         std::fs::write(dir.join("one-more"), b"{}").unwrap();
-        prune(&dir);
+        prune_now(&dir);
         let left: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .flatten()
