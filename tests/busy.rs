@@ -277,5 +277,14 @@ fn on_crowded_cpus_the_threads_waited_for_get_a_short_slice_and_then_theirs_back
     rlp_ok(&["disable", &pid, "bench"]);
     assert_eq!(call(&mut t), ORIGINAL);
     assert_eq!(slices_of(&t, &before), expected, "slices after the disable");
+    // Killed while it holds the borrowed thread: that thread keeps the marked slice
+    // (100,003 ns) until the next run attaches; `repair` undoes the apply and gives it
+    // the default back.
+    rlp_killed_at("apply:pending", &["apply", &pid, p.to_str().unwrap()]);
+    let left = slices_of(&t, &before);
+    assert!(left.iter().any(|(_, s)| *s == 100_003), "{left:?}");
+    rlp_ok(&["repair", &pid]);
+    assert_eq!(slices_of(&t, &before), expected, "slices after the repair");
+    assert_eq!(call(&mut t), ORIGINAL);
     t.assert_running();
 }

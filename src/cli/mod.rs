@@ -33,6 +33,9 @@ pub fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let json = cli.command.json();
+    if cli.command.works_on_processes() {
+        crate::os::slice::hurry_self();
+    }
     let r = run(cli.command);
     crate::os::fault::trace(&format!(
         "end (paced {:.1} ms)",
@@ -73,6 +76,18 @@ fn run(cmd: Command) -> crate::error::Result<u8> {
 }
 
 impl Command {
+    /// Does the command attach to processes and hand work to their threads (then
+    /// rlivepatch asks for a short scheduler slice, see [`crate::os::slice`])?
+    fn works_on_processes(&self) -> bool {
+        matches!(
+            self,
+            Command::Apply(_)
+                | Command::Disable(_)
+                | Command::Repair(_)
+                | Command::AutoloadApply(_)
+        )
+    }
+
     /// Does the command report as JSON (`--json`)?
     fn json(&self) -> bool {
         match self {

@@ -517,6 +517,8 @@ impl Tracer {
                 let mut th = new_thread(tid);
                 th.watch_eintr = self.watch_all;
                 self.threads.insert(tid, th);
+                // A run killed while it held this thread left it a short slice.
+                crate::os::slice::heal(tid);
                 Ok(true)
             }
             Err(nix::Error::ESRCH) => Ok(false),
@@ -1181,7 +1183,7 @@ impl Tracer {
     /// Give `tids` a short slice when the CPUs are crowded, before rlivepatch interrupts
     /// them and waits for them: a thread asleep must run to enter its stop, and behind a
     /// busy thread's slice it waited up to 1.4 ms (see [`crate::os::slice`]). Given back
-    /// at each one's detach. On free CPUs nothing is asked (a woken thread runs at once),
+    /// at each one's detach (or, should rlivepatch be killed, by the next run's seize). On free CPUs nothing is asked (a woken thread runs at once),
     /// nor for more threads than CPUs at once: those queue for the CPUs whatever their
     /// slice, and the four system calls each costs rlivepatch were measured to cost more
     /// than they saved (2 busy threads and 100 or 1000 asleep: no shorter).

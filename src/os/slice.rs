@@ -13,14 +13,15 @@
 //!
 //! A shorter slice changes no priority: the thread gets no more CPU over time than its
 //! nice value gives, it only gets it sooner and in smaller pieces. rlivepatch takes one
-//! for itself at start, and one for each target thread it borrows, for the time it is
-//! borrowed only (given back as it was), and one for a thread it stops alone and waits
-//! for ([`crate::os::ptrace::Tracer`], until its detach), both only while the CPUs are
-//! crowded. A kernel without custom slices ignores the request or refuses it; both are
-//! fine. The keeper, cloned by a borrowed thread, inherits the short slice and keeps it:
-//! it is rlivepatch's own, asleep but when borrowed, and then the same reasoning holds.
-//! A `kill -9` of rlivepatch leaves the threads it held with the short slice (a hint to
-//! the scheduler, not a change of what the program computes).
+//! for itself when it works on a process ([`hurry_self`]), and, while the CPUs are
+//! crowded, one for each target thread it borrows (for the time it is borrowed) and for
+//! each it stops and waits for alone ([`crate::os::ptrace::Tracer`], until its detach);
+//! each gets its own back. Only threads with the kernel's default slice are touched (one
+//! that chose its own keeps it), and they are given [`MARK_NS`], a length no program
+//! picks: a thread left with it (rlivepatch killed with `kill -9` meanwhile, or a thread
+//! the program started from one that had it) is given the default back by the next run
+//! that attaches ([`heal`]). A kernel without custom slices (before 6.12) ignores the
+//! request; that is fine.
 
 /// `struct sched_attr` of `include/uapi/linux/sched/types.h` (`SCHED_ATTR_SIZE_VER1`).
 #[repr(C)]
@@ -38,8 +39,11 @@ struct SchedAttr {
     util_max: u32,
 }
 
-/// The slice asked for: the kernel's least.
+/// The slice rlivepatch asks for itself: the kernel's least.
 const SHORT_NS: u64 = 100_000;
+/// The slice it gives a target thread: as short, and a value no program picks (the
+/// kernel keeps it as asked), by which a thread left with it is recognised.
+pub const MARK_NS: u64 = 100_003;
 
 fn get(tid: i32) -> Option<SchedAttr> {
     let mut attr = SchedAttr::default();
@@ -78,19 +82,23 @@ const SCHED_FLAG_UTIL_CLAMP_MIN: u64 = 0x20;
 const SCHED_FLAG_UTIL_CLAMP_MAX: u64 = 0x40;
 
 /// The slice this kernel gives a task that asked for none, as rlivepatch's own at
-/// start (read before it asks for a shorter one): a borrowed thread found with it is
-/// given back with no request of its own (runtime 0), so it follows the kernel's
-/// default if that is changed later.
+/// start: only target threads found with it are shortened, and given back with no
+/// request of their own (runtime 0), so that they follow the kernel's default.
 static DEFAULT_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Ask for a short slice for rlivepatch's own thread (before it starts others, which
-/// inherit it).
+/// Read the kernel's default slice (first thing, before anything asks for another).
 pub fn init() {
-    let Some(mut attr) = get(0) else { return };
-    if !fair(&attr) {
-        return;
+    if let Some(attr) = get(0).filter(fair) {
+        DEFAULT_NS.store(attr.runtime, std::sync::atomic::Ordering::Relaxed);
     }
-    DEFAULT_NS.store(attr.runtime, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Ask for a short slice for rlivepatch's own thread, when it works on a process (the
+/// threads it starts inherit it; the programs `build` runs do not).
+pub fn hurry_self() {
+    let Some(mut attr) = get(0).filter(fair) else {
+        return;
+    };
     attr.runtime = SHORT_NS;
     set(0, &attr);
 }
@@ -101,38 +109,46 @@ fn fair(attr: &SchedAttr) -> bool {
     matches!(attr.policy as i32, libc::SCHED_OTHER | libc::SCHED_BATCH)
 }
 
-/// A target thread's scheduling attributes as found, to give back.
+/// A target thread's scheduling attributes as found, given back when dropped.
 #[derive(Debug)]
 pub struct Shortened {
     tid: i32,
     was: SchedAttr,
 }
 
-/// Give thread `tid` a short slice; `None` when it is not a fair-class thread, already
-/// has one as short, or the kernel refused.
+/// Give thread `tid` the marked short slice; `None` when it is not a fair-class thread
+/// with the default slice, or the kernel refused.
 pub fn shorten(tid: i32) -> Option<Shortened> {
-    let was = get(tid)?;
-    if !fair(&was) || was.runtime <= SHORT_NS {
-        return None;
-    }
+    let default = DEFAULT_NS.load(std::sync::atomic::Ordering::Relaxed);
+    let was = get(tid).filter(|a| fair(a) && default != 0 && a.runtime == default)?;
     let short = SchedAttr {
-        runtime: SHORT_NS,
+        runtime: MARK_NS,
         ..was
     };
     set(tid, &short).then_some(Shortened { tid, was })
+}
+
+/// The default slice back for thread `tid` if it has the mark (see the module's doc):
+/// one system call for a thread without it.
+pub fn heal(tid: i32) {
+    if let Some(attr) = get(tid).filter(|a| fair(a) && a.runtime == MARK_NS) {
+        set(tid, &SchedAttr { runtime: 0, ..attr });
+    }
 }
 
 impl Drop for Shortened {
     fn drop(&mut self) {
         // Changed since (by the program, or gone): leave it.
         match get(self.tid) {
-            Some(now) if now.runtime == SHORT_NS && now.policy == self.was.policy => {}
+            Some(now) if now.runtime == MARK_NS && now.policy == self.was.policy => {}
             _ => return,
         }
-        let mut was = self.was;
-        if was.runtime == DEFAULT_NS.load(std::sync::atomic::Ordering::Relaxed) {
-            was.runtime = 0;
-        }
-        set(self.tid, &was);
+        set(
+            self.tid,
+            &SchedAttr {
+                runtime: 0,
+                ..self.was
+            },
+        );
     }
 }

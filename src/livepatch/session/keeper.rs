@@ -60,6 +60,10 @@ impl Session<'_> {
             .find(|(parent, _)| Some(*parent) == by)
             .map(|(_, child)| *child)
             .unwrap_or(0);
+        // It inherits the borrowed thread's slice: not rlivepatch's mark (see os::slice).
+        if tid > 0 {
+            crate::os::slice::heal(tid);
+        }
         self.record.keeper = Some(KeeperRecord {
             mapping: self.proc.read_u64(base + k.vars.0)?,
             size: self.proc.read_u64(base + k.vars.1)?,
