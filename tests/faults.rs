@@ -501,3 +501,52 @@ fn twice_then_original(t: &mut Target, pid: &str, base: (Vec<String>, usize)) {
     rlp_ok(&["disable", pid, "counter-fix2"]);
     fixed_then_original(t, pid, base);
 }
+
+/// rlivepatch with `RLIVEPATCH_TRACE=1`, which must succeed; its stderr.
+fn traced_ok(args: &[&str]) -> String {
+    let o = rlp_env(args, &[("RLIVEPATCH_TRACE", "1")]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{args:?}: {err}");
+    err
+}
+
+#[test]
+fn descriptors_are_read_only_after_a_run_was_cut_short() {
+    // A busy server holds thousands of descriptors, and looking at each (a readlink) cost
+    // 40 ms per 10,000 on every operation once a patch was applied: rlivepatch looks only
+    // when a killed run may have left one of its memfds open.
+    let exe = fixture("counter", "counter-pie", &["-fPIE", "-pie"]);
+    let opens = "for i in $(seq 10 300); do eval \"exec $i</dev/null\"; done; exec \"$@\"";
+    let mut t = Target::start(
+        std::path::Path::new("/bin/bash"),
+        &["-c", opens, "counter", s(&exe), "5"],
+    );
+    t.wait_line(|l| l.contains(" = "), Duration::from_secs(10));
+    let pid = t.pid.to_string();
+    let dir = fresh_dir("fd-scan");
+    let a = counter_patch_for(&dir, "fdscan-a", &exe);
+    let b = counter_patch_for(&dir, "fdscan-b", &exe);
+    let fds = t.fd_count();
+    assert!(fds > 290, "{fds} descriptors");
+    // Nothing cut short: with no record, and then with one, no descriptor is read.
+    let e = traced_ok(&["apply", &pid, s(&a)]);
+    assert!(!e.contains("descriptors scanned"), "{e}");
+    let with_a = t.fd_count();
+    let e = traced_ok(&["apply", &pid, s(&b)]);
+    assert!(!e.contains("descriptors scanned"), "{e}");
+    let e = traced_ok(&["disable", &pid, "fdscan-b"]);
+    assert!(!e.contains("descriptors scanned"), "{e}");
+    assert_eq!(t.fd_count(), with_a);
+    // Killed once it recorded the apply and made its memfd: the next operation reads the
+    // descriptors, finds that one, closes it, and goes on.
+    rlp_killed_at("apply:pending", &["apply", &pid, s(&b)]);
+    assert!(t.fd_count() > with_a, "the killed run left no memfd open");
+    let e = traced_ok(&["apply", &pid, s(&b)]);
+    assert!(e.contains("descriptors scanned"), "{e}");
+    let e = traced_ok(&["disable", &pid, "fdscan-b"]);
+    assert!(!e.contains("descriptors scanned"), "{e}");
+    assert_eq!(t.fd_count(), with_a);
+    rlp_ok(&["disable", &pid, "fdscan-a"]);
+    assert_eq!(t.fd_count(), fds);
+    t.assert_running();
+}

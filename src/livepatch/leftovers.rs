@@ -76,12 +76,15 @@ pub fn scan(
 }
 
 /// [`scan`] before an operation: the descriptors (a `readlink` each: tens of thousands
-/// in a busy server) are looked at only when the process holds something of
-/// rlivepatch's, a record or a mapping. Every memfd rlivepatch opens in a process is
-/// opened while its private memory is mapped (created first, unmapped last) or is
-/// recorded, so a killed run's descriptor comes with a leftover mapping; the exception, a
-/// run killed between the memory's memfd and its mapping (microseconds), leaves an empty
-/// descriptor that `list` and `repair` still find.
+/// in a busy server, 40 ms for 10,000) are looked at only when something says a run was
+/// cut short: an operation the record says is under way, rlivepatch's memory or an
+/// island page nobody records, or rlivepatch's mappings in a process with no record. A
+/// run opens descriptors only where one of those shows until they are closed or
+/// recorded: the memory's memfd is mapped at once; an apply's memfds are made after it
+/// records the operation (or, on the first apply, before any record exists, with its
+/// memory mapped); the exception, a run killed between the memory's memfd and its
+/// mapping (microseconds), leaves an empty descriptor that `list` and `repair` still
+/// find.
 pub fn scan_before_operation(
     proc: &Process,
     maps: &[Mapping],
@@ -92,11 +95,71 @@ pub fn scan_before_operation(
     let ours_mapped = maps
         .iter()
         .any(|m| m.path.starts_with("/memfd:rlivepatch-") || m.path.starts_with("/memfd:rlp:"));
-    scan_fds_if(recorded || ours_mapped, proc, maps, rec, ours)
+    let mut l = scan_maps(proc, maps, rec, ours);
+    let evidence = rec.pending.is_some()
+        || (!recorded && ours_mapped)
+        || !l.orphan_scratch.is_empty()
+        || !l.orphan_islands.is_empty();
+    if evidence {
+        l.orphan_fds = orphan_fds(proc, rec);
+    }
+    l
 }
 
 fn scan_fds_if(
     fds: bool,
+    proc: &Process,
+    maps: &[Mapping],
+    rec: &Record,
+    ours: Option<crate::remote::inject::Scratch>,
+) -> Leftovers {
+    let mut l = scan_maps(proc, maps, rec, ours);
+    if fds {
+        l.orphan_fds = orphan_fds(proc, rec);
+    }
+    l
+}
+
+/// The memfds of patches (or the runtime) open in the process that the record does not
+/// know: a `readlink` of each of its descriptors.
+fn orphan_fds(proc: &Process, rec: &Record) -> Vec<(i32, String)> {
+    let mut known: Vec<i32> = rec.patches.iter().map(|p| p.fd).collect();
+    known.extend(rec.runtime.iter().map(|r| r.fd));
+    known.extend(
+        rec.pending
+            .iter()
+            .filter_map(|p| p.loading.as_ref().map(|a| a.fd)),
+    );
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", proc.pid)) else {
+        return out;
+    };
+    let mut seen = 0usize;
+    for e in dir.flatten() {
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        seen += 1;
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy().into_owned();
+        if let Some(name) = link
+            .strip_prefix("/memfd:")
+            .and_then(|n| n.strip_suffix(" (deleted)"))
+            && (name.starts_with("rlp:") || name.starts_with("rlivepatch-"))
+            && !known.contains(&fd)
+        {
+            out.push((fd, name.to_string()));
+        }
+    }
+    crate::os::fault::trace(&format!("descriptors scanned: {seen}"));
+    out
+}
+
+/// What the record and the maps tell: an interrupted operation, a keeper left without
+/// its runtime, rlivepatch's memory and island pages nobody records.
+fn scan_maps(
     proc: &Process,
     maps: &[Mapping],
     rec: &Record,
@@ -111,35 +174,6 @@ fn scan_fds_if(
     // The runtime starts the keeper and is unloaded before it ends: a keeper without a
     // runtime (see `Session::open`) is a run's unfinished unload.
     l.orphan_keeper = rec.keeper.is_some() && rec.runtime.is_none();
-    let mut known: Vec<i32> = rec.patches.iter().map(|p| p.fd).collect();
-    known.extend(rec.runtime.iter().map(|r| r.fd));
-    known.extend(
-        rec.pending
-            .iter()
-            .filter_map(|p| p.loading.as_ref().map(|a| a.fd)),
-    );
-    if let Some(dir) = fds
-        .then(|| std::fs::read_dir(format!("/proc/{}/fd", proc.pid)).ok())
-        .flatten()
-    {
-        for e in dir.flatten() {
-            let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(link) = std::fs::read_link(e.path()) else {
-                continue;
-            };
-            let link = link.to_string_lossy().into_owned();
-            if let Some(name) = link
-                .strip_prefix("/memfd:")
-                .and_then(|n| n.strip_suffix(" (deleted)"))
-                && (name.starts_with("rlp:") || name.starts_with("rlivepatch-"))
-                && !known.contains(&fd)
-            {
-                l.orphan_fds.push((fd, name.to_string()));
-            }
-        }
-    }
     let scratch = format!("/memfd:{SCRATCH_NAME}");
     let island = format!("/memfd:{ISLAND_NAME}");
     let recorded: Vec<u64> = rec.islands.iter().map(|i| i.addr).collect();

@@ -86,22 +86,36 @@ pub fn run(
     // rlivepatch, can be undone from it.
     s.borrow()?;
     // The memfds this apply fills (the record's, the runtime's, the patch's), made in one
-    // hand-over to the target.
+    // hand-over to the target. A process with a record has it say first that an apply
+    // is under way: only then does a later run look for descriptors a killed one left
+    // (see `leftovers::scan_before_operation`). Without one, the record's memfd is among
+    // them, and rlivepatch's memory, mapped already, says it.
+    let recorded = s.store.is_some();
     let mut memfds = Vec::new();
-    if s.store.is_none() {
+    if !recorded {
         memfds.push(crate::livepatch::store::MEMFD_NAME.to_string());
     }
     if s.record.runtime.is_none() {
         memfds.push(crate::livepatch::session::RUNTIME_MEMFD.to_string());
     }
     memfds.push(format!("rlp:{}", patch.name));
-    s.make_memfds(&memfds.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let memfds: Vec<&str> = memfds.iter().map(String::as_str).collect();
+    if !recorded {
+        s.make_memfds(&memfds)?;
+    }
     let mut pending = crate::livepatch::record::Pending::new("apply", &patch.name);
     pending.scratch = s.scratch;
     s.record.pending = Some(pending);
     s.save_record()?;
-    crate::os::fault::point("apply:pending");
-    match apply_steps(s, patch, resolved, coming, symbols, places) {
+    // Undone like any step after the record says the apply is under way.
+    let steps = |s: &mut Session| {
+        if recorded {
+            s.make_memfds(&memfds)?;
+        }
+        crate::os::fault::point("apply:pending");
+        apply_steps(s, patch, resolved, coming, symbols, places)
+    };
+    match steps(s) {
         Ok(v) => Ok(v),
         Err(e) => {
             let leaked = s.inj.as_ref().is_some_and(|i| i.leaked);
