@@ -1225,13 +1225,24 @@ impl Injector {
         let data_at = top.wrapping_sub(data_len as u64) & !15;
         let uc = data_at.wrapping_sub(len) & !63;
         let low = uc - 8;
-        let Some(stack) = crate::os::process::mapping_at(maps, self.ctx.rsp.wrapping_sub(1)) else {
-            bail!(
-                Failed,
-                "thread {} has no mapped stack at {:#x}",
-                self.tid,
-                self.ctx.rsp
-            );
+        // A thread started after the maps were read (a thread-per-request server starts
+        // them all the time) has its stack in a mapping they do not show: read them again.
+        let below = self.ctx.rsp.wrapping_sub(1);
+        let fresh;
+        let stack = match crate::os::process::mapping_at(maps, below) {
+            Some(m) => m,
+            None => {
+                fresh = proc.maps()?;
+                let Some(m) = crate::os::process::mapping_at(&fresh, below) else {
+                    bail!(
+                        Failed,
+                        "thread {} has no mapped stack at {:#x}",
+                        self.tid,
+                        self.ctx.rsp
+                    );
+                };
+                m
+            }
         };
         if low < stack.start || !stack.write {
             bail!(
