@@ -288,3 +288,86 @@ fn on_crowded_cpus_the_threads_waited_for_get_a_short_slice_and_then_theirs_back
     assert_eq!(call(&mut t), ORIGINAL);
     t.assert_running();
 }
+
+/// After the switch of a disable, the unload and the keeper's end run on the keeper,
+/// kept stopped at the switch, so borrowing it again attaches no thread of the program.
+/// It used to be resumed there; when its `/proc` file said `running` on its way back into
+/// its wait, every thread was attached, stopped and let go a second time (2 disables in
+/// 6 with 100 idle threads, in a release build's trace). Held at the point where the
+/// disable is committed (rlivepatch stops itself there), the keeper is in a tracing stop
+/// and every thread of the program runs free; then each thread is let go once, but the
+/// one attached after the keeper ended to unmap rlivepatch's memory.
+#[test]
+fn after_the_switch_the_keeper_waits_stopped_for_the_unload() {
+    use std::collections::BTreeSet;
+    let exe = bench_target();
+    let p = bench_patch(1, false);
+    let mut t = Target::start_with_stdin(&exe, &["1", "30"]);
+    let pid = t.pid.to_string();
+    let tasks = || -> BTreeSet<i32> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    let state = |tid: i32| -> (char, i32) {
+        let dir = format!("/proc/{pid}/task/{tid}");
+        let stat = std::fs::read_to_string(format!("{dir}/stat")).unwrap();
+        let st = stat.rsplit(") ").next().unwrap().chars().next().unwrap();
+        let status = std::fs::read_to_string(format!("{dir}/status")).unwrap();
+        (st, field(&status.replace(":\t", "="), "TracerPid") as i32)
+    };
+    let base = (t.stable_maps(), t.fd_count());
+    let program = tasks();
+    rlp_ok(&["apply", &pid, p.to_str().unwrap()]);
+    assert_eq!(call(&mut t), PATCHED);
+    let keeper: Vec<i32> = tasks().difference(&program).copied().collect();
+    assert_eq!(keeper.len(), 1, "one thread more: the keeper");
+    let keeper = keeper[0];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rlivepatch"))
+        .args(["disable", &pid, "bench"])
+        .env("RLIVEPATCH_TRACE", "1")
+        .env("RLIVEPATCH_FAULT", "disable:committed")
+        .env("RLIVEPATCH_FAULT_SIGNAL", format!("tool:{}", libc::SIGSTOP))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(child.stderr.take().unwrap());
+    let tool = child.id() as i32;
+    wait_for("rlivepatch to stop itself after the switch", || {
+        std::fs::read_to_string(format!("/proc/{tool}/stat"))
+            .is_ok_and(|s| s.rsplit(") ").next().unwrap().starts_with('T'))
+    });
+    let (keeper_state, keeper_tracer) = state(keeper);
+    let traced: Vec<i32> = program
+        .iter()
+        .copied()
+        .filter(|&t| state(t).1 != 0)
+        .collect();
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(tool, libc::SIGCONT) };
+    let ok = child.wait().unwrap().success();
+    let err: Vec<String> = rx.iter().collect();
+    assert!(ok, "{err:?}");
+    assert_eq!(
+        (keeper_state, keeper_tracer),
+        ('t', tool),
+        "the keeper is held stopped by rlivepatch after the switch"
+    );
+    assert!(
+        traced.is_empty(),
+        "program threads still traced: {traced:?}"
+    );
+    let mut detached = std::collections::BTreeMap::<&str, usize>::new();
+    for l in &err {
+        if let Some(rest) = l.split("detach thread ").nth(1) {
+            *detached.entry(rest.split(' ').next().unwrap()).or_default() += 1;
+        }
+    }
+    assert!(detached.len() >= program.len(), "{detached:?}");
+    let twice: Vec<_> = detached.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.len() <= 1, "let go more than once: {twice:?}");
+    assert_eq!(call(&mut t), ORIGINAL);
+    assert_eq!((t.stable_maps(), t.fd_count()), base);
+}

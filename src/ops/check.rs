@@ -87,6 +87,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
             scratch: None,
             shadow_stack: false,
             keep: None,
+            park: None,
         };
         let blockers = transition::check_all(&mut w, &plan, false)?;
         Ok(CheckReport {

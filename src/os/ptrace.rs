@@ -1278,7 +1278,7 @@ impl Tracer {
 
     /// Detach every stopped thread but `keep`, `first` before the others (detaching lets
     /// a thread run); then resume the kept ones.
-    pub fn detach_all_but(&mut self, keep: &[Tid], first: &[Tid]) -> Result<()> {
+    pub fn detach_all_but(&mut self, keep: &[Tid], first: &[Tid], park: Option<Tid>) -> Result<()> {
         crate::os::fault::trace("detach all but");
         self.world_stopped = false;
         crate::os::pace::world_stopped(false);
@@ -1300,7 +1300,7 @@ impl Tracer {
                 self.detach_one(tid);
             }
         }
-        for &tid in keep {
+        for &tid in keep.iter().filter(|&&t| Some(t) != park) {
             self.resume(tid)?;
         }
         // Threads not stopped (listening in a group-stop) stay attached; the rest are

@@ -115,6 +115,21 @@ impl Session<'_> {
             .is_some_and(|sp| (k.mapping..k.mapping + k.size).contains(&sp))
     }
 
+    /// Kept stopped at a switch ([`crate::livepatch::transition::World::park`]), in a
+    /// system call on its own stack: where it sleeps, as [`Session::keeper_asleep`] asks
+    /// of a thread not held (its `/proc` file says `running` for a stopped thread).
+    fn keeper_parked(&self, tid: Tid) -> bool {
+        let Some(k) = self.record.keeper.as_ref() else {
+            return false;
+        };
+        if self.tr.threads.get(&tid).is_none_or(|t| t.stop.is_none()) {
+            return false;
+        }
+        self.tr.regs(tid).is_ok_and(|r| {
+            (r.orig_rax as i64) >= 0 && (k.mapping..k.mapping + k.size).contains(&r.rsp)
+        })
+    }
+
     /// The keeper, stopped and fit for calls; `None` when there is none or it is not
     /// usable now (then the program's threads are tried).
     pub(super) fn borrowable_keeper(&mut self) -> Result<Option<Tid>> {
@@ -122,7 +137,7 @@ impl Session<'_> {
             return Ok(None);
         };
         let borrowed = self.inj.as_ref().is_some_and(|i| i.tid == tid);
-        if !borrowed && !self.keeper_asleep(tid) {
+        if !borrowed && !self.keeper_parked(tid) && !self.keeper_asleep(tid) {
             return Ok(None);
         }
         if !self.tr.attach_one(tid)? {

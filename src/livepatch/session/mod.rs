@@ -650,6 +650,13 @@ impl<'a> Session<'a> {
                 }
             }
         };
+        // The keeper, kept, stays stopped: nothing of the program waits for it.
+        let park = self
+            .record
+            .keeper
+            .as_ref()
+            .map(|k| k.tid)
+            .filter(|t| keep.as_ref().is_some_and(|k| k.contains(t)));
         let mut w = transition::World {
             tr: &mut self.tr,
             proc: &self.proc,
@@ -659,6 +666,7 @@ impl<'a> Session<'a> {
             scratch: self.scratch,
             shadow_stack: self.proc.status.shadow_stack,
             keep,
+            park,
         };
         let progress = &mut self.progress;
         let r = transition::switch(&mut w, plan, &opts, &mut |p| {

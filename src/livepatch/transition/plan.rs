@@ -72,4 +72,8 @@ pub struct World<'a> {
     /// After a successful switch, only these threads stay attached (resumed); the others
     /// are detached. `None`: all are resumed and stay attached.
     pub keep: Option<Vec<Tid>>,
+    /// rlivepatch's keeper, when it is among `keep`: it stays stopped after the switch
+    /// (no thread of the program waits for it), so that the calls that follow borrow it
+    /// at once instead of catching it on its way back into its wait.
+    pub park: Option<Tid>,
 }

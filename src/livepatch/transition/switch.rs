@@ -223,7 +223,7 @@ impl<'s, 'a> Switch<'s, 'a> {
         }
         let resumed = match &self.w.keep {
             None => self.w.tr.resume_all_first(&self.busy),
-            Some(keep) => self.w.tr.detach_all_but(keep, &self.busy),
+            Some(keep) => self.w.tr.detach_all_but(keep, &self.busy, self.w.park),
         };
         match resumed {
             Err(e) => Ended::Undo(e),
