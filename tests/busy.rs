@@ -50,6 +50,13 @@ fn bench_patch(funcs: usize, island: bool) -> PathBuf {
     )
 }
 
+/// bench-target started with `busy` busy threads and `idle` idle ones; its pid as text.
+fn start_bench(busy: &str, idle: &str) -> (Target, String) {
+    let t = Target::start_with_stdin(&bench_target(), &[busy, idle]);
+    let pid = t.pid.to_string();
+    (t, pid)
+}
+
 /// bf000(1) as the target computes it now.
 fn call(t: &mut Target) -> String {
     t.send("call 1");
@@ -61,10 +68,8 @@ const PATCHED: &str = "4101"; // 1 * 3 + 0x1002
 
 #[test]
 fn busy_threads_calling_the_functions_get_every_switch() {
-    let exe = bench_target();
     let p = bench_patch(100, false);
-    let mut t = Target::start_with_stdin(&exe, &["2", "20"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid) = start_bench("2", "20");
     let base = (t.stable_maps(), t.fd_count());
     let mut caught = 0;
     for _ in 0..5 {
@@ -87,10 +92,8 @@ fn busy_threads_calling_the_functions_get_every_switch() {
 fn a_single_thread_waiting_in_fgets_is_borrowed() {
     // The only thread sits in read() under fgets(), holding stdin's lock: that lock is
     // never taken by the loader, so it is a fine thread for dlopen.
-    let exe = bench_target();
     let p = bench_patch(1, true);
-    let mut t = Target::start_with_stdin(&exe, &["0", "0"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid) = start_bench("0", "0");
     let r = json(&rlp_ok(&["apply", &pid, p.to_str().unwrap(), "--json"]));
     let via: Vec<&str> = r["functions"]
         .as_array()
@@ -108,10 +111,8 @@ fn a_single_thread_waiting_in_fgets_is_borrowed() {
 
 #[test]
 fn many_idle_threads_and_many_functions() {
-    let exe = bench_target();
     let p = bench_patch(1000, false);
-    let mut t = Target::start_with_stdin(&exe, &["2", "300"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid) = start_bench("2", "300");
     let base = (t.stable_maps(), t.fd_count());
     let r = json(&rlp_ok(&["apply", &pid, p.to_str().unwrap(), "--json"]));
     assert_eq!(r["functions"].as_array().unwrap().len(), 1000);
@@ -223,13 +224,11 @@ fn slices_of(t: &Target, before: &std::collections::BTreeMap<i32, u64>) -> Vec<(
 
 #[test]
 fn on_crowded_cpus_the_threads_waited_for_get_a_short_slice_and_then_theirs_back() {
-    let exe = bench_target();
     let p = bench_patch(1, false);
     // More busy threads than CPUs: every CPU has a thread waiting for it.
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let busy = (cpus + 1).to_string();
-    let mut t = Target::start_with_stdin(&exe, &[busy.as_str(), "2"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid) = start_bench(busy.as_str(), "2");
     let before = t.slices();
     if before.is_empty() {
         return skip(
@@ -300,10 +299,8 @@ fn on_crowded_cpus_the_threads_waited_for_get_a_short_slice_and_then_theirs_back
 #[test]
 fn after_the_switch_the_keeper_waits_stopped_for_the_unload() {
     use std::collections::BTreeSet;
-    let exe = bench_target();
     let p = bench_patch(1, false);
-    let mut t = Target::start_with_stdin(&exe, &["1", "30"]);
-    let pid = t.pid.to_string();
+    let (mut t, pid) = start_bench("1", "30");
     let tasks = || -> BTreeSet<i32> {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
