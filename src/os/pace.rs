@@ -121,21 +121,31 @@ pub fn usable_cpus() -> usize {
 /// Do tasks wait for a CPU? With the monotonic time the answer was read: it is read at
 /// most every [`CROWDED_TTL_NS`], since it changes with the machine's load, not within a
 /// burst, and a fleet run asked it hundreds of times a second.
+///
+/// The lock is held while the answer is read: when it went stale, every worker of a fleet
+/// run found it stale at once and read it too (eight workers: eight reads of
+/// `/proc/loadavg`, each listing rlivepatch's threads and reading their states, every
+/// 10 ms; a third of the files a fleet apply opened). The others wait the read out and
+/// take its answer.
 fn crowded() -> (bool, u64) {
+    crowded_at(clock(libc::CLOCK_MONOTONIC)).0
+}
+
+/// [`crowded`] at monotonic time `now`; and whether this call read the answer.
+fn crowded_at(now: u64) -> ((bool, u64), bool) {
     use std::sync::Mutex;
     static LAST: Mutex<Option<(u64, bool)>> = Mutex::new(None);
-    let now = clock(libc::CLOCK_MONOTONIC);
-    if let Ok(last) = LAST.lock()
-        && let Some((at, answer)) = *last
+    let Ok(mut last) = LAST.lock() else {
+        return ((crowded_now(), now), true);
+    };
+    if let Some((at, answer)) = *last
         && now.saturating_sub(at) < CROWDED_TTL_NS
     {
-        return (answer, at);
+        return ((answer, at), false);
     }
     let answer = crowded_now();
-    if let Ok(mut last) = LAST.lock() {
-        *last = Some((now, answer));
-    }
-    (answer, now)
+    *last = Some((now, answer));
+    ((answer, now), true)
 }
 
 /// Are all the CPUs busy (tasks waiting for one) right now?
@@ -286,4 +296,29 @@ pub fn point() {
 /// Time spent in pauses so far, in ms (for the trace).
 pub fn paused_ms() -> f64 {
     PAUSED.load(Ordering::Relaxed) as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_asking_at_once_read_the_load_once() {
+        // Eight threads ask together, as a fleet run's workers do, at a time when any
+        // answer read before is stale.
+        let later = clock(libc::CLOCK_MONOTONIC) + 1000 * CROWDED_TTL_NS;
+        let start = std::sync::Barrier::new(8);
+        let reads: usize = std::thread::scope(|s| {
+            let askers: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        crowded_at(later).1
+                    })
+                })
+                .collect();
+            askers.into_iter().map(|a| a.join().unwrap() as usize).sum()
+        });
+        assert_eq!(reads, 1, "{reads} reads of the load for 8 askers");
+    }
 }
