@@ -856,12 +856,15 @@ impl ElfFile {
         vaddr: u64,
     ) -> Result<Option<(String, u64)>, ()> {
         use goblin::elf64::sym::Sym;
+        // (An ELF64 little-endian file's entries only: others go to the index.)
+        if !self.is_x86_64 {
+            return Err(());
+        }
         let (Some(table), Some(names)) = (self.section(table), self.section(names)) else {
             return Ok(None);
         };
         let bytes = self.section_data(table).unwrap_or_default();
-        let whole = bytes.len() - bytes.len() % std::mem::size_of::<Sym>();
-        let syms: &[Sym] = plain::slice_from_bytes(&bytes[..whole]).map_err(|_| ())?;
+        let syms: &[Sym] = plain::slice_from_bytes(bytes).map_err(|_| ())?;
         let global = |x: &Sym| x.st_info >> 4 != sym::STB_LOCAL;
         let mut best: Option<&Sym> = None;
         for s in syms {

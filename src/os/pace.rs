@@ -111,11 +111,15 @@ pub fn cpus() -> usize {
 
 /// The CPUs this run may use for work of its own: its affinity and its cgroup's CPU
 /// quota (a container limited to one CPU of many runs one fleet worker per CPU it has,
-/// not per CPU of the host).
+/// not per CPU of the host). Read once per run (the quota is three files: a fleet run
+/// asked twice, 0.1 ms each).
 pub fn usable_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 /// Do tasks wait for a CPU? With the monotonic time the answer was read: it is read at
