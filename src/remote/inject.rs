@@ -1005,12 +1005,7 @@ impl Injector {
             return Ok(());
         }
         self.settle(tr)?;
-        if let Some(slot) = self.lent_arena.take() {
-            proc.write(slot, &0u64.to_le_bytes())?;
-            if let Some(s) = self.scratch {
-                proc.write(s.rw + LENT_NOTE, &[0u8; LENT_NOTE_LEN as usize])?;
-            }
-        }
+        self.return_arena(proc)?;
         if self.ran {
             tr.set_regs(self.tid, &self.ctx)?;
             tr.set_xstate(self.tid, &self.xstate)?;
@@ -1515,6 +1510,21 @@ impl Injector {
         proc.write(s.rw + LENT_NOTE, &note)?;
         proc.write(slot, &arena.to_le_bytes())?;
         self.lent_arena = Some(slot);
+        Ok(())
+    }
+
+    /// Take back the main arena lent to the borrowed thread (see [`Injector::lend_arena`]),
+    /// if it is: its `thread_arena` goes back to none, then the note for `repair` goes.
+    /// Before a call after which the thread may exit without rlivepatch (the keeper's
+    /// end): a thread that exits holding the loan leaves an arena it never joined, and
+    /// glibc aborts the process at the second such exit.
+    pub fn return_arena(&mut self, proc: &Process) -> Result<()> {
+        if let Some(slot) = self.lent_arena.take() {
+            proc.write(slot, &0u64.to_le_bytes())?;
+            if let Some(s) = self.scratch {
+                proc.write(s.rw + LENT_NOTE, &[0u8; LENT_NOTE_LEN as usize])?;
+            }
+        }
         Ok(())
     }
 

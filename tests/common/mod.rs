@@ -236,6 +236,21 @@ impl Target {
     pub fn assert_running(&self) {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("target exited");
+        // A target that died is a zombie until the test reaps it: say how it ended (the
+        // last field of `stat` is the status its parent's wait will see).
+        if status.contains("State:\tZ") || status.contains("State:\tX") {
+            let code = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .ok()
+                .and_then(|s| s.split_whitespace().last()?.parse::<i32>().ok())
+                .unwrap_or(-1);
+            panic!(
+                "target {} exited (wait status {code:#x}: signal {}, exit code {}); last lines {:?}",
+                self.pid,
+                code & 0x7f,
+                (code >> 8) & 0xff,
+                self.tail()
+            );
+        }
         assert!(
             status.contains("TracerPid:\t0"),
             "target still traced: {status}"

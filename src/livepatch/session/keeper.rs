@@ -192,6 +192,11 @@ impl Session<'_> {
                 }
                 self.borrow_tid(tid, true)?;
             }
+            // The arena lent for the loader goes back first: if rlivepatch dies after the
+            // post, the kernel lets the keeper go, and it ends at once, before any repair.
+            if let Some(inj) = self.inj.as_mut() {
+                inj.return_arena(&self.proc)?;
+            }
             self.call(sem_post, &[k.sem], "ending the keeper thread")?;
             crate::os::fault::point("keeper:posted");
             self.unborrow()?;
