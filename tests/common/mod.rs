@@ -238,7 +238,13 @@ impl Target {
             std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("target exited");
         // A target that died is a zombie until the test reaps it: say how it ended (the
         // last field of `stat` is the status its parent's wait will see).
-        if status.contains("State:\tZ") || status.contains("State:\tX") {
+        // (A leader that ended alone, its threads still running, is a zombie too.)
+        let threads = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        if (status.contains("State:\tZ") || status.contains("State:\tX")) && threads <= 1 {
             let code = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
                 .ok()
                 .and_then(|s| s.split_whitespace().last()?.parse::<i32>().ok())
