@@ -580,3 +580,81 @@ fn an_arena_lent_by_a_killed_run_is_given_back() {
         t.assert_settled(2, original, &format!("original (round {round})"));
     }
 }
+
+/// A borrowed thread that rlivepatch's death leaves at the gate returns to its own code
+/// on its own (after the gate's timeout), and gives back the arena lent to it on the way,
+/// before any repair: a thread may end right after (a thread-per-request server's), and
+/// one that ends holding the loan leaves an arena it never joined.
+#[test]
+fn a_thread_left_at_the_gate_gives_back_the_lent_arena() {
+    let (mut t, pid, fix) = counter_pie("2");
+    let fix2 = patch("counter-fix2");
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    // The keeper, borrowed with the arena lent, waits at the gate after its first call.
+    rlp_killed_at("inject:notified", &["apply", &pid, fix2.to_str().unwrap()]);
+    let rw = t
+        .maps()
+        .lines()
+        .find(|l| l.contains("rlivepatch-scratch") && l.contains(" rw-s "))
+        .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
+        .expect("rlivepatch's memory is mapped");
+    let word = |at: u64| u64::from_le_bytes(t.read_mem(at, 8).try_into().unwrap());
+    // The note: the thread's arena slot, the arena, the thread.
+    let (slot, arena, tid) = (word(rw + 16), word(rw + 24), word(rw + 32));
+    assert_ne!(tid, 0, "no arena lent to the borrowed thread");
+    let limit = Instant::now() + Duration::from_secs(10);
+    while word(slot) != 0 && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        word(slot),
+        0,
+        "thread {tid} still holds the arena {arena:#x} lent to it"
+    );
+    assert_eq!(word(rw + 32), 0, "the note still names thread {tid}");
+    rlp_ok(&["repair", &pid]);
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    t.assert_running();
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 + 1,
+        "original",
+    );
+}
+
+/// The keeper, borrowed with the main arena lent, goes past the gate while rlivepatch is
+/// held: it gives the arena back on its way, and is lent it again when taken back, so
+/// that the patch's load makes it no arena of its own (one more arena for the process's
+/// life).
+#[test]
+fn a_thread_taken_back_past_the_gate_is_lent_the_arena_again() {
+    let (mut t, pid, base) = counter_with_fix();
+    let run = StoppedRun::at(
+        "inject:notified",
+        &["apply", &pid, s(&patch("counter-fix2"))],
+        &[],
+    );
+    let rw = t
+        .maps()
+        .lines()
+        .find(|l| l.contains("rlivepatch-scratch") && l.contains(" rw-s "))
+        .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
+        .expect("rlivepatch's memory is mapped");
+    let word = |at: u64| u64::from_le_bytes(t.read_mem(at, 8).try_into().unwrap());
+    let (slot, tid) = (word(rw + 16), word(rw + 32));
+    assert_ne!(tid, 0, "no arena lent to the borrowed thread");
+    // Past the gate, back in its own code: the loan given back.
+    let limit = Instant::now() + Duration::from_secs(10);
+    while word(slot) != 0 && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(word(slot), 0, "thread {tid} did not leave the gate");
+    run.finish();
+    // Given back after the load, with no arena of its own.
+    assert_eq!(
+        word(slot),
+        0,
+        "the loader's allocations on thread {tid} made it an arena"
+    );
+    twice_then_original(&mut t, &pid, base);
+}

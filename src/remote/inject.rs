@@ -288,8 +288,10 @@ const NOTIFY_STUB_CODE: NotifyStub<&[u8]> = NotifyStub {
         0x00, 0xb8, 0xc1, 0x01, 0x00, 0x00, 0x0f, 0x05, 0x41, 0x8b, 0x4f, 0x20, 0x85, 0xc9, 0x0f,
         0x85, 0x66, 0xff, 0xff, 0xff, 0x48, 0x3d, 0x92, 0xff, 0xff, 0xff, 0x75, 0xd0, 0xe9, 0x44,
         0xff, 0xff, 0xff, 0x31, 0xff, 0x31, 0xf6, 0x49, 0x8d, 0x57, 0x10, 0x45, 0x31, 0xd2, 0x45,
-        0x31, 0xc0, 0xb8, 0x0f, 0x01, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f,
-        0x05, 0x0f, 0x0b,
+        0x31, 0xc0, 0xb8, 0x0f, 0x01, 0x00, 0x00, 0x0f, 0x05, 0xb8, 0xba, 0x00, 0x00, 0x00, 0x0f,
+        0x05, 0x41, 0x3b, 0x47, 0xf8, 0x75, 0x16, 0x49, 0x8b, 0x47, 0xe8, 0x49, 0x8b, 0x4f, 0xf0,
+        0x48, 0x39, 0x08, 0x75, 0x04, 0x48, 0x83, 0x20, 0x00, 0x49, 0x83, 0x67, 0xf8, 0x00, 0xb8,
+        0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b,
     ],
     syscall: 0,
     call: 4,
@@ -315,7 +317,8 @@ fn notify_stub() -> &'static NotifyStub<&'static [u8]> {
 fn assemble_notify_stub() -> std::result::Result<NotifyStub<Vec<u8>>, iced_x86::IcedError> {
     use iced_x86::BlockEncoderOptions;
     use iced_x86::code_asm::*;
-    let at = |off: u64| (off - NOTIFY) as i32;
+    // (The lent-arena note lies below the block: negative displacements.)
+    let at = |off: u64| off.wrapping_sub(NOTIFY) as i64 as i32;
     let mut a = CodeAssembler::new(64)?;
     let mut syscall_entry = a.create_label();
     let mut call_entry = a.create_label();
@@ -390,6 +393,25 @@ fn assemble_notify_stub() -> std::result::Result<NotifyStub<Vec<u8>>, iced_x86::
     a.mov(eax, libc::SYS_ppoll as u32)?;
     a.syscall()?;
     a.set_label(&mut leave)?;
+    // Back to its own code, maybe for good (rlivepatch gone): the main arena lent to this
+    // thread for the loader goes back first, if the note names this thread and its slot
+    // still holds it. A thread that exited holding the loan would leave an arena it never
+    // joined (glibc aborts the process at the second such exit); `repair` comes too late
+    // for a thread that ends at once (a thread-per-request server's, the keeper).
+    let mut sigreturn = a.create_label();
+    let mut clear = a.create_label();
+    a.mov(eax, libc::SYS_gettid as u32)?;
+    a.syscall()?;
+    a.cmp(eax, dword_ptr(r15 + at(LENT_NOTE + 16)))?;
+    a.jne(sigreturn)?;
+    a.mov(rax, qword_ptr(r15 + at(LENT_NOTE)))?;
+    a.mov(rcx, qword_ptr(r15 + at(LENT_NOTE + 8)))?;
+    a.cmp(qword_ptr(rax), rcx)?;
+    a.jne(clear)?;
+    a.and(qword_ptr(rax), 0)?;
+    a.set_label(&mut clear)?;
+    a.and(qword_ptr(r15 + at(LENT_NOTE + 16)), 0)?;
+    a.set_label(&mut sigreturn)?;
     a.mov(eax, SYS_RT_SIGRETURN as u32)?;
     a.syscall()?;
     a.ud2()?;
@@ -890,7 +912,7 @@ pub struct Injector {
     pub safe: bool,
     /// The thread's `thread_arena` slot, set to the main arena while it is borrowed
     /// because it had none: reset to none when it is given back.
-    pub lent_arena: Option<u64>,
+    pub lent_arena: Option<(u64, u64)>,
     /// rlivepatch's own mapping of the notify block's page, when it could map it: calls
     /// then run notified (no stop per system call they make).
     pub notify: Option<std::sync::Arc<crate::os::shared::SharedPage>>,
@@ -1509,7 +1531,7 @@ impl Injector {
         note.extend((self.tid as u64).to_le_bytes());
         proc.write(s.rw + LENT_NOTE, &note)?;
         proc.write(slot, &arena.to_le_bytes())?;
-        self.lent_arena = Some(slot);
+        self.lent_arena = Some((slot, arena));
         Ok(())
     }
 
@@ -1519,8 +1541,11 @@ impl Injector {
     /// end): a thread that exits holding the loan leaves an arena it never joined, and
     /// glibc aborts the process at the second such exit.
     pub fn return_arena(&mut self, proc: &Process) -> Result<()> {
-        if let Some(slot) = self.lent_arena.take() {
-            proc.write(slot, &0u64.to_le_bytes())?;
+        if let Some((slot, arena)) = self.lent_arena.take() {
+            // (Given back already if the thread went past the gate: see `reborrow`.)
+            if proc.read_u64(slot)? == arena {
+                proc.write(slot, &0u64.to_le_bytes())?;
+            }
             if let Some(s) = self.scratch {
                 proc.write(s.rw + LENT_NOTE, &[0u8; LENT_NOTE_LEN as usize])?;
             }
@@ -1875,7 +1900,18 @@ impl Injector {
         self.xstate = tr.xstate(self.tid)?;
         self.mask = tr.sigmask(self.tid)?;
         // The frame beneath the next calls holds this context now.
-        Process::open(tr.pid)?.write_unverified(self.frame_at, &self.frame(self.frame_at))?;
+        let proc = Process::open(tr.pid)?;
+        proc.write_unverified(self.frame_at, &self.frame(self.frame_at))?;
+        // Leaving the gate, the thread gave back the arena lent to it: lent again unless
+        // its own code made it one of its own meanwhile (then the loader uses that one).
+        if let (Some((slot, arena)), Some(s)) = (self.lent_arena, self.scratch) {
+            if proc.read_u64(slot)? == 0 {
+                self.lend_arena(&proc, slot, arena)?;
+            } else {
+                self.lent_arena = None;
+                proc.write(s.rw + LENT_NOTE, &[0u8; LENT_NOTE_LEN as usize])?;
+            }
+        }
         crate::os::fault::trace("borrowed thread went past the gate: borrowed again");
         Ok(())
     }
