@@ -592,13 +592,8 @@ fn a_thread_left_at_the_gate_gives_back_the_lent_arena() {
     rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
     // The keeper, borrowed with the arena lent, waits at the gate after its first call.
     rlp_killed_at("inject:notified", &["apply", &pid, fix2.to_str().unwrap()]);
-    let rw = t
-        .maps()
-        .lines()
-        .find(|l| l.contains("rlivepatch-scratch") && l.contains(" rw-s "))
-        .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
-        .expect("rlivepatch's memory is mapped");
-    let word = |at: u64| u64::from_le_bytes(t.read_mem(at, 8).try_into().unwrap());
+    let rw = scratch_rw(&t);
+    let word = |at: u64| word_at(&t, at);
     // The note: the thread's arena slot, the arena, the thread.
     let (slot, arena, tid) = (word(rw + 16), word(rw + 24), word(rw + 32));
     assert_ne!(tid, 0, "no arena lent to the borrowed thread");
@@ -634,13 +629,8 @@ fn a_thread_taken_back_past_the_gate_is_lent_the_arena_again() {
         &["apply", &pid, s(&patch("counter-fix2"))],
         &[],
     );
-    let rw = t
-        .maps()
-        .lines()
-        .find(|l| l.contains("rlivepatch-scratch") && l.contains(" rw-s "))
-        .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
-        .expect("rlivepatch's memory is mapped");
-    let word = |at: u64| u64::from_le_bytes(t.read_mem(at, 8).try_into().unwrap());
+    let rw = scratch_rw(&t);
+    let word = |at: u64| word_at(&t, at);
     let (slot, tid) = (word(rw + 16), word(rw + 32));
     assert_ne!(tid, 0, "no arena lent to the borrowed thread");
     // Past the gate, back in its own code: the loan given back.
@@ -657,4 +647,19 @@ fn a_thread_taken_back_past_the_gate_is_lent_the_arena_again() {
         "the loader's allocations on thread {tid} made it an arena"
     );
     twice_then_original(&mut t, &pid, base);
+}
+
+/// Where rlivepatch's read-write memory starts in `t` (its lent-arena note is 16 bytes
+/// in: the thread's arena slot, the arena, the thread).
+fn scratch_rw(t: &Target) -> u64 {
+    t.maps()
+        .lines()
+        .find(|l| l.contains("rlivepatch-scratch") && l.contains(" rw-s "))
+        .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
+        .expect("rlivepatch's memory is mapped")
+}
+
+/// The 8 bytes at `at` in `t`.
+fn word_at(t: &Target, at: u64) -> u64 {
+    u64::from_le_bytes(t.read_mem(at, 8).try_into().unwrap())
 }
