@@ -734,6 +734,15 @@ fn seccomp_filters_are_checked_before_any_injected_call() {
     printed_values(&mut t, false);
     drop(t);
 
+    // gettid, which a borrowed thread leaving the gate on its own makes (to give back
+    // the arena lent to it): refused likewise.
+    let (mut t, entry, snap) = start("kill-gettid");
+    let e = rlp_fails(&["apply", &t.pid.to_string(), fix], 3);
+    assert!(e.contains("does not allow gettid"), "{e}");
+    t.assert_untouched(&snap, entry);
+    printed_values(&mut t, false);
+    drop(t);
+
     // A filter that allows what loading needs: patched and unpatched as usual.
     let (mut t, entry, snap) = start("allow-most");
     patch_and_unpatch(&mut t);
