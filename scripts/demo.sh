@@ -10,7 +10,7 @@ echo "== building the counter fixture and its patch"
 mkdir -p build
 cc -O2 -fomit-frame-pointer -o build/counter fixtures/counter.c
 cc -shared -fPIC -O2 -I patches/include -o build/counter-fix.so patches/counter-fix.c
-rlp=target/release/rlivepatch
+rlp=target/x86_64-unknown-linux-gnu/release/rlivepatch
 
 build/counter 200 > build/counter.out &
 pid=$!

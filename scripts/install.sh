@@ -12,7 +12,7 @@ bin=${RLIVEPATCH_BIN:-}
 if [ -z "$bin" ]; then
 	echo "install: building rlivepatch (release)" >&2
 	cargo build --release --quiet
-	bin=target/release/rlivepatch
+	bin=target/x86_64-unknown-linux-gnu/release/rlivepatch
 fi
 d="$root$prefix"
 install -D -m 755 "$bin" "$d/bin/rlivepatch"

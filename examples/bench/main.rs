@@ -51,7 +51,13 @@ fn main() -> Result<()> {
         gdb_runs: 3,
         out: root.join("BENCHMARKS.md"),
         plot: root.join("BENCHMARKS-pause.png"),
-        rlp: root.join("target/release/rlivepatch"),
+        // The binary `cargo run --release --example bench` built along with this one
+        // (target/<triple>/release/examples/bench -> target/<triple>/release/rlivepatch).
+        rlp: std::env::current_exe()?
+            .parent()
+            .and_then(|d| d.parent())
+            .map(|d| d.join("rlivepatch"))
+            .unwrap_or_else(|| root.join("target/x86_64-unknown-linux-gnu/release/rlivepatch")),
         build: root.join("target/bench"),
         idle: vec![0, 100, 1000],
         funcs: vec![1, 100, 1000],
