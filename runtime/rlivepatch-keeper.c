@@ -31,6 +31,14 @@
 EXPORT uint64_t rlp_keeper_mapping;
 EXPORT uint64_t rlp_keeper_mapping_size;
 EXPORT uint64_t rlp_keeper_sem;
+/* What starting it returned: 0, or the error of mmap (-1) or pthread_create. */
+EXPORT int64_t rlp_keeper_error;
+/* 1 in the image: the runtime's constructor starts the keeper, so that the dlopen that
+ * loads the runtime starts it too (one hand-over to the process fewer than a call of its
+ * own). rlivepatch clears it in its copy of the image only to load a runtime without a
+ * keeper (the tests that show what the keeper prevents). In .data, so that it is in the
+ * file, at the offset rlivepatch finds from the symbol. */
+EXPORT volatile uint64_t rlp_keeper_wanted = 1;
 
 #define PAGE 4096
 #define STACK_SIZE (64 * 1024)
@@ -38,10 +46,11 @@ EXPORT uint64_t rlp_keeper_sem;
 #define RLP_KEEPER_MARK 128
 static const char MAGIC[16] = "rlivepatch-keepr";
 
-/* Start the keeper (rlivepatch calls this from a thread at a safe point). Returns 0, or
- * the error of mmap or pthread_create (a seccomp filter may refuse clone: then there is
- * no keeper, and rlivepatch borrows the program's threads as before). */
-EXPORT int rlp_keeper_start(void)
+/* Start the keeper (from the runtime's constructor, on the thread rlivepatch borrowed to
+ * load it: a thread at a safe point). Returns 0, or the error of mmap or pthread_create
+ * (a seccomp filter may refuse clone: then there is no keeper, and rlivepatch borrows the
+ * program's threads as before). */
+static int keeper_start(void)
 {
 	if (rlp_keeper_mapping)
 		return 0;
@@ -82,4 +91,13 @@ EXPORT int rlp_keeper_start(void)
 	rlp_keeper_mapping_size = SIZE;
 	rlp_keeper_mapping = (uint64_t)m;
 	return 0;
+}
+
+/* glibc runs it with the loader's lock held, on the thread that called dlopen: the new
+ * thread needs neither the lock nor anything the constructor holds (its start routine is
+ * sem_wait), so it is created and parks as when rlivepatch called keeper_start itself. */
+__attribute__((constructor)) static void rlp_keeper_init(void)
+{
+	if (rlp_keeper_wanted)
+		rlp_keeper_error = keeper_start();
 }

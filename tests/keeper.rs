@@ -127,3 +127,34 @@ fn a_run_killed_while_unloading_the_runtime_is_repaired_without_a_trace() {
         assert!(!rlp_ok(&["list", &pid, "--json"]).contains("counter-fix"));
     }
 }
+
+/// An apply killed just after the runtime loaded, its constructor having started the
+/// keeper, before the record said either: `repair` finds the runtime by its memfd and the
+/// keeper by its mapping's mark and the thread asleep on it, records both, and ends them
+/// (no patch is left to need them). Before the keeper was adopted, the process kept a
+/// parked thread nothing would end.
+#[test]
+fn an_apply_killed_after_the_runtime_loaded_leaves_no_keeper_behind() {
+    let (mut t, pid, fix, maps, fds) = counter();
+    let fix = fix.to_str().unwrap();
+    for round in 0..2 {
+        rlp_killed_at("runtime:loaded", &["apply", &pid, fix]);
+        assert_eq!(threads(t.pid), 2, "round {round}: no keeper started");
+        let out = rlp_ok(&["repair", &pid]);
+        assert!(
+            out.contains("and its keeper thread"),
+            "round {round}: {out}"
+        );
+        assert_eq!(threads(t.pid), 1, "round {round}: the keeper stayed");
+        t.assert_settled(2, original, "original");
+        assert_eq!(
+            (t.stable_maps(), t.fd_count()),
+            (maps.clone(), fds),
+            "round {round}: something stayed"
+        );
+    }
+    rlp_ok(&["apply", &pid, fix]);
+    t.assert_settled(2, patched, "patched");
+    rlp_ok(&["disable", &pid, "counter-fix"]);
+    assert_eq!(threads(t.pid), 1);
+}

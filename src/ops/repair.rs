@@ -243,8 +243,14 @@ fn repair_orphan_fd(s: &mut Session, fd: i32, name: &str) -> Result<String> {
         s.inj.as_mut().unwrap().dlclose(&mut s.tr, handle)?;
         let base = s.proc.read_u64(handle)?;
         s.record.runtime = Some(crate::livepatch::record::RuntimeRecord { handle, base, fd });
+        // Its constructor started a keeper thread, which the record must know to end it.
+        let keeper = if s.adopt_keeper(base)? {
+            " and its keeper thread"
+        } else {
+            ""
+        };
         return Ok(format!(
-            "recorded the rlivepatch runtime (fd {fd}) an interrupted run loaded"
+            "recorded the rlivepatch runtime (fd {fd}){keeper} an interrupted run loaded"
         ));
     }
     if handle != 0 {

@@ -1362,13 +1362,17 @@ impl Injector {
     }
 
     /// Map the private stack and code page. After this, calls and system calls run from
-    /// rlivepatch's own memory.
+    /// rlivepatch's own memory. The empty memfds named `memfds` are made in the same
+    /// hand-over as the page's set-up, for the steps of the run that fill them; returned
+    /// with their descriptors in the target, or none when one could not be made (none is
+    /// left open then: the caller makes them the usual way, which says why it fails).
     pub fn map_scratch(
         &mut self,
         tr: &mut Tracer,
         proc: &Process,
         maps: &[Mapping],
-    ) -> Result<Scratch> {
+        memfds: &[String],
+    ) -> Result<(Scratch, Vec<(String, i32)>)> {
         // One memfd holds both: named in the maps from the first moment (a run killed
         // midway leaves something the next one recognises), and never merged with a
         // neighbouring anonymous mapping. The system calls that make it share one frame.
@@ -1397,8 +1401,19 @@ impl Injector {
             vec![madvise(rw, RW_SIZE), madvise(code, CODE_SIZE)]
         };
         steps.push(Step::syscall(libc::SYS_close, &[fd]));
+        let setup = steps.len();
+        // Their names go on rlivepatch's page; a name that cannot be written there
+        // leaves them all to the caller.
+        let names: Option<Vec<u64>> = memfds.iter().map(|n| self.put_cstr(proc, n).ok()).collect();
+        let memfds = if names.is_some() { memfds } else { &[] };
+        for at in names.unwrap_or_default() {
+            let flags = MFD_CLOEXEC | MFD_EXEC;
+            steps.push(Step::syscall(libc::SYS_memfd_create, &[at, flags]));
+        }
         let done = self.batch(tr, &steps, "setting up rlivepatch's memory")?;
-        if done.len() < steps.len() {
+        let made = self.made_memfds(tr, memfds, done.get(setup..).unwrap_or_default())?;
+        let done = &done[..done.len().min(setup)];
+        if done.len() < setup {
             let failed = *done.last().unwrap_or(&0) as i64;
             let closed = self.syscall(tr, libc::SYS_close, &[fd]);
             self.unmap_scratch(tr, proc, maps)?;
@@ -1411,7 +1426,32 @@ impl Injector {
         }
         let closed = *done.last().unwrap_or(&0) as i64;
         returned(closed, "closing rlivepatch's memfd", proc.pid)?;
-        Ok(scratch)
+        Ok((scratch, made))
+    }
+
+    /// The memfds of [`Injector::map_scratch`]'s batch, named `names`, from what their
+    /// `memfd_create` steps returned (`fds`: as many as ran). All or none: when one
+    /// failed or did not run, those made are closed.
+    fn made_memfds(
+        &mut self,
+        tr: &mut Tracer,
+        names: &[String],
+        fds: &[u64],
+    ) -> Result<Vec<(String, i32)>> {
+        let failed = fds.iter().any(|&v| Check::Errno.failed(v));
+        if fds.len() == names.len() && !failed {
+            let fds = fds.iter().map(|&fd| fd as i32);
+            return Ok(names.iter().cloned().zip(fds).collect());
+        }
+        let closes: Vec<Step> = fds
+            .iter()
+            .filter(|&&v| !Check::Errno.failed(v))
+            .map(|&fd| Step::syscall(libc::SYS_close, &[fd]))
+            .collect();
+        if !closes.is_empty() {
+            self.batch(tr, &closes, "close")?;
+        }
+        Ok(Vec::new())
     }
 
     /// The system calls of [`Injector::map_scratch`], on one bootstrap frame: the memfd,

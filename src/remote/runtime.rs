@@ -44,13 +44,16 @@ pub struct Layout {
     pub keeper: Keeper,
 }
 
-/// Where the keeper's parts are in the runtime (`runtime/rlivepatch-keeper.c`).
+/// Where the keeper's parts are in the runtime (`runtime/rlivepatch-keeper.c`). The
+/// runtime's constructor starts it.
 pub struct Keeper {
-    /// `rlp_keeper_start`, which starts it.
-    pub start: u64,
+    /// `rlp_keeper_error`: what starting it returned (0, or an error).
+    pub error: u64,
     /// `rlp_keeper_mapping`, `rlp_keeper_mapping_size` and `rlp_keeper_sem`: what it
     /// left to end and unmap it (`u64` each).
     pub vars: (u64, u64, u64),
+    /// Where `rlp_keeper_wanted` (1: the constructor starts it) is in [`IMAGE`].
+    pub wanted_offset: usize,
 }
 
 /// The runtime's layout.
@@ -73,7 +76,9 @@ pub fn layout() -> Result<&'static Layout> {
             coming: sym("rlp_coming")?,
             dl_hook: sym("rlp_dl_hook")?,
             keeper: Keeper {
-                start: sym("rlp_keeper_start")?,
+                error: sym("rlp_keeper_error")?,
+                wanted_offset: file_offset(&f, sym("rlp_keeper_wanted")?)
+                    .ok_or("rlp_keeper_wanted is not in the runtime's file")?,
                 vars: (
                     sym("rlp_keeper_mapping")?,
                     sym("rlp_keeper_mapping_size")?,
@@ -84,6 +89,26 @@ pub fn layout() -> Result<&'static Layout> {
     })
     .as_ref()
     .map_err(|e| err!(Failed, "{e}"))
+}
+
+/// Where the byte at `vaddr` is in the file (a `PT_LOAD` segment's file part).
+fn file_offset(f: &ElfFile, vaddr: u64) -> Option<usize> {
+    let seg = f
+        .segments
+        .iter()
+        .find(|s| (s.vaddr..s.vaddr + s.filesz).contains(&vaddr))?;
+    usize::try_from(vaddr - seg.vaddr + seg.offset).ok()
+}
+
+/// The runtime's image, its constructor starting no keeper (`rlp_keeper_wanted` 0).
+pub fn image_without_keeper() -> Result<Vec<u8>> {
+    let at = layout()?.keeper.wanted_offset;
+    let mut image = IMAGE.to_vec();
+    image
+        .get_mut(at..at + 8)
+        .ok_or_else(|| err!(Failed, "rlp_keeper_wanted is past the runtime's image"))?
+        .copy_from_slice(&0u64.to_le_bytes());
+    Ok(image)
 }
 
 /// Is `pc` in the hook's code (the thread holds the loader's lock and may be changing

@@ -1,6 +1,7 @@
-//! The keeper: a thread rlivepatch's runtime starts, at a safe moment, when it is loaded
-//! with the first patch, and that waits parked in the C library's `sem_wait` until the
-//! runtime is unloaded with the last patch (`runtime/rlivepatch-keeper.c`). Operations
+//! The keeper: a thread rlivepatch's runtime starts (its constructor, on the thread
+//! borrowed to load it: a safe moment) when it is loaded with the first patch, and that
+//! waits parked in the C library's `sem_wait` until the runtime is unloaded with the last
+//! patch (`runtime/rlivepatch-keeper.c`). Operations
 //! borrow it first: it is always at a safe point for the loader, however busy the
 //! program's own threads are (all inside malloc, in signal handlers, on code without
 //! unwind information). It runs no code of the runtime, so the last `dlclose` of the
@@ -35,17 +36,13 @@ use crate::os::ptrace::Tid;
 use std::time::{Duration, Instant};
 
 impl Session<'_> {
-    /// Start the keeper, once the runtime is loaded at `base` (on the thread borrowed to
-    /// load it, which is at a safe point). A refusal (`clone` filtered, no memory) leaves
-    /// the process without one, as before: noted, not an error.
-    pub(super) fn start_keeper(&mut self, base: u64) -> Result<()> {
-        // For the tests that show what the keeper prevents.
-        if crate::os::fault::switched_on("no-keeper") || self.record.keeper.is_some() {
-            return Ok(());
-        }
+    /// Record the keeper the runtime's constructor started as the runtime was loaded at
+    /// `base` (on the borrowed thread, at a safe point; `clones` is how many threads the
+    /// tracer had seen created before that load). A refusal (`clone` filtered, no
+    /// memory) leaves the process without one, as before: noted, not an error.
+    pub(super) fn keeper_started(&mut self, base: u64, clones: usize) -> Result<()> {
         let k = &crate::remote::runtime::layout()?.keeper;
-        let clones = self.tr.clones.len();
-        let r = self.call(base + k.start, &[], "starting the keeper thread")? as u32 as i32;
+        let r = self.proc.read_u64(base + k.error)? as u32 as i32;
         if r != 0 {
             self.progress(&format!(
                 "note: process {} refused the keeper thread (error {r}); later operations borrow its own threads",
@@ -53,7 +50,7 @@ impl Session<'_> {
             ));
             return Ok(());
         }
-        // The thread the call created is the keeper: the borrowed thread ran nothing else.
+        // The thread the load created is the keeper: the borrowed thread ran nothing else.
         let by = self.inj.as_ref().map(|i| i.tid);
         let tid = self.tr.clones[clones..]
             .iter()
@@ -71,6 +68,37 @@ impl Session<'_> {
             tid,
         });
         Ok(())
+    }
+
+    /// Record the keeper of a runtime loaded at `base` that a killed run loaded and did
+    /// not record (`repair`): found by its mapping's mark and the thread sleeping on it.
+    /// Without it the process would keep a parked thread nothing ends.
+    pub fn adopt_keeper(&mut self, base: u64) -> Result<bool> {
+        if self.record.keeper.is_some() {
+            return Ok(false);
+        }
+        let k = &crate::remote::runtime::layout()?.keeper;
+        let found = KeeperRecord {
+            mapping: self.proc.read_u64(base + k.vars.0)?,
+            size: self.proc.read_u64(base + k.vars.1)?,
+            sem: self.proc.read_u64(base + k.vars.2)?,
+            tid: 0,
+        };
+        if found.mapping == 0 || !self.keeper_mapping_is_ours(&found) {
+            return Ok(false);
+        }
+        let pid = self.proc.pid;
+        let on_stack = |tid: Tid| {
+            stack_pointer(pid, tid)
+                .is_some_and(|sp| (found.mapping..found.mapping + found.size).contains(&sp))
+        };
+        // Not found asleep on its stack (still starting): left alone, as it is safer to
+        // keep a parked thread than to unmap the stack of one that may run.
+        let Some(tid) = process::task_ids(pid)?.into_iter().find(|&t| on_stack(t)) else {
+            return Ok(false);
+        };
+        self.record.keeper = Some(KeeperRecord { tid, ..found });
+        Ok(true)
     }
 
     /// The keeper's thread id, if it runs in this process (a child after a fork has the

@@ -115,6 +115,9 @@ pub struct Session<'a> {
     /// Empty memfds made ahead in the target, by name, for the steps that fill them
     /// ([`Session::make_memfds`]); those left are closed at the end.
     made_memfds: Vec<(String, i32)>,
+    /// Memfds to make along with rlivepatch's memory, if the next borrow maps it
+    /// ([`Session::want_memfds`]).
+    memfds_wanted: Vec<String>,
 }
 
 /// The memfd name the runtime is loaded from.
@@ -195,6 +198,7 @@ impl<'a> Session<'a> {
             gates: Default::default(),
             states_written: None,
             made_memfds: Vec::new(),
+            memfds_wanted: Vec::new(),
         })
     }
 
@@ -334,13 +338,15 @@ impl<'a> Session<'a> {
         } else {
             None
         };
+        let wanted = std::mem::take(&mut self.memfds_wanted);
         let r = match self.scratch {
             Some(s) => inj.adopt_scratch(&self.proc, s, self.notify.clone()),
             None => inj
-                .map_scratch(&mut self.tr, &self.proc, &self.maps)
-                .map(|s| {
+                .map_scratch(&mut self.tr, &self.proc, &self.maps, &wanted)
+                .map(|(s, made)| {
                     self.scratch = Some(s);
                     self.notify = inj.notify.clone();
+                    self.made_memfds.extend(made);
                 }),
         }
         .and_then(|()| match lend {
@@ -513,10 +519,18 @@ impl<'a> Session<'a> {
         Ok(module)
     }
 
+    /// Make empty memfds named `names` in the target with rlivepatch's memory, in the
+    /// hand-over that sets that up, if the next borrow maps it; else
+    /// [`Session::make_memfds`] makes them (a hand-over of their own).
+    pub fn want_memfds(&mut self, names: &[&str]) {
+        self.memfds_wanted = names.iter().map(|n| n.to_string()).collect();
+    }
+
     /// Make empty memfds named `names` in the target now, in one batch, for the steps
     /// that fill them later this run ([`Session::load`], the record's mapping): one
     /// hand-over to the target instead of one each.
     pub fn make_memfds(&mut self, names: &[&str]) -> Result<()> {
+        self.memfds_wanted.clear();
         let names: Vec<&str> = names
             .iter()
             .copied()

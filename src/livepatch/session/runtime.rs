@@ -13,9 +13,18 @@ impl Session<'_> {
             return Ok(r.clone());
         }
         crate::remote::runtime::layout()?;
+        // Its constructor starts the keeper as it loads (see `keeper`), unless the
+        // process has one already, or for the tests that show what the keeper prevents.
+        let no_keeper = crate::os::fault::switched_on("no-keeper") || self.record.keeper.is_some();
+        let image = if no_keeper {
+            std::borrow::Cow::Owned(crate::remote::runtime::image_without_keeper()?)
+        } else {
+            std::borrow::Cow::Borrowed(crate::remote::runtime::IMAGE)
+        };
+        let clones = self.tr.clones.len();
         let (handle, fd) = match self.load(
             super::RUNTIME_MEMFD,
-            crate::remote::runtime::IMAGE,
+            &image,
             libc::RTLD_NOW | libc::RTLD_GLOBAL,
         )? {
             Ok(v) => v,
@@ -27,12 +36,16 @@ impl Session<'_> {
                 ));
             }
         };
+        // Loaded, its keeper started, neither recorded yet.
+        crate::os::fault::point("runtime:loaded");
         let base = self.proc.read_u64(handle)?;
         let r = RuntimeRecord { handle, base, fd };
         self.record.runtime = Some(r.clone());
         // A new copy (perhaps where an unloaded one was): its lists are empty.
         self.states_written = None;
-        self.start_keeper(base)?;
+        if !no_keeper {
+            self.keeper_started(base, clones)?;
+        }
         Ok(r)
     }
 

@@ -82,13 +82,11 @@ pub fn run(
             );
         }
     }
-    // From here on the record says what is going on, so that a failure, or the death of
-    // rlivepatch, can be undone from it.
-    s.borrow()?;
     // The memfds this apply fills (the record's, the runtime's, the patch's), made in one
-    // hand-over to the target. A process with a record has it say first that an apply
-    // is under way: only then does a later run look for descriptors a killed one left
-    // (see `leftovers::scan_before_operation`). Without one, the record's memfd is among
+    // hand-over to the target: the one that sets up rlivepatch's memory when the borrow
+    // maps it. A process with a record has it say first that an apply is under way:
+    // only then does a later run look for descriptors a killed one left (see
+    // `leftovers::scan_before_operation`). Without one, the record's memfd is among
     // them, and rlivepatch's memory, mapped already, says it.
     let recorded = s.store.is_some();
     let mut memfds = Vec::new();
@@ -100,6 +98,12 @@ pub fn run(
     }
     memfds.push(format!("rlp:{}", patch.name));
     let memfds: Vec<&str> = memfds.iter().map(String::as_str).collect();
+    if !recorded {
+        s.want_memfds(&memfds);
+    }
+    // From here on the record says what is going on, so that a failure, or the death of
+    // rlivepatch, can be undone from it.
+    s.borrow()?;
     if !recorded {
         s.make_memfds(&memfds)?;
     }
