@@ -92,10 +92,18 @@ impl Session<'_> {
             stack_pointer(pid, tid)
                 .is_some_and(|sp| (found.mapping..found.mapping + found.size).contains(&sp))
         };
-        // Not found asleep on its stack (still starting): left alone, as it is safer to
-        // keep a parked thread than to unmap the stack of one that may run.
-        let Some(tid) = process::task_ids(pid)?.into_iter().find(|&t| on_stack(t)) else {
-            return Ok(false);
+        // Started (its mapping says so), it may not be asleep yet: it gets there soon.
+        // Not found there in time, it is left alone, as it is safer to keep a parked
+        // thread than to unmap the stack of one that may run.
+        let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
+        let tid = loop {
+            if let Some(t) = process::task_ids(pid)?.into_iter().find(|&t| on_stack(t)) {
+                break t;
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            self.tr.pump(Instant::now() + Duration::from_millis(5))?;
         };
         self.record.keeper = Some(KeeperRecord { tid, ..found });
         Ok(true)
