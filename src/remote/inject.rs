@@ -1998,7 +1998,12 @@ impl Injector {
         if handle != 0 {
             return Ok(Ok(handle));
         }
-        let text = match self.libc.dlerror {
+        Ok(Err(self.dlerror(tr, proc)?))
+    }
+
+    /// `dlerror()`'s text, after a `dlopen` that failed.
+    pub fn dlerror(&mut self, tr: &mut Tracer, proc: &Process) -> Result<String> {
+        Ok(match self.libc.dlerror {
             Some(f) => {
                 let msg = self.call(tr, f, &[], "dlerror")?;
                 if msg == 0 {
@@ -2008,8 +2013,7 @@ impl Injector {
                 }
             }
             None => "dlopen failed (no dlerror in this C library)".to_string(),
-        };
-        Ok(Err(text))
+        })
     }
 
     /// `dlclose(handle)`.

@@ -16,7 +16,7 @@ use crate::livepatch::transition::{self, Plan};
 use crate::os::process::{Mapping, Process};
 use crate::os::ptrace::{Stop, Tid, Tracer};
 use crate::os::restart::Signals;
-use crate::remote::inject::{Injector, Libc, Scratch};
+use crate::remote::inject::{Check, Injector, Libc, Scratch, Step};
 use crate::{bail, err};
 use std::time::{Duration, Instant};
 
@@ -118,6 +118,17 @@ pub struct Session<'a> {
     /// Memfds to make along with rlivepatch's memory, if the next borrow maps it
     /// ([`Session::want_memfds`]).
     memfds_wanted: Vec<String>,
+}
+
+/// An object for [`Session::load_all`]: its memfd's name, its bytes, `dlopen`'s flags.
+pub type ToLoad<'b> = (&'b str, &'b [u8], i32);
+
+/// What [`Session::load_all`] loaded.
+pub struct Loaded {
+    /// The handle and the target's fd of each object loaded, in order.
+    pub loaded: Vec<(u64, i32)>,
+    /// dlerror's text for the first object the loader refused.
+    pub refused: Option<String>,
 }
 
 /// The memfd name the runtime is loaded from.
@@ -430,43 +441,109 @@ impl<'a> Session<'a> {
     }
 
     /// Load a shared object into the target from `bytes`: a memfd named `name` and
-    /// `dlopen("/proc/PID/fd/N", flags)` ([`Process::fd_path`]). Returns (handle, fd), or dlerror's text. The
-    /// memfd stays open while the object is loaded, which keeps its name unique.
+    /// `dlopen("/proc/PID/fd/N", flags)` ([`Process::fd_path`]). Returns (handle, fd), or
+    /// dlerror's text. The memfd stays open while the object is loaded, which keeps its
+    /// name unique.
     pub fn load(
         &mut self,
         name: &str,
         bytes: &[u8],
         flags: i32,
     ) -> Result<std::result::Result<(u64, i32), String>> {
+        let Loaded { loaded, refused } = self.load_all(&[(name, bytes, flags)])?;
+        Ok(match loaded.first() {
+            Some(&v) => Ok(v),
+            None => Err(refused.unwrap_or_default()),
+        })
+    }
+
+    /// Load shared objects one after the other, as [`Session::load`] does each, in one
+    /// hand-over to the target: the (handle, fd) of those loaded, in order, and dlerror's
+    /// text for the first the loader refused (those after it are not tried; its memfd
+    /// and theirs are closed).
+    pub fn load_all(&mut self, objs: &[ToLoad]) -> Result<Loaded> {
         self.borrow()?;
-        let fd = match self.take_memfd(name) {
+        let mut fds = Vec::with_capacity(objs.len());
+        for &(name, bytes, _) in objs {
+            match self.memfd_holding(name, bytes) {
+                Ok(fd) => fds.push(fd),
+                Err(e) => {
+                    self.close_fds(&fds)?;
+                    return Err(e);
+                }
+            }
+        }
+        let inj = self.inj.as_mut().unwrap();
+        let mut steps = Vec::with_capacity(objs.len());
+        for (&(_, _, flags), &fd) in objs.iter().zip(&fds) {
+            let path = inj.put_cstr(&self.proc, &self.proc.fd_path(fd));
+            let Ok(p) = path else {
+                self.close_fds(&fds)?;
+                return Err(path.unwrap_err());
+            };
+            let args = [p, flags as u64];
+            steps.push(Step::call(inj.libc.dlopen, &args, Check::Null));
+        }
+        let handles = match inj.batch(&mut self.tr, &steps, "dlopen") {
+            Ok(h) => h,
+            Err(e) => {
+                if !inj.leaked {
+                    let _ = self.close_fds(&fds);
+                }
+                return Err(e);
+            }
+        };
+        let loaded: Vec<(u64, i32)> = handles
+            .into_iter()
+            .zip(fds.iter().copied())
+            .take_while(|&(h, _)| h != 0)
+            .collect();
+        if loaded.len() == objs.len() {
+            return Ok(Loaded {
+                loaded,
+                refused: None,
+            });
+        }
+        let text = inj.dlerror(&mut self.tr, &self.proc)?;
+        self.close_fds(&fds[loaded.len()..])?;
+        Ok(Loaded {
+            loaded,
+            refused: Some(text),
+        })
+    }
+
+    /// A memfd in the target holding `bytes`: the one named `name` made ahead, filled, or
+    /// a new one.
+    fn memfd_holding(&mut self, name: &str, bytes: &[u8]) -> Result<i32> {
+        match self.take_memfd(name) {
             Some(fd) => {
                 let filled = crate::remote::inject::fill_memfd(&self.proc, fd, name, bytes, None);
                 if let Err(e) = filled {
                     self.syscall(libc::SYS_close, &[fd as u64])?;
                     return Err(e);
                 }
-                fd
+                Ok(fd)
             }
             None => {
                 let inj = self.inj.as_mut().unwrap();
-                inj.memfd_with(&mut self.tr, &self.proc, name, bytes)?
-            }
-        };
-        let inj = self.inj.as_mut().unwrap();
-        match inj.dlopen(&mut self.tr, &self.proc, &self.proc.fd_path(fd), flags) {
-            Ok(Ok(h)) => Ok(Ok((h, fd))),
-            Ok(Err(text)) => {
-                inj.syscall(&mut self.tr, libc::SYS_close, &[fd as u64])?;
-                Ok(Err(text))
-            }
-            Err(e) => {
-                if !inj.leaked {
-                    let _ = inj.syscall(&mut self.tr, libc::SYS_close, &[fd as u64]);
-                }
-                Err(e)
+                inj.memfd_with(&mut self.tr, &self.proc, name, bytes)
             }
         }
+    }
+
+    /// Close descriptors of the target, in one hand-over.
+    fn close_fds(&mut self, fds: &[i32]) -> Result<()> {
+        if fds.is_empty() {
+            return Ok(());
+        }
+        let steps: Vec<Step> = fds
+            .iter()
+            .map(|&fd| Step::syscall(libc::SYS_close, &[fd as u64]))
+            .collect();
+        self.borrow_for_syscalls()?;
+        let inj = self.inj.as_mut().unwrap();
+        inj.batch(&mut self.tr, &steps, "close")?;
+        Ok(())
     }
 
     /// The TLS module id of an object (`None`: the executable), from the dynamic loader:
@@ -555,18 +632,8 @@ impl<'a> Session<'a> {
 
     /// Close the memfds made ahead that no step took (the run failed before them).
     fn close_made_memfds(&mut self) -> Result<()> {
-        if self.made_memfds.is_empty() {
-            return Ok(());
-        }
-        self.borrow_for_syscalls()?;
-        let steps: Vec<crate::remote::inject::Step> = self
-            .made_memfds
-            .drain(..)
-            .map(|(_, fd)| crate::remote::inject::Step::syscall(libc::SYS_close, &[fd as u64]))
-            .collect();
-        let inj = self.inj.as_mut().unwrap();
-        inj.batch(&mut self.tr, &steps, "close")?;
-        Ok(())
+        let fds: Vec<i32> = self.made_memfds.drain(..).map(|(_, fd)| fd).collect();
+        self.close_fds(&fds)
     }
 
     /// Unload an object loaded with [`Session::load`].
@@ -577,12 +644,8 @@ impl<'a> Session<'a> {
         self.borrow()?;
         let inj = self.inj.as_mut().unwrap();
         let steps = [
-            crate::remote::inject::Step::call(
-                inj.libc.dlclose,
-                &[handle],
-                crate::remote::inject::Check::Never,
-            ),
-            crate::remote::inject::Step::syscall(libc::SYS_close, &[fd as u64]),
+            Step::call(inj.libc.dlclose, &[handle], Check::Never),
+            Step::syscall(libc::SYS_close, &[fd as u64]),
         ];
         let done = inj.batch(&mut self.tr, &steps, "dlclose")?;
         let r = done[0] as i32;

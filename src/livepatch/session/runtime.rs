@@ -5,6 +5,26 @@ use super::Session;
 use crate::err;
 use crate::error::Result;
 use crate::livepatch::record::RuntimeRecord;
+use std::borrow::Cow;
+
+/// The runtime's image as loaded into one process.
+pub struct RuntimeImage {
+    /// Its bytes.
+    pub bytes: Cow<'static, [u8]>,
+    /// Does its constructor start the keeper?
+    pub keeper: bool,
+}
+
+impl RuntimeImage {
+    /// What [`Session::load_all`] loads it as.
+    pub fn to_load(&self) -> super::ToLoad<'_> {
+        (
+            super::RUNTIME_MEMFD,
+            &self.bytes,
+            libc::RTLD_NOW | libc::RTLD_GLOBAL,
+        )
+    }
+}
 
 impl Session<'_> {
     /// Load the runtime if it is not loaded yet.
@@ -12,30 +32,41 @@ impl Session<'_> {
         if let Some(r) = &self.record.runtime {
             return Ok(r.clone());
         }
-        crate::remote::runtime::layout()?;
-        // Its constructor starts the keeper as it loads (see `keeper`), unless the
-        // process has one already, or for the tests that show what the keeper prevents.
-        let no_keeper = crate::os::fault::switched_on("no-keeper") || self.record.keeper.is_some();
-        let image = if no_keeper {
-            std::borrow::Cow::Owned(crate::remote::runtime::image_without_keeper()?)
-        } else {
-            std::borrow::Cow::Borrowed(crate::remote::runtime::IMAGE)
-        };
+        let image = self.runtime_image()?;
         let clones = self.tr.clones.len();
-        let (handle, fd) = match self.load(
-            super::RUNTIME_MEMFD,
-            &image,
-            libc::RTLD_NOW | libc::RTLD_GLOBAL,
-        )? {
-            Ok(v) => v,
-            Err(text) => {
-                return Err(err!(
-                    Failed,
-                    "process {} could not load the rlivepatch runtime: {text}",
-                    self.proc.pid
-                ));
-            }
-        };
+        let super::Loaded { loaded, refused } = self.load_all(&[image.to_load()])?;
+        match loaded.first() {
+            Some(&(handle, fd)) => self.runtime_loaded(handle, fd, clones, &image),
+            None => Err(self.runtime_refused(refused)),
+        }
+    }
+
+    /// The runtime's image for this process. Its constructor starts the keeper as it
+    /// loads (see `keeper`), unless the process has one already, or for the tests that
+    /// show what the keeper prevents.
+    pub fn runtime_image(&self) -> Result<RuntimeImage> {
+        crate::remote::runtime::layout()?;
+        let keeper = !crate::os::fault::switched_on("no-keeper") && self.record.keeper.is_none();
+        Ok(RuntimeImage {
+            bytes: if keeper {
+                Cow::Borrowed(crate::remote::runtime::IMAGE)
+            } else {
+                Cow::Owned(crate::remote::runtime::image_without_keeper()?)
+            },
+            keeper,
+        })
+    }
+
+    /// Record the runtime `image` loaded as `handle` from the target's `fd`, and the
+    /// keeper it started (`clones`: how many threads the tracer had seen created before
+    /// the load).
+    pub fn runtime_loaded(
+        &mut self,
+        handle: u64,
+        fd: i32,
+        clones: usize,
+        image: &RuntimeImage,
+    ) -> Result<RuntimeRecord> {
         // Loaded, its keeper started, neither recorded yet.
         crate::os::fault::point("runtime:loaded");
         let base = self.proc.read_u64(handle)?;
@@ -43,10 +74,20 @@ impl Session<'_> {
         self.record.runtime = Some(r.clone());
         // A new copy (perhaps where an unloaded one was): its lists are empty.
         self.states_written = None;
-        if !no_keeper {
+        if image.keeper {
             self.keeper_started(base, clones)?;
         }
         Ok(r)
+    }
+
+    /// The error of a runtime the loader refused, with its text.
+    pub fn runtime_refused(&self, text: Option<String>) -> crate::error::Error {
+        err!(
+            Failed,
+            "process {} could not load the rlivepatch runtime: {}",
+            self.proc.pid,
+            text.unwrap_or_default()
+        )
     }
 
     /// Tell the runtime which states belong to the patch whose callbacks run next

@@ -265,14 +265,15 @@ fn load(
     let pid = s.proc.pid;
     // The runtime comes with the first patch: besides what patches call in it, it keeps
     // a thread parked for later operations (see `crate::livepatch::session::keeper`).
-    if s.record.runtime.is_none() {
+    // Loaded with the patch, in one hand-over, when the patch binds nothing (where the
+    // patch lands then does not depend on where the runtime did).
+    let with_runtime = s.record.runtime.is_none() && !near::binds(places);
+    if s.record.runtime.is_none() && !with_runtime {
         s.ensure_runtime()?;
         s.save_record()?;
-        if near::binds(places) {
-            // Its mappings (and the keeper's stack) may take the range the patch is
-            // moved to.
-            s.refresh()?;
-        }
+        // Its mappings (and the keeper's stack) may take the range the patch is moved
+        // to.
+        s.refresh()?;
     }
     // The bytes read (and checked) when the patch was loaded, not the path again: a
     // file swapped since is not what runs. Moved next to what its code reaches, when it
@@ -283,7 +284,13 @@ fn load(
         mut kept,
     } = near::load(patch.file.data(), places, &s.maps);
     s.tr.check_interrupted()?;
-    let (handle, fd) = match s.load(&format!("rlp:{}", patch.name), &bytes, libc::RTLD_NOW)? {
+    let name = format!("rlp:{}", patch.name);
+    let loaded = if with_runtime {
+        load_with_runtime(s, &name, &bytes)?
+    } else {
+        s.load(&name, &bytes, libc::RTLD_NOW)?
+    };
+    let (handle, fd) = match loaded {
         Ok(v) => v,
         Err(text) => bail!(
             Patch,
@@ -344,6 +351,28 @@ fn load(
     s.refresh()?;
     crate::os::fault::trace("refreshed");
     Ok((applied, kept))
+}
+
+/// The runtime and then the patch (`bytes`, memfd `name`) loaded in one hand-over, the
+/// runtime recorded: the patch's handle and fd, or why the loader refused it.
+fn load_with_runtime(
+    s: &mut Session,
+    name: &str,
+    bytes: &[u8],
+) -> Result<std::result::Result<(u64, i32), String>> {
+    let runtime = s.runtime_image()?;
+    let clones = s.tr.clones.len();
+    let crate::livepatch::session::Loaded { loaded, refused } =
+        s.load_all(&[runtime.to_load(), (name, bytes, libc::RTLD_NOW)])?;
+    let Some(&(handle, fd)) = loaded.first() else {
+        return Err(s.runtime_refused(refused));
+    };
+    s.runtime_loaded(handle, fd, clones, &runtime)?;
+    s.save_record()?;
+    Ok(match loaded.get(1) {
+        Some(&v) => Ok(v),
+        None => Err(refused.unwrap_or_default()),
+    })
 }
 
 /// Where the new functions are, as the loader resolved them: each must be the patch's own
