@@ -902,6 +902,9 @@ pub struct Injector {
     frame_at: u64,
     data_next: u64,
     ran: bool,
+    /// The thread holds its own context again (registers and XSAVE area) since its last
+    /// run: giving it back writes them no second time.
+    restored: bool,
     /// A call that did not return in time is still running on the private stack: the
     /// scratch memory must stay mapped.
     pub leaked: bool,
@@ -976,6 +979,7 @@ impl Injector {
             frame_at: 0,
             data_next: 0,
             ran: false,
+            restored: false,
             leaked: false,
             call_timeout: Duration::from_secs(10),
             safe: false,
@@ -1028,9 +1032,8 @@ impl Injector {
         }
         self.settle(tr)?;
         self.return_arena(proc)?;
-        if self.ran {
-            tr.set_regs(self.tid, &self.ctx)?;
-            tr.set_xstate(self.tid, &self.xstate)?;
+        if self.ran && !self.restored {
+            self.restore(tr)?;
         }
         Ok(())
     }
@@ -1154,6 +1157,7 @@ impl Injector {
         catch: Catch,
     ) -> Result<()> {
         self.ran = true;
+        self.restored = false;
         if let Some(regs) = regs {
             tr.set_regs(self.tid, regs)?;
         }
@@ -1189,9 +1193,11 @@ impl Injector {
     }
 
     /// Put the context back after a call (the thread is stopped at a syscall stop).
-    fn restore(&self, tr: &mut Tracer) -> Result<()> {
+    fn restore(&mut self, tr: &mut Tracer) -> Result<()> {
         tr.set_regs(self.tid, &self.ctx)?;
-        tr.set_xstate(self.tid, &self.xstate)
+        tr.set_xstate(self.tid, &self.xstate)?;
+        self.restored = true;
+        Ok(())
     }
 
     /// A system call through libc's `syscall()`, with the frame on the thread's own stack.
@@ -1936,6 +1942,7 @@ impl Injector {
         let rewind =
             crate::os::restart::Signals::of(tr.pid, self.tid).is_some_and(|s| !s.interrupting());
         self.ctx = crate::os::restart::restart_adjusted(&regs, rewind);
+        self.restored = false;
         self.gate = self.gate();
         self.xstate = tr.xstate(self.tid)?;
         self.mask = tr.sigmask(self.tid)?;
