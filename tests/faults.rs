@@ -663,3 +663,34 @@ fn scratch_rw(t: &Target) -> u64 {
 fn word_at(t: &Target, at: u64) -> u64 {
     u64::from_le_bytes(t.read_mem(at, 8).try_into().unwrap())
 }
+
+/// An apply whose record cannot be written or mapped (the first apply writes it into its
+/// memfd, and maps it with the load of the runtime and the patch) fails, naming that, and
+/// leaves the process as it found it: code, maps, descriptors, the original running. A
+/// later apply works.
+#[test]
+fn a_record_that_cannot_be_written_or_mapped_leaves_the_process_as_it_was() {
+    let (mut t, pid, fix) = counter_pie("2");
+    let (at, before) = t.snapshot_of("counter-pie", "compute");
+    for (step, says) in [
+        ("state:file", "writing the rlivepatch state"),
+        ("state:map", "mapping the state memfd"),
+    ] {
+        let (code, _, err) = rlp_failing(step, &["apply", &pid, fix.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "{step}: {err}");
+        assert!(err.contains(says), "{step}: {err}");
+        assert!(!err.contains("repair"), "{step}: {err}");
+        t.assert_untouched(&before, at);
+        t.assert_settled(
+            2,
+            |l| l.contains(" = ") && value(l).1 == value(l).0 + 1,
+            "original",
+        );
+    }
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    t.assert_settled(
+        2,
+        |l| l.contains(" = ") && value(l).1 == value(l).0 * 100,
+        "patched",
+    );
+}

@@ -27,6 +27,10 @@ pub struct Store {
     /// Address of the mapping.
     pub addr: u64,
     generation: u64,
+    /// The target's descriptor of the memfd, while it is not mapped yet
+    /// ([`Store::unmapped`]): the record is written into the file, and the mapping shows
+    /// it from the moment it is made.
+    unmapped: Option<i32>,
 }
 
 fn checksum(b: &[u8]) -> u64 {
@@ -89,12 +93,20 @@ impl Store {
                         rec.format
                     );
                 }
-                Ok(Some((Store { addr, generation }, rec)))
+                Ok(Some((
+                    Store {
+                        addr,
+                        generation,
+                        unmapped: None,
+                    },
+                    rec,
+                )))
             }
             None => Ok(Some((
                 Store {
                     addr,
                     generation: 0,
+                    unmapped: None,
                 },
                 Record {
                     format: FORMAT,
@@ -143,7 +155,55 @@ impl Store {
         Ok(Store {
             addr,
             generation: 0,
+            unmapped: None,
         })
+    }
+
+    /// The state in the target's memfd `fd` (made empty, still open there), filled and
+    /// sized but not mapped: its mapping is made in the target's next hand-over
+    /// ([`Store::map_steps`]), which has other work too, so that the record costs the
+    /// apply no hand-over of its own. Until then the record is written into the file,
+    /// where no later rlivepatch looks: one killed meanwhile leaves no record, only
+    /// rlivepatch's memory and descriptors, which the next run clears as it clears
+    /// those of a run killed before the record was made.
+    pub fn unmapped(proc: &Process, fd: i32) -> Result<Store> {
+        crate::remote::inject::fill_memfd(proc, fd, MEMFD_NAME, MAGIC, Some(STATE_SIZE))?;
+        Ok(Store {
+            addr: 0,
+            generation: 0,
+            unmapped: Some(fd),
+        })
+    }
+
+    /// The target's descriptor of a state not mapped yet.
+    pub fn unmapped_fd(&self) -> Option<i32> {
+        self.unmapped
+    }
+
+    /// The steps that map a state made with [`Store::unmapped`] and close its
+    /// descriptor, for the front of a batch; [`Store::mapped_by`] takes their results.
+    pub fn map_steps(fd: i32) -> [Step; 2] {
+        let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        // The fault stands for a mapping the kernel refuses (EBADF here; ENOMEM, or a
+        // limit on the process's mappings, in life).
+        let mapped = if crate::os::fault::fails("state:map") {
+            u64::MAX
+        } else {
+            fd as u64
+        };
+        let map = [0, STATE_SIZE, prot, libc::MAP_PRIVATE as u64, mapped, 0];
+        [
+            Step::syscall(libc::SYS_mmap, &map),
+            Step::syscall(libc::SYS_close, &[fd as u64]),
+        ]
+    }
+
+    /// The state is mapped at what [`Store::map_steps`]' mmap returned (`ret`), or the
+    /// error that says why not (the descriptor is still the caller's then).
+    pub fn mapped_by(&mut self, ret: u64, pid: i32) -> Result<()> {
+        self.addr = crate::remote::inject::returned(ret as i64, "mapping the state memfd", pid)?;
+        self.unmapped = None;
+        Ok(())
     }
 
     /// The mapping that holds the record, as `/proc/PID/maps` shows it (its device and
@@ -177,19 +237,27 @@ impl Store {
         }
         let generation_no = self.generation + 1;
         let base = self.addr + HEADER + (generation_no % 2) * SLOT_SIZE;
+        // (Not mapped yet: `addr` is 0 and `base` the offset in the file.)
         // Header and body in one write to the slot not in use: a torn write (rlivepatch
         // killed midway) fails the header's checksum, and the other slot stands.
         let mut slot = generation_no.to_le_bytes().to_vec();
         slot.extend((body.len() as u64).to_le_bytes());
         slot.extend(checksum(&body).to_le_bytes());
         slot.extend(&body);
-        proc.write_unverified(base, &slot)?;
+        match self.unmapped {
+            Some(fd) => write_file_at(proc, fd, base, &slot)?,
+            None => proc.write_unverified(base, &slot)?,
+        }
         self.generation = generation_no;
         Ok(())
     }
 
-    /// Unmap the state (when nothing is left to remember).
+    /// Unmap the state (when nothing is left to remember). A state not mapped yet has
+    /// nothing to unmap: its descriptor is closed with the run's other memfds.
     pub fn remove(self, inj: &mut Injector, tr: &mut Tracer) -> Result<()> {
+        if self.unmapped.is_some() {
+            return Ok(());
+        }
         let r = inj.syscall(tr, libc::SYS_munmap, &[self.addr, STATE_SIZE])?;
         if r < 0 {
             bail!(
@@ -200,6 +268,23 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Write `bytes` at `offset` of the target's descriptor `fd`, through `/proc/PID/fd`.
+fn write_file_at(proc: &Process, fd: i32, offset: u64, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let path = format!("/proc/{}/fd/{fd}", proc.pid);
+    if crate::os::fault::fails("state:file") {
+        bail!(
+            Failed,
+            "writing the rlivepatch state into {path}: Input/output error"
+        );
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.write_all_at(bytes, offset))
+        .map_err(|e| err!(Failed, "writing the rlivepatch state into {path}: {e}"))
 }
 
 /// Read the record of a process without attaching to it.

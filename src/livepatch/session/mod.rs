@@ -115,6 +115,9 @@ pub struct Session<'a> {
     /// Empty memfds made ahead in the target, by name, for the steps that fill them
     /// ([`Session::make_memfds`]); those left are closed at the end.
     made_memfds: Vec<(String, i32)>,
+    /// The record's first save may leave its mapping to the next load
+    /// ([`Session::defer_store_mapping`]).
+    defer_store: bool,
     /// Memfds to make along with rlivepatch's memory, if the next borrow maps it
     /// ([`Session::want_memfds`]).
     memfds_wanted: Vec<String>,
@@ -224,6 +227,7 @@ impl<'a> Session<'a> {
             gates: Default::default(),
             states_written: None,
             made_memfds: Vec::new(),
+            defer_store: false,
             memfds_wanted: Vec::new(),
         })
     }
@@ -488,8 +492,11 @@ impl<'a> Session<'a> {
                 }
             }
         }
+        // A record not mapped yet is mapped first, in the same hand-over.
+        let state = self.store.as_ref().and_then(Store::unmapped_fd);
+        let mut steps: Vec<Step> = state.map(Store::map_steps).into_iter().flatten().collect();
+        let first = steps.len();
         let inj = self.inj.as_mut().unwrap();
-        let mut steps = Vec::with_capacity(objs.len());
         for (&(_, _, flags), &fd) in objs.iter().zip(&fds) {
             let path = inj.put_cstr(&self.proc, &self.proc.fd_path(fd));
             let Ok(p) = path else {
@@ -499,15 +506,27 @@ impl<'a> Session<'a> {
             let args = [p, flags as u64];
             steps.push(Step::call(inj.libc.dlopen, &args, Check::Null));
         }
-        let handles = match inj.batch(&mut self.tr, &steps, "dlopen") {
+        let mut handles = match inj.batch(&mut self.tr, &steps, "dlopen") {
             Ok(h) => h,
             Err(e) => {
-                if !inj.leaked {
+                let leaked = inj.leaked;
+                if state.is_some() {
+                    self.state_after_failed_batch(leaked);
+                }
+                if !leaked {
                     let _ = self.close_fds(&fds);
                 }
                 return Err(e);
             }
         };
+        if state.is_some() {
+            let mapped = self.state_mapped(&handles[..first.min(handles.len())]);
+            if let Err(e) = mapped {
+                self.close_fds(&fds)?;
+                return Err(e);
+            }
+            handles.drain(..first);
+        }
         let loaded: Vec<(u64, i32)> = handles
             .into_iter()
             .zip(fds.iter().copied())
@@ -519,12 +538,65 @@ impl<'a> Session<'a> {
                 refused: None,
             });
         }
+        let inj = self.inj.as_mut().unwrap();
         let text = inj.dlerror(&mut self.tr, &self.proc)?;
         self.close_fds(&fds[loaded.len()..])?;
         Ok(Loaded {
             loaded,
             refused: Some(text),
         })
+    }
+
+    /// The record's mapping, made by the front of a batch ([`Store::map_steps`], `done`
+    /// their results): the store is mapped there and its descriptor closed, or the
+    /// error says which failed (no later step of the batch ran then).
+    fn state_mapped(&mut self, done: &[u64]) -> Result<()> {
+        let pid = self.proc.pid;
+        let Some(store) = self.store.as_mut() else {
+            return Ok(());
+        };
+        store.mapped_by(done.first().copied().unwrap_or(u64::MAX), pid)?;
+        // The maps gain the record's mapping, as the kernel made it (see `save_record`).
+        self.maps.push(store.mapping());
+        self.maps.sort_by_key(|m| m.start);
+        // Closed by the batch unless that failed; then it is closed with the run's other
+        // memfds made ahead.
+        match done.get(1) {
+            Some(&r) if (r as i64) >= 0 => {
+                self.take_memfd(crate::livepatch::store::MEMFD_NAME);
+                Ok(())
+            }
+            _ => Err(err!(
+                Failed,
+                "closing the state memfd in process {pid} failed; the apply was undone"
+            )),
+        }
+    }
+
+    /// After a batch that began with the record's mapping failed: whether that mapping
+    /// was made, from the maps. Made, the store is there and its descriptor was closed
+    /// by the batch; not made, the descriptor is still open, for the run's cleanup to
+    /// close, unless the call still runs (`leaked`): then the number is forgotten, for a
+    /// descriptor the batch may yet close must not be closed again (the program may have
+    /// opened another under that number), and so is the record it would have held.
+    fn state_after_failed_batch(&mut self, leaked: bool) {
+        let pid = self.proc.pid;
+        let found = self
+            .proc
+            .maps()
+            .ok()
+            .and_then(|m| crate::livepatch::store::find_mapping(&m));
+        if let (Some(addr), Some(store)) = (found, self.store.as_mut())
+            && store.mapped_by(addr, pid).is_ok()
+        {
+            self.maps.push(store.mapping());
+            self.maps.sort_by_key(|m| m.start);
+            self.take_memfd(crate::livepatch::store::MEMFD_NAME);
+        } else if leaked {
+            // Nor is the record written there again.
+            self.take_memfd(crate::livepatch::store::MEMFD_NAME);
+            self.store = None;
+        }
     }
 
     /// A memfd in the target holding `bytes`: the one named `name` made ahead, filled, or
@@ -611,6 +683,13 @@ impl<'a> Session<'a> {
         Ok(module)
     }
 
+    /// The record this run makes is mapped by the run's first load ([`Session::load_all`]),
+    /// in that hand-over, and written into its memfd until then (see
+    /// [`Store::unmapped`]): for an apply, whose every path loads the patch.
+    pub fn defer_store_mapping(&mut self) {
+        self.defer_store = true;
+    }
+
     /// Make empty memfds named `names` in the target with rlivepatch's memory, in the
     /// hand-over that sets that up, if the next borrow maps it; else
     /// [`Session::make_memfds`] makes them (a hand-over of their own).
@@ -684,6 +763,17 @@ impl<'a> Session<'a> {
                 self.refresh()?;
             }
             return Ok(());
+        }
+        if self.store.is_none() && self.defer_store {
+            // Filled now, mapped in the next load's hand-over (see `Store::unmapped`).
+            let made = self
+                .made_memfds
+                .iter()
+                .find(|(n, _)| n == crate::livepatch::store::MEMFD_NAME)
+                .map(|&(_, fd)| fd);
+            if let Some(fd) = made {
+                self.store = Some(Store::unmapped(&self.proc, fd)?);
+            }
         }
         if self.store.is_none() {
             self.borrow_for_syscalls()?;

@@ -110,6 +110,10 @@ pub fn run(
     let mut pending = crate::livepatch::record::Pending::new("apply", &patch.name);
     pending.scratch = s.scratch;
     s.record.pending = Some(pending);
+    if !recorded {
+        // The record's mapping rides along with the load of the patch (or the runtime).
+        s.defer_store_mapping();
+    }
     s.save_record()?;
     // Undone like any step after the record says the apply is under way.
     let steps = |s: &mut Session| {
