@@ -273,14 +273,16 @@ fn uncovered_children(records: &[ProcessRecord]) -> Option<String> {
         .filter(|r| !r.result.failed())
         .map(|r| r.pid)
         .collect();
-    let mut left: Vec<String> = Vec::new();
-    for r in records.iter().filter(|r| r.result.changed()) {
-        for c in crate::os::process::same_program_children(r.pid) {
-            if !covered.contains(&c) {
-                left.push(format!("{c} (child of {})", r.pid));
-            }
-        }
-    }
+    let changed: std::collections::BTreeSet<i32> = records
+        .iter()
+        .filter(|r| r.result.changed())
+        .map(|r| r.pid)
+        .collect();
+    let left: Vec<String> = crate::os::process::same_program_children_of(&changed)
+        .into_iter()
+        .filter(|(c, _)| !covered.contains(c))
+        .map(|(c, p)| format!("{c} (child of {p})"))
+        .collect();
     (!left.is_empty()).then(|| {
         format!(
             "note: child processes running the same program were not in this run and still run the old code: {}; add them (--pid) or select by --exe",
