@@ -234,8 +234,23 @@ impl LoadedObject {
             "/proc/{}/map_files/{:x}-{:x}",
             self.pid, first.start, first.end
         ));
-        if let Ok(meta) = std::fs::metadata(&by_inode) {
-            return Ok((by_inode, meta));
+        match std::fs::metadata(&by_inode) {
+            Ok(meta) => return Ok((by_inode, meta)),
+            // The process has map_files, but not this range any more: the object was
+            // unloaded (a dlclose) since the maps were read, whatever its file is now.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::metadata(format!("/proc/{}/map_files", self.pid)).is_ok() =>
+            {
+                return Err(err!(
+                    Busy,
+                    "process {} unloaded {} while rlivepatch was reading it (a dlclose); retry",
+                    self.pid,
+                    self.path
+                )
+                .because(crate::error::Cause::Churn));
+            }
+            Err(_) => {}
         }
         let rooted = PathBuf::from(format!("/proc/{}/root{}", self.pid, self.path));
         let meta = std::fs::metadata(&rooted).map_err(|e| {
@@ -741,4 +756,32 @@ fn mapped_file_size(proc: &Process, m: &crate::os::process::Mapping) -> Option<u
         .or_else(|_| std::fs::metadata(&m.path))
         .ok()
         .map(|md| md.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An object whose mapping is no longer in the process (unloaded since the maps were
+    /// read) is a retry, not a file replaced on disk.
+    #[test]
+    fn a_mapping_gone_since_the_maps_were_read_is_a_retry() {
+        let pid = std::process::id() as i32;
+        let proc = Process::open(pid).unwrap();
+        let maps = proc.maps().unwrap();
+        let objects = Objects::new(&proc, &maps, &[]).unwrap();
+        let mut obj = objects
+            .list
+            .into_iter()
+            .find(|o| o.path.starts_with('/') && !o.mappings.is_empty())
+            .expect("a file-backed object");
+        assert!(obj.mapped_path().is_ok(), "{}", obj.path);
+        // The same object, as maps read before it moved: a range nothing maps now.
+        obj.mappings[0].start = 0x1000;
+        obj.mappings[0].end = 0x2000;
+        let e = obj.mapped_path().unwrap_err();
+        assert_eq!(e.kind, crate::error::ErrorKind::Busy, "{}", e.message);
+        assert_eq!(e.cause, crate::error::Cause::Churn, "{}", e.message);
+        assert!(e.message.contains("retry"), "{}", e.message);
+    }
 }

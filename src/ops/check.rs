@@ -42,7 +42,7 @@ pub fn check(pid: i32, path: &Path, opts: &Options, progress: ProgressFn) -> Res
     // What apply resolves before it touches the process, check resolves too.
     let p = prepare(pid, &patch, opts, progress)?;
     let (mut contracts, mut resolved, coming) = (p.contracts, p.resolved, p.coming);
-    let mut s = Session::attach_locked(p.proc, p.tracer, (p.maps, p.objects), opts, progress)?;
+    let mut s = Session::attach_with(p.proc, opts, progress, Some(p.objects))?;
     let r = (|| -> Result<CheckReport> {
         ifuncs(&mut s, &patch, &mut contracts, &mut resolved)?;
         s.unborrow()?;

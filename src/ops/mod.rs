@@ -143,7 +143,7 @@ fn apply_once(
     let mut p = prepare::prepare(pid, patch, opts, progress)?;
     let libc = Libc::find(pid, &p.objects)?;
     crate::os::fault::trace("resolved");
-    let mut s = Session::attach_locked(p.proc, p.tracer, (p.maps, p.objects), opts, progress)?;
+    let mut s = Session::attach_with(p.proc, opts, progress, Some(p.objects))?;
     s.set_libc(libc);
     crate::os::fault::point("apply:attached");
     let coming = p.coming;

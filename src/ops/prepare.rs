@@ -6,23 +6,17 @@ use crate::elf::objects::Objects;
 use crate::error::Result;
 use crate::livepatch::session::ProgressFn;
 use crate::livepatch::session::{Options, Session};
-use crate::os::process::{Mapping, Process};
-use crate::os::ptrace::Tracer;
+use crate::os::process::Process;
 use crate::patch::Patch;
 use crate::remote::relocate::RelocFill;
 use crate::resolve::coming::Pending;
 use crate::resolve::funcs::{Resolved, resolve_ifuncs};
 use crate::resolve::symbols::SymbolFill;
-use std::time::Instant;
 
 /// A patch resolved against a process that is not touched yet.
 pub struct Prepared {
     /// The process.
     pub proc: Process,
-    /// Its lock, taken before its maps were read (no thread seized yet).
-    pub tracer: Tracer,
-    /// Its maps, read under the lock.
-    pub maps: Vec<Mapping>,
     /// Its objects, parsed.
     pub objects: Objects,
     /// What callers rely on, per object.
@@ -41,14 +35,6 @@ pub struct Prepared {
 pub fn prepare(pid: i32, patch: &Patch, opts: &Options, progress: ProgressFn) -> Result<Prepared> {
     let proc = Process::open(pid)?;
     crate::resolve::target::preflight(&proc)?;
-    // The lock first: what is read from here on, no other rlivepatch changes until the
-    // session ends, so the session uses it as read (see `Session::attach_locked`).
-    let tracer = Tracer::lock(
-        pid,
-        proc.start_time,
-        Instant::now() + opts.lock_timeout,
-        progress,
-    )?;
     let maps = proc.maps()?;
     crate::os::fault::trace("maps read");
     let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
@@ -73,8 +59,6 @@ pub fn prepare(pid: i32, patch: &Patch, opts: &Options, progress: ProgressFn) ->
     let places = crate::remote::relocate::resolve(patch, &objects)?;
     Ok(Prepared {
         proc,
-        tracer,
-        maps,
         objects,
         contracts,
         resolved,

@@ -316,21 +316,6 @@ impl Tracer {
         deadline: Instant,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Tracer> {
-        let mut t = Self::lock(pid, start, deadline, progress)?;
-        t.seize_threads(deadline, progress)?;
-        Ok(t)
-    }
-
-    /// Take the lock on process `pid` (started at `start`): wait, until `deadline`, for
-    /// another rlivepatch working on it, and touch none of its threads. What is read of
-    /// the process from here on stays true of everything rlivepatch does to it, until
-    /// this tracer is dropped; [`Tracer::seize_threads`] attaches.
-    pub fn lock(
-        pid: i32,
-        start: u64,
-        deadline: Instant,
-        progress: &mut dyn FnMut(&str),
-    ) -> Result<Tracer> {
         let set = block_tool_signals()?;
         let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .context("creating signalfd")?;
@@ -361,20 +346,8 @@ impl Tracer {
             }
             t.wait_for_other(deadline, &mut announced, progress)?;
         });
+        t.seize_all(deadline, &mut announced, progress)?;
         Ok(t)
-    }
-
-    /// Seize every thread of the process whose lock this tracer holds ([`Tracer::lock`]).
-    /// A tool signal that came while the caller worked between the two ends the run here,
-    /// before any thread is touched.
-    pub fn seize_threads(
-        &mut self,
-        deadline: Instant,
-        progress: &mut dyn FnMut(&str),
-    ) -> Result<()> {
-        self.pump(Instant::now())?;
-        self.check_interrupted()?;
-        self.seize_all(deadline, &mut false, progress)
     }
 
     /// Seize every thread, the leader last, until the set is stable. While the leader is

@@ -153,6 +153,16 @@ pub struct Concluded<T> {
 impl<'a> Session<'a> {
     /// Attach to every thread and read the record.
     pub fn attach(proc: Process, opts: &Options, progress: ProgressFn<'a>) -> Result<Session<'a>> {
+        Self::attach_with(proc, opts, progress, None)
+    }
+
+    /// [`Session::attach`], reusing the files parsed before attaching.
+    pub fn attach_with(
+        proc: Process,
+        opts: &Options,
+        progress: ProgressFn<'a>,
+        prior: Option<Objects>,
+    ) -> Result<Session<'a>> {
         let tr = Tracer::attach(
             proc.pid,
             proc.start_time,
@@ -160,35 +170,10 @@ impl<'a> Session<'a> {
             progress,
         )?;
         let maps = proc.maps()?;
-        let objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
-        Self::with_parts(proc, tr, maps, objects, opts, progress)
-    }
-
-    /// Attach to a process whose lock `tr` took ([`Tracer::lock`]) before `maps` were
-    /// read and `objects` parsed from them: they are the session's, not read again. No
-    /// other rlivepatch changed the process since, and a read after seizing would see no
-    /// more of the program's own loads and unloads than this one (its threads run
-    /// throughout). The maps are the dearest file of /proc to read.
-    pub fn attach_locked(
-        proc: Process,
-        mut tr: Tracer,
-        (maps, objects): (Vec<Mapping>, Objects),
-        opts: &Options,
-        progress: ProgressFn<'a>,
-    ) -> Result<Session<'a>> {
-        tr.seize_threads(Instant::now() + opts.lock_timeout, progress)?;
-        Self::with_parts(proc, tr, maps, objects, opts, progress)
-    }
-
-    /// The session of an attached process, from its maps and objects read under the lock.
-    fn with_parts(
-        proc: Process,
-        tr: Tracer,
-        maps: Vec<Mapping>,
-        objects: Objects,
-        opts: &Options,
-        progress: ProgressFn<'a>,
-    ) -> Result<Session<'a>> {
+        let mut objects = Objects::new(&proc, &maps, &opts.debug_dirs)?;
+        if let Some(p) = prior {
+            objects.adopt(p);
+        }
         let (store, mut record) = match Store::load(&proc, &maps)? {
             Some((s, r)) => (Some(s), r),
             None => (
