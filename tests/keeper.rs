@@ -158,3 +158,30 @@ fn an_apply_killed_after_the_runtime_loaded_leaves_no_keeper_behind() {
     rlp_ok(&["disable", &pid, "counter-fix"]);
     assert_eq!(threads(t.pid), 1);
 }
+
+/// On a saturated machine rlivepatch may not get a CPU back before the keeper's wait at
+/// its gate times out after the call that posts its end (`linger:keeper:posted` holds
+/// rlivepatch there longer than that wait): the keeper then goes back to its own
+/// `sem_wait`, takes the post and ends by itself before rlivepatch takes it back. The
+/// disable is done all the same: the process runs the original code, with its own
+/// threads, maps and descriptors as before the apply.
+#[test]
+fn a_keeper_that_ends_before_it_is_taken_back_is_no_error() {
+    let (mut t, pid, fix, maps, fds) = counter();
+    rlp_ok(&["apply", &pid, fix.to_str().unwrap()]);
+    assert_eq!(threads(t.pid), 2, "no keeper thread while patched");
+    t.assert_settled(2, patched, "patched");
+    let o = rlp_env(
+        &["disable", &pid, "counter-fix"],
+        &[("RLIVEPATCH_FAULT", "linger:keeper:posted")],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.is_empty(), "{err}");
+    t.assert_settled(2, original, "original");
+    assert_eq!(threads(t.pid), 1, "the keeper stayed");
+    assert_eq!((t.stable_maps(), t.fd_count()), (maps, fds));
+    let (code, out, err) = rlp_full(&["repair", &pid, "--json"]);
+    assert_eq!(code, 0, "repair: {err}");
+    assert_eq!(json(&out)["actions"].as_array().unwrap().len(), 0, "{out}");
+}

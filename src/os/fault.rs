@@ -10,7 +10,8 @@
 //! turns the preserving path off (see `crate::remote::preserve`), and `narrow-vectors` has it keep
 //! only the low halves of vector registers, for tests that show the hazards they prevent.
 //! `RLIVEPATCH_FAULT=fail:<step>` makes that step fail once, as a refusing system would
-//! ([`fails`]).
+//! ([`fails`]); `linger:<point>` makes rlivepatch wait there longer than a borrowed thread
+//! waits at its gate, as when a saturated machine is slow to give rlivepatch a CPU.
 //!
 //! The fault and signal switches exist only in test builds (`debug_assertions`: what
 //! `cargo test` runs); a release build ignores them, so no environment can make an
@@ -82,6 +83,14 @@ pub fn point(name: &str) {
     crate::os::pace::point();
     let c = config();
     trace_line(c, name);
+    if c.fault
+        .iter()
+        .any(|f| f.strip_prefix("linger:") == Some(name))
+    {
+        // Longer than a borrowed thread waits at its gate between calls (100 ms), as
+        // when a saturated machine gives rlivepatch its CPU back late.
+        std::thread::sleep(std::time::Duration::from_millis(400));
+    }
     let Some(i) = c.fault.iter().position(|f| f == name) else {
         return;
     };

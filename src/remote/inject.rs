@@ -908,6 +908,11 @@ pub struct Injector {
     /// A call that did not return in time is still running on the private stack: the
     /// scratch memory must stay mapped.
     pub leaked: bool,
+    /// The thread ended on its own: its wait at the gate timed out before rlivepatch took
+    /// it back, and its own code, where the gate returns it, ended it (the keeper, once
+    /// posted; a thread-per-request server's thread). Nothing is left to give back, and
+    /// no call can run on it: the session borrows another thread.
+    pub gone: bool,
     /// Longest time one call may take.
     pub call_timeout: Duration,
     /// The thread was judged at a safe point for the loader and the C library (else it
@@ -981,6 +986,7 @@ impl Injector {
             ran: false,
             restored: false,
             leaked: false,
+            gone: false,
             call_timeout: Duration::from_secs(10),
             safe: false,
             lent_arena: None,
@@ -1031,6 +1037,9 @@ impl Injector {
             return Ok(());
         }
         self.settle(tr)?;
+        if self.gone {
+            return Ok(());
+        }
         self.return_arena(proc)?;
         if self.ran && !self.restored {
             self.restore(tr)?;
@@ -1102,7 +1111,7 @@ impl Injector {
         catch: Catch,
         what: &str,
     ) -> Result<Outcome> {
-        self.settle(tr)?;
+        self.settle_to_run(tr, what)?;
         self.start_run(tr, regs, true, catch)?;
         crate::os::fault::trace(what);
         let deadline = Instant::now() + self.call_timeout;
@@ -1609,7 +1618,7 @@ impl Injector {
         if self.leaked {
             return Ok(());
         }
-        self.settle(tr)?;
+        self.settle_to_run(tr, "unmapping rlivepatch's memory")?;
         if let Some(s) = self.scratch.take() {
             // The kernel usually puts the two next to each other: then one call (each
             // costs two stops) unmaps both, and nothing else lies between them.
@@ -1772,7 +1781,7 @@ impl Injector {
             crate::os::fault::point("inject:posted");
         } else {
             // Not waiting at the gate (first call, or it left): started from its stop.
-            self.settle(tr)?;
+            self.settle_to_run(tr, what)?;
             page.store_u32(NOTIFY_CMD as usize, 0);
             page.store_u32(NOTIFY_MODE as usize, self.gate as u32);
             if let Some(s) = self.scratch {
@@ -1846,6 +1855,10 @@ impl Injector {
             th.in_call = false;
         }
         tr.stop_these(&[self.tid], Instant::now() + self.call_timeout)?;
+        if !tr.threads.contains_key(&self.tid) {
+            self.ended();
+            return Ok(());
+        }
         let r = tr.regs(self.tid)?;
         let stub = s.code + NOTIFY_STUB;
         let Some(th) = tr.threads.get_mut(&self.tid) else {
@@ -1912,6 +1925,30 @@ impl Injector {
         )
     }
 
+    /// [`Injector::settle`], for a call to run next on the thread.
+    fn settle_to_run(&mut self, tr: &mut Tracer, what: &str) -> Result<()> {
+        self.settle(tr)?;
+        if self.gone {
+            // Its wait at the gate ran out while rlivepatch waited for a CPU: a busy
+            // machine, which a retry may not meet.
+            bail!(
+                Busy,
+                "thread {} of process {} ended on its own before {what} (rlivepatch was slow to take it back on a busy machine); retry",
+                self.tid,
+                tr.pid
+            );
+        }
+        Ok(())
+    }
+
+    /// The thread ended in its own code after its gate timed out. Leaving the gate, the
+    /// stub gave back the arena lent to it; nothing of rlivepatch's is on its stack.
+    fn ended(&mut self) {
+        crate::os::fault::trace("borrowed thread ended in its own code");
+        self.lent_arena = None;
+        self.gone = true;
+    }
+
     /// The thread went past the gate and back to its own code: take its context where
     /// it is stopped now, and write the frame for the next call.
     fn reborrow(&mut self, tr: &mut Tracer) -> Result<()> {
@@ -1919,7 +1956,8 @@ impl Injector {
         // stop with nothing pending): let it go and stop it again.
         for _ in 0..100 {
             let Some(th) = tr.threads.get(&self.tid) else {
-                bail!(Target, "thread {} exited", self.tid);
+                self.ended();
+                return Ok(());
             };
             if !matches!(th.stop, Some(Stop::Signal(_))) {
                 break;

@@ -248,6 +248,7 @@ impl<'a> Session<'a> {
     /// Borrow a thread for injected calls, mapping rlivepatch's memory on first use.
     /// Only the thread tried is stopped; the others keep running.
     pub fn borrow(&mut self) -> Result<()> {
+        self.forget_ended();
         if self.inj.as_ref().is_some_and(|i| i.safe) {
             return Ok(());
         }
@@ -263,6 +264,7 @@ impl<'a> Session<'a> {
     /// record): any stopped thread will do, wherever it is, since a raw system call takes
     /// no lock of the C library or the loader. What undoes and cleans up needs no more.
     pub fn borrow_for_syscalls(&mut self) -> Result<()> {
+        self.forget_ended();
         if self.inj.is_some() {
             return Ok(());
         }
@@ -379,9 +381,18 @@ impl<'a> Session<'a> {
     /// Take the borrowed thread back from the gate where it waits for the next injected
     /// call ([`Injector::settle`]): before anything stops every thread or looks at it.
     pub fn settle(&mut self) -> Result<()> {
-        match self.inj.as_mut() {
-            Some(inj) => inj.settle(&mut self.tr),
-            None => Ok(()),
+        if let Some(inj) = self.inj.as_mut() {
+            inj.settle(&mut self.tr)?;
+        }
+        self.forget_ended();
+        Ok(())
+    }
+
+    /// A borrowed thread that ended on its own ([`Injector::gone`]) is no longer
+    /// borrowed: the next call borrows another.
+    fn forget_ended(&mut self) {
+        if self.inj.as_ref().is_some_and(|i| i.gone) {
+            self.inj = None;
         }
     }
 
