@@ -203,10 +203,19 @@ impl Session<'_> {
         let Some(k) = self.record.keeper.clone() else {
             return Ok(());
         };
-        // The keeper is recognised by where it sleeps: not while it waits at the gate of
-        // the calls it was borrowed for.
-        self.settle()?;
-        if let Some(tid) = self.keeper_tid() {
+        // Borrowed, it was recognised then (and a thread held cannot end unseen): the post
+        // goes to it where it waits between calls. Else it is recognised by where it
+        // sleeps: not while it waits at the gate of the calls it was borrowed for.
+        let borrowed = k.tid > 0 && self.inj.as_ref().is_some_and(|i| i.tid == k.tid);
+        if !borrowed {
+            self.settle()?;
+        }
+        let tid = if borrowed {
+            Some(k.tid)
+        } else {
+            self.keeper_tid()
+        };
+        if let Some(tid) = tid {
             let pid = self.proc.pid;
             let sem_post = self.libc.as_ref().and_then(|l| l.sem_post).ok_or_else(|| {
                 crate::err!(Failed, "no sem_post in the C library of process {pid}")

@@ -268,6 +268,11 @@ impl<'a> Session<'a> {
         if self.inj.is_some() {
             return Ok(());
         }
+        // The keeper, parked, is fit for any call: borrowed as such, the calls that
+        // follow the system calls (a dlclose after a switch) need no second borrow.
+        if let Some(tid) = self.borrowable_keeper()? {
+            return self.borrow_tid(tid, true);
+        }
         let tid = self.pick_any_thread()?;
         self.borrow_tid(tid, false)
     }
