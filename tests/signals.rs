@@ -662,3 +662,47 @@ fn an_interrupt_while_waiting_for_another_run_leaves_nothing() {
     assert_eq!(first.wait().unwrap().code(), Some(6));
     t.assert_untouched(&before, entry);
 }
+
+/// A borrowed thread whose wait at the gate times out (rlivepatch slow to get a CPU back:
+/// `linger:apply:pending`) runs its own code on, which unblocks a signal and takes one of
+/// two queued ones. When rlivepatch borrows it again there, that signal is delivered under
+/// the thread's mask of the moment: set back to the mask it had when first borrowed (the
+/// signal blocked), the kernel would queue it again behind the second, and the program
+/// would get them out of order (and keep the signal blocked where it had unblocked it).
+/// Every round of the fixture before, during and after the apply gets 1, then 2.
+#[test]
+fn a_signal_taken_past_the_gate_keeps_its_place_in_the_queue() {
+    let exe = fixture("maskorder", "maskorder", &[]);
+    let fix = patch_src(
+        "maskorder-tick",
+        "#include <rlivepatch.h>\nstatic int new_tick(int x) { return x + 1000; }\nRLIVEPATCH_FUNC(tick, new_tick);\nRLIVEPATCH_NAME(\"maskorder-tick\");\n",
+    );
+    let mut t = Target::start(&exe, &[]);
+    let pid = t.pid.to_string();
+    let round = |l: &str| l.starts_with("round ");
+    t.wait_line(round, Duration::from_secs(10));
+    let o = rlp_env(
+        &["apply", &pid, s(&fix)],
+        &[("RLIVEPATCH_FAULT", "no-keeper,linger:apply:pending")],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut lines = Vec::new();
+    loop {
+        let l = t.wait_line(round, Duration::from_secs(10));
+        let patched = l.split_whitespace().last().unwrap().parse::<i32>().unwrap() >= 1000;
+        lines.push(l);
+        if patched {
+            break;
+        }
+    }
+    lines.push(t.wait_line(round, Duration::from_secs(10)));
+    for l in &lines {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(
+            &w[3..w.len() - 2],
+            ["1", "2"],
+            "signals out of order or held back: {lines:?}"
+        );
+    }
+    t.assert_running();
+}

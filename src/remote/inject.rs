@@ -1194,6 +1194,11 @@ impl Injector {
         if !self.leaked && self.frame_blocked.is_none() {
             let _ = tr.set_sigmask(self.tid, self.mask);
         }
+        self.end_run_keeping_mask(tr);
+    }
+
+    /// [`Injector::end_run`] of a thread that is back in its own code, with its own mask.
+    fn end_run_keeping_mask(&self, tr: &mut Tracer) {
         if let Some(th) = tr.threads.get_mut(&self.tid) {
             th.syscall_mode = false;
             th.in_call = false;
@@ -1879,8 +1884,11 @@ impl Injector {
         } else {
             // Past the gate: it returned by itself (its frame's rt_sigreturn) and ran
             // its own code; it is borrowed again where it stops next with nothing to
-            // deliver (a stop of its own, a fault or a signal, is its own).
-            self.end_run(tr);
+            // deliver (a stop of its own, a fault or a signal, is its own). Its mask is
+            // its own code's now, not the one it had when borrowed: a signal it unblocked
+            // since and took is delivered under it (set back to the old mask, the kernel
+            // would queue that signal again, behind those sent after it).
+            self.end_run_keeping_mask(tr);
             self.reborrow(tr)
         }
     }
