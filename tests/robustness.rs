@@ -13,10 +13,7 @@ const T: Duration = Duration::from_secs(30);
 
 /// A patch of `tick()` (the fixtures' function for this), returning x + 2.
 fn tick_patch() -> PathBuf {
-    patch_src(
-        "tick",
-        "#include <rlivepatch.h>\nstatic int new_tick(int x) { return x + 2; }\nRLIVEPATCH_FUNC(tick, new_tick);\nRLIVEPATCH_NAME(\"tick\");\n",
-    )
+    func_patch("tick", "tick", "static int f(int x) { return x + 2; }")
 }
 
 /// apply and disable `n` times, each must succeed, and the target shows tick=2 between.
@@ -447,9 +444,10 @@ fn sigkill_at_any_step_of_apply_and_disable_is_repaired() {
 #[test]
 fn sigkill_while_a_return_trampoline_is_planted_is_repaired() {
     let cons = fixture("consistency", "consistency", &[]);
-    let p = patch_src(
+    let p = func_patch(
         "kill-handler",
-        "#include <rlivepatch.h>\n#include <time.h>\nstatic int f(long ms) { struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L }; nanosleep(&ts, 0); return 2; }\nRLIVEPATCH_FUNC(handler, f);\nRLIVEPATCH_NAME(\"kill-handler\");\n",
+        "handler",
+        "#include <time.h>\nstatic int f(long ms) { struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L }; nanosleep(&ts, 0); return 2; }",
     );
     let mut t = Target::start(&cons, &["loop", "300"]);
     t.wait_line(|l| l == "handled v=1", T);
@@ -774,9 +772,10 @@ fn seccomp_filters_are_checked_before_any_injected_call() {
 #[test]
 fn a_borrowed_thread_without_an_arena_leaves_no_arena() {
     let exe = fixture("arena", "arena", &[]);
-    let fix = patch_src(
+    let fix = func_patch(
         "arena-fix",
-        "#include <rlivepatch.h>\nstatic int v(int x) { return x + 1000; }\nRLIVEPATCH_FUNC(value, v);\nRLIVEPATCH_NAME(\"arena-fix\");\n",
+        "value",
+        "static int f(int x) { return x + 1000; }",
     );
     let mut t = Target::start(&exe, &[]);
     let pid = t.pid.to_string();

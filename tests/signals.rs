@@ -184,17 +184,15 @@ fn assert_all_delivered(board: &Path, sent: &Sent) {
 }
 
 fn tick_patch() -> PathBuf {
-    patch_src(
+    func_patch(
         "storm-tick",
-        "#include <rlivepatch.h>\nstatic int new_tick(int x) { return x + 1; }\nRLIVEPATCH_FUNC(tick, new_tick);\nRLIVEPATCH_NAME(\"storm-tick\");\n",
+        "tick",
+        "static int f(int x) { return x + 1; }",
     )
 }
 
 fn hold_patch() -> PathBuf {
-    patch_src(
-        "storm-hold",
-        "#include <rlivepatch.h>\nstatic int new_hold(void) { return 0; }\nRLIVEPATCH_FUNC(hold, new_hold);\nRLIVEPATCH_NAME(\"storm-hold\");\n",
-    )
+    func_patch("storm-hold", "hold", "static int f(void) { return 0; }")
 }
 
 /// A board file for one fixture run.
@@ -411,9 +409,10 @@ fn assert_job_stopped(pid: i32) {
 }
 
 fn tick2_patch() -> PathBuf {
-    patch_src(
+    func_patch(
         "jobctl-tick",
-        "#include <rlivepatch.h>\nstatic int new_tick(int x) { return x + 2; }\nRLIVEPATCH_FUNC(tick, new_tick);\nRLIVEPATCH_NAME(\"jobctl-tick\");\n",
+        "tick",
+        "static int f(int x) { return x + 2; }",
     )
 }
 
@@ -673,9 +672,10 @@ fn an_interrupt_while_waiting_for_another_run_leaves_nothing() {
 #[test]
 fn a_signal_taken_past_the_gate_keeps_its_place_in_the_queue() {
     let exe = fixture("maskorder", "maskorder", &[]);
-    let fix = patch_src(
+    let fix = func_patch(
         "maskorder-tick",
-        "#include <rlivepatch.h>\nstatic int new_tick(int x) { return x + 1000; }\nRLIVEPATCH_FUNC(tick, new_tick);\nRLIVEPATCH_NAME(\"maskorder-tick\");\n",
+        "tick",
+        "static int f(int x) { return x + 1000; }",
     );
     let mut t = Target::start(&exe, &[]);
     let pid = t.pid.to_string();

@@ -480,6 +480,17 @@ pub fn value(line: &str) -> (i64, i64) {
     (i, r.trim().parse().unwrap())
 }
 
+/// A patch named `name` that replaces the target's `func` by `f`, whose C definition is
+/// `def` (with any `#include` it needs before it).
+pub fn func_patch(name: &str, func: &str, def: &str) -> PathBuf {
+    patch_src(
+        name,
+        &format!(
+            "#include <rlivepatch.h>\n{def}\nRLIVEPATCH_FUNC({func}, f);\nRLIVEPATCH_NAME(\"{name}\");\n"
+        ),
+    )
+}
+
 /// A patch built from source text written by the test (for error cases).
 pub fn patch_src(name: &str, source: &str) -> PathBuf {
     let src = build_dir().join(format!("{name}.c"));
