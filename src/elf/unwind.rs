@@ -240,10 +240,9 @@ pub struct StackMem<'a> {
 impl<'a> StackMem<'a> {
     /// Read from `sp` to `stack_end` (at most 8 MiB).
     fn read(proc: &'a Process, sp: u64, stack_end: u64) -> StackMem<'a> {
-        let len = stack_end.saturating_sub(sp).min(8 << 20) as usize;
         StackMem {
             base: sp,
-            bytes: proc.read_vm(sp, len),
+            bytes: proc.read_vm(sp, Self::len(sp, stack_end)),
             proc,
         }
     }
@@ -255,10 +254,37 @@ impl<'a> StackMem<'a> {
         maps: &[crate::os::process::Mapping],
         sp: u64,
     ) -> StackMem<'a> {
-        let end = crate::os::process::mapping_at(maps, sp)
+        Self::read(proc, sp, Self::stack_end(maps, sp))
+    }
+
+    /// [`StackMem::of_thread`] of several stopped threads whose stack pointers are
+    /// `sps`, read together (see [`Process::read_vm_many`]).
+    pub fn of_threads(
+        proc: &'a Process,
+        maps: &[crate::os::process::Mapping],
+        sps: &[u64],
+    ) -> Vec<StackMem<'a>> {
+        let ranges: Vec<(u64, usize)> = sps
+            .iter()
+            .map(|&sp| (sp, Self::len(sp, Self::stack_end(maps, sp))))
+            .collect();
+        proc.read_vm_many(&ranges)
+            .into_iter()
+            .zip(sps)
+            .map(|(bytes, &base)| StackMem { base, bytes, proc })
+            .collect()
+    }
+
+    /// The end of the mapping that holds `sp` (a page on when no mapping does).
+    fn stack_end(maps: &[crate::os::process::Mapping], sp: u64) -> u64 {
+        crate::os::process::mapping_at(maps, sp)
             .map(|m| m.end)
-            .unwrap_or(sp + 4096);
-        Self::read(proc, sp, end)
+            .unwrap_or(sp + 4096)
+    }
+
+    /// How much of a stack is read: to its end, at most 8 MiB.
+    fn len(sp: u64, stack_end: u64) -> usize {
+        stack_end.saturating_sub(sp).min(8 << 20) as usize
     }
 
     /// The 8 bytes at `addr`. A frame of garbage may give any address at all: one whose

@@ -389,7 +389,18 @@ fn applied_names(c: &Candidate) -> Option<Vec<String>> {
     {
         return Some(Vec::new());
     }
-    let (_, _, rec) = crate::livepatch::store::read_record(c.pid).ok()?;
+    // The maps the run listed locate the record (a record moved since is read wrong
+    // or not at all: then the apply itself refuses a name applied already).
+    let rec = match &c.maps {
+        Some(maps) => {
+            let proc = crate::os::process::Process::open(c.pid).ok()?;
+            crate::livepatch::store::Store::load(&proc, maps)
+                .ok()?
+                .map(|(_, r)| r)
+                .unwrap_or_default()
+        }
+        None => crate::livepatch::store::read_record(c.pid).ok()?.2,
+    };
     Some(
         rec.patches
             .iter()

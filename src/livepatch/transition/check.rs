@@ -96,6 +96,7 @@ pub(super) fn check_some(
     which: &dyn Fn(Tid) -> bool,
 ) -> Result<Vec<Blocker>> {
     let mut out = Vec::new();
+    let mut to_unwind = Vec::new();
     for tid in w.tr.tids().into_iter().filter(|t| which(*t)) {
         crate::os::pace::point();
         let regs = match w.tr.regs(tid) {
@@ -126,65 +127,90 @@ pub(super) fn check_some(
             });
             continue;
         }
-        if force {
-            continue;
-        }
-        let mem = StackMem::of_thread(w.proc, w.maps, regs.rsp);
-        let stack = w.unwinder.unwind(w.objects, &mem, &regs);
-        // The outermost changed frame is the one that blocks (and where a return could
-        // be diverted); the one inside it names the function when the outermost is the
-        // preserving path a new function returns through.
-        let mut hit: Option<(usize, &Changed)> = None;
-        let mut inner: Option<&Changed> = None;
-        for (i, f) in stack.frames.iter().enumerate() {
-            let probe = if f.exact { f.pc } else { f.pc.wrapping_sub(1) };
-            if let Some(c) = changed.at(probe) {
-                inner = hit.map(|h| h.1).or(inner);
-                hit = Some((i, c));
-            }
-        }
-        if let Some((i, c)) = hit {
-            let name = match inner {
-                Some(n) if c.name == PRESERVING_PATH => {
-                    format!("{}, which returns through {}", n.name, c.name)
-                }
-                _ => c.name.clone(),
-            };
-            let comm = process::thread_name(w.proc.pid, tid);
-            let f = &stack.frames[i];
-            let ret = stack.frames.get(i + 1).map(|n| n.pc);
-            let plant = match (f.ra_slot, ret, &stack.unreliable) {
-                (Some(slot), Some(ret), None) => Some((slot, ret)),
-                _ => None,
-            };
-            out.push(Blocker {
-                tid,
-                comm,
-                function: Some(name),
-                frame: w.objects.symbolize(f.pc),
-                depth: i,
-                unreliable: None,
-                plant,
-            });
-        } else if let Some(why) = stack.unreliable {
-            let comm = process::thread_name(w.proc.pid, tid);
-            let frame = stack
-                .frames
-                .last()
-                .map(|f| w.objects.symbolize(f.pc))
-                .unwrap_or_default();
-            out.push(Blocker {
-                tid,
-                comm,
-                function: None,
-                frame,
-                depth: stack.frames.len(),
-                unreliable: Some(why.text),
-                plant: None,
-            });
+        if !force {
+            to_unwind.push((tid, regs));
         }
     }
+    // The stacks are read together, a few threads at a time: the copies of one chunk
+    // are dropped before the next is read, and the next takes the same memory (a
+    // hundred stacks at once made the allocator take fresh pages, and their first
+    // touches cost more than the system calls saved).
+    for chunk in to_unwind.chunks(STACKS_AT_ONCE) {
+        let sps: Vec<u64> = chunk.iter().map(|(_, r)| r.rsp).collect();
+        let stacks = StackMem::of_threads(w.proc, w.maps, &sps);
+        for ((tid, regs), mem) in chunk.iter().zip(stacks) {
+            crate::os::pace::point();
+            out.extend(check_stack(w, changed, *tid, regs, &mem));
+        }
+    }
+    // In thread order, as the report lists them.
+    out.sort_by_key(|b| b.tid);
     Ok(out)
+}
+
+/// How many threads' stacks [`check_some`] reads at once.
+const STACKS_AT_ONCE: usize = 16;
+
+/// The blocker thread `tid` (its registers `regs`, its stack `mem`) is, if any: a
+/// changed function on its stack, or a stack that could not be unwound reliably.
+fn check_stack(
+    w: &mut World,
+    changed: &ChangedIndex,
+    tid: Tid,
+    regs: &crate::os::ptrace::Regs,
+    mem: &StackMem,
+) -> Option<Blocker> {
+    let stack = w.unwinder.unwind(w.objects, mem, regs);
+    // The outermost changed frame is the one that blocks (and where a return could
+    // be diverted); the one inside it names the function when the outermost is the
+    // preserving path a new function returns through.
+    let mut hit: Option<(usize, &Changed)> = None;
+    let mut inner: Option<&Changed> = None;
+    for (i, f) in stack.frames.iter().enumerate() {
+        let probe = if f.exact { f.pc } else { f.pc.wrapping_sub(1) };
+        if let Some(c) = changed.at(probe) {
+            inner = hit.map(|h| h.1).or(inner);
+            hit = Some((i, c));
+        }
+    }
+    if let Some((i, c)) = hit {
+        let name = match inner {
+            Some(n) if c.name == PRESERVING_PATH => {
+                format!("{}, which returns through {}", n.name, c.name)
+            }
+            _ => c.name.clone(),
+        };
+        let f = &stack.frames[i];
+        let ret = stack.frames.get(i + 1).map(|n| n.pc);
+        let plant = match (f.ra_slot, ret, &stack.unreliable) {
+            (Some(slot), Some(ret), None) => Some((slot, ret)),
+            _ => None,
+        };
+        return Some(Blocker {
+            tid,
+            comm: process::thread_name(w.proc.pid, tid),
+            function: Some(name),
+            frame: w.objects.symbolize(f.pc),
+            depth: i,
+            unreliable: None,
+            plant,
+        });
+    }
+    let why = stack.unreliable?;
+    let frame = stack
+        .frames
+        .last()
+        .map(|f| w.objects.symbolize(f.pc))
+        .unwrap_or_default();
+    Some(Blocker {
+        tid,
+        comm: process::thread_name(w.proc.pid, tid),
+        function: None,
+        frame,
+        depth: stack.frames.len(),
+        unreliable: Some(why.text),
+        plant: None,
+    })
 }
 
 /// Stop the world and check every thread, in two phases so that the threads at work
