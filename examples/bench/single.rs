@@ -26,6 +26,9 @@ pub struct Cell {
     pub ulp_pause: Vec<f64>,
     /// The floor program (scripts/floor.c) on the same process, ms.
     pub floor: Vec<f64>,
+    /// The pause the busy threads saw while `true` ran: what starting any program costs
+    /// them (on CPUs the busy threads fill, the new process takes one from them).
+    pub start_pause: Vec<f64>,
     pub load: f64,
     pub pressure: f64,
 }
@@ -96,6 +99,9 @@ pub fn measure(root: &Path, o: &Opts, b: &Built) -> Result<Vec<Cell>> {
             ])?;
             for r in 0..o.runs {
                 c.floor.push(floor_ms(&floor, &pid, &empty)?);
+                t.cmd("reset")?;
+                timed(&mut Command::new("true"))?;
+                c.start_pause.push(t.gap_ms()?);
                 for tool in if r % 2 == 0 { [0, 1] } else { [1, 0] } {
                     let (load, pressure) = load_now();
                     c.load = c.load.max(load);
@@ -157,15 +163,15 @@ pub fn markdown(cells: &[Cell], m: &mut String, cpus: usize) {
     let _ = writeln!(m, "## One process, side by side with libpulp\n");
     let _ = writeln!(
         m,
-        "The same bench-target process (busy threads calling libbench.so in a loop, plus idle ones), its libbench.so built with libpulp's flags and libpulp.so preloaded, patched in turn by `rlivepatch apply PID` / `disable` (no trace) and `ulp trigger -p PID` / `--revert`, one function, interleaved rounds; median (min–max), ms. *Pause*: the longest gap between two calls a busy thread saw during the apply. *Floor*: `scripts/floor.c` on the same process, the least any ptrace livepatcher does (seize, interrupt and wait for every thread, read their registers, one injected `dlopen` and `dlclose` of an empty library, detach), its own measure. Load: the highest 1-minute load average and CPU pressure (some avg10, %) at the start of a round; above the {cpus} CPUs it is marked *loaded*.\n"
+        "The same bench-target process (busy threads calling libbench.so in a loop, plus idle ones), its libbench.so built with libpulp's flags and libpulp.so preloaded, patched in turn by `rlivepatch apply PID` / `disable` (no trace) and `ulp trigger -p PID` / `--revert`, one function, interleaved rounds; median (min–max), ms. *Pause*: the longest gap between two calls a busy thread saw during the apply; *start*: the same while `true` runs, what starting any program costs the busy threads (with 2 busy threads on the 2 CPUs the new process takes a CPU from one of them): no command's pause is below it. *Floor*: `scripts/floor.c` on the same process, the least any ptrace livepatcher does (seize, interrupt and wait for every thread, read their registers, one injected `dlopen` and `dlclose` of an empty library, detach), its own measure. Load: the highest 1-minute load average and CPU pressure (some avg10, %) at the start of a round; above the {cpus} CPUs it is marked *loaded*.\n"
     );
     let _ = writeln!(
         m,
-        "| busy | idle | rlivepatch apply | libpulp apply | libpulp / rlivepatch | floor | rlivepatch / floor | rlivepatch pause | libpulp pause | libpulp / rlivepatch | rlivepatch disable | libpulp revert | load, pressure |"
+        "| busy | idle | rlivepatch apply | libpulp apply | libpulp / rlivepatch | floor | rlivepatch / floor | rlivepatch pause | libpulp pause | libpulp / rlivepatch | start | rlivepatch disable | libpulp revert | load, pressure |"
     );
     let _ = writeln!(
         m,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for c in cells {
         let f = |v: &[f64]| super::fmt(stat(v));
@@ -177,7 +183,7 @@ pub fn markdown(cells: &[Cell], m: &mut String, cpus: usize) {
         };
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {:.2} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {:.1}, {:.1}{loaded} |",
+            "| {} | {} | {} | {} | {:.2} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {} | {:.1}, {:.1}{loaded} |",
             c.busy,
             c.idle,
             f(&c.rlp_apply),
@@ -188,6 +194,7 @@ pub fn markdown(cells: &[Cell], m: &mut String, cpus: usize) {
             f(&c.rlp_pause),
             f(&c.ulp_pause),
             ratio(&c.ulp_pause, &c.rlp_pause),
+            f(&c.start_pause),
             f(&c.rlp_disable),
             f(&c.ulp_revert),
             c.load,
