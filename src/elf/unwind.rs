@@ -230,71 +230,116 @@ fn in_loader_start(obj: &LoadedObject, addr: u64) -> bool {
     loader && v >= entry && v < entry + 128
 }
 
-/// Stack memory read with one `process_vm_readv`; reads outside it go to the process.
+/// Stack memory: the part of a stopped thread's stack its frames use, read with as few
+/// `process_vm_readv` as possible; reads outside the stack go to the process.
+///
+/// A first window from the stack pointer (see [`FIRST_WINDOW`]), grown up to the end of
+/// the stack's mapping when the unwind reads past it, at least doubling each time. The
+/// whole rest of the mapping was read at first: a thread's mapping ends with its
+/// thread-local storage and thread descriptor (with a preloaded library's TLS, 6 KiB of
+/// the bench target's 9 KiB, its frames the other 2 KiB), the main thread's with the
+/// environment; the pages copied were most of the check's system time.
 pub struct StackMem<'a> {
     base: u64,
-    bytes: Vec<u8>,
+    /// The end of the stack's mapping (at most 8 MiB above `base`): the window grows up
+    /// to there.
+    end: u64,
+    bytes: std::cell::RefCell<Vec<u8>>,
+    /// A read came short (an unreadable page): the window grows no more.
+    short: std::cell::Cell<bool>,
     proc: &'a Process,
 }
 
+/// The first window of a stack: 2 KiB from the stack pointer, to the end of that page.
+const FIRST_WINDOW: u64 = 2048;
+
 impl<'a> StackMem<'a> {
-    /// Read from `sp` to `stack_end` (at most 8 MiB).
-    fn read(proc: &'a Process, sp: u64, stack_end: u64) -> StackMem<'a> {
+    fn new(proc: &'a Process, base: u64, end: u64, bytes: Vec<u8>, asked: usize) -> Self {
         StackMem {
-            base: sp,
-            bytes: proc.read_vm(sp, Self::len(sp, stack_end)),
+            base,
+            end,
+            short: std::cell::Cell::new(bytes.len() < asked),
+            bytes: std::cell::RefCell::new(bytes),
             proc,
         }
     }
 
-    /// Read the stack of a stopped thread whose stack pointer is `sp`: up to the end of
-    /// the mapping that holds it (a page when no mapping does).
+    /// Read the stack of a stopped thread whose stack pointer is `sp` (its mapping ends
+    /// the stack; a page when no mapping holds it).
     pub fn of_thread(
         proc: &'a Process,
         maps: &[crate::os::process::Mapping],
         sp: u64,
     ) -> StackMem<'a> {
-        Self::read(proc, sp, Self::stack_end(maps, sp))
+        let (end, len) = Self::window(maps, sp);
+        Self::new(proc, sp, end, proc.read_vm(sp, len), len)
     }
 
     /// [`StackMem::of_thread`] of several stopped threads whose stack pointers are
-    /// `sps`, read together (see [`Process::read_vm_many`]).
+    /// `sps`, their first windows read together (see [`Process::read_vm_many`]).
     pub fn of_threads(
         proc: &'a Process,
         maps: &[crate::os::process::Mapping],
         sps: &[u64],
     ) -> Vec<StackMem<'a>> {
+        let windows: Vec<(u64, usize)> = sps.iter().map(|&sp| Self::window(maps, sp)).collect();
         let ranges: Vec<(u64, usize)> = sps
             .iter()
-            .map(|&sp| (sp, Self::len(sp, Self::stack_end(maps, sp))))
+            .zip(&windows)
+            .map(|(&sp, &(_, len))| (sp, len))
             .collect();
         proc.read_vm_many(&ranges)
             .into_iter()
-            .zip(sps)
-            .map(|(bytes, &base)| StackMem { base, bytes, proc })
+            .zip(sps.iter().zip(windows))
+            .map(|(bytes, (&sp, (end, len)))| Self::new(proc, sp, end, bytes, len))
             .collect()
     }
 
-    /// The end of the mapping that holds `sp` (a page on when no mapping does).
-    fn stack_end(maps: &[crate::os::process::Mapping], sp: u64) -> u64 {
-        crate::os::process::mapping_at(maps, sp)
+    /// The end of the stack that holds `sp` and the length of its first window.
+    fn window(maps: &[crate::os::process::Mapping], sp: u64) -> (u64, usize) {
+        let end = crate::os::process::mapping_at(maps, sp)
             .map(|m| m.end)
             .unwrap_or(sp + 4096)
+            .min(sp.saturating_add(8 << 20));
+        let first = sp
+            .saturating_add(FIRST_WINDOW)
+            .checked_next_multiple_of(4096)
+            .unwrap_or(u64::MAX)
+            .min(end);
+        (end, first.saturating_sub(sp) as usize)
     }
 
-    /// How much of a stack is read: to its end, at most 8 MiB.
-    fn len(sp: u64, stack_end: u64) -> usize {
-        stack_end.saturating_sub(sp).min(8 << 20) as usize
+    /// Grow the window to hold `to` (whole pages, at least twice what it was).
+    fn grow(&self, to: u64) {
+        let mut bytes = self.bytes.borrow_mut();
+        let have = self.base + bytes.len() as u64;
+        let want = to
+            .max(have.saturating_add(bytes.len() as u64))
+            .checked_next_multiple_of(4096)
+            .unwrap_or(u64::MAX)
+            .min(self.end);
+        if want <= have {
+            return;
+        }
+        let more = self.proc.read_vm(have, (want - have) as usize);
+        self.short.set(more.len() < (want - have) as usize);
+        bytes.extend_from_slice(&more);
     }
 
     /// The 8 bytes at `addr`. A frame of garbage may give any address at all: one whose
     /// 8 bytes would wrap around the address space is none.
     fn u64_at(&self, addr: u64) -> Option<u64> {
         let end = addr.checked_add(8)?;
-        let have = self.base.saturating_add(self.bytes.len() as u64);
-        if addr >= self.base && end <= have {
-            let o = (addr - self.base) as usize;
-            return Some(u64::from_le_bytes(self.bytes[o..o + 8].try_into().unwrap()));
+        if addr >= self.base && end <= self.end {
+            let have = self.base.saturating_add(self.bytes.borrow().len() as u64);
+            if end > have && !self.short.get() {
+                self.grow(end);
+            }
+            let bytes = self.bytes.borrow();
+            if end <= self.base.saturating_add(bytes.len() as u64) {
+                let o = (addr - self.base) as usize;
+                return Some(u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()));
+            }
         }
         self.proc.read_u64(addr).ok()
     }
@@ -888,22 +933,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stack_window_grows_to_the_frames_read_and_no_further_than_the_stack() {
+        // A "stack" of 64 KiB in this process, each word its own offset.
+        let words: Vec<u64> = (0..8192u64).map(|i| i * 8).collect();
+        let base = words.as_ptr() as u64;
+        let end = base + 8192 * 8;
+        let proc = Process::open(std::process::id() as i32).unwrap();
+        let maps = [crate::os::process::Mapping {
+            start: base & !4095,
+            end,
+            read: true,
+            write: true,
+            exec: false,
+            shared: false,
+            offset: 0,
+            dev: (0, 0),
+            inode: 0,
+            path: String::new(),
+            deleted: false,
+        }];
+        let mem = StackMem::of_threads(&proc, &maps, &[base]).pop().unwrap();
+        let first = mem.bytes.borrow().len() as u64;
+        assert!(first >= FIRST_WINDOW && first < end - base, "{first}");
+        // Deep frames: the window grows to hold them, in a few reads.
+        assert_eq!(mem.u64_at(base + 40_000), Some(40_000));
+        let grown = mem.bytes.borrow().len() as u64;
+        assert!(grown >= 40_008 && grown <= end - base, "{grown}");
+        assert_eq!(mem.u64_at(end - 8), Some(8191 * 8));
+        assert_eq!(mem.bytes.borrow().len() as u64, end - base);
+        // Past the stack's end: read from the process, not into the window.
+        assert_eq!(mem.u64_at(end), proc.read_u64(end).ok());
+        assert_eq!(mem.bytes.borrow().len() as u64, end - base);
+        drop(words);
+    }
+
+    #[test]
     fn a_garbage_frame_reads_nothing_near_the_ends_of_the_address_space() {
         let proc = Process::open(std::process::id() as i32).unwrap();
-        let mem = StackMem {
-            base: 0x1000,
-            bytes: vec![7u8; 64],
-            proc: &proc,
-        };
+        let mem = StackMem::new(&proc, 0x1000, 0x1040, vec![7u8; 64], 64);
         assert_eq!(mem.u64_at(0x1000), Some(0x0707_0707_0707_0707));
         for addr in [u64::MAX, u64::MAX - 3, u64::MAX - 7, 0, 8] {
             assert_eq!(mem.u64_at(addr), None, "{addr:#x}");
         }
-        let high = StackMem {
-            base: u64::MAX - 15,
-            bytes: vec![1u8; 16],
-            proc: &proc,
-        };
+        let high = StackMem::new(&proc, u64::MAX - 15, u64::MAX, vec![1u8; 16], 16);
         assert_eq!(high.u64_at(u64::MAX - 15), Some(0x0101_0101_0101_0101));
         assert_eq!(high.u64_at(u64::MAX - 3), None);
     }
