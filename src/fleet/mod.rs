@@ -11,7 +11,9 @@ pub mod report;
 pub mod select;
 
 use crate::error::{Cause, Error, ErrorKind, Result};
+use crate::livepatch::record::Record;
 use crate::ops::Options;
+use crate::os::process::{Mapping, Process};
 use crate::patch::Patch;
 use report::{FleetReport, Outcome, ProcessRecord};
 use select::{Candidate, Fit, Selection};
@@ -389,18 +391,7 @@ fn applied_names(c: &Candidate) -> Option<Vec<String>> {
     {
         return Some(Vec::new());
     }
-    // The maps the run listed locate the record (a record moved since is read wrong
-    // or not at all: then the apply itself refuses a name applied already).
-    let rec = match &c.maps {
-        Some(maps) => {
-            let proc = crate::os::process::Process::open(c.pid).ok()?;
-            crate::livepatch::store::Store::load(&proc, maps)
-                .ok()?
-                .map(|(_, r)| r)
-                .unwrap_or_default()
-        }
-        None => crate::livepatch::store::read_record(c.pid).ok()?.2,
-    };
+    let (_, _, rec) = record_of(c)?;
     Some(
         rec.patches
             .iter()
@@ -408,6 +399,19 @@ fn applied_names(c: &Candidate) -> Option<Vec<String>> {
             .map(|p| p.name.clone())
             .collect(),
     )
+}
+
+/// The process `c` opened and its record, located by the maps the run listed: a
+/// process's maps are read once for the run, not again for its record. Where they no
+/// longer locate it (the record moved since), the maps are read again.
+fn record_of(c: &Candidate) -> Option<(Process, Vec<Mapping>, Record)> {
+    if let Some(maps) = &c.maps
+        && let Ok(proc) = Process::open(c.pid)
+        && let Ok(Some((_, rec))) = crate::livepatch::store::Store::load(&proc, maps)
+    {
+        return Some((proc, maps.clone(), rec));
+    }
+    crate::livepatch::store::read_record(c.pid).ok()
 }
 
 /// Do `op` to one process.
@@ -495,7 +499,7 @@ fn one(
             // (read once: it also says whether the patch is applied).
             let read = match &c.maps {
                 Some(m) if crate::livepatch::store::find_mapping(m).is_none() => None,
-                _ => crate::livepatch::store::read_record(pid).ok(),
+                _ => record_of(c),
             };
             let named = read
                 .as_ref()
