@@ -581,6 +581,24 @@ pub fn thread_name(pid: i32, tid: i32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Does thread `tid` of process `pid` exist (until it is reaped)? One look at its
+/// directory: listing a thousand threads' costs half a millisecond, to find one.
+pub fn has_task(pid: i32, tid: i32) -> bool {
+    std::fs::symlink_metadata(format!("/proc/{pid}/task/{tid}")).is_ok()
+}
+
+/// How many threads process `pid` has, from its `status` (one read, where listing a
+/// thousand threads' directory costs half a millisecond, for a count).
+pub fn thread_count(pid: i32) -> Option<usize> {
+    read_proc_whole(&format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The set of thread ids of a process.
 pub fn task_ids(pid: i32) -> Result<BTreeSet<i32>> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| not_found_or(pid, e))?;
@@ -908,16 +926,7 @@ pub fn same_program_children(pid: i32) -> Vec<i32> {
     let Some(mine) = exe_id(pid) else {
         return Vec::new();
     };
-    // How many threads, from `status` (listing a thousand threads' directory cost half a
-    // millisecond, for a count).
-    let threads = read_proc_whole(&format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("Threads:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-        })
-        .unwrap_or(0);
+    let threads = thread_count(pid).unwrap_or(0);
     // Listing /proc costs more than a few threads' files: only for many threads.
     let host = (threads > 32).then(host_pids);
     let by_tasks = host

@@ -412,14 +412,7 @@ impl Tracer {
     /// rlivepatch has not seen always makes the count larger. One read of `status`
     /// instead of listing `/proc/PID/task` (half a millisecond with a thousand threads).
     fn all_known(&self) -> bool {
-        process::read_proc_whole(&format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("Threads:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-            })
-            .is_some_and(|n| n == self.threads.len())
+        process::thread_count(self.pid) == Some(self.threads.len())
     }
 
     /// Threads attached but never stopped that are asleep in a call a stray wake-up ends
@@ -943,15 +936,23 @@ impl Tracer {
                 self.threads.remove(&tid);
                 self.gone.insert(tid);
                 if tid == self.pid {
-                    self.exited = !process::task_ids(self.pid).is_ok_and(|t| !t.is_empty());
+                    // The leader's directory stays while any thread of it is left.
+                    self.exited = !process::has_task(self.pid, self.pid);
                 }
                 // The last thread followed ended: the process is gone unless a thread
-                // other than a dead leader is left in it (others may run detached).
+                // other than a dead leader is left in it (others may run detached). The
+                // kernel counts threads until they are reaped, and one nobody traces is
+                // reaped as it ends: another than the leader counted is alive (the count,
+                // not a listing of a thousand threads to find one).
                 if self.threads.is_empty() {
                     let pid = self.pid;
-                    let living =
-                        |t: &Tid| !matches!(process::thread_state(pid, *t), None | Some('Z' | 'X'));
-                    self.exited = !process::task_ids(pid).is_ok_and(|t| t.iter().any(living));
+                    self.exited = match process::thread_count(pid) {
+                        Some(n) if n > 1 => false,
+                        Some(1) => {
+                            matches!(process::thread_state(pid, pid), None | Some('Z' | 'X'))
+                        }
+                        _ => true,
+                    };
                 }
             }
             Report::Syscall => {

@@ -117,8 +117,7 @@ impl Session<'_> {
         // A thread the tracer holds is there (its exit would have been reaped); else ask
         // the process.
         if tid <= 0
-            || !(self.tr.threads.contains_key(&tid)
-                || process::task_ids(self.proc.pid).ok()?.contains(&tid))
+            || !(self.tr.threads.contains_key(&tid) || process::has_task(self.proc.pid, tid))
         {
             return None;
         }
@@ -248,9 +247,7 @@ impl Session<'_> {
             self.tr.resume(tid)?;
             let deadline = Instant::now() + self.opts.timeout.min(Duration::from_secs(10));
             // Gone from the process, and from the tracer's threads (its exit reaped).
-            while self.tr.threads.contains_key(&tid)
-                || process::task_ids(pid).is_ok_and(|t| t.contains(&tid))
-            {
+            while self.tr.threads.contains_key(&tid) || process::has_task(pid, tid) {
                 if Instant::now() >= deadline {
                     crate::bail!(
                         Busy,

@@ -141,7 +141,7 @@ impl Session<'_> {
             self.tr.resume_all()?;
             // Only some threads are attached (the one kept at a switch): the others may be
             // at a better place.
-            if process::task_ids(self.proc.pid).is_ok_and(|t| t.len() > self.tr.threads.len()) {
+            if process::thread_count(self.proc.pid).is_some_and(|n| n > self.tr.threads.len()) {
                 self.tr.reattach()?;
             }
             self.tr.pump(Instant::now() + Duration::from_millis(20))?;
@@ -209,7 +209,7 @@ impl Session<'_> {
                     crate::fmt::names_or_none(&reasons)
                 );
             }
-            if process::task_ids(pid).is_ok_and(|t| t.len() > self.tr.threads.len()) {
+            if process::thread_count(pid).is_some_and(|n| n > self.tr.threads.len()) {
                 self.tr.reattach()?;
             }
             self.tr.pump(Instant::now() + Duration::from_millis(20))?;
