@@ -1177,7 +1177,7 @@ impl Tracer {
         if is_stop_signal(sig) {
             self.stop_handed_back = Some(sig);
         }
-        crate::os::fault::trace(&format!("detach thread {tid} from {:?}", th.stop));
+        crate::os::fault::trace_with(|| format!("detach thread {tid} from {:?}", th.stop));
         let _ = ptrace_sig(libc::PTRACE_DETACH, th.tid, sig);
     }
 
