@@ -939,19 +939,11 @@ mod tests {
         let base = words.as_ptr() as u64;
         let end = base + 8192 * 8;
         let proc = Process::open(std::process::id() as i32).unwrap();
-        let maps = [crate::os::process::Mapping {
-            start: base & !4095,
-            end,
-            read: true,
-            write: true,
-            exec: false,
-            shared: false,
-            offset: 0,
-            dev: (0, 0),
-            inode: 0,
-            path: String::new(),
-            deleted: false,
-        }];
+        // The stack's mapping, as /proc/PID/maps would show it.
+        let maps = crate::os::process::parse_maps(&format!(
+            "{:x}-{end:x} rw-p 00000000 00:00 0\n",
+            base & !4095
+        ));
         let mem = StackMem::of_threads(&proc, &maps, &[base]).pop().unwrap();
         let first = mem.bytes.borrow().len() as u64;
         assert!(first >= FIRST_WINDOW && first < end - base, "{first}");
